@@ -1,0 +1,66 @@
+"""Settings: one object, read from PERSONATAG_* environment variables, failing fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personatag.errors import ConfigError
+
+ENV_PREFIX = "PERSONATAG_"
+
+
+class Settings(BaseSettings):
+    """Every setting personatag reads. Unknown PERSONATAG_* variables are errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    data_dir: Path = Path("personatag-data")
+    store_url: str | None = None
+    # Rows per batch for imports and generation; bounds memory, not correctness.
+    batch_size: int = 50_000
+    # A bulk change with more rows than this is logged compactly (one entry plus
+    # compressed ids) instead of one membership-log row per contact.
+    bulk_log_threshold: int = 50_000
+    # Who is acting when the CLI writes (recorded in the membership log).
+    actor: str | None = None
+
+    @field_validator("batch_size", "bulk_log_threshold")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{(self.data_dir / 'store.db').resolve()}"
+
+
+def _unknown_env() -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    # Variables other tools of ours read directly (tests, benchmarks).
+    known |= {ENV_PREFIX + "TEST_PG_URL", ENV_PREFIX + "DEBUG"}
+    return sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (overrides win); raise ConfigError on any problem."""
+    unknown = _unknown_env()
+    if unknown:
+        names = ", ".join(f"{ENV_PREFIX}{n[len(ENV_PREFIX):]}" for n in unknown)
+        valid = ", ".join(ENV_PREFIX + n.upper() for n in Settings.model_fields)
+        raise ConfigError(f"unknown setting {names}; valid settings are {valid}")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

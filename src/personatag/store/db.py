@@ -1,0 +1,186 @@
+"""Opening a store: engine creation, connection setup, migrations, catalog."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from personatag.domain import STANDARD_CONTACT_FIELDS, Catalog, FieldType, fold_case
+from personatag.errors import ConfigError, PersonatagError
+from personatag.store.schema import Tables, build_tables
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy (the "begin" hook below) own transaction boundaries.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=60000",
+            "case_sensitive_like=ON",
+            "cache_size=-131072",
+            "temp_store=FILE",
+        ):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+        dbapi_conn.create_function("pt_fold", 1, _fold_or_null, deterministic=True)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction that later
+        # upgrades to a writer can fail with SQLITE_BUSY without waiting.
+        mode = "IMMEDIATE" if conn.get_execution_options().get("pt_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _fold_or_null(value: object) -> object:
+    return fold_case(value) if isinstance(value, str) else value
+
+
+def normalise_url(url: str) -> str:
+    """Accept postgresql:// and postgres:// as the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"invalid store URL {url!r}: expected sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST:PORT/DB"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"unsupported store {parsed.get_backend_name()!r} in PERSONATAG_STORE_URL: "
+            "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_store_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        _sqlite_setup(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """A contact store: an engine plus the table descriptions for its schema."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._tables: Tables | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tables(self) -> Tables:
+        if self._tables is None:
+            with self._lock:
+                if self._tables is None:
+                    self._tables = build_tables(self.custom_attributes())
+        return self._tables
+
+    def refresh(self) -> None:
+        """Forget cached table descriptions (after declaring an attribute)."""
+        self._tables = None
+
+    def custom_attributes(self) -> list[tuple[str, FieldType]]:
+        attrs = build_tables().attributes
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(attrs.c.name, attrs.c.type).order_by(attrs.c.name))
+            return [(name, FieldType(t)) for name, t in rows]
+
+    def catalog(self, conn: Connection | None = None) -> Catalog:
+        fields: dict[str, FieldType] = dict(STANDARD_CONTACT_FIELDS)
+        fields.update(self.custom_attributes())
+        p = self.tables.personas
+        query = select(p.c.key).where(p.c.archived_at.is_(None))
+        if conn is None:
+            with self.engine.connect() as c:
+                keys = frozenset(c.scalars(query))
+        else:
+            keys = frozenset(conn.scalars(query))
+        return Catalog(contact_fields=fields, personas=keys)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (takes SQLite's write lock up front); commits on exit."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(pt_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction with a consistent snapshot."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest migration (idempotent)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(pt_write=True)
+        with conn.begin():
+            command.upgrade(_alembic_config(conn), "head")
+
+
+def is_current(engine: Engine) -> bool:
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision() == head
+
+
+def open_store(url: str, *, create: bool = False) -> Store:
+    """Open the store at `url`; with create=True make or migrate it first.
+
+    Without create, a store that is missing or behind raises a PersonatagError
+    that says to run `personatag init`.
+    """
+    engine = create_store_engine(url)
+    try:
+        if create:
+            migrate(engine)
+        elif not is_current(engine):
+            raise PersonatagError(
+                f"the store at {make_url(url).render_as_string()} is not initialised "
+                "or is out of date: run `personatag init`"
+            )
+    except OperationalError as exc:
+        engine.dispose()
+        raise PersonatagError(f"cannot open the store: {exc.orig}") from None
+    except Exception:
+        engine.dispose()
+        raise
+    return Store(engine)

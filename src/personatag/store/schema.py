@@ -1,0 +1,235 @@
+"""Table definitions (SQLAlchemy Core). Migrations create them; this module
+describes them for queries. The contacts table gains one column per declared
+custom attribute, so tables are built per store from its attribute list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeEngine
+
+from personatag.domain import CUSTOM_COLUMN_PREFIX, FieldType
+from personatag.store.types import StringList, UTCTimestamp
+
+# SQLite only aliases the rowid for exactly "INTEGER PRIMARY KEY".
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+SQL_TYPES: dict[FieldType, type[TypeEngine[object]] | TypeEngine[object]] = {
+    FieldType.STRING: Text,
+    FieldType.INT: BigInteger,
+    FieldType.FLOAT: Float,
+    FieldType.BOOL: Boolean,
+    FieldType.TIMESTAMP: UTCTimestamp,
+    FieldType.LIST: StringList,
+}
+
+
+def sql_type(field_type: FieldType) -> TypeEngine[object]:
+    t = SQL_TYPES[field_type]
+    if isinstance(t, TypeEngine):
+        return t
+    if t is Boolean:
+        return Boolean(create_constraint=False)
+    return t()
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: MetaData
+    contacts: Table
+    publications: Table
+    reads: Table
+    logins: Table
+    attributes: Table
+    personas: Table
+    criteria: Table
+    memberships: Table
+    pins: Table
+    membership_log: Table
+    requests: Table
+    jobs: Table
+
+
+def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
+    """Describe every table; `custom` lists declared attributes (name, type)."""
+    md = MetaData()
+    contacts = Table(
+        "contacts",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("id", Text, nullable=False, unique=True),
+        Column("email", Text),
+        Column("first_name", Text),
+        Column("last_name", Text),
+        Column("job_title", Text),
+        Column("seniority", BigInteger),
+        Column("region", Text),
+        Column("country", Text),
+        Column("firm", Text),
+        Column("firm_type", Text),
+        Column("interests", StringList),
+        Column("created_at", UTCTimestamp),
+        Column("updated_at", UTCTimestamp),
+        Column("last_login_at", UTCTimestamp),
+        *(Column(CUSTOM_COLUMN_PREFIX + name, sql_type(ft)) for name, ft in custom),
+    )
+    publications = Table(
+        "publications",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("id", Text, nullable=False, unique=True),
+        Column("title", Text),
+        Column("published_at", UTCTimestamp),
+        Column("asset_class", Text),
+        Column("sector", Text),
+        Column("region", Text),
+        Column("series", Text),
+    )
+    reads = Table(
+        "reads",
+        md,
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("read_at", UTCTimestamp, primary_key=True),
+        Column("publication_pk", BigInteger, primary_key=True),
+        sqlite_with_rowid=False,
+    )
+    logins = Table(
+        "logins",
+        md,
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("login_at", UTCTimestamp, primary_key=True),
+        sqlite_with_rowid=False,
+    )
+    attributes = Table(
+        "attributes",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("type", Text, nullable=False),
+        Column("description", Text),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+    )
+    personas = Table(
+        "personas",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("key", Text, nullable=False, unique=True),
+        Column("name", Text, nullable=False),
+        Column("category", Text, nullable=False),
+        Column("description", Text),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Column("archived_at", UTCTimestamp),
+    )
+    criteria = Table(
+        "criteria",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("name", Text, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("persona_pk", BigInteger, nullable=False),
+        Column("expr", Text, nullable=False),
+        Column("ast", Text, nullable=False),
+        Column("action", Text, nullable=False),
+        Column("mode", Text, nullable=False),
+        Column("exit_policy", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+    )
+    memberships = Table(
+        "memberships",
+        md,
+        Column("persona_pk", BigInteger, primary_key=True),
+        Column("contact_pk", BigInteger, primary_key=True),
+        # SOURCE_ADHOC, SOURCE_MANUAL, or an ongoing criterion's pk
+        Column("source", BigInteger, primary_key=True),
+        Column("since", UTCTimestamp, nullable=False),
+        Column("request_pk", BigInteger),
+        Column("criterion_pk", BigInteger),
+        sqlite_with_rowid=False,
+    )
+    pins = Table(
+        "pins",
+        md,
+        Column("persona_pk", BigInteger, primary_key=True),
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("kind", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Column("reason", Text),
+    )
+    membership_log = Table(
+        "membership_log",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("persona_pk", BigInteger, nullable=False),
+        # NULL for a bulk entry, whose contacts are in bulk_ids
+        Column("contact_pk", BigInteger),
+        Column("change", Text, nullable=False),
+        Column("source", BigInteger, nullable=False),
+        Column("request_pk", BigInteger),
+        Column("criterion_pk", BigInteger),
+        Column("actor", Text),
+        Column("reason", Text),
+        Column("bulk_count", BigInteger),
+        Column("bulk_ids", LargeBinary),
+    )
+    requests = Table(
+        "requests",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("request_id", Text, nullable=False, unique=True),
+        Column("submitted_by", Text),
+        Column("persona_pk", BigInteger),
+        Column("action", Text, nullable=False),
+        Column("engine", Text, nullable=False),
+        Column("criterion_pk", BigInteger),
+        Column("expr", Text),
+        Column("as_of", UTCTimestamp),
+        Column("dry_run", Boolean(create_constraint=False), nullable=False),
+        Column("spec", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+    )
+    jobs = Table(
+        "jobs",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("request_pk", BigInteger, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("engine", Text, nullable=False),
+        Column("bundle_version", Text),
+        Column("queued_at", UTCTimestamp, nullable=False),
+        Column("started_at", UTCTimestamp),
+        Column("finished_at", UTCTimestamp),
+        Column("counts", Text),
+        Column("error", Text),
+    )
+    return Tables(
+        metadata=md,
+        contacts=contacts,
+        publications=publications,
+        reads=reads,
+        logins=logins,
+        attributes=attributes,
+        personas=personas,
+        criteria=criteria,
+        memberships=memberships,
+        pins=pins,
+        membership_log=membership_log,
+        requests=requests,
+        jobs=jobs,
+    )
