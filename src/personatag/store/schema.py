@@ -4,8 +4,9 @@ custom attribute, so tables are built per store from its attribute list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,23 +27,18 @@ from personatag.store.types import StringList, UTCTimestamp
 # SQLite only aliases the rowid for exactly "INTEGER PRIMARY KEY".
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
-SQL_TYPES: dict[FieldType, type[TypeEngine[object]] | TypeEngine[object]] = {
-    FieldType.STRING: Text,
-    FieldType.INT: BigInteger,
-    FieldType.FLOAT: Float,
-    FieldType.BOOL: Boolean,
-    FieldType.TIMESTAMP: UTCTimestamp,
-    FieldType.LIST: StringList,
-}
 
-
-def sql_type(field_type: FieldType) -> TypeEngine[object]:
-    t = SQL_TYPES[field_type]
-    if isinstance(t, TypeEngine):
-        return t
-    if t is Boolean:
-        return Boolean(create_constraint=False)
-    return t()
+def sql_type(field_type: FieldType) -> TypeEngine[Any]:
+    """The column type that stores a field of `field_type`."""
+    factories: dict[FieldType, Callable[[], TypeEngine[Any]]] = {
+        FieldType.STRING: Text,
+        FieldType.INT: BigInteger,
+        FieldType.FLOAT: Float,
+        FieldType.BOOL: lambda: Boolean(create_constraint=False),
+        FieldType.TIMESTAMP: UTCTimestamp,
+        FieldType.LIST: StringList,
+    }
+    return factories[field_type]()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,229 @@
+"""Ad hoc tag of N contacts end to end vs one hand-written INSERT ... SELECT.
+
+    .venv/bin/python bench/adhoc.py --contacts 10000000 --stores sqlite,postgresql
+
+For each store: fill N contacts (SQL-side, fast), then for each case (all match;
+~20% match) time, in the same run and alternating, (a) the anchor: one
+hand-written INSERT ... SELECT into the memberships table, and (b) `personatag
+tag --json` as a user runs it (a new process: request record, compile, apply,
+membership log, job record). Prints best-of-R times, the ratio b/a (goal <= 1.5),
+the CLI's peak RSS (goal < 1.5 GiB) and checks the membership log is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from personatag.domain import utcnow
+from personatag.store import open_store
+from personatag.store.personas import add_persona
+from personatag.store.types import to_micros
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get(
+    "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+CASES = {
+    # name: (criteria-language expression, hand-written SQL predicate)
+    "all": ("id is not null", "id IS NOT NULL"),
+    "20pct": ('region = "EMEA" and seniority >= 7', "region = 'EMEA' AND seniority >= 7"),
+}
+
+FILL_SQLITE = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n)
+INSERT INTO contacts (pk, id, email, first_name, last_name, job_title, seniority, region,
+                      country, firm, firm_type, interests, created_at, updated_at)
+SELECT i, printf('c%09d', i), printf('reader%d@firm%d.example', i, i % 5000),
+       'First' || (i % 997), 'Last' || (i % 1009),
+       CASE i % 5 WHEN 0 THEN 'Chief Investment Officer' WHEN 1 THEN 'CIO'
+            WHEN 2 THEN 'Portfolio Manager' WHEN 3 THEN 'Credit Analyst' ELSE 'Treasurer' END,
+       i % 10,
+       CASE i % 5 WHEN 0 THEN 'EMEA' WHEN 1 THEN 'EMEA' WHEN 2 THEN 'AMER' WHEN 3 THEN 'APAC'
+            ELSE 'EMEA' END,
+       'GB', 'Firm ' || (i % 5000), 'asset manager', '["Energy","Credit"]', :t, :t
+FROM n
+"""
+FILL_PG = """
+INSERT INTO contacts (id, email, first_name, last_name, job_title, seniority, region, country,
+                      firm, firm_type, interests, created_at, updated_at)
+SELECT 'c' || lpad(i::text, 9, '0'), 'reader' || i || '@firm' || (i % 5000) || '.example',
+       'First' || (i % 997), 'Last' || (i % 1009),
+       (ARRAY['Chief Investment Officer','CIO','Portfolio Manager','Credit Analyst',
+              'Treasurer'])[i % 5 + 1],
+       i % 10, (ARRAY['EMEA','EMEA','AMER','APAC','EMEA'])[i % 5 + 1],
+       'GB', 'Firm ' || (i % 5000), 'asset manager', ARRAY['Energy','Credit'], :t, :t
+FROM generate_series(1, :n) AS i
+"""
+
+
+def make_store(kind: str, workdir: Path) -> tuple[str, str | None]:
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / 'bench.db'}", None
+    name = f"pt_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_pg(name: str) -> None:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def reset_memberships(store_engine, dialect: str) -> None:  # type: ignore[no-untyped-def]
+    with store_engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.execute(text("TRUNCATE memberships, membership_log"))
+        else:
+            conn.execute(text("DELETE FROM memberships"))
+            conn.execute(text("DELETE FROM membership_log"))
+    if dialect == "postgresql":
+        with store_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE memberships"))
+    else:
+        with store_engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def run_anchor(engine, sql_pred: str, persona_pk: int) -> float:  # type: ignore[no-untyped-def]
+    stmt = text(
+        "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
+        f"criterion_pk) SELECT :p, pk, 0, :t, NULL, NULL FROM contacts WHERE {sql_pred}"
+    )
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        conn = conn.execution_options(pt_write=True)
+        with conn.begin():
+            conn.execute(stmt, {"p": persona_pk, "t": to_micros(utcnow())})
+    return time.perf_counter() - start
+
+
+def run_cli(url: str, workdir: Path, expr: str, persona: str) -> tuple[float, dict, int]:
+    env = {**os.environ, "PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(workdir)}
+    env.pop("PERSONATAG_TEST_PG_URL", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "personatag.cli",
+            "tag",
+            "--persona",
+            persona,
+            "--expr",
+            expr,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"personatag tag failed: {proc.stderr}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, json.loads(proc.stdout), max(rss, before)
+
+
+def log_total(engine) -> int:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return int(
+            conn.scalar(
+                text(
+                    "SELECT coalesce(sum(coalesce(bulk_count, 1)), 0) FROM membership_log "
+                    "WHERE change = 'enter'"
+                )
+            )
+        )
+
+
+def bench_store(kind: str, n: int, repeats: int) -> list[dict]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"pt-bench-{kind}-"))
+    url, pg_name = make_store(kind, workdir)
+    results = []
+    try:
+        store = open_store(url, create=True)
+        t0 = time.perf_counter()
+        with store.write() as conn:
+            conn.execute(
+                text(FILL_SQLITE if kind == "sqlite" else FILL_PG),
+                {"n": n, "t": to_micros(utcnow())},
+            )
+        if kind == "postgresql":
+            with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                c.execute(text("VACUUM ANALYZE contacts"))
+        print(f"[{kind}] filled {n:,} contacts in {time.perf_counter() - t0:.1f}s", flush=True)
+        persona_pk = add_persona(store, "bench", name="Bench", category="bench").pk
+        for case, (expr, pred) in CASES.items():
+            anchors, ours, rss = [], [], 0
+            out: dict = {}
+            for _ in range(repeats):
+                reset_memberships(store.engine, kind)
+                anchors.append(run_anchor(store.engine, pred, persona_pk))
+                reset_memberships(store.engine, kind)
+                elapsed, out, peak = run_cli(url, workdir, expr, "bench")
+                ours.append(elapsed)
+                rss = max(rss, peak)
+                logged = log_total(store.engine)
+                if logged != out["tagged"]:
+                    raise SystemExit(f"membership log incomplete: {logged} != {out['tagged']}")
+            row = {
+                "store": kind,
+                "case": case,
+                "contacts": n,
+                "tagged": out["tagged"],
+                "anchor_s": round(min(anchors), 2),
+                "personatag_s": round(min(ours), 2),
+                "ratio": round(min(ours) / min(anchors), 2),
+                "peak_rss_mib": round(rss / 1024),
+            }
+            print(json.dumps(row), flush=True)
+            results.append(row)
+        store.dispose()
+    finally:
+        if pg_name:
+            drop_pg(pg_name)
+        for f in workdir.glob("*"):
+            f.unlink()
+        workdir.rmdir()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contacts", type=int, default=1_000_000)
+    ap.add_argument("--stores", default="sqlite,postgresql")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    rows = []
+    for kind in args.stores.split(","):
+        rows += bench_store(kind, args.contacts, args.repeats)
+    print("\nstore       case   contacts     tagged  anchor_s  personatag_s  ratio  peak_rss_MiB")
+    for r in rows:
+        print(
+            f"{r['store']:<11} {r['case']:<6} {r['contacts']:>9,} {r['tagged']:>10,} "
+            f"{r['anchor_s']:>9} {r['personatag_s']:>13} {r['ratio']:>6} {r['peak_rss_mib']:>13}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`make demo`: a working personatag on the embedded defaults, start to finish.
+
+Creates the store under PERSONATAG_DATA_DIR (./personatag-data), generates a
+100k-contact population (once; reused on later runs), defines a handful of
+personas with criteria, previews and tags them on the local engine, and prints
+a short summary.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sqlalchemy import func, select
+
+from personatag.config import load_settings
+from personatag.domain import Action
+from personatag.errors import PersonatagError
+from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
+from personatag.pipeline.contacts import show_contact
+from personatag.pipeline.preview import preview
+from personatag.store import open_store
+from personatag.store.definitions import add_criterion, get_criterion
+from personatag.store.personas import add_persona, list_personas
+
+CONTACTS = 100_000
+SEED = 7
+
+# key, name, category, criterion
+PERSONAS = [
+    (
+        "cio",
+        "Chief Investment Officer",
+        "job title",
+        'job_title ilike "%chief investment officer%" or job_title in ("CIO", "Group CIO", '
+        '"Deputy CIO")',
+    ),
+    ("treasurer", "Corporate Treasurer", "job title", 'job_title ilike "%treasurer%"'),
+    (
+        "fixed-income",
+        "Fixed income specialist",
+        "job title",
+        'job_title ilike "%fixed income%" or job_title ilike "%credit%" or interests contains_any '
+        '("Rates", "Credit")',
+    ),
+    ("emea", "EMEA reader", "region", 'region = "EMEA"'),
+    ("energy-reader", "Energy reader", "interest", 'count(read where sector = "Energy", 90d) >= 5'),
+    (
+        "emea-energy-cio",
+        "EMEA energy CIO",
+        "segment",
+        'persona("cio") and region = "EMEA" and count(read where sector = "Energy", 90d) >= 5',
+    ),
+    (
+        "dormant",
+        "Dormant reader",
+        "engagement",
+        "last_login_at is null or not last_login_at within 90d",
+    ),
+]
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run() -> None:
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_store_url
+    say(f"personatag demo: store {url}")
+    store = open_store(url, create=True)
+    t = store.tables
+    with store.read() as conn:
+        existing = int(conn.scalar(select(func.count()).select_from(t.contacts)) or 0)
+    if existing == 0:
+        from personatag.generate import generate
+
+        say(f"generating {CONTACTS:,} contacts with reads and logins (seed {SEED}) ...")
+        start = time.perf_counter()
+        result = generate(store, contacts=CONTACTS, seed=SEED, progress=lambda m: say("  " + m))
+        say(f"  done in {time.perf_counter() - start:.1f}s: {result}")
+    else:
+        say(f"reusing the {existing:,} contacts already in the store")
+
+    say("\npersonas and criteria (preview, then tag):")
+    with store.read() as conn:
+        have = {p.key for p, _ in list_personas(conn, store, include_archived=True)}
+    for key, name, category, expr in PERSONAS:
+        if key not in have:
+            add_persona(store, key, name=name, category=category, actor="demo")
+        try:
+            with store.read() as conn:
+                get_criterion(conn, store, key)
+        except PersonatagError:
+            add_criterion(store, key, persona=key, expr=expr, actor="demo")
+        p = preview(store, expr, persona=key, sample_size=3)
+        result = run_adhoc(
+            store,
+            AdhocRequest(persona=None, action=Action.TAG, criterion=key, actor="demo"),
+            settings,
+        ).as_json()
+        say(
+            f"  {key:<16} preview {p['count']:>7,} (would enter {p['would_enter']:,})  "
+            f"tagged {result['tagged']:>7,}  already {result['already']:>7,}"
+        )
+        say(f"  {'':<16} {expr}")
+
+    say("\nmembers per persona:")
+    with store.read() as conn:
+        rows = list_personas(conn, store)
+    for persona, members in rows:
+        say(f"  {persona.category:<12} {persona.key:<16} {members:>8,}  {persona.name}")
+
+    with store.read() as conn:
+        pk = conn.scalar(
+            select(t.memberships.c.contact_pk)
+            .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
+            .where(t.personas.c.key == "emea-energy-cio")
+            .order_by(t.memberships.c.contact_pk)
+            .limit(1)
+        )
+        sample_id = (
+            conn.scalar(select(t.contacts.c.id).where(t.contacts.c.pk == pk)) if pk else None
+        )
+    if sample_id:
+        shown = show_contact(store, sample_id)
+        a = shown["attributes"]
+        say(
+            f"\na sample contact, {sample_id}: {a['first_name']} {a['last_name']}, "
+            f"{a['job_title']} at {a['firm']} ({a['country']}, {a['region']})"
+        )
+        for p in shown["personas"]:
+            src = p["sources"][0]
+            say(
+                f"  {p['persona']:<16} since {p['since']} via {src['criterion'] or src['source']} "
+                f"({src['request_id']})"
+            )
+    say(
+        "\ntry: .venv/bin/personatag persona list   |   .venv/bin/personatag contact show "
+        f"{sample_id or 'c00000001'}"
+    )
+    store.dispose()
+
+
+def main() -> None:
+    try:
+        run()
+    except PersonatagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

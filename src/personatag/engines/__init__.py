@@ -1,0 +1,32 @@
+"""The engine registry: the one place engines are looked up by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from personatag.engines.base import Engine
+from personatag.errors import InputError
+from personatag.store import Store
+
+
+def _local() -> type[Engine]:
+    from personatag.engines.local import LocalEngine
+
+    return LocalEngine
+
+
+# Loaders, so an engine's heavy dependencies are imported only when used.
+_REGISTRY: dict[str, Callable[[], type[Engine]]] = {"local": _local}
+
+
+def engine_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_engine(name: str, store: Store) -> Engine:
+    loader = _REGISTRY.get(name)
+    if loader is None:
+        raise InputError(
+            f"unknown engine {name!r}: available engines are {', '.join(engine_names())}"
+        )
+    return loader()(store)

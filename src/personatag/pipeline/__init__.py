@@ -1,0 +1,1 @@
+"""Requests, jobs, the applier and results."""

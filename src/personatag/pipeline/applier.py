@@ -1,0 +1,173 @@
+"""The applier: the only writer of memberships.
+
+Set-based: every step is one SQL statement over the matched contacts, so a
+10M-contact request never loops over contacts in Python. Runs inside the
+caller's write transaction, so a failure leaves memberships as they were.
+Idempotent: a contact that already holds the persona is counted as `already`
+and not written again. Pins win: a pinned-out contact is never tagged, a
+pinned-in contact is never untagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    exists,
+    func,
+    literal,
+    not_,
+    select,
+)
+
+from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL, Action, Change, PinKind
+from personatag.pipeline.audit import LogContext, log_from_select
+from personatag.store import Store
+
+
+@dataclass(frozen=True)
+class ApplyCounts:
+    matched: int
+    tagged: int = 0
+    untagged: int = 0
+    already: int = 0
+    pinned: int = 0
+
+
+def _count(conn: Connection, store: Store, where: ColumnElement[bool]) -> int:
+    c = store.tables.contacts
+    return int(conn.scalar(select(func.count()).select_from(c).where(where)) or 0)
+
+
+def apply_adhoc(
+    conn: Connection,
+    store: Store,
+    *,
+    action: Action,
+    condition: ColumnElement[bool],
+    ctx: LogContext,
+    dry_run: bool,
+    bulk_threshold: int,
+) -> ApplyCounts:
+    """Tag or untag every contact for which `condition` (over contacts) is TRUE."""
+    if action is Action.TAG:
+        return _tag(conn, store, condition, ctx, dry_run, bulk_threshold)
+    return _untag(conn, store, condition, ctx, dry_run, bulk_threshold)
+
+
+def _members(store: Store, persona_pk: int) -> Any:
+    m = store.tables.memberships
+    return select(m.c.contact_pk).where(m.c.persona_pk == persona_pk)
+
+
+def _pinned(store: Store, persona_pk: int, kind: PinKind) -> Any:
+    p = store.tables.pins
+    return select(p.c.contact_pk).where(p.c.persona_pk == persona_pk, p.c.kind == kind.value)
+
+
+def _tag(
+    conn: Connection,
+    store: Store,
+    condition: ColumnElement[bool],
+    ctx: LogContext,
+    dry_run: bool,
+    bulk_threshold: int,
+) -> ApplyCounts:
+    t = store.tables
+    c, m = t.contacts, t.memberships
+    p = ctx.persona_pk
+    # These two are driven by the (usually small) member and pin sets.
+    already = _count(conn, store, and_(condition, c.c.pk.in_(_members(store, p))))
+    pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.OUT))))
+    enter = condition
+    # Skip per-contact probes that cannot exclude anyone: on a first run this
+    # keeps the insert as cheap as a hand-written INSERT ... SELECT.
+    if already:
+        enter = and_(
+            enter,
+            not_(exists().where(m.c.persona_pk == p, m.c.contact_pk == c.c.pk)),
+        )
+    if pinned:
+        enter = and_(enter, c.c.pk.not_in(_pinned(store, p, PinKind.OUT)))
+    if dry_run:
+        tagged = _count(conn, store, enter)
+        return ApplyCounts(
+            matched=tagged + already + pinned, tagged=tagged, already=already, pinned=pinned
+        )
+    rows = select(
+        literal(p, type_=m.c.persona_pk.type),
+        c.c.pk,
+        literal(SOURCE_ADHOC, type_=m.c.source.type),
+        literal(ctx.at, type_=m.c.since.type),
+        literal(ctx.request_pk, type_=m.c.request_pk.type),
+        literal(ctx.criterion_pk, type_=m.c.criterion_pk.type),
+    ).where(enter)
+    cols = ["persona_pk", "contact_pk", "source", "since", "request_pk", "criterion_pk"]
+    # preserve_rowcount: SQLAlchemy only promises rowcount for UPDATE/DELETE.
+    tagged = conn.execute(
+        m.insert().from_select(cols, rows), execution_options={"preserve_rowcount": True}
+    ).rowcount
+    entered = select(m.c.contact_pk).where(
+        m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
+    )
+    log_from_select(
+        conn, store, ctx, Change.ENTER.value, entered, count=tagged, bulk_threshold=bulk_threshold
+    )
+    if already:
+        # Contacts that hold the persona only through other sources (an ongoing
+        # criterion, a pin-in) now also hold it through this request, so it
+        # survives that source going away. Not a change of membership: no log.
+        other = select(m.c.contact_pk).where(m.c.persona_pk == p, m.c.source != SOURCE_ADHOC)
+        adhoc = select(m.c.contact_pk).where(m.c.persona_pk == p, m.c.source == SOURCE_ADHOC)
+        extra = select(
+            literal(p, type_=m.c.persona_pk.type),
+            c.c.pk,
+            literal(SOURCE_ADHOC, type_=m.c.source.type),
+            literal(ctx.at, type_=m.c.since.type),
+            literal(ctx.request_pk, type_=m.c.request_pk.type),
+            literal(ctx.criterion_pk, type_=m.c.criterion_pk.type),
+        ).where(condition, c.c.pk.in_(other), c.c.pk.not_in(adhoc))
+        conn.execute(m.insert().from_select(cols, extra))
+    return ApplyCounts(
+        matched=tagged + already + pinned, tagged=tagged, already=already, pinned=pinned
+    )
+
+
+def _untag(
+    conn: Connection,
+    store: Store,
+    condition: ColumnElement[bool],
+    ctx: LogContext,
+    dry_run: bool,
+    bulk_threshold: int,
+) -> ApplyCounts:
+    t = store.tables
+    c, m = t.contacts, t.memberships
+    p = ctx.persona_pk
+    matched = _count(conn, store, condition)
+    pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.IN))))
+    leaving = select(c.c.pk).where(
+        condition,
+        c.c.pk.in_(_members(store, p)),
+        c.c.pk.not_in(_pinned(store, p, PinKind.IN)),
+    )
+    untagged = int(conn.scalar(select(func.count()).select_from(leaving.subquery())) or 0)
+    already = matched - untagged - pinned
+    if dry_run or (untagged == 0 and pinned == 0):
+        return ApplyCounts(matched=matched, untagged=untagged, already=already, pinned=pinned)
+    log_from_select(
+        conn, store, ctx, Change.EXIT.value, leaving, count=untagged, bulk_threshold=bulk_threshold
+    )
+    matched_pks = select(c.c.pk).where(condition)
+    conn.execute(
+        m.delete().where(
+            m.c.persona_pk == p,
+            m.c.source != SOURCE_MANUAL,
+            m.c.contact_pk.in_(matched_pks),
+        )
+    )
+    return ApplyCounts(matched=matched, untagged=untagged, already=already, pinned=pinned)

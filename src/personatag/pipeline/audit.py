@@ -1,0 +1,153 @@
+"""The membership log: one row per change, or one compact row per bulk change.
+
+A bulk entry stores the changed contact pks sorted, delta-encoded in the
+narrowest unsigned width that fits, then zlib-compressed; a 10M-contact change
+costs well under a megabyte instead of 10M rows, and stays answerable.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Select, Text, cast, func, literal, select
+
+from personatag.store import Store
+
+_MAGIC = b"PTI1"
+_WIDTHS = ((np.uint8, 1), (np.uint16, 2), (np.uint32, 4), (np.uint64, 8))
+
+
+def encode_ids(ids: np.ndarray) -> bytes:
+    """Sorted, unique int64 ids -> compact bytes (see module docstring)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    deltas = np.diff(ids, prepend=np.int64(0)).astype(np.uint64)
+    top = int(deltas.max()) if len(deltas) else 0
+    dtype, width = next((d, w) for d, w in _WIDTHS if top <= np.iinfo(d).max)
+    payload = deltas.astype(dtype).tobytes()
+    return _MAGIC + struct.pack("<BQ", width, len(ids)) + zlib.compress(payload, 1)
+
+
+def decode_ids(blob: bytes) -> np.ndarray:
+    if blob[:4] != _MAGIC:
+        raise ValueError("not a personatag id block")
+    width, count = struct.unpack("<BQ", blob[4:13])
+    dtype = {w: d for d, w in _WIDTHS}[width]
+    deltas = np.frombuffer(zlib.decompress(blob[13:]), dtype=dtype)
+    if len(deltas) != count:
+        raise ValueError("corrupt id block: count does not match")
+    return np.cumsum(deltas.astype(np.int64))
+
+
+def _id_list_sql(dialect: str, column: Any) -> Any:
+    # One string of comma-separated ids: far cheaper than a row per id
+    # through the driver (8M ids: ~0.7 s instead of ~2 s on SQLite).
+    if dialect == "postgresql":
+        return func.string_agg(cast(column, Text), literal(","))
+    return func.group_concat(column, literal(","))
+
+
+def fetch_ids(conn: Connection, store: Store, query: Select[Any]) -> np.ndarray:
+    """Run a one-column query of integer ids and return them as a numpy array."""
+    sub = query.subquery()
+    col = next(iter(sub.c))
+    text = conn.scalar(select(_id_list_sql(store.dialect, col)).select_from(sub))
+    if not text:
+        return np.empty(0, dtype=np.int64)
+    return np.array(np.fromstring(text, dtype=np.int64, sep=","), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class LogContext:
+    """Who, why and when for every log entry a change writes."""
+
+    at: datetime
+    persona_pk: int
+    source: int
+    request_pk: int | None
+    criterion_pk: int | None
+    actor: str | None
+    reason: str | None
+
+
+def log_from_select(
+    conn: Connection,
+    store: Store,
+    ctx: LogContext,
+    change: str,
+    contact_pks: Select[Any],
+    *,
+    count: int,
+    bulk_threshold: int,
+) -> None:
+    """Log `change` for every contact pk the query returns (`count` of them)."""
+    if count == 0:
+        return
+    log = store.tables.membership_log
+    values = {
+        "at": ctx.at,
+        "persona_pk": ctx.persona_pk,
+        "change": change,
+        "source": ctx.source,
+        "request_pk": ctx.request_pk,
+        "criterion_pk": ctx.criterion_pk,
+        "actor": ctx.actor,
+        "reason": ctx.reason,
+    }
+    if count <= bulk_threshold:
+        sub = contact_pks.subquery()
+        pk_col = next(iter(sub.c))
+        cols = [*values.keys(), "contact_pk"]
+        src = select(
+            *[
+                literal(v, type_=log.c[k].type).label(k)
+                if v is not None
+                else literal(None).label(k)
+                for k, v in values.items()
+            ],
+            pk_col.label("contact_pk"),
+        ).select_from(sub)
+        conn.execute(log.insert().from_select(cols, src))
+        return
+    ids = fetch_ids(conn, store, contact_pks)
+    conn.execute(log.insert().values(**values, bulk_count=len(ids), bulk_ids=encode_ids(ids)))
+
+
+def log_one(conn: Connection, store: Store, ctx: LogContext, change: str, contact_pk: int) -> None:
+    conn.execute(
+        store.tables.membership_log.insert().values(
+            at=ctx.at,
+            persona_pk=ctx.persona_pk,
+            contact_pk=contact_pk,
+            change=change,
+            source=ctx.source,
+            request_pk=ctx.request_pk,
+            criterion_pk=ctx.criterion_pk,
+            actor=ctx.actor,
+            reason=ctx.reason,
+        )
+    )
+
+
+def log_for_contact(
+    conn: Connection, store: Store, contact_pk: int, *, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest log entries about one contact, single and bulk, newest first."""
+    t = store.tables
+    log = t.membership_log
+    single = conn.execute(
+        select(log).where(log.c.contact_pk == contact_pk).order_by(log.c.seq.desc()).limit(limit)
+    ).all()
+    entries = [row._mapping for row in single]
+    bulk = conn.execute(select(log).where(log.c.bulk_ids.is_not(None)).order_by(log.c.seq.desc()))
+    for row in bulk:
+        ids = decode_ids(row.bulk_ids)
+        i = int(np.searchsorted(ids, contact_pk))
+        if i < len(ids) and ids[i] == contact_pk:
+            entries.append(row._mapping)
+    entries.sort(key=lambda m: m["seq"], reverse=True)
+    return [dict(m) for m in entries[:limit]]

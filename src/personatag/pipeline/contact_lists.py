@@ -1,0 +1,115 @@
+"""Explicit contact lists: a file of contact ids, loaded into a temp table."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, Table, Text, select
+
+from personatag.errors import InputError
+from personatag.store import Store
+
+_ID_HEADERS = ("contact_id", "id")
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    line: int
+    contact_id: str
+    reason: str
+
+
+def read_contact_ids(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, id) pairs from a plain list (one id per line) or a CSV whose
+    header has a `contact_id` (or `id`) column. Blank lines are skipped."""
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot read contact list {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            first = handle.readline()
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:1: not UTF-8 text") from None
+        header = next(csv.reader([first]), [])
+        names = [h.strip().lower() for h in header]
+        column = next((names.index(h) for h in _ID_HEADERS if h in names), None)
+        line_no = 1
+        if column is None:
+            # A plain list: the first line is an id too.
+            if first.strip():
+                yield 1, first.strip()
+            try:
+                for line_no, raw in enumerate(handle, start=2):
+                    if raw.strip():
+                        yield line_no, raw.strip()
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{line_no + 1}: not UTF-8 text") from None
+            return
+        reader = csv.reader(handle)
+        try:
+            for row in reader:
+                line_no = reader.line_num + 1
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                value = row[column].strip() if column < len(row) else ""
+                yield line_no, value
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:{line_no + 1}: not UTF-8 text") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num}: {exc}") from None
+
+
+class LoadedList:
+    """Contact pks of a list, in a temp table on one connection."""
+
+    def __init__(self, conn: Connection, store: Store, ids: list[tuple[int, str]]) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        md = MetaData()
+        self.raw = Table(
+            f"pt_list_raw_{suffix}",
+            md,
+            Column("line", Integer),
+            Column("id", Text),
+            prefixes=["TEMPORARY"],
+        )
+        self.pks = Table(
+            f"pt_list_{suffix}",
+            md,
+            Column("pk", BigInteger, primary_key=True),
+            prefixes=["TEMPORARY"],
+        )
+        md.create_all(conn)
+        self.failed: list[FailedRow] = []
+        good = []
+        for line, cid in ids:
+            if not cid:
+                self.failed.append(FailedRow(line, cid, "empty contact id"))
+            else:
+                good.append({"line": line, "id": cid})
+        for start in range(0, len(good), 10_000):
+            conn.execute(self.raw.insert(), good[start : start + 10_000])
+        c = store.tables.contacts
+        unknown = conn.execute(
+            select(self.raw.c.line, self.raw.c.id)
+            .where(self.raw.c.id.not_in(select(c.c.id)))
+            .order_by(self.raw.c.line)
+        )
+        self.failed += [
+            FailedRow(line, cid, f"unknown contact id {cid!r}") for line, cid in unknown
+        ]
+        self.failed.sort(key=lambda f: f.line)
+        conn.execute(
+            self.pks.insert().from_select(
+                ["pk"],
+                select(c.c.pk).where(c.c.id.in_(select(self.raw.c.id))),
+            )
+        )
+
+    def drop(self, conn: Connection) -> None:
+        self.pks.drop(conn, checkfirst=True)
+        self.raw.drop(conn, checkfirst=True)

@@ -1,0 +1,66 @@
+"""Preview: whom a criterion catches now, without writing anything."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from personatag.criteria import compile_criterion, compile_sql
+from personatag.domain import PinKind, utcnow
+from personatag.store import Store
+from personatag.store.personas import get_persona, persona_pks
+
+
+def preview(
+    store: Store,
+    expr: str,
+    *,
+    persona: str | None = None,
+    as_of: datetime | None = None,
+    sample_size: int = 10,
+) -> dict[str, Any]:
+    """{"count", "sample", "would_enter", "would_exit"} for `expr` at `as_of`.
+
+    would_enter/would_exit compare the matches with the persona's current
+    members, honouring pins (a pinned-out contact never enters, a pinned-in one
+    never exits). Without a persona nobody holds it: everyone matched would enter.
+    """
+    t = store.tables
+    c, m, pins = t.contacts, t.memberships, t.pins
+    with store.read() as conn:
+        compiled = compile_criterion(expr, store.catalog(conn))
+        cond = compile_sql(
+            compiled.ast,
+            tables=t,
+            catalog=store.catalog(conn),
+            persona_pks=persona_pks(conn, store),
+            as_of=as_of or utcnow(),
+            dialect=store.dialect,
+        )
+
+        def count(where: Any) -> int:
+            return int(conn.scalar(select(func.count()).select_from(c).where(where)) or 0)
+
+        total = count(cond)
+        sample = list(conn.scalars(select(c.c.id).where(cond).order_by(c.c.pk).limit(sample_size)))
+        if persona is None:
+            return {"count": total, "sample": sample, "would_enter": total, "would_exit": 0}
+        p = get_persona(conn, store, persona).pk
+        members = select(m.c.contact_pk).where(m.c.persona_pk == p)
+        pinned = {
+            kind: select(pins.c.contact_pk).where(pins.c.persona_pk == p, pins.c.kind == kind.value)
+            for kind in PinKind
+        }
+        # Driven by the member and pin sets, not by another scan of everyone.
+        held_and_matched = count(and_(cond, c.c.pk.in_(members)))
+        blocked = count(and_(cond, c.c.pk.in_(pinned[PinKind.OUT])))
+        staying_members = count(and_(c.c.pk.in_(members), c.c.pk.not_in(pinned[PinKind.IN])))
+        staying_matched = count(and_(cond, c.c.pk.in_(members), c.c.pk.not_in(pinned[PinKind.IN])))
+        return {
+            "count": total,
+            "sample": sample,
+            "would_enter": total - held_and_matched - blocked,
+            "would_exit": staying_members - staying_matched,
+        }

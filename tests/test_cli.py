@@ -1,0 +1,118 @@
+"""The command line as a user runs it: a real process, real stores, exact JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from personatag.store import open_store
+from tests.helpers import add_contacts, population
+
+
+class CLI:
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")} | {
+            "PERSONATAG_STORE_URL": url,
+            "PERSONATAG_DATA_DIR": str(data_dir),
+            "PERSONATAG_ACTOR": "tester",
+        }
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "personatag.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+            timeout=120,
+        )
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def json(self, *args: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(self(*args).stdout)
+
+
+@pytest.fixture
+def cli(store_url: str, tmp_path: Path) -> CLI:
+    store = open_store(store_url)
+    add_contacts(store, population(40))
+    store.dispose()
+    return CLI(store_url, tmp_path)
+
+
+def test_contracts(cli: CLI, tmp_path: Path) -> None:
+    cli("init")
+    cli("persona", "add", "emea", "--name", "EMEA readers", "--category", "region")
+    p = cli.json("preview", "--expr", 'region = "EMEA"', "--persona", "emea", "--json")
+    assert set(p) == {"count", "sample", "would_enter", "would_exit"}
+    assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, 0)
+    assert p["sample"][:2] == ["c0000", "c0004"]
+    out = cli.json("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--json")
+    for key in ("request_id", "status", "matched", "tagged", "untagged", "already", "failed"):
+        assert key in out
+    assert (out["status"], out["matched"], out["tagged"], out["already"]) == (
+        "succeeded",
+        10,
+        10,
+        0,
+    )
+    again = cli.json("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--json")
+    assert (again["tagged"], again["already"]) == (0, 10)
+    members = cli.json("persona", "members", "emea", "--json")
+    assert members["members"][0] == {"id": "c0000"}
+    assert len(members["members"]) == 10
+    shown = cli.json("contact", "show", "c0004", "--json")
+    assert shown["personas"][0]["persona"] == "emea"
+    assert shown["personas"][0]["sources"][0]["request_id"] == out["request_id"]
+    assert shown["log"][0]["by"] == "tester"
+    ids = tmp_path / "ids.txt"
+    ids.write_text("c0001\nmissing\n")
+    res = cli("untag", "--persona", "emea", "--contacts", str(ids), "--json")
+    assert json.loads(res.stdout)["failed"] == 1
+    assert f"{ids}:2: unknown contact id 'missing'" in res.stderr
+
+
+def test_criteria_versions_and_attributes(cli: CLI) -> None:
+    cli("persona", "add", "cio", "--name", "CIO", "--category", "job title")
+    cli("attribute", "add", "aum_musd", "--type", "float")
+    cli("criterion", "add", "big-cio", "--persona", "cio", "--expr", 'job_title = "CIO"')
+    cli("criterion", "edit", "big-cio", "--expr", 'job_title = "CIO" and aum_musd > 100')
+    shown = cli.json("criterion", "show", "big-cio", "--json")
+    assert [v["version"] for v in shown["versions"]] == [1, 2]
+    assert shown["versions"][1]["expr"] == 'job_title = "CIO" and aum_musd > 100'
+    listed = cli.json("criterion", "list", "--json")
+    assert listed["criteria"][0]["version"] == 2
+    out = cli.json("tag", "--criterion", "big-cio", "--json")
+    assert out["matched"] == 0  # nobody has aum_musd yet: NULL never matches
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tag", "--persona", "nope", "--expr", "seniority > 1"), "unknown persona 'nope'"),
+        (("preview", "--expr", 'regoin = "EMEA"'), "did you mean 'region'"),
+        (("preview", "--expr", "seniority > 1", "--as-of", "yesterday"), "invalid --as-of"),
+        (("contact", "show", "zzz"), "unknown contact 'zzz'"),
+        (("pin", "x", "c0001"), "exactly one of --in or --out"),
+    ],
+)
+def test_errors_are_one_line(cli: CLI, args: tuple[str, ...], message: str) -> None:
+    proc = cli(*args, ok=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_setting_fails_fast(cli: CLI) -> None:
+    cli.env["PERSONATAG_STOER_URL"] = "x"
+    proc = cli("persona", "list", ok=False)
+    assert proc.returncode == 1
+    assert "unknown setting PERSONATAG_STOER_URL" in proc.stderr
