@@ -39,7 +39,7 @@ PG_ADMIN = os.environ.get(
 CASES = {
     # name: (criteria-language expression, hand-written SQL predicate)
     "all": ("id is not null", "id IS NOT NULL"),
-    "20pct": ('region = "EMEA" and seniority >= 7', "region = 'EMEA' AND seniority >= 7"),
+    "20pct": ('region = "EMEA" and seniority <= 1', "region = 'EMEA' AND seniority <= 1"),
 }
 
 FILL_SQLITE = """

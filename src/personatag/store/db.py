@@ -8,11 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -141,7 +137,14 @@ class Store:
         self.engine.dispose()
 
 
-def _alembic_config(conn: Connection) -> Config:
+# The newest migration; a test checks it against the migrations folder. Kept as
+# a constant so opening a store does not import Alembic (a third of start-up).
+HEAD_REVISION = "0001"
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
@@ -150,16 +153,26 @@ def _alembic_config(conn: Connection) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Create or upgrade the schema to the newest migration (idempotent)."""
+    from alembic import command
+
     with engine.connect() as conn:
         conn = conn.execution_options(pt_write=True)
         with conn.begin():
             command.upgrade(_alembic_config(conn), "head")
 
 
+def migration_head() -> str | None:
+    """The newest revision in the migrations folder (what `migrate` reaches)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 def is_current(engine: Engine) -> bool:
-    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision() == head
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        return conn.scalar(text("SELECT version_num FROM alembic_version")) == HEAD_REVISION
 
 
 def open_store(url: str, *, create: bool = False) -> Store:

@@ -1,0 +1,68 @@
+"""Opening, migrating and describing stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from personatag.config import load_settings
+from personatag.domain import FieldType
+from personatag.errors import ConfigError, ConflictError, InputError, PersonatagError
+from personatag.store import Store, open_store
+from personatag.store.attributes import add_attribute
+from personatag.store.db import HEAD_REVISION, is_current, migrate, migration_head
+
+
+def test_head_constant_matches_migrations() -> None:
+    assert migration_head() == HEAD_REVISION
+
+
+def test_uninitialised_store_says_run_init(tmp_path: Path) -> None:
+    with pytest.raises(PersonatagError, match="personatag init"):
+        open_store(f"sqlite:///{tmp_path / 'new.db'}")
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    migrate(store.engine)
+    assert is_current(store.engine)
+
+
+def test_sqlite_is_wal(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'x' / 'store.db'}", create=True)
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    s.dispose()
+
+
+def test_custom_attribute_adds_a_typed_column(store: Store) -> None:
+    add_attribute(store, "aum_musd", "float", actor="t")
+    add_attribute(store, "tags", FieldType.LIST)
+    cat = store.catalog()
+    assert cat.contact_fields["aum_musd"] is FieldType.FLOAT
+    assert "cx_tags" in store.tables.contacts.c
+    with store.write() as conn:
+        conn.execute(store.tables.contacts.insert().values(id="a", cx_aum_musd=1.5, cx_tags=["x"]))
+    with pytest.raises(ConflictError):
+        add_attribute(store, "aum_musd", "int")
+    with pytest.raises(ConflictError):
+        add_attribute(store, "region", "string")
+    with pytest.raises(InputError, match="unknown attribute type"):
+        add_attribute(store, "x1", "decimal")
+    with pytest.raises(InputError, match="invalid attribute name"):
+        add_attribute(store, "Bad Name", "int")
+
+
+def test_bad_store_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported store"):
+        open_store("mysql://x@y/z")
+
+
+def test_unknown_and_invalid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONATAG_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError, match="PERSONATAG_BATCH_SIZE"):
+        load_settings()
+    monkeypatch.delenv("PERSONATAG_BATCH_SIZE")
+    monkeypatch.setenv("PERSONATAG_NOPE", "1")
+    with pytest.raises(ConfigError, match="unknown setting PERSONATAG_NOPE"):
+        load_settings()
