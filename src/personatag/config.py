@@ -53,7 +53,7 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment (overrides win); raise ConfigError on any problem."""
     unknown = _unknown_env()
     if unknown:
-        names = ", ".join(f"{ENV_PREFIX}{n[len(ENV_PREFIX):]}" for n in unknown)
+        names = ", ".join(f"{ENV_PREFIX}{n[len(ENV_PREFIX) :]}" for n in unknown)
         valid = ", ".join(ENV_PREFIX + n.upper() for n in Settings.model_fields)
         raise ConfigError(f"unknown setting {names}; valid settings are {valid}")
     try:

@@ -172,7 +172,8 @@ def is_current(engine: Engine) -> bool:
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return False
-        return conn.scalar(text("SELECT version_num FROM alembic_version")) == HEAD_REVISION
+        current = conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return bool(current == HEAD_REVISION)
 
 
 def open_store(url: str, *, create: bool = False) -> Store:

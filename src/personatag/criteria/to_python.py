@@ -1,0 +1,217 @@
+"""AST -> a Python closure, built once per criterion, for streaming evaluation.
+
+The closure returns True, False or None (UNKNOWN) with the same three-valued
+logic as the SQL compiler; callers match a contact only on True.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+from personatag.criteria.ast import (
+    COMPARATORS,
+    And,
+    Between,
+    Compare,
+    Contains,
+    Count,
+    In,
+    IsNull,
+    Node,
+    Not,
+    Or,
+    Persona,
+    StringMatch,
+    Value,
+    Within,
+)
+from personatag.criteria.check import check
+from personatag.domain import Catalog, fold_case, utcnow
+
+Truth: TypeAlias = bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvalInput:
+    """One contact's data as the evaluator sees it.
+
+    `contact` maps field names to str / int / float / bool / UTC-aware datetime /
+    list[str] / None (a missing key is None). `reads` pairs each read's
+    publication fields with its read_at; `personas` are the keys the contact holds.
+    """
+
+    contact: Mapping[str, Any]
+    reads: Sequence[tuple[Mapping[str, Any], datetime]] = ()
+    logins: Sequence[datetime] = ()
+    personas: frozenset[str] = frozenset()
+    as_of: datetime = field(default_factory=utcnow)
+
+
+Evaluator: TypeAlias = Callable[[EvalInput], Truth]
+# (row, input) -> truth; row is the contact, or a publication inside count(read where ...)
+_Fn: TypeAlias = Callable[[Mapping[str, Any], EvalInput], Truth]
+
+
+def compile_python(node: Node, catalog: Catalog) -> Evaluator:
+    """A function EvalInput -> True / False / None (UNKNOWN) for `node`.
+
+    The tree is walked once here; calls only run the prebuilt closures. Persona
+    keys are not looked up in the catalog: an unknown persona is simply not held.
+    """
+    check(node, catalog, personas=False)
+    fn = _compile(node)
+
+    def evaluate(inp: EvalInput) -> Truth:
+        return fn(inp.contact, inp)
+
+    return evaluate
+
+
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """LIKE semantics: % is any run of characters, _ exactly one, nothing escapes."""
+    parts = [".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _py(value: Value) -> Any:
+    return value.value
+
+
+def _compile(node: Node) -> _Fn:
+    match node:
+        case And(args):
+            return _and(tuple(_compile(a) for a in args))
+        case Or(args):
+            return _or(tuple(_compile(a) for a in args))
+        case Not(arg):
+            inner = _compile(arg)
+
+            def not_(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+                r = inner(row, inp)
+                return None if r is None else not r
+
+            return not_
+        case Compare(f, op, value):
+            return _on_value(f.name, _compare(op, _py(value)))
+        case Between(f, low, high):
+            lo, hi = _py(low), _py(high)
+            return _on_value(f.name, lambda x: bool(lo <= x <= hi))
+        case In(f, values, negated):
+            options = frozenset(_py(v) for v in values)
+            if negated:
+                return _on_value(f.name, lambda x: x not in options)
+            return _on_value(f.name, lambda x: x in options)
+        case Contains(f, op, values):
+            wanted = frozenset(str(v.value) for v in values)
+            if op == "contains_all":
+                return _on_value(f.name, wanted.issubset)
+            return _on_value(f.name, lambda xs: not wanted.isdisjoint(xs))
+        case StringMatch(f, op, pattern):
+            return _on_value(f.name, _string_match(op, pattern.value))
+        case IsNull(f, negated):
+            name = f.name
+            if negated:
+                return lambda row, inp: row.get(name) is not None
+            return lambda row, inp: row.get(name) is None
+        case Within(f, days):
+            return _within(f.name, timedelta(days=days))
+        case Count():
+            return _count(node)
+        case Persona(key):
+            return lambda row, inp: key in inp.personas
+    raise TypeError(f"not a criteria node: {node!r}")  # pragma: no cover
+
+
+def _and(fns: tuple[_Fn, ...]) -> _Fn:
+    def and_(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        unknown = False
+        for fn in fns:
+            r = fn(row, inp)
+            if r is False:
+                return False
+            if r is None:
+                unknown = True
+        return None if unknown else True
+
+    return and_
+
+
+def _or(fns: tuple[_Fn, ...]) -> _Fn:
+    def or_(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        unknown = False
+        for fn in fns:
+            r = fn(row, inp)
+            if r is True:
+                return True
+            if r is None:
+                unknown = True
+        return None if unknown else False
+
+    return or_
+
+
+def _on_value(name: str, test: Callable[[Any], bool]) -> _Fn:
+    """A predicate on one field: NULL in, UNKNOWN out."""
+
+    def pred(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        x = row.get(name)
+        return None if x is None else test(x)
+
+    return pred
+
+
+def _compare(op: str, value: Any) -> Callable[[Any], bool]:
+    cmp = COMPARATORS[op]
+    return lambda x: bool(cmp(x, value))
+
+
+def _string_match(op: str, text: str) -> Callable[[str], bool]:
+    if op == "starts_with":
+        return lambda x: x.startswith(text)
+    if op == "ends_with":
+        return lambda x: x.endswith(text)
+    if op == "like":
+        regex = like_regex(text)
+        return lambda x: regex.fullmatch(x) is not None
+    folded = like_regex(fold_case(text))
+    return lambda x: folded.fullmatch(fold_case(x)) is not None
+
+
+def _within(name: str, span: timedelta) -> _Fn:
+    def within(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        x = row.get(name)
+        if x is None:
+            return None
+        return bool(inp.as_of - span < x <= inp.as_of)
+
+    return within
+
+
+def _count(node: Count) -> _Fn:
+    span = timedelta(days=node.days)
+    cmp = COMPARATORS[node.op]
+    k = node.value
+    if node.event == "login":
+
+        def count_logins(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+            lo, hi = inp.as_of - span, inp.as_of
+            n = sum(1 for at in inp.logins if lo < at <= hi)
+            return bool(cmp(n, k))
+
+        return count_logins
+
+    where = None if node.where is None else _compile(node.where)
+
+    def count_reads(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        lo, hi = inp.as_of - span, inp.as_of
+        if where is None:
+            n = sum(1 for _, at in inp.reads if lo < at <= hi)
+        else:
+            n = sum(1 for pub, at in inp.reads if lo < at <= hi and where(pub, inp) is True)
+        return bool(cmp(n, k))
+
+    return count_reads
