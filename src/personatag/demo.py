@@ -78,8 +78,11 @@ def run() -> None:
 
         say(f"generating {CONTACTS:,} contacts with reads and logins (seed {SEED}) ...")
         start = time.perf_counter()
-        result = generate(store, contacts=CONTACTS, seed=SEED, progress=lambda m: say("  " + m))
-        say(f"  done in {time.perf_counter() - start:.1f}s: {result}")
+        made = generate(store, contacts=CONTACTS, seed=SEED, progress=lambda m: say("  " + m))
+        say(
+            f"  done in {time.perf_counter() - start:.1f}s: {made.contacts:,} contacts, "
+            f"{made.publications:,} publications, {made.reads:,} reads, {made.logins:,} logins"
+        )
     else:
         say(f"reusing the {existing:,} contacts already in the store")
 

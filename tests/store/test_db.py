@@ -66,3 +66,15 @@ def test_unknown_and_invalid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSONATAG_NOPE", "1")
     with pytest.raises(ConfigError, match="unknown setting PERSONATAG_NOPE"):
         load_settings()
+
+
+def test_schema_description_matches_migrations(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from personatag.store.schema import build_tables
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), build_tables().metadata)
+    # Types are compared loosely (UTCTimestamp is a BIGINT, StringList TEXT/text[]).
+    assert [d for d in diff if d[0] != "modify_type"] == []

@@ -33,6 +33,9 @@ class MatchSpec:
 class Match(ABC):
     """An engine's answer, turned into SQL inside the applier's transaction."""
 
+    #: True when condition() means the same on any connection (no temp tables).
+    portable: ClassVar[bool] = False
+
     @abstractmethod
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
         """A boolean over store.tables.contacts, TRUE exactly for matched contacts."""

@@ -161,6 +161,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
                     ctx=ctx,
                     dry_run=req.dry_run,
                     bulk_threshold=settings.bulk_log_threshold,
+                    portable=match is not None and match.portable,
                 )
                 failures = loaded.failed if loaded else []
                 status = jobs.PARTIAL if failures else jobs.SUCCEEDED

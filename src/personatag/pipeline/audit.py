@@ -8,22 +8,27 @@ costs well under a megabyte instead of 10M rows, and stays answerable.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import Connection, Select, Text, cast, func, literal, select
 
 from personatag.store import Store
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _MAGIC = b"PTI1"
-_WIDTHS = ((np.uint8, 1), (np.uint16, 2), (np.uint32, 4), (np.uint64, 8))
+_WIDTHS = (("uint8", 1), ("uint16", 2), ("uint32", 4), ("uint64", 8))
 
 
 def encode_ids(ids: np.ndarray) -> bytes:
     """Sorted, unique int64 ids -> compact bytes (see module docstring)."""
+    import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         # np.unique hashes (seconds on 10M); ids usually arrive sorted already.
@@ -40,6 +45,8 @@ def encode_ids(ids: np.ndarray) -> bytes:
 
 
 def decode_ids(blob: bytes) -> np.ndarray:
+    import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
     if blob[:4] != _MAGIC:
         raise ValueError("not a personatag id block")
     width, count = struct.unpack("<BQ", blob[4:13])
@@ -58,8 +65,42 @@ def _id_list_sql(dialect: str, column: Any) -> Any:
     return func.group_concat(column, literal(","))
 
 
+class IdCapture:
+    """Fetch the ids a query returns on another connection, in a thread.
+
+    SQLite only: the caller holds the write lock (BEGIN IMMEDIATE) and has not
+    yet changed what the query reads, so this reader's snapshot is exactly the
+    state the caller's next statement sees. The fetch then runs on the second
+    core while the caller's INSERT runs on the first (sqlite3 releases the GIL
+    while it steps), taking the audit's id read-back off the critical path.
+    """
+
+    def __init__(self, store: Store, query: Select[Any]) -> None:
+        self._result: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(store, query), daemon=True)
+        self._thread.start()
+
+    def _run(self, store: Store, query: Select[Any]) -> None:
+        try:
+            with store.read() as conn:
+                self._result = fetch_ids(conn, store, query)
+        except BaseException as exc:  # handed to the caller in result()
+            self._error = exc
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RuntimeError("id capture finished without a result")
+        return self._result
+
+
 def fetch_ids(conn: Connection, store: Store, query: Select[Any]) -> np.ndarray:
     """Run a one-column query of integer ids and return them as a numpy array."""
+    import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
     sub = query.subquery()
     col = next(iter(sub.c))
     text = conn.scalar(select(_id_list_sql(store.dialect, col)).select_from(sub))
@@ -90,8 +131,12 @@ def log_from_select(
     *,
     count: int,
     bulk_threshold: int,
+    ids: np.ndarray | None = None,
 ) -> None:
-    """Log `change` for every contact pk the query returns (`count` of them)."""
+    """Log `change` for every contact pk the query returns (`count` of them).
+
+    `ids`, when given, are those pks already fetched (see IdCapture).
+    """
     if count == 0:
         return
     log = store.tables.membership_log
@@ -120,7 +165,10 @@ def log_from_select(
         ).select_from(sub)
         conn.execute(log.insert().from_select(cols, src))
         return
-    ids = fetch_ids(conn, store, contact_pks)
+    if ids is None:
+        ids = fetch_ids(conn, store, contact_pks)
+    if len(ids) != count:
+        raise RuntimeError(f"audit: {len(ids)} ids for {count} changes; not applying")
     conn.execute(log.insert().values(**values, bulk_count=len(ids), bulk_ids=encode_ids(ids)))
 
 
@@ -144,6 +192,8 @@ def log_for_contact(
     conn: Connection, store: Store, contact_pk: int, *, limit: int = 50
 ) -> list[dict[str, Any]]:
     """The newest log entries about one contact, single and bulk, newest first."""
+    import numpy as np
+
     t = store.tables
     log = t.membership_log
     single = conn.execute(

@@ -97,6 +97,12 @@ class Store:
                     self._tables = build_tables(self.custom_attributes())
         return self._tables
 
+    @property
+    def is_shared_file(self) -> bool:
+        """SQLite on a file: every connection sees the same database."""
+        db = self.engine.url.database
+        return self.dialect == "sqlite" and bool(db) and db != ":memory:"
+
     def refresh(self) -> None:
         """Forget cached table descriptions (after declaring an attribute)."""
         self._tables = None

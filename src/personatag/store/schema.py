@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -99,6 +100,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("contact_pk", BigInteger, primary_key=True),
         Column("read_at", UTCTimestamp, primary_key=True),
         Column("publication_pk", BigInteger, primary_key=True),
+        Index("ix_reads_publication", "publication_pk", "read_at", "contact_pk"),
         sqlite_with_rowid=False,
     )
     logins = Table(
@@ -144,6 +146,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("status", Text, nullable=False),
         Column("created_at", UTCTimestamp, nullable=False),
         Column("created_by", Text),
+        Index("ix_criteria_name_version", "name", "version", unique=True),
     )
     memberships = Table(
         "memberships",
@@ -155,6 +158,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("since", UTCTimestamp, nullable=False),
         Column("request_pk", BigInteger),
         Column("criterion_pk", BigInteger),
+        Index("ix_memberships_contact", "contact_pk"),
         sqlite_with_rowid=False,
     )
     pins = Table(
@@ -183,6 +187,8 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("reason", Text),
         Column("bulk_count", BigInteger),
         Column("bulk_ids", LargeBinary),
+        Index("ix_membership_log_contact", "contact_pk", "seq"),
+        Index("ix_membership_log_persona", "persona_pk", "seq"),
     )
     requests = Table(
         "requests",
@@ -213,6 +219,8 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("finished_at", UTCTimestamp),
         Column("counts", Text),
         Column("error", Text),
+        Index("ix_jobs_request", "request_pk"),
+        Index("ix_jobs_status", "status"),
     )
     return Tables(
         metadata=md,

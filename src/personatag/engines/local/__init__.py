@@ -10,6 +10,8 @@ from personatag.store import Store
 
 
 class _SqlMatch(Match):
+    portable = True
+
     def __init__(self, spec: MatchSpec) -> None:
         self.spec = spec
 

@@ -177,9 +177,7 @@ def upgrade() -> None:
 
     # Behavioural criteria filter publications first (a small table), then read
     # each matching publication's window of reads from this covering index.
-    op.create_index(
-        "ix_reads_publication", "reads", ["publication_pk", "read_at", "contact_pk"]
-    )
+    op.create_index("ix_reads_publication", "reads", ["publication_pk", "read_at", "contact_pk"])
     op.create_index("ix_memberships_contact", "memberships", ["contact_pk"])
     op.create_index("ix_membership_log_contact", "membership_log", ["contact_pk", "seq"])
     op.create_index("ix_membership_log_persona", "membership_log", ["persona_pk", "seq"])
