@@ -187,3 +187,34 @@ def test_membership_rows_match_log(pop: Store) -> None:
         exits = conn.scalar(select(func.count()).where(t.membership_log.c.change == "exit"))
         held = conn.scalar(select(func.count()).select_from(t.memberships))
     assert enters - exits == held == 10 - 2
+
+
+def _logged_enters(store: Store) -> set[int]:
+    t = store.tables
+    out: set[int] = set()
+    with store.read() as conn:
+        for row in conn.execute(
+            select(t.membership_log).where(t.membership_log.c.change == "enter")
+        ):
+            if row.bulk_ids is not None:
+                out |= set(decode_ids(row.bulk_ids).tolist())
+            else:
+                out.add(row.contact_pk)
+    return out
+
+
+@pytest.mark.parametrize("expr", ["seniority >= 0", 'region = "EMEA"'])
+def test_bulk_log_matches_memberships_on_both_audit_paths(
+    pop: Store, expr: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # seniority >= 0 matches 100%: on SQLite the ids are captured on a second
+    # connection during the insert; region = "EMEA" (25%) reads them back after.
+    caplog.set_level("DEBUG", logger="personatag.pipeline.applier")
+    out = run(pop, Settings(bulk_log_threshold=2), persona="emea", action=Action.TAG, expr=expr)
+    captured = "captured on a second connection" in caplog.text
+    assert captured == (pop.dialect == "sqlite" and expr.startswith("seniority"))
+    t = pop.tables
+    with pop.read() as conn:
+        held = set(conn.scalars(select(t.memberships.c.contact_pk)))
+    assert len(held) == out["tagged"]
+    assert _logged_enters(pop) == held

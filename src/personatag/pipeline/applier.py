@@ -10,6 +10,7 @@ pinned-in contact is never untagged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from sqlalchemy import (
 from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL, Action, Change, PinKind
 from personatag.pipeline.audit import IdCapture, LogContext, log_from_select
 from personatag.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def _tag(
     capture = None
     if portable and store.is_shared_file and _sampled_share(conn, store, enter) >= CAPTURE_SHARE:
         capture = IdCapture(store, select(c.c.pk).where(enter).order_by(c.c.pk))
+        log.debug("audit ids captured on a second connection")
     # preserve_rowcount: SQLAlchemy only promises rowcount for UPDATE/DELETE.
     tagged = conn.execute(
         m.insert().from_select(cols, rows), execution_options={"preserve_rowcount": True}
