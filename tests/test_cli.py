@@ -101,6 +101,9 @@ def test_criteria_versions_and_attributes(cli: CLI) -> None:
         (("preview", "--expr", "seniority > 1", "--as-of", "yesterday"), "invalid --as-of"),
         (("contact", "show", "zzz"), "unknown contact 'zzz'"),
         (("pin", "x", "c0001"), "exactly one of --in or --out"),
+        (("preview", "--expr", "last_login_at within 9d", "--as-of", "0001-01-01"), "out of range"),
+        (("preview", "--expr", "seniority > 1", "--sample", "-1"), "'--sample'"),
+        (("tag", "--persona"), "--persona"),
     ],
 )
 def test_errors_are_one_line(cli: CLI, args: tuple[str, ...], message: str) -> None:
@@ -116,3 +119,19 @@ def test_unknown_setting_fails_fast(cli: CLI) -> None:
     proc = cli("persona", "list", ok=False)
     assert proc.returncode == 1
     assert "unknown setting PERSONATAG_STOER_URL" in proc.stderr
+
+
+def test_failed_request_still_prints_json(cli: CLI, store_url: str) -> None:
+    from sqlalchemy import text
+
+    cli("persona", "add", "emea", "--name", "EMEA", "--category", "region")
+    store = open_store(store_url)
+    with store.write() as conn:
+        conn.execute(text("ALTER TABLE membership_log RENAME TO membership_log_gone"))
+    store.dispose()
+    proc = cli("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--json", ok=False)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["status"] == "failed" and out["request_id"].startswith("req-")
+    assert out["request_id"] in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -285,7 +285,7 @@ def persona_show(key: str, as_json: JsonOpt = False) -> None:
 def persona_members(
     key: str,
     as_json: JsonOpt = False,
-    limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
 ) -> None:
     """List the ids of the contacts holding a persona (streamed)."""
     from personatag.store.personas import get_persona
@@ -447,7 +447,7 @@ def preview(
         str | None, typer.Option(help="Compare with this persona's members.")
     ] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="ISO-8601 (default: now).")] = None,
-    sample: Annotated[int, typer.Option(help="How many sample ids.")] = 10,
+    sample: Annotated[int, typer.Option(min=0, help="How many sample ids.")] = 10,
     as_json: JsonOpt = False,
 ) -> None:
     """Count whom a criterion catches now, with a sample and enter/exit counts."""
@@ -478,7 +478,7 @@ def _run(
     request_id: str | None,
     as_json: bool,
 ) -> None:
-    from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
+    from personatag.pipeline.adhoc import AdhocRequest, RequestFailed, run_adhoc
 
     req = AdhocRequest(
         persona=persona,
@@ -492,7 +492,12 @@ def _run(
         request_id=request_id,
         engine=engine,
     )
-    result = run_adhoc(store(), req, settings())
+    try:
+        result = run_adhoc(store(), req, settings())
+    except RequestFailed as exc:
+        if as_json:
+            emit({"request_id": exc.request_id, "status": "failed", "error": exc.reason})
+        raise
     for f in result.failures:
         typer.echo(f"{contacts}:{f.line}: {f.reason}", err=True)
     out = result.as_json()
@@ -638,11 +643,10 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: wrong option, missing argument
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"error: {exc.format_message()}", err=True)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message}{where}", err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

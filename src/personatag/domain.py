@@ -82,7 +82,9 @@ PUBLICATION_FIELDS: Mapping[str, FieldType] = {
 # names from ever colliding with standard columns or SQL keywords.
 CUSTOM_COLUMN_PREFIX = "cx_"
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# At most 60 characters: with the cx_ prefix a column name stays within
+# PostgreSQL's 63-character identifiers (longer names are silently truncated).
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,59}$")
 PERSONA_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
@@ -106,6 +108,24 @@ class Catalog:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Criteria look back from as_of by up to 100,000 days; keep that arithmetic in range.
+MIN_AS_OF = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_AS_OF = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def check_as_of(value: datetime) -> datetime:
+    """`value` if it is a usable as-of time, else an InputError saying the range."""
+    from personatag.errors import InputError
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if not MIN_AS_OF <= value < MAX_AS_OF:
+        raise InputError(
+            f"as-of time {value.isoformat()} is out of range: use a time from 1900 to 8999"
+        )
+    return value
 
 
 def parse_timestamp(text: str) -> datetime:

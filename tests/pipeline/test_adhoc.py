@@ -218,3 +218,65 @@ def test_bulk_log_matches_memberships_on_both_audit_paths(
         held = set(conn.scalars(select(t.memberships.c.contact_pk)))
     assert len(held) == out["tagged"]
     assert _logged_enters(pop) == held
+
+
+def test_request_id_is_an_idempotency_key(pop: Store) -> None:
+    first = run(pop, persona="emea", action=Action.TAG, expr='region = "EMEA"', request_id="r-1")
+    again = run(pop, persona="emea", action=Action.TAG, expr='region = "EMEA"', request_id="r-1")
+    assert again == first
+    with pytest.raises(PersonatagError, match="different request"):
+        run(pop, persona="cio", action=Action.TAG, expr='region = "EMEA"', request_id="r-1")
+
+
+def test_failed_request_can_be_retried_with_its_id(pop: Store) -> None:
+    with pop.write() as conn:
+        conn.execute(text("ALTER TABLE membership_log RENAME TO membership_log_gone"))
+    with pytest.raises(PersonatagError, match="request r-2 failed"):
+        run(pop, persona="emea", action=Action.TAG, expr='region = "EMEA"', request_id="r-2")
+    with pop.write() as conn:
+        conn.execute(text("ALTER TABLE membership_log_gone RENAME TO membership_log"))
+    out = run(pop, persona="emea", action=Action.TAG, expr='region = "EMEA"', request_id="r-2")
+    assert (out["status"], out["tagged"]) == ("succeeded", 10)
+
+
+def test_failure_reason_is_one_line_without_sql(pop: Store) -> None:
+    with pop.write() as conn:
+        conn.execute(text("ALTER TABLE membership_log RENAME TO membership_log_gone"))
+    with pytest.raises(PersonatagError) as info:
+        run(pop, persona="emea", action=Action.TAG, expr='region = "EMEA"')
+    assert "\n" not in str(info.value)
+    assert "INSERT" not in str(info.value)
+
+
+def test_contact_list_rejects_nul_and_reports_utf8_line(pop: Store, tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_text("c0001\nc\x000002\n")
+    out = run(pop, persona="cio", action=Action.TAG, contacts_file=f)
+    assert (out["tagged"], out["failed"]) == (1, 1)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"c0001\n" * 3000 + b"c\xff\n")
+    with pytest.raises(PersonatagError, match=r"bad.txt:3001: not valid UTF-8"):
+        run(pop, persona="cio", action=Action.TAG, contacts_file=bad)
+
+
+def test_as_of_out_of_range_is_an_input_error(pop: Store) -> None:
+    from datetime import UTC, datetime
+
+    with pytest.raises(PersonatagError, match="out of range"):
+        run(
+            pop,
+            persona="emea",
+            action=Action.TAG,
+            expr="last_login_at within 90d",
+            as_of=datetime(1, 1, 1, tzinfo=UTC),
+        )
+
+
+def test_archive_refuses_a_persona_other_criteria_use(pop: Store) -> None:
+    from personatag.errors import ConflictError
+    from personatag.store.personas import archive_persona
+
+    add_criterion(pop, "emea-cio", persona="cio", expr='persona("emea") and job_title = "CIO"')
+    with pytest.raises(ConflictError, match="emea-cio@1"):
+        archive_persona(pop, "emea")
+    archive_persona(pop, "cio")  # only targeted, not referenced: fine

@@ -132,6 +132,11 @@ def _csv_rows(path: Path, spec: Spec) -> Iterator[Row | Reject]:
             if len(record) != width:
                 yield Reject(line, f"expected {width} fields, found {len(record)}")
                 continue
+            nul = next((c for c, cell in zip(cols, record, strict=True) if "\x00" in cell), None)
+            if nul is not None:
+                # PostgreSQL cannot store NUL in text; refuse it on every store alike.
+                yield Reject(line, f"{nul}: NUL byte in value")
+                continue
             values: list[Any] = [None if cell == "" else cell for cell in record]
             try:
                 for i, parse, col in typed:

@@ -102,6 +102,10 @@ def json_value(ft: FieldType, value: Any) -> Any:
     except that a string column keeps its string as is (even empty)."""
     if value is None:
         return None
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    if any(isinstance(t, str) and "\x00" in t for t in texts):
+        # PostgreSQL cannot store NUL in text; refuse it on every store alike.
+        raise BadValue("NUL byte in value")
     if isinstance(value, str):
         if ft is FieldType.STRING:
             return value

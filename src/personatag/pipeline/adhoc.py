@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement
+from sqlalchemy.exc import DBAPIError
 
 from personatag.config import Settings
 from personatag.criteria import compile_criterion, from_json
-from personatag.domain import SOURCE_ADHOC, Action, utcnow
+from personatag.domain import SOURCE_ADHOC, Action, check_as_of, utcnow
 from personatag.engines import get_engine
 from personatag.engines.base import MatchSpec
 from personatag.errors import InputError, PersonatagError
@@ -49,6 +50,7 @@ class AdhocResult:
     counts: ApplyCounts
     dry_run: bool
     failures: list[FailedRow] = field(default_factory=list)
+    failed: int = 0  # rows that could not be used (len(failures) on a fresh run)
 
     def as_json(self) -> dict[str, Any]:
         c = self.counts
@@ -59,10 +61,42 @@ class AdhocResult:
             "tagged": c.tagged,
             "untagged": c.untagged,
             "already": c.already,
-            "failed": len(self.failures),
+            "failed": self.failed,
             "pinned": c.pinned,
             "dry_run": self.dry_run,
         }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> AdhocResult:
+        counts = ApplyCounts(
+            matched=data["matched"],
+            tagged=data["tagged"],
+            untagged=data["untagged"],
+            already=data["already"],
+            pinned=data["pinned"],
+        )
+        return AdhocResult(
+            data["request_id"], data["status"], counts, data["dry_run"], failed=data["failed"]
+        )
+
+
+class RequestFailed(PersonatagError):
+    """A recorded request whose job failed; nothing of it was applied."""
+
+    def __init__(self, request_id: str, reason: str) -> None:
+        super().__init__(f"request {request_id} failed: {reason}")
+        self.request_id = request_id
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for people (and the job record): no SQL, no parameters."""
+    if isinstance(exc, PersonatagError):
+        return str(exc)
+    if isinstance(exc, DBAPIError):
+        first = str(exc.orig).strip().splitlines()
+        return f"the store failed: {first[0] if first else type(exc.orig).__name__}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResult:
@@ -70,7 +104,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
     sources = [x is not None for x in (req.expr, req.criterion, req.contacts_file, req.contact_ids)]
     if sum(sources) != 1:
         raise InputError("give exactly one of --expr, --criterion or --contacts")
-    as_of = req.as_of or utcnow()
+    as_of = check_as_of(req.as_of or utcnow())
     engine = get_engine(req.engine, store)
     with store.read() as conn:
         criterion = None
@@ -117,7 +151,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
         "expr": req.expr,
         "contacts": str(req.contacts_file) if req.contacts_file else None,
     }
-    request_pk, job_pk = jobs.create_request(
+    request_pk, job_pk, previous = jobs.open_request(
         store,
         request_id=request_id,
         submitted_by=req.actor,
@@ -130,6 +164,8 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
         dry_run=req.dry_run,
         spec=spec,
     )
+    if previous is not None:  # the same request id ran to completion before
+        return AdhocResult.from_json(previous)
     ctx = LogContext(
         at=utcnow(),
         persona_pk=persona.pk,
@@ -145,7 +181,8 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
             match = engine.compute(
                 MatchSpec(ast=ast, as_of=as_of, catalog=catalog, persona_pks=pks)
             )
-        with store.write() as conn:
+        # A dry run writes nothing but its temp tables: no write lock needed.
+        with store.read() if req.dry_run else store.write() as conn:
             loaded = None
             try:
                 if match is not None:
@@ -165,17 +202,23 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
                 )
                 failures = loaded.failed if loaded else []
                 status = jobs.PARTIAL if failures else jobs.SUCCEEDED
-                result = AdhocResult(request_id, status, counts, req.dry_run, failures)
-                jobs.finish_job(conn, store, job_pk, status, result.as_json())
+                result = AdhocResult(
+                    request_id, status, counts, req.dry_run, failures, failed=len(failures)
+                )
+                if not req.dry_run:  # the outcome commits with the memberships
+                    jobs.finish_job(conn, store, job_pk, status, result.as_json())
             finally:
                 if loaded is not None:
                     loaded.drop(conn)
                 if match is not None:
                     match.close(conn)
+        if req.dry_run:
+            with store.write() as conn:
+                jobs.finish_job(conn, store, job_pk, status, result.as_json())
     except Exception as exc:
-        message = str(exc) if isinstance(exc, PersonatagError) else f"{type(exc).__name__}: {exc}"
-        log.exception("request %s failed", request_id)
+        reason = _reason(exc)
+        log.debug("request %s failed", request_id, exc_info=True)
         with store.write() as conn:
-            jobs.finish_job(conn, store, job_pk, jobs.FAILED, {}, error=message)
-        raise PersonatagError(f"request {request_id} failed: {message}") from exc
+            jobs.finish_job(conn, store, job_pk, jobs.FAILED, {}, error=reason)
+        raise RequestFailed(request_id, reason) from exc
     return result

@@ -90,6 +90,7 @@ def apply_adhoc(
     `portable`: the condition means the same on any connection (it uses no
     temp table), so work may be shared with a second connection.
     """
+    store.lock_persona(conn, ctx.persona_pk)
     if action is Action.TAG:
         return _tag(conn, store, condition, ctx, dry_run, bulk_threshold, portable)
     return _untag(conn, store, condition, ctx, dry_run, bulk_threshold)
@@ -148,10 +149,15 @@ def _tag(
     if portable and store.is_shared_file and _sampled_share(conn, store, enter) >= CAPTURE_SHARE:
         capture = IdCapture(store, select(c.c.pk).where(enter).order_by(c.c.pk))
         log.debug("audit ids captured on a second connection")
-    # preserve_rowcount: SQLAlchemy only promises rowcount for UPDATE/DELETE.
-    tagged = conn.execute(
-        m.insert().from_select(cols, rows), execution_options={"preserve_rowcount": True}
-    ).rowcount
+    try:
+        # preserve_rowcount: SQLAlchemy only promises rowcount for UPDATE/DELETE.
+        tagged = conn.execute(
+            m.insert().from_select(cols, rows), execution_options={"preserve_rowcount": True}
+        ).rowcount
+    except BaseException:
+        if capture is not None:
+            capture.abandon()
+        raise
     entered = select(m.c.contact_pk).where(
         m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
     )
@@ -179,7 +185,7 @@ def _tag(
             literal(ctx.at, type_=m.c.since.type),
             literal(ctx.request_pk, type_=m.c.request_pk.type),
             literal(ctx.criterion_pk, type_=m.c.criterion_pk.type),
-        ).where(condition, c.c.pk.in_(other), c.c.pk.not_in(adhoc))
+        ).where(condition, c.c.pk.in_(other), ~exists(adhoc.where(m.c.contact_pk == c.c.pk)))
         conn.execute(m.insert().from_select(cols, extra))
     return ApplyCounts(
         matched=tagged + already + pinned, tagged=tagged, already=already, pinned=pinned

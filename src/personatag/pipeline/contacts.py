@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from personatag.domain import CUSTOM_COLUMN_PREFIX, SOURCE_ADHOC, SOURCE_MANUAL
 from personatag.pipeline.audit import log_for_contact
@@ -41,18 +41,25 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
         requests = t.requests
         crit = t.criteria
         m = t.memberships
+        pins_t = t.pins
         rows = conn.execute(
             select(
                 m.c.persona_pk,
                 m.c.source,
                 m.c.since,
                 requests.c.request_id,
-                requests.c.submitted_by,
+                func.coalesce(requests.c.submitted_by, pins_t.c.created_by).label("submitted_by"),
                 crit.c.name,
                 crit.c.version,
             )
             .outerjoin(requests, requests.c.pk == m.c.request_pk)
             .outerjoin(crit, crit.c.pk == m.c.criterion_pk)
+            .outerjoin(
+                pins_t,
+                (pins_t.c.persona_pk == m.c.persona_pk)
+                & (pins_t.c.contact_pk == m.c.contact_pk)
+                & (m.c.source == SOURCE_MANUAL),
+            )
             .where(m.c.contact_pk == cpk)
             .order_by(m.c.persona_pk, m.c.since)
         )

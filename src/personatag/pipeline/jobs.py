@@ -29,7 +29,12 @@ def new_request_id(now: datetime | None = None) -> str:
     return f"req-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
-def create_request(
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    # as_of defaults to "now", so a plain re-run differs only there.
+    return {k: v for k, v in spec.items() if k != "as_of"}
+
+
+def open_request(
     store: Store,
     *,
     request_id: str,
@@ -42,31 +47,59 @@ def create_request(
     as_of: datetime,
     dry_run: bool,
     spec: dict[str, Any],
-) -> tuple[int, int]:
-    """Record a request and its running job; returns (request pk, job pk)."""
+) -> tuple[int, int, dict[str, Any] | None]:
+    """Record a request (once per request id) and a new running job for it.
+
+    Returns (request pk, job pk, previous result). The request id is an
+    idempotency key: when a job of this request already succeeded (or was
+    partial), nothing new is started and its recorded result comes back; a
+    failed or cancelled request runs again as a new job; one still running is
+    a ConflictError.
+    """
     t = store.tables
     now = utcnow()
     with store.write() as conn:
-        exists = conn.scalar(select(t.requests.c.pk).where(t.requests.c.request_id == request_id))
-        if exists is not None:
-            raise ConflictError(f"request {request_id!r} exists already")
         request_pk = conn.scalar(
-            t.requests.insert()
-            .values(
-                request_id=request_id,
-                submitted_by=submitted_by,
-                persona_pk=persona_pk,
-                action=action,
-                engine=engine,
-                criterion_pk=criterion_pk,
-                expr=expr,
-                as_of=as_of,
-                dry_run=dry_run,
-                spec=json.dumps(spec, sort_keys=True),
-                created_at=now,
-            )
-            .returning(t.requests.c.pk)
+            select(t.requests.c.pk).where(t.requests.c.request_id == request_id)
         )
+        if request_pk is not None:
+            stored = json.loads(
+                conn.scalar(select(t.requests.c.spec).where(t.requests.c.pk == request_pk)) or "{}"
+            )
+            if _comparable(stored) != _comparable(spec):
+                raise ConflictError(
+                    f"request id {request_id!r} was used for a different request; use a new id"
+                )
+            last = conn.execute(
+                select(t.jobs.c.pk, t.jobs.c.status, t.jobs.c.counts)
+                .where(t.jobs.c.request_pk == request_pk)
+                .order_by(t.jobs.c.pk.desc())
+                .limit(1)
+            ).first()
+            if last is not None and last.status in (SUCCEEDED, PARTIAL):
+                return int(request_pk), int(last.pk), json.loads(last.counts)
+            if last is not None and last.status not in TERMINAL:
+                raise ConflictError(
+                    f"request {request_id!r} is {last.status} (job {last.pk}); wait for it"
+                )
+        else:
+            request_pk = conn.scalar(
+                t.requests.insert()
+                .values(
+                    request_id=request_id,
+                    submitted_by=submitted_by,
+                    persona_pk=persona_pk,
+                    action=action,
+                    engine=engine,
+                    criterion_pk=criterion_pk,
+                    expr=expr,
+                    as_of=as_of,
+                    dry_run=dry_run,
+                    spec=json.dumps(spec, sort_keys=True),
+                    created_at=now,
+                )
+                .returning(t.requests.c.pk)
+            )
         job_pk = conn.scalar(
             t.jobs.insert()
             .values(
@@ -78,7 +111,7 @@ def create_request(
             )
             .returning(t.jobs.c.pk)
         )
-    return int(request_pk), int(job_pk)
+    return int(request_pk), int(job_pk), None
 
 
 def finish_job(

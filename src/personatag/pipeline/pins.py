@@ -39,6 +39,7 @@ def pin(
     now = utcnow()
     with store.write() as conn:
         persona = get_persona(conn, store, persona_key, active=True)
+        store.lock_persona(conn, persona.pk)
         cpk = contact_pk(conn, store, contact_id)
         held = _holds(conn, store, persona.pk, cpk)
         ctx = LogContext(
@@ -93,6 +94,7 @@ def unpin(
     now = utcnow()
     with store.write() as conn:
         persona = get_persona(conn, store, persona_key)
+        store.lock_persona(conn, persona.pk)
         cpk = contact_pk(conn, store, contact_id)
         kind = conn.scalar(
             select(t.pins.c.kind).where(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 
 from personatag.criteria import compile_criterion, compile_sql
-from personatag.domain import PinKind, utcnow
+from personatag.domain import PinKind, check_as_of, utcnow
 from personatag.store import Store
 from personatag.store.personas import get_persona, persona_pks
 
@@ -23,20 +23,25 @@ def preview(
 ) -> dict[str, Any]:
     """{"count", "sample", "would_enter", "would_exit"} for `expr` at `as_of`.
 
-    would_enter/would_exit compare the matches with the persona's current
-    members, honouring pins (a pinned-out contact never enters, a pinned-in one
-    never exits). Without a persona nobody holds it: everyone matched would enter.
+    would_enter: matched contacts that do not hold the persona and are not
+    pinned out (what `tag` would add). would_exit: members that do not match
+    and are not pinned in (who would leave if the criterion alone defined the
+    persona, as an ongoing criterion with exit=remove does; an ad hoc `tag`
+    never removes anyone). Without a persona nobody holds it: everyone matched
+    would enter.
     """
     t = store.tables
     c, m, pins = t.contacts, t.memberships, t.pins
+    as_of = check_as_of(as_of or utcnow())
     with store.read() as conn:
-        compiled = compile_criterion(expr, store.catalog(conn))
+        catalog = store.catalog(conn)
+        compiled = compile_criterion(expr, catalog)
         cond = compile_sql(
             compiled.ast,
             tables=t,
-            catalog=store.catalog(conn),
+            catalog=catalog,
             persona_pks=persona_pks(conn, store),
-            as_of=as_of or utcnow(),
+            as_of=as_of,
             dialect=store.dialect,
         )
 

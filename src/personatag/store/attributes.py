@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from personatag.criteria.ast import KEYWORDS
 from personatag.domain import (
     CUSTOM_COLUMN_PREFIX,
     NAME_RE,
-    PUBLICATION_FIELDS,
     STANDARD_CONTACT_FIELDS,
     FieldType,
     utcnow,
@@ -16,35 +16,9 @@ from personatag.errors import ConflictError, InputError
 from personatag.store.db import Store
 from personatag.store.schema import sql_type
 
-# Words of the criteria language cannot name a field.
-RESERVED = frozenset(
-    [
-        "and",
-        "or",
-        "not",
-        "in",
-        "between",
-        "contains",
-        "contains_any",
-        "contains_all",
-        "starts_with",
-        "ends_with",
-        "like",
-        "ilike",
-        "is",
-        "null",
-        "within",
-        "count",
-        "read",
-        "login",
-        "where",
-        "persona",
-        "true",
-        "false",
-        "date",
-        "d",
-    ]
-)
+# Words of the criteria language cannot name a field; `read`, `login` and `d`
+# are only contextual there, but as attribute names they would read badly.
+RESERVED = KEYWORDS | {"read", "login", "d"}
 
 
 def add_attribute(
@@ -64,15 +38,12 @@ def add_attribute(
     if not NAME_RE.match(name):
         raise InputError(
             f"invalid attribute name {name!r}: use lower-case letters, digits and '_', "
-            "starting with a letter (at most 63 characters)"
+            "starting with a letter (at most 60 characters)"
         )
     if name in STANDARD_CONTACT_FIELDS:
         raise ConflictError(f"{name!r} is a standard contact attribute already")
     if name in RESERVED:
         raise InputError(f"{name!r} is a word of the criteria language; choose another name")
-    if name in PUBLICATION_FIELDS:
-        # Allowed, but say nothing: publication fields only appear inside count(read where ...).
-        pass
     attrs = store.tables.attributes
     dialect = store.engine.dialect
     column = dialect.identifier_preparer.quote(CUSTOM_COLUMN_PREFIX + name)

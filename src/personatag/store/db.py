@@ -17,6 +17,8 @@ from personatag.errors import ConfigError, PersonatagError
 from personatag.store.schema import Tables, build_tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# First key of PostgreSQL advisory locks on personas ("PT" in ASCII).
+_LOCK_SPACE_PERSONA = 0x5054
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -68,11 +70,12 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_store_engine(url: str) -> Engine:
+def create_store_engine(url: str, *, create: bool = False) -> Engine:
+    """An engine for `url`; with create=True the SQLite file's folder is made."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if create and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
         _sqlite_setup(engine)
@@ -139,6 +142,19 @@ class Store:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def lock_persona(self, conn: Connection, persona_pk: int) -> None:
+        """Serialise writers of one persona's memberships until `conn` commits.
+
+        The applier counts, then writes, in separate statements; on PostgreSQL
+        (READ COMMITTED, many writers) another writer could commit in between.
+        SQLite needs nothing: Store.write() already holds the only write lock.
+        """
+        if self.dialect == "postgresql":
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": _LOCK_SPACE_PERSONA, "key": persona_pk},
+            )
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -188,7 +204,7 @@ def open_store(url: str, *, create: bool = False) -> Store:
     Without create, a store that is missing or behind raises a PersonatagError
     that says to run `personatag init`.
     """
-    engine = create_store_engine(url)
+    engine = create_store_engine(url, create=create)
     try:
         if create:
             migrate(engine)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -187,8 +188,17 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("reason", Text),
         Column("bulk_count", BigInteger),
         Column("bulk_ids", LargeBinary),
+        # Smallest and largest pk in bulk_ids: prunes entries without decoding.
+        Column("bulk_min", BigInteger),
+        Column("bulk_max", BigInteger),
         Index("ix_membership_log_contact", "contact_pk", "seq"),
         Index("ix_membership_log_persona", "persona_pk", "seq"),
+        Index(
+            "ix_membership_log_bulk",
+            "seq",
+            sqlite_where=text("bulk_count IS NOT NULL"),
+            postgresql_where=text("bulk_count IS NOT NULL"),
+        ),
     )
     requests = Table(
         "requests",

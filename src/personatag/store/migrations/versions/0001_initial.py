@@ -100,6 +100,8 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("bulk_count", sa.BigInteger(), nullable=True),
         sa.Column("bulk_ids", sa.LargeBinary(), nullable=True),
+        sa.Column("bulk_min", sa.BigInteger(), nullable=True),
+        sa.Column("bulk_max", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("seq"),
     )
     op.create_table(
@@ -181,6 +183,14 @@ def upgrade() -> None:
     op.create_index("ix_memberships_contact", "memberships", ["contact_pk"])
     op.create_index("ix_membership_log_contact", "membership_log", ["contact_pk", "seq"])
     op.create_index("ix_membership_log_persona", "membership_log", ["persona_pk", "seq"])
+    # Bulk entries are few among many single rows: find them without a scan.
+    op.create_index(
+        "ix_membership_log_bulk",
+        "membership_log",
+        ["seq"],
+        sqlite_where=sa.text("bulk_count IS NOT NULL"),
+        postgresql_where=sa.text("bulk_count IS NOT NULL"),
+    )
     op.create_index("ix_criteria_name_version", "criteria", ["name", "version"], unique=True)
     op.create_index("ix_jobs_request", "jobs", ["request_pk"])
     op.create_index("ix_jobs_status", "jobs", ["status"])
