@@ -123,6 +123,7 @@ def generate(
                 ix.create(conn, checkfirst=True)
     with store.write() as conn:
         bulk_writer(conn).sync_sequence(tables.contacts)
+    store.analyze()
     return GenerateResult(
         contacts=contacts,
         publications=len(pubs.ids),

@@ -123,4 +123,6 @@ def import_file(
             batch = []
     if batch:
         flush(batch)
+    if inserted or updated:
+        store.analyze()
     return ImportResult(inserted=inserted, updated=updated, rejected=rejected)

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.exc import DBAPIError
 
 from personatag.config import Settings
-from personatag.criteria import compile_criterion, from_json
+from personatag.criteria import compile_criterion, from_json, references
 from personatag.domain import SOURCE_ADHOC, Action, check_as_of, utcnow
 from personatag.engines import get_engine
 from personatag.engines.base import MatchSpec
@@ -21,6 +21,7 @@ from personatag.pipeline import jobs
 from personatag.pipeline.applier import ApplyCounts, apply_adhoc
 from personatag.pipeline.audit import LogContext
 from personatag.pipeline.contact_lists import FailedRow, LoadedList, read_contact_ids
+from personatag.pipeline.matchset import is_heavy, materialize
 from personatag.store import Store
 from personatag.store.definitions import get_criterion
 from personatag.store.personas import get_persona, persona_pks
@@ -183,10 +184,15 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
             )
         # A dry run writes nothing but its temp tables: no write lock needed.
         with store.read() if req.dry_run else store.write() as conn:
-            loaded = None
+            loaded = held = None
+            portable = match is not None and match.portable
             try:
                 if match is not None:
                     condition: ColumnElement[bool] = match.condition(conn, store)
+                    if ast is not None and is_heavy(references(ast)):
+                        held = materialize(conn, store, condition)
+                        condition = held.contains(store.tables.contacts.c.pk)
+                        portable = False
                 else:
                     loaded = LoadedList(conn, store, ids or [])
                     condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
@@ -198,7 +204,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
                     ctx=ctx,
                     dry_run=req.dry_run,
                     bulk_threshold=settings.bulk_log_threshold,
-                    portable=match is not None and match.portable,
+                    portable=portable,
                 )
                 failures = loaded.failed if loaded else []
                 status = jobs.PARTIAL if failures else jobs.SUCCEEDED
@@ -208,6 +214,8 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
                 if not req.dry_run:  # the outcome commits with the memberships
                     jobs.finish_job(conn, store, job_pk, status, result.as_json())
             finally:
+                if held is not None:
+                    held.drop(conn)
                 if loaded is not None:
                     loaded.drop(conn)
                 if match is not None:

@@ -9,6 +9,7 @@ from sqlalchemy import and_, func, select
 
 from personatag.criteria import compile_criterion, compile_sql
 from personatag.domain import PinKind, check_as_of, utcnow
+from personatag.pipeline.matchset import is_heavy, materialize
 from personatag.store import Store
 from personatag.store.personas import get_persona, persona_pks
 
@@ -45,27 +46,39 @@ def preview(
             dialect=store.dialect,
         )
 
+        held = None
+        if is_heavy(compiled.references):
+            held = materialize(conn, store, cond)
+            cond = held.contains(c.c.pk)
+
         def count(where: Any) -> int:
             return int(conn.scalar(select(func.count()).select_from(c).where(where)) or 0)
 
         total = count(cond)
         sample = list(conn.scalars(select(c.c.id).where(cond).order_by(c.c.pk).limit(sample_size)))
         if persona is None:
-            return {"count": total, "sample": sample, "would_enter": total, "would_exit": 0}
-        p = get_persona(conn, store, persona).pk
-        members = select(m.c.contact_pk).where(m.c.persona_pk == p)
-        pinned = {
-            kind: select(pins.c.contact_pk).where(pins.c.persona_pk == p, pins.c.kind == kind.value)
-            for kind in PinKind
-        }
-        # Driven by the member and pin sets, not by another scan of everyone.
-        held_and_matched = count(and_(cond, c.c.pk.in_(members)))
-        blocked = count(and_(cond, c.c.pk.in_(pinned[PinKind.OUT])))
-        staying_members = count(and_(c.c.pk.in_(members), c.c.pk.not_in(pinned[PinKind.IN])))
-        staying_matched = count(and_(cond, c.c.pk.in_(members), c.c.pk.not_in(pinned[PinKind.IN])))
-        return {
-            "count": total,
-            "sample": sample,
-            "would_enter": total - held_and_matched - blocked,
-            "would_exit": staying_members - staying_matched,
-        }
+            result = {"count": total, "sample": sample, "would_enter": total, "would_exit": 0}
+        else:
+            p = get_persona(conn, store, persona).pk
+            members = select(m.c.contact_pk).where(m.c.persona_pk == p)
+            pinned = {
+                kind: select(pins.c.contact_pk).where(
+                    pins.c.persona_pk == p, pins.c.kind == kind.value
+                )
+                for kind in PinKind
+            }
+            # Driven by the member and pin sets, not by another scan of everyone.
+            not_pinned_in = c.c.pk.not_in(pinned[PinKind.IN])
+            held_and_matched = count(and_(cond, c.c.pk.in_(members)))
+            blocked = count(and_(cond, c.c.pk.in_(pinned[PinKind.OUT])))
+            staying_members = count(and_(c.c.pk.in_(members), not_pinned_in))
+            staying_matched = count(and_(cond, c.c.pk.in_(members), not_pinned_in))
+            result = {
+                "count": total,
+                "sample": sample,
+                "would_enter": total - held_and_matched - blocked,
+                "would_exit": staying_members - staying_matched,
+            }
+        if held is not None:
+            held.drop(conn)
+        return result

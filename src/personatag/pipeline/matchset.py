@@ -1,0 +1,59 @@
+"""Matched contact pks held in a temp table for the length of one transaction.
+
+A criterion with `count(...)` or `persona(...)` evaluates a subquery over
+readership or memberships (seconds on 100M reads); the applier and preview
+use the match set in several statements, so such criteria are evaluated once
+into a temp table and every later statement reads that instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ColumnElement, Connection, MetaData, Table, select, text
+
+from personatag.store import Store
+
+
+class TempPks:
+    """A temp table of contact pks on one connection; drop() when done."""
+
+    def __init__(self, conn: Connection, prefix: str = "pt_pks") -> None:
+        self.table = Table(
+            f"{prefix}_{uuid.uuid4().hex[:8]}",
+            MetaData(),
+            Column("pk", BigInteger, primary_key=True),
+            prefixes=["TEMPORARY"],
+        )
+        self.table.create(conn)
+
+    def fill(self, conn: Connection, query: Any) -> int:
+        """Insert the pks `query` returns; returns how many."""
+        n = conn.execute(
+            self.table.insert().from_select(["pk"], query),
+            execution_options={"preserve_rowcount": True},
+        ).rowcount
+        if conn.dialect.name == "postgresql":
+            # Temp tables are never auto-analysed: give the planner real sizes.
+            conn.execute(text(f"ANALYZE {self.table.name}"))
+        return int(n)
+
+    def contains(self, pk: ColumnElement[Any]) -> ColumnElement[bool]:
+        return pk.in_(select(self.table.c.pk))
+
+    def drop(self, conn: Connection) -> None:
+        self.table.drop(conn, checkfirst=True)
+
+
+def is_heavy(references: Any) -> bool:
+    """Does a criterion read readership or memberships (worth evaluating once)?"""
+    return bool(references.events or references.personas)
+
+
+def materialize(conn: Connection, store: Store, condition: ColumnElement[bool]) -> TempPks:
+    """Evaluate `condition` once into a temp table of matched contact pks."""
+    pks = TempPks(conn, "pt_match")
+    c = store.tables.contacts
+    pks.fill(conn, select(c.c.pk).where(condition))
+    return pks
