@@ -1,36 +1,57 @@
-"""Ad hoc requests: tag or untag everyone who matches now (or a list), once."""
+"""Ad hoc requests: tag or untag everyone who matches now (or a list), once.
+
+A request holds one or more items (persona + action + what to match: a stored
+criterion, an expression or a list of contact ids). All items of a request
+apply in one write transaction, with the job's outcome: a request is applied
+completely or not at all.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Connection
 from sqlalchemy.exc import DBAPIError
 
 from personatag.config import Settings
-from personatag.criteria import compile_criterion, from_json, references
-from personatag.domain import SOURCE_ADHOC, Action, check_as_of, utcnow
+from personatag.criteria import Node, compile_criterion, from_json, references
+from personatag.domain import SOURCE_ADHOC, Action, Catalog, check_as_of, utcnow
 from personatag.engines import get_engine
-from personatag.engines.base import MatchSpec
+from personatag.engines.base import Match, MatchSpec
 from personatag.errors import InputError, PersonatagError
 from personatag.pipeline import jobs
 from personatag.pipeline.applier import ApplyCounts, apply_adhoc
 from personatag.pipeline.audit import LogContext
 from personatag.pipeline.contact_lists import FailedRow, LoadedList, read_contact_ids
-from personatag.pipeline.matchset import is_heavy, materialize
+from personatag.pipeline.control import JobControl, JobStopped
+from personatag.pipeline.matchset import TempPks, is_heavy, materialize
 from personatag.store import Store
-from personatag.store.definitions import get_criterion
-from personatag.store.personas import get_persona, persona_pks
+from personatag.store.definitions import Criterion, get_criterion
+from personatag.store.personas import Persona, get_persona, persona_pks
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One persona and action, and what to match (exactly one of the three)."""
+
+    persona: str | None
+    action: Action
+    criterion: str | None = None
+    expr: str | None = None
+    contact_ids: Sequence[tuple[int, str]] | None = None  # (line, id)
+
+
 @dataclass
 class AdhocRequest:
+    """What `personatag tag|untag` asks for: one item."""
+
     persona: str | None
     action: Action
     expr: str | None = None
@@ -45,6 +66,24 @@ class AdhocRequest:
 
 
 @dataclass
+class ItemResult:
+    persona: str
+    action: str
+    counts: ApplyCounts
+    failures: list[FailedRow] = field(default_factory=list)
+
+
+def _sum(counts: Sequence[ApplyCounts]) -> ApplyCounts:
+    return ApplyCounts(
+        matched=sum(c.matched for c in counts),
+        tagged=sum(c.tagged for c in counts),
+        untagged=sum(c.untagged for c in counts),
+        already=sum(c.already for c in counts),
+        pinned=sum(c.pinned for c in counts),
+    )
+
+
+@dataclass
 class AdhocResult:
     request_id: str
     status: str
@@ -52,6 +91,7 @@ class AdhocResult:
     dry_run: bool
     failures: list[FailedRow] = field(default_factory=list)
     failed: int = 0  # rows that could not be used (len(failures) on a fresh run)
+    items: list[ItemResult] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         c = self.counts
@@ -82,15 +122,16 @@ class AdhocResult:
 
 
 class RequestFailed(PersonatagError):
-    """A recorded request whose job failed; nothing of it was applied."""
+    """A recorded request whose job failed (or was cancelled); nothing was applied."""
 
-    def __init__(self, request_id: str, reason: str) -> None:
-        super().__init__(f"request {request_id} failed: {reason}")
+    def __init__(self, request_id: str, reason: str, status: str = jobs.FAILED) -> None:
+        super().__init__(f"request {request_id} {status}: {reason}")
         self.request_id = request_id
         self.reason = reason
+        self.status = status
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     """One line for people (and the job record): no SQL, no parameters."""
     if isinstance(exc, PersonatagError):
         return str(exc)
@@ -100,55 +141,218 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """An item checked against the store: its persona, criterion and AST exist."""
+
+    item: Item
+    persona: Persona
+    criterion: Criterion | None
+    ast: Node | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    items: tuple[Resolved, ...]
+    catalog: Catalog
+    persona_pks: dict[str, int]
+
+
+def resolve(store: Store, items: Sequence[Item]) -> Plan:
+    """Check every item against the store; raise InputError naming the first problem."""
+    out = []
+    with store.read() as conn:
+        catalog = store.catalog(conn)
+        for item in items:
+            out.append(_resolve_one(conn, store, catalog, item))
+        pks = persona_pks(conn, store)
+    return Plan(tuple(out), catalog, pks)
+
+
+def _resolve_one(conn: Connection, store: Store, catalog: Catalog, item: Item) -> Resolved:
+    given = [x is not None for x in (item.expr, item.criterion, item.contact_ids)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of a criterion, an expression or contacts")
+    criterion = None
+    ast = None
+    if item.criterion is not None:
+        criterion = get_criterion(conn, store, item.criterion)
+        if item.persona and item.persona != criterion.persona_key:
+            raise InputError(
+                f"criterion {criterion.label} is for persona {criterion.persona_key!r}, "
+                f"not {item.persona!r}"
+            )
+        if criterion.action is not item.action:
+            raise InputError(
+                f"criterion {criterion.label} has action {criterion.action.value!r}, not "
+                f"{item.action.value!r}: run it with `personatag {criterion.action.value}`"
+            )
+        persona_key = criterion.persona_key
+        ast = from_json(criterion.ast)
+        compile_criterion(criterion.expr, catalog)  # still valid against today's schema?
+    elif item.persona is None:
+        raise InputError("a persona is required")
+    else:
+        persona_key = item.persona
+        if item.expr is not None:
+            ast = compile_criterion(item.expr, catalog).ast
+    persona = get_persona(conn, store, persona_key, active=True)
+    return Resolved(item, persona, criterion, ast)
+
+
+def execute(
+    store: Store,
+    settings: Settings,
+    plan: Plan,
+    *,
+    request_id: str,
+    request_pk: int,
+    job_pk: int,
+    as_of: datetime,
+    dry_run: bool,
+    actor: str | None,
+    engine_name: str = "local",
+    control: JobControl | None = None,
+    row_failures: Sequence[FailedRow] = (),
+) -> AdhocResult:
+    """Run a recorded job: compute each item on the engine, then apply all items
+    in one transaction with the job's outcome. Raises RequestFailed (the job is
+    recorded failed or cancelled; nothing applied)."""
+    control = control or JobControl()
+    try:
+        jobs.start_job(store, job_pk)
+        engine = get_engine(engine_name, store)
+        matches: list[Match | None] = []
+        for r in plan.items:
+            control.check()
+            matches.append(
+                None
+                if r.ast is None
+                else engine.compute(
+                    MatchSpec(
+                        ast=r.ast, as_of=as_of, catalog=plan.catalog, persona_pks=plan.persona_pks
+                    )
+                )
+            )
+        control.check()
+        # A dry run writes nothing but its temp tables: no write lock needed.
+        with store.read() if dry_run else store.write() as conn, control.guard(conn):
+            results = [
+                _apply_item(conn, store, settings, r, m, request_id, request_pk, actor, dry_run)
+                for r, m in zip(plan.items, matches, strict=True)
+            ]
+            failures = sorted(
+                [*row_failures, *(f for res in results for f in res.failures)],
+                key=lambda f: f.line,
+            )
+            status = jobs.PARTIAL if failures else jobs.SUCCEEDED
+            result = AdhocResult(
+                request_id,
+                status,
+                _sum([res.counts for res in results]),
+                dry_run,
+                failures,
+                failed=len(failures),
+                items=results,
+            )
+            if not dry_run:  # the outcome commits with the memberships
+                jobs.finish_job(conn, store, job_pk, status, result.as_json())
+        if dry_run:
+            with store.write() as conn:
+                jobs.finish_job(conn, store, job_pk, status, result.as_json())
+    except Exception as exc:
+        status = exc.status if isinstance(exc, JobStopped) else jobs.FAILED
+        reason = reason_of(exc)
+        log.debug("request %s %s", request_id, status, exc_info=True)
+        with store.write() as conn:
+            jobs.finish_job(conn, store, job_pk, status, {}, error=reason)
+        raise RequestFailed(request_id, reason, status) from exc
+    return result
+
+
+def _apply_item(
+    conn: Connection,
+    store: Store,
+    settings: Settings,
+    r: Resolved,
+    match: Match | None,
+    request_id: str,
+    request_pk: int,
+    actor: str | None,
+    dry_run: bool,
+) -> ItemResult:
+    ctx = LogContext(
+        at=utcnow(),
+        persona_pk=r.persona.pk,
+        source=SOURCE_ADHOC,
+        request_pk=request_pk,
+        criterion_pk=r.criterion.pk if r.criterion else None,
+        actor=actor,
+        reason=f"{r.item.action.value} request {request_id}",
+    )
+    loaded: LoadedList | None = None
+    held: TempPks | None = None
+    portable = match is not None and match.portable
+    try:
+        if match is not None:
+            condition: ColumnElement[bool] = match.condition(conn, store)
+            if r.ast is not None and is_heavy(references(r.ast)):
+                held = materialize(conn, store, condition)
+                condition = held.contains(store.tables.contacts.c.pk)
+                portable = False
+        else:
+            loaded = LoadedList(conn, store, list(r.item.contact_ids or []))
+            condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
+        counts = apply_adhoc(
+            conn,
+            store,
+            action=r.item.action,
+            condition=condition,
+            ctx=ctx,
+            dry_run=dry_run,
+            bulk_threshold=settings.bulk_log_threshold,
+            portable=portable,
+        )
+        failures = (
+            [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]
+            if loaded
+            else []
+        )
+        return ItemResult(r.persona.key, r.item.action.value, counts, failures)
+    finally:
+        if held is not None:
+            held.drop(conn)
+        if loaded is not None:
+            loaded.drop(conn)
+        if match is not None:
+            match.close(conn)
+
+
 def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResult:
     """Validate, record, compute on the engine, apply all-or-nothing, record the outcome."""
-    sources = [x is not None for x in (req.expr, req.criterion, req.contacts_file, req.contact_ids)]
-    if sum(sources) != 1:
+    given = [x is not None for x in (req.expr, req.criterion, req.contacts_file, req.contact_ids)]
+    if sum(given) != 1:
         raise InputError("give exactly one of --expr, --criterion or --contacts")
+    if req.criterion is None and req.persona is None:
+        raise InputError("--persona is required")
     as_of = check_as_of(req.as_of or utcnow())
-    engine = get_engine(req.engine, store)
-    with store.read() as conn:
-        criterion = None
-        if req.criterion is not None:
-            criterion = get_criterion(conn, store, req.criterion)
-            if req.persona and req.persona != criterion.persona_key:
-                raise InputError(
-                    f"criterion {criterion.label} is for persona {criterion.persona_key!r}, "
-                    f"not {req.persona!r}"
-                )
-            if criterion.action is not req.action:
-                raise InputError(
-                    f"criterion {criterion.label} has action {criterion.action.value!r}, not "
-                    f"{req.action.value!r}: run it with `personatag {criterion.action.value}`"
-                )
-            persona_key = criterion.persona_key
-        elif req.persona is None:
-            raise InputError("--persona is required")
-        else:
-            persona_key = req.persona
-        persona = get_persona(conn, store, persona_key, active=True)
-        catalog = store.catalog(conn)
-        ast = None
-        if criterion is not None:
-            ast = from_json(criterion.ast)
-            compile_criterion(criterion.expr, catalog)  # still valid against today's schema?
-        elif req.expr is not None:
-            ast = compile_criterion(req.expr, catalog).ast
-        pks = persona_pks(conn, store)
+    get_engine(req.engine, store)  # an unknown engine fails before anything is recorded
     ids: list[tuple[int, str]] | None = None
     if req.contacts_file is not None:
         ids = list(read_contact_ids(req.contacts_file))
     elif req.contact_ids is not None:
         ids = list(enumerate(req.contact_ids, start=1))
-
+    item = Item(req.persona, req.action, criterion=req.criterion, expr=req.expr, contact_ids=ids)
+    plan = resolve(store, [item])
+    first = plan.items[0]
     request_id = req.request_id or jobs.new_request_id()
     spec = {
-        "persona": persona_key,
+        "persona": first.persona.key,
         "action": req.action.value,
         "engine": req.engine,
         "dry_run": req.dry_run,
         "as_of": as_of.isoformat(),
-        "criterion": criterion.label if criterion else None,
+        "criterion": first.criterion.label if first.criterion else None,
         "expr": req.expr,
         "contacts": str(req.contacts_file) if req.contacts_file else None,
     }
@@ -156,10 +360,10 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
         store,
         request_id=request_id,
         submitted_by=req.actor,
-        persona_pk=persona.pk,
+        persona_pk=first.persona.pk,
         action=req.action.value,
         engine=req.engine,
-        criterion_pk=criterion.pk if criterion else None,
+        criterion_pk=first.criterion.pk if first.criterion else None,
         expr=req.expr,
         as_of=as_of,
         dry_run=req.dry_run,
@@ -167,66 +371,15 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
     )
     if previous is not None:  # the same request id ran to completion before
         return AdhocResult.from_json(previous)
-    ctx = LogContext(
-        at=utcnow(),
-        persona_pk=persona.pk,
-        source=SOURCE_ADHOC,
+    return execute(
+        store,
+        settings,
+        plan,
+        request_id=request_id,
         request_pk=request_pk,
-        criterion_pk=criterion.pk if criterion else None,
+        job_pk=job_pk,
+        as_of=as_of,
+        dry_run=req.dry_run,
         actor=req.actor,
-        reason=f"{req.action.value} request {request_id}",
+        engine_name=req.engine,
     )
-    try:
-        match = None
-        if ast is not None:
-            match = engine.compute(
-                MatchSpec(ast=ast, as_of=as_of, catalog=catalog, persona_pks=pks)
-            )
-        # A dry run writes nothing but its temp tables: no write lock needed.
-        with store.read() if req.dry_run else store.write() as conn:
-            loaded = held = None
-            portable = match is not None and match.portable
-            try:
-                if match is not None:
-                    condition: ColumnElement[bool] = match.condition(conn, store)
-                    if ast is not None and is_heavy(references(ast)):
-                        held = materialize(conn, store, condition)
-                        condition = held.contains(store.tables.contacts.c.pk)
-                        portable = False
-                else:
-                    loaded = LoadedList(conn, store, ids or [])
-                    condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
-                counts = apply_adhoc(
-                    conn,
-                    store,
-                    action=req.action,
-                    condition=condition,
-                    ctx=ctx,
-                    dry_run=req.dry_run,
-                    bulk_threshold=settings.bulk_log_threshold,
-                    portable=portable,
-                )
-                failures = loaded.failed if loaded else []
-                status = jobs.PARTIAL if failures else jobs.SUCCEEDED
-                result = AdhocResult(
-                    request_id, status, counts, req.dry_run, failures, failed=len(failures)
-                )
-                if not req.dry_run:  # the outcome commits with the memberships
-                    jobs.finish_job(conn, store, job_pk, status, result.as_json())
-            finally:
-                if held is not None:
-                    held.drop(conn)
-                if loaded is not None:
-                    loaded.drop(conn)
-                if match is not None:
-                    match.close(conn)
-        if req.dry_run:
-            with store.write() as conn:
-                jobs.finish_job(conn, store, job_pk, status, result.as_json())
-    except Exception as exc:
-        reason = _reason(exc)
-        log.debug("request %s failed", request_id, exc_info=True)
-        with store.write() as conn:
-            jobs.finish_job(conn, store, job_pk, jobs.FAILED, {}, error=reason)
-        raise RequestFailed(request_id, reason) from exc
-    return result

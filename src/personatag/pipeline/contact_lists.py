@@ -33,6 +33,7 @@ class FailedRow:
     line: int
     contact_id: str
     reason: str
+    persona: str | None = None
 
 
 def read_contact_ids(path: Path) -> Iterator[tuple[int, str]]:

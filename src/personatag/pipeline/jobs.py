@@ -47,6 +47,8 @@ def open_request(
     as_of: datetime,
     dry_run: bool,
     spec: dict[str, Any],
+    status: str = RUNNING,
+    deadline_at: datetime | None = None,
 ) -> tuple[int, int, dict[str, Any] | None]:
     """Record a request (once per request id) and a new running job for it.
 
@@ -104,14 +106,26 @@ def open_request(
             t.jobs.insert()
             .values(
                 request_pk=request_pk,
-                status=RUNNING,
+                status=status,
                 engine=engine,
                 queued_at=now,
-                started_at=now,
+                started_at=now if status == RUNNING else None,
+                deadline_at=deadline_at,
             )
             .returning(t.jobs.c.pk)
         )
     return int(request_pk), int(job_pk), None
+
+
+def start_job(store: Store, job_pk: int) -> None:
+    """queued -> running (a job already running keeps its start time)."""
+    jobs = store.tables.jobs
+    with store.write() as conn:
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.pk == job_pk, jobs.c.status == QUEUED)
+            .values(status=RUNNING, started_at=utcnow())
+        )
 
 
 def finish_job(

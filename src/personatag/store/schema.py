@@ -58,6 +58,7 @@ class Tables:
     membership_log: Table
     requests: Table
     jobs: Table
+    request_files: Table
 
 
 def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
@@ -229,8 +230,23 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("finished_at", UTCTimestamp),
         Column("counts", Text),
         Column("error", Text),
+        Column("deadline_at", UTCTimestamp),
+        Column("cancel_requested", Boolean(create_constraint=False)),
+        # The dispatcher process running the job and when it last said so.
+        Column("owner", Text),
+        Column("heartbeat_at", UTCTimestamp),
         Index("ix_jobs_request", "request_pk"),
         Index("ix_jobs_status", "status"),
+    )
+    request_files = Table(
+        "request_files",
+        md,
+        # The object key in the requests bucket: each is claimed exactly once.
+        Column("key", Text, primary_key=True),
+        Column("request_id", Text),
+        Column("claimed_at", UTCTimestamp, nullable=False),
+        Column("claimed_by", Text, nullable=False),
+        Column("outcome", Text),
     )
     return Tables(
         metadata=md,
@@ -246,4 +262,5 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         membership_log=membership_log,
         requests=requests,
         jobs=jobs,
+        request_files=request_files,
     )
