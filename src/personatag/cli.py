@@ -636,6 +636,163 @@ def contact_show(contact_id: str, as_json: JsonOpt = False) -> None:
         typer.echo(f"  {e['at']} {e['change']:<5} {e['persona']} by {e['by']}: {e['reason']}")
 
 
+# -- the request pipeline ------------------------------------------------------
+
+jobs_app = typer.Typer(help="List, inspect and cancel jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def buckets() -> Any:
+    from personatag.buckets import open_buckets
+
+    return open_buckets(settings())
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="A request file (.json or .csv).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 600,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a request file and put it in the requests bucket for the dispatcher."""
+    from personatag.pipeline.submit import submit_file, wait_for_result
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {file}: {exc.strerror}") from None
+    b = buckets()
+    submitted = submit_file(b, data, name=file.name)
+    if not wait:
+        if as_json:
+            emit(submitted)
+        else:
+            typer.echo(f"submitted {submitted['request_id']} as {submitted['key']}")
+        return
+    summary = wait_for_result(b, submitted["request_id"], timeout=timeout)
+    if as_json:
+        emit(summary)
+    else:
+        c = summary.get("counts", {})
+        typer.echo(
+            f"{summary['request_id']} {summary['status']}: matched {c.get('matched', 0):,}, "
+            f"tagged {c.get('tagged', 0):,}, untagged {c.get('untagged', 0):,}, "
+            f"failed {c.get('failed', 0):,}"
+            + (f" ({summary['error']})" if summary.get("error") else "")
+        )
+    if summary["status"] in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def dispatcher(
+    workers: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    deadline: Annotated[float, typer.Option(min=1, help="Seconds a job may run.")] = 3600,
+    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Scan once, run what is there, exit.")
+    ] = False,
+) -> None:
+    """Run the dispatcher: claim request files from the requests bucket and run them."""
+    import signal
+    import threading
+
+    from personatag.pipeline.dispatcher import Dispatcher
+
+    d = Dispatcher(
+        store(), buckets(), settings(), workers=workers, deadline_s=deadline, poll_s=poll
+    )
+    if once:
+        d.recover()
+        d.scan()
+        d.drain()
+        d.close()
+        typer.echo(f"dispatcher: {d.stats.claimed} claimed, finished {d.stats.finished}")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"dispatcher {d.owner} watching {d.buckets['requests'].url('')}", err=True)
+    d.serve(stop)
+
+
+def _job_line(j: dict[str, Any]) -> str:
+    c = j["counts"] or {}
+    took = f"{j['seconds']}s" if j["seconds"] is not None else "-"
+    line = (
+        f"{j['id']:>6} {j['request_id']:<36} {j['status']:<10} {j['engine']:<6} {took:>9} "
+        f"tagged {c.get('tagged', 0):,} untagged {c.get('untagged', 0):,} "
+        f"failed {c.get('failed', 0):,}"
+    )
+    return line + (f"  {j['error']}" if j["error"] else "")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    from personatag.pipeline.jobs import list_jobs
+
+    found = list_jobs(store(), status=status, limit=limit)
+    if as_json:
+        emit({"jobs": found})
+        return
+    for j in found:
+        typer.echo(_job_line(j))
+
+
+@jobs_app.command("show")
+def jobs_show(
+    ref: Annotated[str, typer.Argument(metavar="ID", help="Job number or request id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one job: status, timings, counts, error."""
+    from personatag.pipeline.jobs import get_job
+
+    j = get_job(store(), ref)
+    if as_json:
+        emit(j)
+        return
+    for k, v in j.items():
+        typer.echo(f"{k:<15} {v if v is not None else '-'}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    ref: Annotated[str, typer.Argument(metavar="ID", help="Job number or request id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    from personatag.pipeline.jobs import cancel_job
+
+    j = cancel_job(store(), ref)
+    if as_json:
+        emit(j)
+    else:
+        typer.echo(f"job {j['id']} ({j['request_id']}): {j['status']}")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Queue and recent jobs at a glance."""
+    from personatag.pipeline.jobs import list_jobs
+
+    st = store()
+    queued = list_jobs(st, status="queued", limit=1000)
+    running = list_jobs(st, status="running", limit=1000)
+    recent = list_jobs(st, limit=10)
+    if as_json:
+        emit({"queued": len(queued), "running": len(running), "recent": recent})
+        return
+    typer.echo(f"queued {len(queued)}, running {len(running)}")
+    for j in recent:
+        typer.echo(_job_line(j))
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:3] or os.environ.get("PERSONATAG_DEBUG") == "1"
     try:

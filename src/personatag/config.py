@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import ValidationError, field_validator
+from pydantic import SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personatag.errors import ConfigError
@@ -27,6 +28,15 @@ class Settings(BaseSettings):
     bulk_log_threshold: int = 50_000
     # Who is acting when the CLI writes (recorded in the membership log).
     actor: str | None = None
+    # Object storage for the request pipeline: unset means local folders under
+    # data_dir/buckets/; s3://BUCKET/PREFIX puts every area under that prefix.
+    bucket_url: str | None = None
+    # S3-compatible service (MinIO, Ceph, ...); unset means AWS S3. Keys unset
+    # means the usual AWS credential chain (AWS_* variables, ~/.aws, instance role).
+    s3_endpoint_url: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str | None = None
 
     @field_validator("batch_size", "bulk_log_threshold")
     @classmethod
@@ -34,6 +44,24 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    @field_validator("bucket_url")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "s3":
+            raise ValueError(
+                f"unsupported scheme {parts.scheme or '(none)'!r} in {value!r}: use "
+                "s3://BUCKET/PREFIX, or leave it unset for local folders under the data directory"
+            )
+        if not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} is not of the form s3://BUCKET/PREFIX")
+        prefix = parts.path.strip("/")
+        if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
+            raise ValueError(f"{value!r} has an empty, '.' or '..' segment in its prefix")
+        return f"s3://{parts.netloc}/{prefix}" if prefix else f"s3://{parts.netloc}"
 
     @property
     def resolved_store_url(self) -> str:

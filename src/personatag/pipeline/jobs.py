@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from personatag.domain import utcnow
-from personatag.errors import ConflictError
+from personatag.errors import ConflictError, InputError, NotFoundError
 from personatag.store import Store
 
 QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, CANCELLED = (
@@ -142,3 +142,87 @@ def finish_job(
         .where(jobs.c.pk == job_pk)
         .values(status=status, finished_at=utcnow(), counts=json.dumps(counts), error=error)
     )
+
+
+def _job_view(row: Any) -> dict[str, Any]:
+    m = row._mapping
+
+    def iso(v: Any) -> Any:
+        return v.isoformat().replace("+00:00", "Z") if v is not None else None
+
+    seconds = None
+    if m["started_at"] is not None and m["finished_at"] is not None:
+        seconds = round((m["finished_at"] - m["started_at"]).total_seconds(), 3)
+    return {
+        "id": m["pk"],
+        "request_id": m["request_id"],
+        "status": m["status"],
+        "engine": m["engine"],
+        "bundle_version": m["bundle_version"],
+        "submitted_by": m["submitted_by"],
+        "dry_run": bool(m["dry_run"]),
+        "queued_at": iso(m["queued_at"]),
+        "started_at": iso(m["started_at"]),
+        "finished_at": iso(m["finished_at"]),
+        "seconds": seconds,
+        "deadline_at": iso(m["deadline_at"]),
+        "counts": json.loads(m["counts"]) if m["counts"] else None,
+        "error": m["error"],
+        "owner": m["owner"],
+    }
+
+
+def _jobs_query(store: Store) -> Any:
+    t = store.tables
+    return select(
+        t.jobs, t.requests.c.request_id, t.requests.c.submitted_by, t.requests.c.dry_run
+    ).join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+
+
+def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest jobs first, optionally only those with `status`."""
+    if status is not None and status not in (QUEUED, RUNNING, *TERMINAL):
+        valid = ", ".join((QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, CANCELLED))
+        raise InputError(f"unknown job status {status!r}: use one of {valid}")
+    t = store.tables
+    query = _jobs_query(store).order_by(t.jobs.c.pk.desc()).limit(limit)
+    if status is not None:
+        query = query.where(t.jobs.c.status == status)
+    with store.read() as conn:
+        return [_job_view(r) for r in conn.execute(query)]
+
+
+def get_job(store: Store, ref: str) -> dict[str, Any]:
+    """A job by its number, or the newest job of a request id."""
+    t = store.tables
+    query = _jobs_query(store)
+    if ref.isdigit():
+        query = query.where(t.jobs.c.pk == int(ref))
+    else:
+        query = query.where(t.requests.c.request_id == ref).order_by(t.jobs.c.pk.desc()).limit(1)
+    with store.read() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"unknown job {ref!r}: give a job number or a request id")
+    return _job_view(row)
+
+
+def cancel_job(store: Store, ref: str) -> dict[str, Any]:
+    """Cancel a queued job at once; ask a running one to stop (its dispatcher
+    interrupts it within a poll interval). Finished jobs cannot be cancelled."""
+    job = get_job(store, ref)
+    t = store.tables
+    with store.write() as conn:
+        if job["status"] == QUEUED:
+            conn.execute(
+                t.jobs.update()
+                .where(t.jobs.c.pk == job["id"], t.jobs.c.status == QUEUED)
+                .values(status=CANCELLED, finished_at=utcnow(), error="cancelled")
+            )
+        elif job["status"] == RUNNING:
+            conn.execute(
+                t.jobs.update().where(t.jobs.c.pk == job["id"]).values(cancel_requested=True)
+            )
+        else:
+            raise ConflictError(f"job {job['id']} is {job['status']}: nothing to cancel")
+    return get_job(store, str(job["id"]))

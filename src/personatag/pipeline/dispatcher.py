@@ -1,0 +1,507 @@
+"""The dispatcher: turns request files in the `requests` bucket into jobs.
+
+- Every file is claimed exactly once in the store (`request_files`, keyed by
+  the object key), so a file seen twice, or by two dispatchers, runs once.
+- On start, and then on every poll, the whole bucket is listed: a file dropped
+  while no dispatcher ran is picked up; nothing relies on events arriving.
+- Claims and jobs carry an owner (host, pid, start token). A dispatcher that
+  died (kill -9) leaves claims and jobs whose owner is gone; the next one
+  takes them over and runs them again. That is safe because a job's
+  memberships and its outcome commit in one transaction: a job that never
+  finished applied nothing.
+- Up to `workers` jobs run at once; the rest wait in the queue. Every job has
+  a deadline (its SQL is interrupted when it passes) and can be cancelled.
+- Every request ends with result files, including a malformed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from personatag.buckets import Buckets
+from personatag.config import Settings
+from personatag.domain import utcnow
+from personatag.errors import PersonatagError
+from personatag.pipeline import jobs
+from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, resolve
+from personatag.pipeline.contact_lists import FailedRow
+from personatag.pipeline.control import JobControl
+from personatag.pipeline.request_files import RequestFile, parse_request
+from personatag.pipeline.results import write_results
+from personatag.store import Store
+
+log = logging.getLogger(__name__)
+
+REQUEST_SUFFIXES = (".json", ".csv")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]+")
+
+
+def _owner_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Is the process named by an owner token still running (same host only)?"""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another host: trust its heartbeat instead
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def request_id_for_key(key: str) -> str:
+    """The results folder of a file whose own request id cannot be read."""
+    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return _SAFE_ID.sub("_", stem)[:128] or "request"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    key: str
+    request: RequestFile
+    plan: Any
+    as_of: Any
+    request_pk: int
+    job_pk: int
+    row_failures: list[FailedRow]
+    started: Any
+
+
+@dataclass
+class DispatcherStats:
+    scans: int = 0
+    last_scan_at: float | None = None
+    claimed: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        buckets: Buckets,
+        settings: Settings,
+        *,
+        workers: int = 2,
+        deadline_s: float = 3600.0,
+        poll_s: float = 1.0,
+        stale_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.buckets = buckets
+        self.settings = settings
+        self.workers = workers
+        self.deadline_s = deadline_s
+        self.poll_s = poll_s
+        self.stale_s = stale_s
+        self.owner = _owner_token()
+        self.stats = DispatcherStats()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self._running: dict[int, JobControl] = {}
+        self._futures: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    # -- scanning and claiming ------------------------------------------------
+
+    def scan(self) -> int:
+        """Claim every unclaimed request file (and orphaned claims); queue them."""
+        self.stats.scans += 1
+        self.stats.last_scan_at = time.time()
+        keys = [k for k in self.buckets["requests"].list() if k.endswith(REQUEST_SUFFIXES)]
+        queued = 0
+        for key in keys:
+            if self._claim(key):
+                job = self._prepare_safely(key)
+                if job is not None:
+                    queued += 1
+                    self._submit(job)
+        return queued
+
+    def _claim(self, key: str) -> bool:
+        rf = self.store.tables.request_files
+        try:
+            with self.store.write() as conn:
+                conn.execute(
+                    rf.insert().values(key=key, claimed_at=utcnow(), claimed_by=self.owner)
+                )
+            self.stats.claimed += 1
+            return True
+        except IntegrityError:
+            pass
+        # Claimed before: take it over only if its claimer died before finishing.
+        with self.store.write() as conn:
+            row = conn.execute(select(rf.c.claimed_by, rf.c.outcome).where(rf.c.key == key)).first()
+            if row is None or row.outcome is not None or _owner_alive(row.claimed_by):
+                return False
+            took = conn.execute(
+                update(rf)
+                .where(rf.c.key == key, rf.c.claimed_by == row.claimed_by, rf.c.outcome.is_(None))
+                .values(claimed_by=self.owner, claimed_at=utcnow()),
+                execution_options={"preserve_rowcount": True},
+            ).rowcount
+        if took:
+            log.info("taking over request file %s from %s", key, row.claimed_by)
+        return bool(took)
+
+    def _submit(self, job: _Prepared) -> None:
+        future = self._pool.submit(self._run_safely, job)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(lambda f: self._futures.discard(f))
+
+    # -- running one request file ---------------------------------------------
+
+    def _prepare_safely(self, key: str) -> _Prepared | None:
+        try:
+            return self.prepare(key)
+        except Exception:  # a bug in one request must not stop the dispatcher
+            log.exception("request file %s could not be prepared", key)
+            return None
+
+    def _run_safely(self, job: _Prepared) -> None:
+        try:
+            self.run(job)
+        except Exception:
+            log.exception("request %s could not be run", job.request.request_id)
+
+    def handle(self, key: str) -> str:
+        """Prepare and run one claimed request file now; returns its outcome."""
+        job = self.prepare(key)
+        return "done" if job is None else self.run(job)
+
+    def prepare(self, key: str) -> _Prepared | None:
+        """Read, check and record a claimed file as a queued job.
+
+        Returns the queued job, or None when the file is already finished
+        (malformed, invalid, or a duplicate of a request that ran): those get
+        their result files here.
+        """
+        results = self.buckets["results"]
+        started = utcnow()
+        try:
+            bucket = self.buckets["requests"]
+            max_bytes = 100 * 2**20
+            size = bucket.size(key)
+            if size > max_bytes:
+                raise PersonatagError(
+                    f"{key}: the file is {size:,} bytes; request files are limited to "
+                    f"{max_bytes:,} bytes (split it)"
+                )
+            request = parse_request(bucket.get(key), name=key.rsplit("/", 1)[-1])
+        except PersonatagError as exc:
+            request_id = request_id_for_key(key)
+            summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
+            write_results(results, self.store, request_id=request_id, summary=summary)
+            self._done(key, request_id, jobs.FAILED)
+            return None
+        return self._queue(key, request, started)
+
+    def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
+        results = self.buckets["results"]
+        row_failures = [
+            FailedRow(line, cid, reason, persona)
+            for line, cid, persona, reason in request.row_errors
+        ]
+        as_of = request.as_of or utcnow()
+        items = [
+            Item(
+                i.persona,
+                i.action,
+                criterion=i.criterion,
+                expr=i.expr,
+                contact_ids=list(i.contact_ids) if i.contact_ids is not None else None,
+            )
+            for i in request.items
+        ]
+        try:
+            plan = resolve(self.store, items)
+        except PersonatagError as exc:
+            summary = self._summary(
+                request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
+            )
+            write_results(
+                results,
+                self.store,
+                request_id=request.request_id,
+                summary=summary,
+                failures=row_failures,
+            )
+            self._done(key, request.request_id, jobs.FAILED)
+            return None
+        spec = {
+            "source": key,
+            "format": request.format,
+            "engine": request.engine,
+            "dry_run": request.dry_run,
+            "as_of": as_of.isoformat(),
+            "items": [
+                {
+                    "persona": r.persona.key,
+                    "action": r.item.action.value,
+                    "criterion": r.criterion.label if r.criterion else None,
+                    "expr": r.item.expr,
+                    "contacts": len(r.item.contact_ids) if r.item.contact_ids is not None else None,
+                }
+                for r in plan.items
+            ],
+        }
+        first = plan.items[0] if plan.items else None
+        try:
+            request_pk, job_pk, previous = jobs.open_request(
+                self.store,
+                request_id=request.request_id,
+                submitted_by=request.submitted_by,
+                persona_pk=first.persona.pk if first else None,
+                action=first.item.action.value if first else "tag",
+                engine=request.engine,
+                criterion_pk=first.criterion.pk if first and first.criterion else None,
+                expr=first.item.expr if first else None,
+                as_of=as_of,
+                dry_run=request.dry_run,
+                spec=spec,
+                status=jobs.QUEUED,
+                deadline_at=utcnow() + timedelta(seconds=self.deadline_s),
+            )
+        except PersonatagError as exc:  # a different request under a used id, or one running
+            log.warning("request file %s: %s", key, exc)
+            self._done(key, request.request_id, "duplicate")
+            return None
+        if previous is not None:  # this request ran before (same id, another file)
+            self._done(key, request.request_id, "duplicate")
+            return None
+        self._own_job(job_pk)
+        return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
+
+    def run(self, job: _Prepared) -> str:
+        """Run a queued job and write its result files; returns its status."""
+        key, request, plan, as_of = job.key, job.request, job.plan, job.as_of
+        request_pk, job_pk, row_failures, started = (
+            job.request_pk,
+            job.job_pk,
+            job.row_failures,
+            job.started,
+        )
+        results = self.buckets["results"]
+        control = JobControl(self.deadline_s)
+        with self._lock:
+            self._running[job_pk] = control
+        try:
+            if self._cancelled_while_queued(job_pk):
+                raise RequestFailed(request.request_id, "cancelled", jobs.CANCELLED)
+            result = execute(
+                self.store,
+                self.settings,
+                plan,
+                request_id=request.request_id,
+                request_pk=request_pk,
+                job_pk=job_pk,
+                as_of=as_of,
+                dry_run=request.dry_run,
+                actor=request.submitted_by,
+                engine_name=request.engine,
+                control=control,
+                row_failures=row_failures,
+            )
+            status, error, failures = result.status, None, result.failures
+            counts = result.as_json()
+            items = [
+                {"persona": i.persona, "action": i.action, **vars(i.counts)} for i in result.items
+            ]
+        except RequestFailed as exc:
+            status, error, failures, counts, items = exc.status, exc.reason, row_failures, {}, []
+        except Exception as exc:  # recorded, reported, and the dispatcher goes on
+            status, error, failures, counts, items = (
+                jobs.FAILED,
+                reason_of(exc),
+                row_failures,
+                {},
+                [],
+            )
+        finally:
+            with self._lock:
+                self._running.pop(job_pk, None)
+        summary = self._summary(
+            request.request_id,
+            key,
+            status,
+            counts,
+            started,
+            error=error,
+            req=request,
+            job_pk=job_pk,
+            items=items,
+        )
+        write_results(
+            results,
+            self.store,
+            request_id=request.request_id,
+            summary=summary,
+            failures=failures,
+            request_pk=request_pk,
+        )
+        self._done(key, request.request_id, status)
+        return status
+
+    def _summary(
+        self,
+        request_id: str,
+        key: str,
+        status: str,
+        counts: dict[str, Any],
+        started: Any,
+        *,
+        error: str | None,
+        req: RequestFile | None = None,
+        job_pk: int | None = None,
+        items: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        finished = utcnow()
+        base = {
+            k: counts.get(k, 0)
+            for k in ("matched", "tagged", "untagged", "already", "pinned", "failed")
+        }
+        return {
+            "request_id": request_id,
+            "status": status,
+            "source": key,
+            "engine": req.engine if req else None,
+            "dry_run": req.dry_run if req else None,
+            "job": job_pk,
+            "counts": base,
+            "items": items or [],
+            "timings": {
+                "started_at": started,
+                "finished_at": finished,
+                "seconds": round((finished - started).total_seconds(), 3),
+            },
+            "error": error,
+        }
+
+    def _cancelled_while_queued(self, job_pk: int) -> bool:
+        j = self.store.tables.jobs
+        with self.store.read() as conn:
+            status = conn.scalar(select(j.c.status).where(j.c.pk == job_pk))
+        return status == jobs.CANCELLED
+
+    def _own_job(self, job_pk: int) -> None:
+        j = self.store.tables.jobs
+        with self.store.write() as conn:
+            conn.execute(
+                update(j).where(j.c.pk == job_pk).values(owner=self.owner, heartbeat_at=utcnow())
+            )
+
+    def _done(self, key: str, request_id: str, outcome: str) -> None:
+        rf = self.store.tables.request_files
+        with self.store.write() as conn:
+            conn.execute(
+                update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
+            )
+        self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
+
+    # -- recovery, heartbeats, cancel -------------------------------------------
+
+    def recover(self) -> int:
+        """Fail the jobs of dispatchers that died; their files are claimed again on scan."""
+        j = self.store.tables.jobs
+        stale_before = utcnow() - timedelta(seconds=self.stale_s)
+        n = 0
+        with self.store.write() as conn:
+            rows = conn.execute(
+                select(j.c.pk, j.c.owner, j.c.heartbeat_at).where(
+                    j.c.status.in_([jobs.QUEUED, jobs.RUNNING]), j.c.owner.is_not(None)
+                )
+            ).all()
+            for pk, owner, beat in rows:
+                if owner == self.owner:
+                    continue
+                dead = not _owner_alive(owner) or (beat is not None and beat < stale_before)
+                if dead:
+                    jobs.finish_job(
+                        conn,
+                        self.store,
+                        pk,
+                        jobs.FAILED,
+                        {},
+                        error=f"dispatcher {owner} stopped while the job ran; it runs again",
+                    )
+                    n += 1
+        return n
+
+    def heartbeat(self) -> None:
+        j = self.store.tables.jobs
+        with self._lock:
+            running = list(self._running)
+        cancel = []
+        with self.store.write() as conn:
+            if running:
+                conn.execute(update(j).where(j.c.pk.in_(running)).values(heartbeat_at=utcnow()))
+                cancel = list(
+                    conn.scalars(
+                        select(j.c.pk).where(j.c.pk.in_(running), j.c.cancel_requested.is_(True))
+                    )
+                )
+        with self._lock:
+            for pk in cancel:
+                control = self._running.get(pk)
+                if control is not None:
+                    control.cancel()
+
+    def queue_depth(self) -> int:
+        with self._lock:
+            return max(len(self._futures) - len(self._running), 0)
+
+    # -- the loop -------------------------------------------------------------
+
+    def serve(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Scan on start, then whenever woken or every poll interval, until `stop`."""
+        wake = wake or threading.Event()
+        self.recover()
+        while not stop.is_set():
+            try:
+                self.recover()
+                self.scan()
+                self.heartbeat()
+            except Exception:  # the store or the bucket hiccuped: try again next round
+                log.exception("dispatcher round failed")
+            wake.wait(self.poll_s)
+            wake.clear()
+        self.close()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued and running job has finished."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._futures)
+            if not pending:
+                return
+            for f in pending:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                f.result(timeout=left)
+
+    def close(self) -> None:
+        with self._lock:
+            for control in self._running.values():
+                control.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,109 @@
+"""The dispatcher as a real process: files dropped while it runs, and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from personatag.buckets import Buckets, open_buckets
+from personatag.config import Settings
+from personatag.store import Store, open_store
+from personatag.store.personas import add_persona
+from tests.helpers import add_contacts, population
+
+
+def start(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
+    env |= {"PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(data_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "personatag.cli", "dispatcher", "--poll", "0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(b: Buckets, rid: str, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b["results"].exists(f"{rid}/summary.json"):
+            return json.loads(b["results"].get(f"{rid}/summary.json"))
+        time.sleep(0.05)
+    raise AssertionError(f"no summary for {rid} within {timeout} s")
+
+
+@pytest.fixture
+def env(store_url: str, tmp_path: Path) -> tuple[Store, Buckets, str, Path]:
+    store = open_store(store_url)
+    add_contacts(store, population(400))
+    add_persona(store, "emea", name="EMEA", category="region")
+    return store, open_buckets(Settings(data_dir=tmp_path)), store_url, tmp_path
+
+
+def request(rid: str, expr: str = 'region = "EMEA"') -> bytes:
+    body = {"version": 1, "request_id": rid, "persona": "emea", "action": "tag", "expr": expr}
+    return json.dumps(body).encode()
+
+
+def test_files_dropped_while_it_runs_and_before_it_starts(
+    env: tuple[Store, Buckets, str, Path],
+) -> None:
+    store, b, url, data_dir = env
+    b["requests"].put("early.json", request("early"))  # dropped while no dispatcher ran
+    proc = start(url, data_dir)
+    try:
+        assert wait_for(b, "early")["status"] == "succeeded"
+        b["requests"].put("late.json", request("late", "seniority >= 5"))
+        b["requests"].put("junk.csv", b"contact_id;persona\n")
+        assert wait_for(b, "late")["status"] == "succeeded"
+        assert wait_for(b, "junk")["status"] == "failed"
+        assert proc.poll() is None  # a bad file never stops the dispatcher
+    finally:
+        proc.kill()
+        proc.wait()
+    store.dispose()
+
+
+def test_kill_9_at_random_points_loses_nothing_and_applies_once(
+    env: tuple[Store, Buckets, str, Path],
+) -> None:
+    store, b, url, data_dir = env
+    rnd = random.Random(7)
+    exprs = ['region = "EMEA"', "seniority >= 5", 'region = "APAC"', "seniority < 2"]
+    for i in range(4):
+        b["requests"].put(f"k{i}.json", request(f"k{i}", exprs[i]))
+        proc = start(url, data_dir)
+        time.sleep(rnd.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = start(url, data_dir)  # the survivor finishes whatever was left
+    try:
+        summaries = [wait_for(b, f"k{i}") for i in range(4)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert all(s["status"] == "succeeded" for s in summaries)
+    t = store.tables
+    with store.read() as conn:
+        statuses = list(conn.scalars(select(t.jobs.c.status)))
+        held = conn.scalar(select(func.count()).select_from(t.memberships))
+        enters = conn.scalar(
+            select(
+                func.coalesce(func.sum(func.coalesce(t.membership_log.c.bulk_count, 1)), 0)
+            ).where(t.membership_log.c.change == "enter")
+        )
+    assert set(statuses) <= {"succeeded", "failed"}  # failed: a run cut short, then redone
+    assert statuses.count("succeeded") == 4
+    # the union of the four criteria, each contact entered exactly once
+    union = {i for i in range(400) if i % 4 == 0 or i % 10 >= 5 or i % 4 == 2 or i % 10 < 2}
+    assert held == enters == len(union)
+    store.dispose()
