@@ -380,21 +380,6 @@ def test_local_put_under_an_object_is_a_bucket_error(tmp_path: Path) -> None:
     assert bucket.list() == ["a"]
 
 
-def test_local_storage_failure_is_a_bucket_error(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions")
-    bucket = open_buckets(Settings(data_dir=tmp_path))["artifacts"]
-    assert bucket.local_root is not None
-    bucket.put("locked/x", b"1")
-    (bucket.local_root / "locked").chmod(0o500)
-    try:
-        with pytest.raises(BucketError, match="permission denied") as info:
-            bucket.put("locked/y", b"2")
-        assert "'locked/y'" in str(info.value) and "'artifacts'" in str(info.value)
-    finally:
-        (bucket.local_root / "locked").chmod(0o700)
-
-
 def test_local_area_folder_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "buckets").write_bytes(b"a file where the folder should be")
     buckets = open_buckets(Settings(data_dir=tmp_path))

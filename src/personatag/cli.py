@@ -687,9 +687,9 @@ def submit(
 
 @app.command()
 def dispatcher(
-    workers: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
-    deadline: Annotated[float, typer.Option(min=1, help="Seconds a job may run.")] = 3600,
-    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between scans.")] = 1.0,
+    workers: Annotated[int | None, typer.Option(min=1, help="Jobs run at once.")] = None,
+    deadline: Annotated[float | None, typer.Option(min=0.1, help="Seconds a job may run.")] = None,
+    poll: Annotated[float | None, typer.Option(min=0.05, help="Seconds between scans.")] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Scan once, run what is there, exit.")
     ] = False,
@@ -715,6 +715,44 @@ def dispatcher(
         signal.signal(sig, lambda *_: stop.set())
     typer.echo(f"dispatcher {d.owner} watching {d.buckets['requests'].url('')}", err=True)
     d.serve(stop)
+
+
+@app.command()
+def deploy(
+    prop: Annotated[
+        list[str] | None,
+        typer.Option("--property", help="An engine property KEY=VALUE (repeatable)."),
+    ] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Make the previous version active again.")
+    ] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List job bundles.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build and activate a job bundle (the code and properties engines run)."""
+    from personatag import deploy as dp
+
+    if sum([bool(prop), rollback, list_]) > 1:
+        raise InputError("give at most one of --property, --rollback or --list")
+    b = buckets()
+    if list_:
+        bundles = [x.to_json() for x in dp.list_bundles(b)]
+        if as_json:
+            emit({"bundles": bundles})
+            return
+        for x in bundles:
+            mark = "*" if x.get("active") else " "
+            typer.echo(f"{mark} {x['version']:<40} {x.get('state', ''):<9} {x.get('checksum', '')}")
+        return
+    if rollback:
+        done = dp.rollback(b, actor=actor())
+    else:
+        done = dp.deploy(b, properties=dp.parse_properties(prop or []), actor=actor())
+    if as_json:
+        emit(done.to_json())
+    else:
+        verb = "rolled back to" if rollback else "deployed"
+        typer.echo(f"{verb} {done.version} (sha256 {done.checksum})")
 
 
 def _job_line(j: dict[str, Any]) -> str:

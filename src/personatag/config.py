@@ -37,6 +37,37 @@ class Settings(BaseSettings):
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_region: str | None = None
+    # The dispatcher: jobs run at once, seconds a job may run before it is
+    # stopped, seconds between listings of the requests bucket (local folders
+    # are also watched, so new files start at once), largest request file.
+    dispatcher_workers: int = 2
+    job_deadline_s: float = 3600.0
+    dispatcher_poll_s: float = 2.0
+    max_request_bytes: int = 100 * 2**20
+    # Where the dispatcher serves /metrics and /healthz (0: pick a free port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+
+    @field_validator("dispatcher_workers", "max_request_bytes")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("job_deadline_s", "dispatcher_poll_s")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("must be a port number from 0 to 65535")
+        return value
 
     @field_validator("batch_size", "bulk_log_threshold")
     @classmethod

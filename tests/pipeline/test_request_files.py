@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -755,14 +756,16 @@ def test_committed_schema_is_the_generated_one() -> None:
 
 @pytest.mark.parametrize("text", SCHEMA_GOOD)
 def test_good_examples_pass_schema_and_parser(text: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     jsonschema.Draft202012Validator(load_schema()).validate(json.loads(text))
     parse(text)
 
 
 @pytest.mark.parametrize("text", SCHEMA_BAD)
 def test_bad_examples_fail_schema_and_parser(text: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(load_schema())
     assert not validator.is_valid(json.loads(text))
     with pytest.raises(RequestFileError):
@@ -770,5 +773,59 @@ def test_bad_examples_fail_schema_and_parser(text: str) -> None:
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     jsonschema.Draft202012Validator.check_schema(load_schema())
+
+
+# --- docs/requests.md shows the real messages -----------------------------------------
+
+DOC_PAGE = (Path(__file__).resolve().parents[2] / "docs" / "requests.md").read_text()
+DOCUMENTED = [
+    ("request.json", doc(persona="cio", action="tagg", expr="x")),
+    ("request.json", doc(persona="cio", criterion="c", expr="x")),
+    ("request.json", doc(expr="x")),
+    ("request.json", doc(persona="CIO Team", expr="x")),
+    ("request.json", doc(request_id="a/b", criterion="c")),
+    ("request.json", doc(request_id="a..b", criterion="c")),
+    ("request.json", doc(persona="p", contacts=[])),
+    ("request.json", doc(persona="p", contacts=["c1", 2])),
+    ("request.json", doc(persona="p", expr=" ")),
+    ("request.json", doc(persona="p", expr="x", dry_run="false")),
+    ("request.json", doc(persona="p", expr="x", acton="tag")),
+    ("request.json", doc(persona="p", expr="x", as_of="yesterday")),
+    ("request.json", doc(persona="p", expr="x", as_of="1899-12-31")),
+    ("request.json", json.dumps({"criterion": "c"})),
+    ("request.json", json.dumps({"version": 2})),
+    ("request.json", "[]"),
+    ("request.json", '{"version": NaN}'),
+    ("request.json", '{"version": 1,\n "criterion" "c"}'),
+    ("request.json", '{"version": 1, "action": "tag", "action": "untag"}'),
+    ("request.json", ""),
+    ("request.csv", b"contact_id,persona,action\nc1,p,tag\nc\xc3\xa9,p,tag\nc\xe9,p,tag\n"),
+    ("request.csv", "contact_id,persona\n"),
+    ("request.csv", "contact_id,persona,action,note\n"),
+    ("request.csv", "contact_id,persona,action\n"),
+    (
+        "request.csv",
+        "contact_id,persona,action\nc1;p;tag\nc2;p;tag\nc3;p;tag\nc4;p;tag\nc5;p;tag\nc6,p,tag\n",
+    ),
+    ("my batch.csv", "contact_id,persona,action\nc1,p,tag\n"),
+    ("r.txt", "{}"),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), DOCUMENTED)
+def test_documented_messages_are_the_real_ones(name: str, data: str | bytes) -> None:
+    message = error(data, name=name)
+    assert f"`{message}`" in DOC_PAGE
+
+
+def test_documented_row_reasons_are_the_real_ones() -> None:
+    text = (
+        "contact_id,persona,action\n,p,tag\nc\x00,p,tag\nc,,tag\nc,CIO,tag\nc,p,\nc,p,remove\n"
+        "c,p\nc1,cio,tag\nc1,cio,untag\nok,p,tag\nok2,p,tag\nok3,p,tag\nok4,p,tag\n"
+    )
+    reasons = {e.reason for e in parse(text, name="r.csv").row_errors}
+    assert len(reasons) == 8
+    assert all(f"`{reason}`" in DOC_PAGE for reason in reasons), reasons

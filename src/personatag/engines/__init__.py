@@ -19,6 +19,17 @@ def _local() -> type[Engine]:
 _REGISTRY: dict[str, Callable[[], type[Engine]]] = {"local": _local}
 
 
+def register_engine(name: str, loader: Callable[[], type[Engine]]) -> None:
+    """Make an engine available by name (plugins, and tests' own engines)."""
+    _REGISTRY[name] = loader
+
+
+def unregister_engine(name: str) -> None:
+    if name == "local":
+        raise InputError("the local engine cannot be removed")
+    _REGISTRY.pop(name, None)
+
+
 def engine_names() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -9,6 +9,7 @@ completely or not at all.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,7 @@ from personatag.config import Settings
 from personatag.criteria import Node, compile_criterion, from_json, references
 from personatag.domain import SOURCE_ADHOC, Action, Catalog, check_as_of, utcnow
 from personatag.engines import get_engine
-from personatag.engines.base import Match, MatchSpec
+from personatag.engines.base import Engine, Match, MatchSpec
 from personatag.errors import InputError, PersonatagError
 from personatag.pipeline import jobs
 from personatag.pipeline.applier import ApplyCounts, apply_adhoc
@@ -225,15 +226,12 @@ def execute(
         matches: list[Match | None] = []
         for r in plan.items:
             control.check()
-            matches.append(
-                None
-                if r.ast is None
-                else engine.compute(
-                    MatchSpec(
-                        ast=r.ast, as_of=as_of, catalog=plan.catalog, persona_pks=plan.persona_pks
-                    )
+            spec = None
+            if r.ast is not None:
+                spec = MatchSpec(
+                    ast=r.ast, as_of=as_of, catalog=plan.catalog, persona_pks=plan.persona_pks
                 )
-            )
+            matches.append(None if spec is None else compute_within(engine, spec, control))
         control.check()
         # A dry run writes nothing but its temp tables: no write lock needed.
         with store.read() if dry_run else store.write() as conn, control.guard(conn):
@@ -268,6 +266,36 @@ def execute(
             jobs.finish_job(conn, store, job_pk, status, {}, error=reason)
         raise RequestFailed(request_id, reason, status) from exc
     return result
+
+
+def compute_within(engine: Engine, spec: MatchSpec, control: JobControl) -> Match:
+    """engine.compute(spec), but give up when the job's deadline passes or it is
+    cancelled, even if the engine stops answering (its thread is left behind)."""
+    outcome: list[Match] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(engine.compute(spec))
+        except BaseException as exc:  # handed to the job below
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name=f"engine-{engine.name}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+        stop = control.stopped()
+        if stop is not None and worker.is_alive():
+            if stop.status == jobs.FAILED:
+                raise JobStopped(
+                    jobs.FAILED,
+                    f"engine {engine.name!r} did not finish within the deadline of "
+                    f"{control.deadline_s:g} s",
+                )
+            raise stop
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _apply_item(

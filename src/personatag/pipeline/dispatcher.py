@@ -26,6 +26,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -33,13 +34,14 @@ from sqlalchemy.exc import IntegrityError
 
 from personatag.buckets import Buckets
 from personatag.config import Settings
+from personatag.deploy import active_bundle, scan_artifacts
 from personatag.domain import utcnow
 from personatag.errors import PersonatagError
 from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, resolve
 from personatag.pipeline.contact_lists import FailedRow
 from personatag.pipeline.control import JobControl
-from personatag.pipeline.request_files import RequestFile, parse_request
+from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import write_results
 from personatag.store import Store
 
@@ -68,6 +70,29 @@ def _owner_alive(owner: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def watch_folder(root: Path | None, wake: threading.Event) -> Any:
+    """Set `wake` whenever a file appears under `root`; None if it cannot watch."""
+    if root is None:
+        return None
+    try:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+    except ImportError:  # polling alone still finds every file
+        return None
+
+    class _Wake(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type in ("created", "moved", "closed"):
+                wake.set()
+
+    root.mkdir(parents=True, exist_ok=True)
+    observer = Observer()
+    observer.schedule(_Wake(), str(root), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
 
 
 def request_id_for_key(key: str) -> str:
@@ -103,18 +128,19 @@ class Dispatcher:
         buckets: Buckets,
         settings: Settings,
         *,
-        workers: int = 2,
-        deadline_s: float = 3600.0,
-        poll_s: float = 1.0,
+        workers: int | None = None,
+        deadline_s: float | None = None,
+        poll_s: float | None = None,
         stale_s: float = 30.0,
     ) -> None:
         self.store = store
         self.buckets = buckets
         self.settings = settings
-        self.workers = workers
-        self.deadline_s = deadline_s
-        self.poll_s = poll_s
+        self.workers = workers or settings.dispatcher_workers
+        self.deadline_s = deadline_s or settings.job_deadline_s
+        self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
+        workers = self.workers
         self.owner = _owner_token()
         self.stats = DispatcherStats()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
@@ -201,14 +227,13 @@ class Dispatcher:
         started = utcnow()
         try:
             bucket = self.buckets["requests"]
-            max_bytes = 100 * 2**20
-            size = bucket.size(key)
-            if size > max_bytes:
-                raise PersonatagError(
-                    f"{key}: the file is {size:,} bytes; request files are limited to "
-                    f"{max_bytes:,} bytes (split it)"
-                )
-            request = parse_request(bucket.get(key), name=key.rsplit("/", 1)[-1])
+            max_bytes = self.settings.max_request_bytes
+            check_size(bucket.size(key), name=key, max_bytes=max_bytes)
+            # A file without its own request id gets one derived from its key, so
+            # reading it again (after a crash) names the same request.
+            request = parse_request(
+                bucket.get(key), name=key, max_bytes=max_bytes, request_id=request_id_for_key(key)
+            )
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
             summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
@@ -406,9 +431,16 @@ class Dispatcher:
 
     def _own_job(self, job_pk: int) -> None:
         j = self.store.tables.jobs
+        active = active_bundle(self.buckets)
         with self.store.write() as conn:
             conn.execute(
-                update(j).where(j.c.pk == job_pk).values(owner=self.owner, heartbeat_at=utcnow())
+                update(j)
+                .where(j.c.pk == job_pk)
+                .values(
+                    owner=self.owner,
+                    heartbeat_at=utcnow(),
+                    bundle_version=active["version"] if active else None,
+                )
             )
 
     def _done(self, key: str, request_id: str, outcome: str) -> None:
@@ -467,6 +499,14 @@ class Dispatcher:
                 if control is not None:
                     control.cancel()
 
+    def deploy_handler(self) -> None:
+        """Validate and activate job bundles that appeared in `artifacts`."""
+        result = scan_artifacts(self.buckets, actor=f"dispatcher {self.owner}")
+        for d in result.deployed:
+            log.info("job bundle %s deployed", d.version)
+        for key, reason in result.rejected:
+            log.warning("job bundle %s rejected: %s", key, reason)
+
     def queue_depth(self) -> int:
         with self._lock:
             return max(len(self._futures) - len(self._running), 0)
@@ -474,18 +514,27 @@ class Dispatcher:
     # -- the loop -------------------------------------------------------------
 
     def serve(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
-        """Scan on start, then whenever woken or every poll interval, until `stop`."""
+        """Scan on start, then whenever woken or every poll interval, until `stop`.
+
+        A local requests folder is watched (inotify and friends) so a new file
+        wakes the loop at once; the periodic listing still runs, so a missed or
+        repeated event changes nothing.
+        """
         wake = wake or threading.Event()
+        watcher = watch_folder(self.buckets["requests"].local_root, wake)
         self.recover()
         while not stop.is_set():
             try:
                 self.recover()
                 self.scan()
                 self.heartbeat()
+                self.deploy_handler()
             except Exception:  # the store or the bucket hiccuped: try again next round
                 log.exception("dispatcher round failed")
             wake.wait(self.poll_s)
             wake.clear()
+        if watcher is not None:
+            watcher.stop()
         self.close()
 
     def drain(self, timeout: float | None = None) -> None:
