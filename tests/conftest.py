@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from personatag.store import Store, open_store
 from personatag.store.db import migrate
+from tests.s3server import s3_endpoint  # noqa: F401 - a fixture for every test module
 
 PG_URL = os.environ.get(
     "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

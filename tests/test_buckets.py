@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,49 +20,9 @@ from personatag.buckets import (
 )
 from personatag.config import Settings, load_settings
 from personatag.errors import ConfigError, InputError
-
-S3_BUCKET = "personatag-test"
-S3_KEY = "test-access-key"
-S3_SECRET = "test-secret-key"  # noqa: S105 - a throwaway credential for the local test server
-S3_REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _s3_client(endpoint: str):  # type: ignore[no-untyped-def]
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-        region_name=S3_REGION,
-    )
-
-
-def _create_s3_bucket(endpoint: str, name: str) -> None:
-    _s3_client(endpoint).create_bucket(Bucket=name)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3-compatible server (moto) on 127.0.0.1 with the test bucket created."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _create_s3_bucket(endpoint, S3_BUCKET)
-        yield endpoint
-    finally:
-        server.stop()
+from tests.s3server import S3_BUCKET, S3_KEY, S3_REGION, S3_SECRET
+from tests.s3server import free_port as _free_port
+from tests.s3server import s3_client as _s3_client
 
 
 def _s3_settings(endpoint: str, tmp_path: Path, url: str) -> Settings:
@@ -409,7 +367,7 @@ def test_s3_objects_land_under_the_prefix_and_area(s3_endpoint: str, tmp_path: P
 
 def test_s3_bucket_at_the_root_of_the_bucket(s3_endpoint: str, tmp_path: Path) -> None:
     name = f"pt-root-{uuid.uuid4().hex[:8]}"
-    _create_s3_bucket(s3_endpoint, name)
+    _s3_client(s3_endpoint).create_bucket(Bucket=name)
     bucket = open_buckets(_s3_settings(s3_endpoint, tmp_path, f"s3://{name}"))["requests"]
     bucket.put("r.json", b"{}")
     assert bucket.url("r.json") == f"s3://{name}/requests/r.json"

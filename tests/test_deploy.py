@@ -6,11 +6,9 @@ import hashlib
 import io
 import json
 import shutil
-import socket
-import uuid
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from personatag.deploy import (
 )
 from personatag.deploy.layout import check_properties, content_hash, read_properties
 from personatag.errors import ConflictError, InputError
+from tests import s3server
 from tests.helpers import NOW
 
 SOURCE = Path(personatag.__file__).resolve().parent
@@ -652,32 +651,10 @@ def test_list_shows_sizes_checksums_and_pending_bundles(package: Path, buckets: 
 # --- the same flow on S3 ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings for a fresh prefix on a real S3-compatible server (moto) on 127.0.0.1."""
-    import boto3
-    from moto import server as server_mod
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    credentials = {"aws_access_key_id": "deploy-test", "aws_secret_access_key": "deploy-test"}
-    try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials)
-        s3.create_bucket(Bucket="deploy-test")
-        yield Settings(
-            data_dir=tmp_path_factory.mktemp("s3"),
-            bucket_url=f"s3://deploy-test/run-{uuid.uuid4().hex[:8]}",
-            s3_endpoint_url=endpoint,
-            s3_access_key="deploy-test",  # type: ignore[arg-type]
-            s3_secret_key="deploy-test",  # type: ignore[arg-type]  # noqa: S106 - local test server
-            s3_region="us-east-1",
-        )
-    finally:
-        server.stop()
+@pytest.fixture
+def s3_settings(s3_endpoint: str, tmp_path: Path) -> Settings:
+    """Settings for a fresh prefix on the tests' S3-compatible server (moto)."""
+    return s3server.s3_settings(s3_endpoint, tmp_path)
 
 
 def test_deploy_rollback_and_list_on_s3(package: Path, s3_settings: Settings) -> None:

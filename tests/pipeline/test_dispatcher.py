@@ -127,3 +127,78 @@ def test_bad_requests_get_precise_failed_summaries(env: tuple[Store, Buckets, Se
     assert "unknown persona 'nobody'" in summary(b, "p")["error"]
     assert "did you mean 'region'" in summary(b, "x")["error"]
     assert members(store, "emea") == 0
+
+
+def test_stuck_engine_fails_at_its_deadline_and_others_still_run(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    import threading
+
+    from personatag.engines import register_engine, unregister_engine
+    from personatag.engines.base import Engine, Match, MatchSpec
+
+    release = threading.Event()
+
+    class StuckEngine(Engine):
+        """An engine that stops answering (a hung remote cluster)."""
+
+        name = "stuck"
+
+        def compute(self, spec: MatchSpec) -> Match:
+            release.wait(60)
+            raise RuntimeError("released")
+
+    register_engine("stuck", lambda: StuckEngine)
+    store, b, settings = env
+    body = {"version": 1, "persona": "emea", "action": "tag", "expr": 'region = "EMEA"'}
+    b["requests"].put("s.json", json.dumps({**body, "request_id": "s", "engine": "stuck"}).encode())
+    b["requests"].put("ok.json", json.dumps({**body, "request_id": "ok"}).encode())
+    d = Dispatcher(store, b, settings, workers=2, deadline_s=0.5)
+    try:
+        d.scan()
+        d.drain(timeout=30)
+    finally:
+        release.set()
+        d.close()
+        unregister_engine("stuck")
+    stuck = summary(b, "s")
+    assert stuck["status"] == "failed"
+    assert stuck["error"] == "engine 'stuck' did not finish within the deadline of 0.5 s"
+    assert summary(b, "ok")["status"] == "succeeded"
+    assert members(store, "emea") == 10
+
+
+def test_oversized_file_is_refused_without_reading_it(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, b, settings = env
+    root = b["requests"].local_root
+    assert root is not None
+    with (root / "huge.json").open("wb") as f:  # 1 GiB, sparse: nothing is written
+        f.truncate(2**30)
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    d.close()
+    s = summary(b, "huge")
+    assert s["status"] == "failed"
+    assert s["error"] == "huge.json: file is too large (1024 MiB); the limit is 100 MiB"
+
+
+def test_dot_dot_key_on_s3_gets_a_failed_summary(
+    store: Store, s3_endpoint: str, tmp_path: Path
+) -> None:
+    from tests.s3server import S3_BUCKET, s3_client, s3_settings
+
+    settings = s3_settings(s3_endpoint, tmp_path)
+    b = open_buckets(settings)
+    prefix = settings.bucket_url.removeprefix(f"s3://{S3_BUCKET}/")  # type: ignore[union-attr]
+    s3_client(s3_endpoint).put_object(
+        Bucket=S3_BUCKET, Key=f"{prefix}/requests/evil/../x.json", Body=b"{}"
+    )
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    d.close()
+    s = summary(b, "evil_x")
+    assert s["status"] == "failed" and "'..'" in s["error"]

@@ -48,7 +48,7 @@ from personatag.store import Store
 log = logging.getLogger(__name__)
 
 REQUEST_SUFFIXES = (".json", ".csv")
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]+")
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def _owner_token() -> str:
@@ -96,9 +96,11 @@ def watch_folder(root: Path | None, wake: threading.Event) -> Any:
 
 
 def request_id_for_key(key: str) -> str:
-    """The results folder of a file whose own request id cannot be read."""
-    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return _SAFE_ID.sub("_", stem)[:128] or "request"
+    """The request id of a file that names none (or cannot be read): its key
+    without the extension, every run of other characters folded to one '_'
+    (`evil/../x.json` -> `evil_x`), so it is always a safe results folder."""
+    stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
+    return _UNSAFE_ID.sub("_", stem).strip("_")[:128] or "request"
 
 
 @dataclass(frozen=True)
