@@ -202,3 +202,25 @@ def test_dot_dot_key_on_s3_gets_a_failed_summary(
     d.close()
     s = summary(b, "evil_x")
     assert s["status"] == "failed" and "'..'" in s["error"]
+
+
+@pytest.mark.parametrize("threshold", [2, 1000])
+def test_changes_file_quotes_ids_on_both_log_paths(
+    env: tuple[Store, Buckets, Settings], threshold: int
+) -> None:
+    store, b, _ = env
+    odd = ["a,b", 'q"x', "n\nl", "plain", "é"]
+    add_contacts(store, [{"id": i, "region": "NORDICS"} for i in odd])
+    settings = Settings(
+        data_dir=b["requests"].local_root.parent.parent, bulk_log_threshold=threshold
+    )  # type: ignore[union-attr]
+    body = {"version": 1, "request_id": "odd", "persona": "emea", "expr": 'region = "NORDICS"'}
+    b["requests"].put("odd.json", json.dumps(body).encode())
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    d.close()
+    rows = changes(b, "odd")
+    assert rows[0] == ["contact_id", "persona", "change"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(odd)
+    assert {(r[1], r[2]) for r in rows[1:]} == {("emea", "enter")}
