@@ -224,3 +224,21 @@ def test_changes_file_quotes_ids_on_both_log_paths(
     assert rows[0] == ["contact_id", "persona", "change"]
     assert sorted(r[0] for r in rows[1:]) == sorted(odd)
     assert {(r[1], r[2]) for r in rows[1:]} == {("emea", "enter")}
+
+
+def test_csv_rows_of_an_unknown_persona_fail_and_the_rest_applies(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, b, settings = env
+    b["requests"].put(
+        "mix.csv",
+        b"contact_id,persona,action\nc0001,cio,tag\nc0002,nope,tag\nc0003,cio,tag\n",
+    )
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    d.close()
+    s = summary(b, "mix")
+    assert (s["status"], s["counts"]["tagged"], s["counts"]["failed"]) == ("partial", 2, 1)
+    assert failed(b, "mix")[1][:3] == ["3", "c0002", "nope"]
+    assert "unknown persona 'nope'" in failed(b, "mix")[1][3]

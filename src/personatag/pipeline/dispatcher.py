@@ -261,7 +261,13 @@ class Dispatcher:
             )
             for i in request.items
         ]
+        if request.format == "csv":
+            # A CSV file names many contacts: rows of a persona that cannot be
+            # tagged are failed rows, like unknown contact ids; the rest applies.
+            items = self._drop_bad_personas(items, row_failures)
         try:
+            if not items:
+                raise PersonatagError("no row of the file can be applied (see failed.csv)")
             plan = resolve(self.store, items)
         except PersonatagError as exc:
             summary = self._summary(
@@ -389,6 +395,21 @@ class Dispatcher:
         )
         self._done(key, request.request_id, status)
         return status
+
+    def _drop_bad_personas(self, items: list[Item], failures: list[FailedRow]) -> list[Item]:
+        kept = []
+        for item in items:
+            try:
+                resolve(self.store, [item])
+            except PersonatagError as exc:
+                failures.extend(
+                    FailedRow(line, cid, str(exc), item.persona)
+                    for line, cid in item.contact_ids or ()
+                )
+                continue
+            kept.append(item)
+        failures.sort(key=lambda f: f.line)
+        return kept
 
     def _summary(
         self,
