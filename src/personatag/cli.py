@@ -89,7 +89,9 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     STATE.debug = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+    from personatag.logs import configure_logging
+
+    configure_logging(logging.DEBUG if debug else logging.WARNING, json=False)
 
 
 # -- store -------------------------------------------------------------------
@@ -693,12 +695,23 @@ def dispatcher(
     once: Annotated[
         bool, typer.Option("--once", help="Scan once, run what is there, exit.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Port for /metrics and /healthz (0: any free one)."),
+    ] = None,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Log JSON lines (with request ids) on stderr.")
+    ] = False,
 ) -> None:
     """Run the dispatcher: claim request files from the requests bucket and run them."""
     import signal
     import threading
 
+    from personatag.logs import configure_logging
+    from personatag.metrics import start_metrics_server, stop_metrics_server
     from personatag.pipeline.dispatcher import Dispatcher
+
+    configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
 
     d = Dispatcher(
         store(), buckets(), settings(), workers=workers, deadline_s=deadline, poll_s=poll
@@ -713,8 +726,15 @@ def dispatcher(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    s = settings()
+    port = s.metrics_port if metrics_port is None else metrics_port
+    served = start_metrics_server(port, s.metrics_host)
     typer.echo(f"dispatcher {d.owner} watching {d.buckets['requests'].url('')}", err=True)
-    d.serve(stop)
+    typer.echo(f"metrics on http://{s.metrics_host}:{served.port}/metrics", err=True)
+    try:
+        d.serve(stop)
+    finally:
+        stop_metrics_server(served.server)
 
 
 @app.command()

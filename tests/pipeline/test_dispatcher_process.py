@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from personatag.buckets import Buckets, open_buckets
@@ -24,12 +26,33 @@ from tests.helpers import add_contacts, population
 def start(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
     env |= {"PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(data_dir)}
+    log = (data_dir / "dispatcher.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "personatag.cli", "dispatcher", "--poll", "0.1"],
+        [
+            sys.executable,
+            "-m",
+            "personatag.cli",
+            "dispatcher",
+            "--poll",
+            "0.1",
+            "--metrics-port",
+            "0",
+            "--log-json",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
+
+
+def metrics_url(data_dir: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in (data_dir / "dispatcher.log").read_text().splitlines():
+            if line.startswith("metrics on "):
+                return line.removeprefix("metrics on ")
+        time.sleep(0.05)
+    raise AssertionError("the dispatcher did not say where its metrics are")
 
 
 def wait_for(b: Buckets, rid: str, timeout: float = 60) -> dict:  # type: ignore[type-arg]
@@ -67,6 +90,21 @@ def test_files_dropped_while_it_runs_and_before_it_starts(
         assert wait_for(b, "late")["status"] == "succeeded"
         assert wait_for(b, "junk")["status"] == "failed"
         assert proc.poll() is None  # a bad file never stops the dispatcher
+        with urllib.request.urlopen(metrics_url(data_dir)) as resp:  # noqa: S310 - loopback
+            scraped = resp.read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(scraped)}
+        requests = {
+            s.labels["status"]: s.value
+            for s in families["personatag_requests"].samples
+            if s.name == "personatag_requests_total"
+        }
+        assert requests["succeeded"] == 2 and requests["failed"] == 1
+        logged = [
+            json.loads(line)
+            for line in (data_dir / "dispatcher.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert any(e.get("request_id") == "late" and e.get("status") == "succeeded" for e in logged)
     finally:
         proc.kill()
         proc.wait()

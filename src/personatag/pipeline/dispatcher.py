@@ -37,6 +37,8 @@ from personatag.config import Settings
 from personatag.deploy import active_bundle, scan_artifacts
 from personatag.domain import utcnow
 from personatag.errors import PersonatagError
+from personatag.logs import request_context
+from personatag.metrics import Metrics, default_metrics
 from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, resolve
 from personatag.pipeline.contact_lists import FailedRow
@@ -134,6 +136,7 @@ class Dispatcher:
         deadline_s: float | None = None,
         poll_s: float | None = None,
         stale_s: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.buckets = buckets
@@ -142,6 +145,7 @@ class Dispatcher:
         self.deadline_s = deadline_s or settings.job_deadline_s
         self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
+        self.metrics = metrics or default_metrics()
         workers = self.workers
         self.owner = _owner_token()
         self.stats = DispatcherStats()
@@ -164,6 +168,8 @@ class Dispatcher:
                 if job is not None:
                     queued += 1
                     self._submit(job)
+        self.metrics.mark_scan()
+        self._publish_queue()
         return queued
 
     def _claim(self, key: str) -> bool:
@@ -174,6 +180,7 @@ class Dispatcher:
                     rf.insert().values(key=key, claimed_at=utcnow(), claimed_by=self.owner)
                 )
             self.stats.claimed += 1
+            self.metrics.mark_claimed()
             return True
         except IntegrityError:
             pass
@@ -190,6 +197,7 @@ class Dispatcher:
             ).rowcount
         if took:
             log.info("taking over request file %s from %s", key, row.claimed_by)
+            self.metrics.mark_claimed()
         return bool(took)
 
     def _submit(self, job: _Prepared) -> None:
@@ -328,6 +336,11 @@ class Dispatcher:
 
     def run(self, job: _Prepared) -> str:
         """Run a queued job and write its result files; returns its status."""
+        with request_context(job.request.request_id, job=job.job_pk):
+            return self._run(job)
+
+    def _run(self, job: _Prepared) -> str:
+        t0 = time.perf_counter()
         key, request, plan, as_of = job.key, job.request, job.plan, job.as_of
         request_pk, job_pk, row_failures, started = (
             job.request_pk,
@@ -339,6 +352,7 @@ class Dispatcher:
         control = JobControl(self.deadline_s)
         with self._lock:
             self._running[job_pk] = control
+        self._publish_queue()
         try:
             if self._cancelled_while_queued(job_pk):
                 raise RequestFailed(request.request_id, "cancelled", jobs.CANCELLED)
@@ -394,6 +408,22 @@ class Dispatcher:
             request_pk=request_pk,
         )
         self._done(key, request.request_id, status)
+        seconds = time.perf_counter() - t0
+        self.metrics.record_job(
+            request.engine,
+            seconds,
+            tagged=counts.get("tagged", 0),
+            untagged=counts.get("untagged", 0),
+            dry_run=request.dry_run,
+        )
+        self._publish_queue()
+        log.info(
+            "request %s %s in %.3f s",
+            request.request_id,
+            status,
+            seconds,
+            extra={"status": status, "engine": request.engine, "seconds": round(seconds, 3)},
+        )
         return status
 
     def _drop_bad_personas(self, items: list[Item], failures: list[FailedRow]) -> list[Item]:
@@ -473,6 +503,7 @@ class Dispatcher:
                 update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
             )
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
+        self.metrics.record_request(outcome)
 
     # -- recovery, heartbeats, cancel -------------------------------------------
 
@@ -521,6 +552,8 @@ class Dispatcher:
                 control = self._running.get(pk)
                 if control is not None:
                     control.cancel()
+        self.metrics.mark_heartbeat()
+        self._publish_queue()
 
     def deploy_handler(self) -> None:
         """Validate and activate job bundles that appeared in `artifacts`."""
@@ -529,6 +562,11 @@ class Dispatcher:
             log.info("job bundle %s deployed", d.version)
         for key, reason in result.rejected:
             log.warning("job bundle %s rejected: %s", key, reason)
+
+    def _publish_queue(self) -> None:
+        with self._lock:
+            running = len(self._running)
+        self.metrics.set_queue(self.queue_depth(), running)
 
     def queue_depth(self) -> int:
         with self._lock:

@@ -1,0 +1,160 @@
+"""Logging: one JSON object per line (or readable text), carrying the request id.
+
+`request_context(request_id, job=...)` attaches the ids to every record logged
+inside it, from any module. The ids live in context variables, which are per
+thread (and per asyncio task): a thread started inside the block does not
+inherit them unless it runs in a copy of the context
+(`contextvars.copy_context().run`). The dispatcher therefore enters
+`request_context` in the worker thread that runs the job, not where it queues
+the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+_request_id: ContextVar[str | None] = ContextVar("personatag_request_id", default=None)
+_job: ContextVar[int | str | None] = ContextVar("personatag_job", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_CONTEXT_ATTRS = ("request_id", "job")
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def request_context(request_id: str | None, job: int | str | None = None) -> Iterator[None]:
+    """Attach `request_id` (and `job`) to every record logged inside the block
+    in this thread or task; nested blocks override, and exiting restores."""
+    rid_token = _request_id.set(request_id)
+    job_token = _job.set(job)
+    try:
+        yield
+    finally:
+        _job.reset(job_token)
+        _request_id.reset(rid_token)
+
+
+def current_context() -> dict[str, Any]:
+    """The ids set by the innermost `request_context` (only those that are set)."""
+    found = {"request_id": _request_id.get(), "job": _job.get()}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+class RequestContextFilter(logging.Filter):
+    """Copy the current request id and job onto each record (never rejects one).
+
+    Put it on a handler: it runs in the thread that logs, so the ids are right
+    even if the record is formatted later elsewhere. Ids given explicitly with
+    `extra=` win.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in current_context().items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
+
+
+def _utc_iso(created: float) -> str:
+    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (ISO-8601 UTC), level, logger, message,
+    request_id and job when set, exc (the traceback, one string) when there is
+    one, then every `extra=` field. Values JSON cannot hold are written as str()."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _utc_iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _CONTEXT_ATTRS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+            entry["exc"] = record.exc_text
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        for name, value in vars(record).items():
+            # The fixed fields above win over an `extra=` of the same name.
+            if name not in _RECORD_ATTRS and name not in entry and name not in _CONTEXT_ATTRS:
+                entry[name] = value
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`<ts> LEVEL logger: message [request_id=... job=...]` for people at a
+    terminal; ts is ISO-8601 UTC, as in the JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _utc_iso(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ids = [
+            f"{name}={getattr(record, name)}"
+            for name in _CONTEXT_ATTRS
+            if getattr(record, name, None) is not None
+        ]
+        if not ids:
+            return text
+        head, sep, tail = text.partition("\n")  # keep the ids on the message line
+        return f"{head} [{' '.join(ids)}]{sep}{tail}"
+
+
+def _level(level: int | str) -> int:
+    if isinstance(level, int):
+        return level
+    value = logging.getLevelName(level.strip().upper())
+    if not isinstance(value, int):
+        raise ValueError(
+            f"unknown log level {level!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    return value
+
+
+def configure_logging(
+    level: int | str = logging.INFO, *, json: bool, stream: TextIO | None = None
+) -> logging.Handler:
+    """Send every log record at `level` or above to `stream` (default stderr), as
+    JSON lines or as text, with the request context attached.
+
+    Calling it again replaces the handler it installed before (idempotent);
+    other handlers on the root logger are left alone. Returns the handler.
+    """
+    numeric = _level(level)  # refuse a bad level before touching any handler
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_personatag", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    handler.addFilter(RequestContextFilter())
+    handler._personatag = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    return handler

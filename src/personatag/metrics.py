@@ -1,0 +1,294 @@
+"""Prometheus metrics, and a small server for `/metrics` and `/healthz`.
+
+Metrics live in their own `CollectorRegistry`, not prometheus_client's global
+one, so nothing a library registers leaks into our scrape and tests can use a
+fresh `Metrics()`. One process shares one registry (`default_metrics()`): the
+dispatcher's server and the web app's `/metrics` route both render it with
+`render()`. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from personatag.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# What generate_latest() writes for our names (all legacy-valid): the classic
+# text format, which every Prometheus version reads. prometheus_client's own
+# CONTENT_TYPE_LATEST moved to version=1.0.0 in 0.22, which needs negotiation.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# From a 10 ms dry run to the 1 h default job deadline.
+JOB_DURATION_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+)
+
+# Exported at 0 from the start, so rate() and alerts see the series before the
+# first request of that kind finishes. Other values are still accepted.
+REQUEST_STATUSES = ("succeeded", "partial", "failed", "cancelled", "duplicate")
+
+
+class Metrics:
+    """Every personatag metric, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "personatag_requests",
+            "Request files finished, by outcome (a job status, or duplicate).",
+            ["status"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "personatag_job_duration_seconds",
+            "Wall time of a job from start to its result files, by engine.",
+            ["engine"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "personatag_queue_depth", "Jobs queued and waiting for a worker.", registry=r
+        )
+        self.jobs_running = Gauge("personatag_jobs_running", "Jobs running now.", registry=r)
+        self.memberships_changed = Counter(
+            "personatag_memberships_changed",
+            "Memberships entered or exited (dry runs excluded).",
+            ["change"],
+            registry=r,
+        )
+        self.heartbeat = Gauge(
+            "personatag_dispatcher_heartbeat_timestamp_seconds",
+            "Unix time of the dispatcher's last heartbeat written to the store.",
+            registry=r,
+        )
+        self.last_scan = Gauge(
+            "personatag_dispatcher_last_scan_timestamp_seconds",
+            "Unix time the dispatcher last finished listing the requests bucket.",
+            registry=r,
+        )
+        self.scans = Counter(
+            "personatag_dispatcher_scans", "Scans of the requests bucket.", registry=r
+        )
+        self.claimed = Counter(
+            "personatag_request_files_claimed",
+            "Request files claimed by this dispatcher (taken-over ones included).",
+            registry=r,
+        )
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status=status)
+        for change in ("enter", "exit"):
+            self.memberships_changed.labels(change=change)
+
+    def record_request(self, status: str) -> None:
+        """One request file finished with `status` (call once per file)."""
+        self.requests.labels(status=status).inc()
+
+    def record_job(
+        self,
+        engine: str,
+        seconds: float,
+        *,
+        tagged: int = 0,
+        untagged: int = 0,
+        dry_run: bool = False,
+    ) -> None:
+        """A job ran for `seconds` on `engine`; a dry run changes no memberships."""
+        self.job_duration.labels(engine=engine).observe(max(seconds, 0.0))
+        if not dry_run:
+            self.record_memberships(entered=tagged, exited=untagged)
+
+    def record_memberships(self, *, entered: int = 0, exited: int = 0) -> None:
+        """Memberships that were written (ad hoc jobs now, ongoing criteria later)."""
+        if entered < 0 or exited < 0:
+            raise ValueError(f"membership changes cannot be negative: {entered=}, {exited=}")
+        if entered:
+            self.memberships_changed.labels(change="enter").inc(entered)
+        if exited:
+            self.memberships_changed.labels(change="exit").inc(exited)
+
+    def set_queue(self, depth: int, running: int) -> None:
+        """Jobs waiting for a worker, and jobs running, right now."""
+        self.queue_depth.set(depth)
+        self.jobs_running.set(running)
+
+    def mark_scan(self, at: float | None = None) -> None:
+        """A listing of the requests bucket finished (at `at`, Unix seconds; default now)."""
+        self.scans.inc()
+        self.last_scan.set(time.time() if at is None else at)
+
+    def mark_heartbeat(self, at: float | None = None) -> None:
+        """The dispatcher is alive (at `at`, Unix seconds; default now)."""
+        self.heartbeat.set(time.time() if at is None else at)
+
+    def mark_claimed(self, n: int = 1) -> None:
+        """This dispatcher claimed `n` request files."""
+        self.claimed.inc(n)
+
+
+@functools.cache
+def default_metrics() -> Metrics:
+    """The process-wide metrics, created on first use."""
+    return Metrics()
+
+
+def render(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition of `registry` (default: the process's), and
+    its Content-Type: what a `/metrics` route returns."""
+    return generate_latest(registry or default_metrics().registry), CONTENT_TYPE
+
+
+# Shorthands on the process-wide metrics, for code that has no Metrics passed in.
+
+
+def record_request(status: str) -> None:
+    default_metrics().record_request(status)
+
+
+def record_job(
+    engine: str, seconds: float, *, tagged: int = 0, untagged: int = 0, dry_run: bool = False
+) -> None:
+    default_metrics().record_job(engine, seconds, tagged=tagged, untagged=untagged, dry_run=dry_run)
+
+
+def record_memberships(*, entered: int = 0, exited: int = 0) -> None:
+    default_metrics().record_memberships(entered=entered, exited=exited)
+
+
+def set_queue(depth: int, running: int) -> None:
+    default_metrics().set_queue(depth, running)
+
+
+def mark_scan(at: float | None = None) -> None:
+    default_metrics().mark_scan(at)
+
+
+def mark_heartbeat(at: float | None = None) -> None:
+    default_metrics().mark_heartbeat(at)
+
+
+def mark_claimed(n: int = 1) -> None:
+    default_metrics().mark_claimed(n)
+
+
+# -- the HTTP server ----------------------------------------------------------
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck scraper must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+        self.registry = registry
+        self.thread: threading.Thread | None = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _answer(self, *, body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                payload, content_type = render(self.server.registry)
+            except Exception:  # a broken collector: say so, keep serving
+                log.exception("rendering /metrics failed")
+                payload, content_type, status = b"error\n", "text/plain; charset=utf-8", 500
+            else:
+                status = 200
+        elif path == "/healthz":
+            payload, content_type, status = b"ok\n", "text/plain; charset=utf-8", 200
+        else:
+            payload, content_type, status = b"not found\n", "text/plain; charset=utf-8", 404
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Every scrape would otherwise print a line on stderr.
+        log.debug("metrics %s: " + format, self.address_string(), *args)
+
+
+class RunningServer(NamedTuple):
+    server: MetricsServer
+    thread: threading.Thread
+    port: int
+
+
+def start_metrics_server(
+    port: int = 0, host: str = "127.0.0.1", *, registry: CollectorRegistry | None = None
+) -> RunningServer:
+    """Serve `/metrics` and `/healthz` on host:port from a daemon thread.
+
+    Port 0 picks a free port (see `.port`). Binds 127.0.0.1 unless told
+    otherwise. Raises ConfigError when the address cannot be bound.
+    """
+    reg = registry if registry is not None else default_metrics().registry
+    try:
+        server = MetricsServer((host, port), reg)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose another "
+            "port with PERSONATAG_METRICS_PORT (0 picks a free one) or PERSONATAG_METRICS_HOST"
+        ) from exc
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.2},
+        name="metrics-server",
+        daemon=True,
+    )
+    server.thread = thread
+    thread.start()
+    return RunningServer(server, thread, server.server_address[1])
+
+
+def stop_metrics_server(server: MetricsServer, timeout: float = 5.0) -> None:
+    """Stop serving, close the socket and wait for the server thread (idempotent)."""
+    if server.thread is not None and server.thread.is_alive():
+        server.shutdown()
+        server.thread.join(timeout)
+    server.server_close()
