@@ -242,3 +242,55 @@ def test_csv_rows_of_an_unknown_persona_fail_and_the_rest_applies(
     assert (s["status"], s["counts"]["tagged"], s["counts"]["failed"]) == ("partial", 2, 1)
     assert failed(b, "mix")[1][:3] == ["3", "c0002", "nope"]
     assert "unknown persona 'nope'" in failed(b, "mix")[1][3]
+
+
+def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -> None:
+    import threading
+    import time
+
+    from personatag.engines import register_engine, unregister_engine
+    from personatag.engines.base import Engine, Match, MatchSpec
+    from personatag.pipeline.jobs import cancel_job, get_job
+
+    release = threading.Event()
+
+    class SlowEngine(Engine):
+        name = "slow"
+
+        def compute(self, spec: MatchSpec) -> Match:
+            release.wait(60)
+            raise RuntimeError("released")
+
+    register_engine("slow", lambda: SlowEngine)
+    store, b, settings = env
+    body = {"version": 1, "request_id": "c1", "persona": "emea", "expr": "seniority > 1"}
+    b["requests"].put("c1.json", json.dumps({**body, "engine": "slow"}).encode())
+    d = Dispatcher(store, b, settings, poll_s=0.05)
+    stop = threading.Event()
+    loop = threading.Thread(target=d.serve, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while get_job_status(store, "c1") != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cancel_job(store, "c1")["status"] == "running"  # asked to stop
+        while not b["results"].exists("c1/summary.json") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        release.set()
+        stop.set()
+        loop.join(30)
+        unregister_engine("slow")
+    assert summary(b, "c1")["status"] == "cancelled"
+    assert get_job(store, "c1")["status"] == "cancelled"
+    assert members(store, "emea") == 0
+
+
+def get_job_status(store: Store, ref: str) -> str | None:
+    from personatag.errors import NotFoundError
+    from personatag.pipeline.jobs import get_job
+
+    try:
+        return str(get_job(store, ref)["status"])
+    except NotFoundError:
+        return None
