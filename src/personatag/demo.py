@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 
-from personatag.config import load_settings
+from personatag.config import Settings, load_settings
 from personatag.domain import Action
 from personatag.errors import PersonatagError
 from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.pipeline.contacts import show_contact
 from personatag.pipeline.preview import preview
-from personatag.store import open_store
+from personatag.store import Store, open_store
 from personatag.store.definitions import add_criterion, get_criterion
 from personatag.store.personas import add_persona, list_personas
 
@@ -139,11 +140,43 @@ def run() -> None:
                 f"  {p['persona']:<16} since {p['since']} via {src['criterion'] or src['source']} "
                 f"({src['request_id']})"
             )
+    say("\nthe request pipeline: a request file through the dispatcher")
+    _pipeline_demo(store, settings, say)
     say(
         "\ntry: .venv/bin/personatag persona list   |   .venv/bin/personatag contact show "
-        f"{sample_id or 'c00000001'}"
+        f"{sample_id or 'c00000001'}   |   .venv/bin/personatag jobs list"
     )
     store.dispose()
+
+
+def _pipeline_demo(store: Store, settings: Settings, say: Callable[[str], None]) -> None:
+    import json
+
+    from personatag.buckets import open_buckets
+    from personatag.pipeline.dispatcher import Dispatcher
+    from personatag.pipeline.submit import submit_file
+
+    buckets = open_buckets(settings)
+    request = {
+        "version": 1,
+        "submitted_by": "demo",
+        "persona": "treasurer",
+        "action": "untag",
+        "expr": 'firm_type != "corporate"',
+    }
+    sent = submit_file(buckets, json.dumps(request).encode(), name="demo-request.json")
+    say(f"  submitted {sent['key']} to {buckets['requests'].url('')}")
+    dispatcher = Dispatcher(store, buckets, settings)
+    dispatcher.scan()
+    dispatcher.drain()
+    dispatcher.close()
+    summary = json.loads(buckets["results"].get(f"{sent['request_id']}/summary.json"))
+    c = summary["counts"]
+    say(
+        f"  {summary['request_id']} {summary['status']}: matched {c['matched']:,}, "
+        f"untagged {c['untagged']:,} (treasurers outside corporates)"
+    )
+    say(f"  result files in {buckets['results'].url('')}{sent['request_id']}/")
 
 
 def main() -> None:
