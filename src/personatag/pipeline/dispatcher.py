@@ -53,16 +53,31 @@ REQUEST_SUFFIXES = (".json", ".csv")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+def _process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot), or "" if unknown.
+
+    With the pid it names one process for good: a pid reused by a new process
+    has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22; the command name (field 2) may hold spaces, so split after it.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
 def _owner_token() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}:{secrets.token_hex(3)}"
 
 
 def _owner_alive(owner: str | None) -> bool:
     """Is the process named by an owner token still running (same host only)?"""
     if not owner:
         return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    host, pid_text, started, *_ = [*owner.split(":"), "", "", ""]
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another host: trust its heartbeat instead
     try:
@@ -71,7 +86,7 @@ def _owner_alive(owner: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not started or _process_start(int(pid_text)) == started
 
 
 def watch_folder(root: Path | None, wake: threading.Event) -> Any:
@@ -161,8 +176,13 @@ class Dispatcher:
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
         keys = [k for k in self.buckets["requests"].list() if k.endswith(REQUEST_SUFFIXES)]
+        rf = self.store.tables.request_files
+        with self.store.read() as conn:  # one query, not a failed claim per old file
+            finished = set(conn.scalars(select(rf.c.key).where(rf.c.outcome.is_not(None))))
         queued = 0
         for key in keys:
+            if key in finished:
+                continue
             if self._claim(key):
                 job = self._prepare_safely(key)
                 if job is not None:
