@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import csv
 import itertools
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
-    BigInteger,
     Column,
     Connection,
     Integer,
-    MetaData,
-    Table,
     Text,
     exists,
     select,
@@ -23,6 +19,7 @@ from sqlalchemy import (
 
 from personatag.errors import InputError
 from personatag.importer.readers import check_utf8
+from personatag.pipeline.matchset import TempPks, fresh, temp_table
 from personatag.store import Store
 
 _ID_HEADERS = ("contact_id", "id")
@@ -66,22 +63,10 @@ class LoadedList:
     """Contact pks of a list, in a temp table on one connection."""
 
     def __init__(self, conn: Connection, store: Store, ids: list[tuple[int, str]]) -> None:
-        suffix = uuid.uuid4().hex[:8]
-        md = MetaData()
-        self.raw = Table(
-            f"pt_list_raw_{suffix}",
-            md,
-            Column("line", Integer),
-            Column("id", Text),
-            prefixes=["TEMPORARY"],
+        self.raw = fresh(
+            conn, temp_table("pt_list_raw", Column("line", Integer), Column("id", Text))
         )
-        self.pks = Table(
-            f"pt_list_{suffix}",
-            md,
-            Column("pk", BigInteger, primary_key=True),
-            prefixes=["TEMPORARY"],
-        )
-        md.create_all(conn)
+        self.pks = TempPks(conn, "pt_list").table
         self.failed: list[FailedRow] = []
         good = []
         for line, cid in ids:

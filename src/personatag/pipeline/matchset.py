@@ -8,25 +8,37 @@ into a temp table and every later statement reads that instead.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, ColumnElement, Connection, MetaData, Table, select, text
 
 from personatag.store import Store
 
+# Temp tables are private to their connection, and a connection works on one
+# request at a time: fixed names (and Table objects) let SQLAlchemy reuse its
+# compiled statements instead of compiling new ones for every request.
+_TEMP = MetaData()
+
+
+def temp_table(name: str, *columns: Column[Any]) -> Table:
+    """The temp table `name` (defined once per process)."""
+    if name in _TEMP.tables:
+        return _TEMP.tables[name]
+    return Table(name, _TEMP, *columns, prefixes=["TEMPORARY"])
+
+
+def fresh(conn: Connection, table: Table) -> Table:
+    """Create `table` on `conn`, empty (dropping a leftover of a failed request)."""
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+    return table
+
 
 class TempPks:
     """A temp table of contact pks on one connection; drop() when done."""
 
-    def __init__(self, conn: Connection, prefix: str = "pt_pks") -> None:
-        self.table = Table(
-            f"{prefix}_{uuid.uuid4().hex[:8]}",
-            MetaData(),
-            Column("pk", BigInteger, primary_key=True),
-            prefixes=["TEMPORARY"],
-        )
-        self.table.create(conn)
+    def __init__(self, conn: Connection, name: str = "pt_pks") -> None:
+        self.table = fresh(conn, temp_table(name, Column("pk", BigInteger, primary_key=True)))
 
     def fill(self, conn: Connection, query: Any) -> int:
         """Insert the pks `query` returns; returns how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,12 @@ def create_store_engine(url: str, *, create: bool = False) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+@functools.cache
+def _base_tables() -> Tables:
+    """The tables without custom attributes (built once: ~8 ms each time)."""
+    return build_tables()
+
+
 class Store:
     """A contact store: an engine plus the table descriptions for its schema."""
 
@@ -110,15 +117,17 @@ class Store:
         """Forget cached table descriptions (after declaring an attribute)."""
         self._tables = None
 
-    def custom_attributes(self) -> list[tuple[str, FieldType]]:
-        attrs = build_tables().attributes
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(attrs.c.name, attrs.c.type).order_by(attrs.c.name))
-            return [(name, FieldType(t)) for name, t in rows]
+    def custom_attributes(self, conn: Connection | None = None) -> list[tuple[str, FieldType]]:
+        attrs = _base_tables().attributes
+        query = select(attrs.c.name, attrs.c.type).order_by(attrs.c.name)
+        if conn is not None:
+            return [(name, FieldType(t)) for name, t in conn.execute(query)]
+        with self.engine.connect() as c:
+            return [(name, FieldType(t)) for name, t in c.execute(query)]
 
     def catalog(self, conn: Connection | None = None) -> Catalog:
         fields: dict[str, FieldType] = dict(STANDARD_CONTACT_FIELDS)
-        fields.update(self.custom_attributes())
+        fields.update(self.custom_attributes(conn))
         p = self.tables.personas
         query = select(p.c.key).where(p.c.archived_at.is_(None))
         if conn is None:
