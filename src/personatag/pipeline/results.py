@@ -13,7 +13,9 @@ import csv
 import gzip
 import io
 import json
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Connection, select, text
@@ -54,14 +56,31 @@ _LINES_SQL = {
 _CHUNK = 500_000
 
 
-def _bulk_lines(conn: Connection, store: Store, pks: Any, suffix: str) -> Iterator[str]:
+def _bulk_lines(store: Store, pks: Any, suffix: str) -> Iterator[str]:
+    """CSV lines for `pks`, chunk by chunk, in pk order.
+
+    Chunks are turned into text on two reader connections at once while the
+    caller compresses the previous ones (zlib and the drivers release the GIL),
+    so a 10M-line file uses both cores.
+    """
     sql = text(_LINES_SQL[store.dialect])
-    for start in range(0, len(pks), _CHUNK):
-        chunk = pks[start : start + _CHUNK].tolist()
+
+    def lines(chunk: list[int]) -> str:
         param: Any = json.dumps(chunk) if store.dialect == "sqlite" else chunk
-        block = conn.execute(sql, {"pks": param, "suffix": suffix}).scalar()
-        if block:
-            yield block + "\n"
+        with store.read() as conn:
+            block = conn.execute(sql, {"pks": param, "suffix": suffix}).scalar()
+        return block + "\n" if block else ""
+
+    chunks = (pks[i : i + _CHUNK].tolist() for i in range(0, len(pks), _CHUNK))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changes") as pool:
+        # In order, with at most three chunks in flight (bounded memory).
+        pending: deque[Future[str]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(lines, chunk))
+            if len(pending) >= 3:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[str]:
@@ -86,7 +105,7 @@ def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[str]
     )
     for persona_pk, change, blob in bulk:
         suffix = f",{_csv_field(keys[persona_pk])},{change}"
-        yield from _bulk_lines(conn, store, decode_ids(blob), suffix)
+        yield from _bulk_lines(store, decode_ids(blob), suffix)
 
 
 def failed_csv(rows: Sequence[FailedRow]) -> bytes:
