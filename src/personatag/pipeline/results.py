@@ -39,17 +39,23 @@ def _csv_field(value: str) -> str:
 # One statement turns a chunk of contact pks into finished CSV lines, so 10M
 # changes never become 10M Python rows. Ids are quoted like the csv module
 # does when they hold a comma, a quote or a line break.
+_NEEDS_QUOTES = {
+    # instr/strpos: half the cost of GLOB or a regex per line (10M lines).
+    "sqlite": "instr(c.id, ',') OR instr(c.id, '\"') OR instr(c.id, char(10)) "
+    "OR instr(c.id, char(13))",
+    "postgresql": "strpos(c.id, ',') > 0 OR strpos(c.id, '\"') > 0 "
+    "OR strpos(c.id, chr(10)) > 0 OR strpos(c.id, chr(13)) > 0",
+}
+_QUOTED = "CASE WHEN {needs} THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END"
 _LINES_SQL = {
     "sqlite": (
-        "SELECT group_concat(CASE WHEN c.id GLOB '*[,\"'||char(10)||char(13)||']*' "
-        "THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END || :suffix, char(10)) "
-        "FROM (SELECT value AS pk FROM json_each(:pks)) AS t "
+        f"SELECT group_concat({_QUOTED.format(needs=_NEEDS_QUOTES['sqlite'])} || :suffix, "  # noqa: S608 - constants only
+        "char(10)) FROM (SELECT value AS pk FROM json_each(:pks)) AS t "
         "JOIN contacts AS c ON c.pk = t.pk"
     ),
     "postgresql": (
-        "SELECT string_agg(CASE WHEN c.id ~ '[,\"\\r\\n]' "
-        "THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END || :suffix, E'\\n' "
-        "ORDER BY c.pk) "
+        f"SELECT string_agg({_QUOTED.format(needs=_NEEDS_QUOTES['postgresql'])} || :suffix, "  # noqa: S608 - constants only
+        "chr(10) ORDER BY c.pk) "
         "FROM unnest(CAST(:pks AS bigint[])) AS t(pk) JOIN contacts AS c ON c.pk = t.pk"
     ),
 }
