@@ -294,3 +294,16 @@ def get_job_status(store: Store, ref: str) -> str | None:
         return str(get_job(store, ref)["status"])
     except NotFoundError:
         return None
+
+
+def test_changes_file_of_a_bulk_change(env: tuple[Store, Buckets, Settings]) -> None:
+    store, b, settings = env
+    bulk = Settings(data_dir=settings.data_dir, bulk_log_threshold=2)
+    body = {"version": 1, "request_id": "bulk", "persona": "emea", "expr": 'region = "EMEA"'}
+    b["requests"].put("bulk.json", json.dumps(body).encode())
+    d = Dispatcher(store, b, bulk)
+    d.scan()
+    d.drain()
+    d.close()
+    rows = changes(b, "bulk")
+    assert rows[1:] == [[f"c{i:04d}", "emea", "enter"] for i in range(0, 40, 4)]

@@ -14,7 +14,7 @@ import gzip
 import io
 import json
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -36,62 +36,70 @@ def _csv_field(value: str) -> str:
     return value
 
 
-# One statement turns a chunk of contact pks into finished CSV lines, so 10M
-# changes never become 10M Python rows. Ids are quoted like the csv module
-# does when they hold a comma, a quote or a line break.
-_NEEDS_QUOTES = {
-    # instr/strpos: half the cost of GLOB or a regex per line (10M lines).
-    "sqlite": "instr(c.id, ',') OR instr(c.id, '\"') OR instr(c.id, char(10)) "
-    "OR instr(c.id, char(13))",
-    "postgresql": "strpos(c.id, ',') > 0 OR strpos(c.id, '\"') > 0 "
-    "OR strpos(c.id, chr(10)) > 0 OR strpos(c.id, chr(13)) > 0",
-}
-_QUOTED = "CASE WHEN {needs} THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END"
-_LINES_SQL = {
+# A chunk of contact pks becomes its ids in one statement, so 10M changes never
+# become 10M Python rows. On SQLite the ids come NUL-separated (an id never
+# holds NUL: imports refuse it), so one str.replace makes the CSV lines; ids
+# with a comma, quote or line break are quoted like the csv module does.
+_IDS_SQL = {
     "sqlite": (
-        f"SELECT group_concat({_QUOTED.format(needs=_NEEDS_QUOTES['sqlite'])} || :suffix, "  # noqa: S608 - constants only
-        "char(10)) FROM (SELECT value AS pk FROM json_each(:pks)) AS t "
-        "JOIN contacts AS c ON c.pk = t.pk"
+        "SELECT group_concat(c.id, char(0)) FROM (SELECT value AS pk FROM json_each(:pks)) "
+        "AS t JOIN contacts AS c ON c.pk = t.pk"
     ),
+    # PostgreSQL text cannot hold NUL: quote in SQL, one line per id.
     "postgresql": (
-        f"SELECT string_agg({_QUOTED.format(needs=_NEEDS_QUOTES['postgresql'])} || :suffix, "  # noqa: S608 - constants only
-        "chr(10) ORDER BY c.pk) "
+        "SELECT string_agg(CASE WHEN strpos(c.id, ',') > 0 OR strpos(c.id, '\"') > 0 "
+        "OR strpos(c.id, chr(10)) > 0 OR strpos(c.id, chr(13)) > 0 "
+        "THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END || :suffix, chr(10) "
+        "ORDER BY c.pk) "
         "FROM unnest(CAST(:pks AS bigint[])) AS t(pk) JOIN contacts AS c ON c.pk = t.pk"
     ),
 }
 _CHUNK = 500_000
+_SPECIAL = (",", '"', "\n", "\r")
 
 
-def _bulk_lines(store: Store, pks: Any, suffix: str) -> Iterator[str]:
-    """CSV lines for `pks`, chunk by chunk, in pk order.
+def _member(text_: str) -> bytes:
+    # One gzip member per chunk: members compress on separate threads and
+    # concatenate into one valid .gz file (zlib releases the GIL).
+    return gzip.compress(text_.encode(), compresslevel=1, mtime=0)
 
-    Chunks are turned into text on two reader connections at once while the
-    caller compresses the previous ones (zlib and the drivers release the GIL),
-    so a 10M-line file uses both cores.
-    """
-    sql = text(_LINES_SQL[store.dialect])
 
-    def lines(chunk: list[int]) -> str:
+def _lines_from_ids(ids: str, suffix: str) -> str:
+    if not any(ch in ids for ch in _SPECIAL):
+        return ids.replace("\x00", suffix + "\n") + suffix + "\n"
+    return "".join(f"{_csv_field(i)}{suffix}\n" for i in ids.split("\x00"))
+
+
+def _bulk_members(store: Store, pks: Any, suffix: str) -> Iterator[bytes]:
+    """Gzip members of the CSV lines for `pks`, chunk by chunk, in pk order,
+    built on two reader connections and threads at once."""
+    sql = text(_IDS_SQL[store.dialect])
+
+    def member(chunk: list[int]) -> bytes:
         param: Any = json.dumps(chunk) if store.dialect == "sqlite" else chunk
         with store.read() as conn:
             block = conn.execute(sql, {"pks": param, "suffix": suffix}).scalar()
-        return block + "\n" if block else ""
+        if not block:
+            return b""
+        if store.dialect == "sqlite":
+            return _member(_lines_from_ids(block, suffix))
+        return _member(block + "\n")
 
     chunks = (pks[i : i + _CHUNK].tolist() for i in range(0, len(pks), _CHUNK))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changes") as pool:
         # In order, with at most three chunks in flight (bounded memory).
-        pending: deque[Future[str]] = deque()
+        pending: deque[Future[bytes]] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(lines, chunk))
+            pending.append(pool.submit(member, chunk))
             if len(pending) >= 3:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[str]:
-    """Blocks of CSV lines `contact_id,persona,change` for every membership change
-    of a request, in the order they were logged."""
+def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[bytes]:
+    """Gzip members of the CSV lines `contact_id,persona,change` for every
+    membership change of a request, in the order they were logged."""
     t = store.tables
     log, c = t.membership_log, t.contacts
     keys = {pk: key for pk, key in conn.execute(select(t.personas.c.pk, t.personas.c.key))}
@@ -103,7 +111,7 @@ def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[str]
     )
     lines = [f"{_csv_field(cid)},{_csv_field(keys[p])},{change}\n" for cid, p, change in single]
     if lines:
-        yield "".join(lines)
+        yield _member("".join(lines))
     bulk = conn.execute(
         select(log.c.persona_pk, log.c.change, log.c.bulk_ids)
         .where(log.c.request_pk == request_pk, log.c.bulk_count.is_not(None))
@@ -111,7 +119,7 @@ def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[str]
     )
     for persona_pk, change, blob in bulk:
         suffix = f",{_csv_field(keys[persona_pk])},{change}"
-        yield from _bulk_lines(store, decode_ids(blob), suffix)
+        yield from _bulk_members(store, decode_ids(blob), suffix)
 
 
 def failed_csv(rows: Sequence[FailedRow]) -> bytes:
@@ -123,15 +131,9 @@ def failed_csv(rows: Sequence[FailedRow]) -> bytes:
     return out.getvalue().encode()
 
 
-def changes_csv_gz(blocks: Iterator[str]) -> bytes:
-    """The gzip of a header plus blocks of CSV lines."""
-    buf = io.BytesIO()
-    # Level 1: changes files can hold 10M lines; speed matters more than size.
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
-        gz.write(b"contact_id,persona,change\n")
-        for block in blocks:
-            gz.write(block.encode())
-    return buf.getvalue()
+def changes_csv_gz(members: Iterable[bytes]) -> bytes:
+    """A .gz file: the header, then the given gzip members, concatenated."""
+    return b"".join([_member("contact_id,persona,change\n"), *members])
 
 
 def write_results(
