@@ -71,7 +71,7 @@ def test_small_population_is_consistent(store: Store, tmp_path: Path) -> None:
     assert {r["region"] for r in rows} - {None} == set(REGIONS)
     for r in rows:
         if r["interests"] is not None:
-            assert 1 <= len(r["interests"]) <= 4
+            assert len(r["interests"]) in range(1, 5)
         if r["email"] is not None:
             assert re.fullmatch(r"[a-z0-9.]+@[a-z0-9]+\.com", r["email"]), r["email"]
         assert r["created_at"] <= r["updated_at"] <= END

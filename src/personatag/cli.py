@@ -526,49 +526,36 @@ EngineOpt = Annotated[str, typer.Option(help="Engine that computes the matches."
 RequestIdOpt = Annotated[str | None, typer.Option(help="Idempotency key (default: generated).")]
 
 
-@app.command()
-def tag(
-    persona: PersonaOpt = None,
-    expr: ExprOpt = None,
-    criterion: CriterionOpt = None,
-    contacts: ContactsOpt = None,
-    as_of: AsOfOpt = None,
-    dry_run: DryRunOpt = False,
-    engine: EngineOpt = "local",
-    request_id: RequestIdOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Tag everyone who matches (or an explicit list) with a persona, once."""
-    _run(
-        Action.TAG, persona, expr, criterion, contacts, as_of, dry_run, engine, request_id, as_json
-    )
+def _adhoc_command(action: Action, doc: str) -> Any:
+    def command(
+        persona: PersonaOpt = None,
+        expr: ExprOpt = None,
+        criterion: CriterionOpt = None,
+        contacts: ContactsOpt = None,
+        as_of: AsOfOpt = None,
+        dry_run: DryRunOpt = False,
+        engine: EngineOpt = "local",
+        request_id: RequestIdOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        _run(
+            action, persona, expr, criterion, contacts, as_of, dry_run, engine, request_id, as_json
+        )
+
+    command.__doc__ = doc
+    return command
 
 
-@app.command()
-def untag(
-    persona: PersonaOpt = None,
-    expr: ExprOpt = None,
-    criterion: CriterionOpt = None,
-    contacts: ContactsOpt = None,
-    as_of: AsOfOpt = None,
-    dry_run: DryRunOpt = False,
-    engine: EngineOpt = "local",
-    request_id: RequestIdOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Remove a persona from everyone who matches (or an explicit list), once."""
-    _run(
-        Action.UNTAG,
-        persona,
-        expr,
-        criterion,
-        contacts,
-        as_of,
-        dry_run,
-        engine,
-        request_id,
-        as_json,
+app.command("tag")(
+    _adhoc_command(
+        Action.TAG, "Tag everyone who matches (or an explicit list) with a persona, once."
     )
+)
+app.command("untag")(
+    _adhoc_command(
+        Action.UNTAG, "Remove a persona from everyone who matches (or an explicit list), once."
+    )
+)
 
 
 @app.command()
