@@ -307,3 +307,24 @@ def test_changes_file_of_a_bulk_change(env: tuple[Store, Buckets, Settings]) -> 
     d.close()
     rows = changes(b, "bulk")
     assert rows[1:] == [[f"c{i:04d}", "emea", "enter"] for i in range(0, 40, 4)]
+
+
+def test_requests_and_results_on_s3(store: Store, s3_endpoint: str, tmp_path: Path) -> None:
+    from tests.s3server import s3_settings
+
+    add_contacts(store, population(40))
+    add_persona(store, "emea", name="EMEA", category="region")
+    settings = s3_settings(s3_endpoint, tmp_path)
+    b = open_buckets(settings)
+    body = {"version": 1, "request_id": "on-s3", "persona": "emea", "expr": 'region = "EMEA"'}
+    b["requests"].put("on-s3.json", json.dumps(body).encode())
+    b["requests"].put("list.csv", b"contact_id,persona,action\nc0001,emea,tag\nghost,emea,tag\n")
+    d = Dispatcher(store, b, settings)
+    assert d.scan() == 2
+    d.drain()
+    d.close()
+    assert b["results"].url("on-s3/summary.json").startswith("s3://")
+    assert summary(b, "on-s3")["counts"]["tagged"] == 10
+    assert summary(b, "list")["status"] == "partial"
+    assert failed(b, "list")[1][:2] == ["3", "ghost"]
+    assert len(changes(b, "on-s3")) == 11
