@@ -328,3 +328,23 @@ def test_requests_and_results_on_s3(store: Store, s3_endpoint: str, tmp_path: Pa
     assert summary(b, "list")["status"] == "partial"
     assert failed(b, "list")[1][:2] == ["3", "ghost"]
     assert len(changes(b, "on-s3")) == 11
+
+
+def test_changes_file_built_beside_the_insert(env: tuple[Store, Buckets, Settings]) -> None:
+    # Everyone matches: on SQLite the ids are captured during the insert and
+    # the changes file is built from them before the job commits.
+    store, b, settings = env
+    bulk = Settings(data_dir=settings.data_dir, bulk_log_threshold=2)
+    body = {"version": 1, "request_id": "all", "persona": "cio", "expr": "seniority >= 0"}
+    b["requests"].put("all.json", json.dumps(body).encode())
+    untag = {**body, "request_id": "none", "action": "untag"}
+    d = Dispatcher(store, b, bulk)
+    d.scan()
+    d.drain()
+    b["requests"].put("none.json", json.dumps(untag).encode())
+    d.scan()
+    d.drain()
+    d.close()
+    assert [r[0] for r in changes(b, "all")[1:]] == [f"c{i:04d}" for i in range(40)]
+    assert {r[2] for r in changes(b, "none")[1:]} == {"exit"}
+    assert len(changes(b, "none")) == 41

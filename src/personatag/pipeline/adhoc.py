@@ -31,6 +31,7 @@ from personatag.pipeline.audit import LogContext
 from personatag.pipeline.contact_lists import FailedRow, LoadedList, read_contact_ids
 from personatag.pipeline.control import JobControl, JobStopped
 from personatag.pipeline.matchset import TempPks, is_heavy, materialize
+from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
 from personatag.store.definitions import Criterion, get_criterion
 from personatag.store.personas import Persona, get_persona, persona_pks
@@ -215,6 +216,7 @@ def execute(
     engine_name: str = "local",
     control: JobControl | None = None,
     row_failures: Sequence[FailedRow] = (),
+    changes: ChangesBuilder | None = None,
 ) -> AdhocResult:
     """Run a recorded job: compute each item on the engine, then apply all items
     in one transaction with the job's outcome. Raises RequestFailed (the job is
@@ -236,7 +238,9 @@ def execute(
         # A dry run writes nothing but its temp tables: no write lock needed.
         with store.read() if dry_run else store.write() as conn, control.guard(conn):
             results = [
-                _apply_item(conn, store, settings, r, m, request_id, request_pk, actor, dry_run)
+                _apply_item(
+                    conn, store, settings, r, m, request_id, request_pk, actor, dry_run, changes
+                )
                 for r, m in zip(plan.items, matches, strict=True)
             ]
             failures = sorted(
@@ -308,6 +312,7 @@ def _apply_item(
     request_pk: int,
     actor: str | None,
     dry_run: bool,
+    changes: ChangesBuilder | None = None,
 ) -> ItemResult:
     ctx = LogContext(
         at=utcnow(),
@@ -340,6 +345,7 @@ def _apply_item(
             dry_run=dry_run,
             bulk_threshold=settings.bulk_log_threshold,
             portable=portable,
+            bulk=changes.for_persona(r.persona.key) if changes is not None else None,
         )
         failures = (
             [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -31,6 +31,17 @@ from personatag.pipeline.audit import IdCapture, LogContext, log_from_select
 from personatag.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class BulkChanges(Protocol):
+    """Told about bulk changes as soon as their contact pks are known, so work
+    on them (a changes file) can run beside the rest of the transaction."""
+
+    def start(self, change: str, ids: Any) -> None:
+        """These pks will probably change (may be dropped if they do not)."""
+
+    def confirm(self, change: str, ids: Any) -> None:
+        """These pks changed, as one bulk log entry (in log order)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ def apply_adhoc(
     dry_run: bool,
     bulk_threshold: int,
     portable: bool = False,
+    bulk: BulkChanges | None = None,
 ) -> ApplyCounts:
     """Tag or untag every contact for which `condition` (over contacts) is TRUE.
 
@@ -92,8 +104,8 @@ def apply_adhoc(
     """
     store.lock_persona(conn, ctx.persona_pk)
     if action is Action.TAG:
-        return _tag(conn, store, condition, ctx, dry_run, bulk_threshold, portable)
-    return _untag(conn, store, condition, ctx, dry_run, bulk_threshold)
+        return _tag(conn, store, condition, ctx, dry_run, bulk_threshold, portable, bulk)
+    return _untag(conn, store, condition, ctx, dry_run, bulk_threshold, bulk)
 
 
 def _members(store: Store, persona_pk: int) -> Any:
@@ -114,6 +126,7 @@ def _tag(
     dry_run: bool,
     bulk_threshold: int,
     portable: bool,
+    bulk: BulkChanges | None,
 ) -> ApplyCounts:
     t = store.tables
     c, m = t.contacts, t.memberships
@@ -147,7 +160,8 @@ def _tag(
     cols = ["persona_pk", "contact_pk", "source", "since", "request_pk", "criterion_pk"]
     capture = None
     if portable and store.is_shared_file and _sampled_share(conn, store, enter) >= CAPTURE_SHARE:
-        capture = IdCapture(store, select(c.c.pk).where(enter).order_by(c.c.pk))
+        then = None if bulk is None else (lambda ids: bulk.start(Change.ENTER.value, ids))
+        capture = IdCapture(store, select(c.c.pk).where(enter).order_by(c.c.pk), then)
         log.debug("audit ids captured on a second connection")
     try:
         # preserve_rowcount: SQLAlchemy only promises rowcount for UPDATE/DELETE.
@@ -162,7 +176,7 @@ def _tag(
         m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
     )
     ids = capture.result() if capture is not None else None
-    log_from_select(
+    logged = log_from_select(
         conn,
         store,
         ctx,
@@ -172,6 +186,8 @@ def _tag(
         bulk_threshold=bulk_threshold,
         ids=ids if ids is not None and tagged > bulk_threshold else None,
     )
+    if bulk is not None and logged is not None:
+        bulk.confirm(Change.ENTER.value, logged)
     if already:
         # Contacts that hold the persona only through other sources (an ongoing
         # criterion, a pin-in) now also hold it through this request, so it
@@ -199,6 +215,7 @@ def _untag(
     ctx: LogContext,
     dry_run: bool,
     bulk_threshold: int,
+    bulk: BulkChanges | None,
 ) -> ApplyCounts:
     t = store.tables
     c, m = t.contacts, t.memberships
@@ -214,9 +231,11 @@ def _untag(
     already = matched - untagged - pinned
     if dry_run or (untagged == 0 and pinned == 0):
         return ApplyCounts(matched=matched, untagged=untagged, already=already, pinned=pinned)
-    log_from_select(
+    logged = log_from_select(
         conn, store, ctx, Change.EXIT.value, leaving, count=untagged, bulk_threshold=bulk_threshold
     )
+    if bulk is not None and logged is not None:
+        bulk.confirm(Change.EXIT.value, logged)
     matched_pks = select(c.c.pk).where(condition)
     conn.execute(
         m.delete().where(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -76,9 +77,15 @@ class IdCapture:
     while it steps), taking the audit's id read-back off the critical path.
     """
 
-    def __init__(self, store: Store, query: Select[Any]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        query: Select[Any],
+        then: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
         self._result: np.ndarray | None = None
         self._error: BaseException | None = None
+        self._then = then
         self._thread = threading.Thread(target=self._run, args=(store, query), daemon=True)
         self._thread.start()
 
@@ -86,6 +93,8 @@ class IdCapture:
         try:
             with store.read() as conn:
                 self._result = fetch_ids(conn, store, query)
+            if self._then is not None:  # more work on these ids, still beside the insert
+                self._then(self._result)
         except BaseException as exc:  # handed to the caller in result()
             self._error = exc
 
@@ -137,13 +146,14 @@ def log_from_select(
     count: int,
     bulk_threshold: int,
     ids: np.ndarray | None = None,
-) -> None:
+) -> np.ndarray | None:
     """Log `change` for every contact pk the query returns (`count` of them).
 
-    `ids`, when given, are those pks already fetched (see IdCapture).
+    `ids`, when given, are those pks already fetched (see IdCapture). Returns
+    the pks of a bulk entry (None when the change was logged row by row).
     """
     if count == 0:
-        return
+        return None
     log = store.tables.membership_log
     values = {
         "at": ctx.at,
@@ -169,7 +179,7 @@ def log_from_select(
             pk_col.label("contact_pk"),
         ).select_from(sub)
         conn.execute(log.insert().from_select(cols, src))
-        return
+        return None
     if ids is None:
         ids = fetch_ids(conn, store, contact_pks)
     if len(ids) != count:
@@ -183,6 +193,7 @@ def log_from_select(
             bulk_max=int(ids.max()),
         )
     )
+    return ids
 
 
 def log_one(conn: Connection, store: Store, ctx: LogContext, change: str, contact_pk: int) -> None:

@@ -44,7 +44,7 @@ from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, r
 from personatag.pipeline.contact_lists import FailedRow
 from personatag.pipeline.control import JobControl
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
-from personatag.pipeline.results import write_results
+from personatag.pipeline.results import ChangesBuilder, write_results
 from personatag.store import Store
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,7 @@ class Dispatcher:
         with self._lock:
             self._running[job_pk] = control
         self._publish_queue()
+        changes = ChangesBuilder(self.store)
         try:
             if self._cancelled_while_queued(job_pk):
                 raise RequestFailed(request.request_id, "cancelled", jobs.CANCELLED)
@@ -389,6 +390,7 @@ class Dispatcher:
                 engine_name=request.engine,
                 control=control,
                 row_failures=row_failures,
+                changes=changes,
             )
             status, error, failures = result.status, None, result.failures
             counts = result.as_json()
@@ -419,14 +421,18 @@ class Dispatcher:
             job_pk=job_pk,
             items=items,
         )
-        write_results(
-            results,
-            self.store,
-            request_id=request.request_id,
-            summary=summary,
-            failures=failures,
-            request_pk=request_pk,
-        )
+        try:
+            write_results(
+                results,
+                self.store,
+                request_id=request.request_id,
+                summary=summary,
+                failures=failures,
+                request_pk=request_pk,
+                prebuilt=changes,
+            )
+        finally:
+            changes.close()
         self._done(key, request.request_id, status)
         seconds = time.perf_counter() - t0
         self.metrics.record_job(

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import json
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, select, text
 
 from personatag.buckets import Bucket
+from personatag.pipeline.applier import BulkChanges
 from personatag.pipeline.audit import decode_ids
 from personatag.pipeline.contact_lists import FailedRow
 from personatag.store import Store
@@ -70,34 +72,95 @@ def _lines_from_ids(ids: str, suffix: str) -> str:
     return "".join(f"{_csv_field(i)}{suffix}\n" for i in ids.split("\x00"))
 
 
+def _member_of(store: Store, chunk: list[int], suffix: str) -> bytes:
+    param: Any = json.dumps(chunk) if store.dialect == "sqlite" else chunk
+    with store.read() as conn:
+        block = conn.execute(text(_IDS_SQL[store.dialect]), {"pks": param, "suffix": suffix})
+        ids = block.scalar()
+    if not ids:
+        return b""
+    if store.dialect == "sqlite":
+        return _member(_lines_from_ids(ids, suffix))
+    return _member(ids + "\n")
+
+
+def _chunks(pks: Any) -> Iterator[list[int]]:
+    return (pks[i : i + _CHUNK].tolist() for i in range(0, len(pks), _CHUNK))
+
+
 def _bulk_members(store: Store, pks: Any, suffix: str) -> Iterator[bytes]:
     """Gzip members of the CSV lines for `pks`, chunk by chunk, in pk order,
     built on two reader connections and threads at once."""
-    sql = text(_IDS_SQL[store.dialect])
-
-    def member(chunk: list[int]) -> bytes:
-        param: Any = json.dumps(chunk) if store.dialect == "sqlite" else chunk
-        with store.read() as conn:
-            block = conn.execute(sql, {"pks": param, "suffix": suffix}).scalar()
-        if not block:
-            return b""
-        if store.dialect == "sqlite":
-            return _member(_lines_from_ids(block, suffix))
-        return _member(block + "\n")
-
-    chunks = (pks[i : i + _CHUNK].tolist() for i in range(0, len(pks), _CHUNK))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changes") as pool:
         # In order, with at most three chunks in flight (bounded memory).
         pending: deque[Future[bytes]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(member, chunk))
+        for chunk in _chunks(pks):
+            pending.append(pool.submit(_member_of, store, chunk, suffix))
             if len(pending) >= 3:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[bytes]:
+class ChangesBuilder:
+    """Builds the changes file of one job while the job still runs.
+
+    The applier reports a bulk change's contact pks as soon as it knows them
+    (applier.BulkChanges), often before its insert ends; contact ids do not
+    change inside the job, so readers can turn them into CSV lines at once on
+    other connections. `changes_of` then uses the finished parts in log order.
+    If the job fails, the parts are simply dropped.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="changes")
+        self._lock = threading.Lock()
+        self._started: dict[tuple[str, str], tuple[int, list[Future[bytes]]]] = {}
+        self._confirmed: deque[tuple[str, str, list[Future[bytes]]]] = deque()
+
+    def for_persona(self, persona: str) -> BulkChanges:
+        builder = self
+
+        class _Hook:
+            def start(self, change: str, ids: Any) -> None:
+                builder.start(persona, change, ids)
+
+            def confirm(self, change: str, ids: Any) -> None:
+                builder.confirm(persona, change, ids)
+
+        return _Hook()
+
+    def start(self, persona: str, change: str, ids: Any) -> None:
+        suffix = f",{_csv_field(persona)},{change}"
+        futures = [self._pool.submit(_member_of, self.store, c, suffix) for c in _chunks(ids)]
+        with self._lock:
+            self._started[(persona, change)] = (len(ids), futures)
+
+    def confirm(self, persona: str, change: str, ids: Any) -> None:
+        with self._lock:
+            started = self._started.pop((persona, change), None)
+        if started is None or started[0] != len(ids):
+            self.start(persona, change, ids)
+            with self._lock:
+                started = self._started.pop((persona, change))
+        with self._lock:
+            self._confirmed.append((persona, change, started[1]))
+
+    def take(self, persona: str, change: str) -> list[Future[bytes]] | None:
+        """The parts of the next bulk entry in log order, if they are for (persona, change)."""
+        with self._lock:
+            if self._confirmed and self._confirmed[0][:2] == (persona, change):
+                return self._confirmed.popleft()[2]
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def changes_of(
+    conn: Connection, store: Store, request_pk: int, prebuilt: ChangesBuilder | None = None
+) -> Iterator[bytes]:
     """Gzip members of the CSV lines `contact_id,persona,change` for every
     membership change of a request, in the order they were logged."""
     t = store.tables
@@ -118,6 +181,10 @@ def changes_of(conn: Connection, store: Store, request_pk: int) -> Iterator[byte
         .order_by(log.c.seq)
     )
     for persona_pk, change, blob in bulk:
+        parts = prebuilt.take(keys[persona_pk], change) if prebuilt is not None else None
+        if parts is not None:
+            yield from (f.result() for f in parts)
+            continue
         suffix = f",{_csv_field(keys[persona_pk])},{change}"
         yield from _bulk_members(store, decode_ids(blob), suffix)
 
@@ -144,12 +211,13 @@ def write_results(
     summary: dict[str, Any],
     failures: Sequence[FailedRow] = (),
     request_pk: int | None = None,
+    prebuilt: ChangesBuilder | None = None,
 ) -> None:
     """Write the three result files of a request (summary.json last)."""
     results.put(f"{request_id}/failed.csv", failed_csv(failures))
     if request_pk is not None and summary.get("status") in ("succeeded", "partial"):
         with store.read() as conn:
-            data = changes_csv_gz(changes_of(conn, store, request_pk))
+            data = changes_csv_gz(changes_of(conn, store, request_pk, prebuilt))
     else:
         data = changes_csv_gz(iter(()))
     results.put(f"{request_id}/changes.csv.gz", data)
