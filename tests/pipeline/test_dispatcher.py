@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,16 +99,22 @@ def test_each_file_runs_once_even_with_two_dispatchers(
     # the same request under a second file name: still one run
     b["requests"].put("q0-again.json", json.dumps({**body, "request_id": "q0"}).encode())
     one, two = Dispatcher(store, b, settings), Dispatcher(store, b, settings)
-    claimed = one.scan() + two.scan()
-    one.drain()
-    two.drain()
+    # Scan until nothing is left: a file naming a request that is still running
+    # is let go and looked at again once that run has ended.
+    for _ in range(10):
+        claimed = one.scan() + two.scan()
+        one.drain()
+        two.drain()
+        if not claimed:
+            break
     one.close()
     two.close()
-    assert claimed == 6
     t = store.tables
     with store.read() as conn:
         assert conn.scalar(select(func.count()).select_from(t.jobs)) == 6
         assert conn.scalar(select(func.count()).select_from(t.request_files)) == 7
+        outcomes = list(conn.scalars(select(t.request_files.c.outcome)))
+    assert sorted(outcomes) == ["duplicate"] + ["succeeded"] * 6
     tagged = [summary(b, f"q{i}")["counts"]["tagged"] for i in range(6)]
     assert sorted(tagged) == [0, 0, 0, 0, 0, 10]
     assert Dispatcher(store, b, settings).scan() == 0  # nothing new
@@ -348,3 +355,119 @@ def test_changes_file_built_beside_the_insert(env: tuple[Store, Buckets, Setting
     assert [r[0] for r in changes(b, "all")[1:]] == [f"c{i:04d}" for i in range(40)]
     assert {r[2] for r in changes(b, "none")[1:]} == {"exit"}
     assert len(changes(b, "none")) == 41
+
+
+def _request(rid: str, **extra: object) -> bytes:
+    body = {"version": 1, "request_id": rid, "persona": "emea", "expr": 'region = "EMEA"'}
+    return json.dumps({**body, **extra}).encode()
+
+
+def test_refusals_never_overwrite_a_finished_request(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, b, settings = env
+    b["requests"].put("ok.json", _request("ok"))
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    b["requests"].put("ok.csv", b"contact_id,persona\nc0001,emea\n")  # malformed, same stem
+    b["requests"].put("other.json", _request("ok", persona="cio"))  # another request, same id
+    b["requests"].put("again.JSON", _request("ok"))  # the same request again
+    d.scan()
+    d.drain()
+    d.close()
+    assert summary(b, "ok")["status"] == "succeeded"
+    assert len(changes(b, "ok")) == 11
+    assert summary(b, "ok+refused")["source"] == "ok.csv"
+    refused = summary(b, "other+refused")
+    assert refused["status"] == "failed" and "different request" in refused["error"]
+    t = store.tables
+    with store.read() as conn:
+        rows = conn.execute(select(t.request_files.c.key, t.request_files.c.outcome))
+        outcomes = {k: o for k, o in rows}
+    assert outcomes == {
+        "ok.json": "succeeded",
+        "ok.csv": "failed",
+        "other.json": "failed",
+        "again.JSON": "duplicate",
+    }
+
+
+def test_a_cancelled_queued_request_stays_cancelled(env: tuple[Store, Buckets, Settings]) -> None:
+    from personatag.pipeline.jobs import cancel_job
+
+    store, b, settings = env
+    b["requests"].put("q.json", _request("q"))
+    first = Dispatcher(store, b, settings)
+    assert first._claim("q.json")
+    job = first.prepare("q.json")  # claimed and queued, not yet run
+    assert job is not None
+    assert cancel_job(store, "q")["status"] == "cancelled"
+    first.close()  # gone before it ran the job
+    second = Dispatcher(store, b, settings)
+    assert second.scan() == 0
+    second.close()
+    assert members(store, "emea") == 0
+
+
+def test_a_job_ended_elsewhere_does_not_apply(env: tuple[Store, Buckets, Settings]) -> None:
+    from personatag.pipeline import jobs
+
+    store, b, settings = env
+    b["requests"].put("x.json", _request("x"))
+    d = Dispatcher(store, b, settings)
+    job = d.prepare("x.json")
+    assert job is not None
+    with store.write() as conn:  # as a dispatcher taking the work over would
+        jobs.finish_job(conn, store, job.job_pk, jobs.FAILED, {}, error="taken over")
+    assert d.run(job) == "failed"
+    d.close()
+    assert members(store, "emea") == 0
+    assert jobs.get_job(store, str(job.job_pk))["error"] == "taken over"
+
+
+def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settings]) -> None:
+    import threading
+
+    from personatag.engines import register_engine, unregister_engine
+    from personatag.engines.base import Engine, Match, MatchSpec
+    from personatag.engines.local import LocalEngine
+    from personatag.pipeline.jobs import get_job
+
+    started, slow = threading.Event(), threading.Event()
+    slow.set()
+
+    class Slow(Engine):
+        name = "slow-start"
+
+        def compute(self, spec: MatchSpec) -> Match:
+            started.set()
+            if slow.is_set():
+                threading.Event().wait(30)
+            return LocalEngine(self.store).compute(spec)
+
+    register_engine("slow-start", lambda: Slow)
+    store, b, settings = env
+    b["requests"].put("s.json", _request("s", engine="slow-start"))
+    try:
+        d = Dispatcher(store, b, settings)
+        d.scan()
+        assert started.wait(30)
+        d.close()  # SIGTERM does this
+        job = get_job(store, "s")
+        assert job["status"] == "failed" and "dispatcher stopped" in job["error"]
+        assert not b["results"].exists("s/summary.json")
+        t = store.tables
+        gone = f"{socket.gethostname()}:999999999:0:x"  # the stopped dispatcher's process
+        with store.write() as conn:
+            conn.execute(t.request_files.update().values(claimed_by=gone))
+        slow.clear()
+        again = Dispatcher(store, b, settings)
+        assert again.scan() == 1
+        again.drain()
+        again.close()
+    finally:
+        slow.clear()
+        unregister_engine("slow-start")
+    assert summary(b, "s")["status"] == "succeeded"
+    assert members(store, "emea") == 10

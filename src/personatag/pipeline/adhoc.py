@@ -223,7 +223,7 @@ def execute(
     recorded failed or cancelled; nothing applied)."""
     control = control or JobControl()
     try:
-        jobs.start_job(store, job_pk)
+        jobs.start_job(store, job_pk, control.deadline_s)
         engine = get_engine(engine_name, store)
         matches: list[Match | None] = []
         for r in plan.items:
@@ -257,8 +257,10 @@ def execute(
                 failed=len(failures),
                 items=results,
             )
-            if not dry_run:  # the outcome commits with the memberships
-                jobs.finish_job(conn, store, job_pk, status, result.as_json())
+            # The outcome commits with the memberships; a job that was ended
+            # meanwhile (taken over, cancelled) must not apply: roll back.
+            if not dry_run and not jobs.finish_job(conn, store, job_pk, status, result.as_json()):
+                raise JobStopped(jobs.FAILED, "the job was ended elsewhere while it ran")
         if dry_run:
             with store.write() as conn:
                 jobs.finish_job(conn, store, job_pk, status, result.as_json())
@@ -290,7 +292,7 @@ def compute_within(engine: Engine, spec: MatchSpec, control: JobControl) -> Matc
         worker.join(0.05)
         stop = control.stopped()
         if stop is not None and worker.is_alive():
-            if stop.status == jobs.FAILED:
+            if not control.cancel_event.is_set():  # the deadline, not a cancel or shutdown
                 raise JobStopped(
                     jobs.FAILED,
                     f"engine {engine.name!r} did not finish within the deadline of "

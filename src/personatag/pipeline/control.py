@@ -35,6 +35,7 @@ class JobControl:
         self.deadline_s = deadline_s
         self.started = time.monotonic()
         self.cancel_event = threading.Event()
+        self.stopping = False  # the dispatcher shuts down: stop, but as a failure to retry
 
     @property
     def expires(self) -> float | None:
@@ -43,8 +44,15 @@ class JobControl:
     def cancel(self) -> None:
         self.cancel_event.set()
 
+    def shutdown(self) -> None:
+        """Stop for a dispatcher shutdown: the job fails and its file runs again."""
+        self.stopping = True
+        self.cancel_event.set()
+
     def stopped(self) -> JobStopped | None:
         if self.cancel_event.is_set():
+            if self.stopping:
+                return JobStopped("failed", "the dispatcher stopped; the request runs again")
             return JobStopped("cancelled", "cancelled")
         expires = self.expires
         if expires is not None and time.monotonic() >= expires:

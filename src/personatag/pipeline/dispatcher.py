@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -166,6 +167,8 @@ class Dispatcher:
         self.stats = DispatcherStats()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._running: dict[int, JobControl] = {}
+        self._owned: set[int] = set()  # queued or running jobs of this dispatcher
+        self._stopping = False
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
 
@@ -175,7 +178,8 @@ class Dispatcher:
         """Claim every unclaimed request file (and orphaned claims); queue them."""
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
-        keys = [k for k in self.buckets["requests"].list() if k.endswith(REQUEST_SUFFIXES)]
+        # Files of other types (a README, a notes.txt) are not requests: left alone.
+        keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
         with self.store.read() as conn:  # one query, not a failed claim per old file
             finished = set(conn.scalars(select(rf.c.key).where(rf.c.outcome.is_not(None))))
@@ -206,8 +210,12 @@ class Dispatcher:
             pass
         # Claimed before: take it over only if its claimer died before finishing.
         with self.store.write() as conn:
-            row = conn.execute(select(rf.c.claimed_by, rf.c.outcome).where(rf.c.key == key)).first()
-            if row is None or row.outcome is not None or _owner_alive(row.claimed_by):
+            row = conn.execute(
+                select(rf.c.claimed_by, rf.c.outcome, rf.c.claimed_at, rf.c.request_id).where(
+                    rf.c.key == key
+                )
+            ).first()
+            if row is None or row.outcome is not None or not self._claimer_gone(conn, row):
                 return False
             took = conn.execute(
                 update(rf)
@@ -219,6 +227,30 @@ class Dispatcher:
             log.info("taking over request file %s from %s", key, row.claimed_by)
             self.metrics.mark_claimed()
         return bool(took)
+
+    def _claimer_gone(self, conn: Any, claim: Any) -> bool:
+        """Did the dispatcher holding an unfinished claim stop? On this host its
+        pid says so; another host's is gone once the claim is older than the
+        stale interval and no job of its request is queued or running (their
+        heartbeats would keep them so: see recover)."""
+        owner = claim.claimed_by
+        if owner.split(":", 1)[0] == socket.gethostname():
+            return not _owner_alive(owner)
+        if claim.claimed_at > utcnow() - timedelta(seconds=self.stale_s):
+            return False
+        if claim.request_id is None:
+            return True
+        t = self.store.tables
+        live = conn.scalar(
+            select(t.jobs.c.pk)
+            .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+            .where(
+                t.requests.c.request_id == claim.request_id,
+                t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
+            )
+            .limit(1)
+        )
+        return live is None
 
     def _submit(self, job: _Prepared) -> None:
         future = self._pool.submit(self._run_safely, job)
@@ -253,7 +285,6 @@ class Dispatcher:
         (malformed, invalid, or a duplicate of a request that ran): those get
         their result files here.
         """
-        results = self.buckets["results"]
         started = utcnow()
         try:
             bucket = self.buckets["requests"]
@@ -267,13 +298,32 @@ class Dispatcher:
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
             summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
-            write_results(results, self.store, request_id=request_id, summary=summary)
-            self._done(key, request_id, jobs.FAILED)
+            self._refuse(key, request_id, summary)
             return None
         return self._queue(key, request, started)
 
-    def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
+    def _refuse(
+        self,
+        key: str,
+        request_id: str,
+        summary: dict[str, Any],
+        failures: list[FailedRow] | None = None,
+    ) -> None:
+        """Report a file that never became a job. Its results go to its request's
+        folder, unless another file already reported there (a request that ran,
+        or another refusal): then to `<key>+refused/`, which no request id can
+        name ('+' is not allowed in ids), so nothing finished is overwritten."""
         results = self.buckets["results"]
+        folder = request_id
+        if results.exists(f"{request_id}/summary.json"):
+            folder = f"{request_id_for_key(key)}+refused"
+        summary = {**summary, "results": folder}
+        write_results(
+            results, self.store, request_id=folder, summary=summary, failures=failures or []
+        )
+        self._done(key, request_id, jobs.FAILED)
+
+    def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
         row_failures = [
             FailedRow(line, cid, reason, persona)
             for line, cid, persona, reason in request.row_errors
@@ -289,6 +339,20 @@ class Dispatcher:
             )
             for i in request.items
         ]
+        prior = self._prior_success(request.request_id)
+        if prior is not None:
+            if prior == key or self._same_content(prior, key):
+                self._done(key, request.request_id, "duplicate")
+            else:
+                error = (
+                    f"request id {request.request_id!r} was already used by "
+                    f"{prior or 'a command-line request'} for a different request; use a new id"
+                )
+                summary = self._summary(
+                    request.request_id, key, jobs.FAILED, {}, started, error=error, req=request
+                )
+                self._refuse(key, request.request_id, summary)
+            return None
         if request.format == "csv":
             # A CSV file names many contacts: rows of a persona that cannot be
             # tagged are failed rows, like unknown contact ids; the rest applies.
@@ -301,14 +365,7 @@ class Dispatcher:
             summary = self._summary(
                 request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
             )
-            write_results(
-                results,
-                self.store,
-                request_id=request.request_id,
-                summary=summary,
-                failures=row_failures,
-            )
-            self._done(key, request.request_id, jobs.FAILED)
+            self._refuse(key, request.request_id, summary, row_failures)
             return None
         spec = {
             "source": key,
@@ -345,13 +402,27 @@ class Dispatcher:
                 deadline_at=utcnow() + timedelta(seconds=self.deadline_s),
             )
         except PersonatagError as exc:  # a different request under a used id, or one running
+            if self._running_elsewhere(request.request_id):
+                # Let go of the file: a later scan sees how that run ended.
+                rf = self.store.tables.request_files
+                with self.store.write() as conn:
+                    conn.execute(rf.delete().where(rf.c.key == key))
+                return None
+            prior = self._prior_success(request.request_id)  # it may have just ended
+            if prior is not None and (prior == key or self._same_content(prior, key)):
+                self._done(key, request.request_id, "duplicate")
+                return None
             log.warning("request file %s: %s", key, exc)
-            self._done(key, request.request_id, "duplicate")
+            summary = self._summary(
+                request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
+            )
+            self._refuse(key, request.request_id, summary, row_failures)
             return None
         if previous is not None:  # this request ran before (same id, another file)
             self._done(key, request.request_id, "duplicate")
             return None
         self._own_job(job_pk)
+        self._name_request(key, request.request_id)
         return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
 
     def run(self, job: _Prepared) -> str:
@@ -398,6 +469,10 @@ class Dispatcher:
                 {"persona": i.persona, "action": i.action, **vars(i.counts)} for i in result.items
             ]
         except RequestFailed as exc:
+            if control.stopping:  # shut down mid-job: no results, the claim stays open
+                log.info("request %s stopped by shutdown; it runs again", request.request_id)
+                changes.close()
+                return "stopped"
             status, error, failures, counts, items = exc.status, exc.reason, row_failures, {}, []
         except Exception as exc:  # recorded, reported, and the dispatcher goes on
             status, error, failures, counts, items = (
@@ -410,6 +485,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._running.pop(job_pk, None)
+                self._owned.discard(job_pk)
         summary = self._summary(
             request.request_id,
             key,
@@ -509,6 +585,8 @@ class Dispatcher:
         return status == jobs.CANCELLED
 
     def _own_job(self, job_pk: int) -> None:
+        with self._lock:
+            self._owned.add(job_pk)
         j = self.store.tables.jobs
         active = active_bundle(self.buckets)
         with self.store.write() as conn:
@@ -521,6 +599,51 @@ class Dispatcher:
                     bundle_version=active["version"] if active else None,
                 )
             )
+
+    def _prior_success(self, request_id: str) -> str | None:
+        """If a job of this request succeeded (or ended partial): the key of the
+        file it came from ("" for a command-line request); else None."""
+        t = self.store.tables
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(t.jobs.c.status, t.requests.c.spec)
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(t.requests.c.request_id == request_id)
+                .order_by(t.jobs.c.pk.desc())
+                .limit(1)
+            ).first()
+        if row is None or row.status not in (jobs.SUCCEEDED, jobs.PARTIAL):
+            return None
+        return str(json.loads(row.spec).get("source") or "")
+
+    def _running_elsewhere(self, request_id: str) -> bool:
+        t = self.store.tables
+        with self.store.read() as conn:
+            return (
+                conn.scalar(
+                    select(t.jobs.c.pk)
+                    .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                    .where(
+                        t.requests.c.request_id == request_id,
+                        t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
+
+    def _same_content(self, other_key: str, key: str) -> bool:
+        """Are two request files byte for byte the same (a file dropped twice)?"""
+        requests = self.buckets["requests"]
+        if not other_key or not requests.exists(other_key):
+            return False
+        return requests.get(other_key) == requests.get(key)
+
+    def _name_request(self, key: str, request_id: str) -> None:
+        """Say which request a claimed file holds (so `jobs cancel` can finish it)."""
+        rf = self.store.tables.request_files
+        with self.store.write() as conn:
+            conn.execute(update(rf).where(rf.c.key == key).values(request_id=request_id))
 
     def _done(self, key: str, request_id: str, outcome: str) -> None:
         rf = self.store.tables.request_files
@@ -547,7 +670,11 @@ class Dispatcher:
             for pk, owner, beat in rows:
                 if owner == self.owner:
                     continue
-                dead = not _owner_alive(owner) or (beat is not None and beat < stale_before)
+                # Same host: the pid (with its start time) says it for sure.
+                # Another host: only a heartbeat that stopped does.
+                local = owner.split(":", 1)[0] == socket.gethostname()
+                stale = beat is not None and beat < stale_before
+                dead = not _owner_alive(owner) if local else stale
                 if dead:
                     jobs.finish_job(
                         conn,
@@ -564,10 +691,12 @@ class Dispatcher:
         j = self.store.tables.jobs
         with self._lock:
             running = list(self._running)
+            owned = list(self._owned)
         cancel = []
         with self.store.write() as conn:
+            if owned:  # queued jobs too: a long queue must not look abandoned
+                conn.execute(update(j).where(j.c.pk.in_(owned)).values(heartbeat_at=utcnow()))
             if running:
-                conn.execute(update(j).where(j.c.pk.in_(running)).values(heartbeat_at=utcnow()))
                 cancel = list(
                     conn.scalars(
                         select(j.c.pk).where(j.c.pk.in_(running), j.c.cancel_requested.is_(True))
@@ -637,7 +766,10 @@ class Dispatcher:
                 f.result(timeout=left)
 
     def close(self) -> None:
+        """Stop: running jobs roll back and their files stay claimable, so the
+        next dispatcher runs them again (a shutdown is not a user's cancel)."""
+        self._stopping = True
         with self._lock:
             for control in self._running.values():
-                control.cancel()
+                control.shutdown()
         self._pool.shutdown(wait=True, cancel_futures=True)

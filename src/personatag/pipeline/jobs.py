@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -30,8 +30,9 @@ def new_request_id(now: datetime | None = None) -> str:
 
 
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
-    # as_of defaults to "now", so a plain re-run differs only there.
-    return {k: v for k, v in spec.items() if k != "as_of"}
+    # as_of defaults to "now", so a plain re-run differs only there; the same
+    # request may come from another file.
+    return {k: v for k, v in spec.items() if k not in ("as_of", "source")}
 
 
 def open_request(
@@ -117,15 +118,24 @@ def open_request(
     return int(request_pk), int(job_pk), None
 
 
-def start_job(store: Store, job_pk: int) -> None:
-    """queued -> running (a job already running keeps its start time)."""
+def start_job(store: Store, job_pk: int, deadline_s: float | None = None) -> None:
+    """queued -> running (a job already running keeps its start time).
+
+    Raises ConflictError when the job already ended (cancelled while queued,
+    or failed by a dispatcher that took its work over): it must not run.
+    """
     jobs = store.tables.jobs
+    now = utcnow()
+    values: dict[str, Any] = {"status": RUNNING, "started_at": now}
+    if deadline_s is not None:
+        values["deadline_at"] = now + timedelta(seconds=deadline_s)
     with store.write() as conn:
         conn.execute(
-            jobs.update()
-            .where(jobs.c.pk == job_pk, jobs.c.status == QUEUED)
-            .values(status=RUNNING, started_at=utcnow())
+            jobs.update().where(jobs.c.pk == job_pk, jobs.c.status == QUEUED).values(**values)
         )
+        status = conn.scalar(select(jobs.c.status).where(jobs.c.pk == job_pk))
+    if status != RUNNING:
+        raise ConflictError(f"job {job_pk} is {status}; it does not run")
 
 
 def finish_job(
@@ -135,12 +145,16 @@ def finish_job(
     status: str,
     counts: dict[str, Any],
     error: str | None = None,
-) -> None:
+) -> bool:
+    """Record a job's outcome, unless it already has one; returns whether it did."""
     jobs = store.tables.jobs
-    conn.execute(
-        jobs.update()
-        .where(jobs.c.pk == job_pk)
-        .values(status=status, finished_at=utcnow(), counts=json.dumps(counts), error=error)
+    return bool(
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.pk == job_pk, jobs.c.status.in_([QUEUED, RUNNING]))
+            .values(status=status, finished_at=utcnow(), counts=json.dumps(counts), error=error),
+            execution_options={"preserve_rowcount": True},
+        ).rowcount
     )
 
 
@@ -218,6 +232,14 @@ def cancel_job(store: Store, ref: str) -> dict[str, Any]:
                 t.jobs.update()
                 .where(t.jobs.c.pk == job["id"], t.jobs.c.status == QUEUED)
                 .values(status=CANCELLED, finished_at=utcnow(), error="cancelled")
+            )
+            # Finish its request file too: a dispatcher that takes the file
+            # over after a crash must not run a cancelled request.
+            rf = t.request_files
+            conn.execute(
+                rf.update()
+                .where(rf.c.request_id == job["request_id"], rf.c.outcome.is_(None))
+                .values(outcome=CANCELLED)
             )
         elif job["status"] == RUNNING:
             conn.execute(
