@@ -659,7 +659,7 @@ def submit(
         else:
             typer.echo(f"submitted {submitted['request_id']} as {submitted['key']}")
         return
-    summary = wait_for_result(b, submitted["request_id"], timeout=timeout)
+    summary = wait_for_result(b, store(), submitted, timeout=timeout)
     if as_json:
         emit(summary)
     else:

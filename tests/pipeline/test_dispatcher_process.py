@@ -145,3 +145,52 @@ def test_kill_9_at_random_points_loses_nothing_and_applies_once(
     union = {i for i in range(400) if i % 4 == 0 or i % 10 >= 5 or i % 4 == 2 or i % 10 < 2}
     assert held == enters == len(union)
     store.dispose()
+
+
+def test_submit_wait_as_a_user_runs_it(env: tuple[Store, Buckets, str, Path]) -> None:
+    store, b, url, data_dir = env
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
+    cli_env |= {"PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(data_dir)}
+
+    def submit(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "personatag.cli",
+                "submit",
+                str(path),
+                "--wait",
+                "--json",
+                "--timeout",
+                "60",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    good = data_dir / "good.json"
+    good.write_bytes(request("w1"))
+    bad = data_dir / "bad.json"
+    bad.write_text('{"version": 1, "request_id": "w1", "persona": "nope", "expr": "seniority > 1"}')
+    proc = start(url, data_dir)
+    try:
+        first = submit(good)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["counts"]["tagged"] == 100
+        again = submit(good)  # stored as w1.2.json: a duplicate, reports the recorded result
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["counts"]["tagged"] == 100
+        refused = submit(bad)  # another request under the used id
+        assert refused.returncode == 1
+        out = json.loads(refused.stdout)
+        assert out["status"] == "failed" and "different request" in out["error"]
+        assert out["results"] == "w1_3+refused"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(b["requests"].list()) == ["w1.2.json", "w1.3.json", "w1.json"]
+    store.dispose()

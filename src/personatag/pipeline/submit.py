@@ -6,45 +6,63 @@ import json
 import time
 from typing import Any
 
+from sqlalchemy import select
+
 from personatag.buckets import Buckets
 from personatag.errors import PersonatagError
 from personatag.pipeline.request_files import detect_format, parse_request, request_to_json
+from personatag.store import Store
 
 
 def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
     """Validate `data` (a request file called `name`) and store it for the dispatcher.
 
     A JSON request without a request_id gets one (written into the stored
-    file); a CSV request's id is its file name. Returns {"request_id", "key"}.
+    file); a CSV request's id is its file name. Submitting a request id again
+    stores another file (`<id>.2.json`, ...): a request that failed runs again,
+    one that succeeded reports its recorded result. Returns {"request_id", "key"}.
     """
     req = parse_request(data, name=name)
     if detect_format(name) == "json":
         body = json.dumps(request_to_json(req), indent=2, sort_keys=True).encode() + b"\n"
-        key = f"{req.request_id}.json"
+        ext = "json"
     else:
-        body = data
-        key = f"{req.request_id}.csv"
+        body, ext = data, "csv"
     requests = buckets["requests"]
-    if requests.exists(key):
-        raise PersonatagError(
-            f"a request file {key} is already in the requests bucket: request ids are "
-            "idempotency keys, use a new one to run again"
-        )
+    key = f"{req.request_id}.{ext}"
+    n = 1
+    while requests.exists(key):
+        n += 1
+        key = f"{req.request_id}.{n}.{ext}"
     requests.put(key, body)
     return {"request_id": req.request_id, "key": key}
 
 
-def wait_for_result(buckets: Buckets, request_id: str, *, timeout: float) -> dict[str, Any]:
-    """Wait for results/<request_id>/summary.json (written last) and return it."""
-    results = buckets["results"]
-    key = f"{request_id}/summary.json"
+def wait_for_result(
+    buckets: Buckets, store: Store, submitted: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    """Wait until the dispatcher has finished the submitted file, then return the
+    summary that reports it (the request's, or its `+refused` folder's)."""
+    from personatag.pipeline.dispatcher import request_id_for_key
+
+    key, request_id = submitted["key"], submitted["request_id"]
+    rf = store.tables.request_files
     deadline = time.monotonic() + timeout
-    while not results.exists(key):
+    while True:
+        with store.read() as conn:
+            outcome = conn.scalar(select(rf.c.outcome).where(rf.c.key == key))
+        if outcome is not None:
+            break
         if time.monotonic() >= deadline:
             raise PersonatagError(
                 f"no result for {request_id} after {timeout:g} s: is a dispatcher running "
                 "(`personatag dispatcher`)?"
             )
-        time.sleep(0.2)
-    summary: dict[str, Any] = json.loads(results.get(key))
-    return summary
+        time.sleep(0.1)
+    results = buckets["results"]
+    for folder in (f"{request_id_for_key(key)}+refused", request_id):
+        if results.exists(f"{folder}/summary.json"):
+            summary: dict[str, Any] = json.loads(results.get(f"{folder}/summary.json"))
+            if folder == request_id or summary.get("source") == key:
+                return summary
+    raise PersonatagError(f"{key} finished ({outcome}) but left no summary in {results.url('')}")
