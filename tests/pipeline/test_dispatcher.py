@@ -471,3 +471,34 @@ def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settin
         unregister_engine("slow-start")
     assert summary(b, "s")["status"] == "succeeded"
     assert members(store, "emea") == 10
+
+
+def test_a_job_that_committed_but_was_not_reported_is_reported_later(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, b, settings = env
+    b["requests"].put("r.csv", b"contact_id,persona,action\nc0001,cio,tag\nnope,cio,tag\n")
+    d = Dispatcher(store, b, settings)
+    d.scan()
+    d.drain()
+    d.close()
+    before = summary(b, "r")
+    for key in b["results"].list("r/"):  # as if its dispatcher died right after the commit
+        b["results"].delete(key)
+    t = store.tables
+    gone = f"{socket.gethostname()}:999999999:0:x"
+    with store.write() as conn:
+        conn.execute(t.request_files.update().values(outcome=None, claimed_by=gone))
+    again = Dispatcher(store, b, settings)
+    again.scan()
+    again.drain()
+    again.close()
+    after = summary(b, "r")
+    assert (after["status"], after["counts"], after["job"]) == (
+        before["status"],
+        before["counts"],
+        before["job"],
+    )
+    assert failed(b, "r")[1][:2] == ["3", "nope"]
+    assert [r[0] for r in changes(b, "r")[1:]] == ["c0001"]
+    assert members(store, "cio") == 1

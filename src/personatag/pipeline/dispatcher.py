@@ -341,7 +341,11 @@ class Dispatcher:
         ]
         prior = self._prior_success(request.request_id)
         if prior is not None:
-            if prior == key or self._same_content(prior, key):
+            if prior == key:
+                # This very file's job committed, but its dispatcher died before
+                # reporting it: report it now, from what the store recorded.
+                self._report_recorded(key, request)
+            elif self._same_content(prior, key):
                 self._done(key, request.request_id, "duplicate")
             else:
                 error = (
@@ -400,6 +404,7 @@ class Dispatcher:
                 spec=spec,
                 status=jobs.QUEUED,
                 deadline_at=utcnow() + timedelta(seconds=self.deadline_s),
+                owner=self.owner,
             )
         except PersonatagError as exc:  # a different request under a used id, or one running
             if self._running_elsewhere(request.request_id):
@@ -577,6 +582,76 @@ class Dispatcher:
             },
             "error": error,
         }
+
+    def _report_recorded(self, key: str, request: RequestFile) -> None:
+        t = self.store.tables
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(t.jobs, t.requests.c.pk.label("req_pk"))
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(t.requests.c.request_id == request.request_id)
+                .order_by(t.jobs.c.pk.desc())
+                .limit(1)
+            ).one()
+        failures = [
+            FailedRow(line, cid, reason, persona)
+            for line, cid, persona, reason in request.row_errors
+        ]
+        items = [
+            Item(i.persona, i.action, contact_ids=list(i.contact_ids))
+            for i in request.items
+            if i.contact_ids is not None
+        ]
+        if request.format == "csv":
+            items = self._drop_bad_personas(items, failures)
+        failures += self._unknown_ids(items)
+        failures.sort(key=lambda f: f.line)
+        counts = json.loads(row.counts or "{}")
+        summary = self._summary(
+            request.request_id,
+            key,
+            row.status,
+            counts,
+            row.started_at or row.queued_at,
+            error=row.error,
+            req=request,
+            job_pk=row.pk,
+        )
+        summary["timings"]["finished_at"] = row.finished_at
+        summary["timings"]["seconds"] = (
+            round((row.finished_at - row.started_at).total_seconds(), 3)
+            if row.finished_at and row.started_at
+            else None
+        )
+        write_results(
+            self.buckets["results"],
+            self.store,
+            request_id=request.request_id,
+            summary=summary,
+            failures=failures,
+            request_pk=row.req_pk,
+        )
+        self._done(key, request.request_id, row.status)
+
+    def _unknown_ids(self, items: list[Item]) -> list[FailedRow]:
+        """The failed rows a list request had: ids that name no contact."""
+        c = self.store.tables.contacts
+        out: list[FailedRow] = []
+        for item in items:
+            pairs = list(item.contact_ids or ())
+            for start in range(0, len(pairs), 10_000):
+                chunk = pairs[start : start + 10_000]
+                with self.store.read() as conn:
+                    known = set(
+                        conn.scalars(select(c.c.id).where(c.c.id.in_([i for _, i in chunk])))
+                    )
+                for line, cid in chunk:
+                    if not cid:
+                        out.append(FailedRow(line, cid, "empty contact id", item.persona))
+                    elif cid not in known:
+                        reason = f"unknown contact id {cid!r}"
+                        out.append(FailedRow(line, cid, reason, item.persona))
+        return out
 
     def _cancelled_while_queued(self, job_pk: int) -> bool:
         j = self.store.tables.jobs

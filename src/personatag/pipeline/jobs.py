@@ -50,6 +50,7 @@ def open_request(
     spec: dict[str, Any],
     status: str = RUNNING,
     deadline_at: datetime | None = None,
+    owner: str | None = None,
 ) -> tuple[int, int, dict[str, Any] | None]:
     """Record a request (once per request id) and a new running job for it.
 
@@ -112,6 +113,10 @@ def open_request(
                 queued_at=now,
                 started_at=now if status == RUNNING else None,
                 deadline_at=deadline_at,
+                # Owned from the first moment: a dispatcher killed right after
+                # creating the job leaves nothing that recovery cannot see.
+                owner=owner,
+                heartbeat_at=now if owner else None,
             )
             .returning(t.jobs.c.pk)
         )
