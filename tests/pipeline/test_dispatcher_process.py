@@ -129,7 +129,7 @@ def test_kill_9_at_random_points_loses_nothing_and_applies_once(
     proc = start(url, data_dir)  # the survivor finishes whatever was left
     try:
         try:
-            summaries = [wait_for(b, f"k{i}", timeout=30) for i in range(4)]
+            summaries = [wait_for(b, f"k{i}", timeout=90) for i in range(4)]
         except AssertionError:
             t = store.tables
             with store.read() as conn:
