@@ -42,7 +42,7 @@ from personatag.logs import request_context
 from personatag.metrics import Metrics, default_metrics
 from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, resolve
-from personatag.pipeline.contact_lists import FailedRow
+from personatag.pipeline.contact_lists import FailedRow, LoadedList
 from personatag.pipeline.control import JobControl
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import ChangesBuilder, write_results
@@ -634,23 +634,18 @@ class Dispatcher:
         self._done(key, request.request_id, row.status)
 
     def _unknown_ids(self, items: list[Item]) -> list[FailedRow]:
-        """The failed rows a list request had: ids that name no contact."""
-        c = self.store.tables.contacts
+        """The failed rows a list request had, found the way its job found them."""
         out: list[FailedRow] = []
         for item in items:
-            pairs = list(item.contact_ids or ())
-            for start in range(0, len(pairs), 10_000):
-                chunk = pairs[start : start + 10_000]
-                with self.store.read() as conn:
-                    known = set(
-                        conn.scalars(select(c.c.id).where(c.c.id.in_([i for _, i in chunk])))
-                    )
-                for line, cid in chunk:
-                    if not cid:
-                        out.append(FailedRow(line, cid, "empty contact id", item.persona))
-                    elif cid not in known:
-                        reason = f"unknown contact id {cid!r}"
-                        out.append(FailedRow(line, cid, reason, item.persona))
+            with self.store.read() as conn:
+                loaded = LoadedList(conn, self.store, list(item.contact_ids or ()))
+                try:
+                    out += [
+                        FailedRow(f.line, f.contact_id, f.reason, item.persona)
+                        for f in loaded.failed
+                    ]
+                finally:
+                    loaded.drop(conn)
         return out
 
     def _cancelled_while_queued(self, job_pk: int) -> bool:
