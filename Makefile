@@ -5,14 +5,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+# Apache Flink (PyPI's apache-flink carries a whole Flink distribution) lives in
+# its own venv: it pins pyarrow/pandas/beam versions the app does not need.
+FLINK_VENV := .venv-flink
+FLINK_STAMP := $(FLINK_VENV)/.installed
+FLINK_VERSION := 2.3.0
+# The cluster the tests use: its own data dir and REST port.
+TEST_FLINK_DIR := .flink-test
+TEST_FLINK_PORT := 18081
+TEST_FLINK_ENV := PERSONATAG_DATA_DIR=$(TEST_FLINK_DIR) PERSONATAG_FLINK_REST_PORT=$(TEST_FLINK_PORT) PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python
 
-.PHONY: demo test lint fmt unit bench clean
+.PHONY: demo test lint fmt unit bench clean flink-venv flink-up flink-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+$(FLINK_STAMP):
+	$(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check apache-flink==$(FLINK_VERSION)
+	touch $(FLINK_STAMP)
+
+flink-venv: $(FLINK_STAMP)
+
+# Start (or keep) the local session cluster the Flink tests run against.
+flink-up: $(STAMP) $(FLINK_STAMP)
+	$(TEST_FLINK_ENV) $(BIN)/personatag flink start
+
+flink-down: $(STAMP)
+	$(TEST_FLINK_ENV) $(BIN)/personatag flink stop
 
 demo: $(STAMP)
 	$(BIN)/python -m personatag.demo
@@ -26,8 +49,9 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-unit: $(STAMP)
-	PERSONATAG_TEST_PG_URL=$(PG_URL) $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+unit: $(STAMP) flink-up
+	PERSONATAG_TEST_PG_URL=$(PG_URL) PERSONATAG_TEST_FLINK_URL=http://127.0.0.1:$(TEST_FLINK_PORT) \
+	PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 test: lint unit
 
@@ -35,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/adhoc.py
 
 clean:
-	rm -rf $(VENV) personatag-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLINK_VENV) $(TEST_FLINK_DIR) personatag-data .pytest_cache .mypy_cache .ruff_cache

@@ -874,5 +874,9 @@ def main() -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+# Command groups in their own modules register themselves on `app`.
+import personatag.cli_flink  # noqa: E402, F401
+import personatag.cli_ops  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

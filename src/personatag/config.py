@@ -47,22 +47,51 @@ class Settings(BaseSettings):
     # Where the dispatcher serves /metrics and /healthz (0: pick a free port).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # Apache Flink. flink_url targets an existing session cluster's REST API;
+    # unset means the local cluster `personatag flink start` runs on
+    # 127.0.0.1:flink_rest_port. flink_python is an interpreter with PyFlink
+    # (apache-flink) installed; unset means this interpreter if it has PyFlink,
+    # else ./.venv-flink/bin/python. flink_home is the Flink distribution;
+    # unset means the one inside flink_python's pyflink package.
+    flink_url: str | None = None
+    flink_python: Path | None = None
+    flink_home: Path | None = None
+    flink_rest_port: int = 8081
+    # The local cluster: task manager processes, slots each, memory (MiB) per
+    # process, and the parallelism a job gets.
+    flink_task_managers: int = 1
+    flink_slots: int = 4
+    flink_taskmanager_mb: int = 1600
+    flink_jobmanager_mb: int = 1024
+    flink_parallelism: int = 2
+    # Stall watchdog: a job that cannot get slots or shows no progress for this
+    # long fails with the reason; the cluster is checked every flink_poll_s.
+    flink_stall_s: float = 60.0
+    flink_poll_s: float = 0.5
 
-    @field_validator("dispatcher_workers", "max_request_bytes")
+    @field_validator(
+        "dispatcher_workers",
+        "max_request_bytes",
+        "flink_task_managers",
+        "flink_slots",
+        "flink_parallelism",
+        "flink_taskmanager_mb",
+        "flink_jobmanager_mb",
+    )
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("job_deadline_s", "dispatcher_poll_s")
+    @field_validator("job_deadline_s", "dispatcher_poll_s", "flink_stall_s", "flink_poll_s")
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0 seconds")
         return value
 
-    @field_validator("metrics_port")
+    @field_validator("metrics_port", "flink_rest_port")
     @classmethod
     def _port(cls, value: int) -> int:
         if not 0 <= value <= 65535:
@@ -104,7 +133,7 @@ class Settings(BaseSettings):
 def _unknown_env() -> list[str]:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     # Variables other tools of ours read directly (tests, benchmarks).
-    known |= {ENV_PREFIX + "TEST_PG_URL", ENV_PREFIX + "DEBUG"}
+    known |= {ENV_PREFIX + "TEST_PG_URL", ENV_PREFIX + "TEST_FLINK_URL", ENV_PREFIX + "DEBUG"}
     return sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
