@@ -875,7 +875,7 @@ def main() -> None:
 
 
 # Command groups in their own modules register themselves on `app`.
-import personatag.cli_flink  # noqa: E402, F401
+import personatag.cli_flink  # noqa: E402
 import personatag.cli_ops  # noqa: E402, F401
 
 if __name__ == "__main__":

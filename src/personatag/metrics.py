@@ -108,6 +108,25 @@ class Metrics:
             "Request files claimed by this dispatcher (taken-over ones included).",
             registry=r,
         )
+        self.flink_stalls = Counter(
+            "personatag_flink_stalls",
+            "Flink jobs failed by the stall watchdog, by reason (unreachable, "
+            "no_task_managers, no_slots, no_progress).",
+            ["reason"],
+            registry=r,
+        )
+        self.flink_cluster_up = Gauge(
+            "personatag_flink_cluster_up",
+            "1 when the Flink cluster answered the last check and had task managers.",
+            registry=r,
+        )
+        self.flink_slots_available = Gauge(
+            "personatag_flink_slots_available",
+            "Free task slots on the Flink cluster at the last check.",
+            registry=r,
+        )
+        for reason in ("unreachable", "no_task_managers", "no_slots", "no_progress"):
+            self.flink_stalls.labels(reason=reason)
         for status in REQUEST_STATUSES:
             self.requests.labels(status=status)
         for change in ("enter", "exit"):

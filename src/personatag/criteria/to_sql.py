@@ -341,3 +341,34 @@ class _SqlCompiler:
             excluded = events.having(not_(test)).subquery("excluded")
             return ~exists().where(excluded.c[0] == pk)
         return pk.in_(events.having(test))
+
+
+def event_counts(
+    node: Count,
+    *,
+    tables: Tables,
+    catalog: Catalog,
+    as_of: datetime,
+    dialect: str,
+) -> Any:
+    """SELECT contact_pk, n: each contact's number of events `node` counts in its
+    window ending at `as_of` (contacts without such events are absent).
+
+    The same events `compile_sql` counts; engines that evaluate criteria
+    outside the store (Flink) get these numbers in their snapshot.
+    """
+    compiler = _SqlCompiler(DIALECTS[dialect], tables, catalog, {}, as_of)
+    lo, hi = compiler.window(node.days)
+    if node.event == "read":
+        r = tables.reads.alias("r")
+        who, at = r.c.contact_pk, r.c.read_at
+        events = select(who.label("contact_pk"), func.count().label("n"))
+        if node.where is not None:
+            p = tables.publications.alias("p")
+            events = events.select_from(r.join(p, p.c.pk == r.c.publication_pk))
+            events = events.where(compiler.node(node.where, _Scope(p, "publications", str)))
+    else:
+        lg = tables.logins.alias("l")
+        who, at = lg.c.contact_pk, lg.c.login_at
+        events = select(who.label("contact_pk"), func.count().label("n"))
+    return events.where(at > lo, at <= hi).group_by(who)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from personatag.config import Settings
 from personatag.engines.base import Engine
 from personatag.errors import InputError
 from personatag.store import Store
@@ -15,8 +16,14 @@ def _local() -> type[Engine]:
     return LocalEngine
 
 
+def _flink() -> type[Engine]:
+    from personatag.engines.flink import FlinkEngine
+
+    return FlinkEngine
+
+
 # Loaders, so an engine's heavy dependencies are imported only when used.
-_REGISTRY: dict[str, Callable[[], type[Engine]]] = {"local": _local}
+_REGISTRY: dict[str, Callable[[], type[Engine]]] = {"local": _local, "flink": _flink}
 
 
 def register_engine(name: str, loader: Callable[[], type[Engine]]) -> None:
@@ -25,8 +32,8 @@ def register_engine(name: str, loader: Callable[[], type[Engine]]) -> None:
 
 
 def unregister_engine(name: str) -> None:
-    if name == "local":
-        raise InputError("the local engine cannot be removed")
+    if name in ("local", "flink"):
+        raise InputError(f"the built-in engine {name!r} cannot be removed")
     _REGISTRY.pop(name, None)
 
 
@@ -34,10 +41,10 @@ def engine_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_engine(name: str, store: Store) -> Engine:
+def get_engine(name: str, store: Store, settings: Settings | None = None) -> Engine:
     loader = _REGISTRY.get(name)
     if loader is None:
         raise InputError(
             f"unknown engine {name!r}: available engines are {', '.join(engine_names())}"
         )
-    return loader()(store)
+    return loader()(store, settings)

@@ -16,18 +16,26 @@ from typing import Any, ClassVar
 
 from sqlalchemy import ColumnElement, Connection
 
+from personatag.config import Settings, load_settings
 from personatag.domain import Catalog
 from personatag.store import Store
 
 
 @dataclass(frozen=True)
 class MatchSpec:
-    """What to match: a checked criterion AST, evaluated at `as_of`."""
+    """What to match: a checked criterion AST, evaluated at `as_of`.
+
+    `job_pk` is the job the match is for (engines that run work elsewhere
+    record their reference on it); `control` its JobControl (deadline,
+    cancel), for engines that must stop remote work themselves.
+    """
 
     ast: Any
     as_of: datetime
     catalog: Catalog
     persona_pks: Mapping[str, int]
+    job_pk: int | None = None
+    control: Any = None
 
 
 class Match(ABC):
@@ -35,6 +43,9 @@ class Match(ABC):
 
     #: True when condition() means the same on any connection (no temp tables).
     portable: ClassVar[bool] = False
+    #: True when condition() already reads a computed set of pks (no need to
+    #: evaluate it once into a temp table before applying).
+    materialized: ClassVar[bool] = False
 
     @abstractmethod
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
@@ -47,8 +58,9 @@ class Match(ABC):
 class Engine(ABC):
     name: ClassVar[str]
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
+        self.settings = settings if settings is not None else load_settings()
 
     @abstractmethod
     def compute(self, spec: MatchSpec) -> Match:

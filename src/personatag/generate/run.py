@@ -21,7 +21,7 @@ from personatag.generate.population import (
     publication_count,
 )
 from personatag.generate.readership import build_cells, build_events, last_login
-from personatag.store import Store
+from personatag.store import Store, versions
 from personatag.store.bulk import bulk_writer
 from personatag.store.types import to_micros
 
@@ -104,6 +104,7 @@ def generate(
         writer = bulk_writer(conn)
         writer.insert(tables.publications, PUBLICATION_COLUMNS, pubs.rows())
         writer.sync_sequence(tables.publications)
+        versions.bump(conn, tables, ["publications"])
     say(f"publications {len(pubs.ids):,}")
 
     # Secondary indexes on reads would take inserts in random order (they are
@@ -167,6 +168,7 @@ def _write_chunks(
                 ("contact_pk", "login_at"),
                 (events.login_contact + first + 1, events.login_s * 1_000_000),
             )
+            versions.bump(conn, tables, ["contacts", "reads", "logins"])
         done = first + n
         now = time.monotonic()
         if now - last_report >= 2.0 or done == contacts:

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, or_, update
 
 from personatag.importer.readers import Spec
 from personatag.importer.values import Reject, Row
-from personatag.store import Store
+from personatag.store import Store, versions
 from personatag.store.bulk import bulk_writer
 
 
@@ -48,6 +48,7 @@ def _upsert_groups(
         for cols, group in groups.items():
             ins, _ = writer.upsert(table, [spec.table_columns[c] for c in cols], group)
             inserted += ins
+        versions.bump(conn, store.tables, [table.name])
     return inserted, rows - inserted, []
 
 
@@ -108,6 +109,8 @@ def _load_events(store: Store, spec: Spec, rows: list[Row]) -> tuple[int, int, l
                     .values(last_login_at=at_param)
                 )
                 conn.execute(raise_last_login, [{"b_pk": k, "b_at": v} for k, v in newest.items()])
+        changed = ["reads"] if is_reads else ["logins", "contacts"]
+        versions.bump(conn, tables, changed)
     return inserted, len(good) - inserted, rejects
 
 

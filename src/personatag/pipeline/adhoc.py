@@ -224,14 +224,19 @@ def execute(
     control = control or JobControl()
     try:
         jobs.start_job(store, job_pk, control.deadline_s)
-        engine = get_engine(engine_name, store)
+        engine = get_engine(engine_name, store, settings)
         matches: list[Match | None] = []
         for r in plan.items:
             control.check()
             spec = None
             if r.ast is not None:
                 spec = MatchSpec(
-                    ast=r.ast, as_of=as_of, catalog=plan.catalog, persona_pks=plan.persona_pks
+                    ast=r.ast,
+                    as_of=as_of,
+                    catalog=plan.catalog,
+                    persona_pks=plan.persona_pks,
+                    job_pk=job_pk,
+                    control=control,
                 )
             matches.append(None if spec is None else compute_within(engine, spec, control))
         control.check()
@@ -331,7 +336,7 @@ def _apply_item(
     try:
         if match is not None:
             condition: ColumnElement[bool] = match.condition(conn, store)
-            if r.ast is not None and is_heavy(references(r.ast)):
+            if r.ast is not None and not match.materialized and is_heavy(references(r.ast)):
                 held = materialize(conn, store, condition)
                 condition = held.contains(store.tables.contacts.c.pk)
                 portable = False
@@ -372,7 +377,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
     if req.criterion is None and req.persona is None:
         raise InputError("--persona is required")
     as_of = check_as_of(req.as_of or utcnow())
-    get_engine(req.engine, store)  # an unknown engine fails before anything is recorded
+    get_engine(req.engine, store, settings)  # an unknown engine fails before anything is recorded
     ids: list[tuple[int, str]] | None = None
     if req.contacts_file is not None:
         ids = list(read_contact_ids(req.contacts_file))

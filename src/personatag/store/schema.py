@@ -59,6 +59,7 @@ class Tables:
     requests: Table
     jobs: Table
     request_files: Table
+    data_versions: Table
 
 
 def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
@@ -235,6 +236,8 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         # The dispatcher process running the job and when it last said so.
         Column("owner", Text),
         Column("heartbeat_at", UTCTimestamp),
+        # The engine's own id for the job (a Flink JobID), once it has one.
+        Column("engine_ref", Text),
         Index("ix_jobs_request", "request_pk"),
         Index("ix_jobs_status", "status"),
     )
@@ -248,8 +251,17 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("claimed_by", Text, nullable=False),
         Column("outcome", Text),
     )
+    # A counter per table, bumped by every bulk write to it: engines that work
+    # on a snapshot of the store know when theirs is still current.
+    data_versions = Table(
+        "data_versions",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("version", BigInteger, nullable=False),
+    )
     return Tables(
         metadata=md,
+        data_versions=data_versions,
         contacts=contacts,
         publications=publications,
         reads=reads,
