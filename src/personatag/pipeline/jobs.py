@@ -177,6 +177,7 @@ def _job_view(row: Any) -> dict[str, Any]:
         "request_id": m["request_id"],
         "status": m["status"],
         "engine": m["engine"],
+        "engine_ref": m["engine_ref"],
         "bundle_version": m["bundle_version"],
         "submitted_by": m["submitted_by"],
         "dry_run": bool(m["dry_run"]),

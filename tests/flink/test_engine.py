@@ -1,0 +1,251 @@
+"""The flink engine end to end on the shared test cluster: the CLI, request files
+through the dispatcher, job records, failures with Flink's root cause, deadlines."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from personatag.buckets import Buckets, open_buckets
+from personatag.config import Settings
+from personatag.deploy import deploy
+from personatag.flink.rest import FlinkRest
+from personatag.flink.snapshot import MANIFEST
+from personatag.generate.run import generate
+from personatag.pipeline.dispatcher import Dispatcher
+from personatag.store import Store, open_store
+from personatag.store.personas import add_persona
+
+from .engine_support import flink_python, flink_settings
+
+pytestmark = pytest.mark.slow
+
+BEHAVIOURAL = (
+    'count(read where sector = "Energy", 90d) >= 2 and region in ("EMEA", "APAC") '
+    'or count(login, 30d) >= 6 and job_title ilike "%chief%"'
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, Buckets, Settings]]:
+    settings = flink_settings(tmp_path_factory.mktemp("flink-engine"), job_deadline_s=300.0)
+    store = open_store(settings.resolved_store_url, create=True)
+    generate(store, contacts=4000, seed=7)
+    for key in ("energy", "energy-local", "cio-local", "cio-flink", "slow"):
+        add_persona(store, key, name=key, category="test", actor="test")
+    buckets = open_buckets(settings)
+    deploy(buckets, properties={"flink.parallelism": 1}, actor="test")
+    yield store, buckets, settings
+    store.dispose()
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")},
+        "PERSONATAG_DATA_DIR": str(settings.data_dir),
+        "PERSONATAG_FLINK_URL": str(settings.flink_url),
+        "PERSONATAG_FLINK_PYTHON": str(flink_python()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "personatag.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+def entered(store: Store, persona: str) -> set[str]:
+    """Contact ids the membership log says entered `persona` (bulk entries decoded)."""
+    from personatag.pipeline.audit import decode_ids
+
+    t = store.tables
+    with store.read() as conn:
+        ppk = conn.scalar(select(t.personas.c.pk).where(t.personas.c.key == persona))
+        ids = dict(conn.execute(select(t.contacts.c.pk, t.contacts.c.id)).all())
+        out: set[str] = set()
+        for cpk, blob, change in conn.execute(
+            select(
+                t.membership_log.c.contact_pk,
+                t.membership_log.c.bulk_ids,
+                t.membership_log.c.change,
+            ).where(t.membership_log.c.persona_pk == ppk)
+        ):
+            pks = decode_ids(blob).tolist() if blob is not None else [cpk]
+            for pk in pks:
+                if change == "enter":
+                    out.add(ids[pk])
+                else:
+                    out.discard(ids[pk])
+    return out
+
+
+def test_tag_on_flink_matches_tag_on_local(env: tuple[Store, Buckets, Settings]) -> None:
+    store, _, settings = env
+    as_of = "2026-11-01T00:00:00Z"
+    local = cli(
+        settings,
+        "tag",
+        "--persona",
+        "energy-local",
+        "--expr",
+        BEHAVIOURAL,
+        "--as-of",
+        as_of,
+        "--json",
+    )
+    assert local.returncode == 0, local.stderr
+    flink = cli(
+        settings,
+        "tag",
+        "--persona",
+        "energy",
+        "--expr",
+        BEHAVIOURAL,
+        "--engine",
+        "flink",
+        "--as-of",
+        as_of,
+        "--json",
+    )
+    assert flink.returncode == 0, flink.stderr
+    a, b = json.loads(local.stdout), json.loads(flink.stdout)
+    assert a["tagged"] == b["tagged"] > 20
+    assert entered(store, "energy") == entered(store, "energy-local")
+    # persona(...) reads the memberships just written; untag through Flink too.
+    untag = cli(
+        settings,
+        "untag",
+        "--persona",
+        "energy",
+        "--engine",
+        "flink",
+        "--expr",
+        'persona("energy") and not persona("cio-flink") and seniority >= 3',
+        "--json",
+    )
+    assert untag.returncode == 0, untag.stderr
+    gone = json.loads(untag.stdout)["untagged"]
+    assert 0 < gone < b["tagged"]
+    assert len(entered(store, "energy")) == b["tagged"] - gone
+    # the job row names the Flink job and the bundle it ran
+    jobs = json.loads(cli(settings, "jobs", "list", "--json").stdout)["jobs"]
+    flink_jobs = [j for j in jobs if j["engine"] == "flink"]
+    assert len(flink_jobs) == 2
+    shown = json.loads(cli(settings, "jobs", "show", str(flink_jobs[0]["id"]), "--json").stdout)
+    assert len(shown["engine_ref"]) == 32 and shown["bundle_version"]
+    state = FlinkRest(str(settings.flink_url)).job(shown["engine_ref"])["state"]
+    assert state == "FINISHED"
+
+
+def test_request_file_with_engine_flink_through_the_dispatcher(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, buckets, settings = env
+    expr = 'job_title ilike "%chief%" and interests contains_any ("Energy", "Rates")'
+    for persona, engine in (("cio-flink", "flink"), ("cio-local", "local")):
+        body = {
+            "version": 1,
+            "request_id": f"r-{engine}",
+            "submitted_by": "test",
+            "persona": persona,
+            "action": "tag",
+            "engine": engine,
+            "dry_run": False,
+            "expr": expr,
+        }
+        buckets["requests"].put(f"r-{engine}.json", json.dumps(body).encode())
+    d = Dispatcher(store, buckets, settings, workers=2)
+    d.scan()
+    d.drain()
+    d.close()
+    summaries = {
+        e: json.loads(buckets["results"].get(f"r-{e}/summary.json")) for e in ("flink", "local")
+    }
+    assert summaries["flink"]["status"] == "succeeded", summaries["flink"]
+    assert summaries["flink"]["engine"] == "flink"
+    assert summaries["flink"]["counts"] == summaries["local"]["counts"]
+    assert summaries["flink"]["counts"]["tagged"] > 0
+
+    def changes(engine: str) -> set[str]:
+        lines = gzip.decompress(buckets["results"].get(f"r-{engine}/changes.csv.gz")).decode()
+        return {line.split(",")[0] for line in lines.splitlines()[1:]}
+
+    assert changes("flink") == changes("local") == entered(store, "cio-flink")
+
+
+def test_a_failing_flink_job_reports_its_root_cause(env: tuple[Store, Buckets, Settings]) -> None:
+    _, buckets, settings = env
+    expr = "seniority >= 4 and firm_type is not null"
+    # Run once so the snapshot exists, then break one of its part files: the
+    # next run reuses it (the store did not change) and Flink fails to parse it.
+    ok = cli(
+        settings,
+        "tag",
+        "--persona",
+        "slow",
+        "--expr",
+        expr,
+        "--engine",
+        "flink",
+        "--dry-run",
+        "--json",
+    )
+    assert ok.returncode == 0, ok.stderr
+    staging = buckets["staging"]
+    manifests = [k for k in staging.list("snapshots/") if k.endswith(MANIFEST)]
+    newest = max(manifests, key=lambda k: Path(staging.url(k)[7:]).stat().st_mtime)
+    part = newest[: -len(MANIFEST)] + "part-00000.json"
+    staging.put(part, b'{"pk": 1, "seniority": "not a number"\n')
+    bad = cli(settings, "tag", "--persona", "slow", "--expr", expr, "--engine", "flink", "--json")
+    assert bad.returncode == 1
+    error = json.loads(bad.stdout)["error"]
+    assert error.startswith("Flink job ") and " failed: " in error
+    assert "JSON" in error or "json" in error, error
+    staging.delete(newest)  # the next run writes a fresh snapshot
+
+
+def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]) -> None:
+    store, buckets, settings = env
+    # A LIKE pattern that backtracks for a very long time on every title.
+    slow = 'job_title like "%' + "_%" * 10 + 'zz"'
+    body = {
+        "version": 1,
+        "request_id": "r-slow",
+        "persona": "slow",
+        "action": "tag",
+        "engine": "flink",
+        "expr": slow,
+    }
+    buckets["requests"].put("r-slow.json", json.dumps(body).encode())
+    short = Settings(**{**settings.model_dump(), "job_deadline_s": 25.0})
+    d = Dispatcher(store, buckets, short, workers=1)
+    started = time.monotonic()
+    d.scan()
+    d.drain()
+    d.close()
+    took = time.monotonic() - started
+    summary = json.loads(buckets["results"].get("r-slow/summary.json"))
+    assert summary["status"] == "failed"
+    assert "deadline of 25 s" in summary["error"], summary
+    assert took < 25 + 20, took
+    t = store.tables
+    with store.read() as conn:
+        ref = conn.scalar(select(t.jobs.c.engine_ref).order_by(t.jobs.c.pk.desc()).limit(1))
+    assert ref is not None
+    rest = FlinkRest(str(settings.flink_url))
+    deadline = time.monotonic() + 60
+    while rest.job(ref)["state"] not in ("CANCELED", "FAILED", "FINISHED"):
+        assert time.monotonic() < deadline, "the Flink job was not cancelled"
+        time.sleep(0.5)
+    assert rest.job(ref)["state"] == "CANCELED"
