@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,18 +79,18 @@ class _PksMatch(Match):
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
         table = fresh(conn, temp_table("pt_flink", Column("pk", BigInteger, primary_key=True)))
         self._table = table
-        for start in range(0, len(self.pks), _LOAD_CHUNK):
-            chunk = self.pks[start : start + _LOAD_CHUNK]
+        pks = np.unique(self.pks)  # sorted: the primary key index fills in order
+        for start in range(0, len(pks), _LOAD_CHUNK):
+            chunk = pks[start : start + _LOAD_CHUNK]
             if store.dialect == "sqlite":
                 conn.execute(
-                    text("INSERT OR IGNORE INTO pt_flink (pk) SELECT value FROM json_each(:pks)"),
+                    text("INSERT INTO pt_flink (pk) SELECT value FROM json_each(:pks)"),
                     {"pks": json.dumps(chunk.tolist())},
                 )
             else:
                 conn.execute(
                     text(
-                        "INSERT INTO pt_flink (pk) SELECT DISTINCT unnest(CAST(:pks AS bigint[])) "
-                        "ON CONFLICT DO NOTHING"
+                        "INSERT INTO pt_flink (pk) SELECT unnest(CAST(:pks AS bigint[]))"
                     ),
                     {"pks": chunk.tolist()},
                 )
@@ -105,9 +106,19 @@ class _PksMatch(Match):
 
 def parse_pks(data: bytes) -> npt.NDArray[np.int64]:
     """The pks of a CSV part file Flink wrote (one integer per line)."""
-    if not data.strip():
+    text_ = data.decode("ascii", errors="replace").strip()
+    if not text_:
         return np.empty(0, dtype=np.int64)
-    return np.array(data.split(), dtype=np.int64)
+    bad = FlinkJobFailed("the Flink job wrote a result file that is not one pk per line")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a partial read must not pass silently
+            pks = np.fromstring(text_, dtype=np.int64, sep="\n")
+    except (ValueError, DeprecationWarning):
+        raise bad from None
+    if len(pks) != text_.count("\n") + 1:
+        raise bad
+    return pks
 
 
 # ---- the cluster: checks and the stall watchdog -----------------------------------
