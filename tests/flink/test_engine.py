@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -203,16 +202,16 @@ def test_a_failing_flink_job_reports_its_root_cause(env: tuple[Store, Buckets, S
     )
     assert ok.returncode == 0, ok.stderr
     staging = buckets["staging"]
-    manifests = [k for k in staging.list("snapshots/") if k.endswith(MANIFEST)]
-    newest = max(manifests, key=lambda k: Path(staging.url(k)[7:]).stat().st_mtime)
-    part = newest[: -len(MANIFEST)] + "part-00000.json"
-    staging.put(part, b'{"pk": 1, "seniority": "not a number"\n')
+    manifests = [k for k in staging.list("snapshots/") if k.count("/") == 1]
+    current = [json.loads(staging.get(k)) for k in manifests]
+    newest = max(current, key=lambda m: m["used_at"])
+    staging.put(newest["folder"] + "part-00000.json", b'{"pk": 1, "seniority": "not a number"\n')
     bad = cli(settings, "tag", "--persona", "slow", "--expr", expr, "--engine", "flink", "--json")
     assert bad.returncode == 1
     error = json.loads(bad.stdout)["error"]
     assert error.startswith("Flink job ") and " failed: " in error
     assert "JSON" in error or "json" in error, error
-    staging.delete(newest)  # the next run writes a fresh snapshot
+    staging.delete(newest["folder"] + MANIFEST)  # the next run writes a fresh snapshot
 
 
 def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]) -> None:
@@ -249,3 +248,35 @@ def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]
         assert time.monotonic() < deadline, "the Flink job was not cancelled"
         time.sleep(0.5)
     assert rest.job(ref)["state"] == "CANCELED"
+
+
+def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) -> None:
+    store, buckets, settings = env
+    exprs = {
+        "par-a": 'region = "EMEA" and seniority >= 2',
+        "par-b": 'count(login, 60d) >= 3 or firm_type = "Hedge Fund"',
+    }
+    for key, expr in exprs.items():
+        add_persona(store, key, name=key, category="test", actor="test")
+        body = {"version": 1, "request_id": key, "persona": key, "engine": "flink", "expr": expr}
+        buckets["requests"].put(f"{key}.json", json.dumps(body).encode())
+    d = Dispatcher(store, buckets, settings, workers=2)
+    d.scan()
+    d.drain()
+    d.close()
+    rest = FlinkRest(str(settings.flink_url))
+    spans = []
+    for key in exprs:
+        summary = json.loads(buckets["results"].get(f"{key}/summary.json"))
+        assert summary["status"] == "succeeded", summary
+        t = store.tables
+        with store.read() as conn:
+            ref = conn.scalar(
+                select(t.jobs.c.engine_ref)
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(t.requests.c.request_id == key)
+            )
+        info = rest.job(str(ref))
+        spans.append((info["start-time"], info["end-time"]))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, f"the two Flink jobs did not overlap: {spans}"

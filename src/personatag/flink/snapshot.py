@@ -1,12 +1,13 @@
 """Snapshots: the contact columns (and readership aggregates) a Flink job reads.
 
 A snapshot is a folder of JSON-lines part files in the staging bucket,
-`snapshots/<key>/part-NNNNN.json`, one object per contact:
+`snapshots/<key>-<time>-<rand>/part-NNNNN.json`, one object per contact:
 {"pk": 1, "job_title": "...", "interests": [...], "_n0": 3, "_p0": true}.
-`_snapshot.json` is written last (Flink skips files starting with `_`): its
-presence means the snapshot is complete. The key hashes the columns, the store,
-the as-of time when aggregates depend on it, and the data versions of every
-table the columns come from, so an unchanged store reuses its snapshot.
+`_snapshot.json` is written into the folder last (Flink skips files starting
+with `_`), then `snapshots/<key>.json` names the folder as the current
+snapshot of its key. The key hashes the columns, the store, the as-of time
+when aggregates depend on it, and the data versions of every table the
+columns come from, so an unchanged store reuses its snapshot.
 
 The JSON is built by the store itself (SQLite json_object, PostgreSQL
 json_build_object), a chunk of contacts per statement, so 10M contacts never
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -43,7 +47,7 @@ from personatag.buckets import Bucket
 from personatag.criteria.ast import to_json
 from personatag.criteria.to_flink import FlinkQuery, SnapshotColumn
 from personatag.criteria.to_sql import event_counts
-from personatag.domain import Catalog, FieldType
+from personatag.domain import Catalog, FieldType, utcnow
 from personatag.pipeline.matchset import fresh, temp_table
 from personatag.store import Store, versions
 from personatag.store.types import to_micros
@@ -52,11 +56,12 @@ PREFIX = "snapshots/"
 MANIFEST = "_snapshot.json"
 ROWS_PER_PART = 1_000_000
 FORMAT = 1
+_FOLDER_RE = re.compile(r"-(\d{14})-[0-9a-f]{8}/$")
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    key: str  # folder in the staging bucket, ending in "/"
+    key: str  # its folder in the staging bucket, ending in "/"
     url: str  # where Flink reads it (file:///... or s3://...)
     rows: int
     reused: bool
@@ -99,7 +104,7 @@ def snapshot_key(conn: Connection, store: Store, query: FlinkQuery) -> str:
         log = store.tables.membership_log
         doc["memberships"] = conn.scalar(select(func.max(log.c.seq)))
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{PREFIX}{digest[:32]}/"
+    return digest[:32]
 
 
 class _Rows:
@@ -213,6 +218,17 @@ def _ranges(conn: Connection, store: Store) -> Iterator[tuple[int, int]]:
         start += ROWS_PER_PART
 
 
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y%m%d%H%M%S")
+
+
+def _folder_time(folder: str) -> datetime | None:
+    match = _FOLDER_RE.search(folder)
+    if match is None:
+        return None
+    return datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+
+
 def export_snapshot(
     store: Store,
     staging: Bucket,
@@ -221,23 +237,36 @@ def export_snapshot(
     catalog: Catalog,
     persona_pks: dict[str, int],
     stop: threading.Event | None = None,
+    keep_s: float = 3600.0,
 ) -> Snapshot:
-    """The snapshot `query` needs: reused when current, else written now."""
+    """The snapshot `query` needs: reused when current, else written now.
+
+    Each export writes its own folder, `snapshots/<key>-<time>-<rand>/`, and
+    then `snapshots/<key>.json` naming it: exports of the same key at once (two
+    workers, two dispatchers) never touch each other's files, and a reader
+    only ever sees complete folders. Folders no manifest names, and snapshots
+    unused for `keep_s` seconds (a job may still read one that long), are
+    removed after each export.
+    """
     started = time.monotonic()
     with store.read() as conn:
         key = snapshot_key(conn, store, query)
-        if staging.exists(key + MANIFEST):
-            manifest = json.loads(staging.get(key + MANIFEST))
-            return Snapshot(
-                key,
-                staging.url(key.rstrip("/")),
-                int(manifest["rows"]),
-                True,
-                time.monotonic() - started,
-                int(manifest["bytes"]),
-            )
-        for old in staging.list(key):  # a partial snapshot of an interrupted export
-            staging.delete(old)
+        manifest_key = f"{PREFIX}{key}.json"
+        if staging.exists(manifest_key):
+            manifest = json.loads(staging.get(manifest_key))
+            folder = str(manifest["folder"])
+            if staging.exists(f"{folder}{MANIFEST}"):
+                manifest["used_at"] = utcnow().isoformat()
+                staging.put(manifest_key, json.dumps(manifest, sort_keys=True).encode())
+                return Snapshot(
+                    folder,
+                    staging.url(folder.rstrip("/")),
+                    int(manifest["rows"]),
+                    True,
+                    time.monotonic() - started,
+                    int(manifest["bytes"]),
+                )
+        folder = f"{PREFIX}{key}-{_stamp(utcnow())}-{uuid.uuid4().hex[:8]}/"
         rows = _Rows(conn, store, query, catalog, persona_pks)
         total_rows = total_bytes = 0
         # Writing a part overlaps with the store building the next one.
@@ -253,24 +282,61 @@ def export_snapshot(
                     data = block.encode() + b"\n"
                     total_rows += block.count("\n") + 1
                     total_bytes += len(data)
-                    pending.append(writer.submit(staging.put, f"{key}part-{index:05d}.json", data))
+                    part = f"{folder}part-{index:05d}.json"
+                    pending.append(writer.submit(staging.put, part, data))
+                if not pending:  # no contacts: Flink still needs a file to read
+                    pending.append(writer.submit(staging.put, f"{folder}part-00000.json", b""))
                 for f in pending:
                     f.result()
             finally:
                 rows.drop(conn)
+    now = utcnow().isoformat()
     manifest = {
         "format": FORMAT,
+        "folder": folder,
         "rows": total_rows,
         "bytes": total_bytes,
         "columns": [_describe(c) for c in query.columns],
         "schema": query.schema,
+        "created_at": now,
+        "used_at": now,
     }
-    staging.put(key + MANIFEST, json.dumps(manifest, sort_keys=True).encode())
+    body = json.dumps(manifest, sort_keys=True).encode()
+    staging.put(f"{folder}{MANIFEST}", body)  # the folder is complete
+    staging.put(manifest_key, body)  # and now the current one for its key
+    prune(staging, keep_s=keep_s)
     return Snapshot(
-        key,
-        staging.url(key.rstrip("/")),
+        folder,
+        staging.url(folder.rstrip("/")),
         total_rows,
         False,
         time.monotonic() - started,
         total_bytes,
     )
+
+
+def prune(staging: Bucket, *, keep_s: float) -> int:
+    """Remove snapshots unused for `keep_s` seconds and folders no manifest names
+    that are older than that; returns how many folders went."""
+    now = utcnow()
+    keys = staging.list(PREFIX)
+    current: set[str] = set()
+    for manifest_key in (k for k in keys if k.count("/") == 1 and k.endswith(".json")):
+        try:
+            manifest = json.loads(staging.get(manifest_key))
+            used = datetime.fromisoformat(str(manifest["used_at"]))
+        except (ValueError, KeyError, FileNotFoundError):
+            continue
+        if (now - used).total_seconds() > keep_s:
+            staging.delete(manifest_key)
+        else:
+            current.add(str(manifest["folder"]))
+    folders = {k.rsplit("/", 1)[0] + "/" for k in keys if k.count("/") >= 2}
+    removed = 0
+    for folder in folders - current:
+        made = _folder_time(folder)
+        if made is not None and (now - made).total_seconds() > keep_s:
+            for k in staging.list(folder):
+                staging.delete(k)
+            removed += 1
+    return removed
