@@ -12,7 +12,7 @@ FLINK_STAMP := $(FLINK_VENV)/.installed
 FLINK_VERSION := 2.3.0
 # The cluster the tests use: its own data dir and REST port.
 TEST_FLINK_DIR := .flink-test
-TEST_FLINK_PORT := 18081
+TEST_FLINK_PORT ?= 18081
 TEST_FLINK_ENV := PERSONATAG_DATA_DIR=$(TEST_FLINK_DIR) PERSONATAG_FLINK_REST_PORT=$(TEST_FLINK_PORT) PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python
 
 .PHONY: demo test lint fmt unit bench clean flink-venv flink-up flink-down
@@ -49,9 +49,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# The test cluster is stopped afterwards, pass or fail: nothing keeps running.
 unit: $(STAMP) flink-up
 	PERSONATAG_TEST_PG_URL=$(PG_URL) PERSONATAG_TEST_FLINK_URL=http://127.0.0.1:$(TEST_FLINK_PORT) \
-	PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python $(BIN)/pytest -n 2 $(PYTEST_ARGS); \
+	rc=$$?; $(TEST_FLINK_ENV) $(BIN)/personatag flink stop >/dev/null || true; exit $$rc
 
 test: lint unit
 

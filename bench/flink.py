@@ -55,7 +55,7 @@ def plain_csv_export(store, columns: list[str], path: Path) -> float:  # type: i
     with store.engine.connect() as conn, open(path, "w", newline="") as out:
         writer = csv.writer(out)
         result = conn.execution_options(stream_results=True).execute(
-            text(f"SELECT {', '.join(columns)} FROM contacts")  # noqa: S608 - fixed names
+            text(f"SELECT {', '.join(columns)} FROM contacts")
         )
         while rows := result.fetchmany(100_000):
             writer.writerows(rows)
@@ -99,8 +99,19 @@ def run_cli(workdir: Path, engine: str, expr: str) -> tuple[float, dict]:
     env["PERSONATAG_DATA_DIR"] = str(workdir)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "personatag.cli", "tag", "--persona", "bench", "--expr", expr,
-         "--engine", engine, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "personatag.cli",
+            "tag",
+            "--persona",
+            "bench",
+            "--expr",
+            expr,
+            "--engine",
+            engine,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -124,8 +135,10 @@ def main() -> None:
     settings = load_settings()
     rest = FlinkRest(flink_home.rest_url(settings))
     overview = rest.overview()  # fails early with a clear message when the cluster is down
-    print(f"cluster {rest.base_url}: {overview['taskmanagers']} task managers, "
-          f"{overview['slots-total']} slots; parallelism {settings.flink_parallelism}")
+    print(
+        f"cluster {rest.base_url}: {overview['taskmanagers']} task managers, "
+        f"{overview['slots-total']} slots; parallelism {settings.flink_parallelism}"
+    )
     store = open_store(settings.resolved_store_url, create=True)
     t0 = time.perf_counter()
     with store.write() as conn:
@@ -152,9 +165,12 @@ def main() -> None:
         exports.append(snapshot.seconds)
     assert snapshot is not None and snapshot.rows == args.contacts, snapshot
     size = (workdir / "plain.csv").stat().st_size
-    print(f"snapshot export {min(exports):.2f} s ({snapshot.bytes / 2**20:.0f} MiB JSON) vs "
-          f"plain CSV {min(anchors):.2f} s ({size / 2**20:.0f} MiB): "
-          f"ratio {min(exports) / min(anchors):.2f} (goal <= 1.5)", flush=True)
+    print(
+        f"snapshot export {min(exports):.2f} s ({snapshot.bytes / 2**20:.0f} MiB JSON) vs "
+        f"plain CSV {min(anchors):.2f} s ({size / 2**20:.0f} MiB): "
+        f"ratio {min(exports) / min(anchors):.2f} (goal <= 1.5)",
+        flush=True,
+    )
 
     bares, flinks, locals_ = [], [], []
     out = workdir / "bare-out"
@@ -162,8 +178,9 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         bares.append(bare_job(settings, snapshot.url, out.as_uri()))
         matched = sum(
-            len(p.read_bytes().split()) for p in out.rglob("*") if p.is_file()
-            and not p.name.startswith((".", "_"))
+            len(p.read_bytes().split())
+            for p in out.rglob("*")
+            if p.is_file() and not p.name.startswith((".", "_"))
         )
         assert matched == args.contacts, matched
         reset_memberships(store.engine, "sqlite")
@@ -175,12 +192,17 @@ def main() -> None:
         took, result = run_cli(workdir, "local", expr)
         assert result["tagged"] == args.contacts, result
         locals_.append(took)
-        print(f"  bare {bares[-1]:.2f} s, flink request {flinks[-1]:.2f} s, "
-              f"local request {locals_[-1]:.2f} s", flush=True)
+        print(
+            f"  bare {bares[-1]:.2f} s, flink request {flinks[-1]:.2f} s, "
+            f"local request {locals_[-1]:.2f} s",
+            flush=True,
+        )
     ratio = min(flinks) / min(bares)
-    print(f"{args.case}: {args.contacts:,} contacts; bare Flink SQL job {min(bares):.2f} s, "
-          f"`tag --engine flink` {min(flinks):.2f} s (ratio {ratio:.2f}, goal <= 1.5), "
-          f"`tag --engine local` {min(locals_):.2f} s")
+    print(
+        f"{args.case}: {args.contacts:,} contacts; bare Flink SQL job {min(bares):.2f} s, "
+        f"`tag --engine flink` {min(flinks):.2f} s (ratio {ratio:.2f}, goal <= 1.5), "
+        f"`tag --engine local` {min(locals_):.2f} s"
+    )
     store.dispose()
     shutil.rmtree(workdir, ignore_errors=True)
 

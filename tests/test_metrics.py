@@ -77,6 +77,9 @@ def test_every_metric_is_exported_with_its_type(served: RunningServer) -> None:
         "personatag_dispatcher_last_scan_timestamp_seconds": "gauge",
         "personatag_dispatcher_scans": "counter",
         "personatag_request_files_claimed": "counter",
+        "personatag_flink_stalls": "counter",
+        "personatag_flink_cluster_up": "gauge",
+        "personatag_flink_slots_available": "gauge",
     }
     # Known label values are there at 0 before anything happened.
     for status in ("succeeded", "partial", "failed", "cancelled", "duplicate"):

@@ -876,7 +876,11 @@ def main() -> None:
 
 # Command groups in their own modules register themselves on `app`.
 import personatag.cli_flink  # noqa: E402
-import personatag.cli_ops  # noqa: E402, F401
+import personatag.cli_ops  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    # Under `python -m personatag.cli` this file runs as __main__, a second copy
+    # of the module: the command groups registered on personatag.cli's app.
+    import personatag.cli
+
+    personatag.cli.main()

@@ -252,9 +252,12 @@ def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]
 
 def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) -> None:
     store, buckets, settings = env
+    # A LIKE that never matches but takes a few ms a title keeps each job
+    # running for seconds, long enough to see both at once.
+    slowish = 'job_title like "%' + "_%" * 6 + 'zz"'
     exprs = {
-        "par-a": 'region = "EMEA" and seniority >= 2',
-        "par-b": 'count(login, 60d) >= 3 or firm_type = "Hedge Fund"',
+        "par-a": f'region = "EMEA" and seniority >= 2 or {slowish}',
+        "par-b": f'count(login, 60d) >= 3 or firm_type = "Hedge Fund" or {slowish}',
     }
     for key, expr in exprs.items():
         add_persona(store, key, name=key, category="test", actor="test")

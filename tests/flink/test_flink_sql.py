@@ -140,3 +140,57 @@ def test_root_cause_is_the_deepest_cause() -> None:
         "com.fasterxml.JsonParseException: Unexpected end-of-input"
     )
     assert root_cause({}) == "no exception reported"
+
+
+class _Overview:
+    """Stands in for the cluster's REST API: answers /overview with `state`."""
+
+    base_url = "http://flink.test"
+
+    def __init__(self) -> None:
+        self.state: dict[str, object] = {"taskmanagers": 1, "slots-available": 1}
+
+    def overview(self) -> dict[str, object]:
+        return dict(self.state)
+
+
+def test_watchdog_troubles_accumulate_until_the_bound() -> None:
+    from personatag.engines.flink import Watchdog
+
+    now = [0.0]
+    rest = _Overview()
+    dog = Watchdog(rest, 20.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    waiting = {"jid": "j1", "state": "RUNNING", "vertices": [{"status": "SCHEDULED"}]}
+    rest.state = {"taskmanagers": 0}
+    # a lost task manager and a job that cannot start, checked in turn, must not
+    # reset each other's clock
+    for t in (0.0, 5.0, 10.0, 15.0):
+        now[0] = t
+        dog.cluster(need_slot=False)
+        dog.job(waiting)
+    now[0] = 20.0
+    with pytest.raises(FlinkJobFailed, match="no task managers for 20 s"):
+        dog.cluster(need_slot=False)
+
+
+def test_watchdog_progress_resets_the_clock() -> None:
+    from personatag.engines.flink import Watchdog
+
+    now = [0.0]
+    dog = Watchdog(_Overview(), 20.0, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    def info(records: int) -> dict[str, object]:
+        return {
+            "jid": "j1",
+            "state": "RUNNING",
+            "vertices": [{"status": "RUNNING", "metrics": {"read-records": records}}],
+        }
+
+    for t, records in ((0, 1), (15, 2), (30, 3), (45, 3)):  # moving until 30, then stuck
+        now[0] = float(t)
+        dog.job(info(records))
+    now[0] = 64.0  # unchanged since the check at 45: not yet
+    dog.job(info(3))
+    now[0] = 65.0
+    with pytest.raises(FlinkJobFailed, match="shows no progress for 20 s"):
+        dog.job(info(3))

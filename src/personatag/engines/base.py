@@ -51,6 +51,10 @@ class Match(ABC):
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
         """A boolean over store.tables.contacts, TRUE exactly for matched contacts."""
 
+    def known_pks(self) -> Any:
+        """The sorted pks condition() selects, when the engine has them (else None)."""
+        return None
+
     def close(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Release anything condition() created (temp tables, staged files)."""
 

@@ -73,8 +73,11 @@ class _PksMatch(Match):
     materialized = True
 
     def __init__(self, pks: npt.NDArray[np.int64]) -> None:
-        self.pks = pks
+        self.pks = _sorted_unique(pks)  # in key order: the temp b-tree fills at its end
         self._table: Any = None
+
+    def known_pks(self) -> npt.NDArray[np.int64]:
+        return self.pks
 
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
         # INTEGER PRIMARY KEY is SQLite's rowid: no separate index to fill.
@@ -83,7 +86,7 @@ class _PksMatch(Match):
             conn, temp_table(f"pt_flink_{store.dialect}", Column("pk", pk_type, primary_key=True))
         )
         self._table = table
-        pks = _sorted_unique(self.pks)  # in key order: the b-tree fills at its end
+        pks = self.pks
         for start in range(0, len(pks), _LOAD_CHUNK):
             chunk = pks[start : start + _LOAD_CHUNK]
             if store.dialect == "sqlite":
@@ -148,23 +151,27 @@ class Watchdog:
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._since: dict[str, float] = {}
+        # When each kind of trouble began; cleared only by that check passing,
+        # so a failing cluster check and a stuck job never reset each other.
+        self._cluster_since: float | None = None
+        self._job_since: float | None = None
         self._progress: tuple[Any, ...] | None = None
         self.metrics = default_metrics()
 
-    def _trouble(self, reason: str, message: str) -> None:
+    def _trouble(self, scope: str, reason: str, message: str) -> None:
         now = self.clock()
-        first = self._since.setdefault(reason, now)
-        for other in list(self._since):
-            if other != reason:
-                del self._since[other]
+        if scope == "cluster":
+            if self._cluster_since is None:
+                self._cluster_since = now
+            first = self._cluster_since
+        else:
+            if self._job_since is None:
+                self._job_since = now
+            first = self._job_since
         if now - first >= self.bound:
             self.metrics.flink_stalls.labels(reason=reason).inc()
             log.warning("flink stall (%s): %s", reason, message)
             raise FlinkJobFailed(f"{message} for {self.bound:g} s (stall watchdog)")
-
-    def _clear(self) -> None:
-        self._since.clear()
 
     def cluster(self, *, need_slot: bool) -> dict[str, Any] | None:
         """Check /overview; returns it when the cluster can take (or run) a job."""
@@ -172,12 +179,13 @@ class Watchdog:
             overview = self.rest.overview()
         except (FlinkUnreachable, FlinkRestError) as exc:
             self.metrics.flink_cluster_up.set(0)
-            self._trouble("unreachable", f"the Flink cluster does not answer ({exc})")
+            self._trouble("cluster", "unreachable", f"the Flink cluster does not answer ({exc})")
             return None
         self.metrics.flink_slots_available.set(overview.get("slots-available", 0))
         if not overview.get("taskmanagers"):
             self.metrics.flink_cluster_up.set(0)
             self._trouble(
+                "cluster",
                 "no_task_managers",
                 f"the Flink cluster at {self.rest.base_url} has no task managers",
             )
@@ -185,12 +193,13 @@ class Watchdog:
         self.metrics.flink_cluster_up.set(1)
         if need_slot and not overview.get("slots-available"):
             self._trouble(
+                "cluster",
                 "no_slots",
                 f"no free task slot on the Flink cluster ({overview.get('slots-total', 0)} "
                 f"slots, {overview.get('jobs-running', 0)} jobs running)",
             )
             return None
-        self._clear()
+        self._cluster_since = None
         return overview
 
     def job(self, info: dict[str, Any]) -> None:
@@ -200,9 +209,9 @@ class Watchdog:
         if info.get("state") in ("CREATED", "INITIALIZING") or (
             waiting and len(waiting) == len(vertices)
         ):
+            self._progress = None
             self._trouble(
-                "no_slots",
-                f"Flink job {info.get('jid')} got no task slots to start on",
+                "job", "no_slots", f"Flink job {info.get('jid')} got no task slots to start on"
             )
             return
         progress = tuple(
@@ -218,9 +227,9 @@ class Watchdog:
         )
         if progress != self._progress:
             self._progress = progress
-            self._clear()
+            self._job_since = None
             return
-        self._trouble("no_progress", f"Flink job {info.get('jid')} shows no progress")
+        self._trouble("job", "no_progress", f"Flink job {info.get('jid')} shows no progress")
 
 
 def root_cause(exceptions: dict[str, Any]) -> str:

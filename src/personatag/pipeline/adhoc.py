@@ -353,6 +353,7 @@ def _apply_item(
             bulk_threshold=settings.bulk_log_threshold,
             portable=portable,
             bulk=changes.for_persona(r.persona.key) if changes is not None else None,
+            known_pks=match.known_pks() if match is not None else None,
         )
         failures = (
             [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]

@@ -96,15 +96,19 @@ def apply_adhoc(
     bulk_threshold: int,
     portable: bool = False,
     bulk: BulkChanges | None = None,
+    known_pks: Any = None,
 ) -> ApplyCounts:
     """Tag or untag every contact for which `condition` (over contacts) is TRUE.
 
     `portable`: the condition means the same on any connection (it uses no
     temp table), so work may be shared with a second connection.
+    `known_pks`: the sorted pks `condition` selects, when the engine already
+    has them (Flink): a tag that excludes nobody then logs them without
+    reading them back.
     """
     store.lock_persona(conn, ctx.persona_pk)
     if action is Action.TAG:
-        return _tag(conn, store, condition, ctx, dry_run, bulk_threshold, portable, bulk)
+        return _tag(conn, store, condition, ctx, dry_run, bulk_threshold, portable, bulk, known_pks)
     return _untag(conn, store, condition, ctx, dry_run, bulk_threshold, bulk)
 
 
@@ -127,6 +131,7 @@ def _tag(
     bulk_threshold: int,
     portable: bool,
     bulk: BulkChanges | None,
+    known_pks: Any = None,
 ) -> ApplyCounts:
     t = store.tables
     c, m = t.contacts, t.memberships
@@ -159,7 +164,16 @@ def _tag(
     ).where(enter)
     cols = ["persona_pk", "contact_pk", "source", "since", "request_pk", "criterion_pk"]
     capture = None
-    if portable and store.is_shared_file and _sampled_share(conn, store, enter) >= CAPTURE_SHARE:
+    # With nobody excluded, the known pks are the ones that will enter.
+    known = known_pks if known_pks is not None and not already and not pinned else None
+    if known is not None and bulk is not None and len(known) > bulk_threshold:
+        bulk.start(Change.ENTER.value, known)
+    if (
+        known is None
+        and portable
+        and store.is_shared_file
+        and _sampled_share(conn, store, enter) >= CAPTURE_SHARE
+    ):
         then = None if bulk is None else (lambda ids: bulk.start(Change.ENTER.value, ids))
         capture = IdCapture(store, select(c.c.pk).where(enter).order_by(c.c.pk), then)
         log.debug("audit ids captured on a second connection")
@@ -176,6 +190,8 @@ def _tag(
         m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
     )
     ids = capture.result() if capture is not None else None
+    if known is not None and tagged == len(known):
+        ids = known
     logged = log_from_select(
         conn,
         store,

@@ -1,0 +1,186 @@
+"""The stall watchdog on a cluster of its own: a task manager paused (SIGSTOP) or
+killed while a Flink job runs ends that job `failed` with a clear reason within
+the bound, a metric and a log line say why, and the dispatcher keeps serving
+`local` requests meanwhile."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from personatag.buckets import Buckets, open_buckets
+from personatag.config import Settings
+from personatag.deploy import deploy
+from personatag.flink import cluster
+from personatag.flink.rest import FlinkRest
+from personatag.generate.run import generate
+from personatag.metrics import default_metrics
+from personatag.pipeline.dispatcher import Dispatcher
+from personatag.store import Store, open_store
+from personatag.store.personas import add_persona
+
+from .engine_support import flink_python
+
+pytestmark = pytest.mark.slow
+
+PORT = 18300
+STALL_S = 20.0
+# Backtracks for a long time on every title: a job that runs until stopped.
+SLOW = 'job_title like "%' + "_%" * 10 + 'zz"'
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, Buckets, Settings]]:
+    data = tmp_path_factory.mktemp("watchdog")
+    settings = Settings(
+        data_dir=data,
+        flink_python=flink_python(),
+        flink_rest_port=PORT,
+        flink_slots=2,
+        flink_parallelism=1,
+        flink_stall_s=STALL_S,
+        flink_poll_s=0.5,
+        job_deadline_s=600.0,
+    )
+    cluster.start(settings)
+    store = open_store(settings.resolved_store_url, create=True)
+    try:
+        generate(store, contacts=1500, seed=3)
+        for key in ("slow", "fast"):
+            add_persona(store, key, name=key, category="test", actor="test")
+        buckets = open_buckets(settings)
+        deploy(buckets, properties={}, actor="test")
+        yield store, buckets, settings
+    finally:
+        store.dispose()
+        cluster.stop(settings)
+
+
+def task_manager_pid(settings: Settings) -> int:
+    state = json.loads(cluster.ClusterLayout.of(settings).state_file.read_text())
+    pids = [c["pid"] for c in state["children"] if "task" in c["name"] and c["pid"]]
+    assert pids, state
+    return int(pids[0])
+
+
+def wait_running(rest: FlinkRest, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [
+            j for j in rest.jobs_overview() if j["state"] == "RUNNING" and j["tasks"]["running"]
+        ]
+        if running:
+            return str(running[0]["jid"])
+        time.sleep(0.3)
+    raise AssertionError("no Flink job started running")
+
+
+def stalls(reason: str) -> float:
+    value = default_metrics().registry.get_sample_value(
+        "personatag_flink_stalls_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def drop(buckets: Buckets, request_id: str, persona: str, engine: str, expr: str) -> None:
+    body = {
+        "version": 1,
+        "request_id": request_id,
+        "persona": persona,
+        "engine": engine,
+        "expr": expr,
+    }
+    buckets["requests"].put(f"{request_id}.json", json.dumps(body).encode())
+
+
+def summary(buckets: Buckets, request_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    key = f"{request_id}/summary.json"
+    while not buckets["results"].exists(key):
+        assert time.monotonic() < deadline, f"no summary for {request_id} within {timeout} s"
+        time.sleep(0.2)
+    return json.loads(buckets["results"].get(key))
+
+
+def run_with(
+    env: tuple[Store, Buckets, Settings],
+    request_id: str,
+    disturb: str,
+    caplog: pytest.LogCaptureFixture,
+) -> tuple[dict, float]:
+    store, buckets, settings = env
+    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
+    d = Dispatcher(store, buckets, settings, workers=2)
+    stop = threading.Event()
+    loop = threading.Thread(target=d.serve, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        drop(buckets, request_id, "slow", "flink", SLOW)
+        wait_running(rest)
+        tm = task_manager_pid(settings)
+        os.kill(tm, signal.SIGSTOP if disturb == "pause" else signal.SIGKILL)
+        disturbed = time.monotonic()
+        try:
+            # the dispatcher still serves local requests while Flink is stuck
+            drop(buckets, f"{request_id}-local", "fast", "local", 'region = "EMEA"')
+            local = summary(buckets, f"{request_id}-local", 30)
+            assert local["status"] == "succeeded", local
+            result = summary(buckets, request_id, STALL_S + 60)
+            took = time.monotonic() - disturbed
+        finally:
+            if disturb == "pause":
+                os.kill(tm, signal.SIGCONT)
+    finally:
+        stop.set()
+        loop.join(60)
+    return result, took
+
+
+def test_a_paused_task_manager_fails_the_job_within_the_bound(
+    env: tuple[Store, Buckets, Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="personatag.engines.flink")
+    before = sum(stalls(r) for r in ("no_progress", "unreachable", "no_task_managers"))
+    result, took = run_with(env, "paused", "pause", caplog)
+    assert result["status"] == "failed", result
+    error = result["error"]
+    # Either our watchdog saw no progress, or Flink's heartbeat declared the
+    # task manager lost first; both name the cause.
+    assert "stall watchdog" in error or "TaskManager" in error or "heartbeat" in error, error
+    assert took < STALL_S + 45, took
+    if "stall watchdog" in error:
+        after = sum(stalls(r) for r in ("no_progress", "unreachable", "no_task_managers"))
+        assert after > before
+        assert any("flink stall" in r.getMessage() for r in caplog.records)
+
+
+def test_a_killed_task_manager_fails_the_job_and_the_cluster_recovers(
+    env: tuple[Store, Buckets, Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, buckets, settings = env
+    result, took = run_with(env, "killed", "kill", caplog)
+    assert result["status"] == "failed", result
+    assert result["error"].startswith(("Flink job", "no free task slot", "the Flink cluster")), (
+        result
+    )
+    assert took < STALL_S + 45, took
+    # The supervisor restarts the task manager: the next Flink request runs.
+    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
+    deadline = time.monotonic() + 90
+    while rest.overview().get("taskmanagers", 0) < 1:
+        assert time.monotonic() < deadline, "the task manager did not come back"
+        time.sleep(1)
+    store = env[0]
+    d = Dispatcher(store, buckets, settings, workers=1)
+    drop(buckets, "after-kill", "fast", "flink", "seniority >= 2")
+    d.scan()
+    d.drain()
+    d.close()
+    assert summary(buckets, "after-kill", 5)["status"] == "succeeded"
