@@ -283,3 +283,40 @@ def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) ->
         spans.append((info["start-time"], info["end-time"]))
     (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1, f"the two Flink jobs did not overlap: {spans}"
+
+
+def test_flink_counts_already_held_and_pinned_like_local(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    store, _, settings = env
+    t = store.tables
+    with store.read() as conn:
+        # a contact the second criterion matches: pinned out, it must not enter
+        target = conn.scalar(
+            select(t.contacts.c.id).where(t.contacts.c.seniority >= 4).order_by(t.contacts.c.pk)
+        )
+    counts = {}
+    for engine in ("local", "flink"):
+        persona = f"pre-{engine}"
+        add_persona(store, persona, name=persona, category="test", actor="test")
+        first = cli(settings, "tag", "--persona", persona, "--expr", "seniority >= 3", "--json")
+        assert first.returncode == 0, first.stderr
+        pinned = cli(settings, "pin", persona, str(target), "--out")
+        assert pinned.returncode == 0, pinned.stderr
+        again = cli(
+            settings,
+            "tag",
+            "--persona",
+            persona,
+            "--engine",
+            engine,
+            "--expr",
+            'region = "EMEA" or seniority >= 4',
+            "--json",
+        )
+        assert again.returncode == 0, again.stderr
+        counts[engine] = json.loads(again.stdout)
+    for key in ("matched", "tagged", "already", "pinned"):
+        assert counts["flink"][key] == counts["local"][key], (key, counts)
+    assert counts["flink"]["already"] > 0 and counts["flink"]["pinned"] == 1
+    assert entered(store, "pre-flink") == entered(store, "pre-local")

@@ -85,6 +85,16 @@ def _count(conn: Connection, store: Store, where: ColumnElement[bool]) -> int:
     return int(conn.scalar(select(func.count()).select_from(c).where(where)) or 0)
 
 
+def _count_held(conn: Connection, store: Store, held: Any, condition: ColumnElement[bool]) -> int:
+    """How many distinct contacts of `held` (a select of contact pks) match,
+    checking the condition per held contact."""
+    c = store.tables.contacts
+    ids = held.distinct().subquery()
+    pk = next(iter(ids.c))
+    matches = exists(select(c.c.pk).where(c.c.pk == pk, condition))
+    return int(conn.scalar(select(func.count()).select_from(ids).where(matches)) or 0)
+
+
 def apply_adhoc(
     conn: Connection,
     store: Store,
@@ -137,8 +147,14 @@ def _tag(
     c, m = t.contacts, t.memberships
     p = ctx.persona_pk
     # These two are driven by the (usually small) member and pin sets.
-    already = _count(conn, store, and_(condition, c.c.pk.in_(_members(store, p))))
-    pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.OUT))))
+    if known_pks is not None:
+        # The match is a set of pks in a temp table: SQLite would scan it all
+        # to probe the (often empty) members; walk the members instead.
+        already = _count_held(conn, store, _members(store, p), condition)
+        pinned = _count_held(conn, store, _pinned(store, p, PinKind.OUT), condition)
+    else:
+        already = _count(conn, store, and_(condition, c.c.pk.in_(_members(store, p))))
+        pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.OUT))))
     enter = condition
     # Skip per-contact probes that cannot exclude anyone: on a first run this
     # keeps the insert as cheap as a hand-written INSERT ... SELECT.
