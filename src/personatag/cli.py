@@ -875,8 +875,10 @@ def main() -> None:
 
 
 # Command groups in their own modules register themselves on `app`.
+import personatag.cli_accounts  # noqa: E402
 import personatag.cli_flink  # noqa: E402
 import personatag.cli_ops  # noqa: E402
+import personatag.cli_web  # noqa: E402
 
 if __name__ == "__main__":
     # Under `python -m personatag.cli` this file runs as __main__, a second copy

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Where the dispatcher serves /metrics and /healthz (0: pick a free port).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # Where `personatag serve` serves the REST API (0: pick a free port).
+    host: str = "127.0.0.1"
+    port: int = 8000
     # Apache Flink. flink_url targets an existing session cluster's REST API;
     # unset means the local cluster `personatag flink start` runs on
     # 127.0.0.1:flink_rest_port. flink_python is an interpreter with PyFlink
@@ -91,11 +94,18 @@ class Settings(BaseSettings):
             raise ValueError("must be more than 0 seconds")
         return value
 
-    @field_validator("metrics_port", "flink_rest_port")
+    @field_validator("metrics_port", "port", "flink_rest_port")
     @classmethod
     def _port(cls, value: int) -> int:
         if not 0 <= value <= 65535:
             raise ValueError("must be a port number from 0 to 65535")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip() or any(ch.isspace() for ch in value):
+            raise ValueError("must be a host name or IP address, e.g. 127.0.0.1 or 0.0.0.0")
         return value
 
     @field_validator("batch_size", "bulk_log_threshold")

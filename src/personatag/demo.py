@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -179,9 +180,33 @@ def _pipeline_demo(store: Store, settings: Settings, say: Callable[[str], None])
     say(f"  result files in {buckets['results'].url('')}{sent['request_id']}/")
 
 
+def admin_credentials(settings: Any) -> tuple[str, str]:
+    """The first admin: created on a new store, else given a fresh password (a demo
+    store is a playground; a real deployment uses `personatag user password`)."""
+    from personatag import accounts
+
+    store = open_store(settings.resolved_store_url)
+    try:
+        first = accounts.ensure_first_admin(store)
+        if first is not None:
+            return first
+        password = accounts.generate_password()
+        accounts.set_password(store, "admin", password, actor="demo")
+        return "admin", password
+    finally:
+        store.dispose()
+
+
 def main() -> None:
     try:
         run()
+        from personatag import serve
+
+        settings = load_settings()
+        user, password = admin_credentials(settings)
+        say(f"\nthe workbench: log in as {user} with password {password}")
+        say("(Ctrl-C stops the server)")
+        serve.run(settings, echo=say)
     except PersonatagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

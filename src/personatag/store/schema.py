@@ -60,6 +60,10 @@ class Tables:
     jobs: Table
     request_files: Table
     data_versions: Table
+    users: Table
+    api_tokens: Table
+    web_sessions: Table
+    audit_events: Table
 
 
 def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
@@ -259,8 +263,71 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("name", Text, primary_key=True),
         Column("version", BigInteger, nullable=False),
     )
+    # Accounts (personatag.accounts). Secrets are never stored: passwords as
+    # scrypt hashes, API and session tokens as the SHA-256 hex of the token.
+    users = Table(
+        "users",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        # Lower-case: user names are unique regardless of case.
+        Column("username", Text, nullable=False, unique=True),
+        Column("password_hash", Text, nullable=False),
+        Column("role", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Column("disabled_at", UTCTimestamp),
+        Column("password_changed_at", UTCTimestamp, nullable=False),
+    )
+    api_tokens = Table(
+        "api_tokens",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("user_pk", BigInteger, nullable=False),
+        Column("name", Text, nullable=False),
+        Column("token_hash", Text, nullable=False, unique=True),
+        # The first characters of the secret, to tell tokens apart on screen.
+        Column("prefix", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Column("last_used_at", UTCTimestamp),
+        Column("expires_at", UTCTimestamp),
+        Column("revoked_at", UTCTimestamp),
+        Index("ix_api_tokens_user", "user_pk"),
+    )
+    web_sessions = Table(
+        "web_sessions",
+        md,
+        Column("token_hash", Text, primary_key=True),
+        Column("user_pk", BigInteger, nullable=False),
+        Column("csrf_token", Text, nullable=False),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("expires_at", UTCTimestamp, nullable=False),
+        Column("last_seen_at", UTCTimestamp, nullable=False),
+        Index("ix_web_sessions_user", "user_pk"),
+        Index("ix_web_sessions_expires", "expires_at"),
+    )
+    audit_events = Table(
+        "audit_events",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("actor", Text),
+        Column("action", Text, nullable=False),
+        Column("target", Text),
+        # JSON object text, or NULL.
+        Column("detail", Text),
+        Column("source", Text, nullable=False),
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_actor", "actor", "seq"),
+        Index("ix_audit_events_action", "action", "seq"),
+        Index("ix_audit_events_target", "target", "seq"),
+    )
     return Tables(
         metadata=md,
+        users=users,
+        api_tokens=api_tokens,
+        web_sessions=web_sessions,
+        audit_events=audit_events,
         data_versions=data_versions,
         contacts=contacts,
         publications=publications,

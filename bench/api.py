@@ -1,0 +1,187 @@
+"""The API under load: contact lookups at a fixed rate, and previews, on 1M contacts.
+
+    .venv/bin/python bench/api.py --contacts 1000000
+
+A fresh SQLite store with --contacts generated contacts (reads and logins
+included) and a few personas tagged, a `personatag serve` process (no
+dispatcher) on a free loopback port, an API token. Then:
+
+(a) an open-loop load generator on loopback: GET /api/v1/contacts/{id} for
+    random contacts at --rate requests/s for --seconds (requests are sent on
+    schedule whether or not earlier ones finished, by a pool of keep-alive
+    connections), latency measured from the scheduled send time, so queueing
+    shows up — goal p99 < 50 ms at 200 req/s;
+(b) POST /api/v1/preview, one at a time, for an attribute criterion and a
+    behavioural one — goal p50 < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from personatag import accounts
+from personatag.config import load_settings
+from personatag.domain import Action
+from personatag.generate import generate
+from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
+from personatag.store import open_store
+from personatag.store.personas import add_persona
+
+PREVIEWS = {
+    "attribute": 'job_title ilike "%chief%" and region = "EMEA"',
+    "behavioural": 'count(read where sector = "Energy", 90d) >= 3 and region in ("EMEA", "APAC")',
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> list[float]:
+    """Open loop: request i is due at start + i / rate; latency counts from then."""
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    next_index = [0]
+    start = time.perf_counter() + 0.5
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"}
+        while True:
+            with lock:
+                i = next_index[0]
+                next_index[0] += 1
+            if i >= total:
+                break
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            conn.request("GET", f"/api/v1/contacts/{random.choice(ids)}", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            took = time.perf_counter() - due
+            with lock:
+                if resp.status != 200:
+                    errors.append(str(resp.status))
+                latencies.append(took)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} lookups failed: {errors[:5]}")
+    return latencies
+
+
+def preview_times(port: int, token: str, expr: str, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    times = []
+    for _ in range(n):
+        body = json.dumps({"persona": "bench-a", "expr": expr})
+        t0 = time.perf_counter()
+        conn.request("POST", "/api/v1/preview", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        times.append(time.perf_counter() - t0)
+        if resp.status != 200:
+            raise SystemExit(f"preview failed: {resp.status} {data[:300]!r}")
+    conn.close()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contacts", type=int, default=1_000_000)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--previews", type=int, default=7)
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="pt-bench-api-"))
+    os.environ["PERSONATAG_DATA_DIR"] = str(workdir)
+    settings = load_settings()
+    store = open_store(settings.resolved_store_url, create=True)
+    t0 = time.perf_counter()
+    generate(store, contacts=args.contacts, seed=11)
+    print(f"generated {args.contacts:,} contacts in {time.perf_counter() - t0:.0f} s", flush=True)
+    for key, expr in (("bench-a", PREVIEWS["attribute"]), ("bench-b", "seniority >= 4")):
+        add_persona(store, key, name=key, category="bench")
+        run_adhoc(
+            store, AdhocRequest(persona=key, action=Action.TAG, expr=expr, actor="b"), settings
+        )
+    accounts.create_user(store, "bench", "Bench-password-1", "viewer", actor="bench")
+    token, _ = accounts.create_token(store, "bench", "bench", actor="bench")
+    store.dispose()
+    ids = [f"c{i:08d}" for i in random.Random(3).sample(range(1, args.contacts + 1), 5000)]
+
+    port = free_port()
+    env = {**os.environ, "PERSONATAG_METRICS_PORT": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "personatag.cli", "serve", "--port", str(port), "--no-dispatcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("serve did not start") from None
+                time.sleep(0.2)
+        load(port, token, ids, args.rate, 2.0)  # warm up
+        lat = load(port, token, ids, args.rate, args.seconds)
+        ms = [x * 1000 for x in lat]
+        p99 = percentile(ms, 99)
+        print(
+            f"contact lookup at {args.rate:.0f} req/s for {args.seconds:.0f} s ({len(ms):,} "
+            f"requests): p50 {percentile(ms, 50):.1f} ms, p95 {percentile(ms, 95):.1f} ms, "
+            f"p99 {p99:.1f} ms (goal < 50 ms: {'met' if p99 < 50 else 'NOT met'})",
+            flush=True,
+        )
+        for name, expr in PREVIEWS.items():
+            times = preview_times(port, token, expr, args.previews)
+            p50 = statistics.median(times)
+            print(
+                f"preview {name}: p50 {p50:.2f} s, max {max(times):.2f} s over {len(times)} "
+                f"(goal p50 < 1 s: {'met' if p50 < 1 else 'NOT met'})",
+                flush=True,
+            )
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

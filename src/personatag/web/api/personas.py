@@ -1,0 +1,139 @@
+"""/personas: list, show, members (viewer); create and archive (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from personatag.audit_log import record_now
+from personatag.store.definitions import Criterion, list_criteria
+from personatag.store.personas import (
+    Persona,
+    add_persona,
+    archive_persona,
+    get_persona,
+    list_personas,
+    member_count,
+)
+from personatag.web.api.deps import StoreDep
+from personatag.web.auth import CurrentUser, role
+from personatag.web.schemas import (
+    CriterionPublic,
+    MembersPage,
+    PersonaCreate,
+    PersonaDetail,
+    PersonaPublic,
+)
+
+router = APIRouter(tags=["personas"])
+
+
+class PersonaList(BaseModel):
+    personas: list[PersonaPublic]
+
+
+def persona_public(p: Persona, members: int) -> dict[str, Any]:
+    return {
+        "key": p.key,
+        "name": p.name,
+        "category": p.category,
+        "description": p.description,
+        "members": members,
+        "created_at": p.created_at,
+        "created_by": p.created_by,
+        "archived_at": p.archived_at,
+    }
+
+
+def criterion_public(c: Criterion) -> CriterionPublic:
+    return CriterionPublic(
+        name=c.name,
+        version=c.version,
+        persona=c.persona_key,
+        expr=c.expr,
+        action=c.action.value,
+        mode=c.mode.value,
+        exit=c.exit_policy.value,
+        status=c.status,
+        created_at=c.created_at,
+        created_by=c.created_by,
+    )
+
+
+@router.get("/personas", response_model=PersonaList, **role("viewer"))
+def personas_list(
+    store: StoreDep,
+    include_archived: Annotated[
+        bool, Query(alias="all", description="include archived personas")
+    ] = False,
+) -> dict[str, Any]:
+    """Personas by category and key, with member counts."""
+    with store.read() as conn:
+        rows = list_personas(conn, store, include_archived=include_archived)
+    return {"personas": [persona_public(p, n) for p, n in rows]}
+
+
+@router.get("/personas/{key}", response_model=PersonaDetail, **role("viewer"))
+def persona_show(key: str, store: StoreDep) -> dict[str, Any]:
+    """One persona: member count and the criteria (newest versions) that feed it."""
+    with store.read() as conn:
+        p = get_persona(conn, store, key)
+        n = member_count(conn, store, p.pk)
+        feeding = [c for c in list_criteria(conn, store) if c.persona_key == key]
+    return {**persona_public(p, n), "criteria": [criterion_public(c) for c in feeding]}
+
+
+@router.get("/personas/{key}/members", response_model=MembersPage, **role("viewer"))
+def persona_members(
+    key: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    after: Annotated[
+        str | None, Query(max_length=1000, description="the last id of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """Member contact ids in id order, a page at a time (keyset: stable while tagging runs)."""
+    t = store.tables
+    with store.read() as conn:
+        p = get_persona(conn, store, key)
+        held = select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == p.pk)
+        query = (
+            select(t.contacts.c.id)
+            .where(t.contacts.c.pk.in_(held))
+            .order_by(t.contacts.c.id)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            query = query.where(t.contacts.c.id > after)
+        ids = list(conn.scalars(query))
+    more = len(ids) > limit
+    return {"members": ids[:limit], "next_after": ids[limit - 1] if more else None}
+
+
+@router.post("/personas", status_code=201, response_model=PersonaPublic, **role("admin"))
+def persona_create(body: PersonaCreate, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
+    """Create a persona."""
+    actor = who.user.username
+    p = add_persona(
+        store,
+        body.key,
+        name=body.name,
+        category=body.category,
+        description=body.description,
+        actor=actor,
+    )
+    detail = {"name": p.name, "category": p.category}
+    record_now(store, actor=actor, action="persona.add", target=p.key, detail=detail, source="api")
+    return persona_public(p, 0)
+
+
+@router.post("/personas/{key}/archive", response_model=PersonaPublic, **role("admin"))
+def persona_archive(key: str, store: StoreDep, who: CurrentUser) -> Any:
+    """Archive a persona: no more tagging into it; its members and history are kept."""
+    p = archive_persona(store, key)
+    record_now(store, actor=who.user.username, action="persona.archive", target=key, source="api")
+    with store.read() as conn:
+        return persona_public(p, member_count(conn, store, p.pk))

@@ -1,0 +1,269 @@
+"""/requests: submit request files (editor), read their state and result files (viewer).
+
+Submitting uses the same code as `personatag submit`: the file is validated,
+then stored in the requests bucket, where a dispatcher (the one `personatag
+serve` runs, or any other) claims and runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from personatag.audit_log import record_now
+from personatag.buckets import Buckets
+from personatag.config import Settings
+from personatag.errors import NotFoundError, PersonatagError
+from personatag.pipeline.jobs import get_job, list_jobs
+from personatag.pipeline.request_files import check_size, detect_format, parse_request
+from personatag.pipeline.submit import submit_file, wait_for_result
+from personatag.schemas import request_id_problem, request_json_schema
+from personatag.store import Store
+from personatag.web.api.deps import BucketsDep, SettingsDep, StoreDep
+from personatag.web.auth import CurrentUser, Principal, role
+from personatag.web.errors import ApiError
+from personatag.web.schemas import RequestView, Submitted
+
+router = APIRouter(tags=["requests"])
+
+RESULT_FILES = {
+    "summary.json": "application/json",
+    "failed.csv": "text/csv; charset=utf-8",
+    "changes.csv.gz": "application/gzip",
+}
+_CHUNK = 1 << 16
+
+Wait = Annotated[bool, Query(description="wait until a dispatcher has run the request")]
+Timeout = Annotated[float, Query(gt=0, le=600, description="seconds to wait with wait=true")]
+
+
+class RequestList(BaseModel):
+    requests: list[RequestView]
+
+
+def _request_body_doc() -> dict[str, Any]:
+    schema = request_json_schema()
+    schema.pop("$schema", None)
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _as_caller(data: bytes, name: str, who: Principal) -> bytes:
+    """A JSON request with `submitted_by` set to the caller (whatever the file said)."""
+    if detect_format(name) != "json":
+        return data
+    obj = json.loads(data)
+    obj["submitted_by"] = who.user.username
+    return json.dumps(obj).encode()
+
+
+async def _submit(
+    data: bytes,
+    name: str,
+    *,
+    store: Store,
+    buckets: Buckets,
+    settings: Settings,
+    who: Principal,
+    wait: bool,
+    timeout: float,
+    response: Response,
+) -> dict[str, Any]:
+    check_size(len(data), name=name, max_bytes=settings.max_request_bytes)
+    # Validate exactly as `personatag submit` does, before touching the bucket.
+    req = await run_in_threadpool(
+        parse_request, data, name=name, max_bytes=settings.max_request_bytes
+    )
+    if req.row_errors:
+        rows = [
+            {"row": e.line, "contact_id": e.contact_id, "persona": e.persona, "reason": e.reason}
+            for e in req.row_errors
+        ]
+        raise ApiError(
+            422,
+            "invalid_rows",
+            f"{name}: {len(rows)} row(s) cannot be used; fix them and upload again",
+            rows=rows,
+        )
+    submitted = await run_in_threadpool(
+        submit_file, buckets, _as_caller(data, name, who), name=name
+    )
+    await run_in_threadpool(
+        record_now,
+        store,
+        actor=who.user.username,
+        action="request.submit",
+        target=submitted["request_id"],
+        detail={"key": submitted["key"]},
+        source="api",
+    )
+    response.status_code = 202
+    if wait:
+        try:
+            submitted["summary"] = await run_in_threadpool(
+                wait_for_result, buckets, store, submitted, timeout=timeout
+            )
+            response.status_code = 200
+        except PersonatagError:  # not finished in time: still accepted
+            pass
+    return submitted
+
+
+@router.post(
+    "/requests",
+    status_code=202,
+    response_model=Submitted,
+    **role("editor", requestBody=_request_body_doc()),
+)
+async def request_submit(
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    buckets: BucketsDep,
+    settings: SettingsDep,
+    who: CurrentUser,
+    wait: Wait = False,
+    timeout: Timeout = 60.0,
+) -> Any:
+    """Submit a JSON request (the request file format, version 1). 202 when stored;
+    with `wait=true`, 200 and the summary once it has run (202 if not within `timeout`).
+    `submitted_by` is always the caller."""
+    data = await request.body()
+    return await _submit(
+        data,
+        "request.json",
+        store=store,
+        buckets=buckets,
+        settings=settings,
+        who=who,
+        wait=wait,
+        timeout=timeout,
+        response=response,
+    )
+
+
+@router.post("/requests/upload", status_code=202, response_model=Submitted, **role("editor"))
+async def request_upload(
+    response: Response,
+    store: StoreDep,
+    buckets: BucketsDep,
+    settings: SettingsDep,
+    who: CurrentUser,
+    file: Annotated[UploadFile, File(description="a request file: .csv or .json")],
+    request_id: Annotated[
+        str | None, Form(max_length=128, description="default: the CSV file's name")
+    ] = None,
+    wait: Wait = False,
+    timeout: Timeout = 60.0,
+) -> Any:
+    """Upload a request file. A CSV file with rows that cannot be used is refused
+    (422, `rows`: row, contact_id, persona, reason for each) and nothing is stored."""
+    name = (file.filename or "upload.csv").replace("\\", "/").rsplit("/", 1)[-1] or "upload.csv"
+    if request_id is not None:
+        if problem := request_id_problem(request_id):
+            raise ApiError(422, "invalid_input", f"request id {problem}", field="request_id")
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else "csv"
+        name = f"{request_id}.{ext}"
+    if file.size is not None:
+        check_size(file.size, name=name, max_bytes=settings.max_request_bytes)
+    data = await file.read(settings.max_request_bytes + 1)
+    return await _submit(
+        data,
+        name,
+        store=store,
+        buckets=buckets,
+        settings=settings,
+        who=who,
+        wait=wait,
+        timeout=timeout,
+        response=response,
+    )
+
+
+def _checked_id(request_id: str) -> str:
+    if problem := request_id_problem(request_id):
+        raise ApiError(422, "invalid_input", f"request id {problem}", field="request_id")
+    return request_id
+
+
+def _job_of(store: Store, request_id: str) -> dict[str, Any] | None:
+    try:
+        job = get_job(store, request_id)
+    except NotFoundError:
+        return None
+    # get_job reads an all-digit reference as a job number.
+    return job if job["request_id"] == request_id else None
+
+
+@router.get("/requests", response_model=RequestList, **role("viewer"))
+def requests_list(
+    store: StoreDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """Requests with their newest job, newest first (requests refused before they
+    became a job are only in the results bucket)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for job in list_jobs(store, status=status, limit=limit):
+        if job["request_id"] not in seen:
+            seen[job["request_id"]] = {
+                "request_id": job["request_id"],
+                "status": job["status"],
+                "job": job,
+                "summary": None,
+            }
+    return {"requests": list(seen.values())}
+
+
+@router.get("/requests/{request_id}", response_model=RequestView, **role("viewer"))
+def request_show(request_id: str, store: StoreDep, buckets: BucketsDep) -> dict[str, Any]:
+    """One request: its newest job and its summary.json (once written)."""
+    _checked_id(request_id)
+    job = _job_of(store, request_id)
+    results = buckets["results"]
+    summary = None
+    if results.exists(f"{request_id}/summary.json"):
+        summary = json.loads(results.get(f"{request_id}/summary.json"))
+    if job is not None:
+        status = job["status"]
+    elif summary is not None:
+        status = str(summary.get("status", "failed"))
+    elif any(buckets["requests"].list(f"{request_id}.")):
+        status = "submitted"
+    else:
+        raise NotFoundError(f"unknown request {request_id!r}")
+    return {"request_id": request_id, "status": status, "job": job, "summary": summary}
+
+
+@router.get(
+    "/requests/{request_id}/results/{file_name}",
+    response_class=StreamingResponse,
+    **role("viewer", responses={200: {"content": {t: {} for t in RESULT_FILES.values()}}}),
+)
+def request_result(
+    request_id: str,
+    file_name: Literal["summary.json", "failed.csv", "changes.csv.gz"],
+    buckets: BucketsDep,
+) -> StreamingResponse:
+    """A result file of the request, streamed from the results bucket."""
+    key = f"{_checked_id(request_id)}/{file_name}"
+    results = buckets["results"]
+    if not results.exists(key):
+        raise NotFoundError(f"no {file_name} for request {request_id!r} (not finished yet?)")
+    handle = results.open(key)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(_CHUNK):
+                yield chunk
+
+    return StreamingResponse(
+        chunks(),
+        media_type=RESULT_FILES[file_name],
+        headers={"Content-Disposition": f'attachment; filename="{file_name}"'},
+    )

@@ -1,0 +1,71 @@
+"""The FastAPI application: `create_app(settings, store)`; nothing happens at import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from personatag import __version__
+from personatag.buckets import open_buckets
+from personatag.config import Settings
+from personatag.store import Store, open_store
+from personatag.web import errors, pages
+from personatag.web.api import accounts, admin, contacts, criteria, jobs, personas, requests, system
+from personatag.web.api.deps import AppContext
+from personatag.web.api.flink import flink_mount
+from personatag.web.auth import PUBLIC, SESSION_COOKIE, LoginLimiter
+
+API_PREFIX = "/api/v1"
+ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    """The API over `store` (default: the one `settings` name; it must be initialised)
+    and the buckets `settings` name. The caller owns `store` and disposes of it."""
+    if store is None:
+        store = open_store(settings.resolved_store_url)
+    ctx = AppContext(settings=settings, store=store, buckets=open_buckets(settings))
+    app = FastAPI(
+        title="personatag",
+        version=__version__,
+        summary="Tag research readers with personas.",
+        openapi_url=None,  # served by system.openapi under /api/v1, with its role declared
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    app.state.login_limiter = LoginLimiter()
+    errors.install(app)
+    for module in ROUTERS:
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(system.router)
+    pages.install(app)
+    mount = flink_mount(ctx)
+    if mount is not None:
+        app.router.routes.append(mount)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus how to authenticate: a bearer token or the cookie."""
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+    }
+    for operations in schema.get("paths", {}).values():
+        for op in operations.values():
+            if isinstance(op, dict) and op.get("x-role", PUBLIC) != PUBLIC:
+                op["security"] = [{"bearer": []}, {"session": []}]
+    return schema

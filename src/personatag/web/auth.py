@@ -1,0 +1,268 @@
+"""Who is asking, and may they: bearer tokens, session cookies, CSRF, roles, login limits.
+
+- `Authorization: Bearer <token>` (an API token, `personatag token create` or
+  `POST /api/v1/users/{name}/tokens`) wins over the session cookie; a bad
+  token is a 401, never a fall-back to the cookie.
+- The session cookie (`POST /api/v1/login`) is HttpOnly, SameSite=Lax, and
+  Secure when the request came over https. A cookie-authenticated request
+  with an unsafe method must carry `X-CSRF-Token` equal to the session's CSRF
+  token (returned by login): a 403 otherwise.
+- Every route declares its role with `**role("editor")`: the dependency that
+  enforces it and `x-role` in the OpenAPI operation, so the declaration can be
+  read back from the route (`declared_role`) and tested.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Mount
+
+from personatag import accounts
+from personatag.store import Store
+from personatag.web.api.deps import StoreDep
+from personatag.web.errors import ApiError
+from personatag.web.schemas import ErrorResponse
+
+PUBLIC = "public"
+ROLES = (PUBLIC, *accounts.ROLES)
+SESSION_COOKIE = "personatag_session"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_TTL_S = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# At most this many failed logins per (user name, client address) in the window.
+LOGIN_FAILURES = 5
+LOGIN_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the user, and how they proved it."""
+
+    user: accounts.User
+    via: str  # "token" | "session"
+    csrf_token: str | None = None
+
+
+def _unauthenticated(message: str, code: str = "unauthenticated") -> ApiError:
+    return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def principal_of(request: Request, store: Store) -> Principal | None:
+    """The caller of `request`, None when it carries no credentials at all.
+
+    Raises a 401 for a malformed, unknown, revoked or expired token or session,
+    and a 403 for a cookie-authenticated unsafe request without the CSRF header.
+    """
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("the Authorization header must be `Bearer <token>`")
+        user = accounts.verify_token(store, token.strip())
+        if user is None:
+            raise _unauthenticated(
+                "the bearer token is unknown, revoked or expired", "invalid_token"
+            )
+        return Principal(user, "token")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    found = accounts.session_user(store, cookie)
+    if found is None:
+        raise _unauthenticated("the session has ended: log in again", "session_expired")
+    user, csrf = found
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), csrf.encode()):
+            raise ApiError(
+                403,
+                "csrf_failed",
+                f"a request authenticated by the session cookie must send the {CSRF_HEADER} "
+                "header with the csrf_token that login returned",
+            )
+    return Principal(user, "session", csrf)
+
+
+def optional_principal(request: Request, store: StoreDep) -> Principal | None:
+    return principal_of(request, store)
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
+
+
+def current_principal(principal: OptionalPrincipal) -> Principal:
+    if principal is None:
+        raise _unauthenticated(
+            "log in (POST /api/v1/login) or send `Authorization: Bearer <token>`"
+        )
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+
+
+@functools.cache
+def require(role: str) -> Callable[..., Principal]:
+    """A dependency that lets callers with at least `role` through (401/403 otherwise)."""
+    if role not in accounts.ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def dependency(principal: CurrentUser) -> Principal:
+        if not accounts.role_at_least(principal.user.role, role):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this needs the {role} role; {principal.user.username} is {principal.user.role}",
+            )
+        return principal
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no or bad credentials"},
+    403: {"model": ErrorResponse, "description": "role too low, or CSRF header missing"},
+}
+
+
+def role(
+    name: str, *, responses: dict[int | str, dict[str, Any]] | None = None, **openapi_extra: Any
+) -> dict[str, Any]:
+    """Route keyword arguments declaring (and enforcing) who may call the route."""
+    if name not in ROLES:
+        raise ValueError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")
+    return {
+        "dependencies": [] if name == PUBLIC else [Depends(require(name))],
+        "openapi_extra": {"x-role": name, **openapi_extra},
+        "responses": {**({} if name == PUBLIC else _ERRORS), **(responses or {})},
+    }
+
+
+class RoleMount(Mount):
+    """A mounted sub-application with a declared role (it checks the role itself)."""
+
+    def __init__(self, path: str, app: Any, *, role: str, name: str | None = None) -> None:
+        super().__init__(path, app=app, name=name)
+        self.role = role
+
+
+def declared_role(route: BaseRoute) -> str | None:
+    """The role a route declares, None when it declares none (a bug: see tests)."""
+    if isinstance(route, APIRoute):
+        value = (route.openapi_extra or {}).get("x-role")
+        return value if value in ROLES else None
+    if isinstance(route, RoleMount):
+        return route.role
+    return None
+
+
+def route_table(app: FastAPI) -> list[tuple[str, tuple[str, ...], str | None, BaseRoute]]:
+    """(path, methods, declared role, route) of every route the app serves, with
+    routers included under a prefix expanded (FastAPI keeps those lazily)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before lazy includes: app.routes is already flat
+        return [
+            (
+                str(getattr(r, "path", "")),
+                tuple(sorted(getattr(r, "methods", None) or ())),
+                declared_role(r),
+                r,
+            )
+            for r in app.routes
+        ]
+    table = []
+    for ctx in iter_route_contexts(app.routes):
+        route = ctx.original_route
+        table.append(
+            (ctx.path or "", tuple(sorted(ctx.methods or ())), declared_role(route), route)
+        )
+    return table
+
+
+# -- sessions and login limits -----------------------------------------------
+
+
+def set_session_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_TTL_S,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+def clear_session_cookie(request: Request, response: Response) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+class LoginLimiter:
+    """Failed logins per (user name, client address) in a sliding window (in memory:
+    per process; a restart forgets)."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES, window_s: float = LOGIN_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return times
+
+    def retry_after(self, key: tuple[str, str]) -> int | None:
+        """Seconds until another attempt is allowed, None when it is allowed now."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(key, now)
+            if len(times) < self.limit:
+                if not times:
+                    self._failures.pop(key, None)
+                return None
+            return max(1, math.ceil(times[-self.limit] + self.window_s - now))
+
+    def failed(self, key: tuple[str, str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > 10_000:  # many names tried: forget the stale ones
+                for old in [
+                    k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s
+                ]:
+                    del self._failures[old]
+            self._recent(key, now).append(now)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+def login_limiter(request: Request) -> LoginLimiter:
+    limiter: LoginLimiter = request.app.state.login_limiter
+    return limiter
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

@@ -1,0 +1,276 @@
+"""Request and response bodies of the API: Create / Update / Public models, kept
+apart from the storage dataclasses so a column can change without changing the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+Text = Annotated[str, Field(max_length=20_000)]
+
+
+class Input(BaseModel):
+    """A request body: unknown fields are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    line: int | None = None
+    col: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# -- accounts ----------------------------------------------------------------
+
+Role = Literal["viewer", "editor", "admin"]
+
+
+class LoginRequest(Input):
+    username: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=2048)
+
+
+class UserPublic(BaseModel):
+    username: str
+    role: str
+    created_at: datetime
+    disabled: bool
+
+
+class LoginResponse(BaseModel):
+    csrf_token: str
+    user: UserPublic
+
+
+class Me(UserPublic):
+    via: Literal["token", "session"]
+
+
+class UserCreate(Input):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=2048)
+    role: Role = "viewer"
+
+
+class RoleUpdate(Input):
+    role: Role
+
+
+class TokenCreate(Input):
+    name: Name
+    expires_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenPublic(BaseModel):
+    id: int
+    username: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="shown once; only its hash is stored")
+    info: TokenPublic
+
+
+# -- personas and criteria ---------------------------------------------------
+
+
+class PersonaCreate(Input):
+    key: Name
+    name: str = Field(min_length=1, max_length=200)
+    category: str = Field(min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=2000)
+
+
+class PersonaPublic(BaseModel):
+    key: str
+    name: str
+    category: str
+    description: str | None
+    members: int
+    created_at: datetime
+    created_by: str | None
+    archived_at: datetime | None
+
+
+class CriterionPublic(BaseModel):
+    name: str
+    version: int
+    persona: str
+    expr: str
+    action: str
+    mode: str
+    exit: str
+    status: str
+    created_at: datetime
+    created_by: str | None
+
+
+class PersonaDetail(PersonaPublic):
+    criteria: list[CriterionPublic]
+
+
+class MembersPage(BaseModel):
+    members: list[str]
+    next_after: str | None = Field(description="pass as `after` for the next page; null: done")
+
+
+class CriterionCreate(Input):
+    name: Name
+    persona: Name
+    expr: Text
+    action: Literal["tag", "untag"] = "tag"
+    mode: Literal["adhoc", "ongoing"] = "adhoc"
+    exit: Literal["keep", "remove"] = "keep"
+
+
+class CriterionUpdate(Input):
+    """A new version; omitted fields are kept from the newest version."""
+
+    persona: Name | None = None
+    expr: Text | None = None
+    action: Literal["tag", "untag"] | None = None
+    mode: Literal["adhoc", "ongoing"] | None = None
+    exit: Literal["keep", "remove"] | None = None
+
+
+class CriterionVersions(BaseModel):
+    name: str
+    versions: list[CriterionPublic]
+
+
+class ValidateRequest(Input):
+    expr: Text
+
+
+class CriteriaProblem(BaseModel):
+    line: int | None
+    col: int | None
+    message: str
+
+
+class ValidateResponse(BaseModel):
+    ok: bool
+    expr: str | None = Field(None, description="the canonical text, when ok")
+    error: CriteriaProblem | None = None
+
+
+class PreviewRequest(Input):
+    persona: Name | None = None
+    expr: Text | None = None
+    criterion: Name | None = None
+    as_of: str | None = Field(None, max_length=64, description="ISO-8601 (default: now)")
+    sample: int = Field(10, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PreviewRequest:
+        if (self.expr is None) == (self.criterion is None):
+            raise ValueError('give exactly one of "expr" or "criterion"')
+        return self
+
+
+class PreviewResponse(BaseModel):
+    count: int
+    sample: list[str]
+    would_enter: int
+    would_exit: int
+
+
+# -- requests and jobs -------------------------------------------------------
+
+
+class JobPublic(BaseModel):
+    id: int
+    request_id: str
+    status: str
+    engine: str
+    engine_ref: str | None
+    bundle_version: str | None
+    submitted_by: str | None
+    dry_run: bool
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    seconds: float | None
+    deadline_at: str | None
+    counts: dict[str, Any] | None
+    error: str | None
+    owner: str | None
+
+
+class Submitted(BaseModel):
+    request_id: str
+    key: str = Field(description="the request file's key in the requests bucket")
+    summary: dict[str, Any] | None = Field(
+        None, description="with ?wait=true: the summary.json that reports the request"
+    )
+
+
+class RequestView(BaseModel):
+    request_id: str
+    status: str = Field(description="the job's status, or `submitted` before a dispatcher ran it")
+    job: JobPublic | None
+    summary: dict[str, Any] | None
+
+
+class StatusView(BaseModel):
+    queued: int
+    running: int
+    recent: list[JobPublic]
+    finished_recent: int = Field(description="finished jobs among the last 100")
+    failure_rate: float | None = Field(description="failed / finished among the last 100 jobs")
+
+
+# -- contacts ----------------------------------------------------------------
+
+
+class PinCreate(Input):
+    persona: Name
+    kind: Literal["in", "out"]
+    reason: str | None = Field(None, max_length=2000)
+
+
+class PinResult(BaseModel):
+    persona: str
+    contact: str
+    pin: str | None
+    holds: bool
+
+
+class ContactView(BaseModel):
+    id: str
+    attributes: dict[str, Any]
+    personas: list[dict[str, Any]] = Field(description="with sources (how, since, who)")
+    pins: list[dict[str, Any]]
+    log: list[dict[str, Any]] = Field(description="membership history, newest first")
+
+
+# -- deploy and audit --------------------------------------------------------
+
+
+class DeployRequest(Input):
+    properties: dict[str, Any] = Field(default_factory=dict)
+    rollback: bool = Field(False, description="make the previous version active again")
+
+
+class AuditEvents(BaseModel):
+    events: list[dict[str, Any]]

@@ -1,0 +1,92 @@
+"""`personatag serve` as a real process: health, readiness, login, and a request
+submitted through the API run by the embedded dispatcher."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from personatag.store import open_store
+from personatag.store.personas import add_persona
+from personatag.web.auth import CSRF_HEADER
+from tests.helpers import add_contacts, population
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
+    return env | {"PERSONATAG_DATA_DIR": str(data_dir), "PERSONATAG_DISPATCHER_POLL_S": "0.1"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "personatag.cli", *args]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(base URL, admin password) of a running `personatag serve --port 0`."""
+    env = _env(tmp_path)
+    subprocess.run(_cli("init"), env=env, check=True, capture_output=True)
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    add_contacts(store, population(40))
+    add_persona(store, "emea", name="EMEA", category="region")
+    store.dispose()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        _cli("serve", "--port", "0"), env=env, stdout=subprocess.PIPE, stderr=log, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    out = proc.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True).start()
+    password = url = None
+    try:
+        while url is None:
+            line = lines.get(timeout=30)
+            if line.startswith("admin password: "):
+                password = line.removeprefix("admin password: ").strip()
+            if m := re.match(r"workbench at (http://\S+)/ ", line):
+                url = m.group(1)
+        assert password, "the first admin's password was not printed"
+        yield url, password
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
+
+
+@pytest.mark.slow
+def test_serve(server: tuple[str, str]) -> None:
+    url, password = server
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/healthz").text == "ok\n"
+        assert client.get("/readyz").json() == {"ready": True, "reasons": []}
+        r = client.post("/api/v1/login", json={"username": "admin", "password": password})
+        assert r.status_code == 200
+        csrf = {CSRF_HEADER: r.json()["csrf_token"]}
+        body = {"version": 1, "request_id": "live-1", "persona": "emea", "expr": 'region = "EMEA"'}
+        r = client.post("/api/v1/requests?wait=true&timeout=45", json=body, headers=csrf)
+        assert r.status_code == 200, r.text
+        assert r.json()["summary"]["status"] == "succeeded"
+        assert r.json()["summary"]["counts"]["tagged"] == 10
+        shown = client.get("/api/v1/requests/live-1").json()
+        assert shown["job"]["submitted_by"] == "admin"
+        summary = client.get("/api/v1/requests/live-1/results/summary.json").json()
+        assert summary["request_id"] == "live-1"
+        assert client.get("/api/v1/personas/emea").json()["members"] == 10
+        metrics = client.get("/metrics").text
+        assert 'personatag_requests_total{status="succeeded"} 1.0' in metrics
