@@ -453,6 +453,10 @@ def preview(
     as_json: JsonOpt = False,
 ) -> None:
     """Count whom a criterion catches now, with a sample and enter/exit counts."""
+    if settings().token:
+        from personatag.cli_remote import remote_preview
+
+        return remote_preview(expr, persona, as_of, sample, as_json)
     from personatag.pipeline.preview import preview as run_preview
 
     result = run_preview(
@@ -645,6 +649,10 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a request file and put it in the requests bucket for the dispatcher."""
+    if settings().token:
+        from personatag.cli_remote import remote_submit
+
+        return remote_submit(file, wait, timeout, as_json)
     from personatag.pipeline.submit import submit_file, wait_for_result
 
     try:
@@ -780,6 +788,10 @@ def jobs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
+    if settings().token:
+        from personatag.cli_remote import remote_jobs_list
+
+        return remote_jobs_list(status, limit, as_json)
     from personatag.pipeline.jobs import list_jobs
 
     found = list_jobs(store(), status=status, limit=limit)
@@ -796,6 +808,10 @@ def jobs_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one job: status, timings, counts, error."""
+    if settings().token:
+        from personatag.cli_remote import remote_jobs_show
+
+        return remote_jobs_show(ref, as_json)
     from personatag.pipeline.jobs import get_job
 
     j = get_job(store(), ref)
@@ -812,6 +828,10 @@ def jobs_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a queued job, or ask a running one to stop."""
+    if settings().token:
+        from personatag.cli_remote import remote_jobs_cancel
+
+        return remote_jobs_cancel(ref, as_json)
     from personatag.pipeline.jobs import cancel_job
 
     j = cancel_job(store(), ref)
@@ -824,6 +844,10 @@ def jobs_cancel(
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Queue and recent jobs at a glance."""
+    if settings().token:
+        from personatag.cli_remote import remote_status
+
+        return remote_status(as_json)
     from personatag.pipeline.jobs import list_jobs
 
     st = store()

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Where `personatag serve` serves the REST API (0: pick a free port).
     host: str = "127.0.0.1"
     port: int = 8000
+    # Where CLI commands go when token is set (a bearer token, `pt_...`): they talk
+    # to the running `personatag serve` at server_url instead of the local store.
+    token: SecretStr | None = None
+    server_url: str = "http://127.0.0.1:8000"
     # Apache Flink. flink_url targets an existing session cluster's REST API;
     # unset means the local cluster `personatag flink start` runs on
     # 127.0.0.1:flink_rest_port. flink_python is an interpreter with PyFlink
@@ -114,6 +118,16 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL: use e.g. http://127.0.0.1:8000")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r} must not have a query or fragment")
+        return value.strip().rstrip("/")
 
     @field_validator("bucket_url")
     @classmethod

@@ -21,3 +21,7 @@ class ConflictError(PersonatagError):
 
 class InputError(PersonatagError):
     """User input (a file, an option, an expression) is malformed."""
+
+
+class RemoteError(PersonatagError):
+    """The personatag server could not be reached, refused the token, or failed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,42 @@ def decode_ids(blob: bytes) -> np.ndarray:
     if len(deltas) != count:
         raise ValueError("corrupt id block: count does not match")
     return np.cumsum(deltas.astype(np.int64))
+
+
+class _DecodedBulk:
+    """Decoded bulk entries, bounded by their size in bytes.
+
+    A bulk entry never changes once written, so a contact lookup (the API's
+    contact page, under load) decodes a 10M-id entry once, not per request.
+    The key is the entry's seq with its count, pk range and blob size, so
+    entries of different stores sharing a process are never confused.
+    """
+
+    def __init__(self, budget_bytes: int = 256 * 2**20) -> None:
+        self.budget = budget_bytes
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], blob: Callable[[], bytes]) -> Any:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        ids = decode_ids(blob())
+        ids.setflags(write=False)
+        with self._lock:
+            if key not in self._items and ids.nbytes <= self.budget:
+                self._items[key] = ids
+                self._bytes += ids.nbytes
+                while self._bytes > self.budget:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return ids
+
+
+_DECODED = _DecodedBulk()
 
 
 def _id_list_sql(dialect: str, column: Any) -> Any:
@@ -223,24 +260,33 @@ def log_for_contact(
     single = conn.execute(
         select(log).where(log.c.contact_pk == contact_pk).order_by(log.c.seq.desc()).limit(limit)
     ).all()
-    entries = [row._mapping for row in single]
+    entries: list[Any] = [row._mapping for row in single]
     # Bulk entries whose pk range covers the contact, newest first; stop once
     # `limit` entries newer than the next candidate are already in hand.
+    # The blobs are read only for entries not decoded before.
+    meta = [c for c in log.c if c.name != "bulk_ids"]
+    size = func.length(log.c.bulk_ids).label("blob_size")
     bulk = conn.execute(
-        select(log)
+        select(*meta, size)
         .where(
             log.c.bulk_count.is_not(None),  # the partial index's predicate
             log.c.bulk_min <= contact_pk,
             log.c.bulk_max >= contact_pk,
         )
         .order_by(log.c.seq.desc())
-    )
+    ).all()
     for row in bulk:
         if sum(1 for e in entries if e["seq"] > row.seq) >= limit:
             break
-        ids = decode_ids(row.bulk_ids)
+        key = (row.seq, row.bulk_count, row.bulk_min, row.bulk_max, row.blob_size)
+
+        def blob(seq: int = row.seq) -> bytes:
+            data = conn.scalar(select(log.c.bulk_ids).where(log.c.seq == seq))
+            return bytes(data or b"")
+
+        ids = _DECODED.get(key, blob)
         i = int(np.searchsorted(ids, contact_pk))
         if i < len(ids) and ids[i] == contact_pk:
-            entries.append(row._mapping)
+            entries.append({**row._mapping, "bulk_ids": None})
     entries.sort(key=lambda m: m["seq"], reverse=True)
     return [dict(m) for m in entries[:limit]]
