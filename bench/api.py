@@ -122,22 +122,27 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--previews", type=int, default=7)
+    ap.add_argument(
+        "--reuse", type=Path, help="a data dir an earlier run left (--keep): skip generating"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the data dir for --reuse")
     args = ap.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="pt-bench-api-"))
+    workdir = args.reuse or Path(tempfile.mkdtemp(prefix="pt-bench-api-"))
     os.environ["PERSONATAG_DATA_DIR"] = str(workdir)
     settings = load_settings()
     store = open_store(settings.resolved_store_url, create=True)
-    t0 = time.perf_counter()
-    generate(store, contacts=args.contacts, seed=11)
-    print(f"generated {args.contacts:,} contacts in {time.perf_counter() - t0:.0f} s", flush=True)
-    for key, expr in (("bench-a", PREVIEWS["attribute"]), ("bench-b", "seniority >= 4")):
-        add_persona(store, key, name=key, category="bench")
-        run_adhoc(
-            store, AdhocRequest(persona=key, action=Action.TAG, expr=expr, actor="b"), settings
-        )
-    accounts.create_user(store, "bench", "Bench-password-1", "viewer", actor="bench")
-    token, _ = accounts.create_token(store, "bench", "bench", actor="bench")
+    if args.reuse is None:
+        t0 = time.perf_counter()
+        generate(store, contacts=args.contacts, seed=11)
+        took = time.perf_counter() - t0
+        print(f"generated {args.contacts:,} contacts in {took:.0f} s", flush=True)
+        for key, expr in (("bench-a", PREVIEWS["attribute"]), ("bench-b", "seniority >= 4")):
+            add_persona(store, key, name=key, category="bench")
+            request = AdhocRequest(persona=key, action=Action.TAG, expr=expr, actor="b")
+            run_adhoc(store, request, settings)
+        accounts.create_user(store, "bench", "Bench-password-1", "viewer", actor="bench")
+    token, _ = accounts.create_token(store, "bench", f"bench-{time.time_ns()}", actor="bench")
     store.dispose()
     ids = [f"c{i:08d}" for i in random.Random(3).sample(range(1, args.contacts + 1), 5000)]
 
@@ -180,7 +185,10 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.reuse is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep:
+            print(f"kept {workdir} (--reuse {workdir})")
 
 
 if __name__ == "__main__":
