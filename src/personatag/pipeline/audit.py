@@ -65,8 +65,8 @@ class _DecodedBulk:
 
     A bulk entry never changes once written, so a contact lookup (the API's
     contact page, under load) decodes a 10M-id entry once, not per request.
-    The key is the entry's seq with its count, pk range and blob size, so
-    entries of different stores sharing a process are never confused.
+    The key is the store's URL with the entry's seq, count and pk range, so
+    entries of different stores sharing a process are not confused.
     """
 
     def __init__(self, budget_bytes: int = 256 * 2**20) -> None:
@@ -264,10 +264,11 @@ def log_for_contact(
     # Bulk entries whose pk range covers the contact, newest first; stop once
     # `limit` entries newer than the next candidate are already in hand.
     # The blobs are read only for entries not decoded before.
+    # (length(bulk_ids) would read the whole blob on SQLite: not in the key.)
     meta = [c for c in log.c if c.name != "bulk_ids"]
-    size = func.length(log.c.bulk_ids).label("blob_size")
+    where = store.engine.url.render_as_string(hide_password=True)
     bulk = conn.execute(
-        select(*meta, size)
+        select(*meta)
         .where(
             log.c.bulk_count.is_not(None),  # the partial index's predicate
             log.c.bulk_min <= contact_pk,
@@ -278,7 +279,7 @@ def log_for_contact(
     for row in bulk:
         if sum(1 for e in entries if e["seq"] > row.seq) >= limit:
             break
-        key = (row.seq, row.bulk_count, row.bulk_min, row.bulk_max, row.blob_size)
+        key = (where, row.seq, row.bulk_count, row.bulk_min, row.bulk_max)
 
         def blob(seq: int = row.seq) -> bytes:
             data = conn.scalar(select(log.c.bulk_ids).where(log.c.seq == seq))

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -101,7 +101,7 @@ def optional_principal(request: Request, store: StoreDep) -> Principal | None:
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 
 
-def current_principal(principal: OptionalPrincipal) -> Principal:
+async def current_principal(principal: OptionalPrincipal) -> Principal:
     if principal is None:
         raise _unauthenticated(
             "log in (POST /api/v1/login) or send `Authorization: Bearer <token>`"
@@ -113,12 +113,12 @@ CurrentUser = Annotated[Principal, Depends(current_principal)]
 
 
 @functools.cache
-def require(role: str) -> Callable[..., Principal]:
+def require(role: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets callers with at least `role` through (401/403 otherwise)."""
     if role not in accounts.ROLES:
         raise ValueError(f"unknown role {role!r}")
 
-    def dependency(principal: CurrentUser) -> Principal:
+    async def dependency(principal: CurrentUser) -> Principal:
         if not accounts.role_at_least(principal.user.role, role):
             raise ApiError(
                 403,
