@@ -107,7 +107,10 @@ function buildCondition(field, type, op, value) {
 function initBuilder() {
   const expr = el("expr");
   if (!expr) return;
-  expr.addEventListener("input", debounce(validate, 250));
+  // Live: validate as you type; once valid and the typing pauses, preview too.
+  const livePreview = debounce(preview, 700);
+  expr.addEventListener("input", debounce(async () => { if (await validate()) livePreview(); }, 250));
+  el("persona").addEventListener("change", async () => { if (await validate()) preview(); });
   el("preview").addEventListener("click", async () => { if (await validate()) preview(); });
   el("submit-request").addEventListener("click", async () => { if (await validate()) submitRequest(); });
   const field = el("vb-field"), op = el("vb-op");
