@@ -29,6 +29,7 @@ from personatag.deploy import (
     rollback,
     scan_artifacts,
 )
+from personatag.deploy.handler import ScanResult
 from personatag.deploy.layout import check_properties, content_hash, read_properties
 from personatag.errors import ConflictError, InputError
 from tests import s3server
@@ -530,7 +531,8 @@ def test_a_zip_that_is_not_a_bundle_name_is_refused_without_a_trace(buckets: Buc
     missing = "bundles/personatag-job-0.1.0-20260101000000-abcdef12.zip"
     with pytest.raises(BundleError, match="not found in the artifacts bucket"):
         handle_artifact(buckets, missing, actor="w")
-    assert scan_artifacts(buckets, actor="w") == scan_artifacts(buckets, actor="w")
+    # a scan ignores the stray zip: nothing activated, nothing refused, no state
+    assert scan_artifacts(buckets, actor="w") == ScanResult(deployed=[], rejected=[])
     assert state_files(buckets) == {}
 
 
