@@ -456,12 +456,13 @@ def preview(
     if settings().token:
         from personatag.cli_remote import remote_preview
 
-        return remote_preview(expr, persona, as_of, sample, as_json)
-    from personatag.pipeline.preview import preview as run_preview
+        result = remote_preview(expr, persona, as_of, sample)
+    else:
+        from personatag.pipeline.preview import preview as run_preview
 
-    result = run_preview(
-        store(), expr, persona=persona, as_of=as_of_option(as_of), sample_size=sample
-    )
+        result = run_preview(
+            store(), expr, persona=persona, as_of=as_of_option(as_of), sample_size=sample
+        )
     if as_json:
         emit(result)
         return
@@ -652,22 +653,25 @@ def submit(
     if settings().token:
         from personatag.cli_remote import remote_submit
 
-        return remote_submit(file, wait, timeout, as_json)
-    from personatag.pipeline.submit import submit_file, wait_for_result
+        answer = remote_submit(file, wait, timeout)
+    else:
+        from personatag.pipeline.submit import submit_file, wait_for_result
 
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {file}: {exc.strerror}") from None
-    b = buckets()
-    submitted = submit_file(b, data, name=file.name)
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {file}: {exc.strerror}") from None
+        b = buckets()
+        answer = submit_file(b, data, name=file.name)
+        if wait:
+            answer = wait_for_result(b, store(), answer, timeout=timeout)
     if not wait:
         if as_json:
-            emit(submitted)
+            emit(answer)
         else:
-            typer.echo(f"submitted {submitted['request_id']} as {submitted['key']}")
+            typer.echo(f"submitted {answer['request_id']} as {answer['key']}")
         return
-    summary = wait_for_result(b, store(), submitted, timeout=timeout)
+    summary = answer
     if as_json:
         emit(summary)
     else:
@@ -791,10 +795,11 @@ def jobs_list(
     if settings().token:
         from personatag.cli_remote import remote_jobs_list
 
-        return remote_jobs_list(status, limit, as_json)
-    from personatag.pipeline.jobs import list_jobs
+        found = remote_jobs_list(status, limit)
+    else:
+        from personatag.pipeline.jobs import list_jobs
 
-    found = list_jobs(store(), status=status, limit=limit)
+        found = list_jobs(store(), status=status, limit=limit)
     if as_json:
         emit({"jobs": found})
         return
@@ -811,10 +816,11 @@ def jobs_show(
     if settings().token:
         from personatag.cli_remote import remote_jobs_show
 
-        return remote_jobs_show(ref, as_json)
-    from personatag.pipeline.jobs import get_job
+        j = remote_jobs_show(ref)
+    else:
+        from personatag.pipeline.jobs import get_job
 
-    j = get_job(store(), ref)
+        j = get_job(store(), ref)
     if as_json:
         emit(j)
         return
@@ -831,10 +837,11 @@ def jobs_cancel(
     if settings().token:
         from personatag.cli_remote import remote_jobs_cancel
 
-        return remote_jobs_cancel(ref, as_json)
-    from personatag.pipeline.jobs import cancel_job
+        j = remote_jobs_cancel(ref)
+    else:
+        from personatag.pipeline.jobs import cancel_job
 
-    j = cancel_job(store(), ref)
+        j = cancel_job(store(), ref)
     if as_json:
         emit(j)
     else:
@@ -847,18 +854,21 @@ def status(as_json: JsonOpt = False) -> None:
     if settings().token:
         from personatag.cli_remote import remote_status
 
-        return remote_status(as_json)
-    from personatag.pipeline.jobs import list_jobs
+        out = remote_status()
+    else:
+        from personatag.pipeline.jobs import list_jobs
 
-    st = store()
-    queued = list_jobs(st, status="queued", limit=1000)
-    running = list_jobs(st, status="running", limit=1000)
-    recent = list_jobs(st, limit=10)
+        st = store()
+        out = {
+            "queued": len(list_jobs(st, status="queued", limit=1000)),
+            "running": len(list_jobs(st, status="running", limit=1000)),
+            "recent": list_jobs(st, limit=10),
+        }
     if as_json:
-        emit({"queued": len(queued), "running": len(running), "recent": recent})
+        emit(out)
         return
-    typer.echo(f"queued {len(queued)}, running {len(running)}")
-    for j in recent:
+    typer.echo(f"queued {out['queued']}, running {out['running']}")
+    for j in out["recent"]:
         typer.echo(_job_line(j))
 
 
