@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +18,7 @@ from personatag import accounts
 from personatag.store import open_store
 from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
+from tests.web.serving import serving
 
 PASSWORD = "Correct-Horse-42"  # noqa: S105 - a test user's
 
@@ -81,29 +78,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
     accounts.create_user(store, "vi", PASSWORD, "viewer", actor="test")
     viewer_token, _ = accounts.create_token(store, "vi", "cli", actor="test")
     store.dispose()
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        _cli("serve", "--port", "0"), env=env, stdout=subprocess.PIPE, stderr=log, text=True
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True).start()
-    url = None
-    try:
-        while url is None:
-            if m := re.match(r"workbench at (http://\S+)/ ", lines.get(timeout=30)):
-                url = m.group(1)
+    with serving(env, tmp_path / "serve.log") as (url, _):
         yield Server(url, data_dir, token, viewer_token, empty_dir)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
 
 
 def _json(r: subprocess.CompletedProcess[str]) -> object:

@@ -4,12 +4,8 @@ submitted through the API run by the embedded dispatcher."""
 from __future__ import annotations
 
 import os
-import queue
-import re
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +16,7 @@ from personatag.store import open_store
 from personatag.store.personas import add_persona
 from personatag.web.auth import CSRF_HEADER
 from tests.helpers import add_contacts, population
+from tests.web.serving import serving
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -40,33 +37,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     add_contacts(store, population(40))
     add_persona(store, "emea", name="EMEA", category="region")
     store.dispose()
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        _cli("serve", "--port", "0"), env=env, stdout=subprocess.PIPE, stderr=log, text=True
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True).start()
-    password = url = None
-    try:
-        while url is None:
-            line = lines.get(timeout=30)
-            if line.startswith("admin password: "):
-                password = line.removeprefix("admin password: ").strip()
-            if m := re.match(r"workbench at (http://\S+)/ ", line):
-                url = m.group(1)
-        assert password, "the first admin's password was not printed"
-        yield url, password
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
+    with serving(env, tmp_path / "serve.log") as (url, printed):
+        passwords = [p for p in printed if p.startswith("admin password: ")]
+        assert passwords, "the first admin's password was not printed"
+        yield url, passwords[0].removeprefix("admin password: ").strip()
 
 
 @pytest.mark.slow
