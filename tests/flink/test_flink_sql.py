@@ -142,6 +142,16 @@ def test_root_cause_is_the_deepest_cause() -> None:
     assert root_cause({}) == "no exception reported"
 
 
+def test_an_unanswered_task_manager_rpc_is_named_as_such() -> None:
+    trace = (
+        "org.apache.pekko.pattern.AskTimeoutException: Ask timed out on "
+        "[Actor[pekko.tcp://flink@127.0.0.1:42877/user/rpc/taskmanager_0#-93]] after [10000 ms].\n"
+    )
+    cause = root_cause({"root-exception": trace})
+    assert cause.startswith("a TaskManager stopped answering (RPC timed out): ")
+    assert "taskmanager_0" in cause
+
+
 class _Overview:
     """Stands in for the cluster's REST API: answers /overview with `state`."""
 

@@ -152,7 +152,7 @@ def test_a_paused_task_manager_fails_the_job_within_the_bound(
     assert result["status"] == "failed", result
     error = result["error"]
     # Either our watchdog saw no progress, or Flink's heartbeat declared the
-    # task manager lost first; both name the cause.
+    # task manager lost first, or an RPC to it timed out; all name the cause.
     assert "stall watchdog" in error or "TaskManager" in error or "heartbeat" in error, error
     assert took < STALL_S + 45, took
     if "stall watchdog" in error:

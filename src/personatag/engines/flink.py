@@ -241,6 +241,9 @@ def root_cause(exceptions: dict[str, Any]) -> str:
     lines = [line.strip() for line in trace.splitlines() if line.strip()]
     causes = [line for line in lines if line.startswith("Caused by:")]
     line = causes[-1][len("Caused by:") :].strip() if causes else (lines[0] if lines else "")
+    if "AskTimeoutException" in line and "/taskmanager" in line:
+        # An RPC to a task manager went unanswered: the process is hung or paused.
+        line = f"a TaskManager stopped answering (RPC timed out): {line}"
     return line[:500] or "no exception reported"
 
 

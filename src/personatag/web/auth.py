@@ -113,19 +113,24 @@ CurrentUser = Annotated[Principal, Depends(current_principal)]
 
 
 @functools.cache
+def check_role(principal: Principal, role: str) -> Principal:
+    """`principal` when their role is at least `role`; a 403 otherwise."""
+    if not accounts.role_at_least(principal.user.role, role):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this needs the {role} role; {principal.user.username} is {principal.user.role}",
+        )
+    return principal
+
+
 def require(role: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets callers with at least `role` through (401/403 otherwise)."""
     if role not in accounts.ROLES:
         raise ValueError(f"unknown role {role!r}")
 
     async def dependency(principal: CurrentUser) -> Principal:
-        if not accounts.role_at_least(principal.user.role, role):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"this needs the {role} role; {principal.user.username} is {principal.user.role}",
-            )
-        return principal
+        return check_role(principal, role)
 
     dependency.__name__ = f"require_{role}"
     return dependency

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from personatag.config import Settings
 from personatag.web.api.deps import AppContext
-from personatag.web.auth import RoleMount, principal_of, require
+from personatag.web.auth import RoleMount, check_role, principal_of
 from personatag.web.errors import ApiError, error_response
 
 PATH = "/flink"
@@ -130,7 +130,6 @@ class FlinkGate:
     def __init__(self, ctx: AppContext, app: ASGIApp) -> None:
         self.ctx = ctx
         self.app = app
-        self.check = require("viewer")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,7 +143,7 @@ class FlinkGate:
                     "unauthenticated",
                     "log in (POST /api/v1/login) or send `Authorization: Bearer <token>`",
                 )
-            self.check(principal)
+            check_role(principal, "viewer")
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
             await response(scope, receive, send)
