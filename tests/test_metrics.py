@@ -80,6 +80,19 @@ def test_every_metric_is_exported_with_its_type(served: RunningServer) -> None:
         "personatag_flink_stalls": "counter",
         "personatag_flink_cluster_up": "gauge",
         "personatag_flink_slots_available": "gauge",
+        "personatag_stream_lag_changes": "gauge",
+        "personatag_stream_lag_seconds": "gauge",
+        "personatag_stream_changes": "counter",
+        "personatag_stream_evaluations": "counter",
+        "personatag_stream_memberships_changed": "counter",
+        "personatag_stream_errors": "counter",
+        "personatag_stream_latency_seconds": "histogram",
+        "personatag_stream_rechecks_scheduled": "gauge",
+        "personatag_stream_criteria_active": "gauge",
+        "personatag_reconciliation_drift": "gauge",
+        "personatag_reconciliation_repairs": "counter",
+        "personatag_webhook_deliveries": "counter",
+        "personatag_webhook_lag_entries": "gauge",
     }
     # Known label values are there at 0 before anything happened.
     for status in ("succeeded", "partial", "failed", "cancelled", "duplicate"):
@@ -87,6 +100,8 @@ def test_every_metric_is_exported_with_its_type(served: RunningServer) -> None:
     assert _value(samples, "personatag_memberships_changed_total", change="enter") == 0
     assert _value(samples, "personatag_memberships_changed_total", change="exit") == 0
     assert _value(samples, "personatag_dispatcher_scans_total") == 0
+    for outcome in ("delivered", "failed", "dead_lettered"):
+        assert _value(samples, "personatag_webhook_deliveries_total", outcome=outcome) == 0
 
 
 def test_requests_by_status(metrics: Metrics, served: RunningServer) -> None:

@@ -18,7 +18,7 @@ from personatag.domain import utcnow
 from personatag.errors import InputError
 from personatag.store.db import Store
 
-SOURCES = ("cli", "api", "web")
+SOURCES = ("cli", "api", "web", "stream")
 MAX_LIMIT = 1000
 
 

@@ -33,7 +33,7 @@ criterion_app = typer.Typer(
     help="Create, edit and list criteria (versioned).", no_args_is_help=True
 )
 attribute_app = typer.Typer(help="Declare custom contact attributes.", no_args_is_help=True)
-contact_app = typer.Typer(help="Inspect contacts.", no_args_is_help=True)
+contact_app = typer.Typer(help="Inspect and update contacts.", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
 app.add_typer(criterion_app, name="criterion")
 app.add_typer(attribute_app, name="attribute")
@@ -69,14 +69,14 @@ def emit(obj: Any) -> None:
     typer.echo(json.dumps(obj, default=str))
 
 
-def as_of_option(value: str | None) -> datetime | None:
+def as_of_option(value: str | None, option: str = "--as-of") -> datetime | None:
     if value is None:
         return None
     try:
         return parse_timestamp(value)
     except ValueError:
         raise InputError(
-            f"invalid --as-of {value!r}: use ISO-8601, e.g. 2026-06-30T12:00:00Z"
+            f"invalid {option} {value!r}: use ISO-8601, e.g. 2026-06-30T12:00:00Z"
         ) from None
 
 
@@ -404,6 +404,34 @@ def criterion_edit(
         typer.echo(f"criterion {c.label} saved: {c.expr}")
 
 
+def _criterion_status(name: str, action: str, as_json: bool) -> None:
+    from personatag.store.definitions import set_ongoing_status
+
+    c = set_ongoing_status(store(), name, action, actor=actor())
+    if as_json:
+        emit(_criterion_json(c))
+    else:
+        typer.echo(f"criterion {c.label} is {c.status}")
+
+
+@criterion_app.command("pause")
+def criterion_pause(name: str, as_json: JsonOpt = False) -> None:
+    """Pause an ongoing criterion: the stream skips it, its memberships stay."""
+    _criterion_status(name, "pause", as_json)
+
+
+@criterion_app.command("resume")
+def criterion_resume(name: str, as_json: JsonOpt = False) -> None:
+    """Resume a paused ongoing criterion: it is backfilled again and swapped in."""
+    _criterion_status(name, "resume", as_json)
+
+
+@criterion_app.command("retire")
+def criterion_retire(name: str, as_json: JsonOpt = False) -> None:
+    """Retire an ongoing criterion: its memberships are removed (exits logged)."""
+    _criterion_status(name, "retire", as_json)
+
+
 @criterion_app.command("list")
 def criterion_list(as_json: JsonOpt = False) -> None:
     """List criteria (newest version of each)."""
@@ -599,6 +627,67 @@ def unpin(
         emit(result)
     else:
         typer.echo(f"{contact_id} unpinned from {persona} (holds it: {result['holds']})")
+
+
+@contact_app.command("set")
+def contact_set(
+    contact_id: str,
+    assignments: Annotated[
+        list[str], typer.Argument(help="field=value ... (empty value: NULL; lists ';'-separated)")
+    ],
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the contact if the id is new.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Update one contact's fields (ongoing criteria follow within a second)."""
+    from personatag.pipeline.contacts import parse_assignments, set_contact
+
+    result = set_contact(
+        store(), contact_id, parse_assignments(assignments), actor=actor(), create=create
+    )
+    if as_json:
+        emit(result)
+    else:
+        verb = "created" if result["created"] else "updated"
+        typer.echo(f"{contact_id} {verb}: {', '.join(result['changed'])}")
+
+
+@contact_app.command("add-read")
+def contact_add_read(
+    contact_id: str,
+    publication_id: str,
+    at: Annotated[str | None, typer.Option(help="When (ISO-8601; default now).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record that a contact read a publication."""
+    from personatag.domain import utcnow
+    from personatag.pipeline.contacts import add_events
+
+    when = as_of_option(at, "--at") or utcnow()
+    result = add_events(store(), contact_id, reads=[(publication_id, when)])
+    if as_json:
+        emit(result)
+    else:
+        typer.echo(f"{contact_id}: {result['reads']} read recorded")
+
+
+@contact_app.command("add-login")
+def contact_add_login(
+    contact_id: str,
+    at: Annotated[str | None, typer.Option(help="When (ISO-8601; default now).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record that a contact logged in."""
+    from personatag.domain import utcnow
+    from personatag.pipeline.contacts import add_events
+
+    when = as_of_option(at, "--at") or utcnow()
+    result = add_events(store(), contact_id, logins=[when])
+    if as_json:
+        emit(result)
+    else:
+        typer.echo(f"{contact_id}: {result['logins']} login recorded")
 
 
 @contact_app.command("show")
@@ -910,8 +999,10 @@ def main() -> None:
 
 # Command groups in their own modules register themselves on `app`.
 import personatag.cli_accounts  # noqa: E402
+import personatag.cli_events  # noqa: E402
 import personatag.cli_flink  # noqa: E402
 import personatag.cli_ops  # noqa: E402
+import personatag.cli_stream  # noqa: E402
 import personatag.cli_web  # noqa: E402
 
 if __name__ == "__main__":

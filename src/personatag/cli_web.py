@@ -23,9 +23,17 @@ def serve(
         bool,
         typer.Option("--no-dispatcher", help="Serve the API only; run no jobs in this process."),
     ] = False,
+    no_stream: Annotated[
+        bool,
+        typer.Option(
+            "--no-stream",
+            help="Run no stream processor or webhook deliveries in this process.",
+        ),
+    ] = False,
     log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines on stderr.")] = False,
 ) -> None:
-    """Serve the REST API (/api/v1) with a dispatcher, until SIGINT/SIGTERM."""
+    """Serve the workbench and REST API with a dispatcher and the stream processor,
+    until SIGINT/SIGTERM."""
     from personatag.logs import configure_logging
     from personatag.serve import run
 
@@ -35,5 +43,6 @@ def serve(
         host=host,
         port=port,
         dispatcher=not no_dispatcher,
+        stream=not no_stream,
         echo=typer.echo,
     )

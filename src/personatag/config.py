@@ -75,6 +75,34 @@ class Settings(BaseSettings):
     # long fails with the reason; the cluster is checked every flink_poll_s.
     flink_stall_s: float = 60.0
     flink_poll_s: float = 0.5
+    # The stream processor (ongoing criteria): feed rows per micro-batch,
+    # seconds to wait when the feed is idle, contacts in one batch above which
+    # criteria are evaluated set-based in the store instead of one contact at a
+    # time, due time-window re-checks per batch, seconds between reconciliation
+    # rounds (0: never), and the engine (local: in this process; flink: a Flink
+    # streaming job on the cluster).
+    stream_batch: int = 5_000
+    stream_poll_s: float = 0.1
+    stream_set_based_contacts: int = 20_000
+    stream_recheck_batch: int = 5_000
+    stream_reconcile_s: float = 3600.0
+    stream_engine: str = "local"
+    # The flink stream engine: seconds a batch (or a rules generation, or the
+    # job's start) may take before the step fails and is retried, the job's
+    # checkpoint interval (its results become visible at each checkpoint) and
+    # how often its file sources look for new files.
+    stream_flink_timeout_s: float = 120.0
+    stream_flink_checkpoint_s: float = 1.0
+    stream_flink_monitor_s: float = 0.5
+    # Webhooks (personatag.events): seconds a receiver has to answer, attempts
+    # at one batch before it is dead-lettered, the first retry delay and its
+    # cap (exponential, jittered), events per POST, seconds between passes.
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 5.0
+    webhook_backoff_max_s: float = 3600.0
+    webhook_batch: int = 500
+    webhook_interval_s: float = 2.0
 
     @field_validator(
         "dispatcher_workers",
@@ -84,6 +112,11 @@ class Settings(BaseSettings):
         "flink_parallelism",
         "flink_taskmanager_mb",
         "flink_jobmanager_mb",
+        "webhook_max_attempts",
+        "webhook_batch",
+        "stream_batch",
+        "stream_set_based_contacts",
+        "stream_recheck_batch",
     )
     @classmethod
     def _at_least_one(cls, value: int) -> int:
@@ -91,11 +124,38 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("job_deadline_s", "dispatcher_poll_s", "flink_stall_s", "flink_poll_s")
+    @field_validator(
+        "job_deadline_s",
+        "dispatcher_poll_s",
+        "flink_stall_s",
+        "flink_poll_s",
+        "webhook_timeout_s",
+        "webhook_backoff_s",
+        "webhook_backoff_max_s",
+        "webhook_interval_s",
+        "stream_poll_s",
+        "stream_flink_timeout_s",
+        "stream_flink_checkpoint_s",
+        "stream_flink_monitor_s",
+    )
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("stream_reconcile_s")
+    @classmethod
+    def _seconds_or_off(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 (off) or more seconds")
+        return value
+
+    @field_validator("stream_engine")
+    @classmethod
+    def _stream_engine(cls, value: str) -> str:
+        if value not in ("local", "flink"):
+            raise ValueError(f"unknown stream engine {value!r}: use local or flink")
         return value
 
     @field_validator("metrics_port", "port", "flink_rest_port")

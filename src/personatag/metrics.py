@@ -59,6 +59,7 @@ JOB_DURATION_BUCKETS = (
 # Exported at 0 from the start, so rate() and alerts see the series before the
 # first request of that kind finishes. Other values are still accepted.
 REQUEST_STATUSES = ("succeeded", "partial", "failed", "cancelled", "duplicate")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "dead_lettered")
 
 
 class Metrics:
@@ -125,12 +126,125 @@ class Metrics:
             "Free task slots on the Flink cluster at the last check.",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "personatag_webhook_deliveries",
+            "Webhook POSTs by outcome: delivered (2xx), failed (will be retried), "
+            "dead_lettered (the batch was given up on).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_lag = Gauge(
+            "personatag_webhook_lag_entries",
+            "Membership-log seqs between the settled end of the log and the enabled "
+            "webhook cursor furthest behind.",
+            registry=r,
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome=outcome)
         for reason in ("unreachable", "no_task_managers", "no_slots", "no_progress"):
             self.flink_stalls.labels(reason=reason)
         for status in REQUEST_STATUSES:
             self.requests.labels(status=status)
         for change in ("enter", "exit"):
             self.memberships_changed.labels(change=change)
+
+        self._stream(r)
+
+    def _stream(self, r: CollectorRegistry) -> None:
+        """The stream processor's metrics (ongoing criteria)."""
+        self.stream_lag_changes = Gauge(
+            "personatag_stream_lag_changes",
+            "Change-feed rows written but not yet processed by the stream.",
+            registry=r,
+        )
+        self.stream_lag_seconds = Gauge(
+            "personatag_stream_lag_seconds",
+            "Age of the oldest change-feed row not yet processed (0 when caught up).",
+            registry=r,
+        )
+        self.stream_changes = Counter(
+            "personatag_stream_changes", "Change-feed rows processed.", registry=r
+        )
+        self.stream_evaluations = Counter(
+            "personatag_stream_evaluations",
+            "Evaluations of one ongoing criterion for one contact.",
+            registry=r,
+        )
+        self.stream_memberships = Counter(
+            "personatag_stream_memberships_changed",
+            "Memberships entered or exited by ongoing criteria.",
+            ["change"],
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "personatag_stream_errors",
+            "Evaluations that failed (reported in stream_errors, the stream goes on).",
+            registry=r,
+        )
+        self.stream_latency = Histogram(
+            "personatag_stream_latency_seconds",
+            "From a change being written to its membership changes committing.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.stream_rechecks = Gauge(
+            "personatag_stream_rechecks_scheduled",
+            "Time-window re-checks scheduled (criterion, contact pairs).",
+            registry=r,
+        )
+        self.stream_criteria = Gauge(
+            "personatag_stream_criteria_active", "Ongoing criteria the stream keeps.", registry=r
+        )
+        self.reconciliation_drift = Gauge(
+            "personatag_reconciliation_drift",
+            "Memberships the last reconciliation of a criterion found wrong (and repaired).",
+            ["criterion"],
+            registry=r,
+        )
+        self.reconciliation_drift_total = Counter(
+            "personatag_reconciliation_repairs",
+            "Memberships repaired by reconciliation, all criteria.",
+            registry=r,
+        )
+        for change in ("enter", "exit"):
+            self.stream_memberships.labels(change=change)
+
+    def set_stream_lag(self, changes: int, seconds: float, rechecks: int) -> None:
+        self.stream_lag_changes.set(max(changes, 0))
+        self.stream_lag_seconds.set(max(seconds, 0.0))
+        self.stream_rechecks.set(max(rechecks, 0))
+
+    def set_stream_criteria(self, n: int) -> None:
+        self.stream_criteria.set(n)
+
+    def record_stream_changes(
+        self,
+        *,
+        changes: int = 0,
+        evaluations: int = 0,
+        entered: int = 0,
+        exited: int = 0,
+        errors: int = 0,
+    ) -> None:
+        """What a stream step did (the membership totals are recorded separately)."""
+        if changes:
+            self.stream_changes.inc(changes)
+        if evaluations:
+            self.stream_evaluations.inc(evaluations)
+        if entered:
+            self.stream_memberships.labels(change="enter").inc(entered)
+        if exited:
+            self.stream_memberships.labels(change="exit").inc(exited)
+        if errors:
+            self.stream_errors.inc(errors)
+
+    def observe_stream_latency(self, seconds: float) -> None:
+        self.stream_latency.observe(max(seconds, 0.0))
+
+    def record_reconciliation(self, criterion: str, drift: int) -> None:
+        self.reconciliation_drift.labels(criterion=criterion).set(drift)
+        if drift:
+            self.reconciliation_drift_total.inc(drift)
 
     def record_request(self, status: str) -> None:
         """One request file finished with `status` (call once per file)."""
@@ -176,6 +290,10 @@ class Metrics:
     def mark_claimed(self, n: int = 1) -> None:
         """This dispatcher claimed `n` request files."""
         self.claimed.inc(n)
+
+    def record_webhook_delivery(self, outcome: str) -> None:
+        """One webhook POST ended with `outcome` (see WEBHOOK_OUTCOMES)."""
+        self.webhook_deliveries.labels(outcome=outcome).inc()
 
 
 @functools.cache

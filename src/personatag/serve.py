@@ -1,8 +1,10 @@
-"""`personatag serve`: the REST API under uvicorn, with a dispatcher in the same process.
+"""`personatag serve`: the REST API under uvicorn, with a dispatcher, the stream
+processor and webhook deliveries in the same process.
 
 On a store with no user at all an admin is created first and its generated
-password printed once (`admin password: ...`). The dispatcher runs in a
-background thread and records in the same metrics registry `/metrics` shows.
+password printed once (`admin password: ...`). The dispatcher, the stream
+processor and the webhook worker run in background threads and record in the
+same metrics registry `/metrics` shows.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def run(
     host: str | None = None,
     port: int | None = None,
     dispatcher: bool = True,
+    stream: bool = True,
     echo: Callable[[str], object] = print,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop the dispatcher (its running jobs roll
@@ -83,6 +86,10 @@ def run(
                 target=_run_dispatcher, args=(d.serve, stop), name="dispatcher", daemon=True
             )
             worker.start()
+        # The stream processor (ongoing criteria) and webhook deliveries.
+        from personatag.stream import runner
+
+        background = runner.start(store, settings, stop, stream=stream, webhooks=stream)
         shown = f"[{host}]" if ":" in host else host
         base = f"http://{shown}:{sock.getsockname()[1]}"
         echo(f"workbench at {base}/ (API at {base}/api/v1, docs at {base}/api/v1/docs)")
@@ -101,6 +108,8 @@ def run(
             stop.set()
             if worker is not None:
                 worker.join(DISPATCHER_STOP_S)
+            for thread in background:
+                thread.join(DISPATCHER_STOP_S)
             sock.close()
     finally:
         store.dispose()

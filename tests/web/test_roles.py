@@ -29,6 +29,8 @@ SAMPLES = {
     "username": "ghost",
     "token_id": "999",
     "job_id": "999",
+    "webhook_id": "999",
+    "dead_letter_id": "999",
 }
 
 

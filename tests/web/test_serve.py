@@ -64,3 +64,66 @@ def test_serve(server: tuple[str, str]) -> None:
         assert client.get("/api/v1/personas/emea").json()["members"] == 10
         metrics = client.get("/metrics").text
         assert 'personatag_requests_total{status="succeeded"} 1.0' in metrics
+
+
+def _wait_for(check: object, what: str, timeout_s: float = 30.0) -> float:
+    """Poll `check()` until it is true; the seconds it took (no bound is asserted
+    on them: the suite never asserts timings, the bench measures them)."""
+    import time
+
+    started = time.monotonic()
+    while not check():  # type: ignore[operator]
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{what} did not happen within {timeout_s} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_serve_keeps_ongoing_criteria_true(server: tuple[str, str], tmp_path: Path) -> None:
+    url, password = server
+    with httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/api/v1/login", json={"username": "admin", "password": password})
+        csrf = {CSRF_HEADER: r.json()["csrf_token"]}
+        body = {
+            "name": "emea-live",
+            "persona": "emea",
+            "expr": 'region = "EMEA" and seniority >= 5',
+            "mode": "ongoing",
+            "exit": "remove",
+        }
+        assert client.post("/api/v1/criteria", json=body, headers=csrf).status_code == 201
+
+        def active() -> bool:
+            crits = client.get("/api/v1/stream").json()["criteria"]
+            return [c["status"] for c in crits] == ["active"]
+
+        _wait_for(active, "the swap-in of emea-live@1")
+        assert client.get("/api/v1/personas/emea").json()["members"] == 4
+
+        def holds(contact: str) -> bool:
+            shown = client.get(f"/api/v1/contacts/{contact}").json()
+            return "emea" in [p["persona"] for p in shown["personas"]]
+
+        # Through the API ...
+        r = client.patch(
+            "/api/v1/contacts/c0001",
+            json={"fields": {"region": "EMEA", "seniority": 9}},
+            headers=csrf,
+        )
+        assert r.status_code == 200, r.text
+        _wait_for(lambda: holds("c0001"), "c0001 entering emea")
+        # ... and through the CLI on the same store, in and out again.
+        env = _env(tmp_path)
+        subprocess.run(
+            _cli("contact", "set", "c0002", "region=EMEA", "seniority=8"), env=env, check=True
+        )
+        _wait_for(lambda: holds("c0002"), "c0002 entering emea")
+        subprocess.run(_cli("contact", "set", "c0002", "seniority=1"), env=env, check=True)
+        _wait_for(lambda: not holds("c0002"), "c0002 leaving emea")
+        shown = client.get("/api/v1/contacts/c0002").json()
+        assert [e["change"] for e in shown["log"]][:2] == ["exit", "enter"]
+        assert shown["log"][0]["criterion"] == "emea-live@1"
+        metrics = client.get("/metrics").text
+        assert 'personatag_stream_memberships_changed_total{change="enter"} 6.0' in metrics
+        assert "personatag_stream_lag_changes 0.0" in metrics

@@ -49,6 +49,9 @@ class EvalInput:
     logins: Sequence[datetime] = ()
     personas: frozenset[str] = frozenset()
     as_of: datetime = field(default_factory=utcnow)
+    # Counts already computed for this input: criteria evaluated on the same
+    # input share `count(read where sector = "Energy", 90d)` whatever they compare it to.
+    memo: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 Evaluator: TypeAlias = Callable[[EvalInput], Truth]
@@ -69,6 +72,15 @@ def compile_python(node: Node, catalog: Catalog) -> Evaluator:
         return fn(inp.contact, inp)
 
     return evaluate
+
+
+def publication_filter(where: Node | None) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a publication counts for `count(read where ...)` (any, without where)."""
+    if where is None:
+        return lambda pub: True
+    fn = _compile(where)
+    dummy = EvalInput(contact={})
+    return lambda pub: fn(pub, dummy) is True
 
 
 def like_regex(pattern: str) -> re.Pattern[str]:
@@ -195,11 +207,14 @@ def _count(node: Count) -> _Fn:
     span = timedelta(days=node.days)
     cmp = COMPARATORS[node.op]
     k = node.value
+    key = (node.event, node.where, node.days)
     if node.event == "login":
 
         def count_logins(row: Mapping[str, Any], inp: EvalInput) -> Truth:
-            lo, hi = inp.as_of - span, inp.as_of
-            n = sum(1 for at in inp.logins if lo < at <= hi)
+            n = inp.memo.get(key)
+            if n is None:
+                lo, hi = inp.as_of - span, inp.as_of
+                n = inp.memo[key] = sum(1 for at in inp.logins if lo < at <= hi)
             return bool(cmp(n, k))
 
         return count_logins
@@ -207,11 +222,14 @@ def _count(node: Count) -> _Fn:
     where = None if node.where is None else _compile(node.where)
 
     def count_reads(row: Mapping[str, Any], inp: EvalInput) -> Truth:
-        lo, hi = inp.as_of - span, inp.as_of
-        if where is None:
-            n = sum(1 for _, at in inp.reads if lo < at <= hi)
-        else:
-            n = sum(1 for pub, at in inp.reads if lo < at <= hi and where(pub, inp) is True)
+        n = inp.memo.get(key)
+        if n is None:
+            lo, hi = inp.as_of - span, inp.as_of
+            if where is None:
+                n = sum(1 for _, at in inp.reads if lo < at <= hi)
+            else:
+                n = sum(1 for pub, at in inp.reads if lo < at <= hi and where(pub, inp) is True)
+            inp.memo[key] = n
         return bool(cmp(n, k))
 
     return count_reads

@@ -24,6 +24,7 @@ from personatag.generate.readership import build_cells, build_events, last_login
 from personatag.store import Store, versions
 from personatag.store.bulk import bulk_writer
 from personatag.store.types import to_micros
+from personatag.stream import feed
 
 # Contacts per chunk. Fixed, so a seed gives the same population however the
 # work is timed or batched; each chunk has its own seeded Generator.
@@ -168,6 +169,8 @@ def _write_chunks(
                 ("contact_pk", "login_at"),
                 (events.login_contact + first + 1, events.login_s * 1_000_000),
             )
+            # New contacts with their history: every field and event is new.
+            feed.record(conn, store, feed.KIND_CONTACT, range(first + 1, first + n + 1))
             versions.bump(conn, tables, ["contacts", "reads", "logins"])
         done = first + n
         now = time.monotonic()

@@ -20,6 +20,7 @@ from personatag.store.schema import Tables, build_tables
 MIGRATIONS = Path(__file__).parent / "migrations"
 # First key of PostgreSQL advisory locks on personas ("PT" in ASCII).
 _LOCK_SPACE_PERSONA = 0x5054
+_LOCK_SPACE_FEED = 0x5046
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -177,13 +178,26 @@ class Store:
                 {"space": _LOCK_SPACE_PERSONA, "key": persona_pk},
             )
 
+    def lock_feed(self, conn: Connection) -> None:
+        """Serialise writers of the change feed until `conn` commits.
+
+        A reader of the feed moves past every seq it has seen, so seqs must
+        become visible in order: on PostgreSQL a later seq could otherwise
+        commit before an earlier one. SQLite has one writer already.
+        """
+        if self.dialect == "postgresql":
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": _LOCK_SPACE_FEED, "key": 0},
+            )
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 # The newest migration; a test checks it against the migrations folder. Kept as
 # a constant so opening a store does not import Alembic (a third of start-up).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def _alembic_config(conn: Connection) -> Any:

@@ -16,6 +16,10 @@ from personatag.store.db import Store
 from personatag.store.personas import get_persona
 
 STATUS_ACTIVE = "active"
+# An ongoing version starts here; the stream backfills it and swaps it in.
+STATUS_BUILDING = "building"
+STATUS_PAUSED = "paused"
+STATUS_RETIRED = "retired"
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,11 @@ def _insert_version(
     act = _enum(Action, action, "--action")
     md = _enum(Mode, mode, "--mode")
     ex = _enum(ExitPolicy, exit_policy, "--exit")
+    if md is Mode.ONGOING and act is not Action.TAG:
+        raise InputError(
+            "an ongoing criterion tags: use --action tag (an ongoing untag is an exit "
+            "policy: --exit remove)"
+        )
     persona = get_persona(conn, store, persona_key, active=True)
     compiled = compile_criterion(expr, store.catalog(conn))
     conn.execute(
@@ -139,7 +148,7 @@ def _insert_version(
             action=act.value,
             mode=md.value,
             exit_policy=ex.value,
-            status=STATUS_ACTIVE,
+            status=STATUS_BUILDING if md is Mode.ONGOING else STATUS_ACTIVE,
             created_at=utcnow(),
             created_by=actor,
         )
@@ -210,3 +219,51 @@ def edit_criterion(
             exit_policy=exit_policy or old.exit_policy.value,
             actor=actor,
         )
+
+
+def set_ongoing_status(
+    store: Store, name: str, action: str, *, actor: str | None = None, source: str = "cli"
+) -> Criterion:
+    """Pause, resume or retire the live version of ongoing criterion `name`.
+
+    pause: the stream stops evaluating it; its memberships stay as they are.
+    resume: it is rebuilt (backfilled and swapped in) so it catches up.
+    retire: its memberships are removed (exits logged where no other source
+    holds the persona) and the stream forgets it.
+    """
+    from personatag import audit_log
+    from personatag.stream.retire import remove_memberships
+
+    c = store.tables.criteria
+    wanted = {
+        "pause": ([STATUS_ACTIVE, STATUS_BUILDING], STATUS_PAUSED),
+        "resume": ([STATUS_PAUSED], STATUS_BUILDING),
+        "retire": ([STATUS_ACTIVE, STATUS_BUILDING, STATUS_PAUSED], STATUS_RETIRED),
+    }
+    if action not in wanted:
+        raise InputError(f"unknown action {action!r}: use pause, resume or retire")
+    allowed, new_status = wanted[action]
+    with store.write() as conn:
+        versions = criterion_versions(conn, store, name)
+        if versions[-1].mode is not Mode.ONGOING:
+            raise InputError(f"criterion {name!r} is ad hoc: only ongoing criteria {action}")
+        live = [v for v in versions if v.status in allowed]
+        if not live:
+            states = ", ".join(f"{v.label} {v.status}" for v in versions)
+            raise ConflictError(f"criterion {name!r} has no version to {action} ({states})")
+        target = live[-1]
+        if action == "retire":
+            for v in live:
+                remove_memberships(conn, store, v.pk, v.persona_pk, f"criterion {v.label} retired")
+                conn.execute(c.update().where(c.c.pk == v.pk).values(status=STATUS_RETIRED))
+        else:
+            conn.execute(c.update().where(c.c.pk == target.pk).values(status=new_status))
+        audit_log.record(
+            conn,
+            store,
+            actor=actor,
+            action=f"criterion.{action}",
+            target=target.label,
+            source=source,
+        )
+        return get_criterion(conn, store, name, target.version)

@@ -64,6 +64,13 @@ class Tables:
     api_tokens: Table
     web_sessions: Table
     audit_events: Table
+    changes: Table
+    stream_offsets: Table
+    stream_rechecks: Table
+    stream_errors: Table
+    reconciliations: Table
+    webhooks: Table
+    webhook_dead_letters: Table
 
 
 def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
@@ -322,8 +329,111 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Index("ix_audit_events_action", "action", "seq"),
         Index("ix_audit_events_target", "target", "seq"),
     )
+    # The change feed (outbox): every write to contacts, reads or logins adds a
+    # row in its own transaction. One contact (contact_pk) or a batch (pks:
+    # packed little-endian int64); fields lists the contact fields written
+    # (comma-separated; NULL: every field, or not a contact change).
+    changes = Table(
+        "changes",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("contact_pk", BigInteger),
+        Column("pks", LargeBinary),
+        Column("n", BigInteger, nullable=False),
+        Column("fields", Text),
+    )
+    # How far each consumer of the feed (or of the membership log) has got.
+    stream_offsets = Table(
+        "stream_offsets",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("seq", BigInteger, nullable=False),
+        Column("updated_at", UTCTimestamp, nullable=False),
+    )
+    # When time alone can change a window criterion's answer for a contact.
+    stream_rechecks = Table(
+        "stream_rechecks",
+        md,
+        Column("criterion_pk", BigInteger, primary_key=True),
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("due_at", UTCTimestamp, nullable=False),
+        Index("ix_stream_rechecks_due", "due_at"),
+        Index("ix_stream_rechecks_contact", "contact_pk"),
+    )
+    stream_errors = Table(
+        "stream_errors",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("criterion_pk", BigInteger),
+        Column("contact_pk", BigInteger),
+        Column("change_seq", BigInteger),
+        Column("error", Text, nullable=False),
+    )
+    reconciliations = Table(
+        "reconciliations",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("criterion_pk", BigInteger, nullable=False),
+        Column("offset_seq", BigInteger, nullable=False),
+        Column("missing", BigInteger, nullable=False),
+        Column("extra", BigInteger, nullable=False),
+        Column("repaired", Boolean(create_constraint=False), nullable=False),
+    )
+    webhooks = Table(
+        "webhooks",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("url", Text, nullable=False),
+        Column("secret", Text, nullable=False),
+        # JSON list of persona keys, or NULL for every persona.
+        Column("personas", Text),
+        # The last membership_log seq delivered (or dead-lettered).
+        Column("cursor_seq", BigInteger, nullable=False),
+        # Set while a bulk entry is delivered in parts: how many of the contacts
+        # of entry cursor_seq were delivered (NULL: all of them).
+        Column("cursor_part", BigInteger),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Column("disabled_at", UTCTimestamp),
+        # Failed attempts at the batch after the cursor, and when to try again.
+        Column("attempts", BigInteger, nullable=False),
+        Column("next_attempt_at", UTCTimestamp),
+        Column("last_error", Text),
+        # The batch being tried (NULL: none): its X-Personatag-Delivery id and
+        # where it ends (seq, and contacts of that bulk entry, NULL: all), so
+        # every retry sends the same events under the same id.
+        Column("delivery_id", Text),
+        Column("batch_seq", BigInteger),
+        Column("batch_part", BigInteger),
+    )
+    webhook_dead_letters = Table(
+        "webhook_dead_letters",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("webhook_pk", BigInteger, nullable=False),
+        Column("first_seq", BigInteger, nullable=False),
+        Column("last_seq", BigInteger, nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("attempts", BigInteger, nullable=False),
+        Column("last_error", Text),
+        Column("failed_at", UTCTimestamp, nullable=False),
+        Column("redelivered_at", UTCTimestamp),
+        Column("delivery_id", Text),
+        Index("ix_webhook_dead_letters_webhook", "webhook_pk"),
+    )
     return Tables(
         metadata=md,
+        changes=changes,
+        stream_offsets=stream_offsets,
+        stream_rechecks=stream_rechecks,
+        stream_errors=stream_errors,
+        reconciliations=reconciliations,
+        webhooks=webhooks,
+        webhook_dead_letters=webhook_dead_letters,
         users=users,
         api_tokens=api_tokens,
         web_sessions=web_sessions,

@@ -274,3 +274,51 @@ class DeployRequest(Input):
 
 class AuditEvents(BaseModel):
     events: list[dict[str, Any]]
+
+
+# -- contact updates and the stream ---------------------------------------------
+
+
+class ContactUpdate(Input):
+    fields: dict[Name, Any] = Field(
+        description="field -> value: JSON values, or text read like a CSV cell; null clears",
+        min_length=1,
+    )
+    create: bool = Field(False, description="create the contact when the id is new")
+
+
+class ContactUpdated(BaseModel):
+    id: str
+    created: bool
+    changed: list[str]
+
+
+class ReadEvent(Input):
+    publication: Name
+    at: datetime | None = Field(None, description="default: now")
+
+
+class ContactEvents(Input):
+    reads: list[ReadEvent] = Field(default_factory=list, max_length=10_000)
+    logins: list[datetime | None] = Field(
+        default_factory=list, max_length=10_000, description="login times (null: now)"
+    )
+
+
+class ContactEventsAdded(BaseModel):
+    reads: int
+    logins: int
+
+
+class StreamStatus(BaseModel):
+    offset: int
+    head: int
+    lag_changes: int
+    lag_seconds: float
+    updated_at: datetime | None
+    rechecks: int
+    next_recheck_at: datetime | None
+    errors: int
+    recent_errors: list[dict[str, Any]]
+    criteria: list[dict[str, Any]]
+    reconciliations: list[dict[str, Any]]

@@ -1,4 +1,4 @@
-"""/contacts: show one contact (viewer); pin and unpin (editor)."""
+"""/contacts: show one contact (viewer); update it, add its events, pin and unpin (editor)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ from typing import Any
 from fastapi import APIRouter
 
 from personatag.audit_log import record_now
-from personatag.domain import PinKind
-from personatag.pipeline.contacts import show_contact
+from personatag.domain import PinKind, utcnow
+from personatag.errors import InputError
+from personatag.pipeline.contacts import add_events, set_contact, show_contact
 from personatag.pipeline.pins import pin, unpin
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
-from personatag.web.schemas import ContactView, PinCreate, PinResult
+from personatag.web.schemas import (
+    ContactEvents,
+    ContactEventsAdded,
+    ContactUpdate,
+    ContactUpdated,
+    ContactView,
+    PinCreate,
+    PinResult,
+)
 
 router = APIRouter(tags=["contacts"])
 
@@ -51,6 +60,37 @@ def contact_unpin(contact_id: str, persona: str, store: StoreDep, who: CurrentUs
         action="unpin",
         target=contact_id,
         detail={"persona": persona},
+        source="api",
+    )
+    return result
+
+
+@router.patch("/contacts/{contact_id}", response_model=ContactUpdated, **role("editor"))
+def contact_update(contact_id: str, body: ContactUpdate, store: StoreDep, who: CurrentUser) -> Any:
+    """Set fields of one contact (ongoing criteria follow within about a second)."""
+    return set_contact(
+        store, contact_id, body.fields, actor=who.user.username, source="api", create=body.create
+    )
+
+
+@router.post("/contacts/{contact_id}/events", response_model=ContactEventsAdded, **role("editor"))
+def contact_events(contact_id: str, body: ContactEvents, store: StoreDep, who: CurrentUser) -> Any:
+    """Record reads and logins of one contact (known ones are ignored)."""
+    if not body.reads and not body.logins:
+        raise InputError("nothing to add: give reads and/or logins")
+    now = utcnow()
+    result = add_events(
+        store,
+        contact_id,
+        reads=[(r.publication, r.at or now) for r in body.reads],
+        logins=[at or now for at in body.logins],
+    )
+    record_now(
+        store,
+        actor=who.user.username,
+        action="contact.events",
+        target=contact_id,
+        detail=result,
         source="api",
     )
     return result

@@ -96,6 +96,31 @@ def _audit(store: Store, who: Principal, action: str, target: str, detail: dict[
     )
 
 
+def _lifecycle(name: str, action: str, store: Store, who: Principal) -> Any:
+    from personatag.store.definitions import set_ongoing_status
+
+    c = set_ongoing_status(store, name, action, actor=who.user.username, source="api")
+    return criterion_public(c)
+
+
+@router.post("/criteria/{name}/pause", response_model=CriterionPublic, **role("editor"))
+def criterion_pause(name: str, store: StoreDep, who: CurrentUser) -> Any:
+    """Pause an ongoing criterion: the stream skips it; its memberships stay."""
+    return _lifecycle(name, "pause", store, who)
+
+
+@router.post("/criteria/{name}/resume", response_model=CriterionPublic, **role("editor"))
+def criterion_resume(name: str, store: StoreDep, who: CurrentUser) -> Any:
+    """Resume a paused ongoing criterion: it is backfilled again and swapped in."""
+    return _lifecycle(name, "resume", store, who)
+
+
+@router.post("/criteria/{name}/retire", response_model=CriterionPublic, **role("editor"))
+def criterion_retire(name: str, store: StoreDep, who: CurrentUser) -> Any:
+    """Retire an ongoing criterion: its memberships are removed (exits logged)."""
+    return _lifecycle(name, "retire", store, who)
+
+
 @router.post("/criteria/validate", response_model=ValidateResponse, **role("viewer"))
 def criterion_validate(body: ValidateRequest, store: StoreDep) -> dict[str, Any]:
     """Check an expression against the contact schema; nothing is stored.

@@ -1,4 +1,5 @@
-"""/jobs and /status: list and inspect jobs (viewer), cancel (editor)."""
+"""/jobs, /status and /stream: list and inspect jobs (viewer), cancel (editor);
+where the stream processor is (viewer)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from personatag.errors import NotFoundError
 from personatag.pipeline.jobs import FAILED, TERMINAL, cancel_job, get_job, list_jobs
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
-from personatag.web.schemas import JobPublic, StatusView
+from personatag.web.schemas import JobPublic, StatusView, StreamStatus
 
 router = APIRouter(tags=["jobs"])
 
@@ -65,6 +66,14 @@ def job_cancel(ref: JobRef, store: StoreDep, who: CurrentUser) -> Any:
         source="api",
     )
     return job
+
+
+@router.get("/stream", response_model=StreamStatus, **role("viewer"))
+def stream_status(store: StoreDep) -> dict[str, Any]:
+    """The stream processor: feed offset and lag, re-checks, errors, reconciliations."""
+    from personatag.stream.processor import status as current
+
+    return current(store)
 
 
 @router.get("/status", response_model=StatusView, **role("viewer"))

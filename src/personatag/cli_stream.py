@@ -1,0 +1,143 @@
+"""`personatag stream`: the processor that keeps ongoing criteria true."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import typer
+
+from personatag.cli import STATE, JsonOpt, app, emit, settings, store
+
+stream_app = typer.Typer(
+    help="Run and inspect the stream processor (ongoing criteria).",
+    invoke_without_command=True,
+)
+app.add_typer(stream_app, name="stream")
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+
+
+@stream_app.callback()
+def stream(
+    ctx: typer.Context,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Process what is in the feed (and swaps, re-checks), exit."),
+    ] = False,
+    no_webhooks: Annotated[
+        bool, typer.Option("--no-webhooks", help="Do not deliver webhooks in this process.")
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Port for /metrics and /healthz (0: any free one)."),
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines on stderr.")] = False,
+) -> None:
+    """Run the stream processor until SIGINT/SIGTERM (webhook deliveries too)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import signal
+    import threading
+
+    from personatag.logs import configure_logging
+    from personatag.metrics import start_metrics_server, stop_metrics_server
+    from personatag.stream import runner
+
+    configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
+    s = settings()
+    st = store()
+    if once:
+        from personatag.stream.processor import StreamProcessor
+
+        done = StreamProcessor(st, s).catch_up(timeout_s=24 * 3600)
+        typer.echo(
+            f"stream: {done.changes} changes, {done.rechecks} re-checks, "
+            f"{done.entered} entered, {done.exited} exited, {done.errors} errors; "
+            f"offset {done.offset}"
+        )
+        for line in done.lifecycle:
+            typer.echo(f"  {line}")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    port = s.metrics_port if metrics_port is None else metrics_port
+    served = start_metrics_server(port, s.metrics_host)
+    typer.echo(f"stream processor ({s.stream_engine}) following the change feed", err=True)
+    typer.echo(f"metrics on http://{s.metrics_host}:{served.port}/metrics", err=True)
+    threads = runner.start(st, s, stop, webhooks=not no_webhooks)
+    try:
+        while not stop.wait(0.5):
+            if not any(t.is_alive() for t in threads):
+                raise typer.Exit(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        stop_metrics_server(served.server)
+
+
+@stream_app.command("status")
+def stream_status(as_json: JsonOpt = False) -> None:
+    """Where the stream is: offset, lag, re-checks, errors, last reconciliations."""
+    from personatag.stream.processor import status
+
+    data = status(store())
+    if as_json:
+        emit(data)
+        return
+    typer.echo(
+        f"offset {data['offset']} of {data['head']} "
+        f"(lag {data['lag_changes']} changes, {data['lag_seconds']} s)"
+    )
+    typer.echo(
+        f"re-checks scheduled {data['rechecks']}, next at {_iso(data['next_recheck_at']) or '-'}"
+    )
+    typer.echo(f"evaluation errors {data['errors']}")
+    for e in data["recent_errors"]:
+        typer.echo(f"  {_iso(e['at'])} criterion pk {e['criterion_pk']}: {e['error']}")
+    typer.echo("criteria:")
+    for c in data["criteria"]:
+        typer.echo(f"  {c['criterion']:<28} {c['persona']:<24} {c['status']}")
+    if data["reconciliations"]:
+        typer.echo("recent reconciliations:")
+        for r in data["reconciliations"]:
+            typer.echo(
+                f"  {_iso(r['at'])} criterion pk {r['criterion_pk']}: "
+                f"{r['missing']} missing, {r['extra']} extra"
+            )
+
+
+@stream_app.command("reconcile")
+def stream_reconcile(
+    name: Annotated[str | None, typer.Argument(help="One criterion (default: all active).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report drift without repairing it.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare ongoing memberships with a full evaluation now; repair drift."""
+    from personatag.errors import NotFoundError
+    from personatag.stream import ongoing
+    from personatag.stream.processor import StreamProcessor
+
+    st = store()
+    proc = StreamProcessor(st, settings())
+    with st.read() as conn:
+        crits = ongoing.load(conn, st, (ongoing.ACTIVE,))
+    if name is not None:
+        crits = [c for c in crits if c.name == name]
+        if not crits:
+            raise NotFoundError(f"no active ongoing criterion {name!r}")
+    out: list[dict[str, Any]] = []
+    for c in crits:
+        r = proc.reconcile(c, repair=not dry_run)
+        out.append({"criterion": c.label, **r})
+    if as_json:
+        emit({"reconciled": out, "repaired": not dry_run})
+        return
+    for r in out:
+        typer.echo(f"{r['criterion']:<28} missing {r['missing']}, extra {r['extra']}")

@@ -1,0 +1,1 @@
+"""Ongoing criteria: the change feed and the processor that keeps personas true."""

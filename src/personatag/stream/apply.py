@@ -1,0 +1,223 @@
+"""Applying an ongoing criterion's answers to memberships, inside one transaction.
+
+The stream, a criterion's swap-in and reconciliation all end here. For one
+criterion, `evaluated` contacts were checked and `matched` ones hold it:
+
+- a matched contact without the criterion's membership row gets one, unless
+  pinned out (pins win); the log says `enter` only if they held the persona
+  through no other source;
+- with exit policy `remove`, an evaluated contact that no longer matches
+  loses the criterion's row; the log says `exit` only if no other source
+  (another criterion, an ad hoc request, a pin-in) still holds the persona.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, select
+
+from personatag.domain import Change, PinKind
+from personatag.store import Store
+from personatag.stream.inputs import chunks
+
+
+@dataclass
+class Holders:
+    """Who holds which persona through which sources, for the contacts at hand."""
+
+    sources: dict[tuple[int, int], set[int]] = field(default_factory=dict)
+    pinned_out: set[tuple[int, int]] = field(default_factory=set)
+
+    @classmethod
+    def load(
+        cls,
+        conn: Connection,
+        store: Store,
+        persona_pks: Collection[int],
+        contact_pks: Iterable[int],
+    ) -> Holders:
+        """Rows for `persona_pks` and the given contacts (None-free, sorted)."""
+        t = store.tables
+        m, p = t.memberships, t.pins
+        out = cls()
+        personas = sorted(set(persona_pks))
+        if not personas:
+            return out
+        pks = sorted(set(contact_pks))
+        for part in chunks(pks):
+            q = select(m.c.persona_pk, m.c.contact_pk, m.c.source).where(
+                m.c.persona_pk.in_(personas), m.c.contact_pk.in_(part)
+            )
+            for ppk, cpk, src in conn.execute(q):
+                out.sources.setdefault((int(ppk), int(cpk)), set()).add(int(src))
+            q2 = select(p.c.persona_pk, p.c.contact_pk).where(
+                p.c.persona_pk.in_(personas),
+                p.c.contact_pk.in_(part),
+                p.c.kind == PinKind.OUT.value,
+            )
+            out.pinned_out.update((int(a), int(b)) for a, b in conn.execute(q2))
+        return out
+
+    @classmethod
+    def load_persona(cls, conn: Connection, store: Store, persona_pk: int) -> Holders:
+        """Every row of one persona (for set-wide work: swaps, reconciliation)."""
+        t = store.tables
+        m, p = t.memberships, t.pins
+        out = cls()
+        q = select(m.c.contact_pk, m.c.source).where(m.c.persona_pk == persona_pk)
+        for cpk, src in conn.execute(q):
+            out.sources.setdefault((persona_pk, int(cpk)), set()).add(int(src))
+        q2 = select(p.c.contact_pk).where(
+            p.c.persona_pk == persona_pk, p.c.kind == PinKind.OUT.value
+        )
+        out.pinned_out.update((persona_pk, int(c)) for c in conn.scalars(q2))
+        return out
+
+
+@dataclass
+class Outcome:
+    entered: list[tuple[int, int]] = field(default_factory=list)  # (persona, contact) logged
+    exited: list[tuple[int, int]] = field(default_factory=list)
+    rows_added: int = 0
+    rows_removed: int = 0
+
+
+class Writer:
+    """Collects membership and log writes, then runs them as a few statements."""
+
+    def __init__(
+        self,
+        store: Store,
+        at: datetime,
+        bulk_threshold: int,
+        labels: dict[int, str] | None = None,
+    ) -> None:
+        self.labels = labels or {}
+        self.store = store
+        self.at = at
+        self.bulk_threshold = bulk_threshold
+        self.inserts: list[dict[str, object]] = []
+        self.deletes: list[dict[str, object]] = []
+        # (persona_pk, change, criterion_pk, contact_pk), in the order they happened
+        self.logs: list[tuple[int, str, int, int]] = []
+        self.outcome = Outcome()
+
+    def decide(
+        self,
+        holders: Holders,
+        persona_pk: int,
+        criterion_pk: int,
+        exit_remove: bool,
+        evaluated: Iterable[int],
+        matched: Collection[int],
+    ) -> list[int]:
+        """Apply one criterion's answers; returns the contacts whose persona changed."""
+        changed: list[int] = []
+        for cpk in evaluated:
+            key = (persona_pk, cpk)
+            srcs = holders.sources.get(key)
+            has = srcs is not None and criterion_pk in srcs
+            if cpk in matched:
+                if has or key in holders.pinned_out:
+                    continue
+                if srcs is None:
+                    srcs = holders.sources[key] = set()
+                if not srcs:
+                    self._log(persona_pk, Change.ENTER.value, criterion_pk, cpk)
+                    self.outcome.entered.append(key)
+                    changed.append(cpk)
+                srcs.add(criterion_pk)
+                self.inserts.append(
+                    {
+                        "persona_pk": persona_pk,
+                        "contact_pk": cpk,
+                        "source": criterion_pk,
+                        "since": self.at,
+                        "request_pk": None,
+                        "criterion_pk": criterion_pk,
+                    }
+                )
+            elif has and exit_remove and srcs is not None:
+                srcs.discard(criterion_pk)
+                if not srcs:
+                    self._log(persona_pk, Change.EXIT.value, criterion_pk, cpk)
+                    self.outcome.exited.append(key)
+                    changed.append(cpk)
+                self.deletes.append({"b_p": persona_pk, "b_c": cpk, "b_s": criterion_pk})
+        return changed
+
+    def _log(self, persona_pk: int, change: str, criterion_pk: int, cpk: int) -> None:
+        self.logs.append((persona_pk, change, criterion_pk, cpk))
+
+    def _log_row(
+        self, persona_pk: int, change: str, criterion_pk: int, reason: str | None, cpk: int | None
+    ) -> dict[str, object]:
+        if reason is None:
+            label = self.labels.get(criterion_pk, f"criterion pk {criterion_pk}")
+            reason = f"matches {label}" if change == Change.ENTER.value else f"left {label}"
+        return {
+            "at": self.at,
+            "persona_pk": persona_pk,
+            "contact_pk": cpk,
+            "change": change,
+            "source": criterion_pk,
+            "request_pk": None,
+            "criterion_pk": criterion_pk,
+            "actor": None,
+            "reason": reason,
+        }
+
+    def flush(self, conn: Connection, reason: str | None = None) -> Outcome:
+        """Write everything; `reason` (default: what the criterion did) goes in the log."""
+        t = self.store.tables
+        m, log = t.memberships, t.membership_log
+        if self.deletes:
+            conn.execute(
+                m.delete().where(
+                    m.c.persona_pk == bindparam("b_p"),
+                    m.c.contact_pk == bindparam("b_c"),
+                    m.c.source == bindparam("b_s"),
+                ),
+                self.deletes,
+            )
+        if self.inserts:
+            conn.execute(m.insert(), self.inserts)
+        # Large and each contact once: one compact entry per persona, change and
+        # criterion. Otherwise row by row, in the order the changes happened.
+        groups: dict[tuple[int, str, int], list[int]] = {}
+        if len(self.logs) > self.bulk_threshold and len(
+            {(p, c) for p, _, _, c in self.logs}
+        ) == len(self.logs):
+            for persona_pk, change, criterion_pk, cpk in self.logs:
+                groups.setdefault((persona_pk, change, criterion_pk), []).append(cpk)
+        single: list[dict[str, object]] = []
+        for persona_pk, change, criterion_pk, cpk in [] if groups else self.logs:
+            single.append(self._log_row(persona_pk, change, criterion_pk, reason, cpk))
+        for (persona_pk, change, criterion_pk), pks in groups.items():
+            if len(pks) <= self.bulk_threshold:
+                single.extend(
+                    self._log_row(persona_pk, change, criterion_pk, reason, cpk) for cpk in pks
+                )
+                continue
+            import numpy as np
+
+            from personatag.pipeline.audit import encode_ids
+
+            ids = np.unique(np.asarray(pks, dtype=np.int64))
+            conn.execute(
+                log.insert().values(
+                    **self._log_row(persona_pk, change, criterion_pk, reason, None),
+                    bulk_count=len(ids),
+                    bulk_ids=encode_ids(ids),
+                    bulk_min=int(ids[0]),
+                    bulk_max=int(ids[-1]),
+                )
+            )
+        if single:
+            conn.execute(log.insert(), single)
+        self.outcome.rows_added = len(self.inserts)
+        self.outcome.rows_removed = len(self.deletes)
+        return self.outcome

@@ -1,0 +1,112 @@
+"""Loading what the evaluator needs for a batch of contacts, in a few queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from personatag.criteria.to_python import EvalInput
+from personatag.domain import CUSTOM_COLUMN_PREFIX
+from personatag.store import Store, versions
+
+CHUNK = 2000  # contact pks per IN list
+
+
+def chunks(pks: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
+    for i in range(0, len(pks), size):
+        yield pks[i : i + size]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the criteria being evaluated read (so nothing else is loaded)."""
+
+    read_days: int = 0
+    login_days: int = 0
+    personas: bool = False
+
+
+class Publications:
+    """Publication fields by pk, reloaded when the publications table changes."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.by_pk: dict[int, dict[str, Any]] = {}
+
+    def get(self, conn: Connection, store: Store) -> dict[int, dict[str, Any]]:
+        version = versions.current(conn, store.tables, ["publications"])["publications"]
+        if version != self.version or not self.by_pk:
+            p = store.tables.publications
+            self.by_pk = {
+                int(r.pk): {k: v for k, v in r._mapping.items() if k != "pk"}
+                for r in conn.execute(select(p))
+            }
+            self.version = version
+        return self.by_pk
+
+
+def load_inputs(
+    conn: Connection,
+    store: Store,
+    pks: Sequence[int],
+    needs: Needs,
+    as_of: datetime,
+    pubs: Publications,
+    persona_keys: dict[int, str],
+) -> dict[int, EvalInput]:
+    """An EvalInput for every contact in `pks` that exists (deleted ones are absent)."""
+    t = store.tables
+    c = t.contacts
+    rows: dict[int, dict[str, Any]] = {}
+    for part in chunks(pks):
+        for r in conn.execute(select(c).where(c.c.pk.in_(part))):
+            m = r._mapping
+            rows[int(m["pk"])] = {
+                k.removeprefix(CUSTOM_COLUMN_PREFIX): v for k, v in m.items() if k != "pk"
+            }
+    reads: dict[int, list[tuple[dict[str, Any], datetime]]] = {}
+    if needs.read_days:
+        by_pk = pubs.get(conn, store)
+        since = as_of - timedelta(days=needs.read_days)
+        rd = t.reads
+        for part in chunks(list(rows)):
+            q = select(rd.c.contact_pk, rd.c.read_at, rd.c.publication_pk).where(
+                rd.c.contact_pk.in_(part), rd.c.read_at > since
+            )
+            for cpk, at, ppk in conn.execute(q):
+                pub = by_pk.get(int(ppk))
+                if pub is not None:
+                    reads.setdefault(int(cpk), []).append((pub, at))
+    logins: dict[int, list[datetime]] = {}
+    if needs.login_days:
+        since = as_of - timedelta(days=needs.login_days)
+        lg = t.logins
+        for part in chunks(list(rows)):
+            q = select(lg.c.contact_pk, lg.c.login_at).where(
+                lg.c.contact_pk.in_(part), lg.c.login_at > since
+            )
+            for cpk, at in conn.execute(q):
+                logins.setdefault(int(cpk), []).append(at)
+    held: dict[int, set[str]] = {}
+    if needs.personas:
+        ms = t.memberships
+        for part in chunks(list(rows)):
+            q = select(ms.c.contact_pk, ms.c.persona_pk).where(ms.c.contact_pk.in_(part)).distinct()
+            for cpk, ppk in conn.execute(q):
+                key = persona_keys.get(int(ppk))
+                if key is not None:
+                    held.setdefault(int(cpk), set()).add(key)
+    return {
+        pk: EvalInput(
+            contact=row,
+            reads=reads.get(pk, ()),
+            logins=logins.get(pk, ()),
+            personas=frozenset(held.get(pk, ())),
+            as_of=as_of,
+        )
+        for pk, row in rows.items()
+    }
