@@ -89,6 +89,8 @@ def test_every_metric_is_exported_with_its_type(served: RunningServer) -> None:
         "personatag_stream_latency_seconds": "histogram",
         "personatag_stream_rechecks_scheduled": "gauge",
         "personatag_stream_criteria_active": "gauge",
+        "personatag_stream_changes_per_second": "gauge",
+        "personatag_stream_evaluations_per_second": "gauge",
         "personatag_reconciliation_drift": "gauge",
         "personatag_reconciliation_repairs": "counter",
         "personatag_webhook_deliveries": "counter",

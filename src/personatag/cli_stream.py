@@ -98,7 +98,7 @@ def stream_status(as_json: JsonOpt = False) -> None:
     )
     typer.echo(f"evaluation errors {data['errors']}")
     for e in data["recent_errors"]:
-        typer.echo(f"  {_iso(e['at'])} criterion pk {e['criterion_pk']}: {e['error']}")
+        typer.echo(f"  {_iso(e['at'])} {e['criterion']}: {e['error']}")
     typer.echo("criteria:")
     for c in data["criteria"]:
         typer.echo(f"  {c['criterion']:<28} {c['persona']:<24} {c['status']}")
@@ -106,8 +106,7 @@ def stream_status(as_json: JsonOpt = False) -> None:
         typer.echo("recent reconciliations:")
         for r in data["reconciliations"]:
             typer.echo(
-                f"  {_iso(r['at'])} criterion pk {r['criterion_pk']}: "
-                f"{r['missing']} missing, {r['extra']} extra"
+                f"  {_iso(r['at'])} {r['criterion']}: {r['missing']} missing, {r['extra']} extra"
             )
 
 

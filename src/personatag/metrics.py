@@ -192,6 +192,16 @@ class Metrics:
             "Time-window re-checks scheduled (criterion, contact pairs).",
             registry=r,
         )
+        self.stream_rate_changes = Gauge(
+            "personatag_stream_changes_per_second",
+            "Change-feed rows processed per second over the last ten seconds.",
+            registry=r,
+        )
+        self.stream_rate_evaluations = Gauge(
+            "personatag_stream_evaluations_per_second",
+            "Criterion evaluations per second over the last ten seconds.",
+            registry=r,
+        )
         self.stream_criteria = Gauge(
             "personatag_stream_criteria_active", "Ongoing criteria the stream keeps.", registry=r
         )
@@ -213,6 +223,10 @@ class Metrics:
         self.stream_lag_changes.set(max(changes, 0))
         self.stream_lag_seconds.set(max(seconds, 0.0))
         self.stream_rechecks.set(max(rechecks, 0))
+
+    def set_stream_rates(self, changes_per_s: float, evaluations_per_s: float) -> None:
+        self.stream_rate_changes.set(max(changes_per_s, 0.0))
+        self.stream_rate_evaluations.set(max(evaluations_per_s, 0.0))
 
     def set_stream_criteria(self, n: int) -> None:
         self.stream_criteria.set(n)

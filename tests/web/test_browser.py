@@ -207,4 +207,5 @@ def test_admin_adds_a_user_and_a_token(browser: object, server: str) -> None:
     shot(page, "09-audit")
     page.goto(f"{server}/monitoring")
     assert "flink: " in page.inner_text("main")
+    assert "feed lag" in page.inner_text("#stream")
     shot(page, "10-monitoring")

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from personatag.criteria import from_json, references
-from personatag.criteria.ast import And, Count, Node, Not, Or, Within
+from personatag.criteria.ast import And, Compare, Count, In, Node, Not, Or, Within
 from personatag.criteria.to_python import (
     EvalInput,
     Evaluator,
@@ -58,6 +58,9 @@ class Ongoing:
     falls_only: bool
     read_days: int = 0
     login_days: int = 0
+    # A field and the values it must have for the criterion to match (a
+    # top-level `field = v` or `field in (...)`); None when there is none.
+    guard: tuple[str, frozenset[Any]] | None = None
     # One test per count(read where ...): does reading this publication count?
     read_filters: tuple[Callable[[Mapping[str, Any]], bool], ...] = ()
 
@@ -126,6 +129,17 @@ def _windows(node: Node) -> tuple[list[tuple[str, int]], bool]:
     return found, falls_only
 
 
+def _guard(node: Node) -> tuple[str, frozenset[Any]] | None:
+    """A necessary condition `field in values` from the top-level conjuncts."""
+    conjuncts = node.args if isinstance(node, And) else (node,)
+    for c in conjuncts:
+        if isinstance(c, Compare) and c.op == "=":
+            return c.field.name, frozenset([c.value.value])
+        if isinstance(c, In) and not c.negated:
+            return c.field.name, frozenset(v.value for v in c.values)
+    return None
+
+
 def _counts(node: Node) -> list[Count]:
     match node:
         case And(args) | Or(args):
@@ -174,6 +188,7 @@ def build(
         read_days=read_days,
         login_days=login_days,
         read_filters=read_filters,
+        guard=_guard(node),
     )
 
 

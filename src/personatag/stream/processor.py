@@ -20,6 +20,7 @@ Also in the step, between batches (so the feed keeps flowing):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -47,7 +48,8 @@ from personatag.stream.inputs import Needs, Publications, chunks, load_inputs
 log = logging.getLogger(__name__)
 
 OFFSET_NAME = "stream"
-CASCADE_ROUNDS = 4  # persona(...) criteria re-evaluated after memberships move
+CASCADE_ROUNDS = 4
+RATE_WINDOW_S = 10.0  # persona(...) criteria re-evaluated after memberships move
 
 
 @dataclass
@@ -90,6 +92,43 @@ class Evaluated:
     errors: list[tuple[int, int, str]]  # (criterion pk, contact pk, message)
 
 
+def held_criteria(conn: Connection, store: Store, pks: list[int]) -> dict[int, set[int]]:
+    """contact pk -> the ongoing criteria it holds a membership through."""
+    m = store.tables.memberships
+    out: dict[int, set[int]] = {}
+    for part in chunks(pks):
+        q = select(m.c.contact_pk, m.c.source).where(m.c.contact_pk.in_(part), m.c.source > 0)
+        for cpk, src in conn.execute(q):
+            out.setdefault(int(cpk), set()).add(int(src))
+    return out
+
+
+def prune(
+    work: dict[int, set[int]],
+    inputs: dict[int, EvalInput],
+    held: dict[int, set[int]],
+    index: og.Index,
+) -> dict[int, set[int]]:
+    """Drop (contact, criterion) pairs that cannot change: the contact fails the
+    criterion's guard (`region = "EMEA" and ...` for an AMER contact), so it
+    cannot match, and does not hold a membership through it, so nothing can exit."""
+    out: dict[int, set[int]] = {}
+    for cpk, crits in work.items():
+        inp = inputs.get(cpk)
+        if inp is None:
+            continue
+        mine = held.get(cpk, ())
+        row = inp.contact
+        keep = set()
+        for pk in crits:
+            guard = index.by_pk[pk].guard
+            if guard is None or pk in mine or row.get(guard[0]) in guard[1]:
+                keep.add(pk)
+        if keep:
+            out[cpk] = keep
+    return out
+
+
 def evaluate_set(
     conn: Connection, store: Store, crit: og.Ongoing, catalog: Catalog, as_of: datetime
 ) -> Any:
@@ -125,6 +164,8 @@ class StreamProcessor:
         self._backfill: _Backfill | None = None
         self._reconcile_queue: list[int] = []
         self._last_round = time.monotonic()
+        # (monotonic time, changes, evaluations) of recent steps, for the rates
+        self._recent: collections.deque[tuple[float, int, int]] = collections.deque()
 
     # ---- the loop -------------------------------------------------------------
 
@@ -415,7 +456,8 @@ class StreamProcessor:
         with self.store.read() as conn:
             keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
             inputs = load_inputs(conn, self.store, sorted(work), needs, now, self.pubs, keys)
-        return self.evaluate_batch(work, inputs, index)
+            held = held_criteria(conn, self.store, sorted(work))
+        return self.evaluate_batch(prune(work, inputs, held, index), inputs, index)
 
     def evaluate_batch(
         self, work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
@@ -748,7 +790,18 @@ class StreamProcessor:
 
     # ---- observability ------------------------------------------------------------
 
+    def _rates(self, changes: int, evaluations: int) -> None:
+        now = time.monotonic()
+        self._recent.append((now, changes, evaluations))
+        while self._recent and now - self._recent[0][0] > RATE_WINDOW_S:
+            self._recent.popleft()
+        span = max(now - self._recent[0][0], 1.0) if len(self._recent) > 1 else RATE_WINDOW_S
+        self.metrics.set_stream_rates(
+            sum(c for _, c, _ in self._recent) / span, sum(e for _, _, e in self._recent) / span
+        )
+
     def _record(self, changes: list[feed.Change], result: StepResult) -> None:
+        self._rates(len(changes), result.evaluations)
         self.metrics.record_stream_changes(changes=len(changes))
         if changes:
             lag = (utcnow() - changes[-1].at).total_seconds()
@@ -756,6 +809,7 @@ class StreamProcessor:
         self._observe_lag(result.offset)
 
     def _observe_lag(self, offset: int) -> None:
+        self._rates(0, 0)
         with self.store.read() as conn:
             head = feed.head(conn, self.store)
             oldest = feed.oldest_after(conn, self.store, offset)
@@ -778,10 +832,15 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
         rechecks = int(conn.scalar(select(func.count()).select_from(rc)) or 0)
         next_due = conn.scalar(select(func.min(rc.c.due_at)))
         errors = int(conn.scalar(select(func.count()).select_from(t.stream_errors)) or 0)
+        cr = t.criteria
+        labels = {
+            pk: f"{name}@{version}"
+            for pk, name, version in conn.execute(select(cr.c.pk, cr.c.name, cr.c.version))
+        }
         last_errors = [
             {
                 "at": r.at,
-                "criterion_pk": r.criterion_pk,
+                "criterion": labels.get(r.criterion_pk),
                 "contact_pk": r.contact_pk,
                 "error": r.error,
             }
@@ -797,7 +856,7 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
         last_rec = [
             {
                 "at": r.at,
-                "criterion_pk": r.criterion_pk,
+                "criterion": labels.get(r.criterion_pk),
                 "missing": r.missing,
                 "extra": r.extra,
                 "repaired": bool(r.repaired),

@@ -241,6 +241,22 @@ def monitoring_page(request: Request) -> HTMLResponse:
         "slots_available": info.get("slots_available"),
         "jobs_running": (info.get("jobs") or {}).get("running", 0),
     }
+    from personatag.metrics import default_metrics
+    from personatag.stream.processor import status as stream_status
+
+    stream = stream_status(store)
+    registry = default_metrics().registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels or None) or 0.0
+
+    stream["rates"] = {
+        "changes": sample("personatag_stream_changes_per_second"),
+        "evaluations": sample("personatag_stream_evaluations_per_second"),
+        "entered": sample("personatag_stream_memberships_changed_total", change="enter"),
+        "exited": sample("personatag_stream_memberships_changed_total", change="exit"),
+        "repairs": sample("personatag_reconciliation_repairs_total"),
+    }
     return _render(
         request,
         "monitoring.html",
@@ -248,6 +264,7 @@ def monitoring_page(request: Request) -> HTMLResponse:
         title="Monitoring",
         status=status,
         flink=flink,
+        stream=stream,
         store_kind=store.dialect,
     )
 
