@@ -16,6 +16,30 @@ stream_app = typer.Typer(
 app.add_typer(stream_app, name="stream")
 
 
+# A long-running processor waits this long for its database at start-up (it
+# may be restarting); steps that fail later are retried for ever.
+STARTUP_WAIT_S = 300.0
+
+
+def _store_when_reachable(timeout_s: float) -> Any:
+    """The store, retrying while the database does not answer (up to timeout_s)."""
+    import time
+
+    from personatag.store.db import StoreUnreachable
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return store()
+        except StoreUnreachable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger("personatag.stream").warning("%s; retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def _iso(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
@@ -48,7 +72,7 @@ def stream(
 
     configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
     s = settings()
-    st = store()
+    st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
         from personatag.stream.processor import StreamProcessor
 

@@ -195,6 +195,10 @@ class Store:
         self.engine.dispose()
 
 
+class StoreUnreachable(PersonatagError):
+    """The database did not answer (down, restarting, wrong address)."""
+
+
 # The newest migration; a test checks it against the migrations folder. Kept as
 # a constant so opening a store does not import Alembic (a third of start-up).
 HEAD_REVISION = "0005"
@@ -251,7 +255,7 @@ def open_store(url: str, *, create: bool = False) -> Store:
             )
     except OperationalError as exc:
         engine.dispose()
-        raise PersonatagError(f"cannot open the store: {exc.orig}") from None
+        raise StoreUnreachable(f"cannot open the store: {exc.orig}") from None
     except Exception:
         engine.dispose()
         raise
