@@ -175,6 +175,13 @@ def generate(
     end: Annotated[
         str | None, typer.Option(help="Last day of reading history (default: today, UTC).")
     ] = None,
+    persona_share: Annotated[
+        float | None,
+        typer.Option(
+            help="0-1: how much of a reader's interests job title, firm type and region "
+            "explain (default: the original population)."
+        ),
+    ] = None,
 ) -> None:
     """Generate a realistic synthetic population (contacts, publications, reads, logins)."""
     from personatag.generate import generate as run_generate
@@ -188,6 +195,7 @@ def generate(
         seed=seed,
         end=as_of_option(end),
         progress=lambda msg: typer.echo(msg, err=True),
+        persona_share=persona_share,
     )
     typer.echo(str(result))
 
@@ -1000,6 +1008,8 @@ def main() -> None:
 # Command groups in their own modules register themselves on `app`.
 import personatag.cli_accounts  # noqa: E402
 import personatag.cli_events  # noqa: E402
+import personatag.cli_feed  # noqa: E402
+import personatag.cli_feed_eval  # noqa: E402
 import personatag.cli_flink  # noqa: E402
 import personatag.cli_ops  # noqa: E402
 import personatag.cli_stream  # noqa: E402

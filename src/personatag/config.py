@@ -103,6 +103,21 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = 3600.0
     webhook_batch: int = 500
     webhook_interval_s: float = 2.0
+    # The feed (personatag.feed.service): seconds a server keeps its feed model
+    # before rebuilding it even if no reads, publications or memberships changed.
+    feed_model_max_age_s: float = 900.0
+    # The reading feed (personatag.feed, docs/feed.md): weights of the blend's
+    # parts, how much freshness multiplies in (0: not at all, 1: fully), a
+    # report's freshness half-life, the reads counted as popularity (window and
+    # half-life) and item neighbours kept per report.
+    feed_weight_persona: float = 3.0
+    feed_weight_coverage: float = 1.0
+    feed_weight_similar: float = 0.2
+    feed_weight_fresh: float = 0.95
+    feed_half_life_days: float = 1.0
+    feed_popularity_days: float = 30.0
+    feed_popularity_half_life_days: float = 7.0
+    feed_neighbours: int = 50
 
     @field_validator(
         "dispatcher_workers",
@@ -137,11 +152,33 @@ class Settings(BaseSettings):
         "stream_flink_timeout_s",
         "stream_flink_checkpoint_s",
         "stream_flink_monitor_s",
+        "feed_model_max_age_s",
     )
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator(
+        "feed_weight_persona", "feed_weight_coverage", "feed_weight_similar", "feed_weight_fresh"
+    )
+    @classmethod
+    def _weight(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
+
+    @field_validator(
+        "feed_half_life_days",
+        "feed_popularity_days",
+        "feed_popularity_half_life_days",
+        "feed_neighbours",
+    )
+    @classmethod
+    def _feed_positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
         return value
 
     @field_validator("stream_reconcile_s")

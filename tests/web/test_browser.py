@@ -209,3 +209,29 @@ def test_admin_adds_a_user_and_a_token(browser: object, server: str) -> None:
     assert "flink: " in page.inner_text("main")
     assert "feed lag" in page.inner_text("#stream")
     shot(page, "10-monitoring")
+
+
+def test_editor_sees_a_feed_and_adds_a_boost_rule(browser: object, server: str) -> None:
+    page = login(browser, server, "erin")
+    page.goto(f"{server}/contacts?id=c00000042")
+    rows = page.locator("#contact-feed tr[data-publication]")
+    rows.first.wait_for()
+    assert rows.count() == 10
+    assert (
+        page.locator("#contact-feed td", has_text="popular").count()
+        + page.locator("#contact-feed td", has_text="new in").count()
+        > 0
+    )
+    shot(page, "11-contact-feed")
+    page.goto(f"{server}/feed-rules?persona=emea-cio")
+    page.fill("#rule-expr", 'sectr = "Energy"')
+    page.fill("#rule-weight", "2")
+    page.click("#rule-form button[type=submit]")
+    page.locator("#rule-status", has_text="did you mean 'sector'").wait_for()
+    shot(page, "12-feed-rule-typo")
+    page.fill("#rule-expr", 'sector = "Energy"')
+    page.click("#rule-form button[type=submit]")
+    row = page.locator("#feed-rules tr[data-rule]", has_text='sector = "Energy"')
+    row.wait_for()
+    assert "+2" in row.inner_text() and "erin" in row.inner_text()
+    shot(page, "13-feed-rule-added")

@@ -31,6 +31,7 @@ SAMPLES = {
     "job_id": "999",
     "webhook_id": "999",
     "dead_letter_id": "999",
+    "rule_id": "999",
 }
 
 

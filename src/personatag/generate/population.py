@@ -199,6 +199,42 @@ _LAST = _objects(vocab.LAST_NAMES)
 _FIRST_ASCII = _objects([_ascii(n) for n in vocab.FIRST_NAMES])
 _LAST_ASCII = _objects([_ascii(n) for n in vocab.LAST_NAMES])
 
+# The favourite sector a (firm type, title family) pair leans to under persona_share.
+_PERSONA_SECTOR = np.random.default_rng(20_240_607).integers(
+    0, len(vocab.SECTORS), (len(vocab.FIRM_TYPES), len(TITLE_FAMILIES))
+)
+
+
+def _shared_latent(
+    rng: np.random.Generator, share: float, family: I64, firm_type: I64, region: I64
+) -> tuple[F64, F64, F64]:
+    """Latent preferences that the persona-defining attributes explain to degree `share`.
+
+    Asset classes mix the title family's profile (weight share) with a random
+    personal one; the favourite sector is the (firm type, family) pair's with
+    probability share, else random; the home-region weight is 1 + 10 * share.
+    At 0 attributes say nothing about reading; at 1 they say all but noise.
+    """
+    n = len(family)
+    n_sec = len(vocab.SECTORS)
+    fam = _FAMILY_ASSETS[family]
+    fam = fam / fam.sum(axis=1, keepdims=True)
+    own = rng.dirichlet(np.full(len(vocab.ASSET_CLASSES), 0.3), n)
+    asset_w = share * fam + (1.0 - share) * own + 1e-4
+    rows = np.arange(n)
+    own_fav = rng.integers(0, n_sec, n)
+    fav1 = np.where(rng.random(n) < share, _PERSONA_SECTOR[firm_type, family], own_fav)
+    fav2 = rng.integers(0, n_sec, n)
+    sector_w = np.ones((n, n_sec + 1))
+    sector_w[:, n_sec] = 1.5
+    sector_w[rows, fav1] += 40.0
+    sector_w[rows, fav2] += rng.random(n) * 10.0
+    region_w = np.ones((n, len(PUB_REGIONS)))
+    region_w[rows, region] = 1.0 + 10.0 * share
+    region_w[:, REGION_GLOBAL] = 3.0
+    return asset_w, sector_w, region_w
+
+
 CONTACT_COLUMNS = (
     "pk", "id", "email", "first_name", "last_name", "job_title", "seniority", "region",
     "country", "firm", "firm_type", "interests", "created_at", "updated_at", "last_login_at",
@@ -206,9 +242,18 @@ CONTACT_COLUMNS = (
 
 
 def build_contacts(
-    rng: np.random.Generator, first_pk: int, n: int, end_s: int, firms: Firms
+    rng: np.random.Generator,
+    first_pk: int,
+    n: int,
+    end_s: int,
+    firms: Firms,
+    persona_share: float | None = None,
 ) -> tuple[dict[str, list[Any]], Latent]:
-    """Columns of `n` contacts (pk from first_pk) except last_login_at, plus their latent side."""
+    """Columns of `n` contacts (pk from first_pk) except last_login_at, plus their latent side.
+
+    `persona_share` (0 to 1) replaces the default latent preferences by ones that
+    job title, firm type and region explain to that degree (see `_shared_latent`);
+    None keeps the default population exactly."""
     null = {k: rng.random(n) < p for k, p in NULL_RATES.items()}
 
     region = _pick(rng, vocab.REGION_WEIGHTS, n)
@@ -243,6 +288,8 @@ def build_contacts(
     region_w = np.ones((n, len(PUB_REGIONS)))
     region_w[rows, region] = 6.0
     region_w[:, REGION_GLOBAL] = 3.0
+    if persona_share is not None:
+        asset_w, sector_w, region_w = _shared_latent(rng, persona_share, family, firm_type, region)
 
     # Interests as stated: up to four names drawn from the latent preferences
     # without replacement (Gumbel top-k).

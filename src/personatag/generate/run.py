@@ -73,6 +73,7 @@ def generate(
     seed: int = 0,
     end: datetime | None = None,
     progress: Progress | None = None,
+    persona_share: float | None = None,
 ) -> GenerateResult:
     """Write `contacts` synthetic contacts with publications, reads and logins.
 
@@ -80,8 +81,12 @@ def generate(
     00:00 UTC and bounds every timestamp (history covers the year before it).
     Refuses a store that already has contacts or publications. Each chunk is
     committed on its own: an interrupted run leaves a partial population, so
-    start again on a fresh store.
+    start again on a fresh store. `persona_share` (0 to 1): how much of a
+    reader's interests job title, firm type and region explain; None (the
+    default) keeps the original population.
     """
+    if persona_share is not None and not 0.0 <= persona_share <= 1.0:
+        raise InputError(f"--persona-share must be between 0 and 1, got {persona_share}")
     if not 1 <= contacts <= MAX_CONTACTS:
         raise InputError(f"--contacts must be between 1 and {MAX_CONTACTS:,}, got {contacts}")
     if seed < 0:
@@ -116,7 +121,7 @@ def generate(
             ix.drop(conn, checkfirst=True)
     try:
         reads, logins = _write_chunks(
-            store, contacts, seed, end_s, firms, pubs, cells, say, started
+            store, contacts, seed, end_s, firms, pubs, cells, say, started, persona_share
         )
     finally:
         say("indexing reads ...")
@@ -145,6 +150,7 @@ def _write_chunks(
     cells: Any,
     say: Progress,
     started: float,
+    persona_share: float | None = None,
 ) -> tuple[int, int]:
     tables = store.tables
     reads = logins = 0
@@ -152,7 +158,7 @@ def _write_chunks(
     for index, first in enumerate(range(0, contacts, CHUNK)):
         n = min(CHUNK, contacts - first)
         rng = np.random.default_rng([seed, 1, index])
-        columns, latent = build_contacts(rng, first + 1, n, end_s, firms)
+        columns, latent = build_contacts(rng, first + 1, n, end_s, firms, persona_share)
         events = build_events(rng, latent, pubs, cells, end_s)
         columns["last_login_at"] = last_login(n, events)
         rows = list(zip(*(columns[c] for c in CONTACT_COLUMNS), strict=True))

@@ -71,6 +71,7 @@ class Tables:
     reconciliations: Table
     webhooks: Table
     webhook_dead_letters: Table
+    feed_rules: Table
 
 
 def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
@@ -425,8 +426,26 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("delivery_id", Text),
         Index("ix_webhook_dead_letters_webhook", "webhook_pk"),
     )
+    # Persona content rules for the feed (personatag.feed.rules): kind is boost
+    # (expr, weight), filter (expr), pin (publication_pk, expires_at) or cap (cap).
+    feed_rules = Table(
+        "feed_rules",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("persona_pk", BigInteger, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("expr", Text),
+        Column("weight", Float),
+        Column("publication_pk", BigInteger),
+        Column("expires_at", UTCTimestamp),
+        Column("cap", BigInteger),
+        Column("created_at", UTCTimestamp, nullable=False),
+        Column("created_by", Text),
+        Index("ix_feed_rules_persona", "persona_pk", "pk"),
+    )
     return Tables(
         metadata=md,
+        feed_rules=feed_rules,
         changes=changes,
         stream_offsets=stream_offsets,
         stream_rechecks=stream_rechecks,

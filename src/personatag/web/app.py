@@ -14,12 +14,13 @@ from personatag.store import Store, open_store
 from personatag.web import errors, pages
 from personatag.web.api import accounts, admin, contacts, criteria, jobs, personas, requests, system
 from personatag.web.api import events as events_api
+from personatag.web.api import feed as feed_api
 from personatag.web.api.deps import AppContext
 from personatag.web.api.flink import flink_mount
 from personatag.web.auth import PUBLIC, SESSION_COOKIE, LoginLimiter
 
 API_PREFIX = "/api/v1"
-ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api)
+ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api, feed_api)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:

@@ -179,11 +179,19 @@ def contact_page(request: Request, id: str | None = None) -> HTMLResponse:
     who = _page_user(request, "viewer")
     store = _ctx(request).store
     contact, error = None, None
+    feed, feed_error = None, None
     if id:
         try:
             contact = show_contact(store, id)
         except PersonatagError as exc:
             error = str(exc)
+    if contact is not None:
+        from personatag.feed.service import feed_for
+
+        try:
+            feed = feed_for(store, id or "", 10, None, _ctx(request).settings)
+        except PersonatagError as exc:
+            feed_error = str(exc)
     with store.read() as conn:
         personas = [p for p, _ in list_personas(conn, store)]
     return _render(
@@ -195,7 +203,26 @@ def contact_page(request: Request, id: str | None = None) -> HTMLResponse:
         contact_id=id,
         error=error,
         personas=personas,
+        feed=feed,
+        feed_error=feed_error,
     )
+
+
+@router.get("/feed-rules", **_declare("viewer"))
+def feed_rules_page(request: Request, persona: str | None = None) -> HTMLResponse:
+    from personatag.feed.rules import list_rules
+    from personatag.store.personas import list_personas
+
+    who = _page_user(request, "viewer")
+    store = _ctx(request).store
+    with store.read() as conn:
+        personas = [p for p, _ in list_personas(conn, store)]
+    chosen = persona or (personas[0].key if personas else None)
+    rules = [r.to_json() for r in list_rules(store, chosen)] if chosen else []
+    return _render(
+        request, "feed_rules.html", who, title="Feed rules", personas=personas, chosen=chosen,
+        rules=rules,
+    )  # fmt: skip
 
 
 @router.get("/audit", **_declare("admin"))

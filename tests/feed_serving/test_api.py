@@ -1,0 +1,133 @@
+"""The feed routes: shapes, roles, errors in the common format, rules CRUD."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from personatag.audit_log import list_events
+from personatag.domain import PinKind, utcnow
+from personatag.pipeline.pins import pin
+from personatag.store import versions
+from personatag.store.personas import add_persona
+from tests.feed_serving.conftest import publications
+from tests.web import conftest as web
+from tests.web.conftest import API, Api
+
+# The web fixtures (an app over a SQLite store, a token per role) in this module.
+flink_url, settings, store, api = web.flink_url, web.settings, web.store, web.api
+
+
+def world(api: Api) -> None:
+    with api.store.write() as conn:
+        conn.execute(api.store.tables.publications.insert(), publications(utcnow()))
+        versions.bump(conn, api.store.tables, ["publications"])
+    add_persona(api.store, "treas", name="Corporate Treasurers", category="role")
+    pin(api.store, "treas", "c0002", PinKind.IN, actor="test")
+
+
+def test_feed_shape_and_errors(api: Api) -> None:
+    world(api)
+    viewer = api.headers("viewer")
+    r = api.client.get(f"{API}/contacts/c0001/feed?k=3", headers=viewer)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["contact"] == "c0001" and body["as_of"].endswith("Z")
+    assert len(body["items"]) == 3
+    assert set(body["items"][0]) == {
+        "id", "title", "score", "reason", "series", "sector", "published_at"
+    }  # fmt: skip
+    assert api.client.get(f"{API}/contacts/c0001/feed").status_code == 401
+
+    r = api.client.get(f"{API}/contacts/nobody/feed", headers=viewer)
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "status": 404, "code": "not_found", "message": "unknown contact 'nobody'"
+    }  # fmt: skip
+    for query, field in (
+        ("k=0", "k"),
+        ("k=101", "k"),
+        ("k=ten", "k"),
+        ("as_of=yesterday", "as_of"),
+        ("as_of=2999-01-01T00:00:00Z", "as_of"),
+    ):
+        r = api.client.get(f"{API}/contacts/c0001/feed?{query}", headers=viewer)
+        assert r.status_code == 422, (query, r.text)
+        assert r.json()["error"]["field"] == field, query
+    past = (utcnow() - timedelta(hours=5, minutes=30)).isoformat()
+    r = api.client.get(
+        f"{API}/contacts/c0001/feed", params={"k": 100, "as_of": past}, headers=viewer
+    )
+    assert {i["id"] for i in r.json()["items"]} == {f"p{i:02d}" for i in range(6, 13)}
+
+
+def test_rules_crud_by_role(api: Api) -> None:
+    world(api)
+    rules = f"{API}/personas/treas/feed-rules"
+    boost = {"kind": "boost", "expr": 'series = "Credit Monthly"', "weight": 50}
+    assert api.client.post(rules, json=boost, headers=api.headers("viewer")).status_code == 403
+    r = api.client.post(rules, json=boost, headers=api.headers("editor"))
+    assert r.status_code == 201, r.text
+    rule = r.json()
+    assert (rule["kind"], rule["persona"], rule["created_by"]) == ("boost", "treas", "editor")
+    r = api.client.get(rules, headers=api.headers("viewer"))
+    assert [x["id"] for x in r.json()["rules"]] == [rule["id"]]
+
+    # applies on the next request: the holder's feed leads with the boosted series
+    feed = api.client.get(f"{API}/contacts/c0002/feed?k=4", headers=api.headers("viewer")).json()
+    assert [i["series"] for i in feed["items"]] == ["Credit Monthly"] * 4
+
+    bad = {"kind": "filter", "expr": 'sector = "Energy" and\n  regoin = "EMEA"'}
+    r = api.client.post(rules, json=bad, headers=api.headers("editor"))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert (err["code"], err["field"], err["line"], err["col"]) == (
+        "invalid_criterion",
+        "expr",
+        2,
+        3,
+    )
+    assert "did you mean 'region'" in err["message"]
+    for body, code in (
+        ({"kind": "boost", "expr": 'sector = "Energy"'}, "invalid_input"),
+        ({"kind": "pin", "publication": "p01", "weight": 2}, "invalid_input"),
+        ({"kind": "cap", "cap": 0}, "validation_error"),
+        ({"kind": "cap", "cap": 2, "extra": 1}, "validation_error"),
+        ({"kind": "nudge"}, "validation_error"),
+    ):
+        r = api.client.post(rules, json=body, headers=api.headers("editor"))
+        assert (r.status_code, r.json()["error"]["code"]) == (422, code), body
+    r = api.client.post(
+        f"{API}/personas/ghost/feed-rules", json=boost, headers=api.headers("editor")
+    )
+    assert r.status_code == 404
+
+    one = f"{rules}/{rule['id']}"
+    assert api.client.delete(one, headers=api.headers("viewer")).status_code == 403
+    assert api.client.delete(f"{API}/personas/emea/feed-rules/{rule['id']}",
+                             headers=api.headers("editor")).status_code == 404  # fmt: skip
+    r = api.client.delete(one, headers=api.headers("editor"))
+    assert r.status_code == 200 and r.json()["id"] == rule["id"]
+    assert api.client.delete(one, headers=api.headers("editor")).status_code == 404
+    feed = api.client.get(f"{API}/contacts/c0002/feed?k=4", headers=api.headers("viewer")).json()
+    assert [i["series"] for i in feed["items"]] != ["Credit Monthly"] * 4
+    events = list_events(api.store, action="feed_rule.*")
+    assert [(e["action"], e["source"]) for e in events] == [
+        ("feed_rule.remove", "api"),
+        ("feed_rule.add", "api"),
+    ]
+
+
+def test_pin_and_cap_rules_over_the_api(api: Api) -> None:
+    world(api)
+    rules = f"{API}/personas/treas/feed-rules"
+    editor = api.headers("editor")
+    expires = (utcnow() + timedelta(days=1)).isoformat()
+    r = api.client.post(rules, json={"kind": "pin", "publication": "p12", "expires_at": expires},
+                        headers=editor)  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert api.client.post(rules, json={"kind": "cap", "cap": 1}, headers=editor).status_code == 201
+    r = api.client.post(rules, json={"kind": "cap", "cap": 2}, headers=editor)
+    assert r.status_code == 409
+    items = api.client.get(f"{API}/contacts/c0002/feed", headers=editor).json()["items"]
+    assert items[0]["id"] == "p12" and items[0]["reason"] == "pinned for Corporate Treasurers"
+    assert len(items) == 3 and len({i["series"] for i in items}) == 3

@@ -1,0 +1,124 @@
+"""Feeds through the service, on SQLite and PostgreSQL: eligibility, content
+rules, and changes applying on the next request without a restart."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from personatag.domain import utcnow
+from personatag.errors import InputError, NotFoundError
+from personatag.feed.rules import add_rule, remove_rule
+from personatag.feed.service import feed_for, service_for
+from personatag.pipeline.contacts import add_events
+from personatag.store import Store
+from tests.feed_serving.conftest import build_world, publications
+
+
+def ids(feed: dict) -> list[str]:  # type: ignore[type-arg]
+    return [item["id"] for item in feed["items"]]
+
+
+def test_only_unread_reports_published_before_as_of(store: Store) -> None:
+    now = build_world(store)
+    feed = feed_for(store, "c0001", k=100)
+    # everything published and not read by c0001 (p01, p05), never the future report
+    assert set(ids(feed)) == {f"p{i:02d}" for i in range(1, 13)} - {"p01", "p05"}
+    assert set(feed) == {"contact", "as_of", "items"}
+    assert set(feed["items"][0]) == {
+        "id", "title", "score", "reason", "series", "sector", "published_at"
+    }  # fmt: skip
+    scores = [item["score"] for item in feed["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # as of 4 h 45 min ago: p01..p04 were not published yet; p05 was read only later
+    past = now - timedelta(hours=4, minutes=45)
+    feed = feed_for(store, "c0001", k=100, as_of=past)
+    assert set(ids(feed)) == {f"p{i:02d}" for i in range(5, 13)}
+    assert feed["as_of"] == past.isoformat().replace("+00:00", "Z")
+
+
+def test_a_new_read_leaves_the_feed_on_the_next_request(store: Store) -> None:
+    build_world(store)
+    first = ids(feed_for(store, "c0003", k=3))
+    add_events(store, "c0003", reads=[(first[0], utcnow())])
+    second = ids(feed_for(store, "c0003", k=3))
+    assert first[0] not in second and len(second) == 3
+
+
+def test_a_new_report_enters_without_a_restart(store: Store) -> None:
+    from personatag.store import versions
+
+    now = build_world(store)
+    row = {**publications(now)[0], "id": "pnew", "title": "Fresh", "published_at": now}
+    with store.write() as conn:
+        conn.execute(store.tables.publications.insert(), [row])
+        versions.bump(conn, store.tables, ["publications"])
+    assert "pnew" in ids(feed_for(store, "c0005", k=100))
+
+
+def test_rules_apply_on_the_next_request_for_holders_only(store: Store) -> None:
+    build_world(store)  # c0002 holds treas (pinned in); c0003 holds nothing
+    before = feed_for(store, "c0002", k=100)
+    assert {i["sector"] for i in before["items"]} == {"Energy", None, "Credit"}
+    rule = add_rule(store, "treas", "filter", expr='sector = "Energy"', actor="t")
+    after = feed_for(store, "c0002", k=100)
+    assert {i["sector"] for i in after["items"]} == {"Energy"}
+    assert len(ids(feed_for(store, "c0003", k=100))) == 12  # not a holder
+    remove_rule(store, rule.id, actor="t")
+    assert ids(feed_for(store, "c0002", k=100)) == ids(before)
+
+
+def test_boost_and_cap(store: Store) -> None:
+    build_world(store)
+    add_rule(store, "treas", "boost", expr='series = "Credit Monthly"', weight=50, actor="t")
+    top = feed_for(store, "c0002", k=4)["items"]
+    assert [i["series"] for i in top] == ["Credit Monthly"] * 4
+    add_rule(store, "treas", "cap", cap=1, actor="t")
+    capped = feed_for(store, "c0002", k=10)["items"]
+    assert capped[0]["series"] == "Credit Monthly"
+    assert sorted(i["series"] for i in capped) == ["Credit Monthly", "Energy Weekly", "Rates Daily"]
+
+
+def test_a_pin_comes_first_until_it_expires(store: Store) -> None:
+    build_world(store)
+    add_rule(store, "treas", "pin", publication="p12", expires_at=utcnow() + timedelta(seconds=1.5))
+    feed = feed_for(store, "c0002", k=3)
+    assert feed["items"][0]["id"] == "p12"
+    assert feed["items"][0]["reason"] == "pinned for Corporate Treasurers"
+    assert "p12" not in ids(feed_for(store, "c0003", k=3))  # only holders see the pin
+    time.sleep(1.6)
+    assert "p12" not in ids(feed_for(store, "c0002", k=3))
+
+
+def test_a_pinned_report_already_read_is_not_shown(store: Store) -> None:
+    build_world(store)
+    add_rule(store, "treas", "pin", publication="p12")
+    add_events(store, "c0002", reads=[("p12", utcnow())])
+    assert "p12" not in ids(feed_for(store, "c0002", k=12))
+
+
+def test_the_model_is_cached_and_rebuilt_when_memberships_change(store: Store) -> None:
+    from personatag.domain import PinKind
+    from personatag.pipeline.pins import pin
+
+    build_world(store)
+    feed_for(store, "c0004")
+    service = service_for(store)
+    model = service._current.model  # type: ignore[union-attr]
+    feed_for(store, "c0004")
+    assert service._current.model is model  # type: ignore[union-attr]
+    pin(store, "energy", "c0004", PinKind.IN, actor="t")
+    feed_for(store, "c0004")
+    assert service._current.model is not model  # type: ignore[union-attr]
+
+
+def test_bad_input(store: Store) -> None:
+    build_world(store)
+    with pytest.raises(NotFoundError, match="unknown contact 'nobody'"):
+        feed_for(store, "nobody")
+    with pytest.raises(InputError, match="k must be from 1 to 100"):
+        feed_for(store, "c0001", k=0)
+    with pytest.raises(InputError, match="in the future"):
+        feed_for(store, "c0001", as_of=utcnow() + timedelta(days=1))
