@@ -90,6 +90,10 @@ def run(
         from personatag.stream import runner
 
         background = runner.start(store, settings, stop, stream=stream, webhooks=stream)
+        # The feed model is built beside the server, not by the first feed request.
+        from personatag.feed.service import service_for
+
+        service_for(store, settings).warm()
         shown = f"[{host}]" if ":" in host else host
         base = f"http://{shown}:{sock.getsockname()[1]}"
         echo(f"workbench at {base}/ (API at {base}/api/v1, docs at {base}/api/v1/docs)")

@@ -150,3 +150,10 @@ def test_cap_per_series(model: FeedModel) -> None:
     assert sum(1 for p in got if PUBS[p][0] == "Energy Weekly") == 1
     assert len(got) == 3  # one Energy Weekly, p2, p4
     assert sum(1 for p in ids(model.recommend(3, k=20)) if PUBS[p][0] == "Energy Weekly") == 3
+
+
+def test_an_empty_catalogue_gives_an_empty_feed(store: Store) -> None:
+    add_contacts(store, [{"pk": 1, "id": "c1"}])
+    model = FeedModel.build(store, NOW)
+    assert model.recommend(1) == []
+    assert model.recommend_many([1, 2]) == {1: [], 2: []}

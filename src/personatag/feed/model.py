@@ -66,6 +66,8 @@ class Rules:
 
 
 def _row_max_normalise(m: F32) -> F32:
+    if m.size == 0:  # an empty catalogue (or no contacts): nothing to scale
+        return m
     top = m.max(axis=1, keepdims=True)
     np.divide(m, top, out=m, where=top > 0)
     return m

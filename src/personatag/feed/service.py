@@ -48,6 +48,10 @@ FUTURE_SLACK = timedelta(seconds=5)
 VERSIONED = ("publications", "reads")
 
 
+# Seconds a request waits for a start-up build before building on its own.
+WARM_WAIT_S = 600.0
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
@@ -107,8 +111,18 @@ class FeedService:
             self._rebuilding = True
         threading.Thread(target=run, name="feed-model-rebuild", daemon=True).start()
 
+    def warm(self) -> None:
+        """Build the model now, in the background (a server calls this at start-up,
+        so the first feed request does not pay for the build)."""
+        self._rebuild_in_background()
+
     def current(self, versions_: tuple[int, ...]) -> FeedModel:
         """The model serving "now", built or rebuilt as the module docstring says."""
+        if self._current is None:
+            # A start-up build is running: wait for it rather than build twice.
+            deadline = time.monotonic() + WARM_WAIT_S
+            while self._rebuilding and self._current is None and time.monotonic() < deadline:
+                time.sleep(0.05)
         cached = self._current
         if cached is not None and not self._stale(cached, versions_):
             return cached.model
