@@ -143,6 +143,11 @@ def run() -> None:
             )
     say("\nthe request pipeline: a request file through the dispatcher")
     _pipeline_demo(store, settings, say)
+    say("\nongoing criteria: the stream keeps a persona true as data changes")
+    _stream_demo(store, settings, say)
+    if sample_id:
+        say(f"\nthe reading feed of {sample_id} (top 3):")
+        _feed_demo(store, settings, sample_id, say)
     say(
         "\ntry: .venv/bin/personatag persona list   |   .venv/bin/personatag contact show "
         f"{sample_id or 'c00000001'}   |   .venv/bin/personatag jobs list"
@@ -178,6 +183,75 @@ def _pipeline_demo(store: Store, settings: Settings, say: Callable[[str], None])
         f"untagged {c['untagged']:,} (treasurers outside corporates)"
     )
     say(f"  result files in {buckets['results'].url('')}{sent['request_id']}/")
+
+
+LIVE_KEY = "energy-live"
+LIVE_EXPR = 'count(read where sector = "Energy", 30d) >= 3'
+
+
+def _stream_demo(store: Store, settings: Settings, say: Callable[[str], None]) -> None:
+    from datetime import timedelta
+
+    from personatag.domain import utcnow
+    from personatag.pipeline.contacts import add_events
+    from personatag.stream.processor import StreamProcessor
+
+    t = store.tables
+    with store.read() as conn:
+        have = {p.key for p, _ in list_personas(conn, store, include_archived=True)}
+    if LIVE_KEY not in have:
+        add_persona(store, LIVE_KEY, name="Energy reader (live)", category="interest", actor="demo")
+        add_criterion(
+            store,
+            LIVE_KEY,
+            persona=LIVE_KEY,
+            expr=LIVE_EXPR,
+            mode="ongoing",
+            exit_policy="remove",
+            actor="demo",
+        )
+    processor = StreamProcessor(store, settings)
+    done = processor.catch_up(timeout_s=600)
+    for line in done.lifecycle:
+        say(f"  {line}")
+    with store.read() as conn:
+        persona_pk = conn.scalar(select(t.personas.c.pk).where(t.personas.c.key == LIVE_KEY))
+        members = select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == persona_pk)
+        row = conn.execute(
+            select(t.contacts.c.id).where(t.contacts.c.pk.not_in(members)).order_by(t.contacts.c.pk)
+        ).first()
+        energy = conn.scalars(
+            select(t.publications.c.id)
+            .where(t.publications.c.sector == "Energy", t.publications.c.published_at < utcnow())
+            .order_by(t.publications.c.published_at.desc())
+            .limit(3)
+        ).all()
+    if row is None or len(energy) < 3:
+        return
+    who = row[0]
+    now = utcnow()
+    add_events(store, who, reads=[(p, now - timedelta(hours=i + 1)) for i, p in enumerate(energy)])
+    step = processor.catch_up(timeout_s=600)
+    holds = any(p["persona"] == LIVE_KEY for p in show_contact(store, who)["personas"])
+    say(
+        f"  {who} read 3 Energy reports: the stream applied {step.changes} change(s), "
+        f"{step.entered} entered; {who} holds {LIVE_KEY}: {holds}"
+    )
+    say(f"  {LIVE_KEY}: {LIVE_EXPR} (exit remove: they leave when the reads age out)")
+    say(
+        "  while the server runs, try: .venv/bin/personatag contact add-read ID PUBLICATION_ID"
+        "   |   .venv/bin/personatag stream status"
+    )
+
+
+def _feed_demo(
+    store: Store, settings: Settings, contact_id: str, say: Callable[[str], None]
+) -> None:
+    from personatag.feed.service import feed_for
+
+    feed = feed_for(store, contact_id, k=3, settings=settings)
+    for item in feed["items"]:
+        say(f"  {item['id']:<12} {item['score']:.2f}  {item['title']}  ({item['reason']})")
 
 
 def admin_credentials(settings: Any) -> tuple[str, str]:
