@@ -160,6 +160,10 @@ def feed_precompute(
     ] = None,
     k: Annotated[int, typer.Option("--k", help="Reports per contact (1-100).")] = 10,
     batch: Annotated[int, typer.Option("--batch", help="Contacts per step.")] = 100_000,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Processes ranking at once (default: one per CPU)."),
+    ] = None,
 ) -> None:
     """Every contact's feed now, with recommend_many; prints how long it took.
 
@@ -193,7 +197,7 @@ def feed_precompute(
     try:
         for start in range(0, len(pairs), batch):
             part = pairs[start : start + batch]
-            feeds = model.recommend_many([pk for pk, _ in part], k, rules=rules)
+            feeds = model.recommend_all([pk for pk, _ in part], k, rules=rules, workers=workers)
             n += len(feeds)
             if sink is not None:
                 lines = []

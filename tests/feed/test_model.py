@@ -157,3 +157,9 @@ def test_an_empty_catalogue_gives_an_empty_feed(store: Store) -> None:
     model = FeedModel.build(store, NOW)
     assert model.recommend(1) == []
     assert model.recommend_many([1, 2]) == {1: [], 2: []}
+
+
+def test_recommend_all_in_forked_workers_equals_one_process(model: FeedModel) -> None:
+    pks = list(range(1, 5))
+    one = model.recommend_many(pks, 3)
+    assert model.recommend_all(pks, 3, workers=2, batch=1) == one

@@ -431,5 +431,50 @@ class FeedModel:
                 out[pk] = items
         return out
 
+    def recommend_all(
+        self,
+        contact_pks: Sequence[int],
+        k: int = 10,
+        *,
+        as_of: datetime | None = None,
+        rules: Mapping[str, Rules] | None = None,
+        workers: int | None = None,
+        batch: int = BATCH,
+    ) -> dict[int, list[Item]]:
+        """`recommend_many` spread over `workers` forked processes (default: one per
+        CPU): for precomputing everyone's feed. The children share this model
+        copy-on-write; only the chosen items come back. Falls back to one process
+        where fork is unavailable or the work is small."""
+        import multiprocessing as mp
+        import os
+
+        pks = list(contact_pks)
+        n = workers or os.cpu_count() or 1
+        if n <= 1 or len(pks) < 4 * batch or "fork" not in mp.get_all_start_methods():
+            return self.recommend_many(pks, k, as_of=as_of, rules=rules, batch=batch)
+        global _FORKED
+        _FORKED = (self, k, as_of, rules, batch)
+        size = max(batch, -(-len(pks) // (n * 8)))  # a few chunks per worker evens the load
+        chunks = [pks[i : i + size] for i in range(0, len(pks), size)]
+        out: dict[int, list[Item]] = {}
+        try:
+            with mp.get_context("fork").Pool(n) as pool:
+                for part in pool.imap_unordered(_rank_forked, chunks):
+                    out.update(part)
+        finally:
+            _FORKED = None
+        return out
+
+
+# What forked workers of recommend_all rank with (set only while they run).
+_FORKED: tuple[FeedModel, int, datetime | None, Mapping[str, Rules] | None, int] | None = None
+
+
+def _rank_forked(pks: list[int]) -> dict[int, list[Item]]:
+    if _FORKED is None:  # pragma: no cover - only reached in a forked worker
+        raise RuntimeError("recommend_all worker without a model")
+    model, k, as_of, rules, batch = _FORKED
+    return model.recommend_many(pks, k, as_of=as_of, rules=rules, batch=batch)
+
 
 __all__ = ["FeedModel", "Item", "Rules"]
