@@ -131,7 +131,8 @@ def test_areas_are_separate(buckets: Buckets) -> None:
             assert buckets[area].list() == []
             assert not buckets[area].exists("r1.json")
     assert buckets["job-properties"].area == "job-properties"
-    assert buckets["requests"] is buckets["requests"]
+    first = buckets["requests"]
+    assert buckets["requests"] is first  # one Bucket per area, not a new one per lookup
 
 
 def test_delete(bucket: Bucket) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -13,10 +14,12 @@ from personatag.events.export import ExportProgress, export_events, export_lines
 from personatag.events.feed import Horizon, settled_seq
 from personatag.pipeline.audit import LogContext, log_one
 from personatag.pipeline.pins import pin
-from personatag.store import Store
+from personatag.store import Store, open_store
 from personatag.store.definitions import add_criterion
+from personatag.store.personas import add_persona
+from tests.conftest import drop_pg, new_pg_url
 from tests.events.conftest import tag
-from tests.helpers import NOW
+from tests.helpers import NOW, add_contacts, population
 
 FIELDS = ["seq", "at", "persona", "contact_id", "change", "source", "criterion", "request_id"]
 
@@ -104,11 +107,24 @@ def test_bad_arguments_fail_before_streaming(pop: Store) -> None:
     assert list(export_events(pop)) == []
 
 
-def test_a_change_still_committing_holds_back_later_ones(pop: Store) -> None:
+@pytest.fixture
+def pg_pop(pg_template: str) -> Iterator[Store]:
+    """A populated PostgreSQL store only: SQLite has one writer at a time, so its
+    seqs always become visible in order and there is nothing to hold back."""
+    url = new_pg_url(pg_template)
+    store = open_store(url)
+    add_contacts(store, population(40))
+    add_persona(store, "emea", name="EMEA readers", category="region")
+    add_persona(store, "cio", name="CIO", category="job title")
+    yield store
+    store.dispose()
+    drop_pg(url)
+
+
+def test_a_change_still_committing_holds_back_later_ones(pg_pop: Store) -> None:
     """PostgreSQL hands out seqs at insert and shows them at commit: a reader
     must not move past a seq whose transaction is still open."""
-    if pop.dialect != "postgresql":
-        pytest.skip("SQLite has one writer at a time: seqs become visible in order")
+    pop = pg_pop
     pin(pop, "emea", "c0001", PinKind.IN)
     before = settled_seq(pop)
     horizon = Horizon(pop)

@@ -96,4 +96,5 @@ def test_predicates_see_publication_fields(store: Store) -> None:
     assert fresh({"sector": "Energy", "published_at": now - timedelta(hours=2)})
     assert not fresh({"sector": "Energy", "published_at": now - timedelta(days=2)})
     assert not fresh({"sector": None})  # UNKNOWN is not a match
-    assert predicate('sector = "Energy"', now) is predicate('sector = "Energy"', now)
+    compiled = predicate('sector = "Energy"', now)
+    assert predicate('sector = "Energy"', now) is compiled  # compiled once, then reused

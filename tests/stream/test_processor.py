@@ -101,7 +101,6 @@ def test_a_change_tags_and_untags_once_the_criterion_is_swapped_in(pop: Store) -
     assert "c0001" not in members(pop, "emea-senior")
     assert log_of(pop, "emea-senior")[-2:] == [("c0001", "enter"), ("c0001", "exit")]
     with pop.read() as conn:
-        assert p.name == "stream"
         assert conn.scalar(select(func.count()).select_from(pop.tables.stream_errors)) == 0
 
 
