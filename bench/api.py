@@ -52,13 +52,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_serve(port: int) -> subprocess.Popen[bytes]:
+    """`personatag serve --no-dispatcher` on `port`, once it accepts connections."""
+    env = {**os.environ, "PERSONATAG_METRICS_PORT": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "personatag.cli", "serve", "--port", str(port), "--no-dispatcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise SystemExit("serve did not start") from None
+            time.sleep(0.2)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> list[float]:
-    """Open loop: request i is due at start + i / rate; latency counts from then."""
+def load(
+    port: int,
+    token: str,
+    ids: list[str],
+    rate: float,
+    seconds: float,
+    *,
+    path: str = "/api/v1/contacts/{id}",
+    timeout: float = 30,
+) -> list[float]:
+    """Open loop: GET `path` for a random id, request i due at start + i / rate;
+    latency counts from then."""
     total = int(rate * seconds)
     latencies: list[float] = []
     errors: list[str] = []
@@ -67,7 +98,7 @@ def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> 
     start = time.perf_counter() + 0.5
 
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         headers = {"Authorization": f"Bearer {token}"}
         while True:
             with lock:
@@ -79,13 +110,13 @@ def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> 
             wait = due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            conn.request("GET", f"/api/v1/contacts/{random.choice(ids)}", headers=headers)
+            conn.request("GET", path.format(id=random.choice(ids)), headers=headers)
             resp = conn.getresponse()
-            resp.read()
+            body = resp.read()
             took = time.perf_counter() - due
             with lock:
                 if resp.status != 200:
-                    errors.append(str(resp.status))
+                    errors.append(f"{resp.status} {body[:200]!r}")
                 latencies.append(took)
         conn.close()
 
@@ -95,7 +126,7 @@ def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> 
     for t in threads:
         t.join()
     if errors:
-        raise SystemExit(f"{len(errors)} lookups failed: {errors[:5]}")
+        raise SystemExit(f"{len(errors)} requests failed: {errors[:5]}")
     return latencies
 
 
@@ -147,23 +178,8 @@ def main() -> None:
     ids = [f"c{i:08d}" for i in random.Random(3).sample(range(1, args.contacts + 1), 5000)]
 
     port = free_port()
-    env = {**os.environ, "PERSONATAG_METRICS_PORT": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "personatag.cli", "serve", "--port", str(port), "--no-dispatcher"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_serve(port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("serve did not start") from None
-                time.sleep(0.2)
         load(port, token, ids, args.rate, 2.0)  # warm up
         lat = load(port, token, ids, args.rate, args.seconds)
         ms = [x * 1000 for x in lat]

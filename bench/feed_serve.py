@@ -19,15 +19,11 @@ rules (a boost, a filter, a cap). Then:
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,23 +37,19 @@ from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.store import Store, open_store
 from personatag.store.personas import add_persona
 
+# The open-loop load generator and helpers of the API bench (same folder).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api import free_port, load, percentile, start_serve
+
+FEED = "/api/v1/contacts/{id}/feed"
+TIMEOUT = 60.0
+
 PERSONAS = {
     # key: (name, ad hoc criterion)
     "corp-treasurers": ("Corporate Treasurers", 'job_title ilike "%treasurer%"'),
     "energy-readers": ("Energy readers", 'count(read where sector = "Energy", 90d) >= 2'),
     "emea-senior": ("EMEA senior", 'region = "EMEA" and seniority >= 4'),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def prepare(store: Store, contacts: int) -> None:
@@ -125,48 +117,6 @@ def add_rules(store: Store) -> None:
     add_rule(store, "energy-readers", "boost", expr='sector = "Energy"', weight=1.5, actor="b")
     add_rule(store, "emea-senior", "filter", expr='region != "APAC"', actor="b")
     add_rule(store, "emea-senior", "cap", cap=2, actor="b")
-
-
-def load(port: int, token: str, ids: list[str], rate: float, seconds: float) -> list[float]:
-    """Open loop: request i is due at start + i / rate; latency counts from then."""
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    next_index = [0]
-    start = time.perf_counter() + 0.5
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Authorization": f"Bearer {token}"}
-        while True:
-            with lock:
-                i = next_index[0]
-                next_index[0] += 1
-            if i >= total:
-                break
-            due = start + i / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            conn.request("GET", f"/api/v1/contacts/{random.choice(ids)}/feed", headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-            took = time.perf_counter() - due
-            with lock:
-                if resp.status != 200:
-                    errors.append(f"{resp.status} {body[:200]!r}")
-                latencies.append(took)
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit(f"{len(errors)} feed requests failed: {errors[:5]}")
-    return latencies
 
 
 def report(name: str, ms: list[float], goal: float | None = None) -> None:
@@ -276,30 +226,15 @@ def main() -> None:
     ids = [f"c{i:08d}" for i in random.Random(3).sample(range(1, args.contacts + 1), 5000)]
 
     port = free_port()
-    env = {**os.environ, "PERSONATAG_METRICS_PORT": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "personatag.cli", "serve", "--port", str(port), "--no-dispatcher"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_serve(port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("serve did not start") from None
-                time.sleep(0.2)
         # The first request builds the server's model; time it on its own.
         t0 = time.perf_counter()
-        load(port, token, ids[:1], 1.0, 1.0)
+        load(port, token, ids[:1], 1.0, 1.0, path=FEED, timeout=TIMEOUT)
         print(f"first feed request (builds the model): {time.perf_counter() - t0:.1f} s")
         for rate in [float(r) for r in args.rates.split(",")]:
-            load(port, token, ids, rate, 2.0)  # warm up
-            lat = load(port, token, ids, rate, args.seconds)
+            load(port, token, ids, rate, 2.0, path=FEED, timeout=TIMEOUT)  # warm up
+            lat = load(port, token, ids, rate, args.seconds, path=FEED, timeout=TIMEOUT)
             report(
                 f"GET /contacts/{{id}}/feed at {rate:.0f} req/s for {args.seconds:.0f} s",
                 [x * 1000 for x in lat],

@@ -61,6 +61,12 @@ def criterion_pk(store: Store, name: str) -> int:
         )
 
 
+def ongoing_criterion(
+    store: Store, name: str, persona: str, expr: str, exit_policy: str = "keep"
+) -> None:
+    add_criterion(store, name, persona=persona, expr=expr, mode="ongoing", exit_policy=exit_policy)
+
+
 @pytest.fixture
 def pop(store: Store) -> Store:
     add_contacts(store, population(40))
@@ -78,13 +84,8 @@ def pop(store: Store) -> Store:
 
 
 def test_a_change_tags_and_untags_once_the_criterion_is_swapped_in(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA" and seniority >= 5',
-        mode="ongoing",
-        exit_policy="remove",
+    ongoing_criterion(
+        pop, "emea", "emea-senior", 'region = "EMEA" and seniority >= 5', exit_policy="remove"
     )
     p = StreamProcessor(pop, SETTINGS)
     done = p.catch_up()
@@ -120,14 +121,7 @@ def test_exit_keep_leaves_members_and_unread_fields_cost_nothing(pop: Store) -> 
 
 
 def test_pins_win_and_other_sources_keep_the_persona(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
     p = StreamProcessor(pop, SETTINGS)
     p.catch_up()
     pin(pop, "emea-senior", "c0001", PinKind.OUT)
@@ -150,12 +144,11 @@ def test_pins_win_and_other_sources_keep_the_persona(pop: Store) -> None:
 
 
 def test_window_expiry_untags_without_any_change(pop: Store) -> None:
-    add_criterion(
+    ongoing_criterion(
         pop,
         "energy",
-        persona="energy",
-        expr='count(read where sector = "Energy", 90 d) >= 2',
-        mode="ongoing",
+        "energy",
+        'count(read where sector = "Energy", 90 d) >= 2',
         exit_policy="remove",
     )
     p = StreamProcessor(pop, SETTINGS)
@@ -180,14 +173,7 @@ def test_window_expiry_untags_without_any_change(pop: Store) -> None:
 
 
 def test_edit_builds_beside_the_old_version_and_swaps(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
     p = StreamProcessor(pop, SETTINGS)
     p.catch_up()
     old_members = members(pop, "emea-senior")
@@ -213,14 +199,7 @@ def test_edit_builds_beside_the_old_version_and_swaps(pop: Store) -> None:
 
 
 def test_pause_resume_and_retire(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
     p = StreamProcessor(pop, SETTINGS)
     p.catch_up()
     set_ongoing_status(pop, "emea", "pause")
@@ -239,20 +218,12 @@ def test_pause_resume_and_retire(pop: Store) -> None:
 
 
 def test_persona_criteria_follow_in_the_same_batch(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
-    add_criterion(
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
+    ongoing_criterion(
         pop,
         "energy-emea",
-        persona="energy",
-        expr='persona("emea-senior") and seniority >= 8',
-        mode="ongoing",
+        "energy",
+        'persona("emea-senior") and seniority >= 8',
         exit_policy="remove",
     )
     p = StreamProcessor(pop, SETTINGS)
@@ -268,14 +239,7 @@ def test_persona_criteria_follow_in_the_same_batch(pop: Store) -> None:
 
 
 def test_one_failing_evaluation_is_reported_not_fatal(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
 
     class Flaky(StreamProcessor):
         """Evaluations of c0001 fail (as a criterion broken for one contact would)."""
@@ -304,14 +268,7 @@ def test_one_failing_evaluation_is_reported_not_fatal(pop: Store) -> None:
 
 
 def test_reconciliation_repairs_drift(pop: Store) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
     p = StreamProcessor(pop, SETTINGS)
     p.catch_up()
     t = pop.tables
@@ -336,14 +293,7 @@ def test_reconciliation_repairs_drift(pop: Store) -> None:
 
 
 def test_imports_feed_the_stream_set_based(pop: Store, tmp_path: Path) -> None:
-    add_criterion(
-        pop,
-        "emea",
-        persona="emea-senior",
-        expr='region = "EMEA"',
-        mode="ongoing",
-        exit_policy="remove",
-    )
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
     settings = Settings(stream_reconcile_s=0, stream_set_based_contacts=5)
     p = StreamProcessor(pop, settings)
     p.catch_up()

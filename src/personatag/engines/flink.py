@@ -382,24 +382,13 @@ class FlinkEngine(Engine):
             spec_path = Path(tmp) / "run.json"
             spec_path.write_text(json.dumps(run_spec))
             out_path = Path(tmp) / "client.log"
-            cmd = [
-                str(home.bin / "flink"),
-                "run",
-                "-d",
-                "-m",
+            cmd = home.run_python_job(
                 target,
-                "-p",
-                str(run_spec["parallelism"]),
-                "-pyfs",
-                str(bundle_path),
-                "-pyclientexec",
-                str(home.python),
-                "-pyexec",
-                str(home.python),
-                "-pym",
+                int(run_spec["parallelism"]),
+                bundle_path,
                 "personatag.flink.job",
                 str(spec_path),
-            ]
+            )
             with open(out_path, "wb") as out:
                 client = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                     cmd,

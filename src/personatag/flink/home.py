@@ -42,6 +42,30 @@ class FlinkHome:
         env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
+    def run_python_job(
+        self, target: str, parallelism: int, bundle: Path, module: str, *args: str
+    ) -> list[str]:
+        """`flink run -d` of Python `module` from `bundle` on the cluster at `target`
+        (host:port), with this interpreter on the client and the workers."""
+        return [
+            str(self.bin / "flink"),
+            "run",
+            "-d",
+            "-m",
+            target,
+            "-p",
+            str(parallelism),
+            "-pyfs",
+            str(bundle),
+            "-pyclientexec",
+            str(self.python),
+            "-pyexec",
+            str(self.python),
+            "-pym",
+            module,
+            *args,
+        ]
+
 
 def _has_pyflink_here() -> bool:
     return importlib.util.find_spec("pyflink") is not None

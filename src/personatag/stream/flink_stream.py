@@ -482,24 +482,13 @@ class FlinkStream(StreamProcessor):
         with tempfile.TemporaryDirectory(prefix="personatag-stream-") as tmp:
             spec_path = Path(tmp) / "stream.json"
             spec_path.write_text(json.dumps(spec))
-            cmd = [
-                str(home.bin / "flink"),
-                "run",
-                "-d",
-                "-m",
+            cmd = home.run_python_job(
                 target,
-                "-p",
-                str(spec["parallelism"]),
-                "-pyfs",
-                str(bundle.resolve()),
-                "-pyclientexec",
-                str(home.python),
-                "-pyexec",
-                str(home.python),
-                "-pym",
+                int(spec["parallelism"]),
+                bundle.resolve(),
                 "personatag.stream.flink_job",
                 str(spec_path),
-            ]
+            )
             allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
             try:
                 done = subprocess.run(  # noqa: S603 - fixed argv, no shell
