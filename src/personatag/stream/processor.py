@@ -212,7 +212,8 @@ class StreamProcessor:
         result = StepResult()
         index = self._criteria()
         self._lifecycle(index, result, now)
-        index = self._criteria()
+        if result.lifecycle:  # a swap changed the active criteria
+            index = self._criteria()
         with self.store.read() as conn:
             offset = feed.get_offset(conn, self.store, self.name)
             changes = feed.read(conn, self.store, offset, self.settings.stream_batch)
@@ -287,13 +288,15 @@ class StreamProcessor:
                 return
             self._swap(bf, result, now)
             return
+        statuses = self._index_key[0] if self._index_key else ()
+        if not any(status == og.BUILDING for _, status in statuses):
+            return
         with self.store.read() as conn:
             building = og.load(conn, self.store, (og.BUILDING,))
+            head = feed.head(conn, self.store)
         if not building:
             return
         crit = building[0]
-        with self.store.read() as conn:
-            head = feed.head(conn, self.store)
         bf = _Backfill(crit, threading.Thread(), started_after=head, as_of=now)
         bf.thread = threading.Thread(
             target=self._run_backfill, args=(bf,), name=f"backfill-{crit.label}", daemon=True
