@@ -78,6 +78,7 @@ STRINGS = [
     "Chief Investment Officer",
     "Head of Rates",
     "Ünïcode",
+    "\u212aelvin",  # the Kelvin sign lower-cases to an ASCII k
     "zz",
 ]
 TAGS = ["rates", "fx", "credit", "Macro", "macro", "é", "a%"]

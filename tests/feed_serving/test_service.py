@@ -122,3 +122,33 @@ def test_bad_input(store: Store) -> None:
         feed_for(store, "c0001", k=0)
     with pytest.raises(InputError, match="in the future"):
         feed_for(store, "c0001", as_of=utcnow() + timedelta(days=1))
+
+
+def test_a_big_store_builds_its_model_in_a_separate_process(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background build of a big store runs in a spawned interpreter (lowered
+    threshold here); the model that comes back serves the same feed as one built
+    in this process."""
+    from personatag.feed import service as feed_service
+
+    build_world(store)
+    expected = feed_for(store, "c0007", k=10)
+    monkeypatch.setattr(feed_service, "BUILD_APART_CONTACTS", 1)
+    fresh = feed_service.FeedService(store, service_for(store).settings)
+    assert fresh._build_apart()
+    caplog.set_level("INFO", logger=feed_service.__name__)
+    fresh.warm()
+    deadline = time.monotonic() + 120
+    while fresh._current is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fresh._current is not None, "the separate-process build did not finish"
+    assert "built in a separate process" in caplog.text
+    assert fresh._current.model.build_seconds > 0
+    monkeypatch.setattr(feed_service, "_SERVICES", {store: fresh})
+    got = feed_for(store, "c0007", k=10)["items"]
+    # The same ranking; scores differ only by the freshness of a slightly later as_of.
+    assert [(i["id"], i["reason"]) for i in got] == [
+        (i["id"], i["reason"]) for i in expected["items"]
+    ]
+    assert got[0]["score"] == pytest.approx(expected["items"][0]["score"], rel=1e-3)

@@ -7,6 +7,10 @@
   took less than `SYNC_REBUILD_S` to build is rebuilt in the request; a larger
   one in a background thread while the old one keeps serving (a 1M-contact
   model takes tens of seconds), so a request never waits for a big rebuild.
+  A background build of a big store (from `BUILD_APART_CONTACTS` contacts on a
+  file or server store) runs in a separate process and only the finished model
+  comes back: a build in a thread of the server would hold the interpreter
+  lock for tens of seconds and stall every other request meanwhile.
 - Content rules and the contact's personas are read fresh on every request, so
   a rule change or a pin applies on the next request.
 - Eligibility does not trust the model's age: the contact's reads up to as_of
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import threading
 import time
 import weakref
@@ -35,7 +40,7 @@ from personatag.domain import check_as_of, utcnow
 from personatag.errors import InputError, NotFoundError
 from personatag.feed.model import FeedModel
 from personatag.feed.rules import rules_for_model
-from personatag.store import Store, versions
+from personatag.store import Store, open_store, versions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ VERSIONED = ("publications", "reads")
 
 # Seconds a request waits for a start-up build before building on its own.
 WARM_WAIT_S = 600.0
+# From this many contacts a background build runs in a separate process.
+BUILD_APART_CONTACTS = 100_000
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -82,11 +89,31 @@ class FeedService:
         self._history: OrderedDict[datetime, _Cached] = OrderedDict()
         self._rebuilding = False
 
-    def _build(self, as_of: datetime, versions_: tuple[int, ...]) -> _Cached:
+    def _build(
+        self, as_of: datetime, versions_: tuple[int, ...], *, apart: bool = False
+    ) -> _Cached:
         started = time.monotonic()
-        model = FeedModel.build(self.store, as_of, self.settings)
-        log.info("feed model as of %s built in %.2f s", _iso(as_of), time.monotonic() - started)
+        if apart:
+            model = _build_in_process(self.store, as_of, self.settings)
+        else:
+            model = FeedModel.build(self.store, as_of, self.settings)
+        where = " in a separate process" if apart else ""
+        log.info(
+            "feed model as of %s built%s in %.2f s",
+            _iso(as_of),
+            where,
+            time.monotonic() - started,
+        )
         return _Cached(model, versions_, time.monotonic())
+
+    def _build_apart(self) -> bool:
+        """Whether a background build goes to a separate process: a big store
+        that another process can open (not an in-memory SQLite database)."""
+        if self.store.dialect == "sqlite" and not self.store.is_shared_file:
+            return False
+        with self.store.read() as conn:
+            top = conn.scalar(select(func.max(self.store.tables.contacts.c.pk)))
+        return int(top or 0) >= BUILD_APART_CONTACTS
 
     def _stale(self, cached: _Cached, versions_: tuple[int, ...]) -> bool:
         age = time.monotonic() - cached.built
@@ -97,7 +124,7 @@ class FeedService:
             try:
                 with self.store.read() as conn:
                     now_versions = data_versions(conn, self.store)
-                cached = self._build(utcnow(), now_versions)
+                cached = self._build(utcnow(), now_versions, apart=self._build_apart())
                 with self._lock:
                     self._current = cached
             except Exception:
@@ -152,6 +179,50 @@ class FeedService:
         if as_of is None or as_of >= model.as_of:
             return model
         return self.at(as_of, versions_)
+
+
+def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> FeedModel:
+    """FeedModel.build in a fresh interpreter over the same store (spawned, not
+    forked: the server's threads and open connections stay out of it). The child
+    is a daemon: a server that stops does not wait for its build."""
+    url = store.engine.url.render_as_string(hide_password=False)
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_build_and_send,
+        args=(url, as_of, settings, send),
+        name="feed-model-build",
+        daemon=True,
+    )
+    child.start()
+    send.close()
+    try:
+        outcome, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(
+            f"the feed model build process ended without a model (exit code {child.exitcode})"
+        ) from None
+    finally:
+        receive.close()
+    child.join()
+    if outcome != "ok":
+        raise RuntimeError(f"the feed model build process failed: {value}")
+    model: FeedModel = value
+    return model
+
+
+def _build_and_send(url: str, as_of: datetime, settings: Settings, send: Any) -> None:
+    try:
+        store = open_store(url)
+        try:
+            send.send(("ok", FeedModel.build(store, as_of, settings)))
+        finally:
+            store.dispose()
+    except Exception as exc:
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
 
 
 _SERVICES: weakref.WeakKeyDictionary[Store, FeedService] = weakref.WeakKeyDictionary()
