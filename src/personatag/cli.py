@@ -872,6 +872,8 @@ def deploy(
 
 
 def _job_line(j: dict[str, Any]) -> str:
+    from personatag.pipeline.progress import describe
+
     c = j["counts"] or {}
     took = f"{j['seconds']}s" if j["seconds"] is not None else "-"
     line = (
@@ -879,6 +881,8 @@ def _job_line(j: dict[str, Any]) -> str:
         f"tagged {c.get('tagged', 0):,} untagged {c.get('untagged', 0):,} "
         f"failed {c.get('failed', 0):,}"
     )
+    if j["status"] == "running" and j.get("progress"):
+        line += f"  [{describe(j['progress'], j['status'])}]"
     return line + (f"  {j['error']}" if j["error"] else "")
 
 
@@ -921,7 +925,11 @@ def jobs_show(
     if as_json:
         emit(j)
         return
+    from personatag.pipeline.progress import describe
+
     for k, v in j.items():
+        if k == "progress" and v:
+            v = f"{describe(v, j['status'])} (at {v['updated_at']})"
         typer.echo(f"{k:<15} {v if v is not None else '-'}")
 
 

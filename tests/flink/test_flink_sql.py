@@ -11,7 +11,7 @@ from personatag.criteria import CriteriaError, parse
 from personatag.criteria.to_flink import compile_flink, like_to_regex, quote_string
 from personatag.criteria.to_python import like_regex
 from personatag.domain import Catalog
-from personatag.engines.flink import FlinkJobFailed, parse_pks, root_cause
+from personatag.engines.flink import FlinkJobFailed, parse_pks, root_cause, task_progress
 from personatag.flink.job import statements
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -204,3 +204,29 @@ def test_watchdog_progress_resets_the_clock() -> None:
     now[0] = 65.0
     with pytest.raises(FlinkJobFailed, match="shows no progress for 20 s"):
         dog.job(info(3))
+
+
+def test_task_progress_counts_finished_subtasks_of_every_vertex() -> None:
+    def vertex(parallelism: int, **tasks: int) -> dict[str, object]:
+        # The shape of /jobs/:jid "vertices" entries; record counts stay 0 in
+        # a job chained into one task, so they must not matter.
+        return {
+            "id": "cbc357ccb763df2852fee8c4fc7d55f2",
+            "name": "Source: snapshot_0[1] -> Calc[2] -> Sink: matched_0[3]",
+            "parallelism": parallelism,
+            "status": "RUNNING",
+            "tasks": {"CREATED": 0, "SCHEDULED": 0, "RUNNING": 0, "FINISHED": 0, **tasks},
+            "metrics": {"read-records": 0, "write-records": 0},
+        }
+
+    running = {"jid": "j1", "state": "RUNNING", "vertices": [vertex(2, RUNNING=2)]}
+    assert task_progress(running) == (0, 2)
+    half = {
+        "state": "RUNNING",
+        "vertices": [vertex(2, RUNNING=1, FINISHED=1), vertex(1, FINISHED=1)],
+    }
+    assert task_progress(half) == (2, 3)
+    no_parallelism = {"vertices": [{"tasks": {"RUNNING": 3, "FINISHED": 1}}]}
+    assert task_progress(no_parallelism) == (1, 4)
+    assert task_progress({"jid": "j1", "state": "INITIALIZING", "vertices": []}) is None
+    assert task_progress({"jid": "j1", "state": "CREATED"}) is None

@@ -78,6 +78,30 @@ def test_submit_json_then_read_state_and_result_files(api: Api) -> None:
     assert list_events(api.store, action="request.submit")[0]["actor"] == "editor"
 
 
+def test_a_job_shows_its_progress(api: Api) -> None:
+    c, viewer = api.client, api.headers("viewer")
+    queued = _queued_job(api, "waiting-1")
+    assert c.get(f"{API}/jobs/{queued}", headers=viewer).json()["progress"] is None
+    body = {"version": 1, "request_id": "emea-2", "persona": "emea", "expr": 'region = "EMEA"'}
+    assert c.post(f"{API}/requests", json=body, headers=api.headers("editor")).status_code == 202
+    run_dispatcher(api)
+    progress = c.get(f"{API}/jobs/emea-2", headers=viewer).json()["progress"]
+    assert progress["updated_at"].endswith("Z")
+    assert {k: v for k, v in progress.items() if k != "updated_at"} == {
+        "phase": "done",
+        "done": None,
+        "total": None,
+        "unit": None,
+    }
+    listed = c.get(f"{API}/requests", headers=viewer).json()["requests"]
+    assert [x["job"]["progress"] for x in listed if x["request_id"] == "emea-2"] == [progress]
+    shown = c.get(f"{API}/requests/emea-2", headers=viewer).json()
+    assert shown["job"]["progress"] == progress
+    page = c.get(f"/jobs/{shown['job']['id']}", headers=viewer)
+    assert page.status_code == 200
+    assert '<span id="job-progress">done</span>' in page.text
+
+
 def test_invalid_requests_are_refused_with_the_submit_message(api: Api) -> None:
     c, editor = api.client, api.headers("editor")
     r = c.post(f"{API}/requests", json={"version": 1, "persona": "emea"}, headers=editor)

@@ -79,7 +79,8 @@ def test_criteria_versions_and_errors_with_positions(api: Api) -> None:
 def test_validate_has_no_side_effects(api: Api) -> None:
     c, viewer = api.client, api.headers("viewer")
     r = c.post(f"{API}/criteria/validate", json={"expr": 'region  =  "EMEA"'}, headers=viewer)
-    assert r.json() == {"ok": True, "expr": 'region = "EMEA"', "error": None}
+    ast = {"op": "=", "field": "region", "value": "EMEA"}
+    assert r.json() == {"ok": True, "expr": 'region = "EMEA"', "ast": ast, "error": None}
     r = c.post(f"{API}/criteria/validate", json={"expr": "seniority >"}, headers=viewer)
     assert r.status_code == 200 and r.json()["ok"] is False
     assert r.json()["error"]["line"] == 1 and r.json()["error"]["col"] == 12

@@ -9,7 +9,7 @@ applier's transaction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -27,7 +27,10 @@ class MatchSpec:
 
     `job_pk` is the job the match is for (engines that run work elsewhere
     record their reference on it); `control` its JobControl (deadline,
-    cancel), for engines that must stop remote work themselves.
+    cancel), for engines that must stop remote work themselves; `progress`
+    a callable(done, total, unit) for counts the engine can tell while it
+    works (how many of a remote job's tasks finished), to call as often as
+    it likes.
     """
 
     ast: Any
@@ -36,6 +39,7 @@ class MatchSpec:
     persona_pks: Mapping[str, int]
     job_pk: int | None = None
     control: Any = None
+    progress: Callable[[int | None, int | None, str | None], None] | None = None
 
 
 class Match(ABC):

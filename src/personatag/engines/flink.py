@@ -11,7 +11,8 @@ compute() does, outside any store transaction:
    personatag.flink.job RUN_SPEC`, and record the Flink JobID on the job;
 4. poll /jobs/:jid until it ends, watching for stalls (no task managers, no
    slots, no progress, an unreachable cluster) and for the job's deadline or a
-   cancel, both of which cancel the Flink job too;
+   cancel, both of which cancel the Flink job too; each poll reports how many
+   of the job's tasks finished (`task_progress`) as the job's progress;
 5. read the matched pks the job wrote to staging.
 
 The applier then applies them exactly as it applies the local engine's match.
@@ -232,6 +233,23 @@ class Watchdog:
         self._trouble("job", "no_progress", f"Flink job {info.get('jid')} shows no progress")
 
 
+def task_progress(info: dict[str, Any]) -> tuple[int, int] | None:
+    """(finished, all) subtasks of a Flink job, from its /jobs/:jid details;
+    None while it lists none.
+
+    Not records: Flink's vertex record counts are records passed between
+    tasks, so a job chained into one task (read, filter, write) counts none,
+    and the records left to read are not known to it.
+    """
+    finished = total = 0
+    for vertex in info.get("vertices") or []:
+        tasks = vertex.get("tasks") or {}
+        parallelism = vertex.get("parallelism")
+        total += parallelism if isinstance(parallelism, int) else sum(tasks.values())
+        finished += int(tasks.get("FINISHED", 0))
+    return (finished, total) if total else None
+
+
 def root_cause(exceptions: dict[str, Any]) -> str:
     """The first useful line of a job's root exception (/jobs/:jid/exceptions)."""
     trace = exceptions.get("root-exception") or ""
@@ -258,12 +276,21 @@ class FlinkEngine(Engine):
         self.rest = FlinkRest(flink_home.rest_url(self.settings), timeout=5.0)
 
     def compute(self, spec: MatchSpec) -> Match:
-        return _PksMatch(self.match_many([spec], control=spec.control, job_pk=spec.job_pk)[0])
+        pks = self.match_many(
+            [spec], control=spec.control, job_pk=spec.job_pk, progress=spec.progress
+        )
+        return _PksMatch(pks[0])
 
     def match_many(
-        self, specs: list[MatchSpec], *, control: Any = None, job_pk: int | None = None
+        self,
+        specs: list[MatchSpec],
+        *,
+        control: Any = None,
+        job_pk: int | None = None,
+        progress: Callable[[int | None, int | None, str | None], None] | None = None,
     ) -> list[npt.NDArray[np.int64]]:
-        """The matched pks of each spec, from one Flink job (a query per spec)."""
+        """The matched pks of each spec, from one Flink job (a query per spec);
+        `progress(done, total, "tasks")` hears how far that job is."""
         started = time.monotonic()
         watchdog = Watchdog(self.rest, self.settings.flink_stall_s)
         self._wait_for(lambda: watchdog.cluster(need_slot=True) is not None, control)
@@ -311,7 +338,7 @@ class FlinkEngine(Engine):
         try:
             jid = self.submit(run_spec, bundle, deployment.version, control, watchdog)
             self._record(job_pk, jid, deployment.version)
-            self.follow(jid, control, watchdog)
+            self.follow(jid, control, watchdog, progress)
             results = [
                 self._read_output(staging, f"{RUNS_PREFIX}{run_id}/q{i}/")
                 for i in range(len(specs))
@@ -433,8 +460,15 @@ class FlinkEngine(Engine):
                 .values(engine_ref=jid, bundle_version=version)
             )
 
-    def follow(self, jid: str, control: Any, watchdog: Watchdog) -> None:
-        """Poll the job until it ends; cancel it on a stall, deadline or cancel."""
+    def follow(
+        self,
+        jid: str,
+        control: Any,
+        watchdog: Watchdog,
+        progress: Callable[[int | None, int | None, str | None], None] | None = None,
+    ) -> None:
+        """Poll the job until it ends; cancel it on a stall, deadline or cancel.
+        Each poll of a running job tells `progress` how many tasks finished."""
         try:
             while True:
                 stop = control.stopped() if control is not None else None
@@ -450,6 +484,9 @@ class FlinkEngine(Engine):
                     if state in ("RUNNING", "CREATED", "INITIALIZING"):
                         watchdog.cluster(need_slot=False)
                         watchdog.job(info)
+                        tasks = task_progress(info)
+                        if progress is not None and tasks is not None:
+                            progress(*tasks, "tasks")
                 time.sleep(self.settings.flink_poll_s)
         except (JobStopped, FlinkJobFailed, Exception):
             self._cancel(jid)

@@ -31,6 +31,7 @@ from personatag.pipeline.audit import LogContext
 from personatag.pipeline.contact_lists import FailedRow, LoadedList, read_contact_ids
 from personatag.pipeline.control import JobControl, JobStopped
 from personatag.pipeline.matchset import TempPks, is_heavy, materialize
+from personatag.pipeline.progress import APPLYING, DONE, EVALUATING, Progress
 from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
 from personatag.store.definitions import Criterion, get_criterion
@@ -217,15 +218,26 @@ def execute(
     control: JobControl | None = None,
     row_failures: Sequence[FailedRow] = (),
     changes: ChangesBuilder | None = None,
+    progress: Progress | None = None,
 ) -> AdhocResult:
     """Run a recorded job: compute each item on the engine, then apply all items
     in one transaction with the job's outcome. Raises RequestFailed (the job is
-    recorded failed or cancelled; nothing applied)."""
+    recorded failed or cancelled; nothing applied).
+
+    The job's progress goes to `progress`; without one, execute records its
+    own and marks it done when the job succeeds.
+    """
     control = control or JobControl()
+    own = progress is None
+    progress = progress or Progress(store, job_pk)
     try:
         jobs.start_job(store, job_pk, control.deadline_s)
         engine = get_engine(engine_name, store, settings)
         matches: list[Match | None] = []
+        computed = sum(1 for r in plan.items if r.ast is not None)
+        if computed:
+            progress.phase(EVALUATING, done=0, total=computed, unit="items")
+        evaluated = 0
         for r in plan.items:
             control.check()
             spec = None
@@ -237,17 +249,29 @@ def execute(
                     persona_pks=plan.persona_pks,
                     job_pk=job_pk,
                     control=control,
+                    progress=progress.reporter(),
                 )
             matches.append(None if spec is None else compute_within(engine, spec, control))
+            if spec is not None:
+                evaluated += 1
+                progress.count(evaluated, computed, "items")
         control.check()
         # A dry run writes nothing but its temp tables: no write lock needed.
-        with store.read() if dry_run else store.write() as conn, control.guard(conn):
-            results = [
-                _apply_item(
-                    conn, store, settings, r, m, request_id, request_pk, actor, dry_run, changes
+        with (
+            progress.in_transaction(
+                APPLYING, total=len(plan.items), unit="items", holds_write_lock=not dry_run
+            ) as step,
+            store.read() if dry_run else store.write() as conn,
+            control.guard(conn),
+        ):
+            results = []
+            for r, m in zip(plan.items, matches, strict=True):
+                results.append(
+                    _apply_item(
+                        conn, store, settings, r, m, request_id, request_pk, actor, dry_run, changes
+                    )
                 )
-                for r, m in zip(plan.items, matches, strict=True)
-            ]
+                step(len(results))
             failures = sorted(
                 [*row_failures, *(f for res in results for f in res.failures)],
                 key=lambda f: f.line,
@@ -275,7 +299,12 @@ def execute(
         log.debug("request %s %s", request_id, status, exc_info=True)
         with store.write() as conn:
             jobs.finish_job(conn, store, job_pk, status, {}, error=reason)
+        if own:
+            progress.close()  # it stays where the job stopped
         raise RequestFailed(request_id, reason, status) from exc
+    if own:
+        progress.phase(DONE)
+        progress.close()
     return result
 
 

@@ -44,6 +44,7 @@ from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, resolve
 from personatag.pipeline.contact_lists import FailedRow, LoadedList
 from personatag.pipeline.control import JobControl
+from personatag.pipeline.progress import DONE, WRITING_RESULTS, Progress
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import ChangesBuilder, write_results
 from personatag.store import Store
@@ -152,8 +153,11 @@ class Dispatcher:
         deadline_s: float | None = None,
         poll_s: float | None = None,
         stale_s: float = 30.0,
+        progress_s: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
+        """`progress_s`: a running job writes its progress counts at most this
+        often (phase changes are written at once)."""
         self.store = store
         self.buckets = buckets
         self.settings = settings
@@ -161,6 +165,7 @@ class Dispatcher:
         self.deadline_s = deadline_s or settings.job_deadline_s
         self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
+        self.progress_s = progress_s
         self.metrics = metrics or default_metrics()
         workers = self.workers
         self.owner = _owner_token()
@@ -436,6 +441,13 @@ class Dispatcher:
             return self._run(job)
 
     def _run(self, job: _Prepared) -> str:
+        progress = Progress(self.store, job.job_pk, every_s=self.progress_s)
+        try:
+            return self._run_job(job, progress)
+        finally:
+            progress.close()  # nothing more is written once the job is over
+
+    def _run_job(self, job: _Prepared, progress: Progress) -> str:
         t0 = time.perf_counter()
         key, request, plan, as_of = job.key, job.request, job.plan, job.as_of
         request_pk, job_pk, row_failures, started = (
@@ -467,6 +479,7 @@ class Dispatcher:
                 control=control,
                 row_failures=row_failures,
                 changes=changes,
+                progress=progress,
             )
             status, error, failures = result.status, None, result.failures
             counts = result.as_json()
@@ -502,6 +515,11 @@ class Dispatcher:
             job_pk=job_pk,
             items=items,
         )
+        # A job that failed keeps the progress it stopped at; one that
+        # succeeded is done once its result files are written.
+        succeeded = status in (jobs.SUCCEEDED, jobs.PARTIAL)
+        if succeeded:
+            progress.phase(WRITING_RESULTS)
         try:
             write_results(
                 results,
@@ -514,6 +532,8 @@ class Dispatcher:
             )
         finally:
             changes.close()
+        if succeeded:
+            progress.phase(DONE)
         self._done(key, request.request_id, status)
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
@@ -631,6 +651,10 @@ class Dispatcher:
             failures=failures,
             request_pk=row.req_pk,
         )
+        if row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
+            reported = Progress(self.store, row.pk)
+            reported.phase(DONE)
+            reported.close()
         self._done(key, request.request_id, row.status)
 
     def _unknown_ids(self, items: list[Item]) -> list[FailedRow]:

@@ -187,6 +187,8 @@ def _job_view(row: Any) -> dict[str, Any]:
         "seconds": seconds,
         "deadline_at": iso(m["deadline_at"]),
         "counts": json.loads(m["counts"]) if m["counts"] else None,
+        # See pipeline/progress.py: kept after the job ended (`done`, or where it stopped).
+        "progress": json.loads(m["progress"]) if m["progress"] else None,
         "error": m["error"],
         "owner": m["owner"],
     }

@@ -23,6 +23,10 @@ _LOCK_SPACE_PERSONA = 0x5054
 _LOCK_SPACE_FEED = 0x5046
 
 
+# How long a SQLite writer waits for another one's lock before it fails.
+_SQLITE_BUSY_MS = 60_000
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -32,7 +36,7 @@ def _sqlite_setup(engine: Engine) -> None:
         for pragma in (
             "journal_mode=WAL",
             "synchronous=NORMAL",
-            "busy_timeout=60000",
+            f"busy_timeout={_SQLITE_BUSY_MS}",
             "case_sensitive_like=ON",
             "cache_size=-131072",
             "temp_store=FILE",
@@ -147,6 +151,36 @@ class Store:
                 yield conn
 
     @contextmanager
+    def write_briefly(self, wait_s: float) -> Iterator[Connection]:
+        """A write transaction that fails (OperationalError) instead of waiting
+        much more than `wait_s` for a lock another transaction holds: for
+        writes that may be skipped, which must not wait out a long job."""
+        with self.engine.connect() as conn:
+            wait_ms = max(int(wait_s * 1000), 1)
+            if self.dialect == "sqlite":
+                raw: Any = conn.connection.dbapi_connection
+                raw.execute(f"PRAGMA busy_timeout={wait_ms}")
+                try:
+                    conn = conn.execution_options(pt_write=True)
+                    with conn.begin():
+                        yield conn
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            else:
+                conn = conn.execution_options(pt_write=True)
+                with conn.begin():
+                    conn.execute(
+                        text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{wait_ms}"}
+                    )
+                    yield conn
+
+    @property
+    def one_writer(self) -> bool:
+        """Only one write transaction at a time across connections (SQLite):
+        while a job's own write transaction is open, nothing else can write."""
+        return self.dialect == "sqlite"
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction with a consistent snapshot."""
         with self.engine.connect() as conn, conn.begin():
@@ -201,7 +235,7 @@ class StoreUnreachable(PersonatagError):
 
 # The newest migration; a test checks it against the migrations folder. Kept as
 # a constant so opening a store does not import Alembic (a third of start-up).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def _alembic_config(conn: Connection) -> Any:

@@ -141,14 +141,18 @@ def builder_page(request: Request, expr: str = "") -> HTMLResponse:
     with store.read() as conn:
         personas = [p for p, _ in list_personas(conn, store)]
         catalog = store.catalog(conn)
-    fields = [{"name": n, "type": t.value} for n, t in sorted(catalog.contact_fields.items())]
+
+    def typed(fields: Any) -> list[dict[str, str]]:
+        return [{"name": n, "type": t.value} for n, t in sorted(fields.items())]
+
     return _render(
         request,
         "builder.html",
         who,
         title="Criterion builder",
         personas=personas,
-        fields=fields,
+        fields=typed(catalog.contact_fields),
+        publication_fields=typed(catalog.publication_fields),
         expr=expr,
     )
 
@@ -168,7 +172,12 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
         job = get_job(_ctx(request).store, job_id)
     except PersonatagError as exc:
         return _render(request, "forbidden.html", who, 404, title="Not found", message=str(exc))
-    return _render(request, "job.html", who, title=f"Job {job['id']}", job=job)
+    from personatag.pipeline.progress import describe
+
+    progress_text = describe(job["progress"], job["status"])
+    return _render(
+        request, "job.html", who, title=f"Job {job['id']}", job=job, progress_text=progress_text
+    )
 
 
 @router.get("/contacts", **_declare("viewer"))

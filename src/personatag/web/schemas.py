@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
-Text = Annotated[str, Field(max_length=20_000)]
+MAX_EXPR_CHARS = 20_000
+Text = Annotated[str, Field(max_length=MAX_EXPR_CHARS)]
 
 
 class Input(BaseModel):
@@ -168,10 +169,35 @@ class CriteriaProblem(BaseModel):
     message: str
 
 
+AST_DESCRIPTION = (
+    'a criterion node in the JSON form: the "expr" of {"version": 1, "expr": ...} '
+    "(see docs/criteria.md#json-form)"
+)
+
+
 class ValidateResponse(BaseModel):
     ok: bool
     expr: str | None = Field(None, description="the canonical text, when ok")
+    ast: dict[str, Any] | None = Field(None, description=AST_DESCRIPTION + ", when ok")
     error: CriteriaProblem | None = None
+
+
+class RenderRequest(Input):
+    ast: dict[str, Any] = Field(description=AST_DESCRIPTION)
+
+
+class AstProblem(BaseModel):
+    path: str = Field(description="where in the request, e.g. $.ast.args[1].value")
+    message: str
+
+
+class RenderResponse(BaseModel):
+    ok: bool
+    expr: str | None = Field(None, description="the canonical text, when ok")
+    ast: dict[str, Any] | None = Field(
+        None, description="the node as the canonical text reads back, when ok"
+    )
+    error: AstProblem | None = None
 
 
 class PreviewRequest(Input):
@@ -198,6 +224,14 @@ class PreviewResponse(BaseModel):
 # -- requests and jobs -------------------------------------------------------
 
 
+class JobProgress(BaseModel):
+    phase: str = Field(description="`evaluating`, `applying`, `writing results` or `done`")
+    done: int | None = Field(description="how much of `total` is done; null when not counted")
+    total: int | None = Field(description="how much there is to do; null when not known")
+    unit: str | None = Field(description="what `done` and `total` count: `items` or `tasks`")
+    updated_at: str = Field(description="when this figure was taken (UTC)")
+
+
 class JobPublic(BaseModel):
     id: int
     request_id: str
@@ -213,6 +247,9 @@ class JobPublic(BaseModel):
     seconds: float | None
     deadline_at: str | None
     counts: dict[str, Any] | None
+    progress: JobProgress | None = Field(
+        description="what a running job does now; kept once it ended (`done`, or where it stopped)"
+    )
     error: str | None
     owner: str | None
 

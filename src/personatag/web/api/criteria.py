@@ -1,4 +1,4 @@
-"""/criteria (list, show, validate, preview: viewer; create, edit: editor)."""
+"""/criteria (list, show, validate, render, preview: viewer; create, edit: editor)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from personatag.audit_log import record_now
-from personatag.criteria import CriteriaError, compile_criterion
+from personatag.criteria import JSON_VERSION, CriteriaError, compile_criterion
 from personatag.domain import parse_timestamp
 from personatag.pipeline.preview import preview
 from personatag.store import Store
@@ -24,17 +24,24 @@ from personatag.web.api.personas import criterion_public
 from personatag.web.auth import CurrentUser, Principal, role
 from personatag.web.errors import ApiError
 from personatag.web.schemas import (
+    MAX_EXPR_CHARS,
     CriterionCreate,
     CriterionPublic,
     CriterionUpdate,
     CriterionVersions,
     PreviewRequest,
     PreviewResponse,
+    RenderRequest,
+    RenderResponse,
     ValidateRequest,
     ValidateResponse,
 )
 
 router = APIRouter(tags=["criteria"])
+
+# How many nodes deep an `ast` in an answer may nest: far more than a person writes,
+# and well inside the depth the JSON encoder of the answers allows.
+MAX_AST_DEPTH = 100
 
 
 class CriterionList(BaseModel):
@@ -131,7 +138,51 @@ def criterion_validate(body: ValidateRequest, store: StoreDep) -> dict[str, Any]
         compiled = compile_criterion(body.expr, store.catalog())
     except CriteriaError as exc:
         return {"ok": False, "error": {"line": exc.line, "col": exc.col, "message": exc.message}}
-    return {"ok": True, "expr": compiled.text}
+    ast = compiled.json["expr"]
+    return {"ok": True, "expr": compiled.text, "ast": ast if _depth(ast) <= MAX_AST_DEPTH else None}
+
+
+@router.post("/criteria/render", response_model=RenderResponse, **role("viewer"))
+def criterion_render(body: RenderRequest, store: StoreDep) -> dict[str, Any]:
+    """Turn a criterion node (JSON form) into its canonical text, checked against the
+    contact schema like text is; nothing is stored.
+
+    An invalid node is a 200 with `ok: false` and the error's JSON path under `$.ast`.
+    """
+    if _depth(body.ast) > MAX_AST_DEPTH:
+        message = f"the criterion nests more than {MAX_AST_DEPTH} levels deep: write it as text"
+        return {"ok": False, "error": {"path": "$.ast", "message": message}}
+    catalog = store.catalog()
+    try:
+        # The document check reports a JSON path; reading the text back makes sure
+        # the answer is exactly what validate and the stored criterion will see.
+        text = compile_criterion({"version": JSON_VERSION, "expr": body.ast}, catalog).text
+    except CriteriaError as exc:
+        path = "$.ast" + (exc.path or "$.expr").removeprefix("$.expr")
+        return {"ok": False, "error": {"path": path, "message": exc.message}}
+    if len(text) > MAX_EXPR_CHARS:
+        message = f"the criterion text would be {len(text)} characters, over {MAX_EXPR_CHARS}"
+        return {"ok": False, "error": {"path": "$.ast", "message": message}}
+    try:
+        compiled = compile_criterion(text, catalog)
+    except CriteriaError as exc:  # pragma: no cover - to_text round-trips every valid node
+        return {"ok": False, "error": {"path": "$.ast", "message": str(exc)}}
+    return {"ok": True, "expr": compiled.text, "ast": compiled.json["expr"]}
+
+
+def _depth(node: Any) -> int:
+    """How many nodes deep a node in JSON form nests (any JSON is measured safely);
+    stops counting past MAX_AST_DEPTH."""
+    deepest, todo = 0, [(node, 1)]
+    while todo and deepest <= MAX_AST_DEPTH:
+        item, depth = todo.pop()
+        if not isinstance(item, dict):
+            continue
+        deepest = max(deepest, depth)
+        args = item.get("args")
+        children = [item.get("arg"), item.get("where"), *(args if isinstance(args, list) else ())]
+        todo += [(child, depth + 1) for child in children]
+    return deepest
 
 
 @router.post("/preview", response_model=PreviewResponse, **role("viewer"))
