@@ -331,7 +331,7 @@ def test_flink_ui_command_serves_until_interrupted(upstream: Upstream) -> None:
         assert status == 200 and json.loads(body)["path"] == "/overview"
         assert call(("127.0.0.1", port), "PATCH", "/jobs/x")[0] == 405
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
     finally:

@@ -297,6 +297,10 @@ def _forward(
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     # Browsers open several connections at once; one slow call must not stall the rest.
     daemon_threads = True
+    # Ctrl-C stops at once: closing does not wait for calls still in flight (a
+    # read-only view loses nothing), which could otherwise hold it for up to the
+    # upstream timeout.
+    block_on_close = False
 
 
 class _ThreadingWSGIServer6(_ThreadingWSGIServer):
