@@ -125,6 +125,21 @@ class FeedModel:
             total = np.asarray(per_contact.sum(axis=0), dtype=np.float32).ravel()
             self.global_mix.append(total / max(float(total.sum()), 1e-9))
 
+        # Reports share few combinations of facet values: coverage is computed per
+        # combination and then spread to the reports (one gather, not one per facet).
+        if self.onehots:
+            stacked = np.stack([codes for _, codes, _ in self.onehots])
+            combos, of_pub = np.unique(stacked, axis=1, return_inverse=True)
+        else:
+            combos, of_pub = np.zeros((0, 1), np.int64), np.zeros(n_pub, np.int64)
+        self.facet_combos: npt.NDArray[np.int64] = combos  # facets x combinations
+        self.combo_of_pub: npt.NDArray[np.int64] = np.asarray(of_pub).ravel()
+
+        # Per report, as Python values: picking reads them one at a time.
+        self._pub_series: list[int] = snap.pub_series.tolist()
+        self._pub_pk: list[int] = snap.pub_pk.tolist()
+        self._pub_series_name: list[str] = [snap.series_names[c] for c in self._pub_series]
+
         # Item-to-item similarity from readership (BM25-weighted item kNN).
         knn = BM25Recommender(K=int(s.feed_neighbours))
         with warnings.catch_warnings():  # implicit notes its own internal CSR conversion
@@ -205,8 +220,8 @@ class FeedModel:
         if none.any():
             pop[none] = self.global_rate
 
-        cov = np.ones((n, snap.n_pubs), dtype=np.float32)
-        for f, (onehot, codes, exponent) in enumerate(self.onehots):
+        by_combo = np.ones((n, self.facet_combos.shape[1]), dtype=np.float32)
+        for f, (onehot, _, exponent) in enumerate(self.onehots):
             counts = np.asarray((xb @ onehot).todense(), dtype=np.float32)
             prior = np.asarray(avg @ self.persona_mix[f], dtype=np.float32)
             if none.any():
@@ -214,14 +229,16 @@ class FeedModel:
             mix = (counts + COVERAGE_PRIOR_READS * prior) / (
                 counts.sum(axis=1, keepdims=True) + COVERAGE_PRIOR_READS
             )
-            lift = mix / self.base_share[f]
-            cov *= lift[:, codes] ** exponent if exponent != 1.0 else lift[:, codes]
+            lift = (mix / self.base_share[f])[:, self.facet_combos[f]]
+            by_combo *= lift**exponent if exponent != 1.0 else lift
+        cov = by_combo[:, self.combo_of_pub]
 
         sim = np.asarray((xb @ self.similarity).todense(), dtype=np.float32)
         age_days = np.maximum(as_of_us - snap.pub_published_us, 0) / DAY_US
         fresh = (0.5 ** (age_days / self.settings.feed_half_life_days)).astype(np.float32)
+        ineligible = ~eligible
         for m in (pop, cov, sim):
-            m[~eligible] = 0.0
+            np.copyto(m, 0.0, where=ineligible)
             _row_max_normalise(m)
         return pop, cov, sim, fresh, eligible
 
@@ -268,10 +285,13 @@ class FeedModel:
         rows = snap.contact_rows(contact_pks)
         held_m = self._held_matrix(rows, held)
         pop, cov, sim, fresh, eligible = self._components(rows, held_m, as_of_us)
-        parts = np.stack(
-            [self.w_persona * pop, self.w_coverage * cov, self.w_similar * sim]
-        )  # 3 x batch x reports
-        score = parts.sum(axis=0) * (1.0 - self.w_fresh + self.w_fresh * fresh)
+        pop *= self.w_persona
+        cov *= self.w_coverage
+        sim *= self.w_similar
+        parts = (pop, cov, sim)  # each batch x reports, weighted
+        score = pop + cov
+        score += sim
+        score *= 1.0 - self.w_fresh + self.w_fresh * fresh
         held_keys: list[list[str]] = [
             [snap.persona_keys[j] for j in held_m.indices[held_m.indptr[i] : held_m.indptr[i + 1]]]
             for i in range(len(rows))
@@ -286,9 +306,7 @@ class FeedModel:
                 for pred, weight in rule.boosts:
                     score[holders] += np.float32(weight) * self._mask(pred)
                 for pred in rule.filters:
-                    keep = self._mask(pred)
-                    for i in holders:
-                        eligible[i] &= keep
+                    eligible[holders] &= self._mask(pred)
                 live = [
                     p for p, expires in rule.pins
                     if expires is None or to_micros(expires) > as_of_us
@@ -298,11 +316,11 @@ class FeedModel:
                     cap, new = caps[i], rule.cap_per_series
                     if new is not None:
                         caps[i] = new if cap is None else min(cap, new)
-        score[~eligible] = -np.inf
+        np.copyto(score, -np.inf, where=~eligible)
         out = []
         for i in range(len(rows)):
-            out.append(self._pick(i, rows[i], score[i], parts[:, i], eligible[i], k, caps[i],
-                                  pins[i], held_m, held_keys[i]))  # fmt: skip
+            out.append(self._pick(i, rows[i], score[i], parts, eligible[i], k, caps[i],
+                                  pins[i], held_m))  # fmt: skip
         return out
 
     def _pick(
@@ -310,27 +328,30 @@ class FeedModel:
         i: int,
         row: int,
         score: F32,
-        parts: F32,
+        parts: tuple[F32, F32, F32],
         eligible: npt.NDArray[np.bool_],
         k: int,
         cap: int | None,
         pins: list[tuple[int, str]],
         held_m: sp.csr_matrix,
-        held_keys: list[str],
     ) -> list[Item]:
         """Pins first, then the best eligible reports, at most `cap` of one series."""
         snap = self.snap
         chosen: list[Item] = []
         taken: set[int] = set()
         per_series: dict[int, int] = {}
+        read_facets: list[tuple[set[int], set[int]]] = []  # the contact's, once needed
+
+        pub_series = self._pub_series
 
         def consider(j: int, reason: str | None) -> None:
-            s = int(snap.pub_series[j])
+            s = pub_series[j]
             if j in taken or not eligible[j] or (cap is not None and per_series.get(s, 0) >= cap):
                 return
             if reason is None:
-                reason = self._reason(i, row, j, parts[:, j], held_m, held_keys)
-            chosen.append(Item(int(snap.pub_pk[j]), float(score[j]), reason))
+                shares = (float(parts[0][i, j]), float(parts[1][i, j]), float(parts[2][i, j]))
+                reason = self._reason(i, row, j, shares, held_m, read_facets)
+            chosen.append(Item(self._pub_pk[j], float(score[j]), reason))
             taken.add(j)
             per_series[s] = per_series.get(s, 0) + 1
 
@@ -362,13 +383,13 @@ class FeedModel:
         i: int,
         row: int,
         j: int,
-        parts: F32,
+        parts: tuple[float, float, float],
         held_m: sp.csr_matrix,
-        held_keys: list[str],
+        read_facets: list[tuple[set[int], set[int]]],
     ) -> str:
         snap = self.snap
-        series = snap.series_names[int(snap.pub_series[j])]
-        part = int(np.argmax(parts))
+        series = self._pub_series_name[j]
+        part = max(range(3), key=parts.__getitem__)  # the first largest, as argmax
         if parts[part] <= 0:
             return f"new in {series}"
         if part == 0:
@@ -378,11 +399,16 @@ class FeedModel:
             best = int(held_idx[int(np.argmax(self.persona_rate[held_idx, j]))])
             return f"popular with {snap.persona_names[best]}"
         if part == 1 and row >= 0:
-            read = snap.reads.indices[snap.reads.indptr[row] : snap.reads.indptr[row + 1]]
-            if (snap.pub_series[read] == snap.pub_series[j]).any():
+            if not read_facets:  # the series and sectors the contact read, once per contact
+                read = snap.reads.indices[snap.reads.indptr[row] : snap.reads.indptr[row + 1]]
+                read_facets.append(
+                    (set(snap.pub_series[read].tolist()), set(snap.pub_sector[read].tolist()))
+                )
+            series_read, sectors_read = read_facets[0]
+            if self._pub_series[j] in series_read:
                 return f"new in {series}, which you read"
             sector = snap.pub_sector_name(j)
-            if sector and (snap.pub_sector[read] == snap.pub_sector[j]).any():
+            if sector and int(snap.pub_sector[j]) in sectors_read:
                 return f"new in {sector}, which you read"
             return f"new in {series}, close to what you read"
         if part == 2 and row >= 0:
