@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     # The feed (personatag.feed.service): seconds a server keeps its feed model
     # before rebuilding it even if no reads, publications or memberships changed.
     feed_model_max_age_s: float = 900.0
+    # Seconds from the end of one background rebuild of a big feed model (see
+    # personatag.feed.service) before the next may start: bounds the CPU that
+    # rebuilding takes from a server while reads keep arriving (0: no gap).
+    feed_model_rebuild_gap_s: float = 120.0
     # The reading feed (personatag.feed, docs/feed.md): weights of the blend's
     # parts, how much freshness multiplies in (0: not at all, 1: fully), a
     # report's freshness half-life, the reads counted as popularity (window and
@@ -158,6 +162,13 @@ class Settings(BaseSettings):
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("feed_model_rebuild_gap_s")
+    @classmethod
+    def _not_negative_seconds(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 seconds or more")
         return value
 
     @field_validator(

@@ -152,3 +152,32 @@ def test_a_big_store_builds_its_model_in_a_separate_process(
         (i["id"], i["reason"]) for i in expected["items"]
     ]
     assert got[0]["score"] == pytest.approx(expected["items"][0]["score"], rel=1e-3)
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 3600.0])
+def test_a_big_model_is_rebuilt_in_the_background_no_sooner_than_the_gap(
+    store: Store, gap_s: float
+) -> None:
+    """A model that took long to build keeps serving while the data changes; the
+    next background rebuild waits for PERSONATAG_FEED_MODEL_REBUILD_GAP_S."""
+    from personatag.domain import PinKind
+    from personatag.feed import service as feed_service
+    from personatag.pipeline.pins import pin
+
+    build_world(store)
+    settings = service_for(store).settings.model_copy(update={"feed_model_rebuild_gap_s": gap_s})
+    svc = feed_service.FeedService(store, settings)
+    with store.read() as conn:
+        before = feed_service.data_versions(conn, store)
+    model = svc.current(before)
+    model.build_seconds = feed_service.SYNC_REBUILD_S  # as if it had taken that long
+    pin(store, "energy", "c0004", PinKind.IN, actor="t")
+    with store.read() as conn:
+        after = feed_service.data_versions(conn, store)
+    assert after != before
+    assert svc.current(after) is model  # the old model answers at once either way
+    deadline = time.monotonic() + 60
+    while svc._rebuilding and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rebuilt = svc._current is not None and svc._current.model is not model
+    assert rebuilt == (gap_s == 0.0)

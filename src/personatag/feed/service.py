@@ -6,7 +6,10 @@
   the model is older than `feed_model_max_age_s`, it is rebuilt. A model that
   took less than `SYNC_REBUILD_S` to build is rebuilt in the request; a larger
   one in a background thread while the old one keeps serving (a 1M-contact
-  model takes tens of seconds), so a request never waits for a big rebuild.
+  model takes tens of seconds), so a request never waits for a big rebuild;
+  the next background rebuild starts no sooner than `feed_model_rebuild_gap_s`
+  after the last one ended (reads arrive all the time: rebuilding back to back
+  would take a CPU for good).
   A background build of a big store (from `BUILD_APART_CONTACTS` contacts on a
   file or server store) runs in a separate process and only the finished model
   comes back: a build in a thread of the server would hold the interpreter
@@ -154,7 +157,8 @@ class FeedService:
         if cached is not None and not self._stale(cached, versions_):
             return cached.model
         if cached is not None and cached.model.build_seconds >= SYNC_REBUILD_S:
-            self._rebuild_in_background()
+            if time.monotonic() - cached.built >= self.settings.feed_model_rebuild_gap_s:
+                self._rebuild_in_background()
             return cached.model
         with self._lock:
             cached = self._current
