@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -57,6 +58,14 @@ def flink_ui(
         typer.echo(f"note: {exc}; pages answer 502 until it is up", err=True)
     except PersonatagError as exc:
         typer.echo(f"note: {exc}", err=True)
+
+    # Ctrl-C and SIGTERM stop it cleanly, also when started from a script that
+    # ran it in the background (which leaves SIGINT ignored for the process).
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -311,7 +311,13 @@ def test_bad_upstream_urls_are_refused(url: str) -> None:
 # -- the command ----------------------------------------------------------------------------
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_flink_ui_command_serves_until_interrupted(upstream: Upstream) -> None:
+    """Started as a script's background job would be (SIGINT ignored on entry),
+    it still stops cleanly on SIGINT."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
     env["PERSONATAG_FLINK_URL"] = upstream.url
     port = free_port()
@@ -322,6 +328,7 @@ def test_flink_ui_command_serves_until_interrupted(upstream: Upstream) -> None:
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=_ignore_sigint,
     )
     try:
         assert proc.stdout is not None
