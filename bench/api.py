@@ -130,18 +130,27 @@ def load(
     return latencies
 
 
-def report_lookups(
-    when: str, lat: list[float], rate: float, seconds: float, *, goal: bool = False
-) -> None:
-    ms = [x * 1000 for x in lat]
+def report(name: str, ms: list[float], goal: float | None = None) -> None:
+    """One latency line: p50/p95/p99/max of `ms`, and the verdict against a p99 goal."""
     p99 = percentile(ms, 99)
-    verdict = f" (goal < 50 ms: {'met' if p99 < 50 else 'NOT met'})" if goal else ""
+    verdict = (
+        "" if goal is None else f" (goal p99 < {goal:.0f} ms: {'met' if p99 < goal else 'NOT met'})"
+    )
     print(
-        f"contact lookup at {rate:.0f} req/s for {seconds:.0f} s{' ' + when if when else ''} "
-        f"({len(ms):,} requests): p50 {percentile(ms, 50):.1f} ms, p95 "
-        f"{percentile(ms, 95):.1f} ms, p99 {p99:.1f} ms{verdict}",
+        f"{name} ({len(ms):,}): p50 {percentile(ms, 50):.2f} ms, p95 {percentile(ms, 95):.2f} ms, "
+        f"p99 {p99:.2f} ms, max {max(ms):.1f} ms{verdict}",
         flush=True,
     )
+
+
+def finish(server: subprocess.Popen[bytes], workdir: Path, reuse: Path | None, keep: bool) -> None:
+    """Stop the server; remove the data dir unless it is reused or to be kept."""
+    server.terminate()
+    server.wait(30)
+    if reuse is None and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif keep:
+        print(f"kept {workdir} (--reuse {workdir})")
 
 
 def preview_times(port: int, token: str, expr: str, n: int) -> list[float]:
@@ -198,12 +207,13 @@ def main() -> None:
         # store this big): lookups meanwhile share the machine with that build.
         t0 = time.perf_counter()
         during = load(port, token, ids, args.rate, 10.0)
-        report_lookups("during the start-up feed build", during, args.rate, 10.0)
+        lookups = f"contact lookup at {args.rate:.0f} req/s"
+        report(f"{lookups} for 10 s during the start-up feed build", [x * 1000 for x in during])
         load(port, token, ids[:1], 1.0, 1.0, path="/api/v1/contacts/{id}/feed", timeout=600)
         print(f"feed model ready {time.perf_counter() - t0:.0f} s after start", flush=True)
         load(port, token, ids, args.rate, 2.0)  # warm up
         lat = load(port, token, ids, args.rate, args.seconds)
-        report_lookups("", lat, args.rate, args.seconds, goal=True)
+        report(f"{lookups} for {args.seconds:.0f} s", [x * 1000 for x in lat], goal=50)
         for name, expr in PREVIEWS.items():
             times = preview_times(port, token, expr, args.previews)
             p50 = statistics.median(times)
@@ -213,12 +223,7 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        server.terminate()
-        server.wait(30)
-        if args.reuse is None and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif args.keep:
-            print(f"kept {workdir} (--reuse {workdir})")
+        finish(server, workdir, args.reuse, args.keep)
 
 
 if __name__ == "__main__":

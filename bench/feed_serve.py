@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from personatag.store.personas import add_persona
 
 # The open-loop load generator and helpers of the API bench (same folder).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api import free_port, load, percentile, start_serve
+from api import finish, free_port, load, report, start_serve
 
 FEED = "/api/v1/contacts/{id}/feed"
 TIMEOUT = 60.0
@@ -117,18 +116,6 @@ def add_rules(store: Store) -> None:
     add_rule(store, "energy-readers", "boost", expr='sector = "Energy"', weight=1.5, actor="b")
     add_rule(store, "emea-senior", "filter", expr='region != "APAC"', actor="b")
     add_rule(store, "emea-senior", "cap", cap=2, actor="b")
-
-
-def report(name: str, ms: list[float], goal: float | None = None) -> None:
-    p99 = percentile(ms, 99)
-    verdict = (
-        "" if goal is None else f" (goal p99 < {goal:.0f} ms: {'met' if p99 < goal else 'NOT met'})"
-    )
-    print(
-        f"{name} ({len(ms):,}): p50 {percentile(ms, 50):.2f} ms, p95 {percentile(ms, 95):.2f} ms, "
-        f"p99 {p99:.2f} ms, max {max(ms):.1f} ms{verdict}",
-        flush=True,
-    )
 
 
 def in_process(store: Store, contacts: int, samples: int, precompute_sample: int | None) -> None:
@@ -241,12 +228,7 @@ def main() -> None:
                 goal=50,
             )
     finally:
-        server.terminate()
-        server.wait(30)
-        if args.reuse is None and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif args.keep:
-            print(f"kept {workdir} (--reuse {workdir})")
+        finish(server, workdir, args.reuse, args.keep)
 
 
 if __name__ == "__main__":

@@ -135,11 +135,6 @@ class FeedModel:
         self.facet_combos: npt.NDArray[np.int64] = combos  # facets x combinations
         self.combo_of_pub: npt.NDArray[np.int64] = np.asarray(of_pub).ravel()
 
-        # Per report, as Python values: picking reads them one at a time.
-        self._pub_series: list[int] = snap.pub_series.tolist()
-        self._pub_pk: list[int] = snap.pub_pk.tolist()
-        self._pub_series_name: list[str] = [snap.series_names[c] for c in self._pub_series]
-
         # Item-to-item similarity from readership (BM25-weighted item kNN).
         knn = BM25Recommender(K=int(s.feed_neighbours))
         with warnings.catch_warnings():  # implicit notes its own internal CSR conversion
@@ -342,16 +337,14 @@ class FeedModel:
         per_series: dict[int, int] = {}
         read_facets: list[tuple[set[int], set[int]]] = []  # the contact's, once needed
 
-        pub_series = self._pub_series
-
         def consider(j: int, reason: str | None) -> None:
-            s = pub_series[j]
+            s = int(snap.pub_series[j])
             if j in taken or not eligible[j] or (cap is not None and per_series.get(s, 0) >= cap):
                 return
             if reason is None:
                 shares = (float(parts[0][i, j]), float(parts[1][i, j]), float(parts[2][i, j]))
                 reason = self._reason(i, row, j, shares, held_m, read_facets)
-            chosen.append(Item(self._pub_pk[j], float(score[j]), reason))
+            chosen.append(Item(int(snap.pub_pk[j]), float(score[j]), reason))
             taken.add(j)
             per_series[s] = per_series.get(s, 0) + 1
 
@@ -388,7 +381,7 @@ class FeedModel:
         read_facets: list[tuple[set[int], set[int]]],
     ) -> str:
         snap = self.snap
-        series = self._pub_series_name[j]
+        series = snap.series_names[int(snap.pub_series[j])]
         part = max(range(3), key=parts.__getitem__)  # the first largest, as argmax
         if parts[part] <= 0:
             return f"new in {series}"
@@ -405,7 +398,7 @@ class FeedModel:
                     (set(snap.pub_series[read].tolist()), set(snap.pub_sector[read].tolist()))
                 )
             series_read, sectors_read = read_facets[0]
-            if self._pub_series[j] in series_read:
+            if int(snap.pub_series[j]) in series_read:
                 return f"new in {series}, which you read"
             sector = snap.pub_sector_name(j)
             if sector and int(snap.pub_sector[j]) in sectors_read:
