@@ -72,6 +72,18 @@ def env(store_url: str, tmp_path: Path) -> tuple[Store, Buckets, str, Path]:
     return store, open_buckets(Settings(data_dir=tmp_path)), store_url, tmp_path
 
 
+def requests_counted(data_dir: Path) -> dict[str, float]:
+    """personatag_requests_total by status, scraped from the dispatcher's /metrics."""
+    with urllib.request.urlopen(metrics_url(data_dir)) as resp:  # noqa: S310 - loopback
+        scraped = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    return {
+        s.labels["status"]: s.value
+        for s in families["personatag_requests"].samples
+        if s.name == "personatag_requests_total"
+    }
+
+
 def request(rid: str, expr: str = 'region = "EMEA"') -> bytes:
     body = {"version": 1, "request_id": rid, "persona": "emea", "action": "tag", "expr": expr}
     return json.dumps(body).encode()
@@ -90,14 +102,14 @@ def test_files_dropped_while_it_runs_and_before_it_starts(
         assert wait_for(b, "late")["status"] == "succeeded"
         assert wait_for(b, "junk")["status"] == "failed"
         assert proc.poll() is None  # a bad file never stops the dispatcher
-        with urllib.request.urlopen(metrics_url(data_dir)) as resp:  # noqa: S310 - loopback
-            scraped = resp.read().decode()
-        families = {f.name: f for f in text_string_to_metric_families(scraped)}
-        requests = {
-            s.labels["status"]: s.value
-            for s in families["personatag_requests"].samples
-            if s.name == "personatag_requests_total"
-        }
+        # A job is counted just after its summary.json is written: scrape until
+        # the last one is in (or the deadline passes and the assertion says what).
+        deadline = time.monotonic() + 30
+        while True:
+            requests = requests_counted(data_dir)
+            if requests == {"succeeded": 2, "failed": 1} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert requests["succeeded"] == 2 and requests["failed"] == 1
         logged = [
             json.loads(line)
