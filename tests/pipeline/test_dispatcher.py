@@ -338,9 +338,11 @@ def test_requests_and_results_on_s3(store: Store, s3_endpoint: str, tmp_path: Pa
 
 
 def test_changes_file_built_beside_the_insert(env: tuple[Store, Buckets, Settings]) -> None:
-    # Everyone matches: on SQLite the ids are captured during the insert and
-    # the changes file is built from them before the job commits.
+    # Everyone matches: on SQLite the pks and contact ids are captured during
+    # the insert and the changes file is built from them before the job commits.
     store, b, settings = env
+    odd = ["a,b", 'q"x', "n\nl", "r\rx", "plain", "é"]
+    add_contacts(store, [{"id": i, "seniority": 1} for i in odd])
     bulk = Settings(data_dir=settings.data_dir, bulk_log_threshold=2)
     body = {"version": 1, "request_id": "all", "persona": "cio", "expr": "seniority >= 0"}
     b["requests"].put("all.json", json.dumps(body).encode())
@@ -352,9 +354,9 @@ def test_changes_file_built_beside_the_insert(env: tuple[Store, Buckets, Setting
     d.scan()
     d.drain()
     d.close()
-    assert [r[0] for r in changes(b, "all")[1:]] == [f"c{i:04d}" for i in range(40)]
-    assert {r[2] for r in changes(b, "none")[1:]} == {"exit"}
-    assert len(changes(b, "none")) == 41
+    everyone = [f"c{i:04d}" for i in range(40)] + odd  # in pk order, as logged
+    assert changes(b, "all")[1:] == [[i, "cio", "enter"] for i in everyone]
+    assert changes(b, "none")[1:] == [[i, "cio", "exit"] for i in everyone]
 
 
 def _request(rid: str, **extra: object) -> bytes:
@@ -502,3 +504,13 @@ def test_a_job_that_committed_but_was_not_reported_is_reported_later(
     assert failed(b, "r")[1][:2] == ["3", "nope"]
     assert [r[0] for r in changes(b, "r")[1:]] == ["c0001"]
     assert members(store, "cio") == 1
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 100])
+def test_captured_ids_split_into_parts_between_ids(size: int) -> None:
+    from personatag.pipeline.results import _label_parts
+
+    ids = [b"a", b"bb,c", b"", b"dddd", b'e"e', "é".encode()]
+    parts = list(_label_parts(b"\x00".join(ids), size=size))
+    assert b"\x00".join(parts) == b"\x00".join(ids)
+    assert [i for p in parts for i in p.split(b"\x00")] == ids

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Select, Text, cast, func, literal, select
+from sqlalchemy import Connection, LargeBinary, Select, Text, cast, func, literal, select
 
 from personatag.store import Store
 
@@ -112,13 +112,18 @@ class IdCapture:
     state the caller's next statement sees. The fetch then runs on the second
     core while the caller's INSERT runs on the first (sqlite3 releases the GIL
     while it steps), taking the audit's id read-back off the critical path.
+
+    A query of two columns (pk, text label) also returns the labels of those
+    pks, in the same order, as UTF-8 bytes NUL-separated (labels never hold
+    NUL), from the same scan; `then(pks, labels)` gets both (labels None for
+    one column).
     """
 
     def __init__(
         self,
         store: Store,
         query: Select[Any],
-        then: Callable[[np.ndarray], None] | None = None,
+        then: Callable[[np.ndarray, bytes | None], None] | None = None,
     ) -> None:
         self._result: np.ndarray | None = None
         self._error: BaseException | None = None
@@ -129,9 +134,9 @@ class IdCapture:
     def _run(self, store: Store, query: Select[Any]) -> None:
         try:
             with store.read() as conn:
-                self._result = fetch_ids(conn, store, query)
+                self._result, labels = _fetch_ids_labels(conn, store, query)
             if self._then is not None:  # more work on these ids, still beside the insert
-                self._then(self._result)
+                self._then(self._result, labels)
         except BaseException as exc:  # handed to the caller in result()
             self._error = exc
 
@@ -148,16 +153,36 @@ class IdCapture:
         return self._result
 
 
-def fetch_ids(conn: Connection, store: Store, query: Select[Any]) -> np.ndarray:
-    """Run a one-column query of integer ids and return them as a numpy array."""
+def _parse_ids(text: str | None) -> np.ndarray:
     import numpy as np  # only bulk changes need it; keeps CLI start-up light
 
-    sub = query.subquery()
-    col = next(iter(sub.c))
-    text = conn.scalar(select(_id_list_sql(store.dialect, col)).select_from(sub))
     if not text:
         return np.empty(0, dtype=np.int64)
     return np.array(np.fromstring(text, dtype=np.int64, sep=","), dtype=np.int64)
+
+
+def _fetch_ids_labels(
+    conn: Connection, store: Store, query: Select[Any]
+) -> tuple[np.ndarray, bytes | None]:
+    sub = query.subquery()
+    cols = list(sub.c)
+    if len(cols) == 1:
+        return fetch_ids(conn, store, query), None
+    if store.dialect != "sqlite":
+        raise ValueError("id labels are captured on SQLite only")
+    # As a BLOB: the bytes as stored (UTF-8), no decoding into a str and back.
+    labels = cast(func.group_concat(cols[1], func.char(0)), LargeBinary)
+    pks, blob = conn.execute(
+        select(_id_list_sql(store.dialect, cols[0]), labels).select_from(sub)
+    ).one()
+    return _parse_ids(pks), bytes(blob or b"")
+
+
+def fetch_ids(conn: Connection, store: Store, query: Select[Any]) -> np.ndarray:
+    """Run a one-column query of integer ids and return them as a numpy array."""
+    sub = query.subquery()
+    col = next(iter(sub.c))
+    return _parse_ids(conn.scalar(select(_id_list_sql(store.dialect, col)).select_from(sub)))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ summary.json is written last, so its presence means the other two are there.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import threading
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from isal import igzip
 from sqlalchemy import Connection, select, text
 
 from personatag.buckets import Bucket
@@ -60,10 +60,12 @@ _CHUNK = 500_000
 _SPECIAL = (",", '"', "\n", "\r")
 
 
-def _member(text_: str) -> bytes:
+def _member(data: str | bytes) -> bytes:
     # One gzip member per chunk: members compress on separate threads and
-    # concatenate into one valid .gz file (zlib releases the GIL).
-    return gzip.compress(text_.encode(), compresslevel=1, mtime=0)
+    # concatenate into one valid .gz file. ISA-L's deflate makes the same
+    # format ~4x faster than zlib at the same size, and releases the GIL.
+    raw = data.encode() if isinstance(data, str) else data
+    return igzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def _lines_from_ids(ids: str, suffix: str) -> str:
@@ -82,6 +84,37 @@ def _member_of(store: Store, chunk: list[int], suffix: str) -> bytes:
     if store.dialect == "sqlite":
         return _member(_lines_from_ids(ids, suffix))
     return _member(ids + "\n")
+
+
+_SPECIAL_BYTES = (b",", b'"', b"\n", b"\r")
+
+
+def _member_of_labels(ids: bytes, suffix: str) -> bytes:
+    """The gzip member of the CSV lines for NUL-separated UTF-8 ids."""
+    if not ids:
+        return b""
+    if any(ch in ids for ch in _SPECIAL_BYTES):
+        return _member(_lines_from_ids(ids.decode(), suffix))
+    end = (suffix + "\n").encode()
+    return _member(ids.replace(b"\x00", end) + end)
+
+
+def _label_parts(labels: bytes, size: int = 4 * 2**20) -> Iterator[bytes]:
+    """NUL-separated ids in parts of about `size` bytes, split between ids."""
+    start = 0
+    while start < len(labels):
+        end = labels.find(b"\x00", start + size)
+        if end < 0:
+            yield labels[start:]
+            return
+        yield labels[start:end]
+        start = end + 1
+
+
+def _sorted(pks: Any) -> bool:
+    # The log keeps a bulk entry's pks sorted; labels in another order would
+    # put the lines out of the log's order, so they are used only when sorted.
+    return len(pks) < 2 or bool((pks[1:] > pks[:-1]).all())
 
 
 def _chunks(pks: Any) -> Iterator[list[int]]:
@@ -123,17 +156,22 @@ class ChangesBuilder:
         builder = self
 
         class _Hook:
-            def start(self, change: str, ids: Any) -> None:
-                builder.start(persona, change, ids)
+            def start(self, change: str, ids: Any, labels: bytes | None = None) -> None:
+                builder.start(persona, change, ids, labels)
 
             def confirm(self, change: str, ids: Any) -> None:
                 builder.confirm(persona, change, ids)
 
         return _Hook()
 
-    def start(self, persona: str, change: str, ids: Any) -> None:
+    def start(self, persona: str, change: str, ids: Any, labels: bytes | None = None) -> None:
         suffix = f",{_csv_field(persona)},{change}"
-        futures = [self._pool.submit(_member_of, self.store, c, suffix) for c in _chunks(ids)]
+        if labels is not None and _sorted(ids):
+            futures = [
+                self._pool.submit(_member_of_labels, part, suffix) for part in _label_parts(labels)
+            ]
+        else:
+            futures = [self._pool.submit(_member_of, self.store, c, suffix) for c in _chunks(ids)]
         with self._lock:
             self._started[(persona, change)] = (len(ids), futures)
 
