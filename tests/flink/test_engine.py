@@ -320,3 +320,28 @@ def test_flink_counts_already_held_and_pinned_like_local(
         assert counts["flink"][key] == counts["local"][key], (key, counts)
     assert counts["flink"]["already"] > 0 and counts["flink"]["pinned"] == 1
     assert entered(store, "pre-flink") == entered(store, "pre-local")
+
+
+def test_a_dense_flink_match_tags_like_local(env: tuple[Store, Buckets, Settings]) -> None:
+    # Every contact matches: Flink's pks make one run, applied as a pk range
+    # (no temp table); a pinned-out contact inside the range still stays out.
+    store, _, settings = env
+    t = store.tables
+    with store.read() as conn:
+        target = conn.scalar(select(t.contacts.c.id).order_by(t.contacts.c.pk).offset(100))
+    counts = {}
+    for engine in ("local", "flink"):
+        persona = f"dense-{engine}"
+        add_persona(store, persona, name=persona, category="test", actor="test")
+        pinned = cli(settings, "pin", persona, str(target), "--out")
+        assert pinned.returncode == 0, pinned.stderr
+        tagged = cli(
+            settings, "tag", "--persona", persona, "--engine", engine, "--expr", "id is not null"
+        )
+        assert tagged.returncode == 0, tagged.stderr
+        again = cli(settings, "tag", "--persona", persona, "--expr", "id is not null", "--json")
+        counts[engine] = {k: v for k, v in json.loads(again.stdout).items() if k != "request_id"}
+    assert counts["flink"] == counts["local"]
+    assert counts["flink"]["already"] == 3999 and counts["flink"]["pinned"] == 1
+    assert entered(store, "dense-flink") == entered(store, "dense-local")
+    assert target not in entered(store, "dense-flink")

@@ -11,7 +11,13 @@ from personatag.criteria import CriteriaError, parse
 from personatag.criteria.to_flink import compile_flink, like_to_regex, quote_string
 from personatag.criteria.to_python import like_regex
 from personatag.domain import Catalog
-from personatag.engines.flink import FlinkJobFailed, parse_pks, root_cause, task_progress
+from personatag.engines.flink import (
+    FlinkJobFailed,
+    _runs,
+    parse_pks,
+    root_cause,
+    task_progress,
+)
 from personatag.flink.job import statements
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -128,6 +134,16 @@ def test_result_files_are_parsed_strictly() -> None:
     for bad in (b"1\nx\n", b"1\n\n2\n", b"1.5\n"):
         with pytest.raises(FlinkJobFailed):
             parse_pks(bad)
+
+
+def test_pks_become_runs_only_when_there_are_few() -> None:
+    import numpy as np
+
+    assert _runs(np.arange(5, 10)) == [(5, 9)]
+    assert _runs(np.array([1, 2, 3, 7, 9, 10])) == [(1, 3), (7, 7), (9, 10)]
+    assert _runs(np.array([4])) == [(4, 4)]
+    assert _runs(np.array([], dtype=np.int64)) is None
+    assert _runs(np.arange(0, 200, 2)) is None  # 100 runs: the temp table instead
 
 
 def test_root_cause_is_the_deepest_cause() -> None:

@@ -38,7 +38,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import BigInteger, Column, ColumnElement, Connection, Integer, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Integer,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from personatag.buckets import Bucket, open_buckets
 from personatag.criteria.to_flink import compile_flink
@@ -81,13 +91,19 @@ class _PksMatch(Match):
         return self.pks
 
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
+        pks = self.pks
+        runs = _runs(pks)
+        if runs is not None:
+            # A few runs of consecutive pks (large shares often are): pk range
+            # scans, with no temp table to fill.
+            pk = store.tables.contacts.c.pk
+            return or_(*(pk.between(lo, hi) for lo, hi in runs))
         # INTEGER PRIMARY KEY is SQLite's rowid: no separate index to fill.
         pk_type = Integer if store.dialect == "sqlite" else BigInteger
         table = fresh(
             conn, temp_table(f"pt_flink_{store.dialect}", Column("pk", pk_type, primary_key=True))
         )
         self._table = table
-        pks = self.pks
         for start in range(0, len(pks), _LOAD_CHUNK):
             chunk = pks[start : start + _LOAD_CHUNK]
             if store.dialect == "sqlite":
@@ -108,6 +124,22 @@ class _PksMatch(Match):
         if self._table is not None:
             self._table.drop(conn, checkfirst=True)
             self._table = None
+
+
+_MAX_RUNS = 32
+
+
+def _runs(pks: npt.NDArray[np.int64]) -> list[tuple[int, int]] | None:
+    """Sorted unique pks as at most _MAX_RUNS (first, last) runs of consecutive
+    pks, or None when they make more."""
+    if len(pks) == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(pks) != 1)
+    if len(breaks) >= _MAX_RUNS:
+        return None
+    starts = [0, *(breaks + 1).tolist()]
+    ends = [*breaks.tolist(), len(pks) - 1]
+    return [(int(pks[a]), int(pks[b])) for a, b in zip(starts, ends, strict=True)]
 
 
 def _sorted_unique(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
