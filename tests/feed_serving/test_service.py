@@ -181,3 +181,33 @@ def test_a_big_model_is_rebuilt_in_the_background_no_sooner_than_the_gap(
         time.sleep(0.02)
     rebuilt = svc._current is not None and svc._current.model is not model
     assert rebuilt == (gap_s == 0.0)
+
+
+def test_a_build_stopped_by_a_signal_is_logged_without_a_traceback(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server stopped with its process group SIGTERMs the build process too:
+    the rebuild thread notes that in one line instead of reporting a failure."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    from personatag.feed import service as feed_service
+
+    build_world(store)
+    monkeypatch.setattr(feed_service, "BUILD_APART_CONTACTS", 1)
+    fresh = feed_service.FeedService(store, service_for(store).settings)
+    caplog.set_level("INFO", logger=feed_service.__name__)
+    fresh.warm()
+    deadline = time.monotonic() + 60
+    child = None
+    while child is None and time.monotonic() < deadline:
+        child = next((p for p in mp.active_children() if p.name == "feed-model-build"), None)
+        time.sleep(0.01)
+    assert child is not None and child.pid is not None
+    os.kill(child.pid, signal.SIGTERM)
+    while fresh._rebuilding and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not fresh._rebuilding and fresh._current is None
+    assert "feed model rebuild stopped: the build process was stopped by signal 15" in caplog.text
+    assert "failed" not in caplog.text and "Traceback" not in caplog.text

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
 import threading
 import time
 import weakref
@@ -46,6 +47,12 @@ from personatag.feed.rules import rules_for_model
 from personatag.store import Store, open_store, versions
 
 log = logging.getLogger(__name__)
+
+
+class BuildStopped(RuntimeError):
+    """The build process was stopped by a signal from outside (the server is
+    shutting down with its process group): not a failure of the build."""
+
 
 MAX_K = 100
 # Models that build faster than this are rebuilt inside the request that finds them stale.
@@ -130,6 +137,8 @@ class FeedService:
                 cached = self._build(utcnow(), now_versions, apart=self._build_apart())
                 with self._lock:
                     self._current = cached
+            except BuildStopped as exc:
+                log.info("feed model rebuild stopped: %s", exc)
             except Exception:
                 log.exception("rebuilding the feed model failed; the old one keeps serving")
             finally:
@@ -204,6 +213,10 @@ def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> Feed
         outcome, value = receive.recv()
     except EOFError:
         child.join()
+        if child.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+            raise BuildStopped(
+                f"the build process was stopped by signal {-child.exitcode}"
+            ) from None
         raise RuntimeError(
             f"the feed model build process ended without a model (exit code {child.exitcode})"
         ) from None
