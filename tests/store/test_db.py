@@ -78,3 +78,10 @@ def test_schema_description_matches_migrations(store: Store) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), build_tables().metadata)
     # Types are compared loosely (UTCTimestamp is a BIGINT, StringList TEXT/text[]).
     assert [d for d in diff if d[0] != "modify_type"] == []
+
+
+def test_opening_a_missing_sqlite_store_says_init_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "store.db"
+    with pytest.raises(PersonatagError, match=r"there is no store at .*: run `personatag init`"):
+        open_store(f"sqlite:///{path}")
+    assert not path.exists() and not path.parent.exists()

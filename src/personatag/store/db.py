@@ -278,6 +278,12 @@ def open_store(url: str, *, create: bool = False) -> Store:
     Without create, a store that is missing or behind raises a PersonatagError
     that says to run `personatag init`.
     """
+    parsed = make_url(url)
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    on_disk = bool(path) and path != ":memory:" and not str(path).startswith("file:")
+    if not create and on_disk and not Path(str(path)).exists():
+        # Opening it would create an empty file; say what to do instead.
+        raise PersonatagError(f"there is no store at {path}: run `personatag init`")
     engine = create_store_engine(url, create=create)
     try:
         if create:
