@@ -121,6 +121,15 @@ def start_stream(url: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def wait_started(log: Path, starts: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait (up to 60 s) until `starts` processors have said they follow the feed."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.read_bytes().count(b"following the change feed") >= starts:
+            return
+        time.sleep(0.02)
+
+
 def start_load(url: str, seed: int, count: int, done: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.stream.load", url, str(seed), str(count), str(done)],
@@ -140,6 +149,9 @@ def test_kill_9_under_load_loses_and_repeats_nothing(store_url: str, tmp_path: P
     try:
         while load.poll() is None or kills < 12:
             proc = start_stream(store_url, log)
+            # The random point is counted from when this processor follows the
+            # feed: a start-up slowed by a busy machine must not eat the window.
+            wait_started(log, kills + 1, proc)
             time.sleep(rng.uniform(0.3, 2.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
