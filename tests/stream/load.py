@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from personatag.domain import utcnow
 from personatag.pipeline.contacts import add_events, set_contact
 from personatag.store import open_store
+from personatag.store.db import StoreUnreachable
 
 CONTACTS = 200
 REGIONS = ("EMEA", "AMER", "APAC", "")
@@ -43,7 +44,15 @@ def main() -> None:
     url, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     done_file = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     rng = random.Random(seed)
-    store = open_store(url)
+    deadline = time.monotonic() + 120
+    while True:  # a slow start can meet the database restarting, too
+        try:
+            store = open_store(url)
+            break
+        except StoreUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     for i in range(count):
         what, args = change(rng)
         # Distinct microseconds: a retried read or login is recognised as known.
