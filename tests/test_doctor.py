@@ -191,6 +191,39 @@ def test_something_that_is_not_flink_fails(tmp_path: Path) -> None:
     assert "HTTP 404" in check.detail
 
 
+def test_the_warm_submitter_is_checked_on_a_local_cluster_only(tmp_path: Path) -> None:
+    from personatag.flink.submitter import Submitter
+
+    listen = free_port()
+    rest = listen - 3  # the submitter of a cluster whose REST port is `rest`
+    local = _settings(tmp_path, flink_rest_port=rest)
+    [missing] = doctor.check_flink_submitter(local)
+    assert missing.status == "warn"
+    assert f"none answers on 127.0.0.1:{listen}" in missing.detail
+    assert "flink run" in missing.detail and "submitter.console" in (missing.fix or "")
+
+    threading.Thread(
+        target=Submitter(f"127.0.0.1:{rest}").serve, args=(listen,), daemon=True
+    ).start()
+    deadline = time.monotonic() + 10
+    while (found := doctor.check_flink_submitter(local))[0].status != "ok":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    assert found[0].line() == (
+        f"ok   flink submitter pid {os.getpid()} on 127.0.0.1:{listen} for 127.0.0.1:{rest}"
+    )
+    [other] = doctor.check_flink_submitter(_settings(tmp_path, flink_rest_port=rest + 1000))
+    assert other.status == "warn"  # nothing on that cluster's port + 3
+    remote = _settings(tmp_path, flink_url="http://flink.example.internal:8081")
+    assert doctor.check_flink_submitter(remote) == []
+    assert (
+        doctor.check_flink_submitter(
+            _settings(tmp_path, flink_rest_port=rest, flink_submitter=False)
+        )
+        == []
+    )
+
+
 @pytest.mark.skipif(
     not os.environ.get("PERSONATAG_TEST_FLINK_URL"),
     reason="PERSONATAG_TEST_FLINK_URL is not set (`make test` starts a local cluster)",

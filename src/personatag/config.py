@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # long fails with the reason; the cluster is checked every flink_poll_s.
     flink_stall_s: float = 60.0
     flink_poll_s: float = 0.5
+    # The local cluster also runs a warm job submitter (a long-running Flink
+    # client on its REST port + 3); the flink engine submits through it when it
+    # answers and with `flink run` otherwise. False: neither runs nor uses it.
+    flink_submitter: bool = True
     # The stream processor (ongoing criteria): feed rows per micro-batch,
     # seconds to wait when the feed is idle, contacts in one batch above which
     # criteria are evaluated set-based in the store instead of one contact at a

@@ -202,6 +202,44 @@ def check_flink_cluster(settings: Settings, timeout: float = REST_TIMEOUT_S) -> 
     return Check(name, "ok", summary)
 
 
+def check_flink_submitter(settings: Settings) -> list[Check]:
+    """The warm job submitter of a cluster on this machine answers (none: [],
+    when the cluster is remote or the submitter is turned off)."""
+    url = rest_url(settings)
+    port = urlsplit(url).port
+    if not settings.flink_submitter or not _is_local_url(url) or port is None:
+        return []
+    from personatag.flink import submitter
+
+    address = ("127.0.0.1", port + submitter.SUBMITTER_OFFSET)
+    name = "flink submitter"
+    try:
+        hello = submitter.request(address, {"op": "hello"}, timeout_s=REST_TIMEOUT_S)
+    except submitter.SubmitterError as exc:
+        return [
+            Check(
+                name,
+                "warn",
+                f"none answers on {address[0]}:{address[1]} ({_short(exc)}): jobs are "
+                "submitted with `flink run`, a client JVM each (several seconds more a job)",
+                "`personatag flink start` runs one, which answers 20-30 s after the cluster "
+                "is up; if it does not, see its log, flink/log/submitter.console",
+            )
+        ]
+    served = str(hello.get("target", ""))
+    if served.rpartition(":")[2] != str(port):
+        return [
+            Check(
+                name,
+                "warn",
+                f"{address[0]}:{address[1]} answers for {served or hello!r}, not this cluster: "
+                "jobs are submitted with `flink run`",
+                "give each local cluster its own PERSONATAG_FLINK_REST_PORT",
+            )
+        ]
+    return [Check(name, "ok", f"pid {hello.get('pid')} on {address[0]}:{address[1]} for {served}")]
+
+
 # -- store ----------------------------------------------------------------------
 
 
@@ -431,6 +469,11 @@ def _probes(settings: Settings) -> list[Probe]:
             "flink cluster",
             lambda: check_flink_cluster(settings),
             _cluster_fix(settings, rest_url(settings)),
+        ),
+        Probe(
+            "flink submitter",
+            lambda: check_flink_submitter(settings),
+            "run `personatag flink start`",
         ),
         Probe("store", lambda: check_store(settings), "check PERSONATAG_STORE_URL"),
     ]

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from personatag.errors import ConfigError, PersonatagError
+from personatag.flink import submitter
 from personatag.flink import supervisor as sv
 from personatag.flink.cluster import (
     ClusterLayout,
@@ -77,7 +78,7 @@ def test_ports_leave_room_for_the_metrics_range() -> None:
     from personatag.config import Settings
 
     ports = Ports.of(Settings(flink_rest_port=18700))
-    assert (ports.fixed, ports.metrics) == ((18700, 18701, 18702), "18800-18820")
+    assert (ports.fixed, ports.metrics) == ((18700, 18701, 18702, 18703), "18800-18820")
     with pytest.raises(ConfigError, match="PERSONATAG_FLINK_REST_PORT=65500"):
         Ports.of(Settings(flink_rest_port=65500))
 
@@ -315,7 +316,11 @@ def test_cluster_lifecycle(tmp_path: Path, flink_python: Path) -> None:
         assert st["running_jobs"] == []
         [tm] = st["task_managers"]
         assert (tm["slots_total"], tm["slots_free"]) == (2, 2)
-        assert [p["name"] for p in st["processes"]] == ["jobmanager", "taskmanager-1"]
+        assert [p["name"] for p in st["processes"]] == ["jobmanager", "taskmanager-1", "submitter"]
+        # The warm submitter answers on REST + 3 once its client JVM is warm.
+        hello = wait_until(lambda: _hello(port + 3), 120, "the warm submitter to answer")
+        assert hello == {"submitter": 1, "target": f"127.0.0.1:{port}", "pid": hello["pid"]}
+        assert hello["pid"] == {p["name"]: p for p in st["processes"]}["submitter"]["pid"]
 
         # start-foreground execs its way to the JVM: the child the supervisor holds is java.
         victim = _taskmanager_pid(layout)
@@ -352,6 +357,13 @@ def test_cluster_lifecycle(tmp_path: Path, flink_python: Path) -> None:
         assert (twice.returncode, twice.stdout.strip()) == (0, "flink cluster was not running")
     finally:
         stop(s)
+
+
+def _hello(port: int) -> dict[str, object] | None:
+    try:
+        return submitter.request(("127.0.0.1", port), {"op": "hello"}, 5)
+    except submitter.SubmitterError:
+        return None
 
 
 @pytest.mark.slow

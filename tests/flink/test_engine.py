@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+import personatag
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
 from personatag.deploy import deploy
+from personatag.flink import submitter
 from personatag.flink.rest import FlinkRest
 from personatag.flink.snapshot import MANIFEST
 from personatag.generate.run import generate
@@ -347,3 +352,65 @@ def test_a_dense_flink_match_tags_like_local(env: tuple[Store, Buckets, Settings
     assert counts["flink"]["already"] == 3999 and counts["flink"]["pinned"] == 1
     assert entered(store, "dense-flink") == entered(store, "dense-local")
     assert target not in entered(store, "dense-flink")
+
+
+def _submitter_ready(settings: Settings) -> bool:
+    port = int(str(settings.flink_url).rsplit(":", 1)[1])
+    try:
+        hello = submitter.request(
+            ("127.0.0.1", port + submitter.SUBMITTER_OFFSET), {"op": "hello"}, 5
+        )
+    except submitter.SubmitterError:
+        return False
+    return hello.get("target") == f"127.0.0.1:{port}"
+
+
+def _tag_through_dispatcher(
+    store: Store, buckets: Buckets, settings: Settings, key: str, expr: str, engine: str
+) -> dict[str, object]:
+    body = {"version": 1, "request_id": key, "persona": key, "engine": engine, "expr": expr}
+    add_persona(store, key, name=key, category="test", actor="test")
+    buckets["requests"].put(f"{key}.json", json.dumps(body).encode())
+    d = Dispatcher(store, buckets, settings, workers=1)
+    d.scan()
+    d.drain()
+    d.close()
+    summary: dict[str, object] = json.loads(buckets["results"].get(f"{key}/summary.json"))
+    return summary
+
+
+def test_jobs_go_through_the_warm_submitter_else_flink_run(
+    env: tuple[Store, Buckets, Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, buckets, settings = env
+    # The test cluster runs a submitter (make flink-up); it answers once its JVM is warm.
+    deadline = time.monotonic() + 180
+    while not _submitter_ready(settings):
+        assert time.monotonic() < deadline, "the test cluster's warm submitter never answered"
+        time.sleep(1)
+    expr = 'seniority >= 5 and region in ("EMEA", "AMER")'
+    local = _tag_through_dispatcher(store, buckets, settings, "warm-local", expr, "local")
+    caplog.set_level(logging.INFO, logger="personatag.engines.flink")
+    warm = _tag_through_dispatcher(store, buckets, settings, "warm-flink", expr, "flink")
+    assert warm["status"] == "succeeded", warm
+    assert warm["counts"] == local["counts"]
+    assert "through the warm submitter" in caplog.text
+    assert entered(store, "warm-flink") == entered(store, "warm-local")
+
+    # A bundle whose job program predates the submitter (no run()) is submitted
+    # with `flink run`, and still works.
+    package = tmp_path / "personatag"
+    shutil.copytree(Path(personatag.__file__).parent, package)
+    job = package / "flink" / "job.py"
+    job.write_text(job.read_text().replace("def run(", "def _run(").replace("= run(", "= _run("))
+    deploy(buckets, properties={"flink.parallelism": 1}, actor="test", package_dir=package)
+    caplog.clear()
+    try:
+        old = _tag_through_dispatcher(store, buckets, settings, "warm-old", expr, "flink")
+    finally:
+        deploy(buckets, properties={"flink.parallelism": 1}, actor="test")
+    assert old["status"] == "succeeded", old
+    assert old["counts"] == local["counts"]
+    assert "has no run() (an older bundle): submitting with flink run" in caplog.text
+    assert "through the warm submitter" not in caplog.text
+    assert entered(store, "warm-old") == entered(store, "warm-local")

@@ -7,8 +7,11 @@ compute() does, outside any store transaction:
 2. compile the criterion to Flink SQL (criteria.to_flink) and export the
    snapshot it reads into the staging bucket (reused while the store is
    unchanged);
-3. submit the active job bundle with `flink run -d -pyfs BUNDLE -pym
-   personatag.flink.job RUN_SPEC`, and record the Flink JobID on the job;
+3. submit the active job bundle's job program with RUN_SPEC: through the
+   local cluster's warm submitter (flink.submitter: a long-running Flink
+   client, so no JVM starts per job) when one answers on the REST port + 3,
+   else with `flink run -d -pyfs BUNDLE -pym personatag.flink.job RUN_SPEC`;
+   record the Flink JobID on the job;
 4. poll /jobs/:jid until it ends, watching for stalls (no task managers, no
    slots, no progress, an unreachable cluster) and for the job's deadline or a
    cancel, both of which cancel the Flink job too; each poll reports how many
@@ -57,6 +60,7 @@ from personatag.deploy.layout import PROPERTIES_FILE, read_properties
 from personatag.engines.base import Engine, Match, MatchSpec
 from personatag.errors import PersonatagError
 from personatag.flink import home as flink_home
+from personatag.flink import submitter
 from personatag.flink.job import SPEC_FORMAT
 from personatag.flink.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.flink.snapshot import export_snapshot
@@ -70,6 +74,7 @@ log = logging.getLogger(__name__)
 RUNS_PREFIX = "runs/"
 _JOB_ID_RE = re.compile(r"(?:PERSONATAG_FLINK_JOB_ID=|JobID )([0-9a-f]{32})")
 _ENDED = {"FINISHED", "FAILED", "CANCELED"}
+_LOOPBACK = ("127.0.0.1", "localhost")
 _LOAD_CHUNK = 1_000_000
 
 
@@ -433,10 +438,15 @@ class FlinkEngine(Engine):
         control: Any,
         watchdog: Watchdog,
     ) -> str:
-        """`flink run -d` the bundle with `run_spec`; returns the Flink JobID."""
-        home = flink_home.locate(self.settings)
+        """Submit the bundle's job with `run_spec` through the local cluster's warm
+        submitter, else with `flink run -d`; returns the Flink JobID."""
         bundle_path = self._bundle_path(bundle, version)
         target = flink_home.rest_url(self.settings).split("://", 1)[-1]
+        allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
+        jid = self._submit_warm(run_spec, bundle_path, target, control, allowed)
+        if jid is not None:
+            return jid
+        home = flink_home.locate(self.settings)
         with tempfile.TemporaryDirectory(prefix="personatag-flink-") as tmp:
             spec_path = Path(tmp) / "run.json"
             spec_path.write_text(json.dumps(run_spec))
@@ -457,7 +467,6 @@ class FlinkEngine(Engine):
                     cwd=tmp,
                     start_new_session=True,
                 )
-                allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
                 limit = time.monotonic() + allowed
                 try:
                     while client.poll() is None:
@@ -480,6 +489,78 @@ class FlinkEngine(Engine):
         if client.returncode != 0 or found is None:
             raise FlinkJobFailed(f"flink run failed: {_client_error(output)}")
         return found.group(1)
+
+    def _submit_warm(
+        self,
+        run_spec: dict[str, Any],
+        bundle_path: Path,
+        target: str,
+        control: Any,
+        allowed: float,
+    ) -> str | None:
+        """Submit through the warm submitter of a cluster on this machine (its REST
+        port + 3); None when there is none to use: not running, still warming up,
+        serving another cluster, or the bundle's job program predates it."""
+        host, _, port = target.rpartition(":")
+        if not self.settings.flink_submitter or host not in _LOOPBACK or not port.isdigit():
+            return None
+        address = (host, int(port) + submitter.SUBMITTER_OFFSET)
+        try:
+            hello = submitter.request(address, {"op": "hello"}, timeout_s=5.0)
+        except submitter.SubmitterError as exc:
+            log.info("no warm submitter (%s): submitting with flink run", exc)
+            return None
+        served = str(hello.get("target", "")).rpartition(":")[2]
+        if hello.get("submitter") != submitter.PROTOCOL or served != port:
+            log.warning(
+                "127.0.0.1:%d answers as %r, not a submitter for port %s: submitting with "
+                "flink run",
+                address[1],
+                hello,
+                port,
+            )
+            return None
+        started = time.monotonic()
+        message = {"op": "submit", "bundle": str(bundle_path), "spec": run_spec}
+        try:
+            reply = submitter.request(
+                address,
+                message,
+                allowed,
+                stopped=None if control is None else lambda: control.stopped() is not None,
+                grace_s=15.0,
+            )
+        except submitter.Stopped as halted:
+            if halted.reply is not None and isinstance(halted.reply.get("job_id"), str):
+                self._cancel(halted.reply["job_id"])
+            stop = control.stopped() if control is not None else None
+            if stop is None:  # cannot happen: Stopped means control said stop
+                raise FlinkJobFailed("stopped while the job was being submitted") from None
+            raise stop from None
+        except submitter.SubmitterUnreachable as exc:  # it went away: nothing was sent
+            log.info("the warm submitter went away (%s): submitting with flink run", exc)
+            return None
+        except submitter.SubmitterTimeout:
+            default_metrics().flink_stalls.labels(reason="no_progress").inc()
+            raise FlinkJobFailed(
+                f"the Flink client did not finish submitting the job in {allowed:.0f} s"
+            ) from None
+        except submitter.SubmitterError as exc:
+            raise FlinkJobFailed(f"the warm Flink submitter failed: {exc}") from None
+        if "unsupported" in reply:
+            log.info("%s: submitting with flink run", reply["unsupported"])
+            return None
+        jid = reply.get("job_id")
+        if not isinstance(jid, str):
+            raise FlinkJobFailed(
+                f"flink job submission failed: {_client_error(str(reply.get('error')))}"
+            )
+        log.info(
+            "submitted flink job %s through the warm submitter in %.2f s",
+            jid,
+            time.monotonic() - started,
+        )
+        return jid
 
     def _record(self, job_pk: int | None, jid: str, version: str) -> None:
         if job_pk is None:

@@ -34,6 +34,7 @@ from personatag.errors import ConfigError, PersonatagError
 from personatag.flink import supervisor as sv
 from personatag.flink.home import JAVA_MIN, FlinkHome, java_version, locate, rest_url
 from personatag.flink.rest import FlinkRest, FlinkRestError, FlinkUnreachable
+from personatag.flink.submitter import SUBMITTER_OFFSET
 
 METRICS_OFFSET = 100
 METRICS_SPAN = 20
@@ -101,7 +102,7 @@ class Ports:
         if not 1 <= port <= 65535 - METRICS_OFFSET - METRICS_SPAN:
             raise ConfigError(
                 f"PERSONATAG_FLINK_REST_PORT={port} does not fit the local cluster, which also "
-                f"uses the next two ports and {METRICS_OFFSET}..{METRICS_OFFSET + METRICS_SPAN} "
+                f"uses the next three ports and {METRICS_OFFSET}..{METRICS_OFFSET + METRICS_SPAN} "
                 f"above it: use 1..{65535 - METRICS_OFFSET - METRICS_SPAN}"
             )
         return cls(port)
@@ -115,8 +116,12 @@ class Ports:
         return self.rest + 2
 
     @property
-    def fixed(self) -> tuple[int, int, int]:
-        return (self.rest, self.rpc, self.blob)
+    def submitter(self) -> int:
+        return self.rest + SUBMITTER_OFFSET
+
+    @property
+    def fixed(self) -> tuple[int, int, int, int]:
+        return (self.rest, self.rpc, self.blob, self.submitter)
 
     @property
     def metrics(self) -> str:
@@ -415,7 +420,7 @@ def _start(
             )
         raise PersonatagError(
             f"port {', '.join(map(str, busy))} on 127.0.0.1 is in use by another program; the "
-            f"local cluster needs {ports.rest}-{ports.blob} and {ports.metrics}: set "
+            f"local cluster needs {ports.rest}-{ports.submitter} and {ports.metrics}: set "
             "PERSONATAG_FLINK_REST_PORT to another port"
         )
 
@@ -499,6 +504,9 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
         "--task-managers",
         str(settings.flink_task_managers),
     ]
+    if settings.flink_submitter:
+        ports = Ports.of(settings)
+        argv += ["--submitter-port", str(ports.submitter), "--rest-port", str(ports.rest)]
     with layout.supervisor_log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
             argv,

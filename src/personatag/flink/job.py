@@ -62,16 +62,14 @@ def statements(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     return ddl, inserts
 
 
-def main(argv: list[str]) -> int:
-    from pyflink.table import EnvironmentSettings, TableEnvironment
+def run(spec: dict[str, Any], env: Any) -> str | None:
+    """Submit the run spec's queries as one batch job on `env` (a batch
+    TableEnvironment); returns the Flink JobID (None if Flink gives none).
 
-    if len(argv) != 2:
-        print("usage: python -m personatag.flink.job RUN_SPEC.json", file=sys.stderr)
-        return 2
-    with open(argv[1], encoding="utf-8") as f:
-        spec = json.load(f)
+    Used by `main` (`flink run`) and by the warm submitter, which passes an
+    environment created in its long-running client for every run.
+    """
     ddl, inserts = statements(spec)
-    env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     config = env.get_config()
     config.set("pipeline.name", str(spec["name"]))
     if spec.get("parallelism"):
@@ -81,10 +79,21 @@ def main(argv: list[str]) -> int:
     batch = env.create_statement_set()
     for statement in inserts:
         batch.add_insert_sql(statement)
-    result = batch.execute()
-    client = result.get_job_client()
-    if client is not None:
-        print(f"PERSONATAG_FLINK_JOB_ID={client.get_job_id()}", flush=True)
+    client = batch.execute().get_job_client()
+    return None if client is None else str(client.get_job_id())
+
+
+def main(argv: list[str]) -> int:
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    if len(argv) != 2:
+        print("usage: python -m personatag.flink.job RUN_SPEC.json", file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    jid = run(spec, TableEnvironment.create(EnvironmentSettings.in_batch_mode()))
+    if jid is not None:
+        print(f"PERSONATAG_FLINK_JOB_ID={jid}", flush=True)
     return 0
 
 

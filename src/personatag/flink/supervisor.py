@@ -3,11 +3,14 @@
 `personatag flink start` runs this as a detached process:
 
     python -m personatag.flink.supervisor --flink-home H --flink-python P \\
-        --conf-dir C --log-dir L --run-dir R --task-managers N
+        --conf-dir C --log-dir L --run-dir R --task-managers N \\
+        [--submitter-port S --rest-port REST]
 
 It starts one JobManager and N TaskManagers with Flink's own
 `bin/{jobmanager,taskmanager}.sh start-foreground` (each `exec`s its way to the
-JVM, so a child's pid is the JVM's), restarts a child that dies, and on SIGTERM
+JVM, so a child's pid is the JVM's), and with --submitter-port the warm job
+submitter (`submitter.py`, under the PyFlink interpreter); it restarts a child
+that dies, and on SIGTERM
 or SIGINT stops every child and exits. Each child runs in its own process group
 (so one signal reaches the JVM and anything it spawned, such as Python workers)
 and, on Linux, gets SIGTERM when the supervisor dies, even by SIGKILL: no JVM
@@ -79,6 +82,7 @@ class Child:
 
     name: str
     argv: list[str]
+    env: dict[str, str] | None = None  # None: the supervisor's Flink environment
     proc: subprocess.Popen[bytes] | None = None
     started_at: str | None = None
     state: str = "new"  # running | backoff | gave_up | stopped
@@ -109,6 +113,7 @@ class Supervisor:
         run_dir: Path,
         task_managers: int,
         policy: RestartPolicy | None = None,
+        submitter: tuple[int, int] | None = None,
     ) -> None:
         self.env = home.env(conf_dir, log_dir)
         self.log_dir = log_dir
@@ -118,6 +123,13 @@ class Supervisor:
             Child(f"taskmanager-{i}", [str(home.bin / "taskmanager.sh"), "start-foreground"])
             for i in range(1, task_managers + 1)
         ]
+        if submitter is not None:
+            port, rest_port = submitter
+            script = Path(__file__).with_name("submitter.py")
+            argv = [str(home.python), str(script), "--port", str(port)]
+            argv += ["--target", f"127.0.0.1:{rest_port}"]
+            # As a script, without its folder on sys.path (Python 3.11+).
+            self.children.append(Child("submitter", argv, {**self.env, "PYTHONSAFEPATH": "1"}))
         self.policy = policy or RestartPolicy()
         self.stopping = False
         self.exit_code = 0
@@ -185,7 +197,7 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(  # noqa: S603 - Flink's own scripts
                 child.argv,
-                env=self.env,
+                env=child.env if child.env is not None else self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -397,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--task-managers", type=int, default=1)
+    parser.add_argument("--submitter-port", type=int, help="Run the warm job submitter here.")
+    parser.add_argument(
+        "--rest-port", type=int, help="The cluster's REST port (for the submitter)."
+    )
     parser.add_argument("--log-json", action="store_true", help="Log JSON lines.")
     parser.add_argument("--restart-backoff", type=float, default=RESTART_BACKOFF_S)
     parser.add_argument("--restart-limit", type=int, default=RESTART_LIMIT)
@@ -405,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.task_managers < 1:
         parser.error("--task-managers must be at least 1")
+    if (args.submitter_port is None) != (args.rest_port is None):
+        parser.error("--submitter-port and --rest-port go together")
 
     from personatag.logs import configure_logging
 
@@ -419,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         RestartPolicy(
             args.restart_backoff, args.restart_limit, args.restart_window, args.term_timeout
         ),
+        None if args.submitter_port is None else (args.submitter_port, args.rest_port),
     )
     return supervisor.run()
 

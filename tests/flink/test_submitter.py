@@ -1,0 +1,180 @@
+"""The warm submitter's protocol and its refusals, over real sockets (no PyFlink
+needed: every request here is answered before a Flink environment is made)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from personatag.flink import submitter
+from personatag.flink.submitter import JOB_SOURCE, Submitter
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def address() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    server = Submitter("127.0.0.1:18081")
+    threading.Thread(target=server.serve, args=(port,), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    yield ("127.0.0.1", port)
+
+
+def bundle(tmp_path: Path, job_source: str | None) -> str:
+    path = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("personatag/__init__.py", "")
+        if job_source is not None:
+            z.writestr(JOB_SOURCE, job_source)
+    return str(path)
+
+
+def submit(address: tuple[str, int], **message: object) -> dict[str, object]:
+    return submitter.request(address, {"op": "submit", **message}, 10)
+
+
+def test_hello_names_the_cluster(address: tuple[str, int]) -> None:
+    hello = submitter.request(address, {"op": "hello"}, 10)
+    assert hello["submitter"] == submitter.PROTOCOL
+    assert hello["target"] == "127.0.0.1:18081"
+
+
+def test_bad_requests_get_an_error_not_a_hang(address: tuple[str, int]) -> None:
+    assert submitter.request(address, {"op": "explode"}, 10) == {
+        "error": "unknown op 'explode': use hello or submit"
+    }
+    assert "absolute path" in str(submit(address, bundle="rel.zip", spec={})["error"])
+    assert "run spec object" in str(submit(address, bundle="/x.zip", spec=[1])["error"])
+    assert "cannot read the job bundle" in str(
+        submit(address, bundle="/nonexistent/b.zip", spec={})["error"]
+    )
+    with socket.create_connection(address, timeout=10) as raw:
+        raw.sendall(b"{not json\n")
+        reply = json.loads(raw.makefile().readline())
+    assert reply == {"error": "a request is one line of JSON"}
+
+
+def test_a_bundle_without_a_runnable_job_program_is_unsupported(
+    address: tuple[str, int], tmp_path: Path
+) -> None:
+    missing = submit(address, bundle=bundle(tmp_path, None), spec={})
+    assert f"has no {JOB_SOURCE}" in str(missing["unsupported"])
+    old = submit(address, bundle=bundle(tmp_path, "def main(argv):\n    return 0\n"), spec={})
+    assert "has no run() (an older bundle)" in str(old["unsupported"])
+    garbage = tmp_path / "garbage.zip"
+    garbage.write_bytes(b"not a zip")
+    assert "cannot read the job bundle" in str(
+        submit(address, bundle=str(garbage), spec={})["error"]
+    )
+
+
+class WithoutFlink(Submitter):
+    """Hands the job program a plain object instead of a Flink environment."""
+
+    def environment(self) -> object:
+        return object()
+
+
+def test_a_failing_job_program_is_reported(tmp_path: Path) -> None:
+    port = free_port()
+    threading.Thread(
+        target=WithoutFlink("127.0.0.1:18081").serve, args=(port,), daemon=True
+    ).start()
+    source = "def run(spec, env):\n    raise ValueError('bad spec: ' + spec['name'])\n"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply = submit(
+                ("127.0.0.1", port), bundle=bundle(tmp_path, source), spec={"name": "q1"}
+            )
+            break
+        except submitter.SubmitterUnreachable:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert reply == {"error": "bad spec: q1"}
+    ok = "def run(spec, env):\n    return 'a' * 32\n"
+    path = tmp_path / "ok"
+    path.mkdir()
+    assert submit(("127.0.0.1", port), bundle=bundle(path, ok), spec={"name": "q2"}) == {
+        "job_id": "a" * 32
+    }
+
+
+def test_the_client_tells_unreachable_from_slow() -> None:
+    port = free_port()
+    with pytest.raises(submitter.SubmitterUnreachable):
+        submitter.request(("127.0.0.1", port), {"op": "hello"}, 2)
+    with socket.socket() as silent:  # takes the request, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        where = ("127.0.0.1", silent.getsockname()[1])
+        with pytest.raises(submitter.SubmitterTimeout):
+            submitter.request(where, {"op": "hello"}, 1.0)
+        t0 = time.monotonic()
+        with pytest.raises(submitter.Stopped) as stopped:
+            submitter.request(where, {"op": "hello"}, 30.0, stopped=lambda: True, grace_s=0.5)
+        assert stopped.value.reply is None
+        assert time.monotonic() - t0 < 10
+
+
+def test_hello_is_answered_while_a_job_is_being_submitted(tmp_path: Path) -> None:
+    port = free_port()
+    threading.Thread(
+        target=WithoutFlink("127.0.0.1:18081").serve, args=(port,), daemon=True
+    ).start()
+    # This job program says it started, then returns only once the gate file exists.
+    gated = (
+        "import os, time\n"
+        "def run(spec, env):\n"
+        "    open(spec['started'], 'w').close()\n"
+        "    while not os.path.exists(spec['gate']):\n"
+        "        time.sleep(0.05)\n"
+        "    return 'b' * 32\n"
+    )
+    gate = tmp_path / "gate"
+    started = tmp_path / "started"
+    spec = {"name": "gated", "gate": str(gate), "started": str(started)}
+    path = bundle(tmp_path, gated)
+    replies: list[dict[str, object]] = []
+
+    def submit_gated() -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                replies.append(submit(("127.0.0.1", port), bundle=path, spec=spec))
+                return
+            except submitter.SubmitterUnreachable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+    worker = threading.Thread(target=submit_gated)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert time.monotonic() < deadline, "the gated submission never started"
+        time.sleep(0.05)
+    # Were hello queued behind the submission, it would time out here.
+    assert submitter.request(("127.0.0.1", port), {"op": "hello"}, 10)["submitter"] == 1
+    assert replies == [] and worker.is_alive()
+    gate.touch()
+    worker.join(20)
+    assert replies == [{"job_id": "b" * 32}]
