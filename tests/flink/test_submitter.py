@@ -178,3 +178,52 @@ def test_hello_is_answered_while_a_job_is_being_submitted(tmp_path: Path) -> Non
     gate.touch()
     worker.join(20)
     assert replies == [{"job_id": "b" * 32}]
+
+
+class RecordingEnv:
+    """Stands in for a Flink TableEnvironment: records tables made and dropped."""
+
+    def __init__(self) -> None:
+        self.tables: list[str] = []
+        self.dropped: list[str] = []
+
+    def list_temporary_views(self) -> list[str]:
+        return []
+
+    def list_temporary_tables(self) -> list[str]:
+        return list(self.tables)
+
+    def drop_temporary_table(self, name: str) -> None:
+        self.tables.remove(name)
+        self.dropped.append(name)
+
+
+class Recording(Submitter):
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.made: list[RecordingEnv] = []
+
+    def environment(self) -> RecordingEnv:
+        self.made.append(RecordingEnv())
+        return self.made[-1]
+
+
+def test_jobs_share_one_environment_and_leave_nothing_in_it(tmp_path: Path) -> None:
+    server = Recording("127.0.0.1:18081")
+    source = (
+        "def run(spec, env):\n"
+        "    assert env.tables == [], env.tables\n"
+        "    env.tables += ['snapshot_0', 'matched_0']\n"
+        "    if spec.get('fail'):\n"
+        "        raise RuntimeError('planner says no')\n"
+        "    return spec['name'] * 16\n"
+    )
+    path = bundle(tmp_path, source)
+    replies = [
+        server.handle({"op": "submit", "bundle": path, "spec": {"name": n, "fail": n == "bb"}})
+        for n in ("aa", "bb", "cc")
+    ]
+    assert replies == [{"job_id": "aa" * 16}, {"error": "planner says no"}, {"job_id": "cc" * 16}]
+    [env] = server.made  # one environment for all three jobs
+    assert env.tables == []
+    assert env.dropped == ["snapshot_0", "matched_0"] * 3
