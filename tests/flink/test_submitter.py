@@ -88,10 +88,10 @@ def test_a_bundle_without_a_runnable_job_program_is_unsupported(
 
 
 class WithoutFlink(Submitter):
-    """Hands the job program a plain object instead of a Flink environment."""
+    """Hands the job program a stand-in instead of a Flink environment."""
 
-    def environment(self) -> object:
-        return object()
+    def environment(self) -> RecordingEnv:
+        return RecordingEnv()
 
 
 def test_a_failing_job_program_is_reported(tmp_path: Path) -> None:
@@ -180,12 +180,25 @@ def test_hello_is_answered_while_a_job_is_being_submitted(tmp_path: Path) -> Non
     assert replies == [{"job_id": "b" * 32}]
 
 
+class RecordingConfig:
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
 class RecordingEnv:
-    """Stands in for a Flink TableEnvironment: records tables made and dropped."""
+    """Stands in for a Flink TableEnvironment: records its config and the
+    tables made and dropped."""
 
     def __init__(self) -> None:
+        self.config = RecordingConfig()
         self.tables: list[str] = []
         self.dropped: list[str] = []
+
+    def get_config(self) -> RecordingConfig:
+        return self.config
 
     def list_temporary_views(self) -> list[str]:
         return []
@@ -225,5 +238,6 @@ def test_jobs_share_one_environment_and_leave_nothing_in_it(tmp_path: Path) -> N
     ]
     assert replies == [{"job_id": "aa" * 16}, {"error": "planner says no"}, {"job_id": "cc" * 16}]
     [env] = server.made  # one environment for all three jobs
+    assert env.config.values["python.files"] == path  # shipped like `flink run -pyfs`
     assert env.tables == []
     assert env.dropped == ["snapshot_0", "matched_0"] * 3

@@ -189,6 +189,10 @@ class Submitter:
             try:
                 env = self._shared_environment()
                 try:
+                    # python.files = the bundle, as `flink run -pyfs` sets it: Python
+                    # functions in a job program (none today) would import from the
+                    # same bundle on the task managers.
+                    env.get_config().set("python.files", bundle)
                     jid = module.run(spec, env)
                 finally:
                     self._clean(env)
