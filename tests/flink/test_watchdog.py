@@ -30,7 +30,11 @@ from .engine_support import flink_python
 
 pytestmark = pytest.mark.slow
 
-PORT = 18300
+# The module's cluster. pytest-xdist may run its tests on two workers, each
+# with the module fixture: each worker gets its own port, or the second
+# cluster would find the first on its ports.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+PORT = 18300 + 2000 * (int(_WORKER) if _WORKER.isdigit() else 0)
 STALL_S = 20.0
 # Backtracks for a long time on every title: a job that runs until stopped.
 SLOW = 'job_title like "%' + "_%" * 10 + 'zz"'
