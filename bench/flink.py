@@ -99,12 +99,13 @@ def bare_job(settings: Settings, snapshot_url: str, out_url: str) -> float:
 
 
 def wait_for_submitter(settings: Settings, timeout_s: float = 180.0) -> None:
-    port = int(flink_home.rest_url(settings).rsplit(":", 1)[1])
-    address = ("127.0.0.1", port + submitter.SUBMITTER_OFFSET)
+    address = submitter.address_of(flink_home.rest_url(settings))
+    if address is None:
+        raise SystemExit("the cluster is not on this machine: it has no warm submitter here")
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            hello = submitter.request(address, {"op": "hello"}, 5.0)
+            hello = submitter.hello(address, 5.0)
             print(f"warm submitter pid {hello['pid']} on {address[0]}:{address[1]}", flush=True)
             return
         except submitter.SubmitterError as exc:

@@ -205,16 +205,23 @@ def check_flink_cluster(settings: Settings, timeout: float = REST_TIMEOUT_S) -> 
 def check_flink_submitter(settings: Settings) -> list[Check]:
     """The warm job submitter of a cluster on this machine answers (none: [],
     when the cluster is remote or the submitter is turned off)."""
-    url = rest_url(settings)
-    port = urlsplit(url).port
-    if not settings.flink_submitter or not _is_local_url(url) or port is None:
-        return []
     from personatag.flink import submitter
 
-    address = ("127.0.0.1", port + submitter.SUBMITTER_OFFSET)
+    address = submitter.address_of(rest_url(settings))
+    if not settings.flink_submitter or address is None:
+        return []
     name = "flink submitter"
     try:
-        hello = submitter.request(address, {"op": "hello"}, timeout_s=REST_TIMEOUT_S)
+        hello = submitter.hello(address, timeout_s=REST_TIMEOUT_S)
+    except submitter.WrongSubmitter as exc:
+        return [
+            Check(
+                name,
+                "warn",
+                f"{_short(exc)}: jobs are submitted with `flink run`",
+                "give each local cluster its own PERSONATAG_FLINK_REST_PORT",
+            )
+        ]
     except submitter.SubmitterError as exc:
         return [
             Check(
@@ -226,18 +233,8 @@ def check_flink_submitter(settings: Settings) -> list[Check]:
                 "is up; if it does not, see its log, flink/log/submitter.console",
             )
         ]
-    served = str(hello.get("target", ""))
-    if served.rpartition(":")[2] != str(port):
-        return [
-            Check(
-                name,
-                "warn",
-                f"{address[0]}:{address[1]} answers for {served or hello!r}, not this cluster: "
-                "jobs are submitted with `flink run`",
-                "give each local cluster its own PERSONATAG_FLINK_REST_PORT",
-            )
-        ]
-    return [Check(name, "ok", f"pid {hello.get('pid')} on {address[0]}:{address[1]} for {served}")]
+    where = f"{address[0]}:{address[1]}"
+    return [Check(name, "ok", f"pid {hello.get('pid')} on {where} for {hello.get('target')}")]
 
 
 # -- store ----------------------------------------------------------------------

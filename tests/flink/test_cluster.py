@@ -318,7 +318,7 @@ def test_cluster_lifecycle(tmp_path: Path, flink_python: Path) -> None:
         assert (tm["slots_total"], tm["slots_free"]) == (2, 2)
         assert [p["name"] for p in st["processes"]] == ["jobmanager", "taskmanager-1", "submitter"]
         # The warm submitter answers on REST + 3 once its client JVM is warm.
-        hello = wait_until(lambda: _hello(port + 3), 120, "the warm submitter to answer")
+        hello = wait_until(lambda: _hello(("127.0.0.1", port + 3)), 120, "the warm submitter")
         assert hello == {"submitter": 1, "target": f"127.0.0.1:{port}", "pid": hello["pid"]}
         assert hello["pid"] == {p["name"]: p for p in st["processes"]}["submitter"]["pid"]
 
@@ -359,9 +359,9 @@ def test_cluster_lifecycle(tmp_path: Path, flink_python: Path) -> None:
         stop(s)
 
 
-def _hello(port: int) -> dict[str, object] | None:
+def _hello(address: tuple[str, int]) -> dict[str, object] | None:
     try:
-        return submitter.request(("127.0.0.1", port), {"op": "hello"}, 5)
+        return submitter.hello(address, 5)
     except submitter.SubmitterError:
         return None
 

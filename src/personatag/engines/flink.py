@@ -74,7 +74,6 @@ log = logging.getLogger(__name__)
 RUNS_PREFIX = "runs/"
 _JOB_ID_RE = re.compile(r"(?:PERSONATAG_FLINK_JOB_ID=|JobID )([0-9a-f]{32})")
 _ENDED = {"FINISHED", "FAILED", "CANCELED"}
-_LOOPBACK = ("127.0.0.1", "localhost")
 _LOAD_CHUNK = 1_000_000
 
 
@@ -443,7 +442,7 @@ class FlinkEngine(Engine):
         bundle_path = self._bundle_path(bundle, version)
         target = flink_home.rest_url(self.settings).split("://", 1)[-1]
         allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
-        jid = self._submit_warm(run_spec, bundle_path, target, control, allowed)
+        jid = self._submit_warm(run_spec, bundle_path, control, allowed)
         if jid is not None:
             return jid
         home = flink_home.locate(self.settings)
@@ -494,31 +493,22 @@ class FlinkEngine(Engine):
         self,
         run_spec: dict[str, Any],
         bundle_path: Path,
-        target: str,
         control: Any,
         allowed: float,
     ) -> str | None:
         """Submit through the warm submitter of a cluster on this machine (its REST
         port + 3); None when there is none to use: not running, still warming up,
         serving another cluster, or the bundle's job program predates it."""
-        host, _, port = target.rpartition(":")
-        if not self.settings.flink_submitter or host not in _LOOPBACK or not port.isdigit():
+        address = submitter.address_of(flink_home.rest_url(self.settings))
+        if not self.settings.flink_submitter or address is None:
             return None
-        address = (host, int(port) + submitter.SUBMITTER_OFFSET)
         try:
-            hello = submitter.request(address, {"op": "hello"}, timeout_s=5.0)
+            submitter.hello(address, timeout_s=5.0)
+        except submitter.WrongSubmitter as exc:
+            log.warning("%s: submitting with flink run", exc)
+            return None
         except submitter.SubmitterError as exc:
             log.info("no warm submitter (%s): submitting with flink run", exc)
-            return None
-        served = str(hello.get("target", "")).rpartition(":")[2]
-        if hello.get("submitter") != submitter.PROTOCOL or served != port:
-            log.warning(
-                "127.0.0.1:%d answers as %r, not a submitter for port %s: submitting with "
-                "flink run",
-                address[1],
-                hello,
-                port,
-            )
             return None
         started = time.monotonic()
         message = {"op": "submit", "bundle": str(bundle_path), "spec": run_spec}

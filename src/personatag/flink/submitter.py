@@ -22,7 +22,8 @@ newly deployed bundle is used from the next job on, as with `flink run`. A
 bundle whose job program has no `run` is answered "unsupported", and the
 engine submits it with `flink run` instead.
 
-The client half (`request`) is used by the flink engine.
+The client half (`address_of`, `hello`, `request`) is used by the flink
+engine and `personatag doctor`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import types
 import zipfile
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 PROTOCOL = 1
 # The submitter listens on the cluster's REST port + this (REST + 1 and + 2
@@ -58,6 +60,10 @@ class Unsupported(Exception):
 
 class SubmitterError(Exception):
     """No usable answer from a submitter (refused, closed, garbled, timed out)."""
+
+
+class WrongSubmitter(SubmitterError):
+    """Something answers where the submitter should, but not as its cluster's."""
 
 
 class SubmitterUnreachable(SubmitterError):
@@ -285,6 +291,35 @@ def request(
         raise SubmitterError(f"the submitter answered {reply!r}")
     if give_up is not None:
         raise Stopped(reply)
+    return reply
+
+
+def address_of(rest_url: str) -> tuple[str, int] | None:
+    """Where the submitter of the cluster at `rest_url` (a URL or HOST:PORT)
+    listens: the REST port + SUBMITTER_OFFSET, when the cluster is on this
+    machine; None when it is elsewhere (a submitter listens on 127.0.0.1 only)."""
+    parts = urlsplit(rest_url if "://" in rest_url else f"http://{rest_url}")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if port is None or parts.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return (parts.hostname, port + SUBMITTER_OFFSET)
+
+
+def hello(address: tuple[str, int], timeout_s: float) -> dict[str, Any]:
+    """The submitter at `address`'s hello, checked to come from the submitter of
+    the cluster whose REST port is `address`'s port - SUBMITTER_OFFSET. Raises
+    SubmitterError when none answers, WrongSubmitter when something else does."""
+    reply = request(address, {"op": "hello"}, timeout_s)
+    rest_port = str(address[1] - SUBMITTER_OFFSET)
+    served = str(reply.get("target", "")).rpartition(":")[2]
+    if reply.get("submitter") != PROTOCOL or served != rest_port:
+        raise WrongSubmitter(
+            f"{address[0]}:{address[1]} answers as {reply!r}, not as the submitter of the "
+            f"cluster on port {rest_port}"
+        )
     return reply
 
 
