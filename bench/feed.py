@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--shares", default="0.2,0.5,0.8")
+    ap.add_argument(
+        "--reports", type=int, help="publications over the year (default: the generator's)"
+    )
     ap.add_argument("--json", type=Path, help="also write the summaries here")
     args = ap.parse_args()
     out = {}
@@ -41,7 +44,14 @@ def main() -> None:
         for share in (float(s) for s in args.shares.split(",")):
             st = open_store(f"sqlite:///{Path(tmp) / f'{share}.db'}", create=True)
             t0 = time.monotonic()
-            gen = generate(st, contacts=args.contacts, seed=args.seed, end=END, persona_share=share)
+            gen = generate(
+                st,
+                contacts=args.contacts,
+                seed=args.seed,
+                end=END,
+                persona_share=share,
+                reports=args.reports,
+            )
             tag_personas(st, settings)
             t1 = time.monotonic()
             summary = evaluate(

@@ -14,7 +14,7 @@ from personatag.errors import InputError
 from personatag.generate import GenerateResult, generate
 from personatag.generate.vocab import COUNTRIES, REGIONS
 from personatag.importer import ImportResult, import_file
-from personatag.store import Store
+from personatag.store import Store, open_store
 
 END = datetime(2025, 6, 30, tzinfo=UTC)
 
@@ -138,3 +138,23 @@ def test_rejects_bad_arguments(store: Store) -> None:
         generate(store, contacts=0)
     with pytest.raises(InputError, match="seed"):
         generate(store, contacts=5, seed=-1)
+    with pytest.raises(InputError, match="reports"):
+        generate(store, contacts=5, reports=0)
+
+
+def test_reports_sets_the_catalogue_size(store_url: str, tmp_path: Path) -> None:
+    from tests.test_cli import CLI
+
+    cli = CLI(store_url, tmp_path)
+    bad = cli("generate", "--contacts", "30", "--reports", "1000000", ok=False)
+    assert bad.returncode != 0 and "--reports must be between 1 and 999,999" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    cli("generate", "--contacts", "30", "--seed", "2", "--end", "2025-06-30", "--reports", "17")
+    st = open_store(store_url)
+    with st.read() as conn:
+        t = st.tables
+        assert conn.execute(select(func.count()).select_from(t.publications)).scalar_one() == 17
+        assert conn.execute(select(func.count()).select_from(t.contacts)).scalar_one() == 30
+        reads = conn.execute(select(func.count()).select_from(t.reads)).scalar_one()
+    st.dispose()
+    assert reads > 0

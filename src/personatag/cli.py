@@ -182,6 +182,12 @@ def generate(
             "explain (default: the original population)."
         ),
     ] = None,
+    reports: Annotated[
+        int | None,
+        typer.Option(
+            help="Publications over the year (default: 1 per 1,000 contacts, 200 to 20,000)."
+        ),
+    ] = None,
 ) -> None:
     """Generate a realistic synthetic population (contacts, publications, reads, logins)."""
     from personatag.generate import generate as run_generate
@@ -196,6 +202,7 @@ def generate(
         end=as_of_option(end),
         progress=lambda msg: typer.echo(msg, err=True),
         persona_share=persona_share,
+        reports=reports,
     )
     typer.echo(str(result))
 

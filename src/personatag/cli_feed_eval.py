@@ -19,6 +19,13 @@ def evaluate_feed(
     persona_share: Annotated[
         float, typer.Option(help="0-1: how much of a reader's interests personas explain.")
     ] = 0.5,
+    reports: Annotated[
+        int | None,
+        typer.Option(
+            help="Publications to generate over the year (default: 1 per 1,000 contacts, "
+            "200 to 20,000)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Population and bootstrap seed.")] = 0,
     samples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     store_url: Annotated[
@@ -49,13 +56,15 @@ def evaluate_feed(
                 empty = not conn.execute(
                     select(func.count()).select_from(st.tables.contacts)
                 ).scalar_one()
+            generated = None
             if empty:
-                generate(
+                generated = generate(
                     st,
                     contacts=contacts,
                     seed=seed,
                     end=END,
                     persona_share=persona_share,
+                    reports=reports,
                     progress=lambda m: typer.echo(m, err=True),
                 )
             tag_personas(st, settings())
@@ -70,7 +79,8 @@ def evaluate_feed(
         finally:
             st.dispose()
     summary["persona_share"] = persona_share
-    summary["generated_contacts"] = contacts if store_url is None else None
+    summary["generated_contacts"] = generated.contacts if generated else None
+    summary["generated_reports"] = generated.publications if generated else None
     if as_json:
         emit(summary)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr, ValidationError, field_validator
@@ -116,13 +117,16 @@ class Settings(BaseSettings):
     feed_model_rebuild_gap_s: float = 120.0
     # The reading feed (personatag.feed, docs/feed.md): weights of the blend's
     # parts, how much freshness multiplies in (0: not at all, 1: fully), a
-    # report's freshness half-life, the reads counted as popularity (window and
-    # half-life) and item neighbours kept per report.
-    feed_weight_persona: float = 3.0
+    # report's freshness half-life (the fallback when freshness is not learned),
+    # how freshness is found and the horizon a learned one looks ahead, the reads
+    # counted as popularity (window and half-life) and item neighbours kept per report.
+    feed_weight_persona: float = 0.5
     feed_weight_coverage: float = 1.0
     feed_weight_similar: float = 0.2
     feed_weight_fresh: float = 0.95
     feed_half_life_days: float = 1.0
+    feed_freshness: Literal["learned", "half-life"] = "learned"
+    feed_fresh_horizon_days: float = 30.0
     feed_popularity_days: float = 30.0
     feed_popularity_half_life_days: float = 7.0
     feed_neighbours: int = 50
@@ -186,6 +190,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "feed_half_life_days",
+        "feed_fresh_horizon_days",
         "feed_popularity_days",
         "feed_popularity_half_life_days",
         "feed_neighbours",

@@ -146,3 +146,25 @@ def test_persona_share_changes_how_much_attributes_explain() -> None:
     assert len(TITLE_FAMILIES) > 5
     low, high = _family_predicts_asset(0.1), _family_predicts_asset(0.9)
     assert high > low + 0.1
+
+
+def test_evaluate_feed_from_the_command_line(tmp_path: Path) -> None:
+    from tests.test_cli import CLI
+
+    cli = CLI(f"sqlite:///{tmp_path / 'unused.db'}", tmp_path)
+    out = cli.json(
+        "evaluate-feed", "--contacts", "3000", "--reports", "150", "--weeks", "2",
+        "--samples", "20", "--seed", "4", "--json",
+    )  # fmt: skip
+    assert (out["generated_contacts"], out["generated_reports"]) == (3000, 150)
+    assert len(out["weeks"]) == 2 and out["units"] > 0
+    assert set(out["rankers"]) == {"ours", *BASELINES}
+    assert set(out["lift_hr10"]) == set(BASELINES)
+    for r in out["rankers"].values():
+        hr, lo, hi = r["hr10"]
+        assert 0.0 <= lo <= hr <= hi <= 1.0
+    # The catalogue at each cut: reports published before it, at most the 150.
+    assert all(0 < n <= 150 for n in out["eligible_catalogue"])
+    bad = cli("evaluate-feed", "--reports", "0", ok=False)
+    assert bad.returncode != 0 and "--reports must be between" in bad.stderr
+    assert "Traceback" not in bad.stderr

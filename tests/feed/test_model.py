@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from personatag.errors import InputError
 from personatag.feed import FeedModel, Rules
+from personatag.feed.model import learned_freshness
 from personatag.store import Store
 from personatag.store.personas import add_persona
 from tests.helpers import NOW, add_contacts
@@ -163,3 +165,35 @@ def test_recommend_all_in_forked_workers_equals_one_process(model: FeedModel) ->
     pks = list(range(1, 5))
     one = model.recommend_many(pks, 3)
     assert model.recommend_all(pks, 3, workers=2, batch=1) == one
+
+
+def test_learned_freshness_hand_checked(model: FeedModel) -> None:
+    # First reads at or before as_of, by age in 6-hour buckets: p1 at 4 h (bucket 0)
+    # and 12 h (2); p2 at 1 d (4); p3 at 1 d twice (4) and 2 d (8); p7 at exactly
+    # 10 d, its own age, so bucket 40 is not complete and the read is left out.
+    # Reports out for all of a bucket (ages p1 1 d, p2 2 d, p4 3 d, p3 5 d, p7 10 d):
+    # bucket 0 and 2: 5; bucket 4: 4; bucket 8: 3.
+    rate = {0: 1 / 5, 2: 1 / 5, 4: 3 / 4, 8: 1 / 3}
+    curve = learned_freshness(model.snap, 0.25, min_reads=1, min_reports=1)
+    assert curve is not None
+    want = [rate.get(b, 0.0) / 0.75 for b in range(10)]
+    assert curve[:10].tolist() == pytest.approx(want, abs=1e-6)
+    assert not curve[10:].any()
+    # A one-day horizon averages four buckets ahead: bucket 1 = (0 + 1/5 + 0 + 3/4) / 4.
+    day = learned_freshness(model.snap, 1.0, min_reads=1, min_reports=1)
+    assert day is not None
+    assert day[0] == pytest.approx((1 / 5 + 1 / 5) / 4 / (0.95 / 4))
+    assert day[1] == pytest.approx(1.0)
+    # Buckets judged on fewer than 4 reports are not trusted; too few reads: no curve.
+    strict = learned_freshness(model.snap, 0.25, min_reads=1, min_reports=4)
+    assert strict is not None and strict[8] == 0.0 and strict[4] == 1.0
+    assert learned_freshness(model.snap, 1.0, min_reads=7) is None
+
+
+def test_freshness_falls_back_to_the_half_life_on_little_data(model: FeedModel) -> None:
+    # Six usable reads are far below FRESH_MIN_READS: F is the half-life curve.
+    assert model.fresh_curve is None
+    assert model.freshness(np.array([0.0, 1.0, 2.0])).tolist() == pytest.approx([1, 0.5, 0.25])
+    model.fresh_curve = np.array([1.0, 0.5, 0.25], dtype=np.float32)
+    # Ages index the curve by bucket; ages past its end take its last value.
+    assert model.freshness(np.array([0.1, 0.3, 0.6, 50.0])).tolist() == [1, 0.5, 0.25, 0.25]

@@ -11,7 +11,10 @@ P  popularity within c's personas: decayed reads of i by members, per member,
 C  coverage: the lift of i's series, sector, asset class and region in c's own
    reads, smoothed towards c's personas' reading (a few pseudo-reads);
 S  item-to-item similarity: c's reads times the BM25 item-kNN matrix (implicit);
-F  freshness, 0.5 ** (age / feed_half_life_days).
+F  freshness: learned from the reads (how much a report of i's age is read over
+   the next feed_fresh_horizon_days, per report, scaled to at most 1; see
+   `learned_freshness`), or 0.5 ** (age / feed_half_life_days) when
+   feed_freshness is "half-life" or there are too few reads to learn from.
 P, C and S are each divided by their largest value over c's eligible reports,
 so the weights compare like with like. docs/feed.md has the reasoning.
 """
@@ -63,6 +66,51 @@ class Rules:
     filters: tuple[Predicate, ...] = ()
     pins: tuple[tuple[int, datetime | None], ...] = ()
     cap_per_series: int | None = None
+
+
+FRESH_BUCKET_DAYS = 0.25
+FRESH_MAX_DAYS = 365.0
+FRESH_MIN_READS = 1_000  # fewer first reads than this: the half-life curve instead
+FRESH_MIN_REPORTS = 5  # an age bucket judged on fewer reports is not trusted
+
+
+def learned_freshness(
+    snap: Snapshot,
+    horizon_days: float,
+    *,
+    min_reads: int = FRESH_MIN_READS,
+    min_reports: int = FRESH_MIN_REPORTS,
+) -> F32 | None:
+    """How much a report of each age (buckets of FRESH_BUCKET_DAYS) is read next.
+
+    From the first reads in the snapshot: for each age bucket, the first reads
+    that came at that age per report old enough to have been read at that age
+    (a report published 10 days ago says nothing about day 20, so it is left
+    out of both counts), averaged over the next `horizon_days`, scaled to a
+    largest value of 1. None when there are too few reads to learn from.
+    """
+    n_buckets = int(FRESH_MAX_DAYS / FRESH_BUCKET_DAYS)
+    pub_age = (snap.as_of_us - snap.pub_published_us) / DAY_US
+    read_age = (snap.read_first_us - snap.pub_published_us[snap.reads.indices]) / DAY_US
+    bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
+    # Only count a read in bucket b if its report has been out for all of b.
+    exposed_for = np.floor(pub_age / FRESH_BUCKET_DAYS).astype(np.int64)
+    use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[snap.reads.indices])
+    if int(use.sum()) < min_reads:
+        return None
+    reads = np.bincount(bucket[use], minlength=n_buckets)[:n_buckets].astype(np.float64)
+    ends = (np.arange(n_buckets) + 1) * FRESH_BUCKET_DAYS
+    exposed = len(pub_age) - np.searchsorted(np.sort(pub_age), ends, side="left")
+    rate = np.where(exposed >= min_reports, reads / np.maximum(exposed, 1), 0.0)
+    width = max(1, round(horizon_days / FRESH_BUCKET_DAYS))
+    ahead = np.concatenate([np.cumsum(rate[::-1])[::-1], [0.0]])
+    idx = np.arange(n_buckets)
+    curve = (ahead[idx] - ahead[np.minimum(idx + width, n_buckets)]) / width
+    top = float(curve.max())
+    if top <= 0:
+        return None
+    scaled: F32 = (curve / top).astype(np.float32)
+    return scaled
 
 
 def _row_max_normalise(m: F32) -> F32:
@@ -146,6 +194,11 @@ class FeedModel:
         self.similarity: sp.csr_matrix = sim
         self._pred_cache: dict[Predicate, npt.NDArray[np.bool_]] = {}
         self._first_read = snap.first_read_matrix()
+        self.fresh_curve: F32 | None = (
+            learned_freshness(snap, s.feed_fresh_horizon_days)
+            if s.feed_freshness == "learned"
+            else None
+        )
 
     @classmethod
     def build(cls, store: Store, as_of: datetime, settings: Settings | None = None) -> FeedModel:
@@ -230,12 +283,20 @@ class FeedModel:
 
         sim = np.asarray((xb @ self.similarity).todense(), dtype=np.float32)
         age_days = np.maximum(as_of_us - snap.pub_published_us, 0) / DAY_US
-        fresh = (0.5 ** (age_days / self.settings.feed_half_life_days)).astype(np.float32)
+        fresh = self.freshness(age_days)
         ineligible = ~eligible
         for m in (pop, cov, sim):
             np.copyto(m, 0.0, where=ineligible)
             _row_max_normalise(m)
         return pop, cov, sim, fresh, eligible
+
+    def freshness(self, age_days: npt.NDArray[np.float64]) -> F32:
+        """F per report: the learned curve when there is one, else the half-life."""
+        curve = self.fresh_curve
+        if curve is None:
+            return (0.5 ** (age_days / self.settings.feed_half_life_days)).astype(np.float32)
+        at = np.minimum((age_days / FRESH_BUCKET_DAYS).astype(np.int64), len(curve) - 1)
+        return curve[at]
 
     def _mask(self, predicate: Predicate) -> npt.NDArray[np.bool_]:
         mask = self._pred_cache.get(predicate)

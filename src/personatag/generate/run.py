@@ -30,6 +30,7 @@ from personatag.stream import feed
 # work is timed or batched; each chunk has its own seeded Generator.
 CHUNK = 20_000
 MAX_CONTACTS = 99_999_999  # ids are c + 8 digits
+MAX_REPORTS = 999_999  # ids are p + 6 digits
 
 Progress = Callable[[str], None]
 
@@ -74,6 +75,7 @@ def generate(
     end: datetime | None = None,
     progress: Progress | None = None,
     persona_share: float | None = None,
+    reports: int | None = None,
 ) -> GenerateResult:
     """Write `contacts` synthetic contacts with publications, reads and logins.
 
@@ -89,6 +91,8 @@ def generate(
         raise InputError(f"--persona-share must be between 0 and 1, got {persona_share}")
     if not 1 <= contacts <= MAX_CONTACTS:
         raise InputError(f"--contacts must be between 1 and {MAX_CONTACTS:,}, got {contacts}")
+    if reports is not None and not 1 <= reports <= MAX_REPORTS:
+        raise InputError(f"--reports must be between 1 and {MAX_REPORTS:,}, got {reports}")
     if seed < 0:
         raise InputError(f"--seed must be 0 or more, got {seed}")
     end = default_end() if end is None else end
@@ -102,7 +106,9 @@ def generate(
 
     firms = build_firms(np.random.default_rng([seed, 0, 1]))
     pubs = build_publications(
-        np.random.default_rng([seed, 0, 0]), publication_count(contacts), end_s
+        np.random.default_rng([seed, 0, 0]),
+        publication_count(contacts) if reports is None else reports,
+        end_s,
     )
     cells = build_cells(pubs)
     tables = store.tables
