@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/stream.py [--contacts 1000000] [--criteria 1000]
         [--rate 20000] [--seconds 20] [--preload 50000] [--reuse DIR] [--keep]
+        [--working-set N]
 
 Builds (or reuses) a generated store, adds `--criteria` ongoing criteria (a mix
 of attribute, read-window, login-window and `within` criteria, each feeding its
@@ -19,6 +20,12 @@ printed is achieved / goal. Setup shortcut (stated so in the output): criteria
 are inserted active, without the backfill a real `criterion add` runs (on 1M
 contacts a backfill is ~1 s of SQL per criterion); the first changes of each
 contact therefore enter more memberships than a steady state would.
+
+--working-set N measures a steady state instead: every criterion is first
+evaluated for contacts 1..N through the processor (so they hold what they
+should), and then only those contacts change. Each change then costs more, not
+less: a contact holds ~50 memberships that every batch reads back, and a
+change to an attribute moves as many memberships out as in.
 """
 
 from __future__ import annotations
@@ -115,14 +122,40 @@ def setup(store: Store, n_criteria: int, rng: random.Random) -> None:
         feed.set_offset(conn, store, "stream", feed.head(conn, store))
 
 
-def write_changes(url: str, n: int, rate: float, seed: int, batch: int = 500) -> None:
+def warm_up(url: str, proc: StreamProcessor, n: int) -> None:
+    """Evaluate every criterion for contacts 1..n through the processor (one change
+    per contact naming no fields, so every criterion is re-evaluated for it), so
+    that later changes to those contacts only move the memberships they really
+    change: a steady state for that working set. Window re-checks this schedules
+    are left in place."""
+    store = open_store(url)
+    with store.write() as conn:
+        feed.record_each(conn, store, feed.KIND_CONTACT, [(pk, None) for pk in range(1, n + 1)])
+    store.dispose()
+    t0 = time.monotonic()
+    entered = 0
+    while True:
+        r = proc.step()
+        entered += r.entered
+        if not r.changes:
+            break
+    print(
+        f"warm-up: every criterion evaluated for {n:,} contacts in "
+        f"{time.monotonic() - t0:.0f} s ({entered:,} memberships entered)",
+        flush=True,
+    )
+
+
+def write_changes(
+    url: str, n: int, rate: float, seed: int, top: int | None = None, batch: int = 500
+) -> None:
     """Write `n` changes (70% attribute updates, 30% reads) at `rate` per second,
-    `batch` per transaction, each its own feed row."""
+    `batch` per transaction, each its own feed row, to contacts 1..top (all)."""
     store = open_store(url)
     t = store.tables
     rng = random.Random(seed)
     with store.read() as conn:
-        top = int(conn.scalar(select(func.max(t.contacts.c.pk))) or 0)
+        top = min(int(conn.scalar(select(func.max(t.contacts.c.pk))) or 0), top or 10**12)
         pubs = int(conn.scalar(select(func.max(t.publications.c.pk))) or 0)
     started = time.monotonic()
     done = 0
@@ -211,6 +244,12 @@ def main() -> None:
     ap.add_argument("--preload", type=int, default=50_000)
     ap.add_argument("--reuse", type=Path)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--working-set",
+        type=int,
+        help="change only contacts 1..N, after evaluating every criterion for them "
+        "(a steady state: memberships move only when a change really moves them)",
+    )
     args = ap.parse_args()
     root = args.reuse or Path(tempfile.mkdtemp(prefix="pt-bench-stream-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -223,15 +262,27 @@ def main() -> None:
     setup(store, args.criteria, random.Random(3))
     settings = Settings(stream_reconcile_s=0)
     proc = StreamProcessor(store, settings)
+    with store.read() as conn:
+        contacts = int(conn.scalar(select(func.count()).select_from(store.tables.contacts)) or 0)
+    top = args.working_set or contacts
     print(
-        f"{args.criteria} ongoing criteria, {args.contacts:,} contacts "
-        "(criteria inserted active: no backfill)"
+        f"{args.criteria} ongoing criteria, {contacts:,} contacts "
+        + (
+            f"(changes to the first {top:,}, each evaluated for every criterion first)"
+            if args.working_set
+            else "(criteria inserted active: no backfill)"
+        ),
+        flush=True,
     )
+    if args.working_set:
+        warm_up(url, proc, args.working_set)
 
     # 1. catch-up
     with store.read() as conn:
         start_seq = feed.head(conn, store)
-    writer = mp.get_context("spawn").Process(target=write_changes, args=(url, args.preload, 1e9, 1))
+    writer = mp.get_context("spawn").Process(
+        target=write_changes, args=(url, args.preload, 1e9, 1, args.working_set)
+    )
     writer.start()
     writer.join()
     t0 = time.monotonic()
@@ -255,7 +306,9 @@ def main() -> None:
 
     # 2. sustained
     n = int(args.rate * args.seconds)
-    writer = mp.get_context("spawn").Process(target=write_changes, args=(url, n, args.rate, 2))
+    writer = mp.get_context("spawn").Process(
+        target=write_changes, args=(url, n, args.rate, 2, args.working_set)
+    )
     lat: list[float] = []
     writer.start()
     t0 = time.monotonic()

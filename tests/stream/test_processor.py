@@ -105,6 +105,27 @@ def test_a_change_tags_and_untags_once_the_criterion_is_swapped_in(pop: Store) -
         assert conn.scalar(select(func.count()).select_from(pop.tables.stream_errors)) == 0
 
 
+def test_a_failed_guard_exits_a_member_without_evaluating(pop: Store) -> None:
+    ongoing_criterion(
+        pop, "emea", "emea-senior", 'region = "EMEA" and seniority >= 5', exit_policy="remove"
+    )
+    p = StreamProcessor(pop, SETTINGS)
+    p.catch_up()
+    assert "c0008" in members(pop, "emea-senior")  # EMEA, seniority 8
+    # Leaving EMEA fails the criterion's guard: answered "no match" without an
+    # evaluation, and the membership held through it exits all the same.
+    set_contact(pop, "c0008", {"region": "APAC"})
+    step = p.step()
+    assert (step.changes, step.evaluations, step.entered, step.exited) == (1, 0, 0, 1)
+    assert "c0008" not in members(pop, "emea-senior")
+    assert log_of(pop, "emea-senior")[-1] == ("c0008", "exit")
+    # Back in EMEA: evaluated again and entered again.
+    set_contact(pop, "c0008", {"region": "EMEA"})
+    step = p.step()
+    assert (step.evaluations, step.entered) == (1, 1)
+    assert "c0008" in members(pop, "emea-senior")
+
+
 def test_exit_keep_leaves_members_and_unread_fields_cost_nothing(pop: Store) -> None:
     add_criterion(
         pop, "emea", persona="emea-senior", expr='region = "EMEA"', mode="ongoing"

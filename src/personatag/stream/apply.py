@@ -13,11 +13,12 @@ criterion, `evaluated` contacts were checked and `matched` ones hold it:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Select, select
 
 from personatag.domain import Change, PinKind
 from personatag.store import Store
@@ -25,11 +26,31 @@ from personatag.store.types import to_micros
 from personatag.stream.inputs import chunks
 
 
-def _executemany(conn: Connection, sql: str, rows: list[tuple[object, ...]]) -> None:
+def executemany(conn: Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
     """Run `sql` (with ? placeholders) once per row on the driver's cursor."""
     if conn.dialect.paramstyle in ("format", "pyformat"):
         sql = sql.replace("?", "%s")
     conn.exec_driver_sql(sql, rows)
+
+
+def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """Run `query` on the driver's cursor, in `conn`'s transaction, and return
+    plain tuples: building a Row per result costs more than the read itself when
+    a batch reads hundreds of thousands of rows. No result types are applied, so
+    only for columns the driver already returns as wanted (integers)."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    args: Any = (
+        tuple(params[name] for name in compiled.positiontup or ())
+        if compiled.positional
+        else params
+    )
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(str(compiled), args)
+        return list(cur.fetchall())
+    finally:
+        cur.close()
 
 
 @dataclass
@@ -59,8 +80,15 @@ class Holders:
             q = select(m.c.persona_pk, m.c.contact_pk, m.c.source).where(
                 m.c.persona_pk.in_(personas), m.c.contact_pk.in_(part)
             )
-            for ppk, cpk, src in conn.execute(q):
-                out.sources.setdefault((int(ppk), int(cpk)), set()).add(int(src))
+            rows = fetch_tuples(conn, q)
+            sources = out.sources
+            for ppk, cpk, src in rows:
+                key = (ppk, cpk)
+                held = sources.get(key)
+                if held is None:
+                    sources[key] = {src}
+                else:
+                    held.add(src)
             q2 = select(p.c.persona_pk, p.c.contact_pk).where(
                 p.c.persona_pk.in_(personas),
                 p.c.contact_pk.in_(part),
@@ -181,21 +209,18 @@ class Writer:
     def flush(self, conn: Connection, reason: str | None = None) -> Outcome:
         """Write everything; `reason` (default: what the criterion did) goes in the log."""
         t = self.store.tables
-        m, log = t.memberships, t.membership_log
+        log = t.membership_log
         if self.deletes:
-            conn.execute(
-                m.delete().where(
-                    m.c.persona_pk == bindparam("b_p"),
-                    m.c.contact_pk == bindparam("b_c"),
-                    m.c.source == bindparam("b_s"),
-                ),
-                self.deletes,
+            executemany(
+                conn,
+                "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
+                [(r["b_p"], r["b_c"], r["b_s"]) for r in self.deletes],
             )
         if self.inserts:
             # Straight to the driver: SQLAlchemy's per-row parameter processing
             # costs more than the insert itself at stream rates.
             since = to_micros(self.at)
-            _executemany(
+            executemany(
                 conn,
                 "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
                 "criterion_pk) VALUES (?, ?, ?, ?, NULL, ?)",
@@ -236,7 +261,7 @@ class Writer:
                 )
             )
         if single:
-            _executemany(
+            executemany(
                 conn,
                 "INSERT INTO membership_log (at, persona_pk, contact_pk, change, source, "
                 "request_pk, criterion_pk, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

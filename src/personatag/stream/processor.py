@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import BigInteger, Connection, func, select, type_coerce
 
 from personatag.config import Settings
 from personatag.criteria.to_python import EvalInput
@@ -40,9 +40,10 @@ from personatag.metrics import Metrics, default_metrics
 from personatag.pipeline.audit import fetch_ids
 from personatag.store import Store
 from personatag.store.personas import persona_pks
+from personatag.store.types import to_micros
 from personatag.stream import feed
 from personatag.stream import ongoing as og
-from personatag.stream.apply import Holders, Outcome, Writer
+from personatag.stream.apply import Holders, Outcome, Writer, executemany
 from personatag.stream.inputs import Needs, Publications, chunks, load_inputs
 
 log = logging.getLogger(__name__)
@@ -90,43 +91,37 @@ class Evaluated:
     matched: set[tuple[int, int]]
     due: dict[tuple[int, int], datetime | None]  # (criterion pk, contact pk) -> next re-check
     errors: list[tuple[int, int, str]]  # (criterion pk, contact pk, message)
-
-
-def held_criteria(conn: Connection, store: Store, pks: list[int]) -> dict[int, set[int]]:
-    """contact pk -> the ongoing criteria it holds a membership through."""
-    m = store.tables.memberships
-    out: dict[int, set[int]] = {}
-    for part in chunks(pks):
-        q = select(m.c.contact_pk, m.c.source).where(m.c.contact_pk.in_(part), m.c.source > 0)
-        for cpk, src in conn.execute(q):
-            out.setdefault(int(cpk), set()).add(int(src))
-    return out
+    # (contact pk, criterion pk) answered "no match" without evaluating (see prune)
+    unmatched: list[tuple[int, int]] = field(default_factory=list)
 
 
 def prune(
-    work: dict[int, set[int]],
-    inputs: dict[int, EvalInput],
-    held: dict[int, set[int]],
-    index: og.Index,
-) -> dict[int, set[int]]:
-    """Drop (contact, criterion) pairs that cannot change: the contact fails the
-    criterion's guard (`region = "EMEA" and ...` for an AMER contact), so it
-    cannot match, and does not hold a membership through it, so nothing can exit."""
+    work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
+) -> tuple[dict[int, set[int]], list[tuple[int, int]]]:
+    """Split (contact, criterion) pairs into those to evaluate and those whose
+    guard fails (`region = "EMEA" and ...` for an AMER contact): a failed top-level
+    conjunct means the criterion is not true, so their answer is known without
+    evaluating them. They are still answered (not matched): a membership held
+    through such a criterion exits like any other non-match. Contacts without an
+    input (deleted) are dropped."""
     out: dict[int, set[int]] = {}
+    failed: list[tuple[int, int]] = []
+    by_pk = index.by_pk
     for cpk, crits in work.items():
         inp = inputs.get(cpk)
         if inp is None:
             continue
-        mine = held.get(cpk, ())
         row = inp.contact
         keep = set()
         for pk in crits:
-            guard = index.by_pk[pk].guard
-            if guard is None or pk in mine or row.get(guard[0]) in guard[1]:
+            guard = by_pk[pk].guard
+            if guard is None or row.get(guard[0]) in guard[1]:
                 keep.add(pk)
+            else:
+                failed.append((cpk, pk))
         if keep:
             out[cpk] = keep
-    return out
+    return out, failed
 
 
 def evaluate_set(
@@ -459,8 +454,10 @@ class StreamProcessor:
         with self.store.read() as conn:
             keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
             inputs = load_inputs(conn, self.store, sorted(work), needs, now, self.pubs, keys)
-            held = held_criteria(conn, self.store, sorted(work))
-        return self.evaluate_batch(prune(work, inputs, held, index), inputs, index)
+        to_evaluate, failed = prune(work, inputs, index)
+        ev = self.evaluate_batch(to_evaluate, inputs, index)
+        ev.unmatched.extend(failed)
+        return ev
 
     def evaluate_batch(
         self, work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
@@ -527,6 +524,8 @@ class StreamProcessor:
                 evaluated.append(cpk)
                 if (cpk, crit_pk) in ev.matched:
                     matched.add(cpk)
+            for cpk, crit_pk in ev.unmatched:
+                by_crit.setdefault(crit_pk, ([], set()))[0].append(cpk)
             moved: set[tuple[int, int]] = set()
             for crit_pk, (evaluated, matched) in by_crit.items():
                 crit = index.by_pk[crit_pk]
@@ -656,32 +655,31 @@ class StreamProcessor:
         if not wanted:
             return
         contacts = sorted({k for _, k in wanted})
-        have: dict[tuple[int, int], datetime] = {}
+        # Compared as stored (microseconds): no datetime per row read.
+        have: dict[tuple[int, int], int] = {}
         for part in chunks(contacts):
-            q = select(rc.c.criterion_pk, rc.c.contact_pk, rc.c.due_at).where(
-                rc.c.contact_pk.in_(part)
-            )
-            for c, k, at in conn.execute(q):
-                have[(int(c), int(k))] = at
-        drop = [
-            {"b_c": c, "b_k": k}
-            for (c, k), at in wanted.items()
-            if (c, k) in have and have[(c, k)] != at
-        ]
+            q = select(
+                rc.c.criterion_pk, rc.c.contact_pk, type_coerce(rc.c.due_at, BigInteger)
+            ).where(rc.c.contact_pk.in_(part))
+            for c, k, at in conn.execute(q).all():
+                have[(c, k)] = at
+        want_us = {pair: None if at is None else to_micros(at) for pair, at in wanted.items()}
+        drop = [pair for pair, at in want_us.items() if pair in have and have[pair] != at]
         add = [
-            {"criterion_pk": c, "contact_pk": k, "due_at": at}
-            for (c, k), at in wanted.items()
+            (c, k, at)
+            for (c, k), at in want_us.items()
             if at is not None and have.get((c, k)) != at
         ]
         if drop:
-            conn.execute(
-                rc.delete().where(
-                    rc.c.criterion_pk == bindparam("b_c"), rc.c.contact_pk == bindparam("b_k")
-                ),
-                drop,
+            executemany(
+                conn, "DELETE FROM stream_rechecks WHERE criterion_pk = ? AND contact_pk = ?", drop
             )
         if add:
-            conn.execute(rc.insert(), add)
+            executemany(
+                conn,
+                "INSERT INTO stream_rechecks (criterion_pk, contact_pk, due_at) VALUES (?, ?, ?)",
+                add,
+            )
 
     def _insert_errors(
         self, conn: Connection, errors: list[tuple[int, int, str]], change_seq: int
