@@ -27,16 +27,25 @@ def feed(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="ISO-8601; default now.", metavar="TS")
     ] = None,
+    ranker: Annotated[
+        str,
+        typer.Option(
+            "--ranker",
+            help="ours (the default) or a baseline to compare with: b0 editions, b1 popular, "
+            "b2 persona popular, b3 your coverage, b4 item-kNN.",
+        ),
+    ] = "ours",
     as_json: JsonOpt = False,
 ) -> None:
     """One contact's feed: unread reports published before as-of, best first, with reasons."""
     from personatag.feed.service import feed_for
 
-    result = feed_for(store(), contact_id, k, as_of_option(as_of), settings())
+    result = feed_for(store(), contact_id, k, as_of_option(as_of), settings(), ranker=ranker)
     if as_json:
         emit(result)
         return
-    typer.echo(f"feed of {result['contact']} as of {result['as_of']}:")
+    by = f" ranked by {result['ranker']}" if "ranker" in result else ""
+    typer.echo(f"feed of {result['contact']} as of {result['as_of']}{by}:")
     for n, item in enumerate(result["items"], 1):
         typer.echo(
             f"{n:>3}. {item['id']}  {item['title']}  [{item['series']}]  "

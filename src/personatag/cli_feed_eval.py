@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from personatag.cli import JsonOpt, app, emit, settings
-from personatag.errors import InputError
 
 
 @app.command("evaluate-feed")
@@ -38,49 +35,19 @@ def evaluate_feed(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate the feed model against baselines B0-B4 (HR@10, NDCG@10, coverage@10)."""
-    from sqlalchemy import func, select
+    from personatag.feed.evaluate import format_table, run_evaluation
 
-    from personatag.feed.evaluate import END, evaluate, format_table, tag_personas
-    from personatag.generate import generate
-    from personatag.store import open_store
-
-    if weeks < 1 or contacts < 1 or samples < 10:
-        raise InputError("--weeks and --contacts must be at least 1, --samples at least 10")
-    if not 0.0 <= persona_share <= 1.0:
-        raise InputError(f"--persona-share must be between 0 and 1, got {persona_share}")
-    with tempfile.TemporaryDirectory(prefix="personatag-feed-") as tmp:
-        url = store_url or f"sqlite:///{Path(tmp) / 'store.db'}"
-        st = open_store(url, create=True)
-        try:
-            with st.read() as conn:
-                empty = not conn.execute(
-                    select(func.count()).select_from(st.tables.contacts)
-                ).scalar_one()
-            generated = None
-            if empty:
-                generated = generate(
-                    st,
-                    contacts=contacts,
-                    seed=seed,
-                    end=END,
-                    persona_share=persona_share,
-                    reports=reports,
-                    progress=lambda m: typer.echo(m, err=True),
-                )
-            tag_personas(st, settings())
-            summary = evaluate(
-                st,
-                weeks=weeks,
-                settings=settings(),
-                samples=samples,
-                seed=seed,
-                progress=lambda m: typer.echo(m, err=True),
-            )
-        finally:
-            st.dispose()
-    summary["persona_share"] = persona_share
-    summary["generated_contacts"] = generated.contacts if generated else None
-    summary["generated_reports"] = generated.publications if generated else None
+    summary = run_evaluation(
+        contacts=contacts,
+        reports=reports,
+        weeks=weeks,
+        persona_share=persona_share,
+        seed=seed,
+        samples=samples,
+        store_url=store_url,
+        settings=settings(),
+        progress=lambda m: typer.echo(m, err=True),
+    )
     if as_json:
         emit(summary)
     else:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import Any
 
 from personatag.audit_log import list_events
 from personatag.domain import PinKind, utcnow
+from personatag.feed.baselines import BASELINES
+from personatag.pipeline.contacts import add_events
 from personatag.pipeline.pins import pin
 from personatag.store import versions
 from personatag.store.personas import add_persona
@@ -131,3 +135,75 @@ def test_pin_and_cap_rules_over_the_api(api: Api) -> None:
     items = api.client.get(f"{API}/contacts/c0002/feed", headers=editor).json()["items"]
     assert items[0]["id"] == "p12" and items[0]["reason"] == "pinned for Corporate Treasurers"
     assert len(items) == 3 and len({i["series"] for i in items}) == 3
+
+
+def test_feed_by_a_baseline(api: Api) -> None:
+    world(api)
+    viewer = api.headers("viewer")
+    add_events(api.store, "c0001", reads=[("p01", utcnow() - timedelta(minutes=1))])
+    plain = api.client.get(f"{API}/contacts/c0001/feed?k=3", headers=viewer).json()
+    assert "ranker" not in plain  # the served ranking's answer is unchanged
+    for key, name in (
+        ("b0", "B0 editions"),
+        ("b1", "B1 popular"),
+        ("b2", "B2 persona popular"),
+        ("b3", "B3 your coverage"),
+        ("b4", "B4 item-kNN"),
+    ):
+        r = api.client.get(f"{API}/contacts/c0001/feed?k=5&ranker={key}", headers=viewer)
+        assert r.status_code == 200, (key, r.text)
+        body = r.json()
+        assert body["ranker"] == key and len(body["items"]) == 5
+        ids = [i["id"] for i in body["items"]]
+        # Eligible only: nothing read (p01), nothing not yet published.
+        assert "p01" not in ids and "pfuture" not in ids, key
+        assert all(i["reason"].startswith(f"{name}: ") for i in body["items"]), key
+    # Nobody read anything else: B1's popularity ties, so recency decides.
+    b1 = api.client.get(f"{API}/contacts/c0001/feed?k=3&ranker=b1", headers=viewer).json()
+    assert [i["id"] for i in b1["items"]] == ["p02", "p03", "p04"]
+    r = api.client.get(f"{API}/contacts/c0001/feed?ranker=b9", headers=viewer)
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "ranker"
+    assert "use one of ours, b0, b1, b2, b3, b4" in r.json()["error"]["message"]
+
+
+def _wait_for(api: Api, run_id: str, timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = api.client.get(f"{API}/feed/evaluations/{run_id}", headers=api.headers("viewer"))
+        assert r.status_code == 200, r.text
+        if r.json()["status"] != "running":
+            return r.json()  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"{run_id} still running"
+        time.sleep(0.5)
+
+
+def test_feed_evaluations_run_in_their_own_process(api: Api) -> None:
+    editor, viewer = api.headers("editor"), api.headers("viewer")
+    small = {"contacts": 3000, "reports": 150, "weeks": 2, "samples": 20, "seed": 4}
+    assert api.client.post(f"{API}/feed/evaluations", json=small, headers=viewer).status_code == 403
+    for bad, field in (({"contacts": 0}, "contacts"), ({"persona_share": 2}, "persona_share")):
+        r = api.client.post(f"{API}/feed/evaluations", json=bad, headers=editor)
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    r = api.client.post(f"{API}/feed/evaluations", json={"colour": "red"}, headers=editor)
+    assert r.status_code == 422
+
+    r = api.client.post(f"{API}/feed/evaluations", json=small, headers=editor)
+    assert r.status_code == 202, r.text
+    run = r.json()
+    assert run["status"] == "running" and run["created_by"] == "editor"
+    assert run["params"] == {**small, "persona_share": 0.5}
+    # One at a time: the first is still starting up.
+    again = api.client.post(f"{API}/feed/evaluations", json=small, headers=editor)
+    assert again.status_code == 409
+    assert run["id"] in again.json()["error"]["message"]
+
+    done = _wait_for(api, run["id"])
+    assert done["status"] == "succeeded", done["error"]
+    summary = done["summary"]
+    assert (summary["generated_contacts"], summary["generated_reports"]) == (3000, 150)
+    assert set(summary["rankers"]) == {"ours", *BASELINES}
+    assert len(summary["weeks"]) == 2 and summary["units"] > 0
+    listed = api.client.get(f"{API}/feed/evaluations", headers=viewer).json()["evaluations"]
+    assert [e["id"] for e in listed] == [run["id"]]
+    assert api.client.get(f"{API}/feed/evaluations/ev-nope", headers=viewer).status_code == 404

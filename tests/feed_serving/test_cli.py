@@ -23,6 +23,16 @@ def test_feed_and_rules_from_the_command_line(store_url: str, tmp_path: Path) ->
         "id", "title", "score", "reason", "series", "sector", "published_at"
     }  # fmt: skip
     assert not {"p01", "p05", "pfuture"} & {i["id"] for i in feed["items"]}
+    # A baseline for comparison: same eligibility, its own reasons, no rules.
+    b3 = cli.json("feed", "c0001", "--k", "3", "--ranker", "b3", "--json")
+    assert (b3["ranker"], len(b3["items"])) == ("b3", 3)
+    assert not {"p01", "p05", "pfuture"} & {i["id"] for i in b3["items"]}
+    assert all(i["reason"].startswith("B3 your coverage: ") for i in b3["items"])
+    text = cli("feed", "c0001", "--k", "2", "--ranker", "b0").stdout
+    assert "ranked by b0" in text and "B0 editions: " in text
+    bad = cli("feed", "c0001", "--ranker", "best", ok=False)
+    assert bad.returncode == 1 and "unknown ranker 'best'" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
     bad = cli("feed-rule", "add", "treas", "--boost", 'sectr = "Energy"', "--weight", "2", ok=False)
     assert bad.returncode == 1

@@ -238,3 +238,30 @@ def test_editor_sees_a_feed_and_adds_a_boost_rule(browser: object, server: str) 
     row.wait_for()
     assert "+2" in row.inner_text() and "erin" in row.inner_text()
     shot(page, "13-feed-rule-added")
+
+
+def test_editor_compares_rankers_and_runs_a_feed_evaluation(browser: object, server: str) -> None:
+    page = login(browser, server, "erin")
+    page.goto(f"{server}/contacts?id=c00000042")
+    page.locator("#contact-feed tr[data-publication]").first.wait_for()
+    page.select_option("#feed-ranker select[name=ranker]", "b0")
+    page.wait_for_url(re.compile(r"ranker=b0"))
+    reasons = page.locator("#contact-feed tr[data-publication] td:last-child").all_inner_texts()
+    assert len(reasons) == 10 and all(r.startswith("B0 editions: ") for r in reasons)
+    shot(page, "14-feed-by-a-baseline")
+
+    page.goto(f"{server}/feed-evaluations")
+    page.fill("#evaluation-form input[name=contacts]", "2500")
+    page.fill("#evaluation-form input[name=reports]", "120")
+    page.fill("#evaluation-form input[name=weeks]", "2")
+    page.fill("#evaluation-form input[name=samples]", "20")
+    page.click("#evaluation-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/feed-evaluations\?id=ev-"))
+    # The page refreshes itself while the run goes; the results table appears.
+    page.locator("#evaluation-rankers tr[data-ranker='ours']").wait_for(timeout=180_000)
+    result = page.locator("#evaluation-result")
+    assert result.get_attribute("data-status") == "succeeded"
+    assert page.locator("#evaluation-rankers tr[data-ranker]").count() == 6
+    assert page.locator("#evaluation-lifts tr[data-ranker]").count() == 5
+    assert "erin" in page.locator("#evaluation-runs").inner_text()
+    shot(page, "15-feed-evaluation")

@@ -32,6 +32,7 @@ SAMPLES = {
     "webhook_id": "999",
     "dead_letter_id": "999",
     "rule_id": "999",
+    "run_id": "ev-ghost",
 }
 
 

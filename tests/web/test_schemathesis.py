@@ -1,8 +1,10 @@
 """Property-based: random requests built from the OpenAPI document never get a 500.
 
 Every operation is exercised as admin, deterministically (derandomized) and
-bounded (a few examples each). Left out: building bundles (slow) and revoking
-tokens (it could revoke the admin token the run uses). Driven by hand rather
+bounded (a few examples each). Left out: building bundles (slow), starting
+feed evaluations (each a separate process generating up to a million contacts,
+which would outlive the test) and revoking tokens (it could revoke the admin
+token the run uses). Driven by hand rather
 than with schemathesis' pytest plugin, which does not run under pytest 9 yet.
 """
 
@@ -16,7 +18,11 @@ from schemathesis.checks import not_a_server_error
 
 from tests.web.conftest import Api
 
-EXCLUDED = {("POST", "/api/v1/deploy"), ("DELETE", "/api/v1/tokens/{token_id}")}
+EXCLUDED = {
+    ("POST", "/api/v1/deploy"),
+    ("POST", "/api/v1/feed/evaluations"),
+    ("DELETE", "/api/v1/tokens/{token_id}"),
+}
 EXAMPLES = 12
 
 

@@ -144,3 +144,15 @@ BASELINES: dict[str, Scorer] = {
     "B4 item-kNN": b4_item_knn,
 }
 RANKERS: dict[str, Scorer] = {"ours": ours, **BASELINES}
+
+# The rankers a feed can be asked for by key (CLI --ranker, API ?ranker=, the
+# workbench): "ours" is the served blend with the persona rules; the baselines
+# rank without rules, each item's reason saying what the baseline does.
+BASELINE_KEYS: dict[str, tuple[str, str]] = {
+    "b0": ("B0 editions", "newest in your edition (home region, investor or corporate)"),
+    "b1": ("B1 popular", "popular with all readers lately"),
+    "b2": ("B2 persona popular", "popular within your personas lately"),
+    "b3": ("B3 your coverage", "newest in a series you read"),
+    "b4": ("B4 item-kNN", "read by readers of what you read"),
+}
+RANKER_KEYS = ("ours", *BASELINE_KEYS)

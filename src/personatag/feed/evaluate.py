@@ -337,3 +337,62 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, v in summary["lift_hr10"].items():
         lines.append(f"| {name} | {v[0]:+.1%} [{v[1]:+.1%}, {v[2]:+.1%}] |")
     return "\n".join(lines)
+
+
+def run_evaluation(
+    *,
+    contacts: int = 20_000,
+    reports: int | None = None,
+    weeks: int = 8,
+    persona_share: float = 0.5,
+    seed: int = 0,
+    samples: int = 1000,
+    store_url: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """`personatag evaluate-feed`: generate a population (in a temporary SQLite
+    store unless `store_url` names one; an existing generated store is used as
+    it is), tag the evaluation personas and evaluate. The summary also says
+    what was generated and the persona share."""
+    import tempfile
+    from pathlib import Path
+
+    from personatag.errors import InputError
+    from personatag.generate import generate
+    from personatag.store import open_store
+
+    if weeks < 1 or contacts < 1 or samples < 10:
+        raise InputError("--weeks and --contacts must be at least 1, --samples at least 10")
+    if not 0.0 <= persona_share <= 1.0:
+        raise InputError(f"--persona-share must be between 0 and 1, got {persona_share}")
+    settings = settings or Settings()
+    with tempfile.TemporaryDirectory(prefix="personatag-feed-") as tmp:
+        url = store_url or f"sqlite:///{Path(tmp) / 'store.db'}"
+        st = open_store(url, create=True)
+        try:
+            with st.read() as conn:
+                empty = not conn.execute(
+                    select(func.count()).select_from(st.tables.contacts)
+                ).scalar_one()
+            generated = None
+            if empty:
+                generated = generate(
+                    st,
+                    contacts=contacts,
+                    seed=seed,
+                    end=END,
+                    persona_share=persona_share,
+                    reports=reports,
+                    progress=progress,
+                )
+            tag_personas(st, settings)
+            summary = evaluate(
+                st, weeks=weeks, settings=settings, samples=samples, seed=seed, progress=progress
+            )
+        finally:
+            st.dispose()
+    summary["persona_share"] = persona_share
+    summary["generated_contacts"] = generated.contacts if generated else None
+    summary["generated_reports"] = generated.publications if generated else None
+    return summary

@@ -37,14 +37,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, func, select
 
 from personatag.config import Settings
 from personatag.domain import check_as_of, utcnow
 from personatag.errors import InputError, NotFoundError
-from personatag.feed.model import FeedModel
+from personatag.feed.baselines import BASELINE_KEYS, BASELINES, RANKER_KEYS
+from personatag.feed.model import FeedModel, Item
 from personatag.feed.rules import rules_for_model
 from personatag.store import Store, open_store, versions
+from personatag.store.types import to_micros
 
 log = logging.getLogger(__name__)
 
@@ -278,17 +281,21 @@ def feed_for(
     k: int = 10,
     as_of: datetime | None = None,
     settings: Settings | None = None,
+    ranker: str = "ours",
 ) -> dict[str, Any]:
     """`{"contact", "as_of", "items": [{"id", "title", "score", "reason", "series",
     "sector", "published_at"}]}`: the contact's top `k` reports, best first.
 
     Only reports published before as_of and not read by the contact at or
     before it are eligible. `as_of` None means now (the serving model's time,
-    reported in the answer). Raises NotFoundError for an unknown contact and
-    InputError for a bad k or as_of.
+    reported in the answer). `ranker` "b0".."b4" ranks by that baseline instead
+    (no content rules; the answer then says `"ranker"`). Raises NotFoundError
+    for an unknown contact and InputError for a bad k, as_of or ranker.
     """
     check_k(k)
     as_of = check_feed_as_of(as_of)
+    if ranker not in RANKER_KEYS:
+        raise InputError(f"unknown ranker {ranker!r}: use one of {', '.join(RANKER_KEYS)}")
     t = store.tables
     service = service_for(store, settings)
     with store.read() as conn:
@@ -317,13 +324,13 @@ def feed_for(
         )
     model_as_of = None if effective >= model.as_of else effective
     # Reads the model may not know yet can only remove items: ask for that many more.
-    items = (
-        model.recommend(
-            int(contact_pk), k + min(len(read), MAX_K), as_of=model_as_of, rules=rules, held=held
-        )
-        if model.snap.n_pubs  # an empty catalogue: nothing to rank
-        else []
-    )
+    want = k + min(len(read), MAX_K)
+    if not model.snap.n_pubs:  # an empty catalogue: nothing to rank
+        items = []
+    elif ranker != "ours":
+        items = _baseline_items(model, ranker, int(contact_pk), effective, want)
+    else:
+        items = model.recommend(int(contact_pk), want, as_of=model_as_of, rules=rules, held=held)
     items = [i for i in items if i.publication_pk not in read]
     p = t.publications
     with store.read() as conn:
@@ -353,4 +360,19 @@ def feed_for(
         )
         if len(out) == k:
             break
-    return {"contact": contact_id, "as_of": _iso(effective), "items": out}
+    answer: dict[str, Any] = {"contact": contact_id, "as_of": _iso(effective), "items": out}
+    if ranker != "ours":
+        answer["ranker"] = ranker
+    return answer
+
+
+def _baseline_items(
+    model: FeedModel, ranker: str, contact_pk: int, as_of: datetime, k: int
+) -> list[Item]:
+    """The top `k` eligible reports by a baseline (feed/baselines.py), best first."""
+    name, reason = BASELINE_KEYS[ranker]
+    scores = BASELINES[name](model, [contact_pk], to_micros(as_of))[0]
+    eligible = np.flatnonzero(np.isfinite(scores))
+    top = eligible[np.argsort(-scores[eligible], kind="stable")[:k]]
+    pub_pk = model.snap.pub_pk
+    return [Item(int(pub_pk[j]), float(scores[j]), f"{name}: {reason}") for j in top]

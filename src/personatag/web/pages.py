@@ -181,7 +181,7 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
 
 
 @router.get("/contacts", **_declare("viewer"))
-def contact_page(request: Request, id: str | None = None) -> HTMLResponse:
+def contact_page(request: Request, id: str | None = None, ranker: str = "ours") -> HTMLResponse:
     from personatag.pipeline.contacts import show_contact
     from personatag.store.personas import list_personas
 
@@ -194,11 +194,14 @@ def contact_page(request: Request, id: str | None = None) -> HTMLResponse:
             contact = show_contact(store, id)
         except PersonatagError as exc:
             error = str(exc)
+    from personatag.feed.baselines import BASELINE_KEYS, RANKER_KEYS
+
+    chosen = ranker if ranker in RANKER_KEYS else "ours"
     if contact is not None:
         from personatag.feed.service import feed_for
 
         try:
-            feed = feed_for(store, id or "", 10, None, _ctx(request).settings)
+            feed = feed_for(store, id or "", 10, None, _ctx(request).settings, ranker=chosen)
         except PersonatagError as exc:
             feed_error = str(exc)
     with store.read() as conn:
@@ -214,6 +217,9 @@ def contact_page(request: Request, id: str | None = None) -> HTMLResponse:
         personas=personas,
         feed=feed,
         feed_error=feed_error,
+        rankers=[("ours", "ours (served)")]
+        + [(key, name) for key, (name, _) in BASELINE_KEYS.items()],
+        ranker=chosen,
     )
 
 
@@ -231,6 +237,28 @@ def feed_rules_page(request: Request, persona: str | None = None) -> HTMLRespons
     return _render(
         request, "feed_rules.html", who, title="Feed rules", personas=personas, chosen=chosen,
         rules=rules,
+    )  # fmt: skip
+
+
+@router.get("/feed-evaluations", **_declare("viewer"))
+def feed_evaluations_page(request: Request, id: str | None = None) -> HTMLResponse:
+    from personatag.feed.runs import get_run, list_runs
+
+    who = _page_user(request, "viewer")
+    settings = _ctx(request).settings
+    runs = list_runs(settings)
+    chosen, error = None, None
+    if id:
+        try:
+            chosen = get_run(settings, id)
+        except PersonatagError as exc:
+            error = str(exc)
+    elif runs:
+        chosen = runs[0]
+    return _render(
+        request, "feed_evaluations.html", who, title="Feed evaluations", runs=runs,
+        chosen=chosen, error=error,
+        running=any(r["status"] == "running" for r in runs),
     )  # fmt: skip
 
 

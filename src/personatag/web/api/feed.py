@@ -1,5 +1,7 @@
-"""The reading feed: one contact's feed (viewer); persona content rules (list:
-viewer; add, remove: editor). See docs/feed.md."""
+"""The reading feed: one contact's feed, by the served ranking or a baseline
+(viewer); persona content rules (list: viewer; add, remove: editor); offline
+evaluations against the baselines (list, get: viewer; start: editor). See
+docs/feed.md."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from personatag.errors import InputError
+from personatag.feed.baselines import RANKER_KEYS
 from personatag.feed.rules import add_rule, list_rules, remove_rule
+from personatag.feed.runs import MAX_CONTACTS as MAX_EVAL_CONTACTS
+from personatag.feed.runs import MAX_REPORTS as MAX_EVAL_REPORTS
+from personatag.feed.runs import RunParams, get_run, list_runs, start_run
 from personatag.feed.service import MAX_K, check_feed_as_of, feed_for
 from personatag.store.personas import get_persona
 from personatag.web.api.deps import SettingsDep, StoreDep
@@ -35,6 +41,9 @@ class FeedView(BaseModel):
     contact: str
     as_of: str = Field(description="the time the feed is for (the serving model's when not given)")
     items: list[FeedItem]
+    ranker: str | None = Field(
+        None, description="the baseline asked for (absent for the served ranking)"
+    )
 
 
 class FeedRuleCreate(BaseModel):
@@ -66,7 +75,12 @@ class FeedRuleList(BaseModel):
     rules: list[FeedRulePublic]
 
 
-@router.get("/contacts/{contact_id}/feed", response_model=FeedView, **role("viewer"))
+@router.get(
+    "/contacts/{contact_id}/feed",
+    response_model=FeedView,
+    response_model_exclude_unset=True,  # "ranker" only when a baseline was asked for
+    **role("viewer"),
+)
 async def contact_feed(
     contact_id: str,
     store: StoreDep,
@@ -75,15 +89,29 @@ async def contact_feed(
     as_of: Annotated[
         datetime | None, Query(description="ISO-8601; default now (must not be in the future)")
     ] = None,
+    ranker: Annotated[
+        str,
+        Query(
+            description="`ours` (default) or a baseline to compare with: `b0` editions, `b1` "
+            "popular, `b2` persona popular, `b3` your coverage, `b4` item-kNN (no content rules)"
+        ),
+    ] = "ours",
 ) -> Any:
     """Unread reports published before as_of, best first, each with a short reason."""
+    if ranker not in RANKER_KEYS:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"ranker: unknown ranker {ranker!r}: use one of {', '.join(RANKER_KEYS)}",
+            field="ranker",
+        )
     if as_of is not None and as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     try:
         as_of = check_feed_as_of(as_of)
     except InputError as exc:
         raise ApiError(422, "validation_error", f"as_of: {exc}", field="as_of") from None
-    return await run_in_threadpool(feed_for, store, contact_id, k, as_of, settings)
+    return await run_in_threadpool(feed_for, store, contact_id, k, as_of, settings, ranker)
 
 
 @router.get("/personas/{key}/feed-rules", response_model=FeedRuleList, **role("viewer"))
@@ -125,3 +153,57 @@ def feed_rules_remove(key: str, rule_id: int, store: StoreDep, who: CurrentUser)
     with store.read() as conn:
         get_persona(conn, store, key)
     return remove_rule(store, rule_id, persona=key, actor=who.user.username, source="api").to_json()
+
+
+class FeedEvaluationCreate(BaseModel):
+    """An offline evaluation of the feed against baselines B0-B4 (see docs/feed.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    contacts: int = Field(20_000, ge=1, le=MAX_EVAL_CONTACTS, description="to generate")
+    reports: int | None = Field(
+        None, ge=1, le=MAX_EVAL_REPORTS, description="over the year; none: the generator's"
+    )
+    weeks: int = Field(8, ge=1, le=26, description="weekly splits (test weeks)")
+    persona_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="how much of a reader's interests personas explain"
+    )
+    seed: int = Field(0, ge=0)
+    samples: int = Field(1000, ge=10, le=10_000, description="bootstrap resamples")
+
+
+class FeedEvaluation(BaseModel):
+    id: str
+    status: Literal["running", "succeeded", "failed"]
+    params: dict[str, Any]
+    created_by: str | None
+    started_at: str
+    finished_at: str | None
+    summary: dict[str, Any] | None = Field(
+        None, description="what `personatag evaluate-feed --json` prints, once succeeded"
+    )
+    error: str | None
+
+
+class FeedEvaluationList(BaseModel):
+    evaluations: list[FeedEvaluation]
+
+
+@router.post("/feed/evaluations", response_model=FeedEvaluation, status_code=202, **role("editor"))
+def feed_evaluation_start(
+    body: FeedEvaluationCreate, settings: SettingsDep, who: CurrentUser
+) -> Any:
+    """Start an evaluation in its own process (409 while another runs); poll its URL."""
+    params = RunParams(**body.model_dump())
+    return start_run(settings, params, who.user.username)
+
+
+@router.get("/feed/evaluations", response_model=FeedEvaluationList, **role("viewer"))
+def feed_evaluation_list(settings: SettingsDep) -> Any:
+    """Every evaluation started here, newest first."""
+    return {"evaluations": list_runs(settings)}
+
+
+@router.get("/feed/evaluations/{run_id}", response_model=FeedEvaluation, **role("viewer"))
+def feed_evaluation_get(run_id: str, settings: SettingsDep) -> Any:
+    """One evaluation: its status, and once it succeeded the results (HR@10 etc.)."""
+    return get_run(settings, run_id)

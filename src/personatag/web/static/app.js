@@ -607,7 +607,26 @@ function initFeedRules() {
   });
 }
 
+// -- feed evaluations --------------------------------------------------------------
+function initFeedEvaluations() {
+  const form = el("evaluation-form");
+  if (!form) return;
+  const status = el("evaluation-status");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const body = {};
+    for (const key of ["contacts", "reports", "weeks", "seed", "samples"]) {
+      if (f.get(key) !== "") body[key] = parseInt(f.get(key), 10);
+    }
+    if (f.get("persona_share") !== "") body.persona_share = parseFloat(f.get("persona_share"));
+    const r = await api("POST", "/feed/evaluations", body);
+    if (r.ok) { location.href = `/feed-evaluations?id=${encodeURIComponent(r.data.id)}`; return; }
+    status.textContent = errorText(r); status.className = "status error";
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   initLogin(); initLogout(); initBuilder(); initRequests(); initContact(); initUsers();
-  initFeedRules();
+  initFeedRules(); initFeedEvaluations();
 });

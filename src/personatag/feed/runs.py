@@ -1,0 +1,186 @@
+"""Offline feed evaluations started from the API or the workbench.
+
+An evaluation generates its own population and takes a CPU for seconds to
+minutes, so it runs in a separate process (`python -m personatag.feed.runs
+FILE`), never inside the server. Each run is one JSON file in
+`<data_dir>/feed-evaluations/`: its id, parameters, who started it, `status`
+(`running`, `succeeded`, `failed`), start and end times, the process id while
+it runs, and when done the summary `personatag evaluate-feed --json` prints,
+or the error. Files are replaced atomically, so a reader never sees half a run.
+
+One run at a time: starting another while one runs is a conflict. A run whose
+process is gone without writing its result (the machine restarted, it was
+killed) reads as failed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from personatag.config import Settings
+from personatag.domain import utcnow
+from personatag.errors import ConflictError, InputError, NotFoundError
+from personatag.flink.supervisor import pid_alive, write_atomic
+
+RUN_DIR = "feed-evaluations"
+MAX_CONTACTS = 1_000_000
+MAX_REPORTS = 100_000
+_ID = re.compile(r"^ev-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    contacts: int = 20_000
+    reports: int | None = None
+    weeks: int = 8
+    persona_share: float = 0.5
+    seed: int = 0
+    samples: int = 1000
+
+    def check(self) -> None:
+        if not 1 <= self.contacts <= MAX_CONTACTS:
+            raise InputError(f"contacts must be between 1 and {MAX_CONTACTS:,}")
+        if self.reports is not None and not 1 <= self.reports <= MAX_REPORTS:
+            raise InputError(f"reports must be between 1 and {MAX_REPORTS:,}")
+        if not 1 <= self.weeks <= 26:
+            raise InputError("weeks must be between 1 and 26")
+        if not 0.0 <= self.persona_share <= 1.0:
+            raise InputError("persona_share must be between 0 and 1")
+        if self.seed < 0:
+            raise InputError("seed must be 0 or more")
+        if not 10 <= self.samples <= 10_000:
+            raise InputError("samples must be between 10 and 10,000")
+
+
+def _dir(settings: Settings) -> Path:
+    path = Path(settings.data_dir) / RUN_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(record, indent=1, default=str))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(path.read_text())
+    pid = record.get("pid")
+    if record.get("status") == "running" and not (pid and pid_alive(pid)):
+        # Read once more: it may have finished between the two looks.
+        record = json.loads(path.read_text())
+        if record.get("status") == "running":
+            record["status"] = "failed"
+            record["error"] = "the evaluation process ended without a result"
+    return record
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    with (_dir(settings) / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def list_runs(settings: Settings) -> list[dict[str, Any]]:
+    """Every run, newest first."""
+    runs = []
+    for path in sorted(_dir(settings).glob("ev-*.json"), reverse=True):
+        try:
+            runs.append(_read(path))
+        except (OSError, ValueError):
+            continue  # being replaced this instant, or not ours
+    return runs
+
+
+def get_run(settings: Settings, run_id: str) -> dict[str, Any]:
+    path = _dir(settings) / f"{run_id}.json"
+    if not _ID.match(run_id) or not path.exists():
+        raise NotFoundError(f"unknown feed evaluation {run_id!r}")
+    return _read(path)
+
+
+def start_run(settings: Settings, params: RunParams, actor: str | None) -> dict[str, Any]:
+    """Start an evaluation in its own process; ConflictError while another runs."""
+    params.check()
+    with _locked(settings):
+        running = [r for r in list_runs(settings) if r["status"] == "running"]
+        if running:
+            raise ConflictError(
+                f"feed evaluation {running[0]['id']} is still running; "
+                "one runs at a time (each takes a CPU for its duration)"
+            )
+        now = utcnow()
+        run_id = f"ev-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        path = _dir(settings) / f"{run_id}.json"
+        env = dict(os.environ, PERSONATAG_DATA_DIR=str(settings.data_dir))
+        with path.with_suffix(".log").open("w") as log:
+            # The child waits for the run's file, written below with its pid.
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "personatag.feed.runs", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        # Reap it when it ends, so a finished run is not left as a zombie that
+        # would still look alive.
+        threading.Thread(target=proc.wait, name=f"reap-{run_id}", daemon=True).start()
+        record: dict[str, Any] = {
+            "id": run_id,
+            "status": "running",
+            "params": asdict(params),
+            "created_by": actor,
+            "started_at": now.isoformat(),
+            "finished_at": None,
+            "pid": proc.pid,
+            "summary": None,
+            "error": None,
+        }
+        _write(path, record)
+    return record
+
+
+def _run(path: Path) -> int:
+    """The child: evaluate, then write the result into the run's file."""
+    from personatag.feed.evaluate import run_evaluation
+
+    deadline = time.monotonic() + 30
+    while not path.exists():  # the server writes it just after starting us
+        if time.monotonic() > deadline:
+            return 2
+        time.sleep(0.05)
+    record = json.loads(path.read_text())
+    params = RunParams(**record["params"])
+    settings = Settings()
+    try:
+        summary = run_evaluation(
+            **asdict(params), settings=settings, progress=lambda m: print(m, flush=True)
+        )
+        update = {"status": "succeeded", "summary": summary}
+    except Exception as exc:  # reported in the run, not lost in a log
+        update = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    record = json.loads(path.read_text())
+    record.update(update, finished_at=utcnow().isoformat(), pid=os.getpid())
+    _write(path, record)
+    return 0 if update["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_run(Path(sys.argv[1])))
