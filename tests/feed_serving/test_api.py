@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
 
 from personatag.audit_log import list_events
+from personatag.config import Settings
 from personatag.domain import PinKind, utcnow
 from personatag.feed.baselines import BASELINES
+from personatag.flink.supervisor import pid_alive
 from personatag.pipeline.contacts import add_events
 from personatag.pipeline.pins import pin
 from personatag.store import versions
@@ -207,3 +210,32 @@ def test_feed_evaluations_run_in_their_own_process(api: Api) -> None:
     listed = api.client.get(f"{API}/feed/evaluations", headers=viewer).json()["evaluations"]
     assert [e["id"] for e in listed] == [run["id"]]
     assert api.client.get(f"{API}/feed/evaluations/ev-nope", headers=viewer).status_code == 404
+
+
+def test_a_running_feed_evaluation_can_be_cancelled(api: Api, settings: Settings) -> None:
+    editor, viewer = api.headers("editor"), api.headers("viewer")
+    big = {"contacts": 500_000, "weeks": 8}
+    run = api.client.post(f"{API}/feed/evaluations", json=big, headers=editor).json()
+    pid = json.loads((settings.data_dir / "feed-evaluations" / f"{run['id']}.json").read_text())[
+        "pid"
+    ]
+    assert pid_alive(pid)
+    url = f"{API}/feed/evaluations/{run['id']}/cancel"
+    assert api.client.post(url, headers=viewer).status_code == 403
+    r = api.client.post(url, headers=editor)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["error"]) == ("cancelled", "cancelled by editor")
+    # Its process is gone, and the run stays cancelled.
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid)
+    shown = api.client.get(f"{API}/feed/evaluations/{run['id']}", headers=viewer).json()
+    assert shown["status"] == "cancelled" and shown["summary"] is None
+    again = api.client.post(url, headers=editor)
+    assert again.status_code == 409 and "not running (cancelled)" in again.text
+    # Nothing runs any more: a new one may start.
+    small = {"contacts": 1500, "reports": 60, "weeks": 1, "samples": 10}
+    r = api.client.post(f"{API}/feed/evaluations", json=small, headers=editor)
+    assert r.status_code == 202, r.text
+    assert _wait_for(api, r.json()["id"])["status"] == "succeeded"

@@ -265,3 +265,10 @@ def test_editor_compares_rankers_and_runs_a_feed_evaluation(browser: object, ser
     assert page.locator("#evaluation-lifts tr[data-ranker]").count() == 5
     assert "erin" in page.locator("#evaluation-runs").inner_text()
     shot(page, "15-feed-evaluation")
+    # A big one can be cancelled from its page.
+    page.fill("#evaluation-form input[name=contacts]", "500000")
+    page.fill("#evaluation-form input[name=reports]", "")
+    page.click("#evaluation-form button[type=submit]")
+    page.locator("#evaluation-cancel").click()
+    page.locator("#evaluation-result[data-status='cancelled']").wait_for()
+    assert "cancelled by erin" in page.locator("#evaluation-result").inner_text()

@@ -4,22 +4,26 @@ An evaluation generates its own population and takes a CPU for seconds to
 minutes, so it runs in a separate process (`python -m personatag.feed.runs
 FILE`), never inside the server. Each run is one JSON file in
 `<data_dir>/feed-evaluations/`: its id, parameters, who started it, `status`
-(`running`, `succeeded`, `failed`), start and end times, the process id while
+(`running`, `succeeded`, `failed`, `cancelled`), start and end times, the process id while
 it runs, and when done the summary `personatag evaluate-feed --json` prints,
 or the error. Files are replaced atomically, so a reader never sees half a run.
 
-One run at a time: starting another while one runs is a conflict. A run whose
-process is gone without writing its result (the machine restarted, it was
-killed) reads as failed.
+One run at a time: starting another while one runs is a conflict. A running
+one can be cancelled (its process group is sent SIGTERM). A run whose process
+is gone without writing its result (the machine restarted, it was killed)
+reads as failed. Starting a run drops the oldest finished ones beyond the
+newest KEEP_RUNS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +42,7 @@ from personatag.flink.supervisor import pid_alive, write_atomic
 RUN_DIR = "feed-evaluations"
 MAX_CONTACTS = 1_000_000
 MAX_REPORTS = 100_000
+KEEP_RUNS = 50  # the oldest finished runs beyond this many are dropped at the next start
 _ID = re.compile(r"^ev-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$")
 
 
@@ -125,6 +130,7 @@ def start_run(settings: Settings, params: RunParams, actor: str | None) -> dict[
                 f"feed evaluation {running[0]['id']} is still running; "
                 "one runs at a time (each takes a CPU for its duration)"
             )
+        _prune(settings, KEEP_RUNS - 1)
         now = utcnow()
         run_id = f"ev-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         path = _dir(settings) / f"{run_id}.json"
@@ -157,6 +163,35 @@ def start_run(settings: Settings, params: RunParams, actor: str | None) -> dict[
     return record
 
 
+def cancel_run(settings: Settings, run_id: str, actor: str | None) -> dict[str, Any]:
+    """Stop a running evaluation (its whole process group); ConflictError if it
+    is not running."""
+    with _locked(settings):
+        record = get_run(settings, run_id)
+        if record["status"] != "running":
+            raise ConflictError(f"feed evaluation {run_id} is not running ({record['status']})")
+        pid = record.get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        record.update(
+            status="cancelled",
+            error=f"cancelled by {actor or 'someone'}",
+            finished_at=utcnow().isoformat(),
+        )
+        _write(_dir(settings) / f"{run_id}.json", record)
+    return record
+
+
+def _prune(settings: Settings, keep: int = KEEP_RUNS) -> None:
+    """Drop the oldest finished runs beyond the newest `keep` (file and log)."""
+    for path in sorted(_dir(settings).glob("ev-*.json"), reverse=True)[keep:]:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("status") != "running":
+                path.unlink()
+                path.with_suffix(".log").unlink(missing_ok=True)
+
+
 def _run(path: Path) -> int:
     """The child: evaluate, then write the result into the run's file."""
     from personatag.feed.evaluate import run_evaluation
@@ -177,6 +212,8 @@ def _run(path: Path) -> int:
     except Exception as exc:  # reported in the run, not lost in a log
         update = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     record = json.loads(path.read_text())
+    if record.get("status") != "running":  # cancelled meanwhile: leave it so
+        return 1
     record.update(update, finished_at=utcnow().isoformat(), pid=os.getpid())
     _write(path, record)
     return 0 if update["status"] == "succeeded" else 1

@@ -1,6 +1,6 @@
 """The reading feed: one contact's feed, by the served ranking or a baseline
 (viewer); persona content rules (list: viewer; add, remove: editor); offline
-evaluations against the baselines (list, get: viewer; start: editor). See
+evaluations against the baselines (list, get: viewer; start, cancel: editor). See
 docs/feed.md."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from personatag.feed.baselines import RANKER_KEYS
 from personatag.feed.rules import add_rule, list_rules, remove_rule
 from personatag.feed.runs import MAX_CONTACTS as MAX_EVAL_CONTACTS
 from personatag.feed.runs import MAX_REPORTS as MAX_EVAL_REPORTS
-from personatag.feed.runs import RunParams, get_run, list_runs, start_run
+from personatag.feed.runs import RunParams, cancel_run, get_run, list_runs, start_run
 from personatag.feed.service import MAX_K, check_feed_as_of, feed_for
 from personatag.store.personas import get_persona
 from personatag.web.api.deps import SettingsDep, StoreDep
@@ -173,7 +173,7 @@ class FeedEvaluationCreate(BaseModel):
 
 class FeedEvaluation(BaseModel):
     id: str
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed", "cancelled"]
     params: dict[str, Any]
     created_by: str | None
     started_at: str
@@ -207,3 +207,9 @@ def feed_evaluation_list(settings: SettingsDep) -> Any:
 def feed_evaluation_get(run_id: str, settings: SettingsDep) -> Any:
     """One evaluation: its status, and once it succeeded the results (HR@10 etc.)."""
     return get_run(settings, run_id)
+
+
+@router.post("/feed/evaluations/{run_id}/cancel", response_model=FeedEvaluation, **role("editor"))
+def feed_evaluation_cancel(run_id: str, settings: SettingsDep, who: CurrentUser) -> Any:
+    """Stop a running evaluation (409 if it is not running)."""
+    return cancel_run(settings, run_id, who.user.username)

@@ -609,6 +609,12 @@ function initFeedRules() {
 
 // -- feed evaluations --------------------------------------------------------------
 function initFeedEvaluations() {
+  const cancel = el("evaluation-cancel");
+  if (cancel) cancel.addEventListener("click", async () => {
+    const r = await api("POST", `/feed/evaluations/${encodeURIComponent(cancel.dataset.run)}/cancel`);
+    if (r.ok || r.status === 409) location.reload();
+    else { const s = el("evaluation-status"); if (s) { s.textContent = errorText(r); s.className = "status error"; } }
+  });
   const form = el("evaluation-form");
   if (!form) return;
   const status = el("evaluation-status");
