@@ -37,7 +37,7 @@ from typing import Any
 from personatag.config import Settings
 from personatag.domain import utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
-from personatag.flink.supervisor import pid_alive, write_atomic
+from personatag.flink.supervisor import cmdline, pid_alive, write_atomic
 
 RUN_DIR = "feed-evaluations"
 MAX_CONTACTS = 1_000_000
@@ -80,10 +80,15 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(record, indent=1, default=str))
 
 
+def _runs_it(pid: object, path: Path) -> bool:
+    """True while `pid` is alive and is the evaluation of `path` (not a process
+    that got the same pid after a restart)."""
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid) and str(path) in cmdline(pid)
+
+
 def _read(path: Path) -> dict[str, Any]:
     record: dict[str, Any] = json.loads(path.read_text())
-    pid = record.get("pid")
-    if record.get("status") == "running" and not (pid and pid_alive(pid)):
+    if record.get("status") == "running" and not _runs_it(record.get("pid"), path):
         # Read once more: it may have finished between the two looks.
         record = json.loads(path.read_text())
         if record.get("status") == "running":
@@ -170,8 +175,9 @@ def cancel_run(settings: Settings, run_id: str, actor: str | None) -> dict[str, 
         record = get_run(settings, run_id)
         if record["status"] != "running":
             raise ConflictError(f"feed evaluation {run_id} is not running ({record['status']})")
+        path = _dir(settings) / f"{run_id}.json"
         pid = record.get("pid")
-        if pid:
+        if isinstance(pid, int) and _runs_it(pid, path):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
         record.update(
@@ -179,7 +185,7 @@ def cancel_run(settings: Settings, run_id: str, actor: str | None) -> dict[str, 
             error=f"cancelled by {actor or 'someone'}",
             finished_at=utcnow().isoformat(),
         )
-        _write(_dir(settings) / f"{run_id}.json", record)
+        _write(path, record)
     return record
 
 
@@ -187,7 +193,7 @@ def _prune(settings: Settings, keep: int = KEEP_RUNS) -> None:
     """Drop the oldest finished runs beyond the newest `keep` (file and log)."""
     for path in sorted(_dir(settings).glob("ev-*.json"), reverse=True)[keep:]:
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(path.read_text()).get("status") != "running":
+            if _read(path)["status"] != "running":
                 path.unlink()
                 path.with_suffix(".log").unlink(missing_ok=True)
 
