@@ -9,7 +9,8 @@ it runs, and when done the summary `personatag evaluate-feed --json` prints,
 or the error. Files are replaced atomically, so a reader never sees half a run.
 
 One run at a time: starting another while one runs is a conflict. A running
-one can be cancelled (its process group is sent SIGTERM). A run whose process
+one can be cancelled (its process group is sent SIGTERM; the child leaves
+through a normal exit, so its temporary store is removed). A run whose process
 is gone without writing its result (the machine restarted, it was killed)
 reads as failed. Starting a run drops the oldest finished ones beyond the
 newest KEEP_RUNS.
@@ -82,8 +83,10 @@ def _write(path: Path, record: dict[str, Any]) -> None:
 
 def _runs_it(pid: object, path: Path) -> bool:
     """True while `pid` is alive and is the evaluation of `path` (not a process
-    that got the same pid after a restart)."""
-    return isinstance(pid, int) and pid > 0 and pid_alive(pid) and str(path) in cmdline(pid)
+    that got the same pid after a restart; without /proc, alive is enough)."""
+    if not (isinstance(pid, int) and pid > 0 and pid_alive(pid)):
+        return False
+    return str(path) in cmdline(pid) or not Path("/proc").is_dir()
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -98,8 +101,9 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def _locked(settings: Settings) -> Iterator[None]:
-    with (_dir(settings) / ".lock").open("w") as fh:
+def _locked(folder: Path) -> Iterator[None]:
+    """Runs are started, cancelled and finished one at a time per folder."""
+    with (folder / ".lock").open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -128,7 +132,7 @@ def get_run(settings: Settings, run_id: str) -> dict[str, Any]:
 def start_run(settings: Settings, params: RunParams, actor: str | None) -> dict[str, Any]:
     """Start an evaluation in its own process; ConflictError while another runs."""
     params.check()
-    with _locked(settings):
+    with _locked(_dir(settings)):
         running = [r for r in list_runs(settings) if r["status"] == "running"]
         if running:
             raise ConflictError(
@@ -171,15 +175,21 @@ def start_run(settings: Settings, params: RunParams, actor: str | None) -> dict[
 def cancel_run(settings: Settings, run_id: str, actor: str | None) -> dict[str, Any]:
     """Stop a running evaluation (its whole process group); ConflictError if it
     is not running."""
-    with _locked(settings):
+    with _locked(_dir(settings)):
         record = get_run(settings, run_id)
         if record["status"] != "running":
             raise ConflictError(f"feed evaluation {run_id} is not running ({record['status']})")
         path = _dir(settings) / f"{run_id}.json"
         pid = record.get("pid")
         if isinstance(pid, int) and _runs_it(pid, path):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
                 os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it ended this instant
+            except PermissionError:
+                raise ConflictError(
+                    f"feed evaluation {run_id} runs as another user: it cannot be stopped here"
+                ) from None
         record.update(
             status="cancelled",
             error=f"cancelled by {actor or 'someone'}",
@@ -207,21 +217,23 @@ def _run(path: Path) -> int:
         if time.monotonic() > deadline:
             return 2
         time.sleep(0.05)
-    record = json.loads(path.read_text())
-    params = RunParams(**record["params"])
-    settings = Settings()
+    # Cancel sends SIGTERM: leave through the normal exit so the temporary
+    # store (gigabytes for a big population) is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
+        params = RunParams(**json.loads(path.read_text())["params"])
         summary = run_evaluation(
-            **asdict(params), settings=settings, progress=lambda m: print(m, flush=True)
+            **asdict(params), settings=Settings(), progress=lambda m: print(m, flush=True)
         )
         update = {"status": "succeeded", "summary": summary}
     except Exception as exc:  # reported in the run, not lost in a log
         update = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    record = json.loads(path.read_text())
-    if record.get("status") != "running":  # cancelled meanwhile: leave it so
-        return 1
-    record.update(update, finished_at=utcnow().isoformat(), pid=os.getpid())
-    _write(path, record)
+    with _locked(path.parent):
+        record = json.loads(path.read_text())
+        if record.get("status") != "running":  # cancelled meanwhile: leave it so
+            return 1
+        record.update(update, finished_at=utcnow().isoformat(), pid=os.getpid())
+        _write(path, record)
     return 0 if update["status"] == "succeeded" else 1
 
 

@@ -37,7 +37,9 @@ def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
     """Run `query` on the driver's cursor, in `conn`'s transaction, and return
     plain tuples: building a Row per result costs more than the read itself when
     a batch reads hundreds of thousands of rows. No result types are applied, so
-    only for columns the driver already returns as wanted (integers)."""
+    only for columns the driver already returns as wanted (integers). The raw
+    cursor does not begin a transaction by itself: run something through
+    `conn` first (as every caller does) when it must read inside one."""
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.construct_params()
     args: Any = (
