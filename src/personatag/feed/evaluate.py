@@ -12,9 +12,11 @@ together), and the lift of ours over a baseline is a paired bootstrap.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,12 @@ from sqlalchemy import BigInteger, func, select, type_coerce
 
 from personatag.config import Settings
 from personatag.domain import Action
+from personatag.errors import InputError
 from personatag.feed.baselines import RANKERS, Scorer
 from personatag.feed.model import FeedModel
+from personatag.generate import generate
 from personatag.generate.vocab import FIRM_TYPES, REGIONS, TITLES
-from personatag.store import Store
+from personatag.store import Store, open_store
 from personatag.store.types import to_micros
 
 F64 = npt.NDArray[np.float64]
@@ -355,13 +359,6 @@ def run_evaluation(
     store unless `store_url` names one; an existing generated store is used as
     it is), tag the evaluation personas and evaluate. The summary also says
     what was generated and the persona share."""
-    import tempfile
-    from pathlib import Path
-
-    from personatag.errors import InputError
-    from personatag.generate import generate
-    from personatag.store import open_store
-
     if weeks < 1 or contacts < 1 or samples < 10:
         raise InputError("--weeks and --contacts must be at least 1, --samples at least 10")
     if not 0.0 <= persona_share <= 1.0:

@@ -242,19 +242,12 @@ def feed_rules_page(request: Request, persona: str | None = None) -> HTMLRespons
 
 @router.get("/feed-evaluations", **_declare("viewer"))
 def feed_evaluations_page(request: Request, id: str | None = None) -> HTMLResponse:
-    from personatag.feed.runs import get_run, list_runs
+    from personatag.feed.runs import list_runs
 
     who = _page_user(request, "viewer")
-    settings = _ctx(request).settings
-    runs = list_runs(settings)
-    chosen, error = None, None
-    if id:
-        try:
-            chosen = get_run(settings, id)
-        except PersonatagError as exc:
-            error = str(exc)
-    elif runs:
-        chosen = runs[0]
+    runs = list_runs(_ctx(request).settings)
+    chosen = next((r for r in runs if r["id"] == id), None) if id else next(iter(runs), None)
+    error = f"unknown feed evaluation {id!r}" if id and chosen is None else None
     return _render(
         request, "feed_evaluations.html", who, title="Feed evaluations", runs=runs,
         chosen=chosen, error=error,
