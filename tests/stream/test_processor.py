@@ -19,6 +19,7 @@ from personatag.store import Store
 from personatag.store.definitions import add_criterion, edit_criterion, set_ongoing_status
 from personatag.store.personas import add_persona
 from personatag.stream import ongoing
+from personatag.stream.inputs import grouped
 from personatag.stream.processor import Evaluated, StreamProcessor
 from tests.helpers import add_contacts, population
 
@@ -257,6 +258,54 @@ def test_persona_criteria_follow_in_the_same_batch(pop: Store) -> None:
     assert "c0009" in members(pop, "energy")
     set_contact(pop, "c0009", {"region": "APAC"})
     assert p.step().exited == 2
+
+
+def test_contacts_are_read_back_by_the_personas_their_changes_touch(pop: Store) -> None:
+    """60 contacts changing region are read back as one group (the region
+    criterion's persona only), the readers and the seniority change together with
+    the union of theirs: pins, other sources and exits all still count."""
+    add_contacts(pop, population(120)[40:])
+    add_persona(pop, "senior", name="Senior", category="seniority")
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"', exit_policy="remove")
+    ongoing_criterion(
+        pop, "energy", "energy", 'count(read where sector = "Energy", 30 d) >= 1', "remove"
+    )
+    ongoing_criterion(pop, "senior", "senior", "seniority >= 5", exit_policy="remove")
+    p = StreamProcessor(pop, SETTINGS)
+    p.catch_up()
+    pin(pop, "emea-senior", "c0050", PinKind.OUT)  # APAC, about to move to EMEA
+    run_adhoc(  # EMEA, about to move to AMER
+        pop,
+        AdhocRequest(persona="emea-senior", action=Action.TAG, contact_ids=["c0048"]),
+        SETTINGS,
+    )
+    p.catch_up()
+    before = log_of(pop, "emea-senior")
+    for i in range(40, 100):
+        set_contact(pop, f"c{i:04d}", {"region": "AMER" if i % 4 == 0 else "EMEA"})
+    for i in range(5):
+        add_events(pop, f"c{i:04d}", reads=[("p1", utcnow() - timedelta(days=1))])
+    set_contact(pop, "c0003", {"seniority": "9"})
+    step = p.step()
+    assert step.changes == 66
+    moved = log_of(pop, "emea-senior")[len(before) :]
+    entered = {c for c, change in moved if change == "enter"}
+    exited = {c for c, change in moved if change == "exit"}
+    assert entered == {f"c{i:04d}" for i in range(40, 100) if i % 4} - {"c0050"}
+    assert exited == {f"c{i:04d}" for i in range(40, 100) if i % 4 == 0} - {"c0048"}
+    assert "c0048" in members(pop, "emea-senior")
+    assert {f"c{i:04d}" for i in range(5)} <= members(pop, "energy")
+    assert "c0003" in members(pop, "senior")
+    for crit in p._criteria().criteria:
+        report = p.reconcile(crit, repair=False)
+        assert (crit.name, report["missing"], report["extra"]) == (crit.name, 0, 0)
+
+
+def test_grouped_reads_large_groups_alone_and_the_rest_together() -> None:
+    wanted = {1: {10, 11}, 2: {11, 10}, 3: {12}, 4: set(), 5: {13, 10}}
+    assert grouped(wanted, min_group=2) == [([10, 11], [1, 2]), ([10, 12, 13], [3, 5])]
+    assert grouped(wanted, min_group=1) == [([10, 11], [1, 2]), ([12], [3]), ([10, 13], [5])]
+    assert grouped({}) == []
 
 
 def test_one_failing_evaluation_is_reported_not_fatal(pop: Store) -> None:

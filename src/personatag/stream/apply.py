@@ -13,7 +13,7 @@ criterion, `evaluated` contacts were checked and `matched` ones hold it:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Select, select
 from personatag.domain import Change, PinKind
 from personatag.store import Store
 from personatag.store.types import to_micros
-from personatag.stream.inputs import chunks
+from personatag.stream.inputs import chunks, grouped
 
 
 def executemany(conn: Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
@@ -63,36 +63,30 @@ class Holders:
     pinned_out: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
-    def load(
-        cls,
-        conn: Connection,
-        store: Store,
-        persona_pks: Collection[int],
-        contact_pks: Iterable[int],
-    ) -> Holders:
-        """Rows for `persona_pks` and the given contacts (None-free, sorted)."""
+    def load(cls, conn: Connection, store: Store, wanted: Mapping[int, Collection[int]]) -> Holders:
+        """Rows of the given contacts in the personas wanted for each (contact pk ->
+        persona pks), read as `grouped` plans them."""
         t = store.tables
         m, p = t.memberships, t.pins
         out = cls()
-        personas = sorted(set(persona_pks))
-        if not personas:
-            return out
-        pks = sorted(set(contact_pks))
-        for part in chunks(pks):
-            q = select(m.c.persona_pk, m.c.contact_pk, m.c.source).where(
-                m.c.persona_pk.in_(personas), m.c.contact_pk.in_(part)
-            )
-            rows = fetch_tuples(conn, q)
-            sources = out.sources
-            for ppk, cpk, src in rows:
-                key = (ppk, cpk)
-                held = sources.get(key)
-                if held is None:
-                    sources[key] = {src}
-                else:
-                    held.add(src)
+        sources = out.sources
+        for personas, cpks in grouped(wanted):
+            for part in chunks(cpks):
+                q = select(m.c.persona_pk, m.c.contact_pk, m.c.source).where(
+                    m.c.persona_pk.in_(personas), m.c.contact_pk.in_(part)
+                )
+                for ppk, cpk, src in fetch_tuples(conn, q):
+                    key = (ppk, cpk)
+                    held = sources.get(key)
+                    if held is None:
+                        sources[key] = {src}
+                    else:
+                        held.add(src)
+        everyone = sorted(c for c, ppks in wanted.items() if ppks)
+        all_personas = sorted(set().union(*wanted.values()))
+        for part in chunks(everyone):
             q2 = select(p.c.persona_pk, p.c.contact_pk).where(
-                p.c.persona_pk.in_(personas),
+                p.c.persona_pk.in_(all_personas),
                 p.c.contact_pk.in_(part),
                 p.c.kind == PinKind.OUT.value,
             )

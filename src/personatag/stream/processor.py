@@ -43,8 +43,8 @@ from personatag.store.personas import persona_pks
 from personatag.store.types import to_micros
 from personatag.stream import feed
 from personatag.stream import ongoing as og
-from personatag.stream.apply import Holders, Outcome, Writer, executemany
-from personatag.stream.inputs import Needs, Publications, chunks, load_inputs
+from personatag.stream.apply import Holders, Outcome, Writer, executemany, fetch_tuples
+from personatag.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,16 @@ class StreamProcessor:
                 )
             for ppk in personas:
                 self.store.lock_persona(conn, ppk)
-            holders = Holders.load(conn, self.store, personas, work)
+            if index.by_persona:
+                # persona(...) criteria read every persona a contact holds.
+                holders = Holders.load(conn, self.store, {cpk: personas for cpk in work})
+            else:
+                crit_persona = {c.pk: c.persona_pk for c in index.criteria}
+                holders = Holders.load(
+                    conn,
+                    self.store,
+                    {cpk: {crit_persona[p] for p in crits} for cpk, crits in work.items()},
+                )
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
             by_crit: dict[int, tuple[list[int], set[int]]] = {}
@@ -654,15 +663,18 @@ class StreamProcessor:
         wanted.update(ev.due)
         if not wanted:
             return
-        contacts = sorted({k for _, k in wanted})
+        per_contact: dict[int, set[int]] = {}
+        for c, k in wanted:
+            per_contact.setdefault(k, set()).add(c)
         # Compared as stored (microseconds): no datetime per row read.
         have: dict[tuple[int, int], int] = {}
-        for part in chunks(contacts):
-            q = select(
-                rc.c.criterion_pk, rc.c.contact_pk, type_coerce(rc.c.due_at, BigInteger)
-            ).where(rc.c.contact_pk.in_(part))
-            for c, k, at in conn.execute(q).all():
-                have[(c, k)] = at
+        for crits, contacts in grouped(per_contact):
+            for part in chunks(contacts):
+                q = select(
+                    rc.c.criterion_pk, rc.c.contact_pk, type_coerce(rc.c.due_at, BigInteger)
+                ).where(rc.c.criterion_pk.in_(crits), rc.c.contact_pk.in_(part))
+                for c, k, at in fetch_tuples(conn, q):
+                    have[(c, k)] = at
         want_us = {pair: None if at is None else to_micros(at) for pair, at in wanted.items()}
         drop = [pair for pair, at in want_us.items() if pair in have and have[pair] != at]
         add = [
