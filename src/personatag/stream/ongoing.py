@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +33,8 @@ PAUSED = "paused"  # the stream skips it; its memberships stay
 RETIRED = "retired"  # its memberships were removed
 SUPERSEDED = "superseded"  # a newer version swapped in
 STATUSES = (BUILDING, ACTIVE, PAUSED, RETIRED, SUPERSEDED)
+
+TOUCHED_CACHE = 10_000  # distinct (kind, fields) answers an index keeps
 
 # Names a contact change's `fields` can hold besides contact fields.
 EVENT_READ = "read"
@@ -236,6 +239,8 @@ class Index:
     # publication pk -> the criteria a read of it can change (see `touched_by_reads`)
     _by_publication: dict[int, frozenset[int]] = field(default_factory=dict)
     _publications_version: int = -1
+    # (change kind, fields) -> the criteria such a change can affect
+    _touched: dict[tuple[str, frozenset[str] | None], frozenset[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for c in self.criteria:
@@ -249,15 +254,16 @@ class Index:
 
     def touched_by_reads(
         self, publication_pks: Iterable[int], pubs: Mapping[int, Mapping[str, Any]], version: int
-    ) -> set[int]:
+    ) -> AbstractSet[int]:
         """The criteria new reads of these publications can change: those with a
         `count(read ...)` whose `where` the publication passes. (A read leaving
-        a window is a time-window re-check, not a change.)"""
+        a window is a time-window re-check, not a change.) Do not modify the
+        answer: it may be the index's own cached set."""
         if version != self._publications_version:
             self._by_publication.clear()
             self._publications_version = version
-        out: set[int] = set()
         readers = self.by_event.get(EVENT_READ, ())
+        found: list[frozenset[int]] = []
         for ppk in publication_pks:
             hit = self._by_publication.get(ppk)
             if hit is None:
@@ -268,22 +274,30 @@ class Index:
                     if pub is None or any(test(pub) for test in c.read_filters)
                 )
                 self._by_publication[ppk] = hit
-            out.update(hit)
-        return out
+            found.append(hit)
+        if len(found) == 1:
+            return found[0]
+        return set().union(*found)
 
-    def touched(self, kind: str, fields: frozenset[str] | None) -> set[int]:
-        """The pks of the criteria a change of `kind` (to `fields`) can affect.
+    def touched(self, kind: str, fields: frozenset[str] | None) -> AbstractSet[int]:
+        """The pks of the criteria a change of `kind` (to `fields`) can affect
+        (cached per kind and fields; do not modify the answer).
 
         A read change may name its publications in `fields` as `pub:PK`; see
         `read_publications` and `touched_by_reads` for those."""
+        key = (kind, fields)
+        hit = self._touched.get(key)
+        if hit is not None:
+            return hit
         if kind in (EVENT_READ, EVENT_LOGIN):
-            return {c.pk for c in self.by_event.get(kind, ())}
-        if fields is None:
-            return set(self.by_pk)
-        out: set[int] = set()
-        for f in fields:
-            out.update(c.pk for c in self.by_field.get(f, ()))
-        return out
+            hit = frozenset(c.pk for c in self.by_event.get(kind, ()))
+        elif fields is None:
+            hit = frozenset(self.by_pk)
+        else:
+            hit = frozenset(c.pk for f in fields for c in self.by_field.get(f, ()))
+        if len(self._touched) < TOUCHED_CACHE:
+            self._touched[key] = hit
+        return hit
 
 
 PUB_PREFIX = "pub:"

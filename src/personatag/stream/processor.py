@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -243,7 +244,7 @@ class StreamProcessor:
             self._reconcile_slice(index, result)
         return result
 
-    def _touched(self, index: og.Index, ch: feed.Change) -> set[int]:
+    def _touched(self, index: og.Index, ch: feed.Change) -> AbstractSet[int]:
         """The criteria `ch` can change (self.pubs must be current)."""
         if ch.kind == og.EVENT_READ:
             named = og.read_publications(ch.fields)
