@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/stream.py [--contacts 1000000] [--criteria 1000]
         [--rate 20000] [--seconds 20] [--preload 50000] [--reuse DIR] [--keep]
-        [--working-set N]
+        [--working-set N] [--attribute-share 0.7]
 
 Builds (or reuses) a generated store, adds `--criteria` ongoing criteria (a mix
 of attribute, read-window, login-window and `within` criteria, each feeding its
@@ -13,13 +13,22 @@ own persona), then measures, in the same run:
 2. sustained: a separate writer process offers `--rate` changes/s for
    `--seconds` while the processor follows; reported: changes/s processed and
    the p50/p99 change-to-membership latency (from the change's commit to the
-   commit of the membership changes it caused), and the lag left at the end.
+   commit of the membership changes it caused), and the lag left at the end;
+3. write floor: the membership rows in and out and the log rows that the
+   catch-up's changes caused (per change, as measured in step 1) are written
+   again for 10,000 changes through the processor's writer, with no evaluation
+   and no read-back, and timed to the commit (then undone); then again without
+   the log rows. Nothing that keeps these rows in this store can apply this mix
+   faster than that on this machine.
 
 The anchor is the issue's goal: >= 20,000 changes/s with p99 < 1 s. The ratio
 printed is achieved / goal. Setup shortcut (stated so in the output): criteria
 are inserted active, without the backfill a real `criterion add` runs (on 1M
 contacts a backfill is ~1 s of SQL per criterion); the first changes of each
 contact therefore enter more memberships than a steady state would.
+
+--attribute-share sets the share of changes that are attribute updates (the
+rest are reads); 0.7 by default.
 
 --working-set N measures a steady state instead: every criterion is first
 evaluated for contacts 1..N through the processor (so they hold what they
@@ -40,6 +49,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -50,6 +60,8 @@ from personatag.generate.vocab import FIRM_TYPES, REGIONS, SECTORS
 from personatag.store import Store, open_store
 from personatag.store.personas import add_persona
 from personatag.stream import feed
+from personatag.stream.apply import Holders, Writer, executemany
+from personatag.stream.inputs import chunks
 from personatag.stream.processor import StreamProcessor
 
 GOAL_RATE = 20_000
@@ -147,10 +159,17 @@ def warm_up(url: str, proc: StreamProcessor, n: int) -> None:
 
 
 def write_changes(
-    url: str, n: int, rate: float, seed: int, top: int | None = None, batch: int = 500
+    url: str,
+    n: int,
+    rate: float,
+    seed: int,
+    top: int | None = None,
+    attribute_share: float = 0.7,
+    batch: int = 500,
 ) -> None:
-    """Write `n` changes (70% attribute updates, 30% reads) at `rate` per second,
-    `batch` per transaction, each its own feed row, to contacts 1..top (all)."""
+    """Write `n` changes (`attribute_share` attribute updates, the rest reads) at
+    `rate` per second, `batch` per transaction, each its own feed row, to
+    contacts 1..top (all)."""
     store = open_store(url)
     t = store.tables
     rng = random.Random(seed)
@@ -166,7 +185,7 @@ def write_changes(
         reads = []
         for _ in range(k):
             pk = rng.randrange(1, top + 1)
-            if rng.random() < 0.7:
+            if rng.random() < attribute_share:
                 field = rng.choice(FIELDS)
                 value: object = {
                     "region": rng.choice(REGIONS),
@@ -213,6 +232,105 @@ def write_changes(
     store.dispose()
 
 
+def log_moves(store: Store, after_seq: int) -> tuple[int, int]:
+    """(enter rows, exit rows) in the membership log after `after_seq`."""
+    lg = store.tables.membership_log
+    with store.read() as conn:
+        rows = conn.execute(
+            select(lg.c.change, func.count()).where(lg.c.seq > after_seq).group_by(lg.c.change)
+        ).all()
+    counts = {change: int(n) for change, n in rows}
+    return counts.get("enter", 0), counts.get("exit", 0)
+
+
+def log_head(store: Store) -> int:
+    lg = store.tables.membership_log
+    with store.read() as conn:
+        return int(conn.scalar(select(func.max(lg.c.seq))) or 0)
+
+
+def write_floor(
+    store: Store,
+    enters: float,
+    exits: float,
+    top: int,
+    rng: random.Random,
+    n: int = 10_000,
+    *,
+    logs: bool = True,
+) -> float:
+    """Seconds to write, through the processor's writer, what `n` changes of this
+    mix move (`enters` and `exits` membership rows per change, each with its log
+    row unless not `logs`: every bench persona has one criterion), timed to the
+    commit, with no evaluation and no read-back; the rows are then put back as
+    they were."""
+    t = store.tables
+    m = t.memberships
+    with store.read() as conn:
+        crits = [
+            (int(pk), int(ppk))
+            for pk, ppk in conn.execute(
+                select(t.criteria.c.pk, t.criteria.c.persona_pk).where(
+                    t.criteria.c.mode == "ongoing"
+                )
+            )
+        ]
+        sample = sorted(rng.sample(range(1, top + 1), min(top, 2 * n)))
+        held: list[Any] = []
+        for part in chunks(sample):
+            held += conn.execute(
+                select(m.c.persona_pk, m.c.contact_pk, m.c.source, m.c.since).where(
+                    m.c.source > 0, m.c.contact_pk.in_(part)
+                )
+            ).all()
+    n_out = min(int(exits * n), len(held))
+    gone = rng.sample(held, n_out)
+    have = {(p, c, s) for p, c, s, _ in held}
+    new: set[tuple[int, int, int]] = set()
+    while len(new) < int(enters * n):
+        crit, ppk = rng.choice(crits)
+        key = (ppk, rng.randrange(1, top + 1), crit)
+        if key not in have:
+            new.add(key)
+    holders = Holders()
+    for p, c, src, _ in gone:
+        holders.sources.setdefault((p, c), set()).add(src)
+    writer = Writer(store, utcnow(), Settings().bulk_log_threshold)
+    for ppk, cpk, crit in new:
+        writer.decide(holders, ppk, crit, True, [cpk], {cpk})
+    for ppk, cpk, crit, _ in gone:
+        writer.decide(holders, ppk, crit, True, [cpk], ())
+    if not logs:
+        writer.logs.clear()
+    mark = log_head(store)
+    rows_before = count_rows(store)
+    t0 = time.perf_counter()
+    with store.write() as conn:
+        writer.flush(conn)
+    took = time.perf_counter() - t0
+    with store.write() as conn:  # undo: the store is as it was
+        executemany(
+            conn,
+            "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
+            sorted(new),
+        )
+        conn.execute(
+            m.insert(),
+            [
+                {"persona_pk": p, "contact_pk": c, "source": s, "since": at, "criterion_pk": s}
+                for p, c, s, at in gone
+            ],
+        )
+        conn.execute(t.membership_log.delete().where(t.membership_log.c.seq > mark))
+    assert count_rows(store) == rows_before and log_head(store) == mark, "floor not undone"
+    return took
+
+
+def count_rows(store: Store) -> int:
+    with store.read() as conn:
+        return int(conn.scalar(select(func.count()).select_from(store.tables.memberships)) or 0)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -250,7 +368,15 @@ def main() -> None:
         help="change only contacts 1..N, after evaluating every criterion for them "
         "(a steady state: memberships move only when a change really moves them)",
     )
+    ap.add_argument(
+        "--attribute-share",
+        type=float,
+        default=0.7,
+        help="share of changes that are attribute updates; the rest are reads (default 0.7)",
+    )
     args = ap.parse_args()
+    if not 0 <= args.attribute_share <= 1:
+        ap.error(f"--attribute-share must be between 0 and 1, got {args.attribute_share}")
     root = args.reuse or Path(tempfile.mkdtemp(prefix="pt-bench-stream-"))
     root.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{root / 'store.db'}"
@@ -275,16 +401,26 @@ def main() -> None:
         flush=True,
     )
     if args.working_set:
-        warm_up(url, proc, args.working_set)
+        marker = root / f"warm-{args.working_set}-{args.criteria}"
+        if marker.exists():  # a reused store keeps what the last warm-up entered
+            print(f"warm-up: done for these {args.working_set:,} contacts by an earlier run")
+        else:
+            warm_up(url, proc, args.working_set)
+            marker.touch()
 
     # 1. catch-up
     with store.read() as conn:
         start_seq = feed.head(conn, store)
+    # Fresh changes on every run: a reused store replaying the same ones would
+    # move (almost) no memberships.
+    seed = start_seq
     writer = mp.get_context("spawn").Process(
-        target=write_changes, args=(url, args.preload, 1e9, 1, args.working_set)
+        target=write_changes,
+        args=(url, args.preload, 1e9, seed, args.working_set, args.attribute_share),
     )
     writer.start()
     writer.join()
+    mark = log_head(store)
     t0 = time.monotonic()
     processed = 0
     evaluations = 0
@@ -301,13 +437,16 @@ def main() -> None:
         f"({evaluations / max(processed, 1):.0f} evaluations per change); "
         f"ratio to goal {catch_rate / GOAL_RATE:.3f}"
     )
+    enters, exits = (x / max(processed, 1) for x in log_moves(store, mark))
+    print(f"  membership moves per change: {enters:.2f} in, {exits:.2f} out (each with a log row)")
     with store.read() as conn:
         assert feed.get_offset(conn, store, "stream") == feed.head(conn, store) > start_seq
 
     # 2. sustained
     n = int(args.rate * args.seconds)
     writer = mp.get_context("spawn").Process(
-        target=write_changes, args=(url, n, args.rate, 2, args.working_set)
+        target=write_changes,
+        args=(url, n, args.rate, seed + 1, args.working_set, args.attribute_share),
     )
     lat: list[float] = []
     writer.start()
@@ -324,6 +463,22 @@ def main() -> None:
         f"{rate:,.0f} changes/s (ratio to goal {rate / GOAL_RATE:.3f}); latency p50 "
         f"{p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms (goal < {GOAL_P99_S * 1000:.0f} ms, "
         f"ratio {p99 / GOAL_P99_S:.2f}); {left:,} changes left unprocessed"
+    )
+
+    # 3. write floor
+    floor_n = 10_000
+    took = write_floor(store, enters, exits, top, random.Random(4), floor_n)
+    floor = floor_n / took
+    print(
+        f"write floor: the membership and log rows of {floor_n:,} changes of this mix "
+        f"written in {took:.2f} s (no evaluation, no read-back) = at most {floor:,.0f} "
+        f"changes/s on this store; ratio to goal {floor / GOAL_RATE:.3f}"
+    )
+    rows_only = write_floor(store, enters, exits, top, random.Random(5), floor_n, logs=False)
+    print(
+        f"  of which the membership rows alone: {rows_only:.2f} s = at most "
+        f"{floor_n / rows_only:,.0f} changes/s even with no log rows; ratio to goal "
+        f"{floor_n / rows_only / GOAL_RATE:.3f}"
     )
     store.dispose()
     if not args.keep and not args.reuse:
