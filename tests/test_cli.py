@@ -72,6 +72,25 @@ def test_contracts(cli: CLI, tmp_path: Path) -> None:
     assert shown["personas"][0]["persona"] == "emea"
     assert shown["personas"][0]["sources"][0]["request_id"] == out["request_id"]
     assert shown["log"][0]["by"] == "tester"
+    assert " enter emea by tester: " in cli("contact", "show", "c0004").stdout
+    # An ongoing criterion's entry has no actor: the text says what did it, not "by None".
+    cli("persona", "add", "senior", "--name", "Senior", "--category", "seniority")
+    cli("criterion", "add", "senior", "--persona", "senior", "--expr", "seniority >= 4")
+    cli(
+        "criterion",
+        "add",
+        "senior-live",
+        "--persona",
+        "senior",
+        "--expr",
+        "seniority >= 4",
+        "--mode",
+        "ongoing",
+    )
+    cli("stream", "--once")
+    text = cli("contact", "show", "c0004").stdout
+    assert " enter senior: criterion senior-live@1 swapped in" in text
+    assert "None" not in text
     ids = tmp_path / "ids.txt"
     ids.write_text("c0001\nmissing\n")
     res = cli("untag", "--persona", "emea", "--contacts", str(ids), "--json")

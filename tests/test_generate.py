@@ -149,7 +149,10 @@ def test_reports_sets_the_catalogue_size(store_url: str, tmp_path: Path) -> None
     bad = cli("generate", "--contacts", "30", "--reports", "1000000", ok=False)
     assert bad.returncode != 0 and "--reports must be between 1 and 999,999" in bad.stderr
     assert "Traceback" not in bad.stderr
-    cli("generate", "--contacts", "30", "--seed", "2", "--end", "2025-06-30", "--reports", "17")
+    out = cli(
+        "generate", "--contacts", "30", "--seed", "2", "--end", "2025-06-30", "--reports", "17"
+    )
+    assert out.stdout.startswith("generated 30 contacts, 17 publications, ")
     st = open_store(store_url)
     with st.read() as conn:
         t = st.tables

@@ -204,7 +204,10 @@ def generate(
         persona_share=persona_share,
         reports=reports,
     )
-    typer.echo(str(result))
+    typer.echo(
+        f"generated {result.contacts:,} contacts, {result.publications:,} publications, "
+        f"{result.reads:,} reads and {result.logins:,} logins in {result.seconds:.1f} s"
+    )
 
 
 # -- personas ----------------------------------------------------------------
@@ -731,7 +734,8 @@ def contact_show(contact_id: str, as_json: JsonOpt = False) -> None:
         typer.echo(f"  pin {pn['pin']} {pn['persona']} by {pn['by']} at {pn['at']}")
     typer.echo("history:")
     for e in data["log"]:
-        typer.echo(f"  {e['at']} {e['change']:<5} {e['persona']} by {e['by']}: {e['reason']}")
+        by = f" by {e['by']}" if e["by"] else ""  # None: a criterion or request did it
+        typer.echo(f"  {e['at']} {e['change']:<5} {e['persona']}{by}: {e['reason']}")
 
 
 # -- the request pipeline ------------------------------------------------------
