@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -211,3 +212,41 @@ def test_a_build_stopped_by_a_signal_is_logged_without_a_traceback(
     assert not fresh._rebuilding and fresh._current is None
     assert "feed model rebuild stopped: the build process was stopped by signal 15" in caplog.text
     assert "failed" not in caplog.text and "Traceback" not in caplog.text
+
+
+def _send_half_a_message_then_stop(send: Any) -> None:
+    """A build process stopped while sending: a frame header promising 1,000
+    bytes, three of them, then SIGTERM."""
+    import os
+    import signal
+    import struct
+
+    os.write(send.fileno(), struct.pack("!i", 1000) + b"abc")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("halfway", [True, False])
+def test_a_build_stopped_while_sending_counts_as_stopped(halfway: bool) -> None:
+    """Stopped halfway through sending a model, the pipe reports a truncated
+    message (OSError), not an end of file: it is still a stopped build."""
+    import multiprocessing as mp
+    import signal
+
+    from personatag.feed.service import BuildStopped, receive_result
+
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    target = _send_half_a_message_then_stop if halfway else _stop_at_once
+    child = ctx.Process(target=target, args=(send,), daemon=True)
+    child.start()
+    send.close()
+    with pytest.raises(BuildStopped, match=f"stopped by signal {int(signal.SIGTERM)}"):
+        receive_result(receive, child)
+    receive.close()
+
+
+def _stop_at_once(send: Any) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -213,8 +213,23 @@ def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> Feed
     child.start()
     send.close()
     try:
+        outcome, value = receive_result(receive, child)
+    finally:
+        receive.close()
+    child.join()
+    if outcome != "ok":
+        raise RuntimeError(f"the feed model build process failed: {value}")
+    model: FeedModel = value
+    return model
+
+
+def receive_result(receive: Any, child: Any) -> tuple[str, Any]:
+    """The (outcome, value) a build process sent. A process that ended before
+    sending, or while sending (stopped halfway through a large model), raises
+    BuildStopped when a signal stopped it, RuntimeError otherwise."""
+    try:
         outcome, value = receive.recv()
-    except EOFError:
+    except (EOFError, OSError):  # OSError: "got end of file during message"
         child.join()
         if child.exitcode in (-signal.SIGTERM, -signal.SIGINT):
             raise BuildStopped(
@@ -223,13 +238,7 @@ def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> Feed
         raise RuntimeError(
             f"the feed model build process ended without a model (exit code {child.exitcode})"
         ) from None
-    finally:
-        receive.close()
-    child.join()
-    if outcome != "ok":
-        raise RuntimeError(f"the feed model build process failed: {value}")
-    model: FeedModel = value
-    return model
+    return outcome, value
 
 
 def _build_and_send(url: str, as_of: datetime, settings: Settings, send: Any) -> None:
