@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, func, select, type_coerce
+from sqlalchemy import Connection, func, select
 
 from personatag.config import Settings
 from personatag.criteria.to_python import EvalInput
@@ -520,11 +520,11 @@ class StreamProcessor:
                 # persona(...) criteria read every persona a contact holds.
                 holders = Holders.load(conn, self.store, {cpk: personas for cpk in work})
             else:
-                crit_persona = {c.pk: c.persona_pk for c in index.criteria}
+                by_pk = index.by_pk
                 holders = Holders.load(
                     conn,
                     self.store,
-                    {cpk: {crit_persona[p] for p in crits} for cpk, crits in work.items()},
+                    {cpk: {by_pk[p].persona_pk for p in crits} for cpk, crits in work.items()},
                 )
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
@@ -667,13 +667,13 @@ class StreamProcessor:
         per_contact: dict[int, set[int]] = {}
         for c, k in wanted:
             per_contact.setdefault(k, set()).add(c)
-        # Compared as stored (microseconds): no datetime per row read.
+        # Compared as stored (microseconds; fetch_tuples converts nothing).
         have: dict[tuple[int, int], int] = {}
         for crits, contacts in grouped(per_contact):
             for part in chunks(contacts):
-                q = select(
-                    rc.c.criterion_pk, rc.c.contact_pk, type_coerce(rc.c.due_at, BigInteger)
-                ).where(rc.c.criterion_pk.in_(crits), rc.c.contact_pk.in_(part))
+                q = select(rc.c.criterion_pk, rc.c.contact_pk, rc.c.due_at).where(
+                    rc.c.criterion_pk.in_(crits), rc.c.contact_pk.in_(part)
+                )
                 for c, k, at in fetch_tuples(conn, q):
                     have[(c, k)] = at
         want_us = {pair: None if at is None else to_micros(at) for pair, at in wanted.items()}
