@@ -80,3 +80,14 @@ def store(store_url: str) -> Iterator[Store]:
     s = open_store(store_url)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def pg_store(pg_template: str) -> Iterator[Store]:
+    """A fresh, migrated PostgreSQL store, for what only PostgreSQL can show
+    (sessions ended by an administrator, deadlocks between sessions)."""
+    url = new_pg_url(pg_template)
+    s = open_store(url)
+    yield s
+    s.dispose()
+    drop_pg(url)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import create_engine, text
+
 from personatag.store import Store
 
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -29,3 +31,21 @@ def population(n: int) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
+
+
+def terminate_other_backends(store: Store) -> int:
+    """End every other session on the store's database, as an administrator
+    (or a restarting server) would; returns how many were ended."""
+    killer = create_engine(store.engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        with killer.connect() as conn:
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).all()
+            )
+    finally:
+        killer.dispose()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection
-from sqlalchemy.exc import DBAPIError
 
 from personatag.config import Settings
 from personatag.criteria import Node, compile_criterion, from_json, references
@@ -36,6 +35,8 @@ from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
 from personatag.store.definitions import Criterion, get_criterion
 from personatag.store.personas import Persona, get_persona, persona_pks
+from personatag.store.transient import describe as describe_store_error
+from personatag.store.transient import retrying
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,9 @@ def reason_of(exc: BaseException) -> str:
     """One line for people (and the job record): no SQL, no parameters."""
     if isinstance(exc, PersonatagError):
         return str(exc)
-    if isinstance(exc, DBAPIError):
-        first = str(exc.orig).strip().splitlines()
-        return f"the store failed: {first[0] if first else type(exc.orig).__name__}"
-    return f"{type(exc).__name__}: {exc}"
+    # The store error that started it, named (a deadlock, a lost connection),
+    # not the "current transaction is aborted" that followed it.
+    return describe_store_error(exc)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,10 @@ def execute(
     own = progress is None
     progress = progress or Progress(store, job_pk)
     try:
-        jobs.start_job(store, job_pk, control.deadline_s)
+        retrying(
+            lambda _: jobs.start_job(store, job_pk, control.deadline_s),
+            what=f"request {request_id}",
+        )
         engine = get_engine(engine_name, store, settings)
         matches: list[Match | None] = []
         computed = sum(1 for r in plan.items if r.ast is not None)
@@ -256,55 +259,115 @@ def execute(
                 evaluated += 1
                 progress.count(evaluated, computed, "items")
         control.check()
-        # A dry run writes nothing but its temp tables: no write lock needed.
-        with (
-            progress.in_transaction(
-                APPLYING, total=len(plan.items), unit="items", holds_write_lock=not dry_run
-            ) as step,
-            store.read() if dry_run else store.write() as conn,
-            control.guard(conn),
-        ):
-            results = []
-            for r, m in zip(plan.items, matches, strict=True):
-                results.append(
-                    _apply_item(
-                        conn, store, settings, r, m, request_id, request_pk, actor, dry_run, changes
-                    )
-                )
-                step(len(results))
-            failures = sorted(
-                [*row_failures, *(f for res in results for f in res.failures)],
-                key=lambda f: f.line,
+
+        def apply_all(attempt: int) -> AdhocResult:
+            if attempt > 1:
+                control.check()
+                # A commit that broke off with the connection may have landed.
+                landed = jobs.outcome(store, job_pk)
+                if landed is not None:
+                    return AdhocResult.from_json(landed)
+                if changes is not None:
+                    changes.reset()  # what the failed try reported was rolled back
+            return _apply_all(
+                store,
+                settings,
+                plan,
+                matches,
+                progress,
+                control,
+                request_id=request_id,
+                request_pk=request_pk,
+                job_pk=job_pk,
+                dry_run=dry_run,
+                actor=actor,
+                row_failures=row_failures,
+                changes=changes,
             )
-            status = jobs.PARTIAL if failures else jobs.SUCCEEDED
-            result = AdhocResult(
-                request_id,
-                status,
-                _sum([res.counts for res in results]),
-                dry_run,
-                failures,
-                failed=len(failures),
-                items=results,
-            )
-            # The outcome commits with the memberships; a job that was ended
-            # meanwhile (taken over, cancelled) must not apply: roll back.
-            if not dry_run and not jobs.finish_job(conn, store, job_pk, status, result.as_json()):
-                raise JobStopped(jobs.FAILED, "the job was ended elsewhere while it ran")
+
+        # One transaction applies the request and records its outcome: when
+        # the store fails transiently (a dropped connection, a deadlock) it
+        # rolled back whole, and runs again on a fresh connection.
+        result = retrying(
+            apply_all, what=f"request {request_id}", give_up=lambda: control.stopped() is not None
+        )
         if dry_run:
             with store.write() as conn:
-                jobs.finish_job(conn, store, job_pk, status, result.as_json())
+                jobs.finish_job(conn, store, job_pk, result.status, result.as_json())
     except Exception as exc:
         status = exc.status if isinstance(exc, JobStopped) else jobs.FAILED
         reason = reason_of(exc)
         log.debug("request %s %s", request_id, status, exc_info=True)
-        with store.write() as conn:
-            jobs.finish_job(conn, store, job_pk, status, {}, error=reason)
+
+        def record_failure(_attempt: int) -> None:
+            with store.write() as conn:
+                jobs.finish_job(conn, store, job_pk, status, {}, error=reason)
+
+        retrying(record_failure, what=f"request {request_id}")
         if own:
             progress.close()  # it stays where the job stopped
         raise RequestFailed(request_id, reason, status) from exc
     if own:
         progress.phase(DONE)
         progress.close()
+    return result
+
+
+def _apply_all(
+    store: Store,
+    settings: Settings,
+    plan: Plan,
+    matches: Sequence[Match | None],
+    progress: Progress,
+    control: JobControl,
+    *,
+    request_id: str,
+    request_pk: int,
+    job_pk: int,
+    dry_run: bool,
+    actor: str | None,
+    row_failures: Sequence[FailedRow],
+    changes: ChangesBuilder | None,
+) -> AdhocResult:
+    """Apply every item and record the job's outcome, in one transaction."""
+    # A dry run writes nothing but its temp tables: no write lock needed.
+    with (
+        progress.in_transaction(
+            APPLYING, total=len(plan.items), unit="items", holds_write_lock=not dry_run
+        ) as step,
+        store.read() if dry_run else store.write() as conn,
+        control.guard(conn),
+    ):
+        # Every persona of the request at once, in the store's one order:
+        # locked item by item, two requests with the same personas in other
+        # orders would deadlock.
+        store.lock_personas(conn, (r.persona.pk for r in plan.items))
+        results = []
+        for r, m in zip(plan.items, matches, strict=True):
+            results.append(
+                _apply_item(
+                    conn, store, settings, r, m, request_id, request_pk, actor, dry_run, changes
+                )
+            )
+            step(len(results))
+        failures = sorted(
+            [*row_failures, *(f for res in results for f in res.failures)],
+            key=lambda f: f.line,
+        )
+        status = jobs.PARTIAL if failures else jobs.SUCCEEDED
+        result = AdhocResult(
+            request_id,
+            status,
+            _sum([res.counts for res in results]),
+            dry_run,
+            failures,
+            failed=len(failures),
+            items=results,
+        )
+        # The outcome commits with the memberships; a job that was ended
+        # meanwhile (taken over, cancelled) must not apply: roll back.
+        if not dry_run and not jobs.finish_job(conn, store, job_pk, status, result.as_json()):
+            raise JobStopped(jobs.FAILED, "the job was ended elsewhere while it ran")
     return result
 
 
@@ -362,41 +425,42 @@ def _apply_item(
     loaded: LoadedList | None = None
     held: TempPks | None = None
     portable = match is not None and match.portable
-    try:
-        if match is not None:
-            condition: ColumnElement[bool] = match.condition(conn, store)
-            if r.ast is not None and not match.materialized and is_heavy(references(r.ast)):
-                held = materialize(conn, store, condition)
-                condition = held.contains(store.tables.contacts.c.pk)
-                portable = False
-        else:
-            loaded = LoadedList(conn, store, list(r.item.contact_ids or []))
-            condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
-        counts = apply_adhoc(
-            conn,
-            store,
-            action=r.item.action,
-            condition=condition,
-            ctx=ctx,
-            dry_run=dry_run,
-            bulk_threshold=settings.bulk_log_threshold,
-            portable=portable,
-            bulk=changes.for_persona(r.persona.key) if changes is not None else None,
-            known_pks=match.known_pks() if match is not None else None,
-        )
-        failures = (
-            [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]
-            if loaded
-            else []
-        )
-        return ItemResult(r.persona.key, r.item.action.value, counts, failures)
-    finally:
-        if held is not None:
-            held.drop(conn)
-        if loaded is not None:
-            loaded.drop(conn)
-        if match is not None:
-            match.close(conn)
+    # Temp tables are dropped only after success: on a failure the transaction
+    # rolls back and takes them with it, and a drop would fail on the aborted
+    # transaction (PostgreSQL) and hide the real error.
+    if match is not None:
+        condition: ColumnElement[bool] = match.condition(conn, store)
+        if r.ast is not None and not match.materialized and is_heavy(references(r.ast)):
+            held = materialize(conn, store, condition)
+            condition = held.contains(store.tables.contacts.c.pk)
+            portable = False
+    else:
+        loaded = LoadedList(conn, store, list(r.item.contact_ids or []))
+        condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
+    counts = apply_adhoc(
+        conn,
+        store,
+        action=r.item.action,
+        condition=condition,
+        ctx=ctx,
+        dry_run=dry_run,
+        bulk_threshold=settings.bulk_log_threshold,
+        portable=portable,
+        bulk=changes.for_persona(r.persona.key) if changes is not None else None,
+        known_pks=match.known_pks() if match is not None else None,
+    )
+    failures = (
+        [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]
+        if loaded
+        else []
+    )
+    if held is not None:
+        held.drop(conn)
+    if loaded is not None:
+        loaded.drop(conn)
+    if match is not None:
+        match.close(conn)
+    return ItemResult(r.persona.key, r.item.action.value, counts, failures)
 
 
 def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResult:

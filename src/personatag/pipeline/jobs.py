@@ -163,6 +163,16 @@ def finish_job(
     )
 
 
+def outcome(store: Store, job_pk: int) -> dict[str, Any] | None:
+    """The recorded result of a job that succeeded (or was partial), else None."""
+    jobs = store.tables.jobs
+    with store.read() as conn:
+        row = conn.execute(select(jobs.c.status, jobs.c.counts).where(jobs.c.pk == job_pk)).first()
+    if row is None or row.status not in (SUCCEEDED, PARTIAL) or not row.counts:
+        return None
+    return dict(json.loads(row.counts))
+
+
 def _job_view(row: Any) -> dict[str, Any]:
     m = row._mapping
 

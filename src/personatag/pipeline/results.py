@@ -185,6 +185,17 @@ class ChangesBuilder:
         with self._lock:
             self._confirmed.append((persona, change, started[1]))
 
+    def reset(self) -> None:
+        """Forget every part reported so far (their transaction rolled back and
+        runs again)."""
+        with self._lock:
+            parts = [f for _, fs in self._started.values() for f in fs]
+            parts += [f for *_, fs in self._confirmed for f in fs]
+            self._started.clear()
+            self._confirmed.clear()
+        for f in parts:
+            f.cancel()
+
     def take(self, persona: str, change: str) -> list[Future[bytes]] | None:
         """The parts of the next bulk entry in log order, if they are for (persona, change)."""
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -205,12 +205,21 @@ class Store:
         The applier counts, then writes, in separate statements; on PostgreSQL
         (READ COMMITTED, many writers) another writer could commit in between.
         SQLite needs nothing: Store.write() already holds the only write lock.
+        A transaction that writes several personas takes them all at once, with
+        lock_personas, before it writes any.
         """
+        self.lock_personas(conn, (persona_pk,))
+
+    def lock_personas(self, conn: Connection, persona_pks: Iterable[int]) -> None:
+        """lock_persona for several personas, in one global order (ascending pk):
+        two transactions that lock overlapping sets in their own orders would
+        deadlock. Locking a persona again later in the transaction is free."""
         if self.dialect == "postgresql":
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(:space, :key)"),
-                {"space": _LOCK_SPACE_PERSONA, "key": persona_pk},
-            )
+            for pk in sorted(set(persona_pks)):
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                    {"space": _LOCK_SPACE_PERSONA, "key": pk},
+                )
 
     def lock_feed(self, conn: Connection) -> None:
         """Serialise writers of the change feed until `conn` commits.

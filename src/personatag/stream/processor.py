@@ -331,9 +331,9 @@ class StreamProcessor:
         t = self.store.tables
         m = t.memberships
         with self.store.write() as conn:
-            self.store.lock_persona(conn, new.persona_pk)
-            if old is not None and old.persona_pk != new.persona_pk:
-                self.store.lock_persona(conn, old.persona_pk)
+            self.store.lock_personas(
+                conn, [new.persona_pk] + ([old.persona_pk] if old is not None else [])
+            )
             writer = Writer(self.store, now, self.settings.bulk_log_threshold)
             if old is not None and old.pk != new.pk:
                 if old.persona_pk == new.persona_pk:
@@ -514,8 +514,7 @@ class StreamProcessor:
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
                 )
-            for ppk in personas:
-                self.store.lock_persona(conn, ppk)
+            self.store.lock_personas(conn, personas)
             if index.by_persona:
                 # persona(...) criteria read every persona a contact holds.
                 holders = Holders.load(conn, self.store, {cpk: personas for cpk in work})
