@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,8 +33,14 @@ from personatag.errors import (
     PersonatagError,
 )
 from personatag.pipeline.request_files import RequestFileError
+from personatag.store.db import StoreUnreachable
+from personatag.store.transient import transient
 
 log = logging.getLogger(__name__)
+
+# How long a client is asked to wait before it tries again while the store
+# does not answer (a database restarting, a dropped connection, a deadlock).
+STORE_RETRY_AFTER_S = 5
 
 _CODES = {
     400: "bad_request",
@@ -152,6 +159,8 @@ def _personatag(request: Request, exc: Exception) -> JSONResponse:
         )
     if isinstance(exc, RequestFileError):
         return error_response(422, "invalid_request_file", str(exc), line=exc.line)
+    if isinstance(exc, StoreUnreachable):
+        return _store_unavailable(request, str(exc), "the store is unreachable")
     if isinstance(exc, BucketError):
         return _unexpected(request, exc, 503, "storage_error", "the object storage failed")
     if isinstance(exc, NotFoundError):
@@ -164,6 +173,25 @@ def _personatag(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected(request, exc, 500, "server_misconfigured", "the server is misconfigured")
     # Other PersonatagErrors are failures a person can act on (e.g. a store out of date).
     return error_response(409, "failed", str(exc))
+
+
+def _store_failed(request: Request, exc: Exception) -> JSONResponse:
+    """A store error: 503 with Retry-After when it is transient (the store is
+    unreachable or restarting, a deadlock), else a 500 like any other bug."""
+    cause = transient(exc)
+    if cause is None:
+        return _unexpected(request, exc, 500, "internal_error", "an unexpected error")
+    return _store_unavailable(request, str(cause), f"the store is unavailable ({cause.kind})")
+
+
+def _store_unavailable(request: Request, detail: str, what: str) -> JSONResponse:
+    log.warning("%s %s: the store failed (%s)", request.method, request.url.path, detail)
+    return error_response(
+        503,
+        "store_unavailable",
+        f"{what}; try again shortly",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
 
 
 def _too_deep(request: Request, exc: Exception) -> JSONResponse:
@@ -224,4 +252,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(PersonatagError, _personatag)
     app.add_exception_handler(RecursionError, _too_deep)
+    app.add_exception_handler(DBAPIError, _store_failed)
     app.add_middleware(CatchAll)
