@@ -41,17 +41,23 @@ from personatag.metrics import Metrics, default_metrics
 from personatag.pipeline.audit import fetch_ids
 from personatag.store import Store
 from personatag.store.personas import persona_pks
+from personatag.store.transient import transient
 from personatag.store.types import to_micros
 from personatag.stream import feed
 from personatag.stream import ongoing as og
 from personatag.stream.apply import Holders, Outcome, Writer, executemany, fetch_tuples
 from personatag.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
+from personatag.stream.standby import STANDBY_POLL_S, Ownership
 
 log = logging.getLogger(__name__)
 
 OFFSET_NAME = "stream"
 CASCADE_ROUNDS = 4
 RATE_WINDOW_S = 10.0  # persona(...) criteria re-evaluated after memberships move
+
+
+class OffsetMoved(RuntimeError):
+    """Another step committed the offset this one read (nothing was applied)."""
 
 
 @dataclass
@@ -166,20 +172,40 @@ class StreamProcessor:
     # ---- the loop -------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; a failing step is logged and retried."""
+        """Step until `stop` is set; a failing step is logged and retried.
+        While another processor steps this store's offset, wait as its standby."""
         log.info("stream processor %s started", self.name)
+        ownership = Ownership(self.store, self.name)
         failures = 0
-        while not stop.is_set():
-            try:
-                result = self.step()
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("stream step failed (attempt %d); retrying", failures)
-                stop.wait(min(30.0, 0.5 * 2**failures))
-                continue
-            if not result.busy:
-                stop.wait(self.settings.stream_poll_s)
+        try:
+            while not stop.is_set():
+                try:
+                    if not ownership.acquire():
+                        stop.wait(STANDBY_POLL_S)
+                        continue
+                    result = self.step()
+                    failures = 0
+                except OffsetMoved as exc:  # a one-off step elsewhere: read again
+                    log.warning("%s; stepping again", exc)
+                    stop.wait(self.settings.stream_poll_s)
+                    continue
+                except Exception as exc:
+                    failures += 1
+                    cause = transient(exc)
+                    if cause is not None:  # the store restarts or dropped us: no traceback
+                        log.warning(
+                            "stream step failed (attempt %d): the store failed (%s); retrying",
+                            failures,
+                            cause,
+                        )
+                    else:
+                        log.exception("stream step failed (attempt %d); retrying", failures)
+                    stop.wait(min(30.0, 0.5 * 2**failures))
+                    continue
+                if not result.busy:
+                    stop.wait(self.settings.stream_poll_s)
+        finally:
+            ownership.release()
         log.info("stream processor %s stopped", self.name)
 
     def catch_up(self, timeout_s: float = 60.0) -> StepResult:
@@ -510,7 +536,7 @@ class StreamProcessor:
         personas = sorted(set(personas) | {c.persona_pk for c in index.criteria if c.personas})
         with self.store.write() as conn:
             if feed.get_offset(conn, self.store, self.name) != offset:
-                raise RuntimeError(
+                raise OffsetMoved(
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
                 )

@@ -1,0 +1,88 @@
+"""Two stream processors on one store: one steps, the other waits as a standby."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from personatag.config import Settings
+from personatag.pipeline.contacts import set_contact
+from personatag.store import Store
+from personatag.store.definitions import add_criterion
+from personatag.store.personas import add_persona
+from personatag.stream.processor import StreamProcessor
+from tests.helpers import add_contacts, population
+from tests.stream.test_processor import members
+
+SETTINGS = Settings(stream_reconcile_s=0, stream_poll_s=0.02)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.05)
+
+
+class Running:
+    """A processor's run() on its own thread, stopped by stop()."""
+
+    def __init__(self, store: Store) -> None:
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(
+            target=StreamProcessor(store, SETTINGS).run, args=(self.stop_event,), daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+
+
+def test_a_second_processor_waits_as_a_standby_and_takes_over(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 13: a second stream processor on the same store logged an
+    ERROR traceback ("offset moved under this processor") on every step it
+    lost. It waits as a standby, says so once, and takes over when the first
+    one stops."""
+    add_contacts(store, population(40))
+    add_persona(store, "emea-senior", name="EMEA senior", category="region")
+    add_criterion(
+        store,
+        "emea",
+        persona="emea-senior",
+        expr='region = "EMEA" and seniority >= 5',
+        mode="ongoing",
+        exit_policy="remove",
+    )
+    caplog.set_level(logging.INFO, logger="personatag")
+    first = Running(store)
+    backfilled = {f"c{i:04d}" for i in range(40) if i % 4 == 0 and i % 10 >= 5}
+    wait_for(lambda: members(store, "emea-senior") == backfilled, "the first processor's backfill")
+    second = Running(store)
+    try:
+        wait_for(lambda: "standby" in caplog.text, "the standby line")
+        # Both keep running while changes flow: only the first steps.
+        for i in (1, 2, 3):
+            set_contact(store, f"c{i:04d}", {"region": "EMEA", "seniority": "7"})
+            wait_for(lambda i=i: f"c{i:04d}" in members(store, "emea-senior"), f"c{i:04d}")
+        first.stop()
+        set_contact(store, "c0005", {"region": "EMEA", "seniority": "9"})
+        wait_for(lambda: "c0005" in members(store, "emea-senior"), "the standby took over")
+    finally:
+        first.stop_event.set()
+        second.stop()
+        first.stop()
+    assert members(store, "emea-senior") == backfilled | {"c0001", "c0002", "c0003", "c0005"}
+    records = [r for r in caplog.records if r.name.startswith("personatag.stream")]
+    assert [r for r in records if r.levelno >= logging.ERROR] == []
+    standby = [r for r in records if "standby" in r.getMessage()]
+    assert len(standby) == 1 and standby[0].levelno == logging.WARNING
+    assert any("took over" in r.getMessage() for r in records)
