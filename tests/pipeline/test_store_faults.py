@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -26,16 +27,25 @@ class FaultAfterItems(Progress):
     """A job's real progress, which also runs `fault` once, inside the job's
     transaction, after its first item is applied (before the next one)."""
 
-    def __init__(self, store: Store, job_pk: int, fault: Callable[[], object]) -> None:
+    def __init__(self, store: Store, job_pk: int, fault: Callable[[], int]) -> None:
         super().__init__(store, job_pk)
         self.fault = fault
         self.fired = 0
 
-    def count(self, done: int | None, total: int | None, unit: str | None) -> None:
-        figure = self._figure
-        if (unit, done, self.fired) == ("items", 1, 0) and figure and figure["phase"] == "applying":
-            self.fired = self.fault() or 1
-        super().count(done, total, unit)
+    @contextmanager
+    def in_transaction(
+        self, name: str, *, total: int, unit: str, holds_write_lock: bool
+    ) -> Iterator[Callable[[int], None]]:
+        with super().in_transaction(
+            name, total=total, unit=unit, holds_write_lock=holds_write_lock
+        ) as step:
+
+            def step_then_fault(done: int) -> None:
+                step(done)
+                if done == 1 and not self.fired:
+                    self.fired = self.fault() or 1
+
+            yield step_then_fault
 
 
 def memberships(store: Store) -> dict[str, set[str]]:

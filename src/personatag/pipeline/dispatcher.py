@@ -48,6 +48,7 @@ from personatag.pipeline.progress import DONE, WRITING_RESULTS, Progress
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import ChangesBuilder, write_results
 from personatag.store import Store
+from personatag.store.transient import retrying
 
 log = logging.getLogger(__name__)
 
@@ -674,9 +675,12 @@ class Dispatcher:
 
     def _cancelled_while_queued(self, job_pk: int) -> bool:
         j = self.store.tables.jobs
-        with self.store.read() as conn:
-            status = conn.scalar(select(j.c.status).where(j.c.pk == job_pk))
-        return status == jobs.CANCELLED
+
+        def read(_attempt: int) -> object:
+            with self.store.read() as conn:
+                return conn.scalar(select(j.c.status).where(j.c.pk == job_pk))
+
+        return retrying(read, what=f"job {job_pk}") == jobs.CANCELLED
 
     def _own_job(self, job_pk: int) -> None:
         with self._lock:
@@ -741,10 +745,14 @@ class Dispatcher:
 
     def _done(self, key: str, request_id: str, outcome: str) -> None:
         rf = self.store.tables.request_files
-        with self.store.write() as conn:
-            conn.execute(
-                update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
-            )
+
+        def record(_attempt: int) -> None:  # the same UPDATE again: safe to repeat
+            with self.store.write() as conn:
+                conn.execute(
+                    update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
+                )
+
+        retrying(record, what=f"request file {key}")
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         self.metrics.record_request(outcome)
 

@@ -144,10 +144,11 @@ def describe(exc: BaseException) -> str:
 T = TypeVar("T")
 
 #: How often a unit of work runs at most when the store fails transiently,
-#: and the first pause between tries (doubled each time, at most MAX_DELAY_S).
-ATTEMPTS = 5
+#: and the first pause between tries (doubled each time, at most MAX_DELAY_S):
+#: 7.75 s of pauses in all, about what a PostgreSQL restart takes.
+ATTEMPTS = 6
 FIRST_DELAY_S = 0.25
-MAX_DELAY_S = 4.0
+MAX_DELAY_S = 8.0
 
 
 def retrying(
