@@ -74,9 +74,21 @@ def stream(
     s = settings()
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
-        from personatag.stream.processor import StreamProcessor
+        from personatag.errors import PersonatagError
+        from personatag.store.leases import try_lease
+        from personatag.stream.processor import OFFSET_NAME, StreamProcessor
+        from personatag.stream.standby import lease_name
 
-        done = StreamProcessor(st, s).catch_up(timeout_s=24 * 3600)
+        lease = try_lease(st, lease_name(OFFSET_NAME))
+        if lease is None:
+            raise PersonatagError(
+                "another stream processor is running on this store and keeps it current: "
+                "stop it before `personatag stream --once`"
+            )
+        try:
+            done = StreamProcessor(st, s).catch_up(timeout_s=24 * 3600)
+        finally:
+            lease.release()
         typer.echo(
             f"stream: {done.changes} changes, {done.rechecks} re-checks, "
             f"{done.entered} entered, {done.exited} exited, {done.errors} errors; "

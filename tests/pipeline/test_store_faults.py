@@ -94,19 +94,21 @@ def test_a_job_whose_connections_are_terminated_mid_transaction_finishes_exactly
         spec={"request": "killed"},
     )
     progress = FaultAfterItems(store, job_pk, lambda: terminate_other_backends(store))
-    result = execute(
-        store,
-        Settings(),
-        plan,
-        request_id="killed",
-        request_pk=request_pk,
-        job_pk=job_pk,
-        as_of=now,
-        dry_run=False,
-        actor="ana",
-        progress=progress,
-    )
-    progress.close()
+    try:
+        result = execute(
+            store,
+            Settings(),
+            plan,
+            request_id="killed",
+            request_pk=request_pk,
+            job_pk=job_pk,
+            as_of=now,
+            dry_run=False,
+            actor="ana",
+            progress=progress,
+        )
+    finally:
+        progress.close()
     assert progress.fired >= 1  # the job's own session was among those ended
     assert result.status == "partial"  # "nobody" is not a contact
     assert (result.counts.tagged, result.failed) == (100 + 200 + 2, 1)

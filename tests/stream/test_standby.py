@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +14,13 @@ from personatag.config import Settings
 from personatag.pipeline.contacts import set_contact
 from personatag.store import Store
 from personatag.store.definitions import add_criterion
+from personatag.store.leases import try_lease
 from personatag.store.personas import add_persona
-from personatag.stream.processor import StreamProcessor
+from personatag.stream.processor import OFFSET_NAME, StreamProcessor
+from personatag.stream.standby import lease_name
 from tests.helpers import add_contacts, population
 from tests.stream.test_processor import members
+from tests.test_cli import CLI
 
 SETTINGS = Settings(stream_reconcile_s=0, stream_poll_s=0.02)
 
@@ -86,3 +90,31 @@ def test_a_second_processor_waits_as_a_standby_and_takes_over(
     standby = [r for r in records if "standby" in r.getMessage()]
     assert len(standby) == 1 and standby[0].levelno == logging.WARNING
     assert any("took over" in r.getMessage() for r in records)
+
+
+def test_stream_once_is_refused_while_a_processor_runs(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    """Issue 17 item 13: `stream --once` beside a running processor raced it for
+    the offset; it says another processor runs and changes nothing."""
+    cli = CLI(store_url, tmp_path)
+    running = Running(store)
+    try:
+        wait_for(lambda: not try_lease_free(store), "the processor's lease")
+        proc = cli("stream", "--once", ok=False)
+    finally:
+        running.stop()
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: another stream processor is running on this store and keeps it current: "
+        "stop it before `personatag stream --once`"
+    )
+    assert "offset" in cli("stream", "--once").stdout  # free again once it stopped
+
+
+def try_lease_free(store: Store) -> bool:
+    lease = try_lease(store, lease_name(OFFSET_NAME))
+    if lease is None:
+        return False
+    lease.release()
+    return True

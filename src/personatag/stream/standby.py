@@ -19,6 +19,11 @@ log = logging.getLogger("personatag.stream.processor")
 STANDBY_POLL_S = 1.0
 
 
+def lease_name(offset: str) -> str:
+    """The lease a processor of offset `offset` holds while it steps."""
+    return f"stream-offset:{offset}"
+
+
 class Ownership:
     """Whether this processor may step the offset `name` now."""
 
@@ -44,7 +49,7 @@ class Ownership:
                 "ended); taking it again",
                 self.name,
             )
-        self._lease = try_lease(self.store, f"stream-offset:{self.name}")
+        self._lease = try_lease(self.store, lease_name(self.name))
         if self._lease is None:
             if not self._waiting:
                 self._waiting = True
