@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -18,8 +19,8 @@ from personatag.store.leases import try_lease
 from personatag.store.personas import add_persona
 from personatag.stream.processor import OFFSET_NAME, StreamProcessor
 from personatag.stream.standby import lease_name
-from tests.helpers import add_contacts, population
-from tests.stream.test_processor import members
+from tests.helpers import add_contacts, population, terminate_other_backends
+from tests.stream.test_processor import log_of, members
 from tests.test_cli import CLI
 
 SETTINGS = Settings(stream_reconcile_s=0, stream_poll_s=0.02)
@@ -118,3 +119,38 @@ def try_lease_free(store: Store) -> bool:
         return False
     lease.release()
     return True
+
+
+def test_a_processor_steps_on_after_its_sessions_are_terminated(
+    pg_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 6: a dropped PostgreSQL connection under the stream
+    processor (its step's and its lease's sessions ended by an administrator)
+    costs a warning and a retry, not a traceback, and every change still takes
+    effect exactly once."""
+    store = pg_store
+    add_contacts(store, population(400))
+    add_persona(store, "senior", name="Senior", category="seniority")
+    add_criterion(
+        store, "sen", persona="senior", expr="seniority >= 9", mode="ongoing", exit_policy="remove"
+    )
+    caplog.set_level(logging.INFO, logger="personatag")
+    running = Running(store)
+    try:
+        start = {f"c{i:04d}" for i in range(400) if i % 10 == 9}
+        wait_for(lambda: members(store, "senior") == start, "the backfill")
+        for round_no in range(3):
+            for i in range(round_no, 400, 3):
+                set_contact(store, f"c{i:04d}", {"seniority": str(9 if i % 2 else 1)})
+            terminate_other_backends(store)
+        expected = {f"c{i:04d}" for i in range(400) if i % 2}
+        wait_for(lambda: members(store, "senior") == expected, "every change applied")
+    finally:
+        running.stop()
+    records = [r for r in caplog.records if r.name.startswith("personatag.stream")]
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
+    assert not [r for r in records if "standby" in r.getMessage()]
+    entries = log_of(store, "senior")
+    for cid in {c for c, _ in entries}:
+        changes = [ch for c, ch in entries if c == cid]
+        assert all(a != b for a, b in itertools.pairwise(changes)), (cid, changes)
