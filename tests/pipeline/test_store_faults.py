@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, execute, resolve
 from personatag.pipeline.dispatcher import Dispatcher
 from personatag.pipeline.progress import Progress
+from personatag.pipeline.results import ChangesBuilder, changes_csv_gz, changes_of
 from personatag.store import Store
 from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population, terminate_other_backends
@@ -94,10 +96,11 @@ def test_a_job_whose_connections_are_terminated_mid_transaction_finishes_exactly
         spec={"request": "killed"},
     )
     progress = FaultAfterItems(store, job_pk, lambda: terminate_other_backends(store))
+    changes = ChangesBuilder(store)  # bulk entries' lines, built beside the transaction
     try:
         result = execute(
             store,
-            Settings(),
+            Settings(bulk_log_threshold=10),
             plan,
             request_id="killed",
             request_pk=request_pk,
@@ -106,9 +109,15 @@ def test_a_job_whose_connections_are_terminated_mid_transaction_finishes_exactly
             dry_run=False,
             actor="ana",
             progress=progress,
+            changes=changes,
         )
+        with store.read() as conn:
+            data = gzip.decompress(
+                changes_csv_gz(changes_of(conn, store, request_pk, prebuilt=changes))
+            )
     finally:
         progress.close()
+        changes.close()
     assert progress.fired >= 1  # the job's own session was among those ended
     assert result.status == "partial"  # "nobody" is not a contact
     assert (result.counts.tagged, result.failed) == (100 + 200 + 2, 1)
@@ -126,6 +135,11 @@ def test_a_job_whose_connections_are_terminated_mid_transaction_finishes_exactly
         status, error = job.one()
     assert logged == 302  # each enter logged once: the rolled-back try left nothing
     assert (status, error) == ("partial", None)
+    lines = data.decode().splitlines()
+    assert lines[0] == "contact_id,persona,change"
+    assert sorted(lines[1:]) == sorted(
+        f"{cid},{key},enter" for key, ids in got.items() for cid in ids
+    )  # the changes file lists each enter once
 
 
 def _csv_request(rid: int, order: list[str], n: int) -> bytes:
