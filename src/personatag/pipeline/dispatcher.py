@@ -114,6 +114,11 @@ def watch_folder(root: Path | None, wake: threading.Event) -> Any:
     return observer
 
 
+def _one_line(text: str) -> str:
+    """A message for a summary or a log line: one line, whitespace runs folded."""
+    return " ".join(text.split()) or "unknown error"
+
+
 def request_id_for_key(key: str) -> str:
     """The request id of a file that names none (or cannot be read): its key
     without the extension, every run of other characters folded to one '_'
@@ -192,7 +197,12 @@ class Dispatcher:
         for key in keys:
             if key in finished:
                 continue
-            if self._claim(key):
+            try:
+                claimed = self._claim(key)
+            except Exception:  # one key the store refuses must not hold up the others
+                log.exception("request file %s could not be claimed", key)
+                continue
+            if claimed:
                 job = self._prepare_safely(key)
                 if job is not None:
                     queued += 1
@@ -268,7 +278,7 @@ class Dispatcher:
     def _prepare_safely(self, key: str) -> _Prepared | None:
         try:
             return self.prepare(key)
-        except Exception:  # a bug in one request must not stop the dispatcher
+        except Exception:  # prepare ends every file itself; this is the store failing
             log.exception("request file %s could not be prepared", key)
             return None
 
@@ -288,9 +298,39 @@ class Dispatcher:
 
         Returns the queued job, or None when the file is already finished
         (malformed, invalid, or a duplicate of a request that ran): those get
-        their result files here.
+        their result files here. Whatever goes wrong while preparing (a parser
+        or compiler that raises, a store that refuses a value) ends the file
+        as a failed request with a summary that says why: no file is left
+        claimed without an outcome, to fail again on every restart.
         """
         started = utcnow()
+        parsed: list[RequestFile] = []
+        try:
+            return self._prepare(key, started, parsed)
+        except Exception as exc:
+            request = parsed[0] if parsed else None
+            request_id = request.request_id if request else request_id_for_key(key)
+            reason = _one_line(reason_of(exc))
+            unexpected = not isinstance(exc, PersonatagError)
+            log.warning(
+                "request file %s failed while being prepared: %s",
+                key,
+                reason,
+                exc_info=unexpected and log.isEnabledFor(logging.DEBUG),
+            )
+            summary = self._summary(
+                request_id,
+                key,
+                jobs.FAILED,
+                {},
+                started,
+                error=f"{key}: the request could not be prepared: {reason}",
+                req=request,
+            )
+            self._refuse(key, request_id, summary)
+            return None
+
+    def _prepare(self, key: str, started: Any, parsed: list[RequestFile]) -> _Prepared | None:
         try:
             bucket = self.buckets["requests"]
             max_bytes = self.settings.max_request_bytes
@@ -305,6 +345,7 @@ class Dispatcher:
             summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
             self._refuse(key, request_id, summary)
             return None
+        parsed.append(request)
         return self._queue(key, request, started)
 
     def _refuse(
@@ -431,8 +472,12 @@ class Dispatcher:
         if previous is not None:  # this request ran before (same id, another file)
             self._done(key, request.request_id, "duplicate")
             return None
-        self._own_job(job_pk)
-        self._name_request(key, request.request_id)
+        try:
+            self._own_job(job_pk)
+            self._name_request(key, request.request_id)
+        except Exception as exc:  # the job must not stay queued with nobody to run it
+            self._abandon(job_pk, f"the request could not be prepared: {_one_line(reason_of(exc))}")
+            raise
         return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
 
     def run(self, job: _Prepared) -> str:
@@ -671,6 +716,13 @@ class Dispatcher:
                 finally:
                     loaded.drop(conn)
         return out
+
+    def _abandon(self, job_pk: int, error: str) -> None:
+        """Fail a queued job that will not run (its file is ended as failed)."""
+        with self._lock:
+            self._owned.discard(job_pk)
+        with self.store.write() as conn:
+            jobs.finish_job(conn, self.store, job_pk, jobs.FAILED, {}, error=error)
 
     def _cancelled_while_queued(self, job_pk: int) -> bool:
         j = self.store.tables.jobs
