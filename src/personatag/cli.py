@@ -824,11 +824,11 @@ def dispatcher(
         store(), buckets(), settings(), workers=workers, deadline_s=deadline, poll_s=poll
     )
     if once:
-        d.recover()
-        d.scan()
-        d.drain()
+        waiting = d.run_once()
         d.close()
         typer.echo(f"dispatcher: {d.stats.claimed} claimed, finished {d.stats.finished}")
+        for key, why in waiting.items():
+            typer.echo(f"dispatcher: {key} not run: {why} in another dispatcher; run again later")
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

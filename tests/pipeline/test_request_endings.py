@@ -9,16 +9,27 @@ results folder that cannot be written).
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from personatag.buckets import Buckets, open_buckets
+from personatag.buckets import BucketError, Buckets, open_buckets
 from personatag.config import Settings
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.domain import utcnow
+from personatag.pipeline import jobs
+from personatag.pipeline.dispatcher import Dispatcher, request_id_for_key
+from personatag.pipeline.request_files import (
+    RequestFileError,
+    parse_request,
+    request_id_from_name,
+)
 from personatag.pipeline.submit import submit_file, wait_for_result
-from personatag.store import Store
+from personatag.store import Store, open_store
 from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
@@ -108,3 +119,178 @@ def test_a_job_whose_preparation_fails_after_it_was_recorded_ends_failed(env: En
     summary = wait_for_result(b, store, submitted, timeout=0)
     assert "active.json is not valid JSON" in summary["error"]
     assert "\n" not in summary["error"]
+
+
+# -- item 8: files waiting for their request, file names, links --------------------
+
+
+def run_cli_once(store_url: str, data_dir: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")}
+    env |= {"PERSONATAG_STORE_URL": store_url, "PERSONATAG_DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "personatag.cli", "dispatcher", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return done.stdout
+
+
+def expr_request(rid: str, expr: str = 'region = "EMEA"') -> bytes:
+    return json.dumps({"version": 1, "request_id": rid, "persona": "emea", "expr": expr}).encode()
+
+
+def test_once_reports_a_file_whose_request_runs_in_another_dispatcher(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Issue 17 item 8: `dispatcher --once` left a file whose request id another
+    dispatcher was running unclaimed and said nothing about it. It names it."""
+    store = open_store(store_url)
+    add_persona(store, "emea", name="EMEA", category="region")
+    b = open_buckets(Settings(data_dir=tmp_path))
+    # A job of r1 queued by a dispatcher that is alive (this very process).
+    _, job_pk, _ = jobs.open_request(
+        store,
+        request_id="r1",
+        submitted_by=None,
+        persona_pk=None,
+        action="tag",
+        engine="local",
+        criterion_pk=None,
+        expr='region = "EMEA"',
+        as_of=utcnow(),
+        dry_run=False,
+        spec={"expr": 'region = "EMEA"'},
+        status=jobs.QUEUED,
+        owner=f"{socket.gethostname()}:{os.getpid()}:",
+    )
+    b["requests"].put("again.json", expr_request("r1"))
+    out = run_cli_once(store_url, tmp_path)
+    assert f"again.json not run: request r1 is queued (job {job_pk})" in out
+    assert "again.json" not in outcomes(store)  # left for a later run, not lost
+
+
+def test_once_finishes_files_whose_request_ran_from_another_file(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Issue 17 item 8: `dispatcher --once` left the second file of a request id
+    (a copy, or a different request under the same id) unclaimed and
+    unreported when the first one was still queued. It waits for that run and
+    then ends the file: a duplicate, or refused as a different request."""
+    store = open_store(store_url)
+    add_contacts(store, population(400))
+    add_persona(store, "emea", name="EMEA", category="region")
+    b = open_buckets(Settings(data_dir=tmp_path))
+    req = b["requests"]
+    req.put("a0.json", expr_request("r0"))  # keeps the one worker busy meanwhile
+    req.put("a1.json", expr_request("r1"))
+    req.put("a2.json", expr_request("r2"))
+    req.put("b1.json", expr_request("r1"))  # the same file again
+    req.put("b2.json", expr_request("r2", 'region = "APAC"'))  # another request, same id
+    out = run_cli_once(store_url, tmp_path)
+    assert "not run" not in out
+    assert outcomes(store) == {
+        "a0.json": "succeeded",
+        "a1.json": "succeeded",
+        "a2.json": "succeeded",
+        "b1.json": "duplicate",
+        "b2.json": "failed",
+    }
+    refused = json.loads(b["results"].get("b2+refused/summary.json"))
+    assert "was already used by a2.json for a different request" in refused["error"]
+
+
+@pytest.mark.parametrize("name", ["my batch.csv", "in/sales team.csv", "no id é.json"])
+def test_a_file_name_that_is_no_request_id_is_refused_alike(env: Env, name: str) -> None:
+    """Issue 17 item 8: `my batch.csv` was refused by `submit` but ran as
+    `my_batch` when dropped in the bucket (and a JSON file without an id was
+    renamed the same way). One rule: the dispatcher refuses it with the message
+    `submit` gives, and nothing runs under a folded name."""
+    store, b, settings = env
+    if name.endswith(".csv"):
+        data = b"contact_id,persona,action\nc0001,emea,tag\n"
+    else:
+        data = json.dumps({"version": 1, "persona": "emea", "expr": 'region = "EMEA"'}).encode()
+    with pytest.raises(RequestFileError) as refused:
+        parse_request(data, name=name, id_from_name=True)
+    with pytest.raises(RequestFileError) as by_submit:  # a CSV's id is always its name
+        submit_file(b, data, name=name) if name.endswith(".csv") else request_id_from_name(name)
+    assert str(by_submit.value) == str(refused.value)
+    b["requests"].put(name, data)
+    run_once(store, b, settings)
+
+    assert outcomes(store) == {name: "failed"}
+    assert job_statuses(store) == []
+    folded = request_id_for_key(name)
+    summary = json.loads(b["results"].get(f"{folded}/summary.json"))
+    assert summary["error"] == str(refused.value)
+    assert "the request id comes from the file name" in summary["error"]
+
+
+def test_a_csv_submitted_again_is_the_same_request(env: Env) -> None:
+    """Issue 17 item 8 (the same rule): a CSV file submitted again was stored as
+    `<id>.2.csv`, which the dispatcher ran as another request (`<id>_2`). The
+    second file keeps the request id and reports the recorded result."""
+    store, b, settings = env
+    data = b"contact_id,persona,action\nc0001,emea,tag\n"
+    first = submit_file(b, data, name="batch.csv")
+    run_once(store, b, settings)
+    second = submit_file(b, data, name="batch.csv")
+    assert second["request_id"] == "batch" and second["key"] != first["key"]
+    run_once(store, b, settings)
+    assert outcomes(store) == {first["key"]: "succeeded", second["key"]: "duplicate"}
+    assert wait_for_result(b, store, second, timeout=0)["status"] == "succeeded"
+    assert len(job_statuses(store)) == 1
+
+
+def test_a_link_in_a_local_requests_bucket_is_refused_unread(env: Env, tmp_path: Path) -> None:
+    """Issue 17 item 8: a `leak.csv` in a local requests bucket that links to a
+    system file was followed, and the file's first line ended up in a summary
+    any viewer can read. Links (to files or folders) are refused unread."""
+    store, b, settings = env
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    root = b["requests"].local_root
+    assert root is not None
+    (root / "leak.csv").symlink_to(secret / "passwd")
+    (root / "linked").symlink_to(secret, target_is_directory=True)
+    (secret / "inside.csv").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run_once(store, b, settings)
+
+    found = outcomes(store)
+    assert found.get("leak.csv") == "failed"
+    for rid in ("leak", *(["linked_inside"] if "linked/inside.csv" in found else [])):
+        summary = json.loads(b["results"].get(f"{rid}/summary.json"))
+        assert "is a symbolic link" in summary["error"] and "root:x" not in summary["error"]
+    assert all(outcome == "failed" for outcome in found.values())
+    assert not any(b"root:x" in b["results"].get(k) for k in b["results"].list())
+
+
+def test_local_bucket_refuses_links_and_special_files(tmp_path: Path) -> None:
+    """Issue 17 item 8: a local bucket read through links (and would block
+    forever on a FIFO). Reading one is a clear BucketError; the target is not
+    opened; writing through a linked folder is refused."""
+    bucket = open_buckets(Settings(data_dir=tmp_path))["requests"]
+    root = bucket.local_root
+    assert root is not None
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.csv").write_bytes(b"secret")
+    (root / "link.csv").symlink_to(outside / "f.csv")
+    (root / "dir").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(root / "pipe.csv")
+    for key, why in (
+        ("link.csv", "is a symbolic link"),
+        ("dir/f.csv", "is a symbolic link"),
+        ("pipe.csv", "is not a regular file"),
+    ):
+        assert bucket.exists(key)
+        for read in (bucket.get, bucket.size, bucket.open):
+            with pytest.raises(BucketError, match=why):
+                read(key)
+    with pytest.raises(BucketError, match="is a symbolic link"):
+        bucket.put("dir/new.csv", b"x")
+    assert sorted(p.name for p in outside.iterdir()) == ["f.csv"]

@@ -120,9 +120,10 @@ def _one_line(text: str) -> str:
 
 
 def request_id_for_key(key: str) -> str:
-    """The request id of a file that names none (or cannot be read): its key
-    without the extension, every run of other characters folded to one '_'
-    (`evil/../x.json` -> `evil_x`), so it is always a safe results folder."""
+    """The results folder of a file whose request id cannot be read (or is
+    refused): its key without the extension, every run of other characters
+    folded to one '_' (`evil/../x.json` -> `evil_x`), so it is always a safe
+    folder name. Never the id a request runs under (see request_id_from_name)."""
     stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
     return _UNSAFE_ID.sub("_", stem).strip("_")[:128] or "request"
 
@@ -145,6 +146,9 @@ class DispatcherStats:
     last_scan_at: float | None = None
     claimed: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    # Files the last scan left for later, and why: their request runs from
+    # another file (tried again once that run has ended).
+    waiting: dict[str, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -188,6 +192,7 @@ class Dispatcher:
         """Claim every unclaimed request file (and orphaned claims); queue them."""
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
+        self.stats.waiting = {}
         # Files of other types (a README, a notes.txt) are not requests: left alone.
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
@@ -335,10 +340,11 @@ class Dispatcher:
             bucket = self.buckets["requests"]
             max_bytes = self.settings.max_request_bytes
             check_size(bucket.size(key), name=key, max_bytes=max_bytes)
-            # A file without its own request id gets one derived from its key, so
-            # reading it again (after a crash) names the same request.
+            # A file without its own request id takes it from its name, by the
+            # same rule as `submit` (so reading it again names the same request);
+            # a name that is no request id is refused, never folded into one.
             request = parse_request(
-                bucket.get(key), name=key, max_bytes=max_bytes, request_id=request_id_for_key(key)
+                bucket.get(key), name=key, max_bytes=max_bytes, id_from_name=True
             )
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
@@ -354,14 +360,17 @@ class Dispatcher:
         request_id: str,
         summary: dict[str, Any],
         failures: list[FailedRow] | None = None,
+        *,
+        taken: bool = False,
     ) -> None:
         """Report a file that never became a job. Its results go to its request's
         folder, unless another file already reported there (a request that ran,
-        or another refusal): then to `<key>+refused/`, which no request id can
-        name ('+' is not allowed in ids), so nothing finished is overwritten."""
+        or another refusal) or `taken` (another request has the id: its job may
+        still be writing there): then to `<key>+refused/`, which no request id
+        can name ('+' is not allowed in ids), so nothing finished is overwritten."""
         results = self.buckets["results"]
         folder = request_id
-        if results.exists(f"{request_id}/summary.json"):
+        if taken or results.exists(f"{request_id}/summary.json"):
             folder = f"{request_id_for_key(key)}+refused"
         summary = {**summary, "results": folder}
         write_results(
@@ -401,7 +410,7 @@ class Dispatcher:
                 summary = self._summary(
                     request.request_id, key, jobs.FAILED, {}, started, error=error, req=request
                 )
-                self._refuse(key, request.request_id, summary)
+                self._refuse(key, request.request_id, summary, taken=True)
             return None
         if request.format == "csv":
             # A CSV file names many contacts: rows of a persona that cannot be
@@ -453,11 +462,15 @@ class Dispatcher:
                 owner=self.owner,
             )
         except PersonatagError as exc:  # a different request under a used id, or one running
-            if self._running_elsewhere(request.request_id):
+            running = self._running_elsewhere(request.request_id)
+            if running is not None:
                 # Let go of the file: a later scan sees how that run ended.
                 rf = self.store.tables.request_files
                 with self.store.write() as conn:
                     conn.execute(rf.delete().where(rf.c.key == key))
+                why = f"request {request.request_id} is {running[1]} (job {running[0]})"
+                self.stats.waiting[key] = why
+                log.info("request file %s waits: %s; tried again when it ends", key, why)
                 return None
             prior = self._prior_success(request.request_id)  # it may have just ended
             if prior is not None and (prior == key or self._same_content(prior, key)):
@@ -467,7 +480,7 @@ class Dispatcher:
             summary = self._summary(
                 request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
             )
-            self._refuse(key, request.request_id, summary, row_failures)
+            self._refuse(key, request.request_id, summary, row_failures, taken=True)
             return None
         if previous is not None:  # this request ran before (same id, another file)
             self._done(key, request.request_id, "duplicate")
@@ -762,21 +775,20 @@ class Dispatcher:
             return None
         return str(json.loads(row.spec).get("source") or "")
 
-    def _running_elsewhere(self, request_id: str) -> bool:
+    def _running_elsewhere(self, request_id: str) -> tuple[int, str] | None:
+        """(job pk, status) of a queued or running job of this request, if any."""
         t = self.store.tables
         with self.store.read() as conn:
-            return (
-                conn.scalar(
-                    select(t.jobs.c.pk)
-                    .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
-                    .where(
-                        t.requests.c.request_id == request_id,
-                        t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
-                    )
-                    .limit(1)
+            row = conn.execute(
+                select(t.jobs.c.pk, t.jobs.c.status)
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(
+                    t.requests.c.request_id == request_id,
+                    t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
                 )
-                is not None
-            )
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.pk), str(row.status))
 
     def _same_content(self, other_key: str, key: str) -> bool:
         """Are two request files byte for byte the same (a file dropped twice)?"""
@@ -874,6 +886,23 @@ class Dispatcher:
             return max(len(self._futures) - len(self._running), 0)
 
     # -- the loop -------------------------------------------------------------
+
+    def run_once(self) -> dict[str, str]:
+        """Run what is in the requests bucket now, then stop (`dispatcher --once`).
+
+        A file whose request runs from another file waits for that run and is
+        tried again when it ends (it then runs, or is a duplicate, or is
+        refused), so nothing is left behind unreported. Returns the files still
+        waiting at the end, and why: their request runs in another dispatcher.
+        """
+        self.recover()
+        while True:
+            queued = self.scan()
+            self.drain()
+            # Only a job this dispatcher queued can have ended since the scan.
+            if not self.stats.waiting or not queued:
+                break
+        return dict(self.stats.waiting)
 
     def serve(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Scan on start, then whenever woken or every poll interval, until `stop`.

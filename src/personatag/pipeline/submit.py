@@ -19,8 +19,9 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
 
     A JSON request without a request_id gets one (written into the stored
     file); a CSV request's id is its file name. Submitting a request id again
-    stores another file (`<id>.2.json`, ...): a request that failed runs again,
-    one that succeeded reports its recorded result. Returns {"request_id", "key"}.
+    stores another file (`<id>.2.json`, `<id>.2/<id>.csv`, ...): a request that
+    failed runs again, one that succeeded reports its recorded result. Returns
+    {"request_id", "key"}.
     """
     req = parse_request(data, name=name)
     if detect_format(name) == "json":
@@ -33,7 +34,9 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
     n = 1
     while requests.exists(key):
         n += 1
-        key = f"{req.request_id}.{n}.{ext}"
+        # A CSV file's name is its request id: another file of it goes in a folder.
+        rid = req.request_id
+        key = f"{rid}.{n}.json" if ext == "json" else f"{rid}.{n}/{rid}.csv"
     requests.put(key, body)
     return {"request_id": req.request_id, "key": key}
 
