@@ -281,7 +281,10 @@ class LocalBucket(Bucket):
         parts = key.split("/")
         for i, part in enumerate(parts):
             path = path / part
-            info = os.lstat(path)  # FileNotFoundError: no such object
+            try:
+                info = os.lstat(path)
+            except NotADirectoryError:  # under a file: no such object either
+                raise FileNotFoundError(path) from None
             if stat.S_ISLNK(info.st_mode):
                 raise BucketError(self._not_regular(key, path, "a symbolic link"))
             if i < len(parts) - 1:

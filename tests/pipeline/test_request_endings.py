@@ -8,19 +8,22 @@ results folder that cannot be written).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from personatag.buckets import BucketError, Buckets, open_buckets
 from personatag.config import Settings
 from personatag.domain import utcnow
+from personatag.errors import PersonatagError
 from personatag.pipeline import jobs
 from personatag.pipeline.dispatcher import Dispatcher, request_id_for_key
 from personatag.pipeline.request_files import (
@@ -199,7 +202,7 @@ def test_once_finishes_files_whose_request_ran_from_another_file(
         "b2.json": "failed",
     }
     refused = json.loads(b["results"].get("b2+refused/summary.json"))
-    assert "was already used by a2.json for a different request" in refused["error"]
+    assert "for a different request" in refused["error"]
 
 
 @pytest.mark.parametrize("name", ["my batch.csv", "in/sales team.csv", "no id é.json"])
@@ -294,3 +297,99 @@ def test_local_bucket_refuses_links_and_special_files(tmp_path: Path) -> None:
     with pytest.raises(BucketError, match="is a symbolic link"):
         bucket.put("dir/new.csv", b"x")
     assert sorted(p.name for p in outside.iterdir()) == ["f.csv"]
+
+
+# -- item 5: a results bucket that fails ---------------------------------------------
+
+
+def break_folder(b: Buckets) -> Path:
+    """Make the local results area fail for real: its folder becomes a file."""
+    root = b["results"].local_root
+    assert root is not None
+    shutil.rmtree(root)
+    root.write_bytes(b"not a folder")
+    return root
+
+
+def log_rows(store: Store) -> int:
+    t = store.tables
+    with store.read() as conn:
+        return int(conn.scalar(select(func.count()).select_from(t.membership_log)) or 0)
+
+
+KINDS = {
+    # kind: (file, body, outcome once reported, job statuses)
+    "succeeded": ("r1.json", expr_request("r1"), "succeeded", ["succeeded"]),
+    "job failed": (
+        "r1.json",
+        json.dumps(
+            {
+                "version": 1,
+                "request_id": "r1",
+                "persona": "emea",
+                "engine": "nope",
+                "expr": 'region = "EMEA"',
+            }
+        ).encode(),
+        "failed",
+        ["failed"],
+    ),
+    "refused": ("r1.json", b'{"version": 1, "persona": ', "failed", []),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
+    env: Env, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 5: a results bucket that failed mid-run stranded the request
+    (its memberships committed, no summary, no outcome) until the dispatcher
+    restarted, and nothing said why. Writing is retried with backoff; then the
+    file's outcome is `results_failed` with the error (and a job that succeeded
+    says so), a waiter is told, and a later dispatcher writes the results from
+    the store without running the job again."""
+    store, b, settings = env
+    key, body, outcome, statuses = KINDS[kind]
+    root = break_folder(b)
+    b["requests"].put(key, body)
+    d = Dispatcher(store, b, settings, workers=1, results_attempts=2, results_backoff_s=0.01)
+    d.scan()
+    d.drain()
+    d.close()
+
+    rf = store.tables.request_files
+    with store.read() as conn:
+        row = conn.execute(select(rf).where(rf.c.key == key)).one()
+    assert row.outcome == "results_failed"
+    assert row.error.startswith("results could not be written: cannot write 'r1/")
+    assert "attempt 1 of 2" in caplog.text
+    assert job_statuses(store) == statuses
+    applied = log_rows(store)
+    if kind == "succeeded":
+        assert applied == 3  # the memberships committed
+        job = jobs.get_job(store, "r1")
+        assert job["error"].startswith("results could not be written")
+        assert job["progress"]["phase"] == "writing results"
+    if kind == "job failed":
+        assert "unknown engine 'nope'" in jobs.get_job(store, "r1")["error"]
+    with pytest.raises(PersonatagError, match="results could not be written"):
+        wait_for_result(b, store, {"key": key, "request_id": "r1"}, timeout=0)
+
+    root.unlink()  # the bucket is back; a restarted dispatcher writes the results
+    run_once(store, b, settings)
+
+    assert outcomes(store) == {key: outcome}
+    assert job_statuses(store) == statuses  # no job ran again
+    assert log_rows(store) == applied
+    summary = wait_for_result(b, store, {"key": key, "request_id": "r1"}, timeout=0)
+    assert summary["status"] == outcome
+    if kind == "succeeded":
+        assert summary["counts"]["tagged"] == 3
+        job = jobs.get_job(store, "r1")
+        assert job["error"] is None and job["progress"]["phase"] == "done"
+        data = gzip.decompress(b["results"].get("r1/changes.csv.gz")).decode()
+        assert data.count(",emea,enter") == 3
+    elif kind == "job failed":
+        assert "unknown engine 'nope'" in summary["error"]
+    else:
+        assert "not valid JSON" in summary["error"]

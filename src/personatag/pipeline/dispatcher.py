@@ -52,6 +52,10 @@ from personatag.store import Store
 log = logging.getLogger(__name__)
 
 REQUEST_SUFFIXES = (".json", ".csv")
+# A file finished but for its result files (the results bucket failed); a later
+# scan writes them from the store. See docs/requests.md.
+RESULTS_FAILED = "results_failed"
+RESULTS_RETRY_MAX_S = 60.0
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -163,10 +167,13 @@ class Dispatcher:
         poll_s: float | None = None,
         stale_s: float = 30.0,
         progress_s: float = 1.0,
+        results_attempts: int = 4,
+        results_backoff_s: float = 0.5,
         metrics: Metrics | None = None,
     ) -> None:
         """`progress_s`: a running job writes its progress counts at most this
-        often (phase changes are written at once)."""
+        often (phase changes are written at once). Result files are written up
+        to `results_attempts` times, `results_backoff_s` apart (doubling)."""
         self.store = store
         self.buckets = buckets
         self.settings = settings
@@ -175,6 +182,8 @@ class Dispatcher:
         self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
         self.progress_s = progress_s
+        self.results_attempts = max(results_attempts, 1)
+        self.results_backoff_s = results_backoff_s
         self.metrics = metrics or default_metrics()
         workers = self.workers
         self.owner = _owner_token()
@@ -183,6 +192,12 @@ class Dispatcher:
         self._running: dict[int, JobControl] = {}
         self._owned: set[int] = set()  # queued or running jobs of this dispatcher
         self._stopping = False
+        self._closing = threading.Event()  # cuts a wait between result attempts short
+        # Files whose result files could not be written: when to try them again
+        # (in memory: a restarted dispatcher tries them at once).
+        self._retry_at: dict[str, tuple[float, float]] = {}
+        # A retry from a scan tries once: the scan must not sleep through backoffs.
+        self._retrying = threading.local()
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
 
@@ -197,10 +212,22 @@ class Dispatcher:
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
         with self.store.read() as conn:  # one query, not a failed claim per old file
-            finished = set(conn.scalars(select(rf.c.key).where(rf.c.outcome.is_not(None))))
+            ended = {
+                r.key: r
+                for r in conn.execute(
+                    select(rf.c.key, rf.c.outcome, rf.c.claimed_at, rf.c.job_pk).where(
+                        rf.c.outcome.is_not(None)
+                    )
+                )
+            }
         queued = 0
         for key in keys:
-            if key in finished:
+            if key in ended:
+                if ended[key].outcome == RESULTS_FAILED:
+                    job = self._retry_results(ended[key])
+                    if job is not None:
+                        queued += 1
+                        self._submit(job)
                 continue
             try:
                 claimed = self._claim(key)
@@ -368,15 +395,19 @@ class Dispatcher:
         or another refusal) or `taken` (another request has the id: its job may
         still be writing there): then to `<key>+refused/`, which no request id
         can name ('+' is not allowed in ids), so nothing finished is overwritten."""
-        results = self.buckets["results"]
         folder = request_id
-        if taken or results.exists(f"{request_id}/summary.json"):
-            folder = f"{request_id_for_key(key)}+refused"
+        try:
+            if taken or self.buckets["results"].exists(f"{request_id}/summary.json"):
+                folder = f"{request_id_for_key(key)}+refused"
+        except Exception as exc:  # the results bucket fails: a later scan refuses it again
+            unchecked = f"results could not be written: {_one_line(reason_of(exc))}"
+            self._done(key, request_id, jobs.FAILED, results_error=unchecked)
+            return
         summary = {**summary, "results": folder}
-        write_results(
-            results, self.store, request_id=folder, summary=summary, failures=failures or []
+        error = self._write_results(
+            key, request_id=folder, summary=summary, failures=failures or []
         )
-        self._done(key, request_id, jobs.FAILED)
+        self._done(key, request_id, jobs.FAILED, results_error=error)
 
     def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
         row_failures = [
@@ -514,7 +545,6 @@ class Dispatcher:
             job.row_failures,
             job.started,
         )
-        results = self.buckets["results"]
         control = JobControl(self.deadline_s)
         with self._lock:
             self._running[job_pk] = control
@@ -579,9 +609,8 @@ class Dispatcher:
         if succeeded:
             progress.phase(WRITING_RESULTS)
         try:
-            write_results(
-                results,
-                self.store,
+            results_error = self._write_results(
+                key,
                 request_id=request.request_id,
                 summary=summary,
                 failures=failures,
@@ -590,9 +619,9 @@ class Dispatcher:
             )
         finally:
             changes.close()
-        if succeeded:
+        if succeeded and results_error is None:
             progress.phase(DONE)
-        self._done(key, request.request_id, status)
+        self._done(key, request.request_id, status, job_pk=job_pk, results_error=results_error)
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
             request.engine,
@@ -661,16 +690,19 @@ class Dispatcher:
             "error": error,
         }
 
-    def _report_recorded(self, key: str, request: RequestFile) -> None:
+    def _report_recorded(self, key: str, request: RequestFile, job_pk: int | None = None) -> None:
+        """Write the result files of a job that ran (job `job_pk`, or the newest
+        job of the request) from what the store recorded."""
         t = self.store.tables
+        query = select(t.jobs, t.requests.c.pk.label("req_pk")).join(
+            t.requests, t.requests.c.pk == t.jobs.c.request_pk
+        )
+        if job_pk is not None:
+            query = query.where(t.jobs.c.pk == job_pk)
+        else:
+            query = query.where(t.requests.c.request_id == request.request_id)
         with self.store.read() as conn:
-            row = conn.execute(
-                select(t.jobs, t.requests.c.pk.label("req_pk"))
-                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
-                .where(t.requests.c.request_id == request.request_id)
-                .order_by(t.jobs.c.pk.desc())
-                .limit(1)
-            ).one()
+            row = conn.execute(query.order_by(t.jobs.c.pk.desc()).limit(1)).one()
         failures = [
             FailedRow(line, cid, reason, persona)
             for line, cid, persona, reason in request.row_errors
@@ -701,19 +733,18 @@ class Dispatcher:
             if row.finished_at and row.started_at
             else None
         )
-        write_results(
-            self.buckets["results"],
-            self.store,
+        error = self._write_results(
+            key,
             request_id=request.request_id,
             summary=summary,
             failures=failures,
             request_pk=row.req_pk,
         )
-        if row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
+        if error is None and row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
             reported = Progress(self.store, row.pk)
             reported.phase(DONE)
             reported.close()
-        self._done(key, request.request_id, row.status)
+        self._done(key, request.request_id, row.status, job_pk=row.pk, results_error=error)
 
     def _unknown_ids(self, items: list[Item]) -> list[FailedRow]:
         """The failed rows a list request had, found the way its job found them."""
@@ -803,14 +834,140 @@ class Dispatcher:
         with self.store.write() as conn:
             conn.execute(update(rf).where(rf.c.key == key).values(request_id=request_id))
 
-    def _done(self, key: str, request_id: str, outcome: str) -> None:
+    def _done(
+        self,
+        key: str,
+        request_id: str,
+        outcome: str,
+        *,
+        job_pk: int | None = None,
+        results_error: str | None = None,
+    ) -> None:
+        """Record a file's outcome; with `results_error`, the outcome is
+        `results_failed` (the file is finished but for its result files, which a
+        later scan writes from the store) and a job that succeeded says so."""
         rf = self.store.tables.request_files
+        values: dict[str, Any] = {"request_id": request_id, "outcome": outcome, "error": None}
+        if job_pk is not None:
+            values["job_pk"] = job_pk
+        if results_error is not None:
+            values |= {"outcome": RESULTS_FAILED, "error": results_error}
         with self.store.write() as conn:
-            conn.execute(
-                update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
-            )
+            conn.execute(update(rf).where(rf.c.key == key).values(**values))
+            if job_pk is not None:
+                note = None if results_error is None else f"{results_error}; tried again later"
+                jobs.note_results(conn, self.store, job_pk, note)
+        if results_error is not None:
+            log.error("request file %s: %s; a later scan tries again", key, results_error)
+            self._schedule_retry(key)
+        else:
+            self._retry_at.pop(key, None)
+        outcome = values["outcome"]
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         self.metrics.record_request(outcome)
+
+    # -- result files -----------------------------------------------------------
+
+    def _write_results(
+        self,
+        key: str,
+        *,
+        request_id: str,
+        summary: dict[str, Any],
+        failures: list[FailedRow],
+        request_pk: int | None = None,
+        prebuilt: ChangesBuilder | None = None,
+        attempts: int | None = None,
+    ) -> str | None:
+        """Write a request's result files, trying again with backoff when the
+        results bucket (or the store behind changes.csv.gz) fails. Returns None
+        once they are written, or the last error, in one line."""
+        attempts = attempts or (
+            1 if getattr(self._retrying, "on", False) else self.results_attempts
+        )
+        delay = self.results_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                write_results(
+                    self.buckets["results"],
+                    self.store,
+                    request_id=request_id,
+                    summary=summary,
+                    failures=failures,
+                    request_pk=request_pk,
+                    prebuilt=prebuilt,
+                )
+                return None
+            except Exception as exc:
+                error = f"results could not be written: {_one_line(reason_of(exc))}"
+                prebuilt = None  # its parts were taken: build them from the store again
+            if attempt < attempts:
+                log.warning(
+                    "request file %s: %s (attempt %d of %d); trying again in %.1f s",
+                    key,
+                    error,
+                    attempt,
+                    attempts,
+                    delay,
+                )
+                if self._closing.wait(delay):
+                    break
+                delay *= 2
+        return error
+
+    def _schedule_retry(self, key: str) -> None:
+        """Try `key`'s result files again later, the interval doubling each time."""
+        due, delay = self._retry_at.get(key, (0.0, self.results_backoff_s))
+        if due > time.monotonic():
+            return  # this attempt was scheduled already
+        delay = min(delay * 2, RESULTS_RETRY_MAX_S)
+        self._retry_at[key] = (time.monotonic() + delay, delay)
+
+    def _retry_results(self, row: Any) -> _Prepared | None:
+        """Write the result files of a file whose results could not be written
+        (outcome `results_failed`), once per backoff interval: the job it ran
+        is reported from the store, never run again; a file that never became
+        a job is prepared again. One dispatcher at a time takes it."""
+        key = row.key
+        due, _ = self._retry_at.get(key, (0.0, 0.0))
+        if time.monotonic() < due:
+            return None
+        rf = self.store.tables.request_files
+        values: dict[str, Any] = {"claimed_by": self.owner, "claimed_at": utcnow()}
+        if row.job_pk is None:  # prepared again: an open claim, like a new file's
+            values |= {"outcome": None, "error": None}
+        with self.store.write() as conn:
+            took = conn.execute(
+                update(rf)
+                .where(
+                    rf.c.key == key,
+                    rf.c.outcome == RESULTS_FAILED,
+                    rf.c.claimed_at == row.claimed_at,
+                )
+                .values(**values),
+                execution_options={"preserve_rowcount": True},
+            ).rowcount
+        if not took:
+            return None
+        self._schedule_retry(key)  # whatever happens below, not again before then
+        log.info("request file %s: writing its result files again", key)
+        self._retrying.on = True
+        try:
+            if row.job_pk is None:
+                return self._prepare_safely(key)
+            bucket = self.buckets["requests"]
+            request = parse_request(
+                bucket.get(key),
+                name=key,
+                max_bytes=self.settings.max_request_bytes,
+                id_from_name=True,
+            )
+            self._report_recorded(key, request, job_pk=row.job_pk)
+        except Exception:
+            log.exception("request file %s: its result files could not be written again", key)
+        finally:
+            self._retrying.on = False
+        return None
 
     # -- recovery, heartbeats, cancel -------------------------------------------
 
@@ -944,6 +1101,7 @@ class Dispatcher:
         """Stop: running jobs roll back and their files stay claimable, so the
         next dispatcher runs them again (a shutdown is not a user's cancel)."""
         self._stopping = True
+        self._closing.set()
         with self._lock:
             for control in self._running.values():
                 control.shutdown()

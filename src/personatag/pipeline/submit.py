@@ -46,14 +46,22 @@ def wait_for_result(
 ) -> dict[str, Any]:
     """Wait until the dispatcher has finished the submitted file, then return the
     summary that reports it (the request's, or its `+refused` folder's)."""
-    from personatag.pipeline.dispatcher import request_id_for_key
+    from personatag.pipeline.dispatcher import RESULTS_FAILED, request_id_for_key
 
     key, request_id = submitted["key"], submitted["request_id"]
     rf = store.tables.request_files
     deadline = time.monotonic() + timeout
     while True:
         with store.read() as conn:
-            outcome = conn.scalar(select(rf.c.outcome).where(rf.c.key == key))
+            row = conn.execute(select(rf.c.outcome, rf.c.error).where(rf.c.key == key)).first()
+        outcome = row.outcome if row is not None else None
+        if row is not None and outcome == RESULTS_FAILED:
+            # It ran (or was refused), but its report is not there: say so now
+            # rather than wait for a dispatcher's later attempt.
+            raise PersonatagError(
+                f"{request_id} finished, but {row.error} (a dispatcher tries again; "
+                f"`personatag jobs show {request_id}` has its status)"
+            )
         if outcome is not None:
             break
         if time.monotonic() >= deadline:
