@@ -393,3 +393,47 @@ def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
         assert "unknown engine 'nope'" in summary["error"]
     else:
         assert "not valid JSON" in summary["error"]
+
+
+def test_results_on_an_s3_server_that_stops_are_written_once_it_is_back(
+    store: Store, tmp_path: Path
+) -> None:
+    """Issue 17 item 5 on S3: the server stops between the job's start and its
+    report. The memberships commit, the file ends `results_failed` (not
+    stranded), and once the server is back a restarted dispatcher writes the
+    report without running the job again."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.s3server import S3_BUCKET, free_port, s3_client, s3_settings
+
+    add_contacts(store, population(12))
+    add_persona(store, "emea", name="EMEA", category="region")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        s3_client(endpoint).create_bucket(Bucket=S3_BUCKET)
+        settings = s3_settings(endpoint, tmp_path)
+        b = open_buckets(settings)
+        b["requests"].put("r1.json", expr_request("r1"))
+        # One attempt: the S3 client retries a refused connection by itself.
+        d = Dispatcher(store, b, settings, workers=1, results_attempts=1)
+        assert d._claim("r1.json")
+        job = d.prepare("r1.json")
+        assert job is not None
+        server.stop()  # the bucket goes away while the job runs
+        assert d.run(job) == "succeeded"
+        d.close()
+        assert outcomes(store) == {"r1.json": "results_failed"}
+        assert log_rows(store) == 3
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        run_once(store, b, settings)
+        assert outcomes(store) == {"r1.json": "succeeded"}
+        assert job_statuses(store) == ["succeeded"] and log_rows(store) == 3
+        summary = json.loads(b["results"].get("r1/summary.json"))
+        assert summary["status"] == "succeeded" and summary["counts"]["tagged"] == 3
+    finally:
+        server.stop()
