@@ -717,13 +717,15 @@ class Dispatcher:
         failures += self._unknown_ids(items)
         failures.sort(key=lambda f: f.line)
         counts = json.loads(row.counts or "{}")
+        succeeded = row.status in (jobs.SUCCEEDED, jobs.PARTIAL)
         summary = self._summary(
             request.request_id,
             key,
             row.status,
             counts,
             row.started_at or row.queued_at,
-            error=row.error,
+            # A job that succeeded has an error only to say its results are missing.
+            error=None if succeeded else row.error,
             req=request,
             job_pk=row.pk,
         )
