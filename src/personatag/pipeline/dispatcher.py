@@ -965,6 +965,8 @@ class Dispatcher:
                 id_from_name=True,
             )
             self._report_recorded(key, request, job_pk=row.job_pk)
+        except PersonatagError as exc:  # the file is gone or unreadable: say so, try later
+            log.warning("request file %s: its result files cannot be written yet: %s", key, exc)
         except Exception:
             log.exception("request file %s: its result files could not be written again", key)
         finally:
