@@ -198,6 +198,7 @@ class Dispatcher:
         self._retry_at: dict[str, tuple[float, float]] = {}
         # A retry from a scan tries once: the scan must not sleep through backoffs.
         self._retrying = threading.local()
+        self._waited: dict[str, str] = {}  # stats.waiting of the scan before
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
 
@@ -207,7 +208,7 @@ class Dispatcher:
         """Claim every unclaimed request file (and orphaned claims); queue them."""
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
-        self.stats.waiting = {}
+        self._waited, self.stats.waiting = self.stats.waiting, {}
         # Files of other types (a README, a notes.txt) are not requests: left alone.
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
@@ -501,7 +502,8 @@ class Dispatcher:
                     conn.execute(rf.delete().where(rf.c.key == key))
                 why = f"request {request.request_id} is {running[1]} (job {running[0]})"
                 self.stats.waiting[key] = why
-                log.info("request file %s waits: %s; tried again when it ends", key, why)
+                if key not in self._waited:  # once, not on every poll while it runs
+                    log.info("request file %s waits: %s; tried again when it ends", key, why)
                 return None
             prior = self._prior_success(request.request_id)  # it may have just ended
             if prior is not None and (prior == key or self._same_content(prior, key)):
