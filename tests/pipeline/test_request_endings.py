@@ -437,3 +437,29 @@ def test_results_on_an_s3_server_that_stops_are_written_once_it_is_back(
         assert summary["status"] == "succeeded" and summary["counts"]["tagged"] == 3
     finally:
         server.stop()
+
+
+def test_a_running_dispatcher_writes_missing_results_on_a_later_scan(env: Env) -> None:
+    """Issue 17 item 5: results that could not be written were only retried
+    after a restart (a live dispatcher never took its own file over). A later
+    scan of the same dispatcher writes them, without running the job again."""
+    store, b, settings = env
+    root = break_folder(b)
+    b["requests"].put("r1.json", expr_request("r1"))
+    # No backoff between attempts, so the next scan is due at once.
+    d = Dispatcher(store, b, settings, workers=1, results_attempts=1, results_backoff_s=0)
+    try:
+        d.scan()
+        d.drain()
+        assert outcomes(store) == {"r1.json": "results_failed"}
+        d.scan()  # the bucket still fails: tried again, still missing
+        d.drain()
+        assert outcomes(store) == {"r1.json": "results_failed"}
+        root.unlink()
+        d.scan()
+        d.drain()
+    finally:
+        d.close()
+    assert outcomes(store) == {"r1.json": "succeeded"}
+    assert job_statuses(store) == ["succeeded"] and log_rows(store) == 3
+    assert json.loads(b["results"].get("r1/summary.json"))["status"] == "succeeded"
