@@ -45,17 +45,14 @@ from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, r
 from personatag.pipeline.contact_lists import FailedRow, LoadedList
 from personatag.pipeline.control import JobControl
 from personatag.pipeline.progress import DONE, WRITING_RESULTS, Progress
+from personatag.pipeline.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
-from personatag.pipeline.results import ChangesBuilder, write_results
+from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
 
 log = logging.getLogger(__name__)
 
 REQUEST_SUFFIXES = (".json", ".csv")
-# A file finished but for its result files (the results bucket failed); a later
-# scan writes them from the store. See docs/requests.md.
-RESULTS_FAILED = "results_failed"
-RESULTS_RETRY_MAX_S = 60.0
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -118,11 +115,6 @@ def watch_folder(root: Path | None, wake: threading.Event) -> Any:
     return observer
 
 
-def _one_line(text: str) -> str:
-    """A message for a summary or a log line: one line, whitespace runs folded."""
-    return " ".join(text.split()) or "unknown error"
-
-
 def request_id_for_key(key: str) -> str:
     """The results folder of a file whose request id cannot be read (or is
     refused): its key without the extension, every run of other characters
@@ -182,8 +174,6 @@ class Dispatcher:
         self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
         self.progress_s = progress_s
-        self.results_attempts = max(results_attempts, 1)
-        self.results_backoff_s = results_backoff_s
         self.metrics = metrics or default_metrics()
         workers = self.workers
         self.owner = _owner_token()
@@ -192,12 +182,9 @@ class Dispatcher:
         self._running: dict[int, JobControl] = {}
         self._owned: set[int] = set()  # queued or running jobs of this dispatcher
         self._stopping = False
-        self._closing = threading.Event()  # cuts a wait between result attempts short
-        # Files whose result files could not be written: when to try them again
-        # (in memory: a restarted dispatcher tries them at once).
-        self._retry_at: dict[str, tuple[float, float]] = {}
-        # A retry from a scan tries once: the scan must not sleep through backoffs.
-        self._retrying = threading.local()
+        self._results = ResultWriter(
+            store, buckets, attempts=results_attempts, backoff_s=results_backoff_s
+        )
         self._waited: dict[str, str] = {}  # stats.waiting of the scan before
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
@@ -343,7 +330,7 @@ class Dispatcher:
         except Exception as exc:
             request = parsed[0] if parsed else None
             request_id = request.request_id if request else request_id_for_key(key)
-            reason = _one_line(reason_of(exc))
+            reason = one_line(reason_of(exc))
             unexpected = not isinstance(exc, PersonatagError)
             log.warning(
                 "request file %s failed while being prepared: %s",
@@ -401,11 +388,11 @@ class Dispatcher:
             if taken or self.buckets["results"].exists(f"{request_id}/summary.json"):
                 folder = f"{request_id_for_key(key)}+refused"
         except Exception as exc:  # the results bucket fails: a later scan refuses it again
-            unchecked = f"results could not be written: {_one_line(reason_of(exc))}"
+            unchecked = f"results could not be written: {one_line(reason_of(exc))}"
             self._done(key, request_id, jobs.FAILED, results_error=unchecked)
             return
         summary = {**summary, "results": folder}
-        error = self._write_results(
+        error = self._results.write(
             key, request_id=folder, summary=summary, failures=failures or []
         )
         self._done(key, request_id, jobs.FAILED, results_error=error)
@@ -522,7 +509,7 @@ class Dispatcher:
             self._own_job(job_pk)
             self._name_request(key, request.request_id)
         except Exception as exc:  # the job must not stay queued with nobody to run it
-            self._abandon(job_pk, f"the request could not be prepared: {_one_line(reason_of(exc))}")
+            self._abandon(job_pk, f"the request could not be prepared: {one_line(reason_of(exc))}")
             raise
         return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
 
@@ -611,7 +598,7 @@ class Dispatcher:
         if succeeded:
             progress.phase(WRITING_RESULTS)
         try:
-            results_error = self._write_results(
+            results_error = self._results.write(
                 key,
                 request_id=request.request_id,
                 summary=summary,
@@ -737,7 +724,7 @@ class Dispatcher:
             if row.finished_at and row.started_at
             else None
         )
-        error = self._write_results(
+        error = self._results.write(
             key,
             request_id=request.request_id,
             summary=summary,
@@ -863,69 +850,14 @@ class Dispatcher:
                 jobs.note_results(conn, self.store, job_pk, note)
         if results_error is not None:
             log.error("request file %s: %s; a later scan tries again", key, results_error)
-            self._schedule_retry(key)
+            self._results.schedule(key)
         else:
-            self._retry_at.pop(key, None)
+            self._results.written(key)
         outcome = values["outcome"]
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         self.metrics.record_request(outcome)
 
     # -- result files -----------------------------------------------------------
-
-    def _write_results(
-        self,
-        key: str,
-        *,
-        request_id: str,
-        summary: dict[str, Any],
-        failures: list[FailedRow],
-        request_pk: int | None = None,
-        prebuilt: ChangesBuilder | None = None,
-        attempts: int | None = None,
-    ) -> str | None:
-        """Write a request's result files, trying again with backoff when the
-        results bucket (or the store behind changes.csv.gz) fails. Returns None
-        once they are written, or the last error, in one line."""
-        attempts = attempts or (
-            1 if getattr(self._retrying, "on", False) else self.results_attempts
-        )
-        delay = self.results_backoff_s
-        for attempt in range(1, attempts + 1):
-            try:
-                write_results(
-                    self.buckets["results"],
-                    self.store,
-                    request_id=request_id,
-                    summary=summary,
-                    failures=failures,
-                    request_pk=request_pk,
-                    prebuilt=prebuilt,
-                )
-                return None
-            except Exception as exc:
-                error = f"results could not be written: {_one_line(reason_of(exc))}"
-                prebuilt = None  # its parts were taken: build them from the store again
-            if attempt < attempts:
-                log.warning(
-                    "request file %s: %s (attempt %d of %d); trying again in %.1f s",
-                    key,
-                    error,
-                    attempt,
-                    attempts,
-                    delay,
-                )
-                if self._closing.wait(delay):
-                    break
-                delay *= 2
-        return error
-
-    def _schedule_retry(self, key: str) -> None:
-        """Try `key`'s result files again later, the interval doubling each time."""
-        due, delay = self._retry_at.get(key, (0.0, self.results_backoff_s))
-        if due > time.monotonic():
-            return  # this attempt was scheduled already
-        delay = min(delay * 2, RESULTS_RETRY_MAX_S)
-        self._retry_at[key] = (time.monotonic() + delay, delay)
 
     def _retry_results(self, row: Any) -> _Prepared | None:
         """Write the result files of a file whose results could not be written
@@ -933,8 +865,7 @@ class Dispatcher:
         is reported from the store, never run again; a file that never became
         a job is prepared again. One dispatcher at a time takes it."""
         key = row.key
-        due, _ = self._retry_at.get(key, (0.0, 0.0))
-        if time.monotonic() < due:
+        if not self._results.due(key):
             return None
         rf = self.store.tables.request_files
         values: dict[str, Any] = {"claimed_by": self.owner, "claimed_at": utcnow()}
@@ -953,26 +884,23 @@ class Dispatcher:
             ).rowcount
         if not took:
             return None
-        self._schedule_retry(key)  # whatever happens below, not again before then
+        self._results.schedule(key)  # whatever happens below, not again before then
         log.info("request file %s: writing its result files again", key)
-        self._retrying.on = True
-        try:
+        with self._results.single_attempt():
             if row.job_pk is None:
                 return self._prepare_safely(key)
-            bucket = self.buckets["requests"]
-            request = parse_request(
-                bucket.get(key),
-                name=key,
-                max_bytes=self.settings.max_request_bytes,
-                id_from_name=True,
-            )
-            self._report_recorded(key, request, job_pk=row.job_pk)
-        except PersonatagError as exc:  # the file is gone or unreadable: say so, try later
-            log.warning("request file %s: its result files cannot be written yet: %s", key, exc)
-        except Exception:
-            log.exception("request file %s: its result files could not be written again", key)
-        finally:
-            self._retrying.on = False
+            try:
+                request = parse_request(
+                    self.buckets["requests"].get(key),
+                    name=key,
+                    max_bytes=self.settings.max_request_bytes,
+                    id_from_name=True,
+                )
+                self._report_recorded(key, request, job_pk=row.job_pk)
+            except PersonatagError as exc:  # the file is gone or unreadable: try later
+                log.warning("request file %s: its result files cannot be written yet: %s", key, exc)
+            except Exception:
+                log.exception("request file %s: its result files could not be written again", key)
         return None
 
     # -- recovery, heartbeats, cancel -------------------------------------------
@@ -1107,7 +1035,7 @@ class Dispatcher:
         """Stop: running jobs roll back and their files stay claimable, so the
         next dispatcher runs them again (a shutdown is not a user's cancel)."""
         self._stopping = True
-        self._closing.set()
+        self._results.closing.set()
         with self._lock:
             for control in self._running.values():
                 control.shutdown()

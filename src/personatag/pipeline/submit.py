@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from personatag.buckets import Buckets
 from personatag.errors import PersonatagError
+from personatag.pipeline.reporting import RESULTS_FAILED
 from personatag.pipeline.request_files import detect_format, parse_request, request_to_json
 from personatag.store import Store
 
@@ -46,7 +47,7 @@ def wait_for_result(
 ) -> dict[str, Any]:
     """Wait until the dispatcher has finished the submitted file, then return the
     summary that reports it (the request's, or its `+refused` folder's)."""
-    from personatag.pipeline.dispatcher import RESULTS_FAILED, request_id_for_key
+    from personatag.pipeline.dispatcher import request_id_for_key
 
     key, request_id = submitted["key"], submitted["request_id"]
     rf = store.tables.request_files
