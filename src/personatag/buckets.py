@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -218,7 +219,14 @@ class Bucket:
 
 
 class LocalBucket(Bucket):
-    """An area in a local folder; writes go to a temp file in the target folder, then os.replace."""
+    """An area in a local folder; writes go to a temp file in the target folder, then os.replace.
+
+    Only regular files in plain folders are objects: a symbolic link (to a file
+    or a folder) or a FIFO, socket or device under the area is refused when
+    read, without opening what it points to, and never written through. Other
+    processes drop files into these folders; a link to /etc/passwd must not
+    end up in a report.
+    """
 
     def __init__(self, area: str, root: Path) -> None:
         root = root.resolve()
@@ -236,6 +244,81 @@ class LocalBucket(Bucket):
         validate_key(key)
         with self._errors("write", key):
             self._write(key, lambda out: out.write(data))
+
+    def get(self, key: str) -> bytes:
+        validate_key(key)
+        with self._errors("read", key), self._open_regular(key) as handle:
+            return handle.read()
+
+    def open(self, key: str) -> BinaryIO:
+        validate_key(key)
+        with self._errors("open", key):
+            handle = self._open_regular(key)
+        raw = _Reader(handle, lambda action: self._errors(action, key))
+        return io.BufferedReader(raw, buffer_size=_COPY_CHUNK)
+
+    def size(self, key: str) -> int:
+        validate_key(key)
+        with self._errors("stat", key):
+            return self._lstat(key).st_size
+
+    def _is_file(self, path: str) -> bool:
+        # Anything but a folder counts, so that reading it says why it is refused.
+        key = path[len(self._root) + 1 :]
+        try:
+            self._lstat(key, regular=False)
+        except FileNotFoundError:
+            return False
+        except BucketError:  # a link: there is something, and reading it says why not
+            return True
+        return True
+
+    def _lstat(self, key: str, *, regular: bool = True) -> os.stat_result:
+        """The lstat of `key`'s file: FileNotFoundError for a missing object or a
+        folder, BucketError for a symbolic link on the way or (with `regular`) a
+        final entry that is not a regular file. No link is ever followed."""
+        path = self._folder
+        parts = key.split("/")
+        for i, part in enumerate(parts):
+            path = path / part
+            try:
+                info = os.lstat(path)
+            except NotADirectoryError:  # under a file: no such object either
+                raise FileNotFoundError(path) from None
+            if stat.S_ISLNK(info.st_mode):
+                raise BucketError(self._not_regular(key, path, "a symbolic link"))
+            if i < len(parts) - 1:
+                if not stat.S_ISDIR(info.st_mode):
+                    raise FileNotFoundError(path)
+            elif stat.S_ISDIR(info.st_mode):
+                raise FileNotFoundError(path)
+            elif regular and not stat.S_ISREG(info.st_mode):
+                raise BucketError(self._not_regular(key, path, "not a regular file"))
+        return info
+
+    def _open_regular(self, key: str) -> BinaryIO:
+        self._lstat(key)
+        # O_NOFOLLOW and the fstat close the gap between the check and the open.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self._folder / key, flags)
+        except OSError as exc:
+            if exc.errno == getattr(os, "ELOOP", -1):
+                raise BucketError(
+                    self._not_regular(key, self._folder / key, "a symbolic link")
+                ) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BucketError(self._not_regular(key, self._folder / key, "not a regular file"))
+        os.set_blocking(fd, True)
+        return builtins.open(fd, "rb")
+
+    def _not_regular(self, key: str, path: Path, what: str) -> str:
+        return (
+            f"cannot read {key!r} in bucket area {self.area!r}: {path.as_uri()} is {what}; "
+            "only regular files are objects in a local bucket (links are not followed)"
+        )
 
     def put_file(self, key: str, path: Path) -> None:
         validate_key(key)
@@ -255,6 +338,14 @@ class LocalBucket(Bucket):
 
     def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         target = self._folder / key
+        folder = self._folder
+        for part in key.split("/")[:-1]:  # never write through a linked folder
+            folder = folder / part
+            if folder.is_symlink():
+                raise BucketError(
+                    f"cannot write {key!r} in bucket area {self.area!r}: {folder.as_uri()} "
+                    "is a symbolic link; only plain folders hold objects in a local bucket"
+                )
         target.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target, so os.replace is a rename on one file system.
         temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"

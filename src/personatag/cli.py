@@ -824,11 +824,16 @@ def dispatcher(
         store(), buckets(), settings(), workers=workers, deadline_s=deadline, poll_s=poll
     )
     if once:
-        d.recover()
-        d.scan()
-        d.drain()
+        waiting = d.run_once()
         d.close()
         typer.echo(f"dispatcher: {d.stats.claimed} claimed, finished {d.stats.finished}")
+        for key, why in waiting.items():
+            typer.echo(f"dispatcher: {key} not run: {why} in another dispatcher; run again later")
+        if d.stats.finished.get("results_failed"):
+            typer.echo(
+                f"dispatcher: {d.stats.finished['results_failed']} file(s) finished but their "
+                "result files could not be written; the next run writes them"
+            )
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -58,7 +58,7 @@ JOB_DURATION_BUCKETS = (
 
 # Exported at 0 from the start, so rate() and alerts see the series before the
 # first request of that kind finishes. Other values are still accepted.
-REQUEST_STATUSES = ("succeeded", "partial", "failed", "cancelled", "duplicate")
+REQUEST_STATUSES = ("succeeded", "partial", "failed", "cancelled", "duplicate", "results_failed")
 WEBHOOK_OUTCOMES = ("delivered", "failed", "dead_lettered")
 
 
@@ -70,7 +70,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "personatag_requests",
-            "Request files finished, by outcome (a job status, or duplicate).",
+            "Request files finished, by outcome (a job status, duplicate or results_failed).",
             ["status"],
             registry=r,
         )

@@ -188,6 +188,21 @@ def test_wait_for_the_summary(api: Api, dispatcher: None) -> None:
     assert r.json()["summary"]["counts"]["tagged"] == 10
 
 
+def test_wait_sees_a_request_that_failed_while_being_prepared(api: Api, dispatcher: None) -> None:
+    """Issue 17 item 4: an API waiter saw `submitted` forever for a request whose
+    preparation raised (here an expression nested 5,000 deep): the dispatcher
+    left it without an outcome. It gets the failed summary with the reason."""
+    expr = "(" * 5000 + 'region = "APAC"' + ")" * 5000
+    body = {"version": 1, "request_id": "deep-1", "persona": "emea", "expr": expr}
+    r = api.client.post(
+        f"{API}/requests?wait=true&timeout=30", json=body, headers=api.headers("editor")
+    )
+    assert r.status_code == 200, r.text
+    summary = r.json()["summary"]
+    assert summary["status"] == "failed" and summary["request_id"] == "deep-1"
+    assert summary["error"].startswith("deep-1.json: ") and "\n" not in summary["error"]
+
+
 def test_wait_that_times_out_is_still_accepted(api: Api) -> None:
     body = {"version": 1, "persona": "emea", "expr": 'region = "APAC"'}
     r = api.client.post(

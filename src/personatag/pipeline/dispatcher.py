@@ -45,8 +45,9 @@ from personatag.pipeline.adhoc import Item, RequestFailed, execute, reason_of, r
 from personatag.pipeline.contact_lists import FailedRow, LoadedList
 from personatag.pipeline.control import JobControl
 from personatag.pipeline.progress import DONE, WRITING_RESULTS, Progress
+from personatag.pipeline.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
-from personatag.pipeline.results import ChangesBuilder, write_results
+from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
 from personatag.store.transient import retrying
 
@@ -116,9 +117,10 @@ def watch_folder(root: Path | None, wake: threading.Event) -> Any:
 
 
 def request_id_for_key(key: str) -> str:
-    """The request id of a file that names none (or cannot be read): its key
-    without the extension, every run of other characters folded to one '_'
-    (`evil/../x.json` -> `evil_x`), so it is always a safe results folder."""
+    """The results folder of a file whose request id cannot be read (or is
+    refused): its key without the extension, every run of other characters
+    folded to one '_' (`evil/../x.json` -> `evil_x`), so it is always a safe
+    folder name. Never the id a request runs under (see request_id_from_name)."""
     stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
     return _UNSAFE_ID.sub("_", stem).strip("_")[:128] or "request"
 
@@ -141,6 +143,9 @@ class DispatcherStats:
     last_scan_at: float | None = None
     claimed: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    # Files the last scan left for later, and why: their request runs from
+    # another file (tried again once that run has ended).
+    waiting: dict[str, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -155,10 +160,13 @@ class Dispatcher:
         poll_s: float | None = None,
         stale_s: float = 30.0,
         progress_s: float = 1.0,
+        results_attempts: int = 4,
+        results_backoff_s: float = 0.5,
         metrics: Metrics | None = None,
     ) -> None:
         """`progress_s`: a running job writes its progress counts at most this
-        often (phase changes are written at once)."""
+        often (phase changes are written at once). Result files are written up
+        to `results_attempts` times, `results_backoff_s` apart (doubling)."""
         self.store = store
         self.buckets = buckets
         self.settings = settings
@@ -175,6 +183,10 @@ class Dispatcher:
         self._running: dict[int, JobControl] = {}
         self._owned: set[int] = set()  # queued or running jobs of this dispatcher
         self._stopping = False
+        self._results = ResultWriter(
+            store, buckets, attempts=results_attempts, backoff_s=results_backoff_s
+        )
+        self._waited: dict[str, str] = {}  # stats.waiting of the scan before
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
 
@@ -184,16 +196,34 @@ class Dispatcher:
         """Claim every unclaimed request file (and orphaned claims); queue them."""
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
+        self._waited, self.stats.waiting = self.stats.waiting, {}
         # Files of other types (a README, a notes.txt) are not requests: left alone.
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
         with self.store.read() as conn:  # one query, not a failed claim per old file
-            finished = set(conn.scalars(select(rf.c.key).where(rf.c.outcome.is_not(None))))
+            ended = {
+                r.key: r
+                for r in conn.execute(
+                    select(rf.c.key, rf.c.outcome, rf.c.claimed_at, rf.c.job_pk).where(
+                        rf.c.outcome.is_not(None)
+                    )
+                )
+            }
         queued = 0
         for key in keys:
-            if key in finished:
+            if key in ended:
+                if ended[key].outcome == RESULTS_FAILED:
+                    job = self._retry_results(ended[key])
+                    if job is not None:
+                        queued += 1
+                        self._submit(job)
                 continue
-            if self._claim(key):
+            try:
+                claimed = self._claim(key)
+            except Exception:  # one key the store refuses must not hold up the others
+                log.exception("request file %s could not be claimed", key)
+                continue
+            if claimed:
                 job = self._prepare_safely(key)
                 if job is not None:
                     queued += 1
@@ -269,7 +299,7 @@ class Dispatcher:
     def _prepare_safely(self, key: str) -> _Prepared | None:
         try:
             return self.prepare(key)
-        except Exception:  # a bug in one request must not stop the dispatcher
+        except Exception:  # prepare ends every file itself; this is the store failing
             log.exception("request file %s could not be prepared", key)
             return None
 
@@ -289,23 +319,55 @@ class Dispatcher:
 
         Returns the queued job, or None when the file is already finished
         (malformed, invalid, or a duplicate of a request that ran): those get
-        their result files here.
+        their result files here. Whatever goes wrong while preparing (a parser
+        or compiler that raises, a store that refuses a value) ends the file
+        as a failed request with a summary that says why: no file is left
+        claimed without an outcome, to fail again on every restart.
         """
         started = utcnow()
+        parsed: list[RequestFile] = []
+        try:
+            return self._prepare(key, started, parsed)
+        except Exception as exc:
+            request = parsed[0] if parsed else None
+            request_id = request.request_id if request else request_id_for_key(key)
+            reason = one_line(reason_of(exc))
+            unexpected = not isinstance(exc, PersonatagError)
+            log.warning(
+                "request file %s failed while being prepared: %s",
+                key,
+                reason,
+                exc_info=unexpected and log.isEnabledFor(logging.DEBUG),
+            )
+            summary = self._summary(
+                request_id,
+                key,
+                jobs.FAILED,
+                {},
+                started,
+                error=f"{key}: the request could not be prepared: {reason}",
+                req=request,
+            )
+            self._refuse(key, request_id, summary)
+            return None
+
+    def _prepare(self, key: str, started: Any, parsed: list[RequestFile]) -> _Prepared | None:
         try:
             bucket = self.buckets["requests"]
             max_bytes = self.settings.max_request_bytes
             check_size(bucket.size(key), name=key, max_bytes=max_bytes)
-            # A file without its own request id gets one derived from its key, so
-            # reading it again (after a crash) names the same request.
+            # A file without its own request id takes it from its name, by the
+            # same rule as `submit` (so reading it again names the same request);
+            # a name that is no request id is refused, never folded into one.
             request = parse_request(
-                bucket.get(key), name=key, max_bytes=max_bytes, request_id=request_id_for_key(key)
+                bucket.get(key), name=key, max_bytes=max_bytes, id_from_name=True
             )
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
             summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
             self._refuse(key, request_id, summary)
             return None
+        parsed.append(request)
         return self._queue(key, request, started)
 
     def _refuse(
@@ -314,20 +376,27 @@ class Dispatcher:
         request_id: str,
         summary: dict[str, Any],
         failures: list[FailedRow] | None = None,
+        *,
+        taken: bool = False,
     ) -> None:
         """Report a file that never became a job. Its results go to its request's
         folder, unless another file already reported there (a request that ran,
-        or another refusal): then to `<key>+refused/`, which no request id can
-        name ('+' is not allowed in ids), so nothing finished is overwritten."""
-        results = self.buckets["results"]
+        or another refusal) or `taken` (another request has the id: its job may
+        still be writing there): then to `<key>+refused/`, which no request id
+        can name ('+' is not allowed in ids), so nothing finished is overwritten."""
         folder = request_id
-        if results.exists(f"{request_id}/summary.json"):
-            folder = f"{request_id_for_key(key)}+refused"
+        try:
+            if taken or self.buckets["results"].exists(f"{request_id}/summary.json"):
+                folder = f"{request_id_for_key(key)}+refused"
+        except Exception as exc:  # the results bucket fails: a later scan refuses it again
+            unchecked = f"results could not be written: {one_line(reason_of(exc))}"
+            self._done(key, request_id, jobs.FAILED, results_error=unchecked)
+            return
         summary = {**summary, "results": folder}
-        write_results(
-            results, self.store, request_id=folder, summary=summary, failures=failures or []
+        error = self._results.write(
+            key, request_id=folder, summary=summary, failures=failures or []
         )
-        self._done(key, request_id, jobs.FAILED)
+        self._done(key, request_id, jobs.FAILED, results_error=error)
 
     def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
         row_failures = [
@@ -361,7 +430,7 @@ class Dispatcher:
                 summary = self._summary(
                     request.request_id, key, jobs.FAILED, {}, started, error=error, req=request
                 )
-                self._refuse(key, request.request_id, summary)
+                self._refuse(key, request.request_id, summary, taken=True)
             return None
         if request.format == "csv":
             # A CSV file names many contacts: rows of a persona that cannot be
@@ -413,11 +482,16 @@ class Dispatcher:
                 owner=self.owner,
             )
         except PersonatagError as exc:  # a different request under a used id, or one running
-            if self._running_elsewhere(request.request_id):
+            running = self._running_elsewhere(request.request_id)
+            if running is not None:
                 # Let go of the file: a later scan sees how that run ended.
                 rf = self.store.tables.request_files
                 with self.store.write() as conn:
                     conn.execute(rf.delete().where(rf.c.key == key))
+                why = f"request {request.request_id} is {running[1]} (job {running[0]})"
+                self.stats.waiting[key] = why
+                if key not in self._waited:  # once, not on every poll while it runs
+                    log.info("request file %s waits: %s; tried again when it ends", key, why)
                 return None
             prior = self._prior_success(request.request_id)  # it may have just ended
             if prior is not None and (prior == key or self._same_content(prior, key)):
@@ -427,13 +501,17 @@ class Dispatcher:
             summary = self._summary(
                 request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
             )
-            self._refuse(key, request.request_id, summary, row_failures)
+            self._refuse(key, request.request_id, summary, row_failures, taken=True)
             return None
         if previous is not None:  # this request ran before (same id, another file)
             self._done(key, request.request_id, "duplicate")
             return None
-        self._own_job(job_pk)
-        self._name_request(key, request.request_id)
+        try:
+            self._own_job(job_pk)
+            self._name_request(key, request.request_id)
+        except Exception as exc:  # the job must not stay queued with nobody to run it
+            self._abandon(job_pk, f"the request could not be prepared: {one_line(reason_of(exc))}")
+            raise
         return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
 
     def run(self, job: _Prepared) -> str:
@@ -457,7 +535,6 @@ class Dispatcher:
             job.row_failures,
             job.started,
         )
-        results = self.buckets["results"]
         control = JobControl(self.deadline_s)
         with self._lock:
             self._running[job_pk] = control
@@ -522,9 +599,8 @@ class Dispatcher:
         if succeeded:
             progress.phase(WRITING_RESULTS)
         try:
-            write_results(
-                results,
-                self.store,
+            results_error = self._results.write(
+                key,
                 request_id=request.request_id,
                 summary=summary,
                 failures=failures,
@@ -533,9 +609,9 @@ class Dispatcher:
             )
         finally:
             changes.close()
-        if succeeded:
+        if succeeded and results_error is None:
             progress.phase(DONE)
-        self._done(key, request.request_id, status)
+        self._done(key, request.request_id, status, job_pk=job_pk, results_error=results_error)
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
             request.engine,
@@ -604,16 +680,19 @@ class Dispatcher:
             "error": error,
         }
 
-    def _report_recorded(self, key: str, request: RequestFile) -> None:
+    def _report_recorded(self, key: str, request: RequestFile, job_pk: int | None = None) -> None:
+        """Write the result files of a job that ran (job `job_pk`, or the newest
+        job of the request) from what the store recorded."""
         t = self.store.tables
+        query = select(t.jobs, t.requests.c.pk.label("req_pk")).join(
+            t.requests, t.requests.c.pk == t.jobs.c.request_pk
+        )
+        if job_pk is not None:
+            query = query.where(t.jobs.c.pk == job_pk)
+        else:
+            query = query.where(t.requests.c.request_id == request.request_id)
         with self.store.read() as conn:
-            row = conn.execute(
-                select(t.jobs, t.requests.c.pk.label("req_pk"))
-                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
-                .where(t.requests.c.request_id == request.request_id)
-                .order_by(t.jobs.c.pk.desc())
-                .limit(1)
-            ).one()
+            row = conn.execute(query.order_by(t.jobs.c.pk.desc()).limit(1)).one()
         failures = [
             FailedRow(line, cid, reason, persona)
             for line, cid, persona, reason in request.row_errors
@@ -628,13 +707,15 @@ class Dispatcher:
         failures += self._unknown_ids(items)
         failures.sort(key=lambda f: f.line)
         counts = json.loads(row.counts or "{}")
+        succeeded = row.status in (jobs.SUCCEEDED, jobs.PARTIAL)
         summary = self._summary(
             request.request_id,
             key,
             row.status,
             counts,
             row.started_at or row.queued_at,
-            error=row.error,
+            # A job that succeeded has an error only to say its results are missing.
+            error=None if succeeded else row.error,
             req=request,
             job_pk=row.pk,
         )
@@ -644,19 +725,18 @@ class Dispatcher:
             if row.finished_at and row.started_at
             else None
         )
-        write_results(
-            self.buckets["results"],
-            self.store,
+        error = self._results.write(
+            key,
             request_id=request.request_id,
             summary=summary,
             failures=failures,
             request_pk=row.req_pk,
         )
-        if row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
+        if error is None and row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
             reported = Progress(self.store, row.pk)
             reported.phase(DONE)
             reported.close()
-        self._done(key, request.request_id, row.status)
+        self._done(key, request.request_id, row.status, job_pk=row.pk, results_error=error)
 
     def _unknown_ids(self, items: list[Item]) -> list[FailedRow]:
         """The failed rows a list request had, found the way its job found them."""
@@ -672,6 +752,13 @@ class Dispatcher:
                 finally:
                     loaded.drop(conn)
         return out
+
+    def _abandon(self, job_pk: int, error: str) -> None:
+        """Fail a queued job that will not run (its file is ended as failed)."""
+        with self._lock:
+            self._owned.discard(job_pk)
+        with self.store.write() as conn:
+            jobs.finish_job(conn, self.store, job_pk, jobs.FAILED, {}, error=error)
 
     def _cancelled_while_queued(self, job_pk: int) -> bool:
         j = self.store.tables.jobs
@@ -714,21 +801,20 @@ class Dispatcher:
             return None
         return str(json.loads(row.spec).get("source") or "")
 
-    def _running_elsewhere(self, request_id: str) -> bool:
+    def _running_elsewhere(self, request_id: str) -> tuple[int, str] | None:
+        """(job pk, status) of a queued or running job of this request, if any."""
         t = self.store.tables
         with self.store.read() as conn:
-            return (
-                conn.scalar(
-                    select(t.jobs.c.pk)
-                    .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
-                    .where(
-                        t.requests.c.request_id == request_id,
-                        t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
-                    )
-                    .limit(1)
+            row = conn.execute(
+                select(t.jobs.c.pk, t.jobs.c.status)
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(
+                    t.requests.c.request_id == request_id,
+                    t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
                 )
-                is not None
-            )
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.pk), str(row.status))
 
     def _same_content(self, other_key: str, key: str) -> bool:
         """Are two request files byte for byte the same (a file dropped twice)?"""
@@ -743,18 +829,87 @@ class Dispatcher:
         with self.store.write() as conn:
             conn.execute(update(rf).where(rf.c.key == key).values(request_id=request_id))
 
-    def _done(self, key: str, request_id: str, outcome: str) -> None:
+    def _done(
+        self,
+        key: str,
+        request_id: str,
+        outcome: str,
+        *,
+        job_pk: int | None = None,
+        results_error: str | None = None,
+    ) -> None:
+        """Record a file's outcome; with `results_error`, the outcome is
+        `results_failed` (the file is finished but for its result files, which a
+        later scan writes from the store) and a job that succeeded says so."""
         rf = self.store.tables.request_files
+        values: dict[str, Any] = {"request_id": request_id, "outcome": outcome, "error": None}
+        if job_pk is not None:
+            values["job_pk"] = job_pk
+        if results_error is not None:
+            values |= {"outcome": RESULTS_FAILED, "error": results_error}
 
-        def record(_attempt: int) -> None:  # the same UPDATE again: safe to repeat
+        def record(_attempt: int) -> None:  # the same writes again: safe to repeat
             with self.store.write() as conn:
-                conn.execute(
-                    update(rf).where(rf.c.key == key).values(request_id=request_id, outcome=outcome)
-                )
+                conn.execute(update(rf).where(rf.c.key == key).values(**values))
+                if job_pk is not None:
+                    note = None if results_error is None else f"{results_error}; tried again later"
+                    jobs.note_results(conn, self.store, job_pk, note)
 
         retrying(record, what=f"request file {key}")
+        if results_error is not None:
+            log.error("request file %s: %s; a later scan tries again", key, results_error)
+            self._results.schedule(key)
+        else:
+            self._results.written(key)
+        outcome = values["outcome"]
         self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
         self.metrics.record_request(outcome)
+
+    # -- result files -----------------------------------------------------------
+
+    def _retry_results(self, row: Any) -> _Prepared | None:
+        """Write the result files of a file whose results could not be written
+        (outcome `results_failed`), once per backoff interval: the job it ran
+        is reported from the store, never run again; a file that never became
+        a job is prepared again. One dispatcher at a time takes it."""
+        key = row.key
+        if not self._results.due(key):
+            return None
+        rf = self.store.tables.request_files
+        values: dict[str, Any] = {"claimed_by": self.owner, "claimed_at": utcnow()}
+        if row.job_pk is None:  # prepared again: an open claim, like a new file's
+            values |= {"outcome": None, "error": None}
+        with self.store.write() as conn:
+            took = conn.execute(
+                update(rf)
+                .where(
+                    rf.c.key == key,
+                    rf.c.outcome == RESULTS_FAILED,
+                    rf.c.claimed_at == row.claimed_at,
+                )
+                .values(**values),
+                execution_options={"preserve_rowcount": True},
+            ).rowcount
+        if not took:
+            return None
+        self._results.schedule(key)  # whatever happens below, not again before then
+        log.info("request file %s: writing its result files again", key)
+        with self._results.single_attempt():
+            if row.job_pk is None:
+                return self._prepare_safely(key)
+            try:
+                request = parse_request(
+                    self.buckets["requests"].get(key),
+                    name=key,
+                    max_bytes=self.settings.max_request_bytes,
+                    id_from_name=True,
+                )
+                self._report_recorded(key, request, job_pk=row.job_pk)
+            except PersonatagError as exc:  # the file is gone or unreadable: try later
+                log.warning("request file %s: its result files cannot be written yet: %s", key, exc)
+            except Exception:
+                log.exception("request file %s: its result files could not be written again", key)
+        return None
 
     # -- recovery, heartbeats, cancel -------------------------------------------
 
@@ -831,6 +986,23 @@ class Dispatcher:
 
     # -- the loop -------------------------------------------------------------
 
+    def run_once(self) -> dict[str, str]:
+        """Run what is in the requests bucket now, then stop (`dispatcher --once`).
+
+        A file whose request runs from another file waits for that run and is
+        tried again when it ends (it then runs, or is a duplicate, or is
+        refused), so nothing is left behind unreported. Returns the files still
+        waiting at the end, and why: their request runs in another dispatcher.
+        """
+        self.recover()
+        while True:
+            queued = self.scan()
+            self.drain()
+            # Only a job this dispatcher queued can have ended since the scan.
+            if not self.stats.waiting or not queued:
+                break
+        return dict(self.stats.waiting)
+
     def serve(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Scan on start, then whenever woken or every poll interval, until `stop`.
 
@@ -871,6 +1043,7 @@ class Dispatcher:
         """Stop: running jobs roll back and their files stay claimable, so the
         next dispatcher runs them again (a shutdown is not a user's cancel)."""
         self._stopping = True
+        self._results.closing.set()
         with self._lock:
             for control in self._running.values():
                 control.shutdown()

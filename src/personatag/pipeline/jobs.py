@@ -173,6 +173,17 @@ def outcome(store: Store, job_pk: int) -> dict[str, Any] | None:
     return dict(json.loads(row.counts))
 
 
+def note_results(conn: Connection, store: Store, job_pk: int, error: str | None) -> None:
+    """Record (or clear, with None) on a job that succeeded why its request's
+    result files could not be written. A job that failed keeps its own error."""
+    jobs = store.tables.jobs
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.pk == job_pk, jobs.c.status.in_([SUCCEEDED, PARTIAL]))
+        .values(error=error)
+    )
+
+
 def _job_view(row: Any) -> dict[str, Any]:
     m = row._mapping
 

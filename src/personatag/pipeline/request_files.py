@@ -128,22 +128,42 @@ def _text(data: bytes, name: str) -> str:
     return text
 
 
+def request_id_from_name(name: str) -> str:
+    """The request id a file name gives: its last segment without the extension
+    (`in/batch-42.csv` is `batch-42`).
+
+    The one rule for every file whose id comes from its name (a CSV file, a
+    JSON file dropped without a `request_id`), in `submit`, the API and the
+    dispatcher alike: a name that is not a valid request id is refused with
+    RequestFileError, never folded into another id.
+    """
+    stem = _stem(name)
+    if problem := request_id_problem(stem):
+        raise RequestFileError(name, f"the request id comes from the file name and {problem}")
+    return stem
+
+
 def parse_request(
-    data: bytes, *, name: str, max_bytes: int = MAX_BYTES, request_id: str | None = None
+    data: bytes,
+    *,
+    name: str,
+    max_bytes: int = MAX_BYTES,
+    request_id: str | None = None,
+    id_from_name: bool = False,
 ) -> RequestFile:
     """Parse and validate one request file.
 
     `name` (file name or bucket key) picks the format by extension and prefixes
-    every message. `request_id` is used when the file gives none: a CSV file
-    never does (without it the file name's stem is the id); a JSON file without
-    one gets a new id. Callers that may read the same file twice (a rescan)
-    should pass a stable id, e.g. the key's stem.
+    every message. `request_id` is used when the file gives none. Without it a
+    CSV file's id comes from its name (`request_id_from_name`), and so does a
+    JSON file's with `id_from_name` (what a dispatcher that may read the same
+    file twice needs); otherwise a JSON file without one gets a new id.
     """
     fmt = detect_format(name)
     check_size(len(data), name=name, max_bytes=max_bytes)
     text = _text(data, name)
     if fmt == "json":
-        return _parse_json(text, name, request_id)
+        return _parse_json(text, name, request_id, id_from_name)
     return _parse_csv(text, name, request_id)
 
 
@@ -229,7 +249,7 @@ def _check_object(obj: dict[str, Any], name: str) -> RequestV1:
     return model
 
 
-def _parse_json(text: str, name: str, request_id: str | None) -> RequestFile:
+def _parse_json(text: str, name: str, request_id: str | None, id_from_name: bool) -> RequestFile:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_not_json_constant)
     except json.JSONDecodeError as exc:
@@ -258,7 +278,9 @@ def _parse_json(text: str, name: str, request_id: str | None) -> RequestFile:
         contact_ids=ids,
     )
     return RequestFile(
-        request_id=model.request_id or _given_id(request_id, name) or jobs.new_request_id(),
+        request_id=model.request_id
+        or _given_id(request_id, name)
+        or (request_id_from_name(name) if id_from_name else jobs.new_request_id()),
         submitted_by=model.submitted_by,
         engine=model.engine,
         dry_run=model.dry_run,
@@ -359,9 +381,7 @@ def _row_problems(cid: str, persona: str, action: str) -> list[str]:
 
 def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
     if request_id is None:
-        request_id = _stem(name)
-        if problem := request_id_problem(request_id):
-            raise RequestFileError(name, f"the request id comes from the file name and {problem}")
+        request_id = request_id_from_name(name)
     else:
         _given_id(request_id, name)
     reader = csv.reader(io.StringIO(text, newline=""))

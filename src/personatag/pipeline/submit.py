@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from personatag.buckets import Buckets
 from personatag.errors import PersonatagError
+from personatag.pipeline.reporting import RESULTS_FAILED
 from personatag.pipeline.request_files import detect_format, parse_request, request_to_json
 from personatag.store import Store
 
@@ -19,8 +20,9 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
 
     A JSON request without a request_id gets one (written into the stored
     file); a CSV request's id is its file name. Submitting a request id again
-    stores another file (`<id>.2.json`, ...): a request that failed runs again,
-    one that succeeded reports its recorded result. Returns {"request_id", "key"}.
+    stores another file (`<id>.2.json`, `<id>.2/<id>.csv`, ...): a request that
+    failed runs again, one that succeeded reports its recorded result. Returns
+    {"request_id", "key"}.
     """
     req = parse_request(data, name=name)
     if detect_format(name) == "json":
@@ -33,7 +35,9 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
     n = 1
     while requests.exists(key):
         n += 1
-        key = f"{req.request_id}.{n}.{ext}"
+        # A CSV file's name is its request id: another file of it goes in a folder.
+        rid = req.request_id
+        key = f"{rid}.{n}.json" if ext == "json" else f"{rid}.{n}/{rid}.csv"
     requests.put(key, body)
     return {"request_id": req.request_id, "key": key}
 
@@ -50,7 +54,15 @@ def wait_for_result(
     deadline = time.monotonic() + timeout
     while True:
         with store.read() as conn:
-            outcome = conn.scalar(select(rf.c.outcome).where(rf.c.key == key))
+            row = conn.execute(select(rf.c.outcome, rf.c.error).where(rf.c.key == key)).first()
+        outcome = row.outcome if row is not None else None
+        if row is not None and outcome == RESULTS_FAILED:
+            # It ran (or was refused), but its report is not there: say so now
+            # rather than wait for a dispatcher's later attempt.
+            raise PersonatagError(
+                f"{request_id} finished, but {row.error} (a dispatcher tries again; "
+                f"`personatag jobs show {request_id}` has its status)"
+            )
         if outcome is not None:
             break
         if time.monotonic() >= deadline:

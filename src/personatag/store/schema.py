@@ -264,6 +264,10 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("claimed_at", UTCTimestamp, nullable=False),
         Column("claimed_by", Text, nullable=False),
         Column("outcome", Text),
+        # The job the file ran, if any, and (outcome `results_failed`) why its
+        # result files could not be written: a later scan writes them from it.
+        Column("job_pk", BigInteger),
+        Column("error", Text),
     )
     # A counter per table, bumped by every bulk write to it: engines that work
     # on a snapshot of the store know when theirs is still current.
