@@ -18,6 +18,7 @@ from personatag.web.api import feed as feed_api
 from personatag.web.api.deps import AppContext
 from personatag.web.api.flink import flink_mount
 from personatag.web.auth import PUBLIC, SESSION_COOKIE, LoginLimiter
+from personatag.web.security import SecurityHeaders, trust_proxies
 
 API_PREFIX = "/api/v1"
 ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api, feed_api)
@@ -38,8 +39,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
-    app.state.login_limiter = LoginLimiter()
+    app.state.login_limiter = LoginLimiter.from_settings(settings)
     errors.install(app)
+    # Outside the catch-all, so that its 500s carry the headers too.
+    app.add_middleware(SecurityHeaders)
+    if settings.trusted_proxies:
+        app.add_middleware(trust_proxies, proxies=settings.trusted_proxy_list)
     for module in ROUTERS:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)

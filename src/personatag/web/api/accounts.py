@@ -74,6 +74,13 @@ def token_public(t: accounts.TokenInfo) -> dict[str, Any]:
 
 # -- sessions ------------------------------------------------------------------
 
+_TOO_MANY = {
+    "pair": "too many failed logins for {name!r} from this address",
+    "account": "too many failed logins for {name!r}",
+    "address": "too many failed logins from this address",
+    "all": "too many failed logins on this server",
+}
+
 
 @router.post(
     "/login",
@@ -94,15 +101,17 @@ def login(
     limiter: Annotated[LoginLimiter, Depends(login_limiter)],
 ) -> dict[str, Any]:
     """Start a session: sets the session cookie and returns the CSRF token that
-    cookie-authenticated writes must send as `X-CSRF-Token`. At most 5 failed
-    attempts per user name and client address in 5 minutes (then 429)."""
+    cookie-authenticated writes must send as `X-CSRF-Token`. Failed attempts are
+    limited per user name and address, per user name, per address and over all
+    (settings `login_*`; then 429 with Retry-After)."""
     key = (body.username.lower(), client_address(request))
-    wait = limiter.retry_after(key)
-    if wait is not None:
+    blocked = limiter.blocked(key)
+    if blocked is not None:
+        kind, wait = blocked
         raise ApiError(
             429,
             "too_many_attempts",
-            f"too many failed logins for {body.username!r}: try again in {wait} s",
+            f"{_TOO_MANY[kind].format(name=body.username)}: try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
     user = accounts.authenticate(store, body.username, body.password)
