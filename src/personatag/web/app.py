@@ -17,7 +17,7 @@ from personatag.web.api import events as events_api
 from personatag.web.api import feed as feed_api
 from personatag.web.api.deps import AppContext
 from personatag.web.api.flink import flink_mount
-from personatag.web.auth import PUBLIC, SESSION_COOKIE, LoginLimiter
+from personatag.web.auth import ERRORS, PUBLIC, SESSION_COOKIE, LoginLimiter
 from personatag.web.security import SecurityHeaders, trust_proxies
 
 API_PREFIX = "/api/v1"
@@ -71,8 +71,31 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "bearer": {"type": "http", "scheme": "bearer"},
         "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
     }
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for op in operations.values():
-            if isinstance(op, dict) and op.get("x-role", PUBLIC) != PUBLIC:
+            if not isinstance(op, dict):
+                continue
+            if op.get("x-role", PUBLIC) != PUBLIC:
                 op["security"] = [{"bearer": []}, {"session": []}]
+            _declare_shared_errors(path, op)
     return schema
+
+
+def _declare_shared_errors(path: str, op: dict[str, Any]) -> None:
+    """The error answers that follow from an operation's shape: a body may not
+    parse (400); a path parameter may name nothing (404); any input may be invalid
+    (422). Declared here once instead of on every route."""
+    wanted = []
+    body = op.get("requestBody", {}).get("content", {})
+    if body:
+        wanted.append(400)
+    if "{" in path:
+        wanted.append(404)
+    if body or op.get("parameters"):
+        wanted.append(422)
+    responses = op.setdefault("responses", {})
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for status in wanted:
+        current = responses.setdefault(str(status), {"description": ERRORS[status]})
+        current["description"] = ERRORS[status]
+        current["content"] = {"application/json": {"schema": ref}}

@@ -137,22 +137,48 @@ def require(role: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "no or bad credentials"},
-    403: {"model": ErrorResponse, "description": "role too low, or CSRF header missing"},
+# The error answers routes share, in the common error format (web/errors.py).
+# Every route gets 401/403 from its role; 400 (a body that is not JSON), 404 (a
+# path naming something that does not exist) and 422 are added to the OpenAPI
+# document where they apply (app._openapi); the others a route declares with
+# `role(..., errors=(404, 409))`.
+ERRORS: dict[int, str] = {
+    400: "the request body is not valid JSON",
+    401: "no or bad credentials",
+    403: "role too low, or CSRF header missing",
+    404: "something the request names does not exist",
+    409: "conflicts with the current state (e.g. the last admin, a name in use)",
+    413: "the body is too large",
+    422: "invalid input: `field` and `message` say what and where",
+    429: "too many attempts; see Retry-After",
+    502: "an upstream system refused or failed",
+    503: "the store or the object storage is unavailable; see Retry-After",
 }
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring `statuses` as answers in the common error format."""
+    return {s: {"model": ErrorResponse, "description": ERRORS[s]} for s in statuses}
+
+
 def role(
-    name: str, *, responses: dict[int | str, dict[str, Any]] | None = None, **openapi_extra: Any
+    name: str,
+    *,
+    errors: tuple[int, ...] = (),
+    responses: dict[int | str, dict[str, Any]] | None = None,
+    **openapi_extra: Any,
 ) -> dict[str, Any]:
-    """Route keyword arguments declaring (and enforcing) who may call the route."""
+    """Route keyword arguments declaring (and enforcing) who may call the route, and
+    the error statuses (`errors`) it can answer beyond the ones every route may."""
     if name not in ROLES:
         raise ValueError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")
     return {
         "dependencies": [] if name == PUBLIC else [Depends(require(name))],
         "openapi_extra": {"x-role": name, **openapi_extra},
-        "responses": {**({} if name == PUBLIC else _ERRORS), **(responses or {})},
+        "responses": {
+            **error_responses(*(() if name == PUBLIC else (401, 403)), *errors),
+            **(responses or {}),
+        },
     }
 
 

@@ -170,7 +170,7 @@ def users_list(store: StoreDep) -> dict[str, Any]:
     return {"users": [user_public(u) for u in accounts.list_users(store)]}
 
 
-@router.post("/users", status_code=201, response_model=UserPublic, **role("admin"))
+@router.post("/users", status_code=201, response_model=UserPublic, **role("admin", errors=(409,)))
 def user_create(body: UserCreate, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Create a user (password: 12+ characters of at least two kinds)."""
     user = accounts.create_user(
@@ -179,7 +179,7 @@ def user_create(body: UserCreate, store: StoreDep, who: CurrentUser) -> dict[str
     return user_public(user)
 
 
-@router.put("/users/{username}/role", response_model=UserPublic, **role("admin"))
+@router.put("/users/{username}/role", response_model=UserPublic, **role("admin", errors=(409,)))
 def user_role(
     username: UserName, body: RoleUpdate, store: StoreDep, who: CurrentUser
 ) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def user_role(
     return user_public(user)
 
 
-@router.post("/users/{username}/disable", response_model=UserPublic, **role("admin"))
+@router.post("/users/{username}/disable", response_model=UserPublic, **role("admin", errors=(409,)))
 def user_disable(username: UserName, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Disable a user: no more logins, tokens revoked, sessions ended (idempotent)."""
     user = accounts.disable_user(store, username, actor=who.user.username, source="api")
@@ -202,7 +202,10 @@ def tokens_list(username: UserName, store: StoreDep) -> dict[str, Any]:
 
 
 @router.post(
-    "/users/{username}/tokens", status_code=201, response_model=TokenCreated, **role("admin")
+    "/users/{username}/tokens",
+    status_code=201,
+    response_model=TokenCreated,
+    **role("admin", errors=(409,)),
 )
 def token_create(
     username: UserName, body: TokenCreate, store: StoreDep, who: CurrentUser
@@ -219,7 +222,7 @@ def token_create(
     return {"token": token, "info": token_public(info)}
 
 
-@router.delete("/tokens/{token_id}", response_model=TokenPublic, **role("admin"))
+@router.delete("/tokens/{token_id:int}", response_model=TokenPublic, **role("admin"))
 def token_revoke(token_id: TokenId, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Revoke an API token for good (idempotent)."""
     return token_public(
