@@ -141,7 +141,8 @@ class JsonFormatter(logging.Formatter):
             # The fixed fields above win over an `extra=` of the same name.
             if name not in _RECORD_ATTRS and name not in entry and name not in _CONTEXT_ATTRS:
                 entry[name] = value
-        return json.dumps(entry, default=str)
+        # Last, over everything: `extra=` values and tracebacks can carry secrets too.
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -155,7 +156,7 @@ class TextFormatter(logging.Formatter):
         return _utc_iso(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))  # the traceback included
         ids = [
             f"{name}={getattr(record, name)}"
             for name in _CONTEXT_ATTRS
