@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -78,6 +79,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             if op.get("x-role", PUBLIC) != PUBLIC:
                 op["security"] = [{"bearer": []}, {"session": []}]
             _declare_shared_errors(path, op)
+    # FastAPI's own 422 body is replaced everywhere by the common error format.
+    schemas = schema["components"].get("schemas", {})
+    if "#/components/schemas/HTTPValidationError" not in json.dumps(schema["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
     return schema
 
 
