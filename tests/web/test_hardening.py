@@ -59,6 +59,20 @@ def test_every_answer_carries_the_browser_security_headers(api: Api) -> None:
         _assert_browser_headers(r, what)
 
 
+def test_the_flink_dashboard_gets_the_headers_with_inline_styles_allowed(api: Api) -> None:
+    """Issue 17 item 12: the proxied Flink dashboard is framed by nobody either; its
+    framework injects styles at run time, so only style-src allows inline."""
+    for r in (
+        api.client.get("/flink/overview", headers=api.headers("viewer")),
+        api.client.get("/flink/overview"),  # 401
+    ):
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp
+        assert "style-src 'self' 'unsafe-inline'" in csp
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
 def test_templates_have_no_inline_script_style_or_handler() -> None:
     """Issue 17 item 12: inline event handlers (`onchange=`) in the templates would
     break under a strict CSP; pages load only /static JS and CSS."""
