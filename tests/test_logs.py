@@ -256,3 +256,33 @@ def test_unknown_level_is_refused_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
         configure_logging("LOUD", json=True, stream=io.StringIO())
     assert logging.getLogger().handlers == before
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
+def test_no_secret_reaches_a_log_line(formatter: logging.Formatter) -> None:
+    """Issue 17 item 12: secrets in a message, in `extra=` fields or in an
+    exception's text are written as [redacted] in either format."""
+    token = "pt_" + "A1b2C3d4E5f6G7h8I9j0K"
+    try:
+        raise RuntimeError(f"upstream refused https://bob:pw@x.example/h?key=abc {token}")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "t", logging.ERROR, __file__, 1, "GET %s", ("/api/v1/me?token=s3cr3t",),
+            exc_info=__import__("sys").exc_info(),
+        )  # fmt: skip
+    record.url = "http://h/x?access_token=zz9"
+    line = formatter.format(record)
+    for secret in (token, "s3cr3t", "zz9", "pw@", "key=abc"):
+        assert secret not in line, (secret, line)
+    assert "token=[redacted]" in line and "RuntimeError" in line
+
+
+def test_store_errors_never_carry_the_statements_parameters(store: Any) -> None:
+    """Issue 17 item 12: a failing statement's error text (which is logged)
+    listed its parameters: password and token hashes, webhook secrets."""
+    import sqlalchemy
+
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as caught, store.engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT x FROM no_such_table WHERE y = :p"), {"p": "hunter2"})
+    assert "no_such_table" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     # Where `personatag serve` serves the REST API (0: pick a free port).
     host: str = "127.0.0.1"
     port: int = 8000
+    # Addresses or networks (comma-separated, e.g. 10.0.0.5,10.1.0.0/16) of the
+    # reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    # Empty (the default): none, the client is the socket's peer.
+    trusted_proxies: str = ""
+    # Failed logins allowed within login_window_s seconds before `POST /login`
+    # answers 429: per user name from one client address, per user name from
+    # any address, per client address for any user names, and over all.
+    login_window_s: float = 300.0
+    login_max_failures: int = 5
+    login_max_failures_account: int = 20
+    login_max_failures_address: int = 20
+    login_max_failures_global: int = 100
     # Where CLI commands go when token is set (a bearer token, `pt_...`): they talk
     # to the running `personatag serve` at server_url instead of the local store.
     token: SecretStr | None = None
@@ -144,6 +157,10 @@ class Settings(BaseSettings):
         "stream_batch",
         "stream_set_based_contacts",
         "stream_recheck_batch",
+        "login_max_failures",
+        "login_max_failures_account",
+        "login_max_failures_address",
+        "login_max_failures_global",
     )
     @classmethod
     def _at_least_one(cls, value: int) -> int:
@@ -165,6 +182,7 @@ class Settings(BaseSettings):
         "stream_flink_checkpoint_s",
         "stream_flink_monitor_s",
         "feed_model_max_age_s",
+        "login_window_s",
     )
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
@@ -228,6 +246,25 @@ class Settings(BaseSettings):
         if not value.strip() or any(ch.isspace() for ch in value):
             raise ValueError("must be a host name or IP address, e.g. 127.0.0.1 or 0.0.0.0")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        out = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network: use e.g. 10.0.0.5 or 10.0.0.0/24"
+                ) from None
+        return ",".join(out)
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p for p in self.trusted_proxies.split(",") if p]
 
     @field_validator("batch_size", "bulk_log_threshold")
     @classmethod

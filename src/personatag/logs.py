@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +68,46 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+# Query parameters whose values are secrets, wherever a URL is logged.
+_SECRET_PARAMS = re.compile(
+    r"([?&;](?:[\w.-]*token|password|passwd|secret|api[_-]?key|key|signature|session|auth"
+    r"|authorization|csrf)=)[^&;#\s\"']*",
+    re.IGNORECASE,
+)
+# user:password@ in a URL; an API token (`pt_...`) anywhere.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@", re.IGNORECASE)
+_API_TOKEN = re.compile(r"\bpt_[A-Za-z0-9_-]{16,}")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """`text` with secrets that URLs and messages can carry replaced by
+    `[redacted]`: secret-named query parameters (`token`, `access_token`,
+    `password`, `secret`, `key`, ...), the password of `scheme://user:password@`,
+    and API tokens (`pt_...`)."""
+    if not any(c in text for c in "=@_"):
+        return text
+    text = _SECRET_PARAMS.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    return _API_TOKEN.sub(REDACTED, text)
+
+
+class RedactSecrets(logging.Filter):
+    """Redact secrets (see `redact`) in a record's message and its string
+    arguments, e.g. the request line uvicorn's access log writes. Never rejects."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
 def _utc_iso(created: float) -> str:
     stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
@@ -100,7 +141,8 @@ class JsonFormatter(logging.Formatter):
             # The fixed fields above win over an `extra=` of the same name.
             if name not in _RECORD_ATTRS and name not in entry and name not in _CONTEXT_ATTRS:
                 entry[name] = value
-        return json.dumps(entry, default=str)
+        # Last, over everything: `extra=` values and tracebacks can carry secrets too.
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -114,7 +156,7 @@ class TextFormatter(logging.Formatter):
         return _utc_iso(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))  # the traceback included
         ids = [
             f"{name}={getattr(record, name)}"
             for name in _CONTEXT_ATTRS
@@ -141,7 +183,7 @@ def configure_logging(
     level: int | str = logging.INFO, *, json: bool, stream: TextIO | None = None
 ) -> logging.Handler:
     """Send every log record at `level` or above to `stream` (default stderr), as
-    JSON lines or as text, with the request context attached.
+    JSON lines or as text, with the request context attached and secrets redacted.
 
     Calling it again replaces the handler it installed before (idempotent);
     other handlers on the root logger are left alone. Returns the handler.
@@ -154,6 +196,7 @@ def configure_logging(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     handler.addFilter(RequestContextFilter())
+    handler.addFilter(RedactSecrets())
     handler._personatag = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)

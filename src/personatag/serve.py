@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from personatag.config import Settings
 from personatag.errors import ConfigError
+from personatag.logs import RedactSecrets
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,13 @@ def run(
         shown = f"[{host}]" if ":" in host else host
         base = f"http://{shown}:{sock.getsockname()[1]}"
         echo(f"workbench at {base}/ (API at {base}/api/v1, docs at {base}/api/v1/docs)")
+        # X-Forwarded-* are applied by the app itself, from PERSONATAG_TRUSTED_PROXIES
+        # only (uvicorn would otherwise believe them from 127.0.0.1).
         config = uvicorn.Config(
-            app, log_config=None, proxy_headers=True, server_header=False, lifespan="off"
+            app, log_config=None, proxy_headers=False, server_header=False, lifespan="off"
         )
+        # A secret sent in a query string (`?token=...`) must not reach the access log.
+        logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal with the
             # handlers it found: with these the process stops the dispatcher and exits

@@ -272,3 +272,33 @@ def test_editor_compares_rankers_and_runs_a_feed_evaluation(browser: object, ser
     page.locator("#evaluation-cancel").click()
     page.locator("#evaluation-result[data-status='cancelled']").wait_for()
     assert "cancelled by erin" in page.locator("#evaluation-result").inner_text()
+
+
+def test_every_page_keeps_to_the_content_security_policy(browser: object, server: str) -> None:
+    """Issue 17 item 12: the strict CSP (own static JS/CSS only) must not break a
+    page: no violation reported in the console, and the selects that submitted
+    their form with an inline `onchange` still do."""
+    page = login(browser, server, "ada")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # type: ignore[attr-defined]
+    page.on("pageerror", lambda e: errors.append(str(e)))  # type: ignore[attr-defined]
+    for path in (
+        "/personas",
+        "/criteria/new",
+        "/requests",
+        "/contacts?id=c00000042",
+        "/feed-rules",
+        "/feed-evaluations",
+        "/monitoring",
+        "/audit",
+        "/admin/users",
+    ):
+        r = page.goto(f"{server}{path}")  # type: ignore[attr-defined]
+        assert r.status == 200, path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+        page.wait_for_load_state("networkidle")  # type: ignore[attr-defined]
+    page.goto(f"{server}/feed-rules")  # type: ignore[attr-defined]
+    page.select_option("#rules-persona", "emea-cio")  # type: ignore[attr-defined]
+    page.wait_for_url(re.compile(r"persona=emea-cio"))  # type: ignore[attr-defined]
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+    assert not errors, errors

@@ -177,8 +177,9 @@ def test_audit_filters(api: Api) -> None:
     older = c.get(f"{API}/audit?before_seq={r[-1]['seq']}&action=token.*", headers=admin)
     assert len(older.json()["events"]) == 1
     assert c.get(f"{API}/audit?since=2000-01-01T00:00:00", headers=admin).json()["events"]
+    # A bound outside what the store holds is still a bound: everything is after year 1.
     r = c.get(f"{API}/audit?since=0001-01-01T00:00:00", headers=admin)
-    assert r.status_code == 422 and r.json()["error"]["field"] == "since"
+    assert r.status_code == 200 and r.json()["events"]
     assert c.get(f"{API}/audit?limit=5000", headers=admin).status_code == 422
 
 

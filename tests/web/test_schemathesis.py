@@ -1,4 +1,6 @@
-"""Property-based: random requests built from the OpenAPI document never get a 500.
+"""Property-based: random requests built from the OpenAPI document never get a 500,
+and every status they get is one the document declares for the operation
+(issue 17 item 14: 39 operations answered 404, 400 or 409 undeclared).
 
 Every operation is exercised as admin, deterministically (derandomized) and
 bounded (a few examples each). Left out: building bundles (slow), starting
@@ -15,6 +17,7 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import status_code_conformance
 
 from tests.web.conftest import Api
 
@@ -49,7 +52,7 @@ def test_no_server_errors(api: Api) -> None:
             if isinstance(case.query, dict):
                 case.query.pop("wait", None)  # no dispatcher runs here: it would time out
             response = case.call(headers=headers)
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
 
         try:
             run()

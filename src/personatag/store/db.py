@@ -77,16 +77,22 @@ def normalise_url(url: str) -> str:
 
 
 def create_store_engine(url: str, *, create: bool = False) -> Engine:
-    """An engine for `url`; with create=True the SQLite file's folder is made."""
+    """An engine for `url`; with create=True the SQLite file's folder is made.
+
+    Its errors never carry the statement's parameters (`hide_parameters`): they
+    can hold password and token hashes, webhook secrets and contact data, and
+    error messages end up in logs."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if create and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60}, hide_parameters=True
+        )
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +18,8 @@ from personatag.web.api import events as events_api
 from personatag.web.api import feed as feed_api
 from personatag.web.api.deps import AppContext
 from personatag.web.api.flink import flink_mount
-from personatag.web.auth import PUBLIC, SESSION_COOKIE, LoginLimiter
+from personatag.web.auth import ERRORS, PUBLIC, SESSION_COOKIE, LoginLimiter
+from personatag.web.security import SecurityHeaders, trust_proxies
 
 API_PREFIX = "/api/v1"
 ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api, feed_api)
@@ -38,8 +40,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
-    app.state.login_limiter = LoginLimiter()
+    app.state.login_limiter = LoginLimiter.from_settings(settings)
     errors.install(app)
+    # Outside the catch-all, so that its 500s carry the headers too.
+    app.add_middleware(SecurityHeaders)
+    if settings.trusted_proxies:
+        app.add_middleware(trust_proxies, proxies=settings.trusted_proxy_list)
     for module in ROUTERS:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)
@@ -66,8 +72,36 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "bearer": {"type": "http", "scheme": "bearer"},
         "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
     }
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for op in operations.values():
-            if isinstance(op, dict) and op.get("x-role", PUBLIC) != PUBLIC:
+            if not isinstance(op, dict):
+                continue
+            if op.get("x-role", PUBLIC) != PUBLIC:
                 op["security"] = [{"bearer": []}, {"session": []}]
+            _declare_shared_errors(path, op)
+    # FastAPI's own 422 body is replaced everywhere by the common error format.
+    schemas = schema["components"].get("schemas", {})
+    if "#/components/schemas/HTTPValidationError" not in json.dumps(schema["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
     return schema
+
+
+def _declare_shared_errors(path: str, op: dict[str, Any]) -> None:
+    """The error answers that follow from an operation's shape: a body may not
+    parse (400); a path parameter may name nothing (404); any input may be invalid
+    (422). Declared here once instead of on every route."""
+    wanted = []
+    body = op.get("requestBody", {}).get("content", {})
+    if body:
+        wanted.append(400)
+    if "{" in path:
+        wanted.append(404)
+    if body or op.get("parameters"):
+        wanted.append(422)
+    responses = op.setdefault("responses", {})
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for status in wanted:
+        current = responses.setdefault(str(status), {"description": ERRORS[status]})
+        current["description"] = ERRORS[status]
+        current["content"] = {"application/json": {"schema": ref}}

@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Mount
 
 from personatag import accounts
+from personatag.config import Settings
 from personatag.store import Store
 from personatag.web.api.deps import StoreDep
 from personatag.web.errors import ApiError
@@ -40,7 +41,7 @@ SESSION_COOKIE = "personatag_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# At most this many failed logins per (user name, client address) in the window.
+# Defaults of the login limits (settings login_max_failures*, login_window_s).
 LOGIN_FAILURES = 5
 LOGIN_WINDOW_S = 300.0
 
@@ -136,22 +137,48 @@ def require(role: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "no or bad credentials"},
-    403: {"model": ErrorResponse, "description": "role too low, or CSRF header missing"},
+# The error answers routes share, in the common error format (web/errors.py).
+# Every route gets 401/403 from its role; 400 (a body that is not JSON), 404 (a
+# path naming something that does not exist) and 422 are added to the OpenAPI
+# document where they apply (app._openapi); the others a route declares with
+# `role(..., errors=(404, 409))`.
+ERRORS: dict[int, str] = {
+    400: "the request body is not valid JSON",
+    401: "no or bad credentials",
+    403: "role too low, or CSRF header missing",
+    404: "something the request names does not exist",
+    409: "conflicts with the current state (e.g. the last admin, a name in use)",
+    413: "the body is too large",
+    422: "invalid input: `field` and `message` say what and where",
+    429: "too many attempts; see Retry-After",
+    502: "an upstream system refused or failed",
+    503: "the store or the object storage is unavailable; see Retry-After",
 }
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring `statuses` as answers in the common error format."""
+    return {s: {"model": ErrorResponse, "description": ERRORS[s]} for s in statuses}
+
+
 def role(
-    name: str, *, responses: dict[int | str, dict[str, Any]] | None = None, **openapi_extra: Any
+    name: str,
+    *,
+    errors: tuple[int, ...] = (),
+    responses: dict[int | str, dict[str, Any]] | None = None,
+    **openapi_extra: Any,
 ) -> dict[str, Any]:
-    """Route keyword arguments declaring (and enforcing) who may call the route."""
+    """Route keyword arguments declaring (and enforcing) who may call the route, and
+    the error statuses (`errors`) it can answer beyond the ones every route may."""
     if name not in ROLES:
         raise ValueError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")
     return {
         "dependencies": [] if name == PUBLIC else [Depends(require(name))],
         "openapi_extra": {"x-role": name, **openapi_extra},
-        "responses": {**({} if name == PUBLIC else _ERRORS), **(responses or {})},
+        "responses": {
+            **error_responses(*(() if name == PUBLIC else (401, 403)), *errors),
+            **(responses or {}),
+        },
     }
 
 
@@ -223,31 +250,79 @@ def clear_session_cookie(request: Request, response: Response) -> None:
 
 
 class LoginLimiter:
-    """Failed logins per (user name, client address) in a sliding window (in memory:
-    per process; a restart forgets)."""
+    """Failed logins in a sliding window, counted four ways: per (user name, client
+    address), per user name, per client address and over all. A login is refused
+    while any of the four is at its limit. In memory: per process; a restart forgets.
+    """
 
-    def __init__(self, limit: int = LOGIN_FAILURES, window_s: float = LOGIN_WINDOW_S) -> None:
-        self.limit = limit
+    def __init__(
+        self,
+        limit: int = LOGIN_FAILURES,
+        window_s: float = LOGIN_WINDOW_S,
+        *,
+        per_account: int = 4 * LOGIN_FAILURES,
+        per_address: int = 4 * LOGIN_FAILURES,
+        overall: int = 20 * LOGIN_FAILURES,
+    ) -> None:
         self.window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self.limits = {
+            "pair": limit,
+            "account": per_account,
+            "address": per_address,
+            "all": overall,
+        }
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoginLimiter:
+        return cls(
+            settings.login_max_failures,
+            settings.login_window_s,
+            per_account=settings.login_max_failures_account,
+            per_address=settings.login_max_failures_address,
+            overall=settings.login_max_failures_global,
+        )
+
+    @staticmethod
+    def _keys(key: tuple[str, str]) -> dict[str, tuple[str, ...]]:
+        name, address = key
+        return {
+            "pair": ("pair", name, address),
+            "account": ("account", name),
+            "address": ("address", address),
+            "all": ("all",),
+        }
+
+    def _recent(self, key: tuple[str, ...], now: float) -> deque[float]:
         times = self._failures.setdefault(key, deque())
         while times and times[0] <= now - self.window_s:
             times.popleft()
         return times
 
+    def blocked(self, key: tuple[str, str]) -> tuple[str, int] | None:
+        """(which limit, seconds until another attempt is allowed) for (user name,
+        client address), None when an attempt is allowed now. Which limit is one of
+        `pair`, `account`, `address`, `all`."""
+        now = time.monotonic()
+        worst: tuple[str, int] | None = None
+        with self._lock:
+            for kind, k in self._keys(key).items():
+                limit = self.limits[kind]
+                times = self._recent(k, now)
+                if len(times) < limit:
+                    if not times:
+                        self._failures.pop(k, None)
+                    continue
+                wait = max(1, math.ceil(times[-limit] + self.window_s - now))
+                if worst is None or wait > worst[1]:
+                    worst = (kind, wait)
+        return worst
+
     def retry_after(self, key: tuple[str, str]) -> int | None:
         """Seconds until another attempt is allowed, None when it is allowed now."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._recent(key, now)
-            if len(times) < self.limit:
-                if not times:
-                    self._failures.pop(key, None)
-                return None
-            return max(1, math.ceil(times[-self.limit] + self.window_s - now))
+        found = self.blocked(key)
+        return None if found is None else found[1]
 
     def failed(self, key: tuple[str, str]) -> None:
         now = time.monotonic()
@@ -257,11 +332,19 @@ class LoginLimiter:
                     k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s
                 ]:
                     del self._failures[old]
-            self._recent(key, now).append(now)
+            for kind, k in self._keys(key).items():
+                times = self._recent(k, now)
+                times.append(now)
+                while len(times) > self.limits[kind]:  # only the newest `limit` matter
+                    times.popleft()
 
     def succeeded(self, key: tuple[str, str]) -> None:
+        """A correct password clears that user's own counts (not the address's or
+        the overall one: a valid login must not reset a spraying attacker's)."""
         with self._lock:
-            self._failures.pop(key, None)
+            keys = self._keys(key)
+            self._failures.pop(keys["pair"], None)
+            self._failures.pop(keys["account"], None)
 
 
 def login_limiter(request: Request) -> LoginLimiter:
@@ -270,4 +353,6 @@ def login_limiter(request: Request) -> LoginLimiter:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address: the socket's peer, or what a trusted proxy says it is
+    (PERSONATAG_TRUSTED_PROXIES, applied by `personatag.web.security`)."""
+    return request.client.host[:64] if request.client else "unknown"

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personatag.buckets import BucketError
@@ -143,11 +144,33 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
     status = exc.status_code
     message = exc.detail if isinstance(exc.detail, str) else _CODES.get(status, "error")
+    headers = dict(getattr(exc, "headers", None) or {})
     if status == 404 and message == "Not Found":
         message = f"no such path: {request.url.path}"
-    return error_response(
-        status, _CODES.get(status, "error"), message, headers=getattr(exc, "headers", None)
-    )
+    if status == 405:
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path}: use {', '.join(allowed)}"
+    return error_response(status, _CODES.get(status, "error"), message, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path (Starlette's own 405
+    names only the first route that matched the path)."""
+    if request.url.path.startswith("/static/"):
+        return ["GET", "HEAD"]
+    methods = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Mount):  # a mounted app answers its own 405s
+            continue
+        for method in _METHODS:
+            match, _ = route.matches({**request.scope, "method": method})
+            if match == Match.FULL:
+                methods.add(method)
+    return sorted(methods)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _personatag(request: Request, exc: Exception) -> JSONResponse:

@@ -3,12 +3,47 @@ apart from the storage dataclasses so a column can change without changing the A
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
+
+from personatag.schemas import KEY_PATTERN, REQUEST_ID_PATTERN
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _iso_time(value: Any) -> Any:
+    # pydantic would read a number (or a string of one) as Unix seconds: a
+    # `until=5` meant as a sequence number would silently mean 1970.
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("use an ISO-8601 date-time such as 2026-01-31T09:00:00Z, not a number")
+    return value
+
+
+# Constraints the OpenAPI document states while the handlers keep their own,
+# more helpful, messages for a value that breaks them.
+JOB_STATUS_DOC: dict[str, Any] = {
+    "enum": ["queued", "running", "succeeded", "partial", "failed", "cancelled"]
+}
+REQUEST_ID_DOC: dict[str, Any] = {"pattern": REQUEST_ID_PATTERN}
+KEY_DOC: dict[str, Any] = {"pattern": KEY_PATTERN}
+
+
+# A date-time given as ISO-8601 text (no offset: UTC); numbers are refused.
+Time = Annotated[datetime, BeforeValidator(_iso_time)]
 MAX_EXPR_CHARS = 20_000
 Text = Annotated[str, Field(max_length=MAX_EXPR_CHARS)]
 
@@ -62,8 +97,16 @@ class Me(UserPublic):
 
 
 class UserCreate(Input):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=2048)
+    username: str = Field(
+        min_length=1, max_length=64, json_schema_extra={"pattern": "^[A-Za-z0-9._-]{1,64}$"}
+    )
+    password: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="12 to 1024 characters, at least two kinds of: lower-case, upper-case, "
+        "digits, others",
+        json_schema_extra={"minLength": 12, "maxLength": 1024},
+    )
     role: Role = "viewer"
 
 
@@ -96,7 +139,7 @@ class TokenCreated(BaseModel):
 
 
 class PersonaCreate(Input):
-    key: Name
+    key: Name = Field(json_schema_extra=KEY_DOC)
     name: str = Field(min_length=1, max_length=200)
     category: str = Field(min_length=1, max_length=100)
     description: str | None = Field(None, max_length=2000)
@@ -136,8 +179,8 @@ class MembersPage(BaseModel):
 
 
 class CriterionCreate(Input):
-    name: Name
-    persona: Name
+    name: Name = Field(json_schema_extra=KEY_DOC)
+    persona: Name = Field(json_schema_extra=KEY_DOC)
     expr: Text
     action: Literal["tag", "untag"] = "tag"
     mode: Literal["adhoc", "ongoing"] = "adhoc"
@@ -201,10 +244,24 @@ class RenderResponse(BaseModel):
 
 
 class PreviewRequest(Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["expr"], "properties": {"expr": {"type": "string"}}},
+                {"required": ["criterion"], "properties": {"criterion": {"type": "string"}}},
+            ]
+        },
+    )
     persona: Name | None = None
     expr: Text | None = None
     criterion: Name | None = None
-    as_of: str | None = Field(None, max_length=64, description="ISO-8601 (default: now)")
+    as_of: str | None = Field(
+        None,
+        max_length=64,
+        description="ISO-8601 (default: now)",
+        json_schema_extra={"format": "date-time"},
+    )
     sample: int = Field(10, ge=0, le=1000)
 
     @model_validator(mode="after")
@@ -306,7 +363,7 @@ class ContactView(BaseModel):
 
 class DeployRequest(Input):
     properties: dict[str, Any] = Field(default_factory=dict)
-    rollback: bool = Field(False, description="make the previous version active again")
+    rollback: StrictBool = Field(False, description="make the previous version active again")
 
 
 class AuditEvents(BaseModel):
@@ -321,7 +378,7 @@ class ContactUpdate(Input):
         description="field -> value: JSON values, or text read like a CSV cell; null clears",
         min_length=1,
     )
-    create: bool = Field(False, description="create the contact when the id is new")
+    create: StrictBool = Field(False, description="create the contact when the id is new")
 
 
 class ContactUpdated(BaseModel):
@@ -332,12 +389,21 @@ class ContactUpdated(BaseModel):
 
 class ReadEvent(Input):
     publication: Name
-    at: datetime | None = Field(None, description="default: now")
+    at: Time | None = Field(None, description="default: now")
 
 
 class ContactEvents(Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # something to add: reads, logins or both
+            "anyOf": [
+                {"required": ["reads"], "properties": {"reads": {"minItems": 1}}},
+                {"required": ["logins"], "properties": {"logins": {"minItems": 1}}},
+            ]
+        },
+    )
     reads: list[ReadEvent] = Field(default_factory=list, max_length=10_000)
-    logins: list[datetime | None] = Field(
+    logins: list[Time | None] = Field(
         default_factory=list, max_length=10_000, description="login times (null: now)"
     )
 

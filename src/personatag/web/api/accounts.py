@@ -74,6 +74,13 @@ def token_public(t: accounts.TokenInfo) -> dict[str, Any]:
 
 # -- sessions ------------------------------------------------------------------
 
+_TOO_MANY = {
+    "pair": "too many failed logins for {name!r} from this address",
+    "account": "too many failed logins for {name!r}",
+    "address": "too many failed logins from this address",
+    "all": "too many failed logins on this server",
+}
+
 
 @router.post(
     "/login",
@@ -94,15 +101,17 @@ def login(
     limiter: Annotated[LoginLimiter, Depends(login_limiter)],
 ) -> dict[str, Any]:
     """Start a session: sets the session cookie and returns the CSRF token that
-    cookie-authenticated writes must send as `X-CSRF-Token`. At most 5 failed
-    attempts per user name and client address in 5 minutes (then 429)."""
+    cookie-authenticated writes must send as `X-CSRF-Token`. Failed attempts are
+    limited per user name and address, per user name, per address and over all
+    (settings `login_*`; then 429 with Retry-After)."""
     key = (body.username.lower(), client_address(request))
-    wait = limiter.retry_after(key)
-    if wait is not None:
+    blocked = limiter.blocked(key)
+    if blocked is not None:
+        kind, wait = blocked
         raise ApiError(
             429,
             "too_many_attempts",
-            f"too many failed logins for {body.username!r}: try again in {wait} s",
+            f"{_TOO_MANY[kind].format(name=body.username)}: try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
     user = accounts.authenticate(store, body.username, body.password)
@@ -161,7 +170,7 @@ def users_list(store: StoreDep) -> dict[str, Any]:
     return {"users": [user_public(u) for u in accounts.list_users(store)]}
 
 
-@router.post("/users", status_code=201, response_model=UserPublic, **role("admin"))
+@router.post("/users", status_code=201, response_model=UserPublic, **role("admin", errors=(409,)))
 def user_create(body: UserCreate, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Create a user (password: 12+ characters of at least two kinds)."""
     user = accounts.create_user(
@@ -170,7 +179,7 @@ def user_create(body: UserCreate, store: StoreDep, who: CurrentUser) -> dict[str
     return user_public(user)
 
 
-@router.put("/users/{username}/role", response_model=UserPublic, **role("admin"))
+@router.put("/users/{username}/role", response_model=UserPublic, **role("admin", errors=(409,)))
 def user_role(
     username: UserName, body: RoleUpdate, store: StoreDep, who: CurrentUser
 ) -> dict[str, Any]:
@@ -179,7 +188,7 @@ def user_role(
     return user_public(user)
 
 
-@router.post("/users/{username}/disable", response_model=UserPublic, **role("admin"))
+@router.post("/users/{username}/disable", response_model=UserPublic, **role("admin", errors=(409,)))
 def user_disable(username: UserName, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Disable a user: no more logins, tokens revoked, sessions ended (idempotent)."""
     user = accounts.disable_user(store, username, actor=who.user.username, source="api")
@@ -193,7 +202,10 @@ def tokens_list(username: UserName, store: StoreDep) -> dict[str, Any]:
 
 
 @router.post(
-    "/users/{username}/tokens", status_code=201, response_model=TokenCreated, **role("admin")
+    "/users/{username}/tokens",
+    status_code=201,
+    response_model=TokenCreated,
+    **role("admin", errors=(409,)),
 )
 def token_create(
     username: UserName, body: TokenCreate, store: StoreDep, who: CurrentUser
@@ -210,7 +222,7 @@ def token_create(
     return {"token": token, "info": token_public(info)}
 
 
-@router.delete("/tokens/{token_id}", response_model=TokenPublic, **role("admin"))
+@router.delete("/tokens/{token_id:int}", response_model=TokenPublic, **role("admin"))
 def token_revoke(token_id: TokenId, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Revoke an API token for good (idempotent)."""
     return token_public(

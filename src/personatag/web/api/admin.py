@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -15,8 +15,7 @@ from personatag.domain import MAX_AS_OF, MIN_AS_OF
 from personatag.errors import InputError
 from personatag.web.api.deps import BucketsDep, StoreDep
 from personatag.web.auth import CurrentUser, role
-from personatag.web.errors import ApiError
-from personatag.web.schemas import AuditEvents, DeployRequest
+from personatag.web.schemas import AuditEvents, DeployRequest, Time
 
 router = APIRouter(tags=["admin"])
 
@@ -35,7 +34,7 @@ def deploy_list(buckets: BucketsDep) -> dict[str, Any]:
     }
 
 
-@router.post("/deploy", response_model=dict[str, Any], **role("admin"))
+@router.post("/deploy", response_model=dict[str, Any], **role("admin", errors=(409,)))
 def deploy_run(
     body: DeployRequest, buckets: BucketsDep, store: StoreDep, who: CurrentUser
 ) -> dict[str, Any]:
@@ -63,8 +62,8 @@ def audit(
         str | None, Query(max_length=100, description="exact, or a prefix ending in `.*`")
     ] = None,
     target: Annotated[str | None, Query(max_length=200)] = None,
-    since: Annotated[datetime | None, Query(description="inclusive")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive")] = None,
+    since: Annotated[Time | None, Query(description="inclusive; ISO-8601")] = None,
+    until: Annotated[Time | None, Query(description="exclusive; ISO-8601")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_seq: Annotated[
         int | None, Query(ge=1, le=2**63 - 1, description="page back: the smallest seq seen")
@@ -76,22 +75,22 @@ def audit(
         actor=actor,
         action=action,
         target=target,
-        since=_utc(since, "since"),
-        until=_utc(until, "until"),
+        since=_utc(since),
+        until=_utc(until),
         limit=limit,
         before_seq=before_seq,
     )
     return {"events": events}
 
 
-def _utc(value: datetime | None, field: str) -> datetime | None:
-    """An aware UTC time in the store's range (no offset given means UTC)."""
+def _utc(value: datetime | None) -> datetime | None:
+    """An aware UTC time (no offset given means UTC), moved into the store's range:
+    as a filter bound, a time before 1900 or after 8999 selects what the nearest
+    storable time does (nothing in the log is outside that range)."""
     if value is None:
         return None
     try:
         value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    except OverflowError:
-        value = MIN_AS_OF
-    if not MIN_AS_OF <= value < MAX_AS_OF:
-        raise ApiError(422, "invalid_input", f"{field}: use a time from 1900 to 8999", field=field)
-    return value
+    except OverflowError:  # an offset took it past year 1 or 9999
+        value = MIN_AS_OF if value.year < 5000 else MAX_AS_OF
+    return min(max(value, MIN_AS_OF), MAX_AS_OF - timedelta(microseconds=1))

@@ -32,7 +32,9 @@ def contact_show(contact_id: str, store: StoreDep) -> Any:
     return show_contact(store, contact_id)
 
 
-@router.post("/contacts/{contact_id}/pins", response_model=PinResult, **role("editor"))
+@router.post(
+    "/contacts/{contact_id}/pins", response_model=PinResult, **role("editor", errors=(409,))
+)
 def contact_pin(contact_id: str, body: PinCreate, store: StoreDep, who: CurrentUser) -> Any:
     """Pin the contact in or out of a persona; rules never override a pin."""
     actor = who.user.username
@@ -50,7 +52,11 @@ def contact_pin(contact_id: str, body: PinCreate, store: StoreDep, who: CurrentU
     return result
 
 
-@router.delete("/contacts/{contact_id}/pins/{persona}", response_model=PinResult, **role("editor"))
+@router.delete(
+    "/contacts/{contact_id}/pins/{persona}",
+    response_model=PinResult,
+    **role("editor", errors=(409,)),
+)
 def contact_unpin(contact_id: str, persona: str, store: StoreDep, who: CurrentUser) -> Any:
     """Remove the pin; rules decide again from the next run."""
     result = unpin(store, persona, contact_id, actor=who.user.username)

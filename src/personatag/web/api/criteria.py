@@ -63,7 +63,12 @@ def criterion_show(name: str, store: StoreDep) -> dict[str, Any]:
     return {"name": name, "versions": [criterion_public(c) for c in versions]}
 
 
-@router.post("/criteria", status_code=201, response_model=CriterionPublic, **role("editor"))
+@router.post(
+    "/criteria",
+    status_code=201,
+    response_model=CriterionPublic,
+    **role("editor", errors=(404, 409)),
+)
 def criterion_create(body: CriterionCreate, store: StoreDep, who: CurrentUser) -> Any:
     """Create a criterion at version 1 (the expression is checked against the schema)."""
     c = add_criterion(
@@ -80,7 +85,7 @@ def criterion_create(body: CriterionCreate, store: StoreDep, who: CurrentUser) -
     return criterion_public(c)
 
 
-@router.put("/criteria/{name}", response_model=CriterionPublic, **role("editor"))
+@router.put("/criteria/{name}", response_model=CriterionPublic, **role("editor", errors=(409,)))
 def criterion_edit(name: str, body: CriterionUpdate, store: StoreDep, who: CurrentUser) -> Any:
     """Save a new version; omitted fields are kept; old versions stay."""
     c = edit_criterion(
@@ -110,19 +115,25 @@ def _lifecycle(name: str, action: str, store: Store, who: Principal) -> Any:
     return criterion_public(c)
 
 
-@router.post("/criteria/{name}/pause", response_model=CriterionPublic, **role("editor"))
+@router.post(
+    "/criteria/{name}/pause", response_model=CriterionPublic, **role("editor", errors=(409,))
+)
 def criterion_pause(name: str, store: StoreDep, who: CurrentUser) -> Any:
     """Pause an ongoing criterion: the stream skips it; its memberships stay."""
     return _lifecycle(name, "pause", store, who)
 
 
-@router.post("/criteria/{name}/resume", response_model=CriterionPublic, **role("editor"))
+@router.post(
+    "/criteria/{name}/resume", response_model=CriterionPublic, **role("editor", errors=(409,))
+)
 def criterion_resume(name: str, store: StoreDep, who: CurrentUser) -> Any:
     """Resume a paused ongoing criterion: it is backfilled again and swapped in."""
     return _lifecycle(name, "resume", store, who)
 
 
-@router.post("/criteria/{name}/retire", response_model=CriterionPublic, **role("editor"))
+@router.post(
+    "/criteria/{name}/retire", response_model=CriterionPublic, **role("editor", errors=(409,))
+)
 def criterion_retire(name: str, store: StoreDep, who: CurrentUser) -> Any:
     """Retire an ongoing criterion: its memberships are removed (exits logged)."""
     return _lifecycle(name, "retire", store, who)
@@ -185,7 +196,7 @@ def _depth(node: Any) -> int:
     return deepest
 
 
-@router.post("/preview", response_model=PreviewResponse, **role("viewer"))
+@router.post("/preview", response_model=PreviewResponse, **role("viewer", errors=(404, 409)))
 def preview_run(body: PreviewRequest, store: StoreDep) -> Any:
     """Whom an expression (or a stored criterion's newest version) catches now, with a
     sample and how many would enter or leave the persona; nothing is written."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from personatag.events import webhooks as wh
 from personatag.events.delivery import redeliver
@@ -28,9 +28,16 @@ DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class WebhookCreate(Input):
-    url: Annotated[str, Field(min_length=1, max_length=wh.MAX_URL)]
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=wh.MAX_URL,
+            json_schema_extra={"pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^#\s]*)?$"},
+        ),
+    ]
     personas: Annotated[list[Name] | None, Field(min_length=1, max_length=1000)] = None
-    from_start: bool = False
+    from_start: StrictBool = False
 
 
 class WebhookPublic(BaseModel):
@@ -76,7 +83,7 @@ class DeadLetterList(BaseModel):
 @router.get(
     "/membership-log",
     response_class=StreamingResponse,
-    **role("viewer", responses={200: {"content": {NDJSON: {}}}}),
+    **role("viewer", errors=(404,), responses={200: {"content": {NDJSON: {}}}}),
 )
 def membership_log(
     store: StoreDep,
@@ -99,7 +106,9 @@ def webhooks_list(store: StoreDep) -> dict[str, Any]:
     return {"webhooks": [h.to_json() for h in wh.list_webhooks(store)]}
 
 
-@router.post("/webhooks", status_code=201, response_model=WebhookCreated, **role("admin"))
+@router.post(
+    "/webhooks", status_code=201, response_model=WebhookCreated, **role("admin", errors=(404,))
+)
 def webhook_create(body: WebhookCreate, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Register a webhook; the answer holds its signing secret, shown only this once."""
     hook, secret = wh.add_webhook(
@@ -113,7 +122,7 @@ def webhook_create(body: WebhookCreate, store: StoreDep, who: CurrentUser) -> di
     return hook.to_json() | {"secret": secret}
 
 
-@router.get("/webhooks/dead-letters", response_model=DeadLetterList, **role("admin"))
+@router.get("/webhooks/dead-letters", response_model=DeadLetterList, **role("admin", errors=(404,)))
 def dead_letters_list(
     store: StoreDep,
     webhook: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
@@ -123,7 +132,7 @@ def dead_letters_list(
 
 
 @router.post(
-    "/webhooks/dead-letters/{dead_letter_id}/redeliver",
+    "/webhooks/dead-letters/{dead_letter_id:int}/redeliver",
     response_model=DeadLetterPublic,
     **role(
         "admin",
@@ -140,20 +149,20 @@ def dead_letter_redeliver(
         raise ApiError(502, "delivery_failed", str(exc)) from None
 
 
-@router.delete("/webhooks/{webhook_id}", status_code=204, **role("admin"))
+@router.delete("/webhooks/{webhook_id:int}", status_code=204, **role("admin"))
 def webhook_delete(webhook_id: WebhookId, store: StoreDep, who: CurrentUser) -> Response:
     """Delete a webhook and its dead letters."""
     wh.remove_webhook(store, webhook_id, actor=who.user.username, source="api")
     return Response(status_code=204)
 
 
-@router.post("/webhooks/{webhook_id}/disable", response_model=WebhookPublic, **role("admin"))
+@router.post("/webhooks/{webhook_id:int}/disable", response_model=WebhookPublic, **role("admin"))
 def webhook_disable(webhook_id: WebhookId, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Stop delivering (the cursor is kept; idempotent)."""
     return wh.set_enabled(store, webhook_id, False, actor=who.user.username, source="api").to_json()
 
 
-@router.post("/webhooks/{webhook_id}/enable", response_model=WebhookPublic, **role("admin"))
+@router.post("/webhooks/{webhook_id:int}/enable", response_model=WebhookPublic, **role("admin"))
 def webhook_enable(webhook_id: WebhookId, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Deliver again from the cursor, at once (idempotent)."""
     return wh.set_enabled(store, webhook_id, True, actor=who.user.username, source="api").to_json()

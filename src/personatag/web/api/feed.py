@@ -5,10 +5,10 @@ docs/feed.md."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,7 @@ from personatag.store.personas import get_persona
 from personatag.web.api.deps import SettingsDep, StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.errors import ApiError
+from personatag.web.schemas import Time
 
 router = APIRouter(tags=["feed"])
 
@@ -54,7 +55,7 @@ class FeedRuleCreate(BaseModel):
     expr: str | None = Field(None, max_length=10_000, description="over publication fields")
     weight: float | None = Field(None, description="boost only; negative demotes")
     publication: str | None = Field(None, max_length=1000, description="pin only: its id")
-    expires_at: datetime | None = Field(None, description="pin only; none: until removed")
+    expires_at: Time | None = Field(None, description="pin only; none: until removed")
     cap: int | None = Field(None, ge=1, le=1000, description="cap only: reports per series")
 
 
@@ -87,13 +88,14 @@ async def contact_feed(
     settings: SettingsDep,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many reports")] = 10,
     as_of: Annotated[
-        datetime | None, Query(description="ISO-8601; default now (must not be in the future)")
+        Time | None, Query(description="ISO-8601; default now (must not be in the future)")
     ] = None,
     ranker: Annotated[
         str,
         Query(
+            json_schema_extra={"enum": list(RANKER_KEYS)},
             description="`ours` (default) or a baseline to compare with: `b0` editions, `b1` "
-            "popular, `b2` persona popular, `b3` your coverage, `b4` item-kNN (no content rules)"
+            "popular, `b2` persona popular, `b3` your coverage, `b4` item-kNN (no content rules)",
         ),
     ] = "ours",
 ) -> Any:
@@ -121,7 +123,10 @@ def feed_rules_list(key: str, store: StoreDep) -> Any:
 
 
 @router.post(
-    "/personas/{key}/feed-rules", response_model=FeedRulePublic, status_code=201, **role("editor")
+    "/personas/{key}/feed-rules",
+    response_model=FeedRulePublic,
+    status_code=201,
+    **role("editor", errors=(409,)),
 )
 def feed_rules_add(key: str, body: FeedRuleCreate, store: StoreDep, who: CurrentUser) -> Any:
     """Add a rule; the expression is checked (422 with line and col); applies on the next feed."""
@@ -145,10 +150,13 @@ def feed_rules_add(key: str, body: FeedRuleCreate, store: StoreDep, who: Current
     return rule.to_json()
 
 
+RuleId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
 @router.delete(
-    "/personas/{key}/feed-rules/{rule_id}", response_model=FeedRulePublic, **role("editor")
+    "/personas/{key}/feed-rules/{rule_id:int}", response_model=FeedRulePublic, **role("editor")
 )
-def feed_rules_remove(key: str, rule_id: int, store: StoreDep, who: CurrentUser) -> Any:
+def feed_rules_remove(key: str, rule_id: RuleId, store: StoreDep, who: CurrentUser) -> Any:
     """Delete one of the persona's rules; feeds follow on the next request."""
     with store.read() as conn:
         get_persona(conn, store, key)
@@ -188,7 +196,12 @@ class FeedEvaluationList(BaseModel):
     evaluations: list[FeedEvaluation]
 
 
-@router.post("/feed/evaluations", response_model=FeedEvaluation, status_code=202, **role("editor"))
+@router.post(
+    "/feed/evaluations",
+    response_model=FeedEvaluation,
+    status_code=202,
+    **role("editor", errors=(409,)),
+)
 def feed_evaluation_start(
     body: FeedEvaluationCreate, settings: SettingsDep, who: CurrentUser
 ) -> Any:
@@ -209,7 +222,11 @@ def feed_evaluation_get(run_id: str, settings: SettingsDep) -> Any:
     return get_run(settings, run_id)
 
 
-@router.post("/feed/evaluations/{run_id}/cancel", response_model=FeedEvaluation, **role("editor"))
+@router.post(
+    "/feed/evaluations/{run_id}/cancel",
+    response_model=FeedEvaluation,
+    **role("editor", errors=(409,)),
+)
 def feed_evaluation_cancel(run_id: str, settings: SettingsDep, who: CurrentUser) -> Any:
     """Stop a running evaluation (409 if it is not running)."""
     return cancel_run(settings, run_id, who.user.username)

@@ -13,7 +13,7 @@ from personatag.errors import NotFoundError
 from personatag.pipeline.jobs import FAILED, TERMINAL, cancel_job, get_job, list_jobs
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
-from personatag.web.schemas import JobPublic, StatusView, StreamStatus
+from personatag.web.schemas import JOB_STATUS_DOC, JobPublic, StatusView, StreamStatus
 
 router = APIRouter(tags=["jobs"])
 
@@ -40,7 +40,7 @@ def _ref(ref: str) -> str:
 @router.get("/jobs", response_model=JobList, **role("viewer"))
 def jobs_list(
     store: StoreDep,
-    status: Annotated[str | None, Query(max_length=20)] = None,
+    status: Annotated[str | None, Query(max_length=20, json_schema_extra=JOB_STATUS_DOC)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     """Jobs, newest first (queued, running, succeeded, partial, failed, cancelled)."""
@@ -53,7 +53,7 @@ def job_show(ref: JobRef, store: StoreDep) -> Any:
     return get_job(store, _ref(ref))
 
 
-@router.post("/jobs/{ref}/cancel", response_model=JobPublic, **role("editor"))
+@router.post("/jobs/{ref}/cancel", response_model=JobPublic, **role("editor", errors=(409,)))
 def job_cancel(ref: JobRef, store: StoreDep, who: CurrentUser) -> Any:
     """Cancel a queued job, or ask a running one to stop (nothing is half-applied)."""
     job = cancel_job(store, _ref(ref))

@@ -113,7 +113,9 @@ def persona_members(
     return {"members": ids[:limit], "next_after": ids[limit - 1] if more else None}
 
 
-@router.post("/personas", status_code=201, response_model=PersonaPublic, **role("admin"))
+@router.post(
+    "/personas", status_code=201, response_model=PersonaPublic, **role("admin", errors=(409,))
+)
 def persona_create(body: PersonaCreate, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
     """Create a persona."""
     actor = who.user.username
@@ -130,7 +132,9 @@ def persona_create(body: PersonaCreate, store: StoreDep, who: CurrentUser) -> di
     return persona_public(p, 0)
 
 
-@router.post("/personas/{key}/archive", response_model=PersonaPublic, **role("admin"))
+@router.post(
+    "/personas/{key}/archive", response_model=PersonaPublic, **role("admin", errors=(409,))
+)
 def persona_archive(key: str, store: StoreDep, who: CurrentUser) -> Any:
     """Archive a persona: no more tagging into it; its members and history are kept."""
     p = archive_persona(store, key)

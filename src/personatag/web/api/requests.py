@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -28,7 +28,7 @@ from personatag.store import Store
 from personatag.web.api.deps import BucketsDep, SettingsDep, StoreDep
 from personatag.web.auth import CurrentUser, Principal, role
 from personatag.web.errors import ApiError
-from personatag.web.schemas import RequestView, Submitted
+from personatag.web.schemas import JOB_STATUS_DOC, REQUEST_ID_DOC, RequestView, Submitted
 
 router = APIRouter(tags=["requests"])
 
@@ -114,11 +114,17 @@ async def _submit(
     return submitted
 
 
+# With wait=true a request that ran within the timeout answers 200 with its summary.
+_RAN: dict[int | str, dict[str, Any]] = {
+    200: {"model": Submitted, "description": "wait=true: it ran; `summary` is its outcome"}
+}
+
+
 @router.post(
     "/requests",
     status_code=202,
     response_model=Submitted,
-    **role("editor", requestBody=_request_body_doc()),
+    **role("editor", responses=_RAN, requestBody=_request_body_doc()),
 )
 async def request_submit(
     request: Request,
@@ -147,7 +153,9 @@ async def request_submit(
     )
 
 
-@router.post("/requests/upload", status_code=202, response_model=Submitted, **role("editor"))
+@router.post(
+    "/requests/upload", status_code=202, response_model=Submitted, **role("editor", responses=_RAN)
+)
 async def request_upload(
     response: Response,
     store: StoreDep,
@@ -185,6 +193,9 @@ async def request_upload(
     )
 
 
+RequestId = Annotated[str, Path(json_schema_extra=REQUEST_ID_DOC)]
+
+
 def _checked_id(request_id: str) -> str:
     if problem := request_id_problem(request_id):
         raise ApiError(422, "invalid_input", f"request id {problem}", field="request_id")
@@ -203,7 +214,7 @@ def _job_of(store: Store, request_id: str) -> dict[str, Any] | None:
 @router.get("/requests", response_model=RequestList, **role("viewer"))
 def requests_list(
     store: StoreDep,
-    status: Annotated[str | None, Query(max_length=20)] = None,
+    status: Annotated[str | None, Query(max_length=20, json_schema_extra=JOB_STATUS_DOC)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     """Requests with their newest job, newest first (requests refused before they
@@ -221,7 +232,7 @@ def requests_list(
 
 
 @router.get("/requests/{request_id}", response_model=RequestView, **role("viewer"))
-def request_show(request_id: str, store: StoreDep, buckets: BucketsDep) -> dict[str, Any]:
+def request_show(request_id: RequestId, store: StoreDep, buckets: BucketsDep) -> dict[str, Any]:
     """One request: its newest job and its summary.json (once written)."""
     _checked_id(request_id)
     job = _job_of(store, request_id)
@@ -246,7 +257,7 @@ def request_show(request_id: str, store: StoreDep, buckets: BucketsDep) -> dict[
     **role("viewer", responses={200: {"content": {t: {} for t in RESULT_FILES.values()}}}),
 )
 def request_result(
-    request_id: str,
+    request_id: RequestId,
     file_name: Literal["summary.json", "failed.csv", "changes.csv.gz"],
     buckets: BucketsDep,
 ) -> StreamingResponse:

@@ -632,7 +632,13 @@ function initFeedEvaluations() {
   });
 }
 
+// -- selects that submit their form on change (no inline handlers: see the CSP) --
+function initAutosubmit() {
+  document.querySelectorAll("select[data-autosubmit]").forEach((s) =>
+    s.addEventListener("change", () => s.form.submit()));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  initLogin(); initLogout(); initBuilder(); initRequests(); initContact(); initUsers();
+  initAutosubmit(); initLogin(); initLogout(); initBuilder(); initRequests(); initContact(); initUsers();
   initFeedRules(); initFeedEvaluations();
 });
