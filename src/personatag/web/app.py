@@ -90,8 +90,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def _declare_shared_errors(path: str, op: dict[str, Any]) -> None:
     """The error answers that follow from an operation's shape: a body may not
     parse (400); a path parameter may name nothing (404); any input may be invalid
-    (422). Declared here once instead of on every route."""
-    wanted = []
+    (422); every operation reads the store, which may be unreachable (503).
+    Declared here once instead of on every route."""
+    wanted = [503]
     body = op.get("requestBody", {}).get("content", {})
     if body:
         wanted.append(400)
