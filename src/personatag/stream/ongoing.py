@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -227,6 +227,31 @@ def load(conn: Connection, store: Store, statuses: Iterable[str] = (ACTIVE,)) ->
     return out
 
 
+def dependency_order(criteria: Sequence[Ongoing]) -> list[Ongoing]:
+    """The criteria that read personas, each after the criteria feeding the
+    personas it reads (a circle is broken by pk order)."""
+    readers = [c for c in criteria if c.personas]
+    feeds: dict[str, list[Ongoing]] = {}
+    for c in readers:
+        feeds.setdefault(c.persona_key, []).append(c)
+    order: list[Ongoing] = []
+    state: dict[int, int] = {}  # 1: being visited, 2: placed
+
+    def visit(c: Ongoing) -> None:
+        if state.get(c.pk):
+            return
+        state[c.pk] = 1
+        for key in sorted(c.personas):
+            for dep in feeds.get(key, ()):
+                visit(dep)
+        state[c.pk] = 2
+        order.append(c)
+
+    for c in sorted(readers, key=lambda x: x.pk):
+        visit(c)
+    return order
+
+
 @dataclass
 class Index:
     """Which criteria a change can affect: by contact field, event and persona."""
@@ -236,6 +261,8 @@ class Index:
     by_event: dict[str, list[Ongoing]] = field(default_factory=dict)
     by_persona: dict[str, list[Ongoing]] = field(default_factory=dict)
     by_pk: dict[int, Ongoing] = field(default_factory=dict)
+    # The criteria that read personas, in dependency order (see dependency_order).
+    persona_order: list[Ongoing] = field(default_factory=list)
     # publication pk -> the criteria a read of it can change (see `touched_by_reads`)
     _by_publication: dict[int, frozenset[int]] = field(default_factory=dict)
     _publications_version: int = -1
@@ -251,6 +278,7 @@ class Index:
                 self.by_event.setdefault(e, []).append(c)
             for key in c.personas:
                 self.by_persona.setdefault(key, []).append(c)
+        self.persona_order = dependency_order(self.criteria)
 
     def touched_by_reads(
         self, publication_pks: Iterable[int], pubs: Mapping[int, Mapping[str, Any]], version: int

@@ -42,7 +42,7 @@ from personatag.pipeline.audit import fetch_ids
 from personatag.store import Store
 from personatag.store.personas import persona_pks
 from personatag.store.types import to_micros
-from personatag.stream import feed
+from personatag.stream import cascade, feed
 from personatag.stream import ongoing as og
 from personatag.stream.apply import Holders, Outcome, Writer, executemany, fetch_tuples
 from personatag.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
@@ -50,7 +50,6 @@ from personatag.stream.inputs import Needs, Publications, chunks, grouped, load_
 log = logging.getLogger(__name__)
 
 OFFSET_NAME = "stream"
-CASCADE_ROUNDS = 4
 RATE_WINDOW_S = 10.0  # persona(...) criteria re-evaluated after memberships move
 
 
@@ -504,20 +503,23 @@ class StreamProcessor:
             ev = self._evaluate(work, index, now)
         result.contacts = len(work)
         result.evaluations = len(ev.evaluated)
-        personas = (
-            sorted({index.by_pk[p].persona_pk for p in set().union(*work.values())}) if work else []
-        )
-        personas = sorted(set(personas) | {c.persona_pk for c in index.criteria if c.personas})
         with self.store.write() as conn:
             if feed.get_offset(conn, self.store, self.name) != offset:
                 raise RuntimeError(
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
                 )
-            for ppk in personas:
+            pks_of = persona_pks(conn, self.store)
+            keys = {pk: key for key, pk in pks_of.items()}
+            personas = {index.by_pk[p].persona_pk for p in set().union(*work.values())}
+            for c in index.criteria:
+                if c.personas:
+                    # persona(...) criteria: the persona they feed and those they read
+                    personas.add(c.persona_pk)
+                    personas.update(pks_of[k] for k in c.personas if k in pks_of)
+            for ppk in sorted(personas):
                 self.store.lock_persona(conn, ppk)
             if index.by_persona:
-                # persona(...) criteria read every persona a contact holds.
                 holders = Holders.load(conn, self.store, {cpk: personas for cpk in work})
             else:
                 by_pk = index.by_pk
@@ -526,25 +528,31 @@ class StreamProcessor:
                     self.store,
                     {cpk: {by_pk[p].persona_pk for p in crits} for cpk, crits in work.items()},
                 )
+            # contact pk -> criterion pk -> matched
+            answers: dict[int, dict[int, bool]] = {}
+            for cpk, crit_pk in ev.evaluated:
+                answers.setdefault(cpk, {})[crit_pk] = (cpk, crit_pk) in ev.matched
+            for cpk, crit_pk in ev.unmatched:
+                answers.setdefault(cpk, {})[crit_pk] = False
+            if index.by_persona:
+                self._settle(conn, index, holders, answers, personas, ev, keys, now)
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
-            by_crit: dict[int, tuple[list[int], set[int]]] = {}
-            for cpk, crit_pk in ev.evaluated:
-                evaluated, matched = by_crit.setdefault(crit_pk, ([], set()))
-                evaluated.append(cpk)
-                if (cpk, crit_pk) in ev.matched:
-                    matched.add(cpk)
-            for cpk, crit_pk in ev.unmatched:
-                by_crit.setdefault(crit_pk, ([], set()))[0].append(cpk)
-            moved: set[tuple[int, int]] = set()
-            for crit_pk, (evaluated, matched) in by_crit.items():
+            by_crit: dict[int, tuple[list[int], list[int]]] = {}
+            for cpk, mine in answers.items():
+                for crit_pk, hit in mine.items():
+                    entering, leaving = by_crit.setdefault(crit_pk, ([], []))
+                    (entering if hit else leaving).append(cpk)
+            # Every enter before any exit: a persona passing from one source to
+            # another in this step is never logged as leaving and coming back.
+            for crit_pk, (entering, _) in by_crit.items():
                 crit = index.by_pk[crit_pk]
-                for c in writer.decide(
-                    holders, crit.persona_pk, crit.pk, crit.exit_remove, evaluated, matched
-                ):
-                    moved.add((crit.persona_pk, c))
-            keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
-            self._cascade(index, holders, writer, moved, ev, keys)
+                writer.decide(
+                    holders, crit.persona_pk, crit.pk, crit.exit_remove, entering, set(entering)
+                )
+            for crit_pk, (_, leaving) in by_crit.items():
+                crit = index.by_pk[crit_pk]
+                writer.decide(holders, crit.persona_pk, crit.pk, crit.exit_remove, leaving, ())
             writer.flush(conn)
             self._write_rechecks(conn, due, ev, now)
             if ev.errors:
@@ -593,52 +601,60 @@ class StreamProcessor:
                         out.due[(crit_pk, cpk)] = now
         return out
 
-    def _cascade(
+    def _settle(
         self,
+        conn: Connection,
         index: og.Index,
         holders: Holders,
-        writer: Writer,
-        moved: set[tuple[int, int]],
+        answers: dict[int, dict[int, bool]],
+        covered: set[int],
         ev: Evaluated,
         keys: dict[int, str],
+        now: datetime,
     ) -> None:
-        """Re-evaluate persona(...) criteria for contacts whose personas just changed."""
-        if not index.by_persona:
-            return
-        covered = {p for p, _ in holders.sources} | {p for p, _ in moved}
-        for _ in range(CASCADE_ROUNDS):
-            if not moved:
-                return
-            again: set[tuple[int, int]] = set()
-            for cpk in sorted({c for _, c in moved}):
-                inp = ev.inputs.get(cpk)
+        """Bring each contact's persona(...) answers to where a full evaluation of
+        the same data would be (see cascade.py), before anything is written."""
+        order = index.persona_order
+        covered_keys = {keys[p] for p in covered if p in keys}
+        stored = cascade.contacts_of(holders, answers, covered)
+        contacts: dict[int, cascade.Contact] = {}
+        lacking: list[int] = []
+        for cpk, mine in answers.items():
+            inp = ev.inputs.get(cpk)
+            outside = frozenset() if inp is None else inp.personas - covered_keys
+            c = cascade.Contact(cpk, stored[cpk], outside, mine)
+            start = cascade.held(cascade.Contact(cpk, c.stored, outside), index.by_pk, keys, set())
+            if cascade.held(c, index.by_pk, keys, holders.pinned_out) != start:
+                contacts[cpk] = c  # its personas move in this step
                 if inp is None:
-                    continue
-                crits = {
-                    crit.pk: crit
-                    for p, c in moved
-                    if c == cpk and keys.get(p) in index.by_persona
-                    for crit in index.by_persona[keys[p]]
-                }
-                if not crits:
-                    continue
-                held = {keys[p] for (p, c), srcs in holders.sources.items() if c == cpk and srcs}
-                outside = {k for k in inp.personas if k not in {keys.get(p) for p in covered}}
-                inp = dataclasses.replace(inp, personas=frozenset(held | outside))
-                ev.inputs[cpk] = inp
-                for crit in crits.values():
-                    sub = Evaluated({}, [], set(), {}, [])
-                    self._eval_one(crit, cpk, inp, sub)
-                    ev.errors.extend(sub.errors)
-                    ev.due.update(sub.due)
-                    if not sub.evaluated:
-                        continue
-                    hit = {cpk} if sub.matched else set()
-                    for c in writer.decide(
-                        holders, crit.persona_pk, crit.pk, crit.exit_remove, [cpk], hit
-                    ):
-                        again.add((crit.persona_pk, c))
-            moved = again
+                    lacking.append(cpk)
+        if not contacts:
+            return
+        if lacking:  # evaluated set-based: load what the persona criteria read
+            needs = self._needs(order, index)
+            loaded = load_inputs(conn, self.store, sorted(lacking), needs, now, self.pubs, keys)
+            ev.inputs.update(loaded)
+            for cpk in lacking:
+                inp = loaded.get(cpk)
+                if inp is None:
+                    contacts.pop(cpk)
+                else:
+                    contacts[cpk].outside = inp.personas - covered_keys
+
+        def evaluate(crit: og.Ongoing, cpk: int, personas: frozenset[str]) -> bool | None:
+            inp = dataclasses.replace(ev.inputs[cpk], personas=personas, memo={})
+            sub = Evaluated({}, [], set(), {}, [])
+            self._eval_one(crit, cpk, inp, sub)
+            ev.errors.extend(sub.errors)
+            ev.due.update(sub.due)
+            ev.evaluated.extend(sub.evaluated)
+            return bool(sub.matched) if sub.evaluated else None
+
+        circle = "persona(...) criteria read each other in a circle that never settles"
+        for cpk, c in contacts.items():
+            if not cascade.settle(c, order, index.by_pk, keys, holders.pinned_out, evaluate):
+                first = next((x.pk for x in order if x.pk in c.answers), order[0].pk)
+                ev.errors.append((first, cpk, circle))
 
     def _due(self, conn: Connection, now: datetime) -> list[tuple[int, int]]:
         rc = self.store.tables.stream_rechecks
