@@ -72,17 +72,27 @@ class Ongoing:
         return f"{self.name}@{self.version}"
 
     def next_due(self, inp: EvalInput, matched: bool) -> datetime | None:
-        """When time alone could next change this contact's answer (None: never)."""
-        if not self.windows or (self.falls_only and not matched):
+        """When time alone could next change this contact's answer (None: never).
+
+        Events and timestamps leave windows as time passes, and those stamped
+        after `inp.as_of` (a clock ahead of ours, a read stamped before its
+        transaction committed) enter them when their moment comes: that moment
+        is a re-check for members and non-members alike."""
+        if not self.windows:
             return None
         now = inp.as_of
+        leaving = not (self.falls_only and not matched)
         best: datetime | None = None
 
         def consider(at: datetime | None, days: int) -> None:
             nonlocal best
             if at is None:
                 return
-            for moment in (at + timedelta(days=days), at):
+            if at > now:
+                if best is None or at < best:
+                    best = at
+            elif leaving:
+                moment = at + timedelta(days=days)
                 if moment > now and (best is None or moment < best):
                     best = moment
 

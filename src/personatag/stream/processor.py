@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -203,15 +203,20 @@ class StreamProcessor:
 
     def step(self, now: datetime | None = None) -> StepResult:
         """One micro-batch of the feed and due re-checks, plus lifecycle work."""
-        now = now or utcnow()
+        fixed = now
         result = StepResult()
         index = self._criteria()
-        self._lifecycle(index, result, now)
+        self._lifecycle(index, result, fixed or utcnow())
         if result.lifecycle:  # a swap changed the active criteria
             index = self._criteria()
         with self.store.read() as conn:
             offset = feed.get_offset(conn, self.store, self.name)
             changes = feed.read(conn, self.store, offset, self.settings.stream_batch)
+            # The batch is evaluated as of a moment after it was read: an event
+            # stamped before its transaction committed is inside it. One stamped
+            # later still (another machine's clock) gets a re-check at its
+            # moment (see Ongoing.next_due).
+            now = fixed or utcnow()
             due = self._due(conn, now)
             self.pubs.get(conn, self.store)
         result.offset = offset
@@ -366,14 +371,23 @@ class StreamProcessor:
             outcome = writer.flush(conn, reason=f"criterion {new.label} swapped in")
             self._set_status(conn, new.pk, og.ACTIVE)
             if new.windows:
-                # Members get their exact re-check time from the first evaluation.
+                # Members, and those time alone can bring in (events or timestamps
+                # after now; with `count(...) < k` also those in the window), get
+                # their exact re-check time from a first evaluation.
                 rc = t.stream_rechecks
                 conn.execute(rc.delete().where(rc.c.criterion_pk == new.pk))
-                members = sorted(matched)
-                if members:
+                recheck = set(matched)
+                catalog = self.store.catalog(conn)
+                for name, days in new.windows:
+                    since = now if new.falls_only else now - timedelta(days=days)
+                    recheck |= self._moving(conn, catalog, name, since)
+                if recheck:
                     conn.execute(
                         rc.insert(),
-                        [{"criterion_pk": new.pk, "contact_pk": c, "due_at": now} for c in members],
+                        [
+                            {"criterion_pk": new.pk, "contact_pk": c, "due_at": now}
+                            for c in sorted(recheck)
+                        ],
                     )
             from personatag import audit_log
 
@@ -581,6 +595,7 @@ class StreamProcessor:
             for p in crits:
                 by_crit.setdefault(p, []).append(cpk)
         out = Evaluated({}, [], set(), {}, [])
+        ahead: dict[str, set[int]] = {}  # event or field -> contacts with a moment after now
         with self.store.read() as conn:
             catalog = self.store.catalog(conn)
             for crit_pk, cpks in by_crit.items():
@@ -590,6 +605,12 @@ class StreamProcessor:
                 except Exception as exc:
                     out.errors.append((crit_pk, 0, f"{type(exc).__name__}: {exc}"))
                     continue
+                future: set[int] = set()
+                if crit.windows and crit.falls_only:
+                    for name, _ in crit.windows:
+                        if name not in ahead:
+                            ahead[name] = self._moving(conn, catalog, name, now, sorted(work))
+                        future |= ahead[name]
                 for cpk in cpks:
                     out.evaluated.append((cpk, crit_pk))
                     if cpk in hits:
@@ -597,9 +618,34 @@ class StreamProcessor:
                         if crit.windows:
                             # The exact re-check time comes from a per-contact evaluation.
                             out.due[(crit_pk, cpk)] = now
-                    elif crit.windows and not crit.falls_only:
+                    elif crit.windows and (not crit.falls_only or cpk in future):
                         out.due[(crit_pk, cpk)] = now
         return out
+
+    def _moving(
+        self,
+        conn: Connection,
+        catalog: Catalog,
+        name: str,
+        since: datetime,
+        cpks: list[int] | None = None,
+    ) -> set[int]:
+        """Contacts (of `cpks`, or all) with a read or login (`name`), or a value
+        of the timestamp field `name`, after `since`."""
+        t = self.store.tables
+        if name == og.EVENT_READ:
+            who, at = t.reads.c.contact_pk, t.reads.c.read_at
+        elif name == og.EVENT_LOGIN:
+            who, at = t.logins.c.contact_pk, t.logins.c.login_at
+        else:
+            who, at = t.contacts.c.pk, t.contacts.c[catalog.column_for(name)]
+        q = select(who).where(at > since).distinct()
+        if cpks is None:
+            return {int(c) for c in conn.scalars(q)}
+        found: set[int] = set()
+        for part in chunks(cpks):
+            found.update(int(c) for c in conn.scalars(q.where(who.in_(part))))
+        return found
 
     def _settle(
         self,
