@@ -81,18 +81,21 @@ class Ongoing:
         if not self.windows:
             return None
         now = inp.as_of
-        leaving = not (self.falls_only and not matched)
-        best: datetime | None = None
+        if self.falls_only and not matched:
+            # Time can only bring this contact in through what lies ahead.
+            best: datetime | None = None
+            for name, _ in self.windows:
+                at = _first_ahead(inp, name)
+                if at is not None and (best is None or at < best):
+                    best = at
+            return best
+        best = None
 
         def consider(at: datetime | None, days: int) -> None:
             nonlocal best
             if at is None:
                 return
-            if at > now:
-                if best is None or at < best:
-                    best = at
-            elif leaving:
-                moment = at + timedelta(days=days)
+            for moment in (at + timedelta(days=days), at):
                 if moment > now and (best is None or moment < best):
                     best = moment
 
@@ -107,6 +110,23 @@ class Ongoing:
                 value = inp.contact.get(name)
                 consider(value if isinstance(value, datetime) else None, days)
         return best
+
+
+def _first_ahead(inp: EvalInput, name: str) -> datetime | None:
+    """The earliest read or login (`name`), or the timestamp field `name`, after
+    `inp.as_of` (computed once per input and event kind)."""
+    now = inp.as_of
+    if name not in (EVENT_READ, EVENT_LOGIN):
+        value = inp.contact.get(name)
+        return value if isinstance(value, datetime) and value > now else None
+    key = ("ahead", name)
+    if key in inp.memo:
+        found: datetime | None = inp.memo[key]
+        return found
+    times = (at for _, at in inp.reads) if name == EVENT_READ else iter(inp.logins)
+    found = min((at for at in times if at > now), default=None)
+    inp.memo[key] = found
+    return found
 
 
 def _windows(node: Node) -> tuple[list[tuple[str, int]], bool]:
