@@ -542,31 +542,41 @@ class StreamProcessor:
                     self.store,
                     {cpk: {by_pk[p].persona_pk for p in crits} for cpk, crits in work.items()},
                 )
-            # contact pk -> criterion pk -> matched
-            answers: dict[int, dict[int, bool]] = {}
-            for cpk, crit_pk in ev.evaluated:
-                answers.setdefault(cpk, {})[crit_pk] = (cpk, crit_pk) in ev.matched
-            for cpk, crit_pk in ev.unmatched:
-                answers.setdefault(cpk, {})[crit_pk] = False
+            # criterion pk -> (contacts it matches, contacts it does not)
+            by_crit: dict[int, tuple[list[int], list[int]]] = {}
             if index.by_persona:
+                # contact pk -> criterion pk -> matched, settled
+                answers: dict[int, dict[int, bool]] = {}
+                for cpk, crit_pk in ev.evaluated:
+                    answers.setdefault(cpk, {})[crit_pk] = (cpk, crit_pk) in ev.matched
+                for cpk, crit_pk in ev.unmatched:
+                    answers.setdefault(cpk, {})[crit_pk] = False
                 self._settle(conn, index, holders, answers, personas, ev, keys, now)
+                for cpk, mine in answers.items():
+                    for crit_pk, hit in mine.items():
+                        entering, leaving = by_crit.setdefault(crit_pk, ([], []))
+                        (entering if hit else leaving).append(cpk)
+            else:
+                matched = ev.matched
+                for pair in ev.evaluated:
+                    entering, leaving = by_crit.setdefault(pair[1], ([], []))
+                    (entering if pair in matched else leaving).append(pair[0])
+                for cpk, crit_pk in ev.unmatched:
+                    by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
-            by_crit: dict[int, tuple[list[int], list[int]]] = {}
-            for cpk, mine in answers.items():
-                for crit_pk, hit in mine.items():
-                    entering, leaving = by_crit.setdefault(crit_pk, ([], []))
-                    (entering if hit else leaving).append(cpk)
             # Every enter before any exit: a persona passing from one source to
             # another in this step is never logged as leaving and coming back.
             for crit_pk, (entering, _) in by_crit.items():
                 crit = index.by_pk[crit_pk]
-                writer.decide(
-                    holders, crit.persona_pk, crit.pk, crit.exit_remove, entering, set(entering)
-                )
+                if entering:
+                    writer.decide(
+                        holders, crit.persona_pk, crit.pk, crit.exit_remove, entering, set(entering)
+                    )
             for crit_pk, (_, leaving) in by_crit.items():
                 crit = index.by_pk[crit_pk]
-                writer.decide(holders, crit.persona_pk, crit.pk, crit.exit_remove, leaving, ())
+                if leaving and crit.exit_remove:
+                    writer.decide(holders, crit.persona_pk, crit.pk, True, leaving, ())
             writer.flush(conn)
             self._write_rechecks(conn, due, ev, now)
             if ev.errors:
