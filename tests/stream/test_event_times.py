@@ -146,3 +146,22 @@ def test_three_reads_at_one_instant_count_three_in_the_flink_job() -> None:
         (3, False, None),
     ]
     assert got[0].due == at + timedelta(days=30)
+
+
+def test_set_based_rechecks_come_back_per_contact_and_the_stream_goes_idle(store: Store) -> None:
+    """A set-based batch schedules its window members a re-check at once (for
+    their exact next moment); when those re-checks outnumbered
+    PERSONATAG_STREAM_SET_BASED_CONTACTS they were evaluated set-based again,
+    which scheduled them again: the stream never went idle."""
+    _setup(store)
+    add_criterion(store, "r3", persona="r3", expr=READS3, mode="ongoing", exit_policy="remove")
+    p = StreamProcessor(store, Settings(stream_reconcile_s=0, stream_set_based_contacts=1))
+    p.catch_up()
+    at = utcnow() - timedelta(days=1)
+    for cid in ("x1", "x2"):
+        add_events(store, cid, reads=[(f"p{i}", at) for i in range(3)])
+    p.catch_up(timeout_s=20)
+    assert members(store, "r3") == {"x1", "x2"}
+    rc = store.tables.stream_rechecks
+    with store.read() as conn:
+        assert {r.due_at for r in conn.execute(rc.select())} == {at + timedelta(days=30)}

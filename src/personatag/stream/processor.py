@@ -232,12 +232,16 @@ class StreamProcessor:
                     work[pk] = set(touched)
                 else:
                     s.update(touched)
+        # Set-based only for many changed contacts: due re-checks need the exact
+        # next moment a per-contact evaluation gives (set-based answers schedule
+        # one at once, which must not come back set-based again).
+        set_based = len(work) > self.settings.stream_set_based_contacts
         for crit_pk, cpk in due:
             if crit_pk in index.by_pk:
                 work.setdefault(cpk, set()).add(crit_pk)
         new_offset = changes[-1].seq if changes else offset
         if changes or due:
-            self._apply(index, work, due, offset, new_offset, now, result)
+            self._apply(index, work, due, offset, new_offset, now, result, set_based=set_based)
             result.changes = len(changes)
             result.change_times = [ch.at for ch in changes]
             result.rechecks = len(due)
@@ -509,8 +513,9 @@ class StreamProcessor:
         new_offset: int,
         now: datetime,
         result: StepResult,
+        *,
+        set_based: bool,
     ) -> None:
-        set_based = len(work) > self.settings.stream_set_based_contacts
         if set_based:
             ev = self._evaluate_set_based(work, index, now)
         else:
