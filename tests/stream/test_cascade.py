@@ -100,3 +100,36 @@ def test_a_persona_handed_between_sources_in_one_step_is_not_logged(store: Store
     m = store.tables.memberships
     with store.read() as conn:
         assert len(conn.execute(select(m.c.source).where(m.c.persona_pk.is_not(None))).all()) == 1
+
+
+def test_criteria_reading_each_other_through_a_not_stop_with_an_error(store: Store) -> None:
+    """persona(...) criteria that read each other in a circle through a `not`
+    have no settled answer: the step ends (after a bounded number of passes),
+    records a stream error for the contact, and its log still alternates."""
+    add_contacts(store, [{"id": "x1", "region": "AMER", "seniority": 1}])
+    for key in ("p", "q"):
+        add_persona(store, key, name=key, category="test")
+    add_criterion(
+        store,
+        "px",
+        persona="p",
+        expr='region = "EMEA" and not persona("q")',
+        mode="ongoing",
+        exit_policy="remove",
+    )
+    add_criterion(
+        store, "qy", persona="q", expr='persona("p")', mode="ongoing", exit_policy="remove"
+    )
+    p = StreamProcessor(store, SETTINGS)
+    p.catch_up()
+    set_contact(store, "x1", {"region": "EMEA"})
+    step = p.step()
+    assert step.errors == 1
+    with store.read() as conn:
+        (err,) = conn.scalars(select(store.tables.stream_errors.c.error)).all()
+    assert "circle" in err
+    for key in ("p", "q"):
+        entries = [change for _, change in log_of(store, key)]
+        assert entries in ([], ["enter"]) and (entries == ["enter"]) == (
+            members(store, key) == {"x1"}
+        )
