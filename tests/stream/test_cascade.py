@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from personatag.pipeline.contacts import set_contact
 from personatag.store import Store
-from personatag.store.definitions import add_criterion
+from personatag.store.definitions import add_criterion, edit_criterion
 from personatag.store.personas import add_persona
 from personatag.stream.processor import StreamProcessor
 from tests.helpers import add_contacts
@@ -133,3 +133,19 @@ def test_criteria_reading_each_other_through_a_not_stop_with_an_error(store: Sto
         assert entries in ([], ["enter"]) and (entries == ["enter"]) == (
             members(store, key) == {"x1"}
         )
+
+
+def test_a_swap_in_moves_the_persona_criteria_that_read_its_persona(store: Store) -> None:
+    """A new version swapped in moved personas without a change in the feed, so
+    the persona(...) criteria reading them were not evaluated for those contacts
+    (s3 stayed missing until reconciliation); the moves now re-check them."""
+    p = _two_levels(store)
+    add_contacts(store, [{"id": "x2", "region": "EMEA", "seniority": 4}])
+    assert members(store, "s0") == {"x1"}
+    edit_criterion(store, "oc1", expr='region = "EMEA" and seniority >= 3')
+    p.catch_up()
+    assert members(store, "s0") == {"x1", "x2"}
+    assert members(store, "s3") == {"x2"}
+    assert members(store, "s5") == {"x1", "x2"}
+    for crit in p._criteria().criteria:
+        assert p.reconcile(crit, repair=False)["missing"] == 0

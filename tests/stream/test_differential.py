@@ -239,6 +239,7 @@ def _run(store: Store, sc: dict[str, Any]) -> None:
             for _ in range(3):
                 for crit in criteria:
                     p.reconcile(crit, now=clock)
+                p.step(now=clock)  # the re-checks a repair gives persona(...) readers
             assert _drift(store, criteria, clock) == []
             after = _state(store)
             for key, entries in after.log.items():  # reconciliation's too

@@ -290,7 +290,7 @@ class StreamProcessor:
                 self._record_error(None, None, f"backfill of {bf.criterion.label}: {bf.error}")
                 result.lifecycle.append(f"backfill of {bf.criterion.label} failed")
                 return
-            self._swap(bf, result, now)
+            self._swap(bf, result, now, index)
             return
         statuses = self._index_key[0] if self._index_key else ()
         if not any(status == og.BUILDING for _, status in statuses):
@@ -318,7 +318,7 @@ class StreamProcessor:
         except Exception as exc:
             bf.error = str(exc) or type(exc).__name__
 
-    def _swap(self, bf: _Backfill, result: StepResult, now: datetime) -> None:
+    def _swap(self, bf: _Backfill, result: StepResult, now: datetime, index: og.Index) -> None:
         """Install a backfilled version: catch it up, then replace the old one."""
         new = bf.criterion
         with self.store.read() as conn:
@@ -373,6 +373,7 @@ class StreamProcessor:
             evaluated = current | matched
             writer.decide(holders, new.persona_pk, new.pk, new.exit_remove, evaluated, matched)
             outcome = writer.flush(conn, reason=f"criterion {new.label} swapped in")
+            self._recheck_readers(conn, index, outcome, now)
             self._set_status(conn, new.pk, og.ACTIVE)
             if new.windows:
                 # Members, and those time alone can bring in (events or timestamps
@@ -717,6 +718,34 @@ class StreamProcessor:
                 first = next((x.pk for x in order if x.pk in c.answers), order[0].pk)
                 ev.errors.append((first, cpk, circle))
 
+    def _recheck_readers(
+        self, conn: Connection, index: og.Index, outcome: Outcome, now: datetime
+    ) -> None:
+        """Personas moved outside a step (a swap, a repair): the persona(...)
+        criteria reading them get a re-check now, so the next step settles
+        their cascade for those contacts as it would a change's."""
+        if not index.by_persona or not (outcome.entered or outcome.exited):
+            return
+        keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
+        pairs = sorted(
+            {
+                (crit.pk, cpk)
+                for ppk, cpk in outcome.entered + outcome.exited
+                for crit in index.by_persona.get(keys.get(ppk, ""), ())
+            }
+        )
+        if not pairs:
+            return
+        executemany(
+            conn, "DELETE FROM stream_rechecks WHERE criterion_pk = ? AND contact_pk = ?", pairs
+        )
+        due = to_micros(now)
+        executemany(
+            conn,
+            "INSERT INTO stream_rechecks (criterion_pk, contact_pk, due_at) VALUES (?, ?, ?)",
+            [(c, k, due) for c, k in pairs],
+        )
+
     def _due(self, conn: Connection, now: datetime) -> list[tuple[int, int]]:
         rc = self.store.tables.stream_rechecks
         rows = conn.execute(
@@ -856,6 +885,7 @@ class StreamProcessor:
                     holders, crit.persona_pk, crit.pk, crit.exit_remove, missing | extra, missing
                 )
                 outcome = writer.flush(conn, reason=f"reconciliation of {crit.label}")
+                self._recheck_readers(conn, self._criteria(), outcome, now)
             conn.execute(
                 t.reconciliations.insert().values(
                     at=now,
