@@ -50,8 +50,9 @@ class EvalInput:
     personas: frozenset[str] = frozenset()
     as_of: datetime = field(default_factory=utcnow)
     # Counts already computed for this input: criteria evaluated on the same
-    # input share `count(read where sector = "Energy", 90d)` whatever they compare it to.
-    memo: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
+    # input share `count(read where sector = "Energy", 90d)` whatever they compare
+    # it to (and the stream its earliest future-stamped event).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 Evaluator: TypeAlias = Callable[[EvalInput], Truth]

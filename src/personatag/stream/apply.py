@@ -131,8 +131,10 @@ class Writer:
         self.store = store
         self.at = at
         self.bulk_threshold = bulk_threshold
-        self.inserts: list[dict[str, object]] = []
-        self.deletes: list[dict[str, object]] = []
+        # Rows to add and remove, by (persona pk, contact pk, source): a row added
+        # and removed again before the flush is neither (flushing removes first).
+        self.inserts: dict[tuple[int, int, int], dict[str, object]] = {}
+        self.deletes: dict[tuple[int, int, int], None] = {}
         # (persona_pk, change, criterion_pk, contact_pk), in the order they happened
         self.logs: list[tuple[int, str, int, int]] = []
         self.outcome = Outcome()
@@ -162,23 +164,27 @@ class Writer:
                     self.outcome.entered.append(key)
                     changed.append(cpk)
                 srcs.add(criterion_pk)
-                self.inserts.append(
-                    {
-                        "persona_pk": persona_pk,
-                        "contact_pk": cpk,
-                        "source": criterion_pk,
-                        "since": self.at,
-                        "request_pk": None,
-                        "criterion_pk": criterion_pk,
-                    }
-                )
+                row = (persona_pk, cpk, criterion_pk)
+                if row in self.deletes:
+                    del self.deletes[row]  # still stored: keep it
+                    continue
+                self.inserts[row] = {
+                    "persona_pk": persona_pk,
+                    "contact_pk": cpk,
+                    "source": criterion_pk,
+                    "since": self.at,
+                    "request_pk": None,
+                    "criterion_pk": criterion_pk,
+                }
             elif has and exit_remove and srcs is not None:
                 srcs.discard(criterion_pk)
                 if not srcs:
                     self._log(persona_pk, Change.EXIT.value, criterion_pk, cpk)
                     self.outcome.exited.append(key)
                     changed.append(cpk)
-                self.deletes.append({"b_p": persona_pk, "b_c": cpk, "b_s": criterion_pk})
+                row = (persona_pk, cpk, criterion_pk)
+                if self.inserts.pop(row, None) is None:
+                    self.deletes[row] = None
         return changed
 
     def _log(self, persona_pk: int, change: str, criterion_pk: int, cpk: int) -> None:
@@ -210,7 +216,7 @@ class Writer:
             executemany(
                 conn,
                 "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
-                [(r["b_p"], r["b_c"], r["b_s"]) for r in self.deletes],
+                list(self.deletes),
             )
         if self.inserts:
             # Straight to the driver: SQLAlchemy's per-row parameter processing
@@ -222,7 +228,7 @@ class Writer:
                 "criterion_pk) VALUES (?, ?, ?, ?, NULL, ?)",
                 [
                     (r["persona_pk"], r["contact_pk"], r["source"], since, r["criterion_pk"])
-                    for r in self.inserts
+                    for r in self.inserts.values()
                 ],
             )
         # Large and each contact once: one compact entry per persona, change and

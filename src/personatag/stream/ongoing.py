@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -72,11 +72,24 @@ class Ongoing:
         return f"{self.name}@{self.version}"
 
     def next_due(self, inp: EvalInput, matched: bool) -> datetime | None:
-        """When time alone could next change this contact's answer (None: never)."""
-        if not self.windows or (self.falls_only and not matched):
+        """When time alone could next change this contact's answer (None: never).
+
+        Events and timestamps leave windows as time passes, and those stamped
+        after `inp.as_of` (a clock ahead of ours, a read stamped before its
+        transaction committed) enter them when their moment comes: that moment
+        is a re-check for members and non-members alike."""
+        if not self.windows:
             return None
         now = inp.as_of
-        best: datetime | None = None
+        if self.falls_only and not matched:
+            # Time can only bring this contact in through what lies ahead.
+            best: datetime | None = None
+            for name, _ in self.windows:
+                at = _first_ahead(inp, name)
+                if at is not None and (best is None or at < best):
+                    best = at
+            return best
+        best = None
 
         def consider(at: datetime | None, days: int) -> None:
             nonlocal best
@@ -97,6 +110,23 @@ class Ongoing:
                 value = inp.contact.get(name)
                 consider(value if isinstance(value, datetime) else None, days)
         return best
+
+
+def _first_ahead(inp: EvalInput, name: str) -> datetime | None:
+    """The earliest read or login (`name`), or the timestamp field `name`, after
+    `inp.as_of` (computed once per input and event kind)."""
+    now = inp.as_of
+    if name not in (EVENT_READ, EVENT_LOGIN):
+        value = inp.contact.get(name)
+        return value if isinstance(value, datetime) and value > now else None
+    key = ("ahead", name)
+    if key in inp.memo:
+        found: datetime | None = inp.memo[key]
+        return found
+    times = (at for _, at in inp.reads) if name == EVENT_READ else iter(inp.logins)
+    found = min((at for at in times if at > now), default=None)
+    inp.memo[key] = found
+    return found
 
 
 def _windows(node: Node) -> tuple[list[tuple[str, int]], bool]:
@@ -227,6 +257,31 @@ def load(conn: Connection, store: Store, statuses: Iterable[str] = (ACTIVE,)) ->
     return out
 
 
+def dependency_order(criteria: Sequence[Ongoing]) -> list[Ongoing]:
+    """The criteria that read personas, each after the criteria feeding the
+    personas it reads (a circle is broken by pk order)."""
+    readers = [c for c in criteria if c.personas]
+    feeds: dict[str, list[Ongoing]] = {}
+    for c in readers:
+        feeds.setdefault(c.persona_key, []).append(c)
+    order: list[Ongoing] = []
+    state: dict[int, int] = {}  # 1: being visited, 2: placed
+
+    def visit(c: Ongoing) -> None:
+        if state.get(c.pk):
+            return
+        state[c.pk] = 1
+        for key in sorted(c.personas):
+            for dep in feeds.get(key, ()):
+                visit(dep)
+        state[c.pk] = 2
+        order.append(c)
+
+    for c in sorted(readers, key=lambda x: x.pk):
+        visit(c)
+    return order
+
+
 @dataclass
 class Index:
     """Which criteria a change can affect: by contact field, event and persona."""
@@ -236,6 +291,8 @@ class Index:
     by_event: dict[str, list[Ongoing]] = field(default_factory=dict)
     by_persona: dict[str, list[Ongoing]] = field(default_factory=dict)
     by_pk: dict[int, Ongoing] = field(default_factory=dict)
+    # The criteria that read personas, in dependency order (see dependency_order).
+    persona_order: list[Ongoing] = field(default_factory=list)
     # publication pk -> the criteria a read of it can change (see `touched_by_reads`)
     _by_publication: dict[int, frozenset[int]] = field(default_factory=dict)
     _publications_version: int = -1
@@ -251,6 +308,7 @@ class Index:
                 self.by_event.setdefault(e, []).append(c)
             for key in c.personas:
                 self.by_persona.setdefault(key, []).append(c)
+        self.persona_order = dependency_order(self.criteria)
 
     def touched_by_reads(
         self, publication_pks: Iterable[int], pubs: Mapping[int, Mapping[str, Any]], version: int

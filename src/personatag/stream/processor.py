@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -43,7 +43,7 @@ from personatag.store import Store
 from personatag.store.personas import persona_pks
 from personatag.store.transient import transient
 from personatag.store.types import to_micros
-from personatag.stream import feed
+from personatag.stream import cascade, feed
 from personatag.stream import ongoing as og
 from personatag.stream.apply import Holders, Outcome, Writer, executemany, fetch_tuples
 from personatag.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
@@ -52,7 +52,6 @@ from personatag.stream.standby import STANDBY_POLL_S, Ownership
 log = logging.getLogger(__name__)
 
 OFFSET_NAME = "stream"
-CASCADE_ROUNDS = 4
 RATE_WINDOW_S = 10.0  # persona(...) criteria re-evaluated after memberships move
 
 
@@ -230,15 +229,20 @@ class StreamProcessor:
 
     def step(self, now: datetime | None = None) -> StepResult:
         """One micro-batch of the feed and due re-checks, plus lifecycle work."""
-        now = now or utcnow()
+        fixed = now
         result = StepResult()
         index = self._criteria()
-        self._lifecycle(index, result, now)
+        self._lifecycle(index, result, fixed or utcnow())
         if result.lifecycle:  # a swap changed the active criteria
             index = self._criteria()
         with self.store.read() as conn:
             offset = feed.get_offset(conn, self.store, self.name)
             changes = feed.read(conn, self.store, offset, self.settings.stream_batch)
+            # The batch is evaluated as of a moment after it was read: an event
+            # stamped before its transaction committed is inside it. One stamped
+            # later still (another machine's clock) gets a re-check at its
+            # moment (see Ongoing.next_due).
+            now = fixed or utcnow()
             due = self._due(conn, now)
             self.pubs.get(conn, self.store)
         result.offset = offset
@@ -254,12 +258,16 @@ class StreamProcessor:
                     work[pk] = set(touched)
                 else:
                     s.update(touched)
+        # Set-based only for many changed contacts: due re-checks need the exact
+        # next moment a per-contact evaluation gives (set-based answers schedule
+        # one at once, which must not come back set-based again).
+        set_based = len(work) > self.settings.stream_set_based_contacts
         for crit_pk, cpk in due:
             if crit_pk in index.by_pk:
                 work.setdefault(cpk, set()).add(crit_pk)
         new_offset = changes[-1].seq if changes else offset
         if changes or due:
-            self._apply(index, work, due, offset, new_offset, now, result)
+            self._apply(index, work, due, offset, new_offset, now, result, set_based=set_based)
             result.changes = len(changes)
             result.change_times = [ch.at for ch in changes]
             result.rechecks = len(due)
@@ -308,7 +316,7 @@ class StreamProcessor:
                 self._record_error(None, None, f"backfill of {bf.criterion.label}: {bf.error}")
                 result.lifecycle.append(f"backfill of {bf.criterion.label} failed")
                 return
-            self._swap(bf, result, now)
+            self._swap(bf, result, now, index)
             return
         statuses = self._index_key[0] if self._index_key else ()
         if not any(status == og.BUILDING for _, status in statuses):
@@ -336,7 +344,7 @@ class StreamProcessor:
         except Exception as exc:
             bf.error = str(exc) or type(exc).__name__
 
-    def _swap(self, bf: _Backfill, result: StepResult, now: datetime) -> None:
+    def _swap(self, bf: _Backfill, result: StepResult, now: datetime, index: og.Index) -> None:
         """Install a backfilled version: catch it up, then replace the old one."""
         new = bf.criterion
         with self.store.read() as conn:
@@ -391,16 +399,26 @@ class StreamProcessor:
             evaluated = current | matched
             writer.decide(holders, new.persona_pk, new.pk, new.exit_remove, evaluated, matched)
             outcome = writer.flush(conn, reason=f"criterion {new.label} swapped in")
+            self._recheck_readers(conn, index, outcome, now)
             self._set_status(conn, new.pk, og.ACTIVE)
             if new.windows:
-                # Members get their exact re-check time from the first evaluation.
+                # Members, and those time alone can bring in (events or timestamps
+                # after now; with `count(...) < k` also those in the window), get
+                # their exact re-check time from a first evaluation.
                 rc = t.stream_rechecks
                 conn.execute(rc.delete().where(rc.c.criterion_pk == new.pk))
-                members = sorted(matched)
-                if members:
+                recheck = set(matched)
+                catalog = self.store.catalog(conn)
+                for name, days in new.windows:
+                    since = now if new.falls_only else now - timedelta(days=days)
+                    recheck |= self._moving(conn, catalog, name, since)
+                if recheck:
                     conn.execute(
                         rc.insert(),
-                        [{"criterion_pk": new.pk, "contact_pk": c, "due_at": now} for c in members],
+                        [
+                            {"criterion_pk": new.pk, "contact_pk": c, "due_at": now}
+                            for c in sorted(recheck)
+                        ],
                     )
             from personatag import audit_log
 
@@ -522,27 +540,31 @@ class StreamProcessor:
         new_offset: int,
         now: datetime,
         result: StepResult,
+        *,
+        set_based: bool,
     ) -> None:
-        set_based = len(work) > self.settings.stream_set_based_contacts
         if set_based:
             ev = self._evaluate_set_based(work, index, now)
         else:
             ev = self._evaluate(work, index, now)
         result.contacts = len(work)
         result.evaluations = len(ev.evaluated)
-        personas = (
-            sorted({index.by_pk[p].persona_pk for p in set().union(*work.values())}) if work else []
-        )
-        personas = sorted(set(personas) | {c.persona_pk for c in index.criteria if c.personas})
         with self.store.write() as conn:
             if feed.get_offset(conn, self.store, self.name) != offset:
                 raise OffsetMoved(
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
                 )
+            pks_of = persona_pks(conn, self.store)
+            keys = {pk: key for key, pk in pks_of.items()}
+            personas = {index.by_pk[p].persona_pk for p in set().union(*work.values())}
+            for c in index.criteria:
+                if c.personas:
+                    # persona(...) criteria: the persona they feed and those they read
+                    personas.add(c.persona_pk)
+                    personas.update(pks_of[k] for k in c.personas if k in pks_of)
             self.store.lock_personas(conn, personas)
             if index.by_persona:
-                # persona(...) criteria read every persona a contact holds.
                 holders = Holders.load(conn, self.store, {cpk: personas for cpk in work})
             else:
                 by_pk = index.by_pk
@@ -551,25 +573,41 @@ class StreamProcessor:
                     self.store,
                     {cpk: {by_pk[p].persona_pk for p in crits} for cpk, crits in work.items()},
                 )
+            # criterion pk -> (contacts it matches, contacts it does not)
+            by_crit: dict[int, tuple[list[int], list[int]]] = {}
+            if index.by_persona:
+                # contact pk -> criterion pk -> matched, settled
+                answers: dict[int, dict[int, bool]] = {}
+                for cpk, crit_pk in ev.evaluated:
+                    answers.setdefault(cpk, {})[crit_pk] = (cpk, crit_pk) in ev.matched
+                for cpk, crit_pk in ev.unmatched:
+                    answers.setdefault(cpk, {})[crit_pk] = False
+                self._settle(conn, index, holders, answers, personas, ev, keys, now)
+                for cpk, mine in answers.items():
+                    for crit_pk, hit in mine.items():
+                        entering, leaving = by_crit.setdefault(crit_pk, ([], []))
+                        (entering if hit else leaving).append(cpk)
+            else:
+                matched = ev.matched
+                for pair in ev.evaluated:
+                    entering, leaving = by_crit.setdefault(pair[1], ([], []))
+                    (entering if pair in matched else leaving).append(pair[0])
+                for cpk, crit_pk in ev.unmatched:
+                    by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
-            by_crit: dict[int, tuple[list[int], set[int]]] = {}
-            for cpk, crit_pk in ev.evaluated:
-                evaluated, matched = by_crit.setdefault(crit_pk, ([], set()))
-                evaluated.append(cpk)
-                if (cpk, crit_pk) in ev.matched:
-                    matched.add(cpk)
-            for cpk, crit_pk in ev.unmatched:
-                by_crit.setdefault(crit_pk, ([], set()))[0].append(cpk)
-            moved: set[tuple[int, int]] = set()
-            for crit_pk, (evaluated, matched) in by_crit.items():
+            # Every enter before any exit: a persona passing from one source to
+            # another in this step is never logged as leaving and coming back.
+            for crit_pk, (entering, _) in by_crit.items():
                 crit = index.by_pk[crit_pk]
-                for c in writer.decide(
-                    holders, crit.persona_pk, crit.pk, crit.exit_remove, evaluated, matched
-                ):
-                    moved.add((crit.persona_pk, c))
-            keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
-            self._cascade(index, holders, writer, moved, ev, keys)
+                if entering:
+                    writer.decide(
+                        holders, crit.persona_pk, crit.pk, crit.exit_remove, entering, set(entering)
+                    )
+            for crit_pk, (_, leaving) in by_crit.items():
+                crit = index.by_pk[crit_pk]
+                if leaving and crit.exit_remove:
+                    writer.decide(holders, crit.persona_pk, crit.pk, True, leaving, ())
             writer.flush(conn)
             self._write_rechecks(conn, due, ev, now)
             if ev.errors:
@@ -598,6 +636,7 @@ class StreamProcessor:
             for p in crits:
                 by_crit.setdefault(p, []).append(cpk)
         out = Evaluated({}, [], set(), {}, [])
+        ahead: dict[str, set[int]] = {}  # event or field -> contacts with a moment after now
         with self.store.read() as conn:
             catalog = self.store.catalog(conn)
             for crit_pk, cpks in by_crit.items():
@@ -607,6 +646,12 @@ class StreamProcessor:
                 except Exception as exc:
                     out.errors.append((crit_pk, 0, f"{type(exc).__name__}: {exc}"))
                     continue
+                future: set[int] = set()
+                if crit.windows and crit.falls_only:
+                    for name, _ in crit.windows:
+                        if name not in ahead:
+                            ahead[name] = self._moving(conn, catalog, name, now, sorted(work))
+                        future |= ahead[name]
                 for cpk in cpks:
                     out.evaluated.append((cpk, crit_pk))
                     if cpk in hits:
@@ -614,56 +659,117 @@ class StreamProcessor:
                         if crit.windows:
                             # The exact re-check time comes from a per-contact evaluation.
                             out.due[(crit_pk, cpk)] = now
-                    elif crit.windows and not crit.falls_only:
+                    elif crit.windows and (not crit.falls_only or cpk in future):
                         out.due[(crit_pk, cpk)] = now
         return out
 
-    def _cascade(
+    def _moving(
         self,
+        conn: Connection,
+        catalog: Catalog,
+        name: str,
+        since: datetime,
+        cpks: list[int] | None = None,
+    ) -> set[int]:
+        """Contacts (of `cpks`, or all) with a read or login (`name`), or a value
+        of the timestamp field `name`, after `since`."""
+        t = self.store.tables
+        if name == og.EVENT_READ:
+            who, at = t.reads.c.contact_pk, t.reads.c.read_at
+        elif name == og.EVENT_LOGIN:
+            who, at = t.logins.c.contact_pk, t.logins.c.login_at
+        else:
+            who, at = t.contacts.c.pk, t.contacts.c[catalog.column_for(name)]
+        q = select(who).where(at > since).distinct()
+        if cpks is None:
+            return {int(c) for c in conn.scalars(q)}
+        found: set[int] = set()
+        for part in chunks(cpks):
+            found.update(int(c) for c in conn.scalars(q.where(who.in_(part))))
+        return found
+
+    def _settle(
+        self,
+        conn: Connection,
         index: og.Index,
         holders: Holders,
-        writer: Writer,
-        moved: set[tuple[int, int]],
+        answers: dict[int, dict[int, bool]],
+        covered: set[int],
         ev: Evaluated,
         keys: dict[int, str],
+        now: datetime,
     ) -> None:
-        """Re-evaluate persona(...) criteria for contacts whose personas just changed."""
-        if not index.by_persona:
-            return
-        covered = {p for p, _ in holders.sources} | {p for p, _ in moved}
-        for _ in range(CASCADE_ROUNDS):
-            if not moved:
-                return
-            again: set[tuple[int, int]] = set()
-            for cpk in sorted({c for _, c in moved}):
-                inp = ev.inputs.get(cpk)
+        """Bring each contact's persona(...) answers to where a full evaluation of
+        the same data would be (see cascade.py), before anything is written."""
+        order = index.persona_order
+        covered_keys = {keys[p] for p in covered if p in keys}
+        stored = cascade.contacts_of(holders, answers, covered)
+        contacts: dict[int, cascade.Contact] = {}
+        lacking: list[int] = []
+        for cpk, mine in answers.items():
+            inp = ev.inputs.get(cpk)
+            outside = frozenset() if inp is None else inp.personas - covered_keys
+            c = cascade.Contact(cpk, stored[cpk], outside, mine)
+            start = cascade.held(cascade.Contact(cpk, c.stored, outside), index.by_pk, keys, set())
+            if cascade.held(c, index.by_pk, keys, holders.pinned_out) != start:
+                contacts[cpk] = c  # its personas move in this step
                 if inp is None:
-                    continue
-                crits = {
-                    crit.pk: crit
-                    for p, c in moved
-                    if c == cpk and keys.get(p) in index.by_persona
-                    for crit in index.by_persona[keys[p]]
-                }
-                if not crits:
-                    continue
-                held = {keys[p] for (p, c), srcs in holders.sources.items() if c == cpk and srcs}
-                outside = {k for k in inp.personas if k not in {keys.get(p) for p in covered}}
-                inp = dataclasses.replace(inp, personas=frozenset(held | outside))
-                ev.inputs[cpk] = inp
-                for crit in crits.values():
-                    sub = Evaluated({}, [], set(), {}, [])
-                    self._eval_one(crit, cpk, inp, sub)
-                    ev.errors.extend(sub.errors)
-                    ev.due.update(sub.due)
-                    if not sub.evaluated:
-                        continue
-                    hit = {cpk} if sub.matched else set()
-                    for c in writer.decide(
-                        holders, crit.persona_pk, crit.pk, crit.exit_remove, [cpk], hit
-                    ):
-                        again.add((crit.persona_pk, c))
-            moved = again
+                    lacking.append(cpk)
+        if not contacts:
+            return
+        if lacking:  # evaluated set-based: load what the persona criteria read
+            needs = self._needs(order, index)
+            loaded = load_inputs(conn, self.store, sorted(lacking), needs, now, self.pubs, keys)
+            ev.inputs.update(loaded)
+            for cpk in lacking:
+                inp = loaded.get(cpk)
+                if inp is None:
+                    contacts.pop(cpk)
+                else:
+                    contacts[cpk].outside = inp.personas - covered_keys
+
+        def evaluate(crit: og.Ongoing, cpk: int, personas: frozenset[str]) -> bool | None:
+            inp = dataclasses.replace(ev.inputs[cpk], personas=personas, memo={})
+            sub = Evaluated({}, [], set(), {}, [])
+            self._eval_one(crit, cpk, inp, sub)
+            ev.errors.extend(sub.errors)
+            ev.due.update(sub.due)
+            ev.evaluated.extend(sub.evaluated)
+            return bool(sub.matched) if sub.evaluated else None
+
+        circle = "persona(...) criteria read each other in a circle that never settles"
+        for cpk, c in contacts.items():
+            if not cascade.settle(c, order, index.by_pk, keys, holders.pinned_out, evaluate):
+                first = next((x.pk for x in order if x.pk in c.answers), order[0].pk)
+                ev.errors.append((first, cpk, circle))
+
+    def _recheck_readers(
+        self, conn: Connection, index: og.Index, outcome: Outcome, now: datetime
+    ) -> None:
+        """Personas moved outside a step (a swap, a repair): the persona(...)
+        criteria reading them get a re-check now, so the next step settles
+        their cascade for those contacts as it would a change's."""
+        if not index.by_persona or not (outcome.entered or outcome.exited):
+            return
+        keys = {pk: key for key, pk in persona_pks(conn, self.store).items()}
+        pairs = sorted(
+            {
+                (crit.pk, cpk)
+                for ppk, cpk in outcome.entered + outcome.exited
+                for crit in index.by_persona.get(keys.get(ppk, ""), ())
+            }
+        )
+        if not pairs:
+            return
+        executemany(
+            conn, "DELETE FROM stream_rechecks WHERE criterion_pk = ? AND contact_pk = ?", pairs
+        )
+        due = to_micros(now)
+        executemany(
+            conn,
+            "INSERT INTO stream_rechecks (criterion_pk, contact_pk, due_at) VALUES (?, ?, ?)",
+            [(c, k, due) for c, k in pairs],
+        )
 
     def _due(self, conn: Connection, now: datetime) -> list[tuple[int, int]]:
         rc = self.store.tables.stream_rechecks
@@ -804,6 +910,7 @@ class StreamProcessor:
                     holders, crit.persona_pk, crit.pk, crit.exit_remove, missing | extra, missing
                 )
                 outcome = writer.flush(conn, reason=f"reconciliation of {crit.label}")
+                self._recheck_readers(conn, self._criteria(), outcome, now)
             conn.execute(
                 t.reconciliations.insert().values(
                     at=now,
