@@ -49,7 +49,7 @@ from personatag.pipeline.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
-from personatag.store.transient import retrying
+from personatag.store.transient import retrying, transient
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,9 @@ class DispatcherStats:
     # Files the last scan left for later, and why: their request runs from
     # another file (tried again once that run has ended).
     waiting: dict[str, str] = field(default_factory=dict)
+    # Files the last scan could not prepare because the store failed (their
+    # claims let go: a later scan prepares them), and why.
+    deferred: dict[str, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -197,6 +200,7 @@ class Dispatcher:
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
         self._waited, self.stats.waiting = self.stats.waiting, {}
+        self.stats.deferred = {}
         # Files of other types (a README, a notes.txt) are not requests: left alone.
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
@@ -322,14 +326,24 @@ class Dispatcher:
         their result files here. Whatever goes wrong while preparing (a parser
         or compiler that raises, a store that refuses a value) ends the file
         as a failed request with a summary that says why: no file is left
-        claimed without an outcome, to fail again on every restart.
+        claimed without an outcome, to fail again on every restart. Only a
+        store that fails transiently (a dropped connection, a deadlock) is no
+        fault of the file: preparing is tried again, and if the store still
+        fails the claim is let go, so that a later scan prepares it afresh.
         """
         started = utcnow()
         parsed: list[RequestFile] = []
         try:
-            return self._prepare(key, started, parsed)
+            return retrying(
+                lambda _attempt: self._prepare(key, started, parsed),
+                what=f"request file {key}",
+                give_up=lambda: self._stopping,
+            )
         except Exception as exc:
-            request = parsed[0] if parsed else None
+            if (cause := transient(exc)) is not None:
+                self._let_go(key, f"the store failed ({cause})")
+                return None
+            request = parsed[-1] if parsed else None
             request_id = request.request_id if request else request_id_for_key(key)
             reason = one_line(reason_of(exc))
             unexpected = not isinstance(exc, PersonatagError)
@@ -369,6 +383,33 @@ class Dispatcher:
             return None
         parsed.append(request)
         return self._queue(key, request, started)
+
+    def _let_go(self, key: str, why: str) -> None:
+        """Give up this dispatcher's claim on `key` (no outcome recorded), so that
+        a later scan, of this dispatcher or another, prepares it again."""
+        rf = self.store.tables.request_files
+
+        def release(_attempt: int) -> None:
+            with self.store.write() as conn:
+                conn.execute(
+                    rf.delete().where(
+                        rf.c.key == key, rf.c.claimed_by == self.owner, rf.c.outcome.is_(None)
+                    )
+                )
+
+        self.stats.deferred[key] = why
+        try:
+            retrying(release, what=f"request file {key}")
+        except Exception as exc:  # still claimed: a restarted dispatcher takes it over
+            log.error(
+                "request file %s could not be prepared (%s) nor let go (%s); "
+                "a restarted dispatcher takes it over",
+                key,
+                why,
+                one_line(reason_of(exc)),
+            )
+            return
+        log.warning("request file %s could not be prepared: %s; tried again later", key, why)
 
     def _refuse(
         self,
@@ -507,8 +548,13 @@ class Dispatcher:
             self._done(key, request.request_id, "duplicate")
             return None
         try:
-            self._own_job(job_pk)
-            self._name_request(key, request.request_id)
+            # Both are the same writes again when repeated: retried in place,
+            # so that a dropped connection does not fail a job that is recorded.
+            retrying(lambda _attempt: self._own_job(job_pk), what=f"request file {key}")
+            retrying(
+                lambda _attempt: self._name_request(key, request.request_id),
+                what=f"request file {key}",
+            )
         except Exception as exc:  # the job must not stay queued with nobody to run it
             self._abandon(job_pk, f"the request could not be prepared: {one_line(reason_of(exc))}")
             raise
