@@ -15,12 +15,11 @@ from personatag.config import Settings
 from personatag.domain import Action, utcnow
 from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, execute, resolve
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.pipeline.dispatcher import PREPARE_ATTEMPTS, Dispatcher
 from personatag.pipeline.progress import Progress
 from personatag.pipeline.results import ChangesBuilder, changes_csv_gz, changes_of
 from personatag.store import Store
 from personatag.store.personas import add_persona
-from personatag.store.transient import ATTEMPTS
 from tests.helpers import add_contacts, population, terminate_other_backends
 
 PERSONAS = ["p0", "p1", "p2", "p3"]
@@ -242,8 +241,9 @@ def test_a_store_that_stays_down_while_a_file_is_prepared_lets_the_file_go(
     b = open_buckets(settings)
     b["requests"].put("r1.json", _expr_request("r1"))
     d = DropsWhilePreparing(store, b, settings, workers=1)
-    d.drops = ATTEMPTS  # every attempt of the first scan fails
+    d.drops = PREPARE_ATTEMPTS  # every attempt of the first scan fails
     d.scan()
+    assert d.drops == 0
     assert list(d.stats.deferred) == ["r1.json"]
     assert _outcomes(store) == {}  # not failed, not claimed
     d.drops = 0

@@ -53,6 +53,10 @@ from personatag.store.transient import retrying, transient
 
 log = logging.getLogger(__name__)
 
+# Times a file is prepared while the store fails transiently, before its claim
+# is let go for a later scan.
+PREPARE_ATTEMPTS = 3
+
 REQUEST_SUFFIXES = (".json", ".csv")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -337,6 +341,9 @@ class Dispatcher:
             return retrying(
                 lambda _attempt: self._prepare(key, started, parsed),
                 what=f"request file {key}",
+                # Few: the store writes inside are retried themselves, and a
+                # scan must not stall on one file while the store is down.
+                attempts=PREPARE_ATTEMPTS,
                 give_up=lambda: self._stopping,
             )
         except Exception as exc:
