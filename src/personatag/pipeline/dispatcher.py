@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -127,6 +128,16 @@ def request_id_for_key(key: str) -> str:
     folder name. Never the id a request runs under (see request_id_from_name)."""
     stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
     return _UNSAFE_ID.sub("_", stem).strip("_")[:128] or "request"
+
+
+def refused_folders(key: str) -> tuple[str, str]:
+    """Where a refused file `key` reports when its request's folder is taken:
+    `<folded key>+refused`, or, when another key that folds alike reported
+    there first, `<folded key>-<hash of key>+refused` (the key alone names it,
+    so one refusal never overwrites another's report)."""
+    folded = request_id_for_key(key)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{folded}+refused", f"{folded[:119]}-{digest}+refused"
 
 
 @dataclass(frozen=True)
@@ -433,9 +444,12 @@ class Dispatcher:
         still be writing there): then to `<key>+refused/`, which no request id
         can name ('+' is not allowed in ids), so nothing finished is overwritten."""
         folder = request_id
+        results = self.buckets["results"]
         try:
-            if taken or self.buckets["results"].exists(f"{request_id}/summary.json"):
-                folder = f"{request_id_for_key(key)}+refused"
+            if taken or results.exists(f"{request_id}/summary.json"):
+                folder, unique = refused_folders(key)
+                if self._reported_by_another(folder, key):
+                    folder = unique
         except Exception as exc:  # the results bucket fails: a later scan refuses it again
             unchecked = f"results could not be written: {one_line(reason_of(exc))}"
             self._done(key, request_id, jobs.FAILED, results_error=unchecked)
@@ -445,6 +459,17 @@ class Dispatcher:
             key, request_id=folder, summary=summary, failures=failures or []
         )
         self._done(key, request_id, jobs.FAILED, results_error=error)
+
+    def _reported_by_another(self, folder: str, key: str) -> bool:
+        """Does `folder` hold the report of a file other than `key`?"""
+        results = self.buckets["results"]
+        if not results.exists(f"{folder}/summary.json"):
+            return False
+        try:
+            source = json.loads(results.get(f"{folder}/summary.json")).get("source")
+        except ValueError:  # not ours to judge: keep clear of it
+            return True
+        return bool(source != key)
 
     def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
         row_failures = [

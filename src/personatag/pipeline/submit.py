@@ -53,7 +53,7 @@ def wait_for_result(
     """Wait until the dispatcher has finished the submitted file, then return the
     summary that reports it (the request's, or its `+refused` folder's).
     ResultsMissing when it finished without its result files."""
-    from personatag.pipeline.dispatcher import request_id_for_key
+    from personatag.pipeline.dispatcher import refused_folders
 
     key, request_id = submitted["key"], submitted["request_id"]
     rf = store.tables.request_files
@@ -78,7 +78,7 @@ def wait_for_result(
             )
         time.sleep(0.1)
     results = buckets["results"]
-    for folder in (f"{request_id_for_key(key)}+refused", request_id):
+    for folder in (*refused_folders(key), request_id):
         if results.exists(f"{folder}/summary.json"):
             summary: dict[str, Any] = json.loads(results.get(f"{folder}/summary.json"))
             if folder == request_id or summary.get("source") == key:
