@@ -829,6 +829,8 @@ def dispatcher(
         typer.echo(f"dispatcher: {d.stats.claimed} claimed, finished {d.stats.finished}")
         for key, why in waiting.items():
             typer.echo(f"dispatcher: {key} not run: {why} in another dispatcher; run again later")
+        for key, why in d.stats.deferred.items():
+            typer.echo(f"dispatcher: {key} not run: {why}; run again later")
         if d.stats.finished.get("results_failed"):
             typer.echo(
                 f"dispatcher: {d.stats.finished['results_failed']} file(s) finished but their "

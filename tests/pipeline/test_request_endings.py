@@ -463,3 +463,25 @@ def test_a_running_dispatcher_writes_missing_results_on_a_later_scan(env: Env) -
     assert outcomes(store) == {"r1.json": "succeeded"}
     assert job_statuses(store) == ["succeeded"] and log_rows(store) == 3
     assert json.loads(b["results"].get("r1/summary.json"))["status"] == "succeeded"
+
+
+def test_refused_files_whose_names_fold_alike_keep_their_own_reports(env: Env) -> None:
+    """Issue 17 item 8 (its family): a refused file whose name is no request id
+    reports under its key folded to safe characters, so `drop/é.csv`,
+    `drop/ß.csv` and `drop/ü.csv` all folded to `drop`: the first reported
+    there, the second in `drop+refused`, and every later one overwrote that
+    report. Each refused file keeps a report of its own, and a waiter finds it."""
+    store, b, settings = env
+    keys = ["drop/é.csv", "drop/ß.csv", "drop/ü.csv", "drop/ø.csv"]
+    for key in keys:
+        b["requests"].put(key, b"contact_id,persona,action\nc0001,emea,tag\n")
+    run_once(store, b, settings)
+    assert outcomes(store) == dict.fromkeys(keys, "failed")
+    reported = {}
+    for key in b["results"].list():
+        if key.endswith("/summary.json"):
+            reported[json.loads(b["results"].get(key))["source"]] = key
+    assert sorted(reported) == sorted(keys)
+    for key in keys:
+        summary = wait_for_result(b, store, {"key": key, "request_id": "drop"}, timeout=0)
+        assert summary["source"] == key and summary["status"] == "failed"

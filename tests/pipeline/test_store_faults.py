@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from personatag.buckets import open_buckets
 from personatag.config import Settings
 from personatag.domain import Action, utcnow
 from personatag.pipeline import jobs
 from personatag.pipeline.adhoc import Item, execute, resolve
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.pipeline.dispatcher import PREPARE_ATTEMPTS, Dispatcher
 from personatag.pipeline.progress import Progress
 from personatag.pipeline.results import ChangesBuilder, changes_csv_gz, changes_of
 from personatag.store import Store
@@ -173,3 +173,82 @@ def test_requests_locking_personas_in_opposite_orders_all_succeed(
     assert [(s["status"], s["error"]) for s in summaries] == [("succeeded", None)] * 6
     everyone = {f"c{i:04d}" for i in range(n)}
     assert memberships(store) == {key: everyone for key in PERSONAS}
+
+
+class DropsWhilePreparing(Dispatcher):
+    """A real dispatcher whose session is ended by the server (as an
+    administrator or a restart would) the first `drops` times it looks for a
+    prior run while preparing a file."""
+
+    drops = 1
+
+    def _prior_success(self, request_id: str) -> str | None:
+        if self.drops > 0:
+            self.drops -= 1
+            with self.store.read() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        return super()._prior_success(request_id)
+
+
+def _expr_request(rid: str) -> bytes:
+    return json.dumps(
+        {"version": 1, "request_id": rid, "persona": "p0", "expr": 'region = "EMEA"'}
+    ).encode()
+
+
+def _outcomes(store: Store) -> dict[str, str | None]:
+    rf = store.tables.request_files
+    with store.read() as conn:
+        return {r.key: r.outcome for r in conn.execute(select(rf.c.key, rf.c.outcome))}
+
+
+def test_a_connection_dropped_while_a_file_is_prepared_does_not_fail_it(
+    pg_store: Store, tmp_path: Path
+) -> None:
+    """Issue 17 items 4 and 6 together: a dropped PostgreSQL connection while a
+    request file was being prepared ended the file as failed for good (`the
+    request could not be prepared: the store failed (connection lost):
+    terminating connection due to administrator command`), as if the file
+    were bad. Preparing is tried again and the request runs, once."""
+    store = pg_store
+    add_contacts(store, population(40))
+    add_persona(store, "p0", name="p0", category="x")
+    settings = Settings(data_dir=tmp_path)
+    b = open_buckets(settings)
+    b["requests"].put("r1.json", _expr_request("r1"))
+    d = DropsWhilePreparing(store, b, settings, workers=1)
+    d.scan()
+    d.drain()
+    d.close()
+    assert d.drops == 0  # the fault fired
+    assert _outcomes(store) == {"r1.json": "succeeded"}
+    summary = json.loads(b["results"].get("r1/summary.json"))
+    assert summary["status"] == "succeeded" and summary["error"] is None
+    emea = {row["id"] for row in population(40) if row["region"] == "EMEA"}
+    assert memberships(store).get("p0", set()) == emea
+
+
+def test_a_store_that_stays_down_while_a_file_is_prepared_lets_the_file_go(
+    pg_store: Store, tmp_path: Path
+) -> None:
+    """Issue 17 items 4 and 6: when the store keeps failing while a file is
+    prepared, the file is not ended as failed (nothing is wrong with it): its
+    claim is let go, and a later scan runs it."""
+    store = pg_store
+    add_contacts(store, population(40))
+    add_persona(store, "p0", name="p0", category="x")
+    settings = Settings(data_dir=tmp_path)
+    b = open_buckets(settings)
+    b["requests"].put("r1.json", _expr_request("r1"))
+    d = DropsWhilePreparing(store, b, settings, workers=1)
+    d.drops = PREPARE_ATTEMPTS  # every attempt of the first scan fails
+    d.scan()
+    assert d.drops == 0
+    assert list(d.stats.deferred) == ["r1.json"]
+    assert _outcomes(store) == {}  # not failed, not claimed
+    d.drops = 0
+    d.scan()
+    d.drain()
+    d.close()
+    assert _outcomes(store) == {"r1.json": "succeeded"}
+    assert not b["results"].exists("r1+refused/summary.json")

@@ -154,3 +154,41 @@ def test_a_processor_steps_on_after_its_sessions_are_terminated(
     for cid in {c for c, _ in entries}:
         changes = [ch for c, ch in entries if c == cid]
         assert all(a != b for a, b in itertools.pairwise(changes)), (cid, changes)
+
+
+def test_a_flink_standby_that_stops_leaves_the_active_processors_job_alone(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17 item 13 (its family, with PERSONATAG_STREAM_ENGINE=flink): a
+    standby processor that was stopped (Ctrl-C) ran the Flink processor's
+    close(), which read the streaming job's id from the state file the
+    *active* processor keeps, cancelled that job and deleted the file. A
+    standby that never held the offset touches neither."""
+    import socket
+
+    from personatag.stream.flink_stream import FlinkStream
+
+    with socket.socket() as s:  # a port nothing listens on: no Flink is needed
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = Settings(
+        data_dir=tmp_path, stream_reconcile_s=0, stream_poll_s=0.02, flink_rest_port=port
+    )
+    active = try_lease(store, lease_name(OFFSET_NAME))  # the active processor
+    assert active is not None
+    try:
+        standby = FlinkStream(store, settings)
+        standby.state_file.parent.mkdir(parents=True, exist_ok=True)
+        standby.state_file.write_text('{"jid": "00000000000000000000000000000001"}')
+        stop = threading.Event()
+        thread = threading.Thread(target=standby.run, args=(stop,), daemon=True)
+        with caplog.at_level(logging.INFO):
+            thread.start()
+            wait_for(lambda: "waits as a standby" in caplog.text, "the standby line")
+            stop.set()
+            thread.join(60)
+        assert not thread.is_alive()
+        assert standby.state_file.exists()  # the active processor's job is still known
+        assert "cancel" not in caplog.text
+    finally:
+        active.release()

@@ -302,3 +302,23 @@ def test_every_page_keeps_to_the_content_security_policy(browser: object, server
     page.wait_for_url(re.compile(r"persona=emea-cio"))  # type: ignore[attr-defined]
     assert not [e for e in errors if "Content Security Policy" in e], errors
     assert not errors, errors
+
+
+def test_the_api_page_keeps_to_its_content_security_policy(browser: object, server: str) -> None:
+    """Issue 17 item 12 (a regression of its fix): the strict policy of the
+    workbench was sent on `/api/v1/docs` too, where it blocked Swagger UI's
+    scripts and style sheet (served from a CDN) and its inline start-up
+    script, so the page `serve` advertises stayed blank. The page gets a
+    policy that allows exactly what it loads (the browser checks the policy
+    before any request, so this holds with or without a network)."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    r = page.goto(f"{server}/api/v1/docs")
+    assert r.status == 200
+    policy = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
+    page.wait_for_load_state("load")
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+    context.close()

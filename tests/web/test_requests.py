@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 
@@ -50,7 +51,12 @@ def test_submit_json_then_read_state_and_result_files(api: Api) -> None:
     }
     r = c.post(f"{API}/requests", json=body, headers=editor)
     assert r.status_code == 202
-    assert r.json() == {"request_id": "emea-1", "key": "emea-1.json", "summary": None}
+    assert r.json() == {
+        "request_id": "emea-1",
+        "key": "emea-1.json",
+        "summary": None,
+        "error": None,
+    }
     stored = json.loads(api.app.state.ctx.buckets["requests"].get("emea-1.json"))
     assert stored["submitted_by"] == "editor"  # always the caller
     r = c.get(f"{API}/requests/emea-1", headers=viewer)
@@ -150,7 +156,12 @@ def test_upload_csv_rows_are_checked_before_anything_is_stored(api: Api) -> None
         data={"request_id": "batch-2"},
         headers=editor,
     )
-    assert r.json() == {"request_id": "batch-2", "key": "batch-2.csv", "summary": None}
+    assert r.json() == {
+        "request_id": "batch-2",
+        "key": "batch-2.csv",
+        "summary": None,
+        "error": None,
+    }
     r = c.post(
         f"{API}/requests/upload",
         files={"file": ("x.csv", good)},
@@ -253,3 +264,38 @@ def test_jobs_and_status(api: Api) -> None:
     shown = c.get(f"{API}/requests/queued-1", headers=viewer).json()
     assert shown["status"] == "cancelled" and shown["summary"] is None
     assert list_events(api.store, action="job.cancel")[0]["target"] == "queued-1"
+
+
+def test_a_request_whose_results_cannot_be_written_says_so(api: Api) -> None:
+    """Issue 17 item 5 through the API: with the results bucket failing, a
+    waiter (`?wait=true`) was answered 202 as if the request had not finished,
+    and `GET /requests/{id}` of a refused file (unknown persona) said
+    `submitted` for as long as the bucket failed. Both now say the request
+    finished, with why its result files are missing."""
+    root = api.app.state.ctx.buckets["results"].local_root
+    assert root is not None
+    shutil.rmtree(root)
+    root.write_bytes(b"not a folder")  # the results area fails for real
+    ctx = api.app.state.ctx
+    d = Dispatcher(api.store, ctx.buckets, api.settings, poll_s=0.05, results_attempts=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=d.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        editor = api.headers("editor")
+        ran = {"version": 1, "request_id": "rf-1", "persona": "emea", "expr": 'region = "APAC"'}
+        r = api.client.post(f"{API}/requests?wait=true&timeout=30", json=ran, headers=editor)
+        assert r.status_code == 200, r.text
+        assert r.json()["summary"] is None
+        assert "results could not be written" in r.json()["error"]
+        refused = {**ran, "request_id": "rf-2", "persona": "nosuch"}
+        r = api.client.post(f"{API}/requests?wait=true&timeout=30", json=refused, headers=editor)
+        assert r.status_code == 200 and "results could not be written" in r.json()["error"]
+    finally:
+        stop.set()
+        thread.join(30)
+    shown = api.client.get(f"{API}/requests/rf-1", headers=api.headers("viewer")).json()
+    assert shown["status"] == "succeeded" and "results could not be written" in shown["error"]
+    shown = api.client.get(f"{API}/requests/rf-2", headers=api.headers("viewer")).json()
+    assert shown["status"] == "failed" and shown["job"] is None
+    assert "results could not be written" in shown["error"]

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -49,9 +50,13 @@ from personatag.pipeline.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.pipeline.request_files import RequestFile, check_size, parse_request
 from personatag.pipeline.results import ChangesBuilder
 from personatag.store import Store
-from personatag.store.transient import retrying
+from personatag.store.transient import retrying, transient
 
 log = logging.getLogger(__name__)
+
+# Times a file is prepared while the store fails transiently, before its claim
+# is let go for a later scan.
+PREPARE_ATTEMPTS = 3
 
 REQUEST_SUFFIXES = (".json", ".csv")
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
@@ -125,6 +130,16 @@ def request_id_for_key(key: str) -> str:
     return _UNSAFE_ID.sub("_", stem).strip("_")[:128] or "request"
 
 
+def refused_folders(key: str) -> tuple[str, str]:
+    """Where a refused file `key` reports when its request's folder is taken:
+    `<folded key>+refused`, or, when another key that folds alike reported
+    there first, `<folded key>-<hash of key>+refused` (the key alone names it,
+    so one refusal never overwrites another's report)."""
+    folded = request_id_for_key(key)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{folded}+refused", f"{folded[:119]}-{digest}+refused"
+
+
 @dataclass(frozen=True)
 class _Prepared:
     key: str
@@ -146,6 +161,9 @@ class DispatcherStats:
     # Files the last scan left for later, and why: their request runs from
     # another file (tried again once that run has ended).
     waiting: dict[str, str] = field(default_factory=dict)
+    # Files the last scan could not prepare because the store failed (their
+    # claims let go: a later scan prepares them), and why.
+    deferred: dict[str, str] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -197,6 +215,7 @@ class Dispatcher:
         self.stats.scans += 1
         self.stats.last_scan_at = time.time()
         self._waited, self.stats.waiting = self.stats.waiting, {}
+        self.stats.deferred = {}
         # Files of other types (a README, a notes.txt) are not requests: left alone.
         keys = [k for k in self.buckets["requests"].list() if k.lower().endswith(REQUEST_SUFFIXES)]
         rf = self.store.tables.request_files
@@ -322,14 +341,27 @@ class Dispatcher:
         their result files here. Whatever goes wrong while preparing (a parser
         or compiler that raises, a store that refuses a value) ends the file
         as a failed request with a summary that says why: no file is left
-        claimed without an outcome, to fail again on every restart.
+        claimed without an outcome, to fail again on every restart. Only a
+        store that fails transiently (a dropped connection, a deadlock) is no
+        fault of the file: preparing is tried again, and if the store still
+        fails the claim is let go, so that a later scan prepares it afresh.
         """
         started = utcnow()
         parsed: list[RequestFile] = []
         try:
-            return self._prepare(key, started, parsed)
+            return retrying(
+                lambda _attempt: self._prepare(key, started, parsed),
+                what=f"request file {key}",
+                # Few: the store writes inside are retried themselves, and a
+                # scan must not stall on one file while the store is down.
+                attempts=PREPARE_ATTEMPTS,
+                give_up=lambda: self._stopping,
+            )
         except Exception as exc:
-            request = parsed[0] if parsed else None
+            if (cause := transient(exc)) is not None:
+                self._let_go(key, f"the store failed ({cause})")
+                return None
+            request = parsed[-1] if parsed else None
             request_id = request.request_id if request else request_id_for_key(key)
             reason = one_line(reason_of(exc))
             unexpected = not isinstance(exc, PersonatagError)
@@ -370,6 +402,33 @@ class Dispatcher:
         parsed.append(request)
         return self._queue(key, request, started)
 
+    def _let_go(self, key: str, why: str) -> None:
+        """Give up this dispatcher's claim on `key` (no outcome recorded), so that
+        a later scan, of this dispatcher or another, prepares it again."""
+        rf = self.store.tables.request_files
+
+        def release(_attempt: int) -> None:
+            with self.store.write() as conn:
+                conn.execute(
+                    rf.delete().where(
+                        rf.c.key == key, rf.c.claimed_by == self.owner, rf.c.outcome.is_(None)
+                    )
+                )
+
+        self.stats.deferred[key] = why
+        try:
+            retrying(release, what=f"request file {key}")
+        except Exception as exc:  # still claimed: a restarted dispatcher takes it over
+            log.error(
+                "request file %s could not be prepared (%s) nor let go (%s); "
+                "a restarted dispatcher takes it over",
+                key,
+                why,
+                one_line(reason_of(exc)),
+            )
+            return
+        log.warning("request file %s could not be prepared: %s; tried again later", key, why)
+
     def _refuse(
         self,
         key: str,
@@ -385,9 +444,12 @@ class Dispatcher:
         still be writing there): then to `<key>+refused/`, which no request id
         can name ('+' is not allowed in ids), so nothing finished is overwritten."""
         folder = request_id
+        results = self.buckets["results"]
         try:
-            if taken or self.buckets["results"].exists(f"{request_id}/summary.json"):
-                folder = f"{request_id_for_key(key)}+refused"
+            if taken or results.exists(f"{request_id}/summary.json"):
+                folder, unique = refused_folders(key)
+                if self._reported_by_another(folder, key):
+                    folder = unique
         except Exception as exc:  # the results bucket fails: a later scan refuses it again
             unchecked = f"results could not be written: {one_line(reason_of(exc))}"
             self._done(key, request_id, jobs.FAILED, results_error=unchecked)
@@ -397,6 +459,17 @@ class Dispatcher:
             key, request_id=folder, summary=summary, failures=failures or []
         )
         self._done(key, request_id, jobs.FAILED, results_error=error)
+
+    def _reported_by_another(self, folder: str, key: str) -> bool:
+        """Does `folder` hold the report of a file other than `key`?"""
+        results = self.buckets["results"]
+        if not results.exists(f"{folder}/summary.json"):
+            return False
+        try:
+            source = json.loads(results.get(f"{folder}/summary.json")).get("source")
+        except ValueError:  # not ours to judge: keep clear of it
+            return True
+        return bool(source != key)
 
     def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
         row_failures = [
@@ -507,8 +580,13 @@ class Dispatcher:
             self._done(key, request.request_id, "duplicate")
             return None
         try:
-            self._own_job(job_pk)
-            self._name_request(key, request.request_id)
+            # Both are the same writes again when repeated: retried in place,
+            # so that a dropped connection does not fail a job that is recorded.
+            retrying(lambda _attempt: self._own_job(job_pk), what=f"request file {key}")
+            retrying(
+                lambda _attempt: self._name_request(key, request.request_id),
+                what=f"request file {key}",
+            )
         except Exception as exc:  # the job must not stay queued with nobody to run it
             self._abandon(job_pk, f"the request could not be prepared: {one_line(reason_of(exc))}")
             raise

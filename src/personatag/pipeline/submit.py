@@ -42,12 +42,18 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
     return {"request_id": req.request_id, "key": key}
 
 
+class ResultsMissing(PersonatagError):
+    """The submitted file finished, but its result files could not be written
+    (outcome `results_failed`); a dispatcher writes them later."""
+
+
 def wait_for_result(
     buckets: Buckets, store: Store, submitted: dict[str, Any], *, timeout: float
 ) -> dict[str, Any]:
     """Wait until the dispatcher has finished the submitted file, then return the
-    summary that reports it (the request's, or its `+refused` folder's)."""
-    from personatag.pipeline.dispatcher import request_id_for_key
+    summary that reports it (the request's, or its `+refused` folder's).
+    ResultsMissing when it finished without its result files."""
+    from personatag.pipeline.dispatcher import refused_folders
 
     key, request_id = submitted["key"], submitted["request_id"]
     rf = store.tables.request_files
@@ -59,7 +65,7 @@ def wait_for_result(
         if row is not None and outcome == RESULTS_FAILED:
             # It ran (or was refused), but its report is not there: say so now
             # rather than wait for a dispatcher's later attempt.
-            raise PersonatagError(
+            raise ResultsMissing(
                 f"{request_id} finished, but {row.error} (a dispatcher tries again; "
                 f"`personatag jobs show {request_id}` has its status)"
             )
@@ -72,7 +78,7 @@ def wait_for_result(
             )
         time.sleep(0.1)
     results = buckets["results"]
-    for folder in (f"{request_id_for_key(key)}+refused", request_id):
+    for folder in (*refused_folders(key), request_id):
         if results.exists(f"{folder}/summary.json"):
             summary: dict[str, Any] = json.loads(results.get(f"{folder}/summary.json"))
             if folder == request_id or summary.get("source") == key:

@@ -253,6 +253,9 @@ def set_ongoing_status(
             raise ConflictError(f"criterion {name!r} has no version to {action} ({states})")
         target = live[-1]
         if action == "retire":
+            # Versions may name different personas: take them all, in the one
+            # global order, before removing any (see Store.lock_personas).
+            store.lock_personas(conn, [v.persona_pk for v in live])
             for v in live:
                 remove_memberships(conn, store, v.pk, v.persona_pk, f"criterion {v.label} retired")
                 conn.execute(c.update().where(c.c.pk == v.pk).values(status=STATUS_RETIRED))

@@ -547,11 +547,14 @@ class FlinkStream(StreamProcessor):
     # ---- lifecycle ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; then cancel the streaming job (it holds slots)."""
+        """Step until `stop` is set; then cancel the streaming job (it holds slots).
+        A standby that never held the offset leaves the job alone: it is the
+        active processor's (named in the same state file)."""
         try:
             super().run(stop)
         finally:
-            self.close()
+            if self.held_offset:
+                self.close()
 
     def close(self) -> None:
         """Cancel the streaming job this processor runs (or reused), if any."""

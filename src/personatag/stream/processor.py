@@ -159,6 +159,9 @@ class StreamProcessor:
         self.settings = settings or Settings()
         self.metrics = metrics or default_metrics()
         self.name = name
+        # Set once run() has held the offset: only then may this processor
+        # have started what its stop must end (a Flink streaming job).
+        self.held_offset = False
         self.pubs = Publications()
         self._index: og.Index | None = None
         self._index_key: Any = None
@@ -182,6 +185,7 @@ class StreamProcessor:
                     if not ownership.acquire():
                         stop.wait(STANDBY_POLL_S)
                         continue
+                    self.held_offset = True
                     result = self.step()
                     failures = 0
                 except OffsetMoved as exc:  # a one-off step elsewhere: read again

@@ -317,6 +317,11 @@ class Submitted(BaseModel):
     summary: dict[str, Any] | None = Field(
         None, description="with ?wait=true: the summary.json that reports the request"
     )
+    error: str | None = Field(
+        None,
+        description="with ?wait=true: the request finished but its result files could not "
+        "be written (a dispatcher writes them later); why",
+    )
 
 
 class RequestView(BaseModel):
@@ -324,6 +329,11 @@ class RequestView(BaseModel):
     status: str = Field(description="the job's status, or `submitted` before a dispatcher ran it")
     job: JobPublic | None
     summary: dict[str, Any] | None
+    error: str | None = Field(
+        None,
+        description="the request finished but its result files could not be written yet "
+        "(a dispatcher keeps trying): why",
+    )
 
 
 class StatusView(BaseModel):

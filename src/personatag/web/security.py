@@ -17,6 +17,11 @@ login limits and written to the audit log is otherwise the peer of the socket.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+from urllib.parse import urlsplit
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _BASE = (
@@ -33,6 +38,30 @@ _BASE = (
 CSP = "; ".join((*_BASE, "style-src 'self'"))
 # The Flink dashboard (Angular) adds <style> elements at run time.
 FLINK_CSP = "; ".join((*_BASE, "style-src 'self' 'unsafe-inline'"))
+
+_EXTERNAL = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)=["'](https://[^"']+)["']""")
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def docs_csp(html: str) -> str:
+    """The policy of the interactive API page (Swagger UI, as FastAPI renders
+    it): the strict one, plus the origins its scripts and style sheets come
+    from and the hashes of its inline scripts, so that exactly this page runs.
+    Its widgets set inline styles, as the Flink dashboard's do."""
+    origins = sorted({f"{u.scheme}://{u.netloc}" for u in map(urlsplit, _EXTERNAL.findall(html))})
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in _INLINE_SCRIPT.findall(html)
+    ]
+    rest = [part for part in _BASE if not part.startswith("script-src")]
+    return "; ".join(
+        (
+            *rest,
+            " ".join(("script-src 'self'", *origins, *hashes)),
+            " ".join(("style-src 'self'", *origins, "'unsafe-inline'")),
+        )
+    )
+
 
 HEADERS = {
     "x-frame-options": "DENY",

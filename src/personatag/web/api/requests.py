@@ -15,14 +15,16 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, Response, Uploa
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from personatag.audit_log import record_now
 from personatag.buckets import Buckets
 from personatag.config import Settings
 from personatag.errors import NotFoundError, PersonatagError
 from personatag.pipeline.jobs import get_job, list_jobs
+from personatag.pipeline.reporting import RESULTS_FAILED
 from personatag.pipeline.request_files import check_size, detect_format, parse_request
-from personatag.pipeline.submit import submit_file, wait_for_result
+from personatag.pipeline.submit import ResultsMissing, submit_file, wait_for_result
 from personatag.schemas import request_id_problem, request_json_schema
 from personatag.store import Store
 from personatag.web.api.deps import BucketsDep, SettingsDep, StoreDep
@@ -108,6 +110,9 @@ async def _submit(
             submitted["summary"] = await run_in_threadpool(
                 wait_for_result, buckets, store, submitted, timeout=timeout
             )
+            response.status_code = 200
+        except ResultsMissing as exc:  # finished: say so, and why its report is missing
+            submitted["error"] = str(exc)
             response.status_code = 200
         except PersonatagError:  # not finished in time: still accepted
             pass
@@ -240,15 +245,38 @@ def request_show(request_id: RequestId, store: StoreDep, buckets: BucketsDep) ->
     summary = None
     if results.exists(f"{request_id}/summary.json"):
         summary = json.loads(results.get(f"{request_id}/summary.json"))
+    missing = _results_missing(store, request_id)
     if job is not None:
         status = job["status"]
     elif summary is not None:
         status = str(summary.get("status", "failed"))
+    elif missing is not None:
+        status = "failed"  # a file that never became a job was refused
     elif any(buckets["requests"].list(f"{request_id}.")):
         status = "submitted"
     else:
         raise NotFoundError(f"unknown request {request_id!r}")
-    return {"request_id": request_id, "status": status, "job": job, "summary": summary}
+    return {
+        "request_id": request_id,
+        "status": status,
+        "job": job,
+        "summary": summary,
+        "error": missing,
+    }
+
+
+def _results_missing(store: Store, request_id: str) -> str | None:
+    """Why a file of the request finished without its result files (outcome
+    `results_failed`, until a dispatcher writes them), or None."""
+    rf = store.tables.request_files
+    with store.read() as conn:
+        error = conn.scalar(
+            select(rf.c.error)
+            .where(rf.c.request_id == request_id, rf.c.outcome == RESULTS_FAILED)
+            .order_by(rf.c.claimed_at.desc())
+            .limit(1)
+        )
+    return None if error is None else str(error)
 
 
 @router.get(
