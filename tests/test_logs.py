@@ -20,6 +20,7 @@ from personatag.logs import (
     TextFormatter,
     configure_logging,
     current_context,
+    redact,
     request_context,
 )
 
@@ -286,3 +287,29 @@ def test_store_errors_never_carry_the_statements_parameters(store: Any) -> None:
         conn.execute(sqlalchemy.text("SELECT x FROM no_such_table WHERE y = :p"), {"p": "hunter2"})
     assert "no_such_table" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/me?pwd=s3cr3t",
+        "/api/v1/me?wait=true&bearer=s3cr3t",
+        "/api/v1/me?tok%65n=s3cr3t",
+        "/api/v1/me?Pass=s3cr3t",
+        "/api/v1/me?client_credentials=s3cr3t",
+    ],
+)
+def test_secret_query_names_in_other_spellings_are_redacted(url: str) -> None:
+    """Issue 17 item 12 family: `?pwd=`, `?bearer=` and a percent-encoded
+    `tok%65n=` (which the server reads as `token`) reached the access log."""
+    line = TextFormatter().format(
+        logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "GET %s", (url,), None)
+    )
+    assert "s3cr3t" not in line and "=[redacted]" in line, line
+
+
+def test_plain_query_parameters_stay_readable() -> None:
+    """Redaction keeps the query parameters that are no secrets."""
+    assert redact("/api/v1/requests?wait=true&limit=5&keyword=x") == (
+        "/api/v1/requests?wait=true&limit=5&keyword=x"
+    )

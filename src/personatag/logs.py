@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -68,10 +69,12 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-# Query parameters whose values are secrets, wherever a URL is logged.
-_SECRET_PARAMS = re.compile(
-    r"([?&;](?:[\w.-]*token|password|passwd|secret|api[_-]?key|key|signature|session|auth"
-    r"|authorization|csrf)=)[^&;#\s\"']*",
+# Query parameters whose values are secrets, wherever a URL is logged. Names are
+# matched after percent-decoding (`tok%65n` is `token` to the server).
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#\s\"']+)=([^&;#\s\"']*)")
+_SECRET_NAME = re.compile(
+    r"[\w.-]*(?:token|password|secret|credentials?|api[_-]?key|[_.-]key)"
+    r"|passw?d|pwd|pass|key|signature|session|auth|authorization|bearer|csrf|jwt",
     re.IGNORECASE,
 )
 # user:password@ in a URL; an API token (`pt_...`) anywhere.
@@ -87,9 +90,16 @@ def redact(text: str) -> str:
     and API tokens (`pt_...`)."""
     if not any(c in text for c in "=@_"):
         return text
-    text = _SECRET_PARAMS.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _QUERY_PARAM.sub(_redact_param, text)
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
     return _API_TOKEN.sub(REDACTED, text)
+
+
+def _redact_param(m: re.Match[str]) -> str:
+    name = urllib.parse.unquote_plus(m.group(2))
+    if _SECRET_NAME.fullmatch(name) is None:
+        return m.group(0)
+    return f"{m.group(1)}{m.group(2)}={REDACTED}"
 
 
 class RedactSecrets(logging.Filter):
