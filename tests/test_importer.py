@@ -439,3 +439,12 @@ def test_importing_a_directory_says_so(store: Store, tmp_path: Path) -> None:
             import_file(store, "contacts", target)
     with pytest.raises(InputError, match="no such file"):
         import_file(store, "contacts", tmp_path / "missing.csv")
+
+
+def test_a_csv_integer_of_5000_digits_is_a_bad_row(store: Store, tmp_path: Path) -> None:
+    """Issue 17 item 11: a CSV cell of 5,000 digits in an int column aborted the import
+    with `unexpected ValueError ... set_int_max_str_digits`; it is a bad row."""
+    path = write(tmp_path, "c.csv", "id,seniority\nc1," + "9" * 5000 + "\nc2,3\n")
+    result, rejects = run(store, "contacts", path)
+    assert result == ImportResult(1, 0, 1)
+    assert rejects == [(2, f"seniority: integer '{'9' * 37}...' is out of range")]

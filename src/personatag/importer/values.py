@@ -54,6 +54,8 @@ def _text_int(cell: str) -> int:
     s = cell.strip()
     if not _INT_RE.match(s):
         raise BadValue(f"expected an integer, got {_show(cell)}")
+    if len(s) > 20:  # before int(), which refuses over 4,300 digits
+        raise BadValue(f"integer {_show(cell)} is out of range")
     return _int(int(s))
 
 

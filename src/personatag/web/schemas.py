@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from personatag.criteria.limits import MAX_TEXT_CHARS
+
 Name = Annotated[str, Field(min_length=1, max_length=100)]
-MAX_EXPR_CHARS = 20_000
+MAX_EXPR_CHARS = MAX_TEXT_CHARS  # criterion text: the parser's own limit
 Text = Annotated[str, Field(max_length=MAX_EXPR_CHARS)]
 
 
