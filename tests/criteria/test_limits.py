@@ -80,6 +80,7 @@ def test_a_huge_in_list_is_refused_pointing_to_contact_lists() -> None:
         ('created_at > date("0001-01-01T00:00:00+14:00")', (1, 19), "outside years 1 to 9999"),
         ('created_at < date("9999-12-31T23:30:00-01:00")', (1, 19), "outside years 1 to 9999"),
         ('region = "EM\ud800EA"', (1, 13), "U+D800 (a lone surrogate)"),
+        ('region in ("a", "b\x00")', (1, 17), "a NUL character at character 2"),
         (f'region = "{"x" * (MAX_STRING_CHARS + 1)}"', (1, 10), "string of 1,001 characters"),
         (
             " or ".join(f"seniority = {i}" for i in range(MAX_CONDITIONS + 1)),

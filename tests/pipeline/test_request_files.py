@@ -854,6 +854,10 @@ def test_documented_row_reasons_are_the_real_ones() -> None:
             "character 11",
         ),
         ('{"version": 1, "\\ud800": 1}', "request.json: a key invalid character U+D800"),
+        (
+            '{"version": ' + "9" * 5000 + "}",
+            "request.json: not valid JSON: a number of more than 4,300",
+        ),
     ],
 )
 def test_lone_surrogates_are_refused_with_where(text: str, message: str) -> None:

@@ -149,6 +149,13 @@ def check_limits(node: Node) -> None:
             at = surrogate_at(text)
             if at is not None:
                 raise _Checker.error(surrogate_message(text, at), pos, spath)
+            if "\x00" in text:  # PostgreSQL refuses it; refused on every store alike
+                raise _Checker.error(
+                    f"a NUL character at character {text.index(chr(0)) + 1} of a string: "
+                    "no store holds it",
+                    pos,
+                    spath,
+                )
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,11 @@ def _parse_json(text: str, name: str, request_id: str | None) -> RequestFile:
         raise RequestFileError(
             name, f"key {show_value(exc.args[0])} appears more than once: give each field once"
         ) from None
-    except ValueError as exc:  # NaN, Infinity
+    except ValueError as exc:  # NaN, Infinity, more digits than int() reads
+        if "integer string conversion" in str(exc):
+            raise RequestFileError(
+                name, "not valid JSON: a number of more than 4,300 digits"
+            ) from None
         raise RequestFileError(name, f"not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestFileError(name, "not valid JSON: nested too deeply") from None
