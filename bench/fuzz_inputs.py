@@ -699,6 +699,26 @@ def main() -> None:
                 api_run(case, "api-patch", "PATCH", url, body)
             shutil.rmtree(tmp, ignore_errors=True)
 
+        # the stream's Python evaluator: every like/ilike case as an ongoing criterion,
+        # then one contact change that all of them read, then one `stream --once`
+        ongoing = [c for c in cases if c.kind == "expr" and c.name.startswith(("like", "ilike"))]
+        for n, case in enumerate(ongoing):
+            code, _, err, secs, peak = run_process(
+                [*cli, "criterion", "add", f"fz_like_{n}", "--persona", PERSONA,
+                 "--expr", case.payload, "--mode", "ongoing"],
+                env, T, work,
+            )  # fmt: skip
+            outcome, detail = classify_cli(code, err)
+            record(Run(case.name, case.kind, "cli-ongoing", outcome, secs, peak, detail))
+        if ongoing:
+            run_process([*cli, "stream", "--once"], env, T * 5, work)  # backfill and swap in
+            run_process(
+                [*cli, "contact", "set", "c00000002", "job_title=" + "a" * 60], env, T, work
+            )
+            code, _, err, secs, peak = run_process([*cli, "stream", "--once"], env, T * 5, work)
+            outcome, detail = classify_cli(code, err)
+            record(Run("like-ongoing-all", "expr", "stream", outcome, secs, peak, detail))
+
         # the dispatcher: every dropped request file, in one --once pass
         members_before = count_rows(store_url, members)
         code, _, err, secs, peak = run_process(

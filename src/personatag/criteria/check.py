@@ -120,7 +120,11 @@ def check_limits(node: Node) -> None:
                 f"{path}.values",
             )
         strings: list[tuple[str, Pos | None, str]] = []
-        if isinstance(n, In | Contains):
+        if isinstance(n, Contains) and n.op == "contains":  # one value, as "value" in JSON
+            v0 = n.values[0]
+            if isinstance(v0, String):
+                strings.append((v0.value, v0.pos, f"{path}.value"))
+        elif isinstance(n, In | Contains):
             strings += [
                 (v.value, v.pos, f"{path}.values[{i}]")
                 for i, v in enumerate(n.values)
