@@ -734,8 +734,13 @@ def main() -> None:
         for rid, case in dropped.items():
             summary_path = results_dir / rid / "summary.json"
             if not summary_path.exists():
-                # a refused file gets its summary under a derived id; look it up by prefix
-                found = [p for p in results_dir.glob(f"{rid}*/summary.json")]
+                # a refused file may get its summary under a derived id (fz-e1.2, fz-e1_x):
+                # the id, then anything but a digit (fz-e10 is another case)
+                found = [
+                    p
+                    for p in results_dir.glob(f"{rid}*/summary.json")
+                    if not p.parent.name[len(rid) : len(rid) + 1].isdigit()
+                ]
                 summary_path = found[0] if found else summary_path
             if summary_path.exists():
                 summary = json.loads(summary_path.read_text())
