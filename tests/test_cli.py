@@ -154,3 +154,34 @@ def test_failed_request_still_prints_json(cli: CLI, store_url: str) -> None:
     assert out["status"] == "failed" and out["request_id"].startswith("req-")
     assert out["request_id"] in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("preview", "--expr", "(" * 3000 + 'region = "x"' + ")" * 3000), "line 1, col 21: "),
+        (("preview", "--expr", "seniority > " + "9" * 4301), "line 1, col 13: number 99"),
+        (
+            ("preview", "--expr", 'created_at > date("0001-01-01T00:00:00+14:00")'),
+            "line 1, col 19: invalid date",
+        ),
+        # bytes that are not UTF-8 reach Python's argv as lone surrogates
+        (("preview", "--expr", 'region = "\udced\udca0\udc80"'), "line 1, col 11: invalid char"),
+        (
+            ("preview", "--expr", " or ".join(f'id = "{i % 10}"' for i in range(1600))),
+            "line 1, col 6001: the criterion has more than 500 conditions",
+        ),
+        (("contact", "set", "c0001", "region=\udced"), "field 'region': invalid character"),
+        (("contact", "set", "c\udced", "region=x", "--create"), "contact id: invalid character"),
+    ],
+)
+def test_bad_input_is_one_line_with_its_position(
+    cli: CLI, args: tuple[str, ...], says: str
+) -> None:
+    """Issue 17 item 11: the CLI printed `unexpected RecursionError`, `OverflowError`,
+    `ValueError ... set_int_max_str_digits` and `UnicodeEncodeError` without a
+    position; each is now one line saying what and where."""
+    proc = cli(*args, ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {says}"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "unexpected" not in proc.stderr

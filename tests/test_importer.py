@@ -397,3 +397,54 @@ def test_crlf_lines_and_publications_upsert(store: Store, tmp_path: Path) -> Non
         "Utilities",
         utc(2024, 5, 1),
     )
+
+
+def test_a_bad_jsonl_line_is_rejected_and_the_rest_loads(store: Store, tmp_path: Path) -> None:
+    """Issue 17 item 11: one 100k-deep line (RecursionError) aborted a JSON Lines import
+    and the valid rows after it were lost; an over-long integer gave a message about
+    set_int_max_str_digits, and a lone surrogate failed in the store. Each bad line is
+    rejected with its line number, and the import goes on."""
+    path = write(
+        tmp_path,
+        "mixed.jsonl",
+        '{"id": "c1", "region": "X"}\n'
+        + "[" * 100_000
+        + "]" * 100_000
+        + "\n"
+        + '{"id": "c3", "region": "Y"}\n'
+        + '{"id": "c4", "seniority": '
+        + "9" * 5000
+        + "}\n"
+        + '{"id": "c5", "region": "EM\\ud800"}\n'
+        + '{"id": "c6\\udfff"}\n'
+        + '{"id": "c7", "region": "Z"}\n',
+    )
+    result, rejects = run(store, "contacts", path)
+    assert result == ImportResult(3, 0, 4)
+    assert set(contacts(store)) == {"c1", "c3", "c7"}
+    reasons = dict(rejects)
+    assert sorted(reasons) == [2, 4, 5, 6]
+    assert reasons[2] == "invalid JSON: nested too deeply (a row is one flat object)"
+    assert reasons[4] == "invalid JSON: a number of more than 4,300 digits"
+    assert reasons[5].startswith("region: invalid character U+D800 (a lone surrogate)")
+    assert reasons[6].startswith("id: invalid character U+DFFF (a lone surrogate) at character 3")
+
+
+def test_importing_a_directory_says_so(store: Store, tmp_path: Path) -> None:
+    """Issue 17 item 11: importing a directory said `no such file`."""
+    folder = tmp_path / "contacts.csv"
+    folder.mkdir()
+    for target in (folder, tmp_path):
+        with pytest.raises(InputError, match="is a directory, not a file"):
+            import_file(store, "contacts", target)
+    with pytest.raises(InputError, match="no such file"):
+        import_file(store, "contacts", tmp_path / "missing.csv")
+
+
+def test_a_csv_integer_of_5000_digits_is_a_bad_row(store: Store, tmp_path: Path) -> None:
+    """Issue 17 item 11: a CSV cell of 5,000 digits in an int column aborted the import
+    with `unexpected ValueError ... set_int_max_str_digits`; it is a bad row."""
+    path = write(tmp_path, "c.csv", "id,seniority\nc1," + "9" * 5000 + "\nc2,3\n")
+    result, rejects = run(store, "contacts", path)
+    assert result == ImportResult(1, 0, 1)
+    assert rejects == [(2, f"seniority: integer '{'9' * 37}...' is out of range")]

@@ -128,15 +128,28 @@ def check_as_of(value: datetime) -> datetime:
     return value
 
 
+class TimestampRangeError(ValueError):
+    """A well-formed timestamp that lies outside years 1-9999 once moved to UTC."""
+
+
 def parse_timestamp(text: str) -> datetime:
-    """Parse ISO-8601 (a date alone means midnight UTC; no offset means UTC)."""
+    """Parse ISO-8601 (a date alone means midnight UTC; no offset means UTC).
+
+    Raises ValueError for anything else, TimestampRangeError (a ValueError) for
+    an instant that UTC cannot hold (0001-01-01T00:00:00+14:00).
+    """
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise TimestampRangeError(
+            "out of range: in UTC the instant falls outside years 1 to 9999"
+        ) from None
 
 
 def fold_case(value: str) -> str:
@@ -150,3 +163,24 @@ def fold_case(value: str) -> str:
         low = ch.lower()
         out.append(low[0] if low else ch)
     return "".join(out)
+
+
+def surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800-U+DFFF) in `text`, or None.
+
+    Such a code point is not text: it cannot be encoded as UTF-8, so no store,
+    file or terminal takes it.
+    """
+    if text.isascii():
+        return None
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return None
+
+
+def surrogate_message(text: str, at: int) -> str:
+    return (
+        f"invalid character U+{ord(text[at]):04X} (a lone surrogate) at character {at + 1}: "
+        "it is not valid Unicode text"
+    )

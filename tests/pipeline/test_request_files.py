@@ -829,3 +829,39 @@ def test_documented_row_reasons_are_the_real_ones() -> None:
     reasons = {e.reason for e in parse(text, name="r.csv").row_errors}
     assert len(reasons) == 8
     assert all(f"`{reason}`" in DOC_PAGE for reason in reasons), reasons
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"version": 1, "persona": "\\ud800", "expr": "region = \\"x\\""}',
+            'request.json: field "persona": invalid character U+D800 (a lone surrogate) at '
+            "character 1: it is not valid Unicode text",
+        ),
+        (
+            '{"version": 1, "persona": "p", "request_id": "r\\ud800", "expr": "region = \\"x\\""}',
+            'request.json: field "request_id": invalid character U+D800',
+        ),
+        (
+            '{"version": 1, "persona": "p", "contacts": ["c1", "c\\udc80"]}',
+            'request.json: field "contacts[1]": invalid character U+DC80 (a lone surrogate) at '
+            "character 2",
+        ),
+        (
+            '{"version": 1, "persona": "p", "expr": "region = \\"\\udfff\\""}',
+            'request.json: field "expr": invalid character U+DFFF (a lone surrogate) at '
+            "character 11",
+        ),
+        ('{"version": 1, "\\ud800": 1}', "request.json: a key invalid character U+D800"),
+        (
+            '{"version": ' + "9" * 5000 + "}",
+            "request.json: not valid JSON: a number of more than 4,300",
+        ),
+    ],
+)
+def test_lone_surrogates_are_refused_with_where(text: str, message: str) -> None:
+    """Issue 17 item 11: a lone surrogate in a request file (the persona, the request
+    id) made `submit` print `unexpected UnicodeEncodeError` and the API answer 500;
+    it is refused with the field and the character's position."""
+    assert error(text).startswith(message)

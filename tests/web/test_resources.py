@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from personatag.audit_log import list_events
 from tests.web.conftest import API, PASSWORD, Api
 
@@ -201,7 +203,51 @@ def test_deploy_and_rollback(api: Api) -> None:
 
 def test_absurdly_nested_input_is_a_422_not_a_crash(api: Api) -> None:
     deep = "(" * 3000 + 'region = "EMEA"' + ")" * 3000
-    for path in ("criteria/validate", "preview"):
-        r = api.client.post(f"{API}/{path}", json={"expr": deep}, headers=api.headers("viewer"))
-        assert r.status_code == 422, path
-        assert r.json()["error"]["code"] == "too_deeply_nested"
+    h = api.headers("viewer")
+    r = api.client.post(f"{API}/criteria/validate", json={"expr": deep}, headers=h)
+    assert r.status_code == 200
+    assert r.json()["error"] == {
+        "line": 1,
+        "col": 21,
+        "message": "the criterion nests more than 20 levels deep",
+    }
+    r = api.client.post(f"{API}/preview", json={"expr": deep}, headers=h)
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "invalid_criterion"
+    assert r.json()["error"]["col"] == 21
+
+
+@pytest.mark.parametrize(
+    ("expr", "col", "says"),
+    [
+        ("seniority > " + "9" * 4301, 13, "is too long"),
+        ('created_at > date("0001-01-01T00:00:00+14:00")', 19, "outside years 1 to 9999"),
+        ('created_at < date("9999-12-31T23:00:00-14:00")', 19, "outside years 1 to 9999"),
+    ],
+)
+def test_preview_of_oversized_literals_is_a_422(api: Api, expr: str, col: int, says: str) -> None:
+    """Issue 17 item 11: `POST /api/v1/preview` with a 4,301-digit integer or a date
+    that overflows when moved to UTC answered 500 (ValueError, OverflowError)."""
+    r = api.client.post(f"{API}/preview", json={"expr": expr}, headers=api.headers("viewer"))
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_criterion" and error["col"] == col and says in error["message"]
+
+
+def test_a_lone_surrogate_in_a_contact_field_is_a_422(api: Api) -> None:
+    """Issue 17 item 11: `PATCH /api/v1/contacts/ID` with a lone surrogate in a value
+    answered 500 (UnicodeEncodeError in the store); it is refused with the field and
+    the character's position, and nothing is written."""
+    h = {**api.headers("editor"), "Content-Type": "application/json"}
+    before = api.client.get(f"{API}/contacts/c0001", headers=h).json()["attributes"]
+    for body in (
+        b'{"fields": {"region": "EM\\ud800"}}',
+        b'{"fields": {"interests": ["ok", "\\udc80"]}}',
+        b'{"fields": {"interests": "a;\\udc80"}}',
+    ):
+        r = api.client.patch(f"{API}/contacts/c0001", content=body, headers=h)
+        assert r.status_code == 422, r.text
+        assert "lone surrogate" in r.json()["error"]["message"]
+    r = api.client.patch(f"{API}/contacts/c0001", content=body, headers=h)
+    assert "field 'interests'" in r.json()["error"]["message"]
+    assert api.client.get(f"{API}/contacts/c0001", headers=h).json()["attributes"] == before

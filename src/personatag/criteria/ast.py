@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from personatag.criteria.errors import CriteriaError
+from personatag.criteria.limits import MAX_DEPTH
 from personatag.domain import parse_timestamp
 
 JSON_VERSION = 1
@@ -314,7 +315,7 @@ def from_json(doc: Any) -> Node:
             f"unsupported version {version!r}: this build reads version {JSON_VERSION}",
             path="$.version",
         )
-    return _read_node(doc["expr"], "$.expr")
+    return _read_node(doc["expr"], "$.expr", 1)
 
 
 _FIELD_KEYS: dict[str, tuple[str, ...]] = {
@@ -344,7 +345,9 @@ def _keys(
             raise CriteriaError(f"unknown key {key!r}", path=path)
 
 
-def _read_node(obj: Any, path: str) -> Node:
+def _read_node(obj: Any, path: str, depth: int) -> Node:
+    if depth > MAX_DEPTH + 1:  # stop before recursing on; the checker names the exact node
+        raise CriteriaError(f"the criterion nests more than {MAX_DEPTH} levels deep", path=path)
     if not isinstance(obj, Mapping):
         raise CriteriaError("expected an object with an 'op'", path=path)
     op = obj.get("op")
@@ -357,11 +360,11 @@ def _read_node(obj: Any, path: str) -> Node:
         items = obj["args"]
         if not isinstance(items, list) or len(items) < 2:
             raise CriteriaError(f"'{op}' needs a list of at least 2 args", path=f"{path}.args")
-        args = tuple(_read_node(a, f"{path}.args[{i}]") for i, a in enumerate(items))
+        args = tuple(_read_node(a, f"{path}.args[{i}]", depth + 1) for i, a in enumerate(items))
         return And(args) if op == "and" else Or(args)
     if op == "not":
         _keys(obj, path, ("op", "arg"))
-        return Not(_read_node(obj["arg"], f"{path}.arg"))
+        return Not(_read_node(obj["arg"], f"{path}.arg", depth + 1))
     if op == "persona":
         _keys(obj, path, ("op", "key"))
         key = obj["key"]
@@ -369,7 +372,7 @@ def _read_node(obj: Any, path: str) -> Node:
             raise CriteriaError("persona key must be a non-empty string", path=f"{path}.key")
         return Persona(key)
     if op == "count":
-        return _read_count(obj, path)
+        return _read_count(obj, path, depth)
     _keys(obj, path, ("op", *_FIELD_KEYS[op]))
     f = _read_field(obj["field"], f"{path}.field")
     if op in COMPARE_OPS:
@@ -393,14 +396,14 @@ def _read_node(obj: Any, path: str) -> Node:
     return Within(f, _read_days(obj["days"], f"{path}.days"))
 
 
-def _read_count(obj: Mapping[str, Any], path: str) -> Count:
+def _read_count(obj: Mapping[str, Any], path: str, depth: int) -> Count:
     _keys(obj, path, ("op", "event", "days", "cmp", "value"), optional=("where",))
     event = obj["event"]
     if event not in EVENTS:
         raise CriteriaError(f"event must be 'read' or 'login', not {event!r}", path=f"{path}.event")
     where = None
     if "where" in obj and obj["where"] is not None:
-        where = _read_node(obj["where"], f"{path}.where")
+        where = _read_node(obj["where"], f"{path}.where", depth + 1)
     days = _read_days(obj["days"], f"{path}.days")
     cmp = obj["cmp"]
     if cmp not in COMPARE_OPS:

@@ -30,8 +30,16 @@ from personatag.criteria.ast import (
     Within,
 )
 from personatag.criteria.errors import CriteriaError
+from personatag.criteria.limits import (
+    INT64_MAX,
+    LIST_PATH_HINT,
+    MAX_CONDITIONS,
+    MAX_DEPTH,
+    MAX_LIST_VALUES,
+    MAX_STRING_CHARS,
+)
 from personatag.criteria.text import value_text
-from personatag.domain import Catalog, FieldType, parse_timestamp
+from personatag.domain import Catalog, FieldType, parse_timestamp, surrogate_at, surrogate_message
 
 # Which value kind each field type accepts in =, !=, <, ..., between and in.
 _ACCEPTS: Mapping[FieldType, type] = {
@@ -69,7 +77,89 @@ def check(node: Node, catalog: Catalog, *, personas: bool = True) -> None:
     With personas=False, persona keys are not checked against the catalog (for
     evaluators that only test membership and never look a persona up).
     """
+    check_limits(node)
     _Checker(catalog, personas).node(node, "$.expr", inside_count=False)
+
+
+def check_limits(node: Node) -> None:
+    """Raise CriteriaError when `node` exceeds a limit of `personatag.criteria.limits`.
+
+    Iterative, so any tree the parsers built is walked without recursion.
+    """
+    conditions = 0
+    todo: list[tuple[Node, str, int]] = [(node, "$.expr", 0)]  # depth: groups above
+    while todo:
+        n, path, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise _Checker.error(
+                f"the criterion nests more than {MAX_DEPTH} levels deep", n.pos, path
+            )
+        if isinstance(n, And | Or):
+            todo.extend(
+                (a, f"{path}.args[{i}]", depth + 1) for i, a in reversed(list(enumerate(n.args)))
+            )
+            continue
+        if isinstance(n, Not):
+            todo.append((n.arg, f"{path}.arg", depth + 1))
+            continue
+        conditions += 1
+        if conditions > MAX_CONDITIONS:
+            raise _Checker.error(
+                f"the criterion has more than {MAX_CONDITIONS} conditions: combine values "
+                f"with 'in' (up to {MAX_LIST_VALUES} a list), or {LIST_PATH_HINT}",
+                n.pos,
+                path,
+            )
+        if isinstance(n, Count) and n.where is not None:
+            todo.append((n.where, f"{path}.where", depth + 1))
+        if isinstance(n, In | Contains) and len(n.values) > MAX_LIST_VALUES:
+            raise _Checker.error(
+                f"a list has {len(n.values):,} values, over the limit of {MAX_LIST_VALUES:,}: "
+                f"{LIST_PATH_HINT}",
+                n.pos,
+                f"{path}.values",
+            )
+        strings: list[tuple[str, Pos | None, str]] = []
+        if isinstance(n, Contains) and n.op == "contains":  # one value, as "value" in JSON
+            v0 = n.values[0]
+            if isinstance(v0, String):
+                strings.append((v0.value, v0.pos, f"{path}.value"))
+        elif isinstance(n, In | Contains):
+            strings += [
+                (v.value, v.pos, f"{path}.values[{i}]")
+                for i, v in enumerate(n.values)
+                if isinstance(v, String)
+            ]
+        elif isinstance(n, StringMatch):
+            strings.append((n.pattern.value, n.pattern.pos, f"{path}.value"))
+        elif isinstance(n, Persona):
+            strings.append((n.key, n.pos, f"{path}.key"))
+        else:
+            value = getattr(n, "value", None)
+            if isinstance(value, String):
+                strings.append((value.value, value.pos, f"{path}.value"))
+            for end in ("low", "high"):
+                v = getattr(n, end, None)
+                if isinstance(v, String):
+                    strings.append((v.value, v.pos, f"{path}.{end}"))
+        for text, pos, spath in strings:
+            if len(text) > MAX_STRING_CHARS:
+                raise _Checker.error(
+                    f"a string of {len(text):,} characters is over the limit of "
+                    f"{MAX_STRING_CHARS:,}",
+                    pos,
+                    spath,
+                )
+            at = surrogate_at(text)
+            if at is not None:
+                raise _Checker.error(surrogate_message(text, at), pos, spath)
+            if "\x00" in text:  # PostgreSQL refuses it; refused on every store alike
+                raise _Checker.error(
+                    f"a NUL character at character {text.index(chr(0)) + 1} of a string: "
+                    "no store holds it",
+                    pos,
+                    spath,
+                )
 
 
 @dataclass(frozen=True)
@@ -248,9 +338,6 @@ class _Checker:
             value.pos,
             path,
         )
-
-
-INT64_MAX = 2**63 - 1
 
 
 def _in_range(n: int | float) -> bool:

@@ -38,8 +38,17 @@ from personatag.criteria.ast import (
     Within,
 )
 from personatag.criteria.errors import CriteriaError
+from personatag.criteria.limits import (
+    INT64_MAX,
+    LIST_PATH_HINT,
+    MAX_DEPTH,
+    MAX_NUMBER_CHARS,
+    MAX_STRING_CHARS,
+    MAX_TEXT_CHARS,
+    short,
+)
 from personatag.criteria.text import quote
-from personatag.domain import parse_timestamp
+from personatag.domain import TimestampRangeError, parse_timestamp
 
 # token kinds
 IDENT = "ident"  # a field name or a keyword (keywords have kind == their text)
@@ -83,11 +92,21 @@ class Tokenizer:
     def __init__(self, text: str) -> None:
         self.text = text
         self.i = 0
+        # Lines are counted as the tokens move on (positions only grow), so
+        # tokenizing stays linear: (line, start of that line, counted up to).
+        self._line, self._line_start, self._counted = 1, 0, 0
 
     def _where(self, i: int) -> tuple[int, int]:
         """1-based (line, column) of text[i]."""
-        line = self.text.count("\n", 0, i) + 1
-        return line, i - (self.text.rfind("\n", 0, i) + 1) + 1
+        text = self.text
+        if i < self._counted:  # pragma: no cover - tokens only move forward
+            return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+        newlines = text.count("\n", self._counted, i)
+        if newlines:
+            self._line += newlines
+            self._line_start = text.rfind("\n", self._counted, i) + 1
+        self._counted = i
+        return self._line, i - self._line_start + 1
 
     def _error(self, message: str, i: int) -> CriteriaError:
         line, col = self._where(i)
@@ -110,7 +129,14 @@ class Tokenizer:
             assert m is not None  # noqa: S101 - guarded by the digit check above
             self.i = m.end()
             raw = m.group()
-            number: int | float = float(raw) if m.group(1) or m.group(2) else int(raw)
+            whole = not (m.group(1) or m.group(2))
+            if len(raw) > MAX_NUMBER_CHARS:  # before int(): it refuses over 4,300 digits
+                raise self._error(
+                    f"number {short(raw)} is too long: a number is at most "
+                    f"{MAX_NUMBER_CHARS} characters (whole numbers lie within +/-{INT64_MAX})",
+                    i,
+                )
+            number: int | float = int(raw) if whole else float(raw)
             if isinstance(number, float) and math.isinf(number):
                 raise self._error(f"number {raw} is too large", i)
             return Token(NUMBER, raw, line, col, number)
@@ -140,7 +166,19 @@ class Tokenizer:
             ch = text[i]
             if ch == '"':
                 self.i = i + 1
+                if len(out) > MAX_STRING_CHARS:
+                    raise self._error(
+                        f"a string of {len(out):,} characters is over the limit of "
+                        f"{MAX_STRING_CHARS:,}",
+                        start,
+                    )
                 return "".join(out)
+            if "\ud800" <= ch <= "\udfff":
+                raise self._error(
+                    f"invalid character U+{ord(ch):04X} (a lone surrogate) in a string: "
+                    "it is not valid Unicode text",
+                    i,
+                )
             if ch == "\\":
                 nxt = text[i + 1 : i + 2]
                 if not nxt:
@@ -159,7 +197,18 @@ class Tokenizer:
 
 
 def parse(text: str) -> Node:
-    """Parse criterion text into an AST (names are not checked: see `check`)."""
+    """Parse criterion text into an AST (names are not checked: see `check`).
+
+    Text over MAX_TEXT_CHARS and nesting over MAX_DEPTH are refused here, before
+    anything is built; the other limits are the checker's.
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        raise CriteriaError(
+            f"the criterion is {len(text):,} characters long, over the limit of "
+            f"{MAX_TEXT_CHARS:,}: {LIST_PATH_HINT}",
+            line=1,
+            col=1,
+        )
     return _Parser(text).parse()
 
 
@@ -167,6 +216,12 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = Tokenizer(text)
         self.tok = self.tokens.next()
+        self.depth = 0  # open parentheses, nots and count(... where ...) around self.tok
+
+    def deeper(self, opening: Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"the criterion nests more than {MAX_DEPTH} levels deep", opening)
 
     # ---- helpers ----
 
@@ -224,13 +279,18 @@ class _Parser:
     def parse_not(self) -> Node:
         if self.at("not"):
             tok = self.advance()
-            return Not(self.parse_not(), pos=tok.pos)
+            self.deeper(tok)
+            node = Not(self.parse_not(), pos=tok.pos)
+            self.depth -= 1
+            return node
         return self.parse_primary()
 
     def parse_primary(self) -> Node:
         if self.at_punct("("):
             opening = self.advance()
+            self.deeper(opening)
             node = self.parse_or()
+            self.depth -= 1
             if not self.at_punct(")"):
                 raise self.error(
                     f"expected ')' to close the '(' at line {opening.line}, col {opening.col}, "
@@ -386,12 +446,13 @@ class _Parser:
             self.advance()
             try:
                 when = parse_timestamp(s.text)
-            except ValueError:
-                raise self.error(
-                    f"invalid date {quote(s.text)}: expected ISO-8601 like "
-                    '"2026-06-30" or "2026-06-30T12:00:00Z"',
-                    s,
-                ) from None
+            except ValueError as exc:
+                reason = (
+                    str(exc)
+                    if isinstance(exc, TimestampRangeError)
+                    else 'expected ISO-8601 like "2026-06-30" or "2026-06-30T12:00:00Z"'
+                )
+                raise self.error(f"invalid date {quote(short(s.text))}: {reason}", s) from None
             self.expect_punct(")", "to close 'date('")
             return Timestamp(when, pos=tok.pos)
         if tok.kind == "null":
@@ -415,8 +476,9 @@ class _Parser:
         self.advance()
         where: Node | None = None
         if self.at("where"):
-            self.advance()
+            self.deeper(self.advance())
             where = self.parse_or()
+            self.depth -= 1
         if not self.at_punct(","):
             raise self.error(
                 f"expected ',' and a window in count({ev.text}, 90d), found {self.tok.describe()}"

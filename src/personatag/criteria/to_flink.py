@@ -128,11 +128,21 @@ def _regex_literal(text: str) -> str:
 
 
 def like_to_regex(pattern: str) -> str:
-    """LIKE pattern -> anchored Java regex (% any run, _ one character, no escape)."""
-    body = "".join(
-        ".*" if ch == "%" else "." if ch == "_" else _regex_literal(ch) for ch in pattern
-    )
-    return f"(?s)\\A{body}\\z"
+    """LIKE pattern -> anchored Java regex (% any run, _ one character, no escape).
+
+    Each middle piece between %s sits in an atomic lazy group: it takes its
+    leftmost place and is never retried, so matching stays linear in the text
+    (a plain `.*a.*a.*b` backtracks exponentially). Leftmost is always right
+    because every piece has a fixed length.
+    """
+    pieces = [
+        "".join("." if ch == "_" else _regex_literal(ch) for ch in piece)
+        for piece in pattern.split("%")
+    ]
+    if len(pieces) == 1:
+        return f"(?s)\\A{pieces[0]}\\z"
+    middle = "".join(f"(?>.*?{p})" for p in pieces[1:-1] if p)
+    return f"(?s)\\A{pieces[0]}{middle}.*{pieces[-1]}\\z"
 
 
 def _number(value: int | float) -> str:

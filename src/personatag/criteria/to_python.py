@@ -84,10 +84,61 @@ def publication_filter(where: Node | None) -> Callable[[Mapping[str, Any]], bool
     return lambda pub: fn(pub, dummy) is True
 
 
-def like_regex(pattern: str) -> re.Pattern[str]:
-    """LIKE semantics: % is any run of characters, _ exactly one, nothing escapes."""
-    parts = [".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern]
-    return re.compile("".join(parts), re.DOTALL)
+def like_matcher(pattern: str) -> Callable[[str], bool]:
+    """LIKE semantics: % is any run of characters, _ exactly one, nothing escapes.
+
+    Linear in the text for a given pattern (no backtracking regex): the pieces
+    between the %s have a fixed length, so taking each middle piece at its
+    leftmost place that fits never loses a match.
+    """
+    pieces = [_piece(p) for p in pattern.split("%")]
+    if len(pieces) == 1:
+        only = pieces[0]
+        return lambda x: len(x) == only.size and only.at(x, 0)
+    first, middle, last = pieces[0], [p for p in pieces[1:-1] if p.size], pieces[-1]
+
+    def match(x: str) -> bool:
+        end = len(x) - last.size
+        if end < first.size or not first.at(x, 0) or not last.at(x, end):
+            return False
+        pos = first.size
+        for piece in middle:
+            found = piece.find(x, pos, end)
+            if found < 0:
+                return False
+            pos = found + piece.size
+        return True
+
+    return match
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A %-free part of a LIKE pattern: literal text where `_` is any one character."""
+
+    text: str
+    size: int
+    regex: re.Pattern[str] | None  # set when the piece holds a `_`
+
+    def at(self, x: str, pos: int) -> bool:
+        if self.regex is None:
+            return x.startswith(self.text, pos)
+        return self.regex.match(x, pos) is not None
+
+    def find(self, x: str, pos: int, end: int) -> int:
+        """Leftmost start in [pos, end - size], or -1."""
+        if self.regex is None:
+            return x.find(self.text, pos, end)
+        m = self.regex.search(x, pos, end)
+        return -1 if m is None else m.start()
+
+
+def _piece(text: str) -> _Piece:
+    if "_" not in text:
+        return _Piece(text, len(text), None)
+    # no quantifiers: matching costs at most len(text) steps per start position
+    body = "".join("." if ch == "_" else re.escape(ch) for ch in text)
+    return _Piece(text, len(text), re.compile(body, re.DOTALL))
 
 
 def _py(value: Value) -> Any:
@@ -188,10 +239,9 @@ def _string_match(op: str, text: str) -> Callable[[str], bool]:
     if op == "ends_with":
         return lambda x: x.endswith(text)
     if op == "like":
-        regex = like_regex(text)
-        return lambda x: regex.fullmatch(x) is not None
-    folded = like_regex(fold_case(text))
-    return lambda x: folded.fullmatch(fold_case(x)) is not None
+        return like_matcher(text)
+    folded = like_matcher(fold_case(text))
+    return lambda x: folded(fold_case(x))
 
 
 def _within(name: str, span: timedelta) -> _Fn:

@@ -36,7 +36,7 @@ from pathlib import Path
 from personatag.config import Settings
 from personatag.errors import InputError
 from personatag.importer.loaders import LOADERS
-from personatag.importer.readers import KINDS, READERS, check_utf8, file_spec
+from personatag.importer.readers import KINDS, READERS, check_file, check_utf8, file_spec
 from personatag.importer.values import Reject, Row
 from personatag.store import Store
 
@@ -90,9 +90,8 @@ def import_file(
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     path = Path(path)
+    check_file(path)
     name = _format(path, fmt)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
     spec = file_spec(store, kind)
     check_utf8(path)
     load = LOADERS[kind]

@@ -75,6 +75,22 @@ def _check_columns(path: Path, cols: Sequence[str], spec: Spec, where: str = "")
             raise InputError(f"{path}: missing required column {col!r} for {spec.kind}")
 
 
+def check_file(path: Path, what: str = "") -> None:
+    """Raise InputError unless `path` is a regular file this process can read."""
+    label = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise InputError(f"{label}: is a directory, not a file: give the path of one file")
+    if not path.exists():
+        raise InputError(f"{label}: no such file")
+    if not path.is_file():
+        raise InputError(f"{label}: not a regular file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{label}: cannot be read ({exc.strerror or exc})") from None
+
+
 def check_utf8(path: Path) -> None:
     """Raise InputError naming the first line that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -175,7 +191,13 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 yield line_no, str(exc)
                 continue
             except ValueError as exc:
-                yield line_no, f"invalid JSON: {exc}"
+                if "integer string conversion" in str(exc):  # Python reads up to 4,300
+                    yield line_no, "invalid JSON: a number of more than 4,300 digits"
+                else:
+                    yield line_no, f"invalid JSON: {exc}"
+                continue
+            except RecursionError:
+                yield line_no, "invalid JSON: nested too deeply (a row is one flat object)"
                 continue
             if not isinstance(obj, dict):
                 yield line_no, "expected a JSON object"

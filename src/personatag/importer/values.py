@@ -9,7 +9,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from personatag.domain import FieldType, parse_timestamp
+from personatag.domain import (
+    FieldType,
+    TimestampRangeError,
+    parse_timestamp,
+    surrogate_at,
+    surrogate_message,
+)
 
 
 class Row(NamedTuple):
@@ -48,6 +54,8 @@ def _text_int(cell: str) -> int:
     s = cell.strip()
     if not _INT_RE.match(s):
         raise BadValue(f"expected an integer, got {_show(cell)}")
+    if len(s) > 20:  # before int(), which refuses over 4,300 digits
+        raise BadValue(f"integer {_show(cell)} is out of range")
     return _int(int(s))
 
 
@@ -71,7 +79,9 @@ def _text_bool(cell: str) -> bool:
 def _text_timestamp(cell: str) -> datetime:
     try:
         return parse_timestamp(cell)
-    except (ValueError, OverflowError):
+    except TimestampRangeError as exc:
+        raise BadValue(f"timestamp {_show(cell)} is {exc}") from None
+    except ValueError:
         raise BadValue(
             f"expected an ISO-8601 timestamp like 2024-05-01T09:30:00Z, got {_show(cell)}"
         ) from None
@@ -97,15 +107,27 @@ TEXT_PARSERS: dict[FieldType, Callable[[str], Any]] = {
 }
 
 
+def check_text(value: Any) -> None:
+    """Raise BadValue for text no store can hold: a NUL byte (PostgreSQL refuses it;
+    refused on every store alike) or a lone surrogate (not encodable as UTF-8).
+    Looks into lists; other values pass."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        if "\x00" in text:
+            raise BadValue("NUL byte in value")
+        at = surrogate_at(text)
+        if at is not None:
+            raise BadValue(surrogate_message(text, at))
+
+
 def json_value(ft: FieldType, value: Any) -> Any:
     """A JSON value for a column of type `ft`; strings are read like CSV cells,
     except that a string column keeps its string as is (even empty)."""
     if value is None:
         return None
-    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    if any(isinstance(t, str) and "\x00" in t for t in texts):
-        # PostgreSQL cannot store NUL in text; refuse it on every store alike.
-        raise BadValue("NUL byte in value")
+    check_text(value)
     if isinstance(value, str):
         if ft is FieldType.STRING:
             return value

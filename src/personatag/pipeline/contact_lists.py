@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 
 from personatag.errors import InputError
-from personatag.importer.readers import check_utf8
+from personatag.importer.readers import check_file, check_utf8
 from personatag.pipeline.matchset import TempPks, fresh, temp_table
 from personatag.store import Store
 
@@ -36,8 +36,7 @@ class FailedRow:
 def read_contact_ids(path: Path) -> Iterator[tuple[int, str]]:
     """(line, id) pairs from a plain list (one id per line) or a CSV whose
     header has a `contact_id` (or `id`) column. Blank lines are skipped."""
-    if not path.is_file():
-        raise InputError(f"cannot read contact list {path}: no such file")
+    check_file(path, "contact list")
     check_utf8(path)
     with path.open(encoding="utf-8-sig", newline="") as handle:
         first = handle.readline()

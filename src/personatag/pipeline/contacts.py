@@ -18,7 +18,7 @@ from personatag.domain import (
     utcnow,
 )
 from personatag.errors import InputError, NotFoundError
-from personatag.importer.values import TEXT_PARSERS, BadValue, json_value
+from personatag.importer.values import TEXT_PARSERS, BadValue, check_text, json_value
 from personatag.pipeline.audit import log_for_contact
 from personatag.pipeline.pins import contact_pk
 from personatag.store import Store, versions
@@ -167,6 +167,10 @@ def set_contact(
     """
     if not values:
         raise InputError("nothing to set: give at least one field=value")
+    try:
+        check_text(contact_id)
+    except BadValue as exc:
+        raise InputError(f"contact id: {exc}") from None
     fields = dict(STANDARD_CONTACT_FIELDS)
     fields.update(store.custom_attributes())
     typed: dict[str, Any] = {}
@@ -178,6 +182,7 @@ def set_contact(
             known = ", ".join(sorted(n for n in fields if n != "id"))
             raise InputError(f"unknown contact field {name!r}: use one of {known}")
         try:
+            check_text(value)
             if isinstance(value, str) and ft is not FieldType.STRING:
                 typed[name] = None if value == "" else TEXT_PARSERS[ft](value)
             else:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from personatag.domain import Action
+from personatag.domain import Action, surrogate_at, surrogate_message
 from personatag.errors import InputError
 from personatag.pipeline import jobs
 from personatag.schemas import (
@@ -249,6 +249,26 @@ def _check_object(obj: dict[str, Any], name: str) -> RequestV1:
     return model
 
 
+def _no_surrogates(obj: dict[str, Any], name: str) -> None:
+    """Refuse a lone surrogate (a JSON "\\ud800" escape) in any key or string: it is
+    not Unicode text, and no store, file or terminal takes it."""
+    todo: list[tuple[Any, str]] = [(obj, "")]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                at = surrogate_at(key)
+                if at is not None:
+                    raise RequestFileError(name, f"a key {surrogate_message(key, at)}")
+                todo.append((value, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, str):
+            at = surrogate_at(item)
+            if at is not None:
+                raise RequestFileError(name, f'field "{path}": {surrogate_message(item, at)}')
+
+
 def _parse_json(text: str, name: str, request_id: str | None, id_from_name: bool) -> RequestFile:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_not_json_constant)
@@ -260,12 +280,17 @@ def _parse_json(text: str, name: str, request_id: str | None, id_from_name: bool
         raise RequestFileError(
             name, f"key {show_value(exc.args[0])} appears more than once: give each field once"
         ) from None
-    except ValueError as exc:  # NaN, Infinity
+    except ValueError as exc:  # NaN, Infinity, more digits than int() reads
+        if "integer string conversion" in str(exc):
+            raise RequestFileError(
+                name, "not valid JSON: a number of more than 4,300 digits"
+            ) from None
         raise RequestFileError(name, f"not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestFileError(name, "not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise RequestFileError(name, f"expected a JSON object ({{...}}), got {show_value(obj)}")
+    _no_surrogates(obj, name)
     model = _check_object(obj, name)
     ids = None
     if model.contacts is not None:

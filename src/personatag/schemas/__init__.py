@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError
 
-from personatag.domain import PERSONA_KEY_RE, check_as_of, parse_timestamp
+from personatag.domain import PERSONA_KEY_RE, TimestampRangeError, check_as_of, parse_timestamp
 from personatag.errors import InputError
 
 REQUEST_V1 = "request-v1.schema.json"
@@ -195,12 +195,12 @@ def as_of_time(value: str) -> datetime:
     """Parse and range-check an as-of time (a pydantic error when it is unusable)."""
     try:
         parsed = parse_timestamp(value)
+    except TimestampRangeError:  # a time near year 1 or 9999 moved to UTC
+        raise _fail(f"{show_value(value)} is out of range: use a time from 1900 to 8999") from None
     except ValueError:
         raise _fail(
             f"{show_value(value)} is not an ISO-8601 time (e.g. 2026-06-30T12:00:00Z)"
         ) from None
-    except OverflowError:  # a time near year 1 or 9999 moved to UTC
-        raise _fail(f"{show_value(value)} is out of range: use a time from 1900 to 8999") from None
     try:
         return check_as_of(parsed)
     except InputError as exc:

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from personatag.criteria.limits import MAX_TEXT_CHARS
 from personatag.schemas import KEY_PATTERN, REQUEST_ID_PATTERN
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
@@ -44,7 +45,7 @@ KEY_DOC: dict[str, Any] = {"pattern": KEY_PATTERN}
 
 # A date-time given as ISO-8601 text (no offset: UTC); numbers are refused.
 Time = Annotated[datetime, BeforeValidator(_iso_time)]
-MAX_EXPR_CHARS = 20_000
+MAX_EXPR_CHARS = MAX_TEXT_CHARS  # criterion text: the parser's own limit
 Text = Annotated[str, Field(max_length=MAX_EXPR_CHARS)]
 
 
