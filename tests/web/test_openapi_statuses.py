@@ -175,6 +175,20 @@ def test_booleans_in_bodies_are_json_booleans(api: Api) -> None:
     assert r.status_code == 201
 
 
+def test_numbers_in_bodies_are_json_numbers(api: Api) -> None:
+    """Issue 17 item 14 family (found by schemathesis): `{"seed": false}` was taken
+    as the integer 0 by POST /feed/evaluations although the document says
+    integer; booleans and numeric strings are refused where a body wants a number."""
+    admin = api.headers("admin")
+    for value in (False, True, "3"):
+        r = api.client.post(f"{API}/feed/evaluations", json={"seed": value}, headers=admin)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "seed", value
+        r = api.client.post(
+            f"{API}/users/viewer/tokens", json={"name": "t", "expires_days": value}, headers=admin
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "expires_days", value
+
+
 def test_a_huge_rule_id_is_a_422_not_a_500(api: Api) -> None:
     """Issue 17 item 14 (found by schemathesis): `DELETE
     /api/v1/personas/{key}/feed-rules/{rule_id}` took any integer and the store

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     model_validator,
 )
 
@@ -117,7 +118,7 @@ class RoleUpdate(Input):
 
 class TokenCreate(Input):
     name: Name
-    expires_days: int | None = Field(None, ge=1, le=3650)
+    expires_days: StrictInt | None = Field(None, ge=1, le=3650)
 
 
 class TokenPublic(BaseModel):
@@ -263,7 +264,7 @@ class PreviewRequest(Input):
         description="ISO-8601 (default: now)",
         json_schema_extra={"format": "date-time"},
     )
-    sample: int = Field(10, ge=0, le=1000)
+    sample: StrictInt = Field(10, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _one_source(self) -> PreviewRequest:

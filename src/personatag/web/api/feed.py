@@ -9,7 +9,7 @@ from datetime import UTC
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from personatag.errors import InputError
@@ -167,16 +167,16 @@ class FeedEvaluationCreate(BaseModel):
     """An offline evaluation of the feed against baselines B0-B4 (see docs/feed.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    contacts: int = Field(20_000, ge=1, le=MAX_EVAL_CONTACTS, description="to generate")
-    reports: int | None = Field(
+    contacts: StrictInt = Field(20_000, ge=1, le=MAX_EVAL_CONTACTS, description="to generate")
+    reports: StrictInt | None = Field(
         None, ge=1, le=MAX_EVAL_REPORTS, description="over the year; none: the generator's"
     )
-    weeks: int = Field(8, ge=1, le=26, description="weekly splits (test weeks)")
+    weeks: StrictInt = Field(8, ge=1, le=26, description="weekly splits (test weeks)")
     persona_share: float = Field(
         0.5, ge=0.0, le=1.0, description="how much of a reader's interests personas explain"
     )
-    seed: int = Field(0, ge=0)
-    samples: int = Field(1000, ge=10, le=10_000, description="bootstrap resamples")
+    seed: StrictInt = Field(0, ge=0)
+    samples: StrictInt = Field(1000, ge=10, le=10_000, description="bootstrap resamples")
 
 
 class FeedEvaluation(BaseModel):
