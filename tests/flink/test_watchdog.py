@@ -1,10 +1,16 @@
-"""The stall watchdog on a cluster of its own: a task manager paused (SIGSTOP) or
-killed while a Flink job runs ends that job `failed` with a clear reason within
-the bound, a metric and a log line say why, and the dispatcher keeps serving
-`local` requests meanwhile."""
+"""The stall watchdog and the deadline on a cluster of their own: a task manager
+paused (SIGSTOP) or killed under a Flink job ends that job `failed` with a clear
+reason within the bound, a metric and a log line say why, and the dispatcher
+keeps serving `local` requests meanwhile; a job past its deadline is cancelled
+in Flink.
+
+A job here is held on the cluster by pausing its only task manager before the
+job is submitted: the job is accepted and cannot finish, whatever it computes.
+(Criteria cannot make a job slow on purpose: `like` matches in linear time.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import select
 
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
@@ -36,8 +43,7 @@ pytestmark = pytest.mark.slow
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 PORT = 18300 + 2000 * (int(_WORKER) if _WORKER.isdigit() else 0)
 STALL_S = 20.0
-# Backtracks for a long time on every title: a job that runs until stopped.
-SLOW = 'job_title like "%' + "_%" * 10 + 'zz"'
+SLOW = 'job_title like "%a%" and seniority >= 1'
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +80,19 @@ def task_manager_pid(settings: Settings) -> int:
     return int(pids[0])
 
 
-def wait_running(rest: FlinkRest, timeout: float = 120.0) -> str:
+def wait_submitted(rest: FlinkRest, timeout: float = 120.0) -> str:
+    """The id of a job the cluster accepted and has not ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = [
-            j for j in rest.jobs_overview() if j["state"] == "RUNNING" and j["tasks"]["running"]
+        live = [
+            j
+            for j in rest.jobs_overview()
+            if j["state"] not in ("FINISHED", "FAILED", "CANCELED", "CANCELLING")
         ]
-        if running:
-            return str(running[0]["jid"])
+        if live:
+            return str(live[0]["jid"])
         time.sleep(0.3)
-    raise AssertionError("no Flink job started running")
+    raise AssertionError("no Flink job was submitted")
 
 
 def stalls(reason: str) -> float:
@@ -126,12 +135,14 @@ def run_with(
     loop = threading.Thread(target=d.serve, args=(stop,), daemon=True)
     loop.start()
     try:
-        drop(buckets, request_id, "slow", "flink", SLOW)
-        wait_running(rest)
         tm = task_manager_pid(settings)
-        os.kill(tm, signal.SIGSTOP if disturb == "pause" else signal.SIGKILL)
-        disturbed = time.monotonic()
+        os.kill(tm, signal.SIGSTOP)  # holds the job (see the module's docstring)
         try:
+            drop(buckets, request_id, "slow", "flink", SLOW)
+            wait_submitted(rest)
+            if disturb == "kill":
+                os.kill(tm, signal.SIGKILL)
+            disturbed = time.monotonic()
             # the dispatcher still serves local requests while Flink is stuck
             drop(buckets, f"{request_id}-local", "fast", "local", 'region = "EMEA"')
             local = summary(buckets, f"{request_id}-local", 30)
@@ -139,7 +150,7 @@ def run_with(
             result = summary(buckets, request_id, STALL_S + 60)
             took = time.monotonic() - disturbed
         finally:
-            if disturb == "pause":
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(tm, signal.SIGCONT)
     finally:
         stop.set()
@@ -188,3 +199,37 @@ def test_a_killed_task_manager_fails_the_job_and_the_cluster_recovers(
     d.drain()
     d.close()
     assert summary(buckets, "after-kill", 5)["status"] == "succeeded"
+
+
+def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]) -> None:
+    """A request past its deadline fails saying so, and its job is cancelled in
+    Flink (not left running on the cluster)."""
+    store, buckets, settings = env
+    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
+    # The deadline comes before the stall bound and Flink's own heartbeat timeout.
+    short = Settings(**{**settings.model_dump(), "job_deadline_s": 15.0, "flink_stall_s": 120.0})
+    tm = task_manager_pid(settings)
+    os.kill(tm, signal.SIGSTOP)  # holds the job (see the module's docstring)
+    try:
+        drop(buckets, "r-deadline", "slow", "flink", SLOW)
+        d = Dispatcher(store, buckets, short, workers=1)
+        started = time.monotonic()
+        d.scan()
+        d.drain()
+        d.close()
+        took = time.monotonic() - started
+    finally:
+        os.kill(tm, signal.SIGCONT)
+    result = summary(buckets, "r-deadline", 5)
+    assert result["status"] == "failed"
+    assert "deadline of 15 s" in result["error"], result
+    assert took < 15 + 30, took
+    t = store.tables
+    with store.read() as conn:
+        ref = conn.scalar(select(t.jobs.c.engine_ref).order_by(t.jobs.c.pk.desc()).limit(1))
+    assert ref is not None
+    deadline = time.monotonic() + 60
+    while rest.job(ref)["state"] not in ("CANCELED", "FAILED", "FINISHED"):
+        assert time.monotonic() < deadline, "the Flink job was not cancelled"
+        time.sleep(0.5)
+    assert rest.job(ref)["state"] == "CANCELED"
