@@ -287,9 +287,11 @@ def write_floor(
     gone = rng.sample(held, n_out)
     have = {(p, c, s) for p, c, s, _ in held}
     new: set[tuple[int, int, int]] = set()
+    # New rows go to the sampled contacts only: their rows are all in `have`,
+    # so none is already stored (a contact outside the sample may hold it).
     while len(new) < int(enters * n):
         crit, ppk = rng.choice(crits)
-        key = (ppk, rng.randrange(1, top + 1), crit)
+        key = (ppk, rng.choice(sample), crit)
         if key not in have:
             new.add(key)
     holders = Holders()
@@ -309,18 +311,20 @@ def write_floor(
         writer.flush(conn)
     took = time.perf_counter() - t0
     with store.write() as conn:  # undo: the store is as it was
-        executemany(
-            conn,
-            "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
-            sorted(new),
-        )
-        conn.execute(
-            m.insert(),
-            [
-                {"persona_pk": p, "contact_pk": c, "source": s, "since": at, "criterion_pk": s}
-                for p, c, s, at in gone
-            ],
-        )
+        if new:
+            executemany(
+                conn,
+                "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
+                sorted(new),
+            )
+        if gone:  # an empty list would insert one row of defaults
+            conn.execute(
+                m.insert(),
+                [
+                    {"persona_pk": p, "contact_pk": c, "source": s, "since": at, "criterion_pk": s}
+                    for p, c, s, at in gone
+                ],
+            )
         conn.execute(t.membership_log.delete().where(t.membership_log.c.seq > mark))
     assert count_rows(store) == rows_before and log_head(store) == mark, "floor not undone"
     return took

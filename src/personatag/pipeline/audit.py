@@ -4,6 +4,11 @@ A bulk entry stores the changed contact pks sorted, delta-encoded in the
 narrowest unsigned width that fits, then zlib-compressed: 10M consecutive
 contacts take about 10 KB, 10M scattered over 20M about 4 MB — instead of 10M
 log rows — and the entry stays answerable (decode, then binary search).
+
+Every enter and exit logged here moves a persona outside the stream (a pin, an
+ad hoc request): when a live ongoing criterion reads that persona, the same
+transaction adds one change to the feed naming the persona and the contacts
+(a packed id block for a bulk change), so the stream re-evaluates them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, LargeBinary, Select, Text, cast, func, literal, select
 
 from personatag.store import Store
+from personatag.stream import feed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -241,11 +247,13 @@ def log_from_select(
             pk_col.label("contact_pk"),
         ).select_from(sub)
         conn.execute(log.insert().from_select(cols, src))
+        moved(conn, store, ctx.persona_pk, lambda: fetch_ids(conn, store, contact_pks))
         return None
     if ids is None:
         ids = fetch_ids(conn, store, contact_pks)
     if len(ids) != count:
         raise RuntimeError(f"audit: {len(ids)} ids for {count} changes; not applying")
+    moved(conn, store, ctx.persona_pk, ids)
     conn.execute(
         log.insert().values(
             **values,
@@ -258,7 +266,16 @@ def log_from_select(
     return ids
 
 
+def moved(conn: Connection, store: Store, persona_pk: int, contact_pks: Any) -> None:
+    """Persona `persona_pk` moved for these contacts outside the stream (every
+    enter and exit logged here is one): the ongoing criteria reading it re-check
+    them at the stream's next step, through one change in the feed (only when
+    such a criterion exists). `contact_pks`: the pks, or a callable giving them."""
+    feed.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, contact_pks)
+
+
 def log_one(conn: Connection, store: Store, ctx: LogContext, change: str, contact_pk: int) -> None:
+    moved(conn, store, ctx.persona_pk, [contact_pk])
     conn.execute(
         store.tables.membership_log.insert().values(
             at=ctx.at,

@@ -9,6 +9,7 @@ from personatag.errors import NotFoundError
 from personatag.pipeline.audit import LogContext, log_one
 from personatag.store import Store
 from personatag.store.personas import get_persona
+from personatag.stream import feed
 
 
 def contact_pk(conn: Connection, store: Store, contact_id: str) -> int:
@@ -23,6 +24,17 @@ def _holds(conn: Connection, store: Store, persona_pk: int, cpk: int) -> bool:
     m = store.tables.memberships
     query = select(func.count()).where(m.c.persona_pk == persona_pk, m.c.contact_pk == cpk)
     return bool(conn.scalar(query))
+
+
+def _pin_kind(conn: Connection, store: Store, persona_pk: int, cpk: int) -> str | None:
+    p = store.tables.pins
+    return conn.scalar(select(p.c.kind).where(p.c.persona_pk == persona_pk, p.c.contact_pk == cpk))
+
+
+def _pin_out_lifted(conn: Connection, store: Store, persona_pk: int, cpk: int) -> None:
+    """Rules apply to the contact again: the ongoing criteria tagging the persona
+    re-evaluate it at the stream's next step (a full evaluation would tag it now)."""
+    feed.record_moved(conn, store, feed.KIND_PIN, persona_pk, [cpk])
 
 
 def pin(
@@ -42,6 +54,7 @@ def pin(
         store.lock_persona(conn, persona.pk)
         cpk = contact_pk(conn, store, contact_id)
         held = _holds(conn, store, persona.pk, cpk)
+        before = _pin_kind(conn, store, persona.pk, cpk)
         ctx = LogContext(
             now, persona.pk, SOURCE_MANUAL, None, None, actor, reason or f"pin {kind.value}"
         )
@@ -74,6 +87,8 @@ def pin(
             )
             if not held:
                 log_one(conn, store, ctx, Change.ENTER.value, cpk)
+            if before == PinKind.OUT.value:
+                _pin_out_lifted(conn, store, persona.pk, cpk)
         else:
             conn.execute(m.delete().where(m.c.persona_pk == persona.pk, m.c.contact_pk == cpk))
             if held:
@@ -96,11 +111,7 @@ def unpin(
         persona = get_persona(conn, store, persona_key)
         store.lock_persona(conn, persona.pk)
         cpk = contact_pk(conn, store, contact_id)
-        kind = conn.scalar(
-            select(t.pins.c.kind).where(
-                t.pins.c.persona_pk == persona.pk, t.pins.c.contact_pk == cpk
-            )
-        )
+        kind = _pin_kind(conn, store, persona.pk, cpk)
         if kind is None:
             raise NotFoundError(f"contact {contact_id!r} has no pin for persona {persona_key!r}")
         conn.execute(
@@ -118,5 +129,7 @@ def unpin(
             if not _holds(conn, store, persona.pk, cpk):
                 ctx = LogContext(now, persona.pk, SOURCE_MANUAL, None, None, actor, "unpin")
                 log_one(conn, store, ctx, Change.EXIT.value, cpk)
+        else:
+            _pin_out_lifted(conn, store, persona.pk, cpk)
         holds = _holds(conn, store, persona.pk, cpk)
         return {"persona": persona_key, "contact": contact_id, "pin": None, "holds": holds}

@@ -3,7 +3,10 @@
 Every write to contacts, reads or logins calls `record` inside its own write
 transaction, so a change is in the feed exactly when it is in the store. A
 row names one contact, or a batch of them (an import batch) as a packed id
-block. Rows are read back in seq order by the stream processor.
+block. Memberships moved outside the stream (pins, ad hoc requests, a retired
+criterion) are recorded too, as KIND_PERSONA / KIND_PIN rows, when a live
+ongoing criterion is concerned (`record_moved`). Rows are read back in seq
+order by the stream processor.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from personatag.store import Store
 KIND_CONTACT = "contact"
 KIND_READ = "read"
 KIND_LOGIN = "login"
-KINDS = (KIND_CONTACT, KIND_READ, KIND_LOGIN)
+# Memberships moved outside the stream (a pin, an ad hoc request, a retired
+# criterion): `fields` names the persona keys whose holders changed, so the
+# stream re-evaluates the ongoing criteria reading them (persona(...)).
+KIND_PERSONA = "persona"
+# A pin-out was lifted: `fields` names the persona keys, so the stream
+# re-evaluates the ongoing criteria tagging them (pins no longer win there).
+KIND_PIN = "pin"
+KINDS = (KIND_CONTACT, KIND_READ, KIND_LOGIN, KIND_PERSONA, KIND_PIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +68,21 @@ def record(
     """Append one change (of `kind`, to the contacts `pks`) to the feed."""
     if kind not in KINDS:
         raise ValueError(f"unknown change kind {kind!r}")
-    unique = sorted({int(pk) for pk in pks})
-    if not unique:
+    if hasattr(pks, "dtype"):  # a bulk change's ids (numpy), usually sorted already
+        import numpy as np
+
+        unique: Any = np.asarray(pks, dtype=np.int64)
+        if len(unique) > 1 and not bool(np.all(unique[1:] > unique[:-1])):
+            unique = np.unique(unique)
+    else:
+        unique = sorted({int(pk) for pk in pks})
+    if not len(unique):
         return
     store.lock_feed(conn)
     names = None if fields is None else ",".join(sorted(set(fields)))
     values: dict[str, Any] = {"at": utcnow(), "kind": kind, "n": len(unique), "fields": names}
     if len(unique) == 1:
-        values["contact_pk"] = unique[0]
+        values["contact_pk"] = int(unique[0])
     else:
         import numpy as np
 
@@ -73,6 +90,47 @@ def record(
 
         values["pks"] = encode_ids(np.asarray(unique, dtype=np.int64))
     conn.execute(store.tables.changes.insert().values(**values))
+
+
+def watched(conn: Connection, store: Store, kind: str, persona_pk: int) -> str | None:
+    """The key of persona `persona_pk` when a live (active or building) ongoing
+    criterion reads it (KIND_PERSONA) or tags it (KIND_PIN); else None, and a
+    move of its memberships needs no change in the feed."""
+    import json
+
+    from personatag.criteria import from_json, references
+    from personatag.domain import Mode
+    from personatag.stream import ongoing as og
+
+    t = store.tables
+    c = t.criteria
+    live = (c.c.mode == Mode.ONGOING.value) & c.c.status.in_((og.ACTIVE, og.BUILDING))
+    key = conn.scalar(select(t.personas.c.key).where(t.personas.c.pk == persona_pk))
+    if key is None:
+        return None
+    if kind == KIND_PIN:
+        found = conn.scalar(select(c.c.pk).where(live, c.c.persona_pk == persona_pk).limit(1))
+        return key if found is not None else None
+    # Only criteria whose AST holds a persona(...) test are parsed.
+    for ast in conn.scalars(select(c.c.ast).where(live, c.c.ast.contains('"persona"'))):
+        try:
+            if key in references(from_json(json.loads(ast))).personas:
+                return str(key)
+        except Exception:  # noqa: S112 - a criterion broken by a schema change reads nothing
+            continue
+    return None
+
+
+def record_moved(conn: Connection, store: Store, kind: str, persona_pk: int, pks: Any) -> bool:
+    """Tell the stream that persona `persona_pk` moved outside it for contacts
+    `pks` (an iterable of pks, or a callable returning them, called only when
+    needed): one feed row of `kind` (KIND_PERSONA or KIND_PIN), only when a live
+    ongoing criterion reads (tags) the persona. Returns whether a row was written."""
+    key = watched(conn, store, kind, persona_pk)
+    if key is None:
+        return False
+    record(conn, store, kind, pks() if callable(pks) else pks, [key])
+    return True
 
 
 def record_each(

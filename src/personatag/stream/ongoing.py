@@ -23,6 +23,7 @@ from personatag.criteria.to_python import (
 )
 from personatag.domain import Catalog, ExitPolicy, Mode
 from personatag.store import Store
+from personatag.stream.feed import KIND_PERSONA, KIND_PIN
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +350,10 @@ class Index:
             return hit
         if kind in (EVENT_READ, EVENT_LOGIN):
             hit = frozenset(c.pk for c in self.by_event.get(kind, ()))
+        elif kind == KIND_PERSONA:  # those personas moved: criteria reading them
+            hit = frozenset(c.pk for k in fields or () for c in self.by_persona.get(k, ()))
+        elif kind == KIND_PIN:  # a pin-out of those personas lifted: criteria tagging them
+            hit = frozenset(c.pk for c in self.criteria if c.persona_key in (fields or ()))
         elif fields is None:
             hit = frozenset(self.by_pk)
         else:

@@ -708,6 +708,9 @@ class StreamProcessor:
         order = index.persona_order
         covered_keys = {keys[p] for p in covered if p in keys}
         stored = cascade.contacts_of(holders, answers, covered)
+        # Personas no criterion reads can move without anything to settle (a bulk
+        # tag moving s0 enters many contacts into s3, which nobody reads).
+        read: frozenset[str] = frozenset().union(*(c.personas for c in order))
         contacts: dict[int, cascade.Contact] = {}
         lacking: list[int] = []
         for cpk, mine in answers.items():
@@ -715,8 +718,8 @@ class StreamProcessor:
             outside = frozenset() if inp is None else inp.personas - covered_keys
             c = cascade.Contact(cpk, stored[cpk], outside, mine)
             start = cascade.held(cascade.Contact(cpk, c.stored, outside), index.by_pk, keys, set())
-            if cascade.held(c, index.by_pk, keys, holders.pinned_out) != start:
-                contacts[cpk] = c  # its personas move in this step
+            if (cascade.held(c, index.by_pk, keys, holders.pinned_out) ^ start) & read:
+                contacts[cpk] = c  # personas it moves in this step are read
                 if inp is None:
                     lacking.append(cpk)
         if not contacts:

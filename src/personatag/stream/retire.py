@@ -6,6 +6,7 @@ from sqlalchemy import Connection
 
 from personatag.domain import utcnow
 from personatag.store import Store
+from personatag.stream import feed
 from personatag.stream.apply import Holders, Writer
 
 
@@ -22,6 +23,8 @@ def remove_memberships(
     writer = Writer(store, utcnow(), Settings().bulk_log_threshold)
     writer.decide(holders, persona_pk, criterion_pk, True, members, ())
     outcome = writer.flush(conn, reason=reason)
+    # Moved outside a step: the persona(...) criteria reading it re-check those contacts.
+    feed.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited])
     rc = store.tables.stream_rechecks
     conn.execute(rc.delete().where(rc.c.criterion_pk == criterion_pk))
     return len(outcome.exited)
