@@ -435,7 +435,7 @@ def _apply_item(
             condition = held.contains(store.tables.contacts.c.pk)
             portable = False
     else:
-        loaded = LoadedList(conn, store, list(r.item.contact_ids or []))
+        loaded = LoadedList(conn, store, r.item.contact_ids or ())
         condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
     counts = apply_adhoc(
         conn,
