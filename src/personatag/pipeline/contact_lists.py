@@ -69,7 +69,13 @@ class LoadedList:
     rows for the whole list. `chunks` counts the inserts.
     """
 
-    def __init__(self, conn: Connection, store: Store, ids: Iterable[tuple[int, str]]) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        store: Store,
+        ids: Iterable[tuple[int, str]],
+        persona: str | None = None,
+    ) -> None:
         self.raw = fresh(
             conn, temp_table("pt_list_raw", Column("line", Integer), Column("id", Text))
         )
@@ -79,9 +85,9 @@ class LoadedList:
         good: list[dict[str, object]] = []
         for line, cid in ids:
             if not cid:
-                self.failed.append(FailedRow(line, cid, "empty contact id"))
+                self.failed.append(FailedRow(line, cid, "empty contact id", persona))
             elif "\x00" in cid:
-                self.failed.append(FailedRow(line, cid, "NUL byte in contact id"))
+                self.failed.append(FailedRow(line, cid, "NUL byte in contact id", persona))
             else:
                 good.append({"line": line, "id": cid})
                 if len(good) == CHUNK:
@@ -97,7 +103,7 @@ class LoadedList:
             .order_by(self.raw.c.line)
         )
         self.failed += [
-            FailedRow(line, cid, f"unknown contact id {cid!r}") for line, cid in unknown
+            FailedRow(line, cid, f"unknown contact id {cid!r}", persona) for line, cid in unknown
         ]
         self.failed.sort(key=lambda f: f.line)
         conn.execute(

@@ -821,12 +821,9 @@ class Dispatcher:
         out: list[FailedRow] = []
         for item in items:
             with self.store.read() as conn:
-                loaded = LoadedList(conn, self.store, item.contact_ids or ())
+                loaded = LoadedList(conn, self.store, item.contact_ids or (), item.persona)
                 try:
-                    out += [
-                        FailedRow(f.line, f.contact_id, f.reason, item.persona)
-                        for f in loaded.failed
-                    ]
+                    out += loaded.failed
                 finally:
                     loaded.drop(conn)
         return out

@@ -13,9 +13,10 @@ import difflib
 import io
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from pydantic import ValidationError
 
@@ -49,6 +50,47 @@ class RequestFileError(InputError):
         self.problem = problem
 
 
+class Numbered(Sequence[tuple[int, str]]):
+    """A JSON request's ids as (1-based index, id) pairs, made as they are read.
+
+    The ids are held once, in the parsed list: a 1.5M-id request does not hold
+    another 1.5M tuples and ints besides. Compares equal to the same pairs in
+    any sequence.
+    """
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, str]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        at = range(len(self.ids))[index]  # IndexError and negative indexes as a list's
+        return at + 1, self.ids[at]
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return enumerate(self.ids, start=1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Numbered({len(self.ids)} ids)"
+
+
 @dataclass(frozen=True)
 class RequestItem:
     """One unit of work: one persona, one action, and what selects the contacts."""
@@ -57,7 +99,8 @@ class RequestItem:
     action: Action
     criterion: str | None = None
     expr: str | None = None
-    contact_ids: tuple[tuple[int, str], ...] | None = None  # (CSV line or 1-based index, id)
+    # (CSV line or 1-based index, id): a tuple for CSV, Numbered for JSON
+    contact_ids: Sequence[tuple[int, str]] | None = None
 
 
 class RowError(NamedTuple):
@@ -292,9 +335,8 @@ def _parse_json(text: str, name: str, request_id: str | None, id_from_name: bool
         raise RequestFileError(name, f"expected a JSON object ({{...}}), got {show_value(obj)}")
     _no_surrogates(obj, name)
     model = _check_object(obj, name)
-    ids = None
-    if model.contacts is not None:
-        ids = tuple(enumerate(model.contacts, start=1))
+    del obj  # the model holds what is needed (a big list would be held twice)
+    ids = None if model.contacts is None else Numbered(model.contacts)
     item = RequestItem(
         persona=model.persona,
         action=Action(model.action),
