@@ -305,7 +305,15 @@ def _no_surrogates(obj: dict[str, Any], name: str) -> None:
                     raise RequestFileError(name, f"a key {surrogate_message(key, at)}")
                 todo.append((value, f"{path}.{key}" if path else key))
         elif isinstance(item, list):
-            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+            # Strings are checked here: a path per item only for what nests
+            # (a 1.5M-id list would otherwise hold 1.5M paths at once).
+            for i, value in enumerate(item):
+                if not isinstance(value, str):
+                    todo.append((value, f"{path}[{i}]"))
+                elif (at := surrogate_at(value)) is not None:
+                    raise RequestFileError(
+                        name, f'field "{path}[{i}]": {surrogate_message(value, at)}'
+                    )
         elif isinstance(item, str):
             at = surrogate_at(item)
             if at is not None:
