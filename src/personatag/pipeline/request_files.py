@@ -13,6 +13,7 @@ import difflib
 import io
 import json
 import re
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,17 +52,19 @@ class RequestFileError(InputError):
 
 
 class Numbered(Sequence[tuple[int, str]]):
-    """A JSON request's ids as (1-based index, id) pairs, made as they are read.
+    """A request's ids as (line, id) pairs, made as they are read.
 
-    The ids are held once, in the parsed list: a 1.5M-id request does not hold
-    another 1.5M tuples and ints besides. Compares equal to the same pairs in
-    any sequence.
+    `lines` are the CSV lines (an int array), or None for a JSON list (the
+    1-based index). The ids are held once, in a plain list: a 1.5M-id request
+    does not hold another 1.5M tuples and ints besides. Compares equal to the
+    same pairs in any sequence.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "lines")
 
-    def __init__(self, ids: Sequence[str]) -> None:
+    def __init__(self, ids: Sequence[str], lines: Sequence[int] | None = None) -> None:
         self.ids = ids
+        self.lines = lines
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,10 +77,12 @@ class Numbered(Sequence[tuple[int, str]]):
         if isinstance(index, slice):
             return tuple(self)[index]
         at = range(len(self.ids))[index]  # IndexError and negative indexes as a list's
-        return at + 1, self.ids[at]
+        return (at + 1 if self.lines is None else self.lines[at]), self.ids[at]
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        return enumerate(self.ids, start=1)
+        if self.lines is None:
+            return enumerate(self.ids, start=1)
+        return zip(self.lines, self.ids, strict=True)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or len(other) != len(self):
@@ -99,7 +104,7 @@ class RequestItem:
     action: Action
     criterion: str | None = None
     expr: str | None = None
-    # (CSV line or 1-based index, id): a tuple for CSV, Numbered for JSON
+    # (CSV line or 1-based index, id)
     contact_ids: Sequence[tuple[int, str]] | None = None
 
 
@@ -461,7 +466,7 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
         _given_id(request_id, name)
     reader = csv.reader(io.StringIO(text, newline=""))
     start = 1
-    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    groups: dict[tuple[str, str], _Rows] = {}
     errors: list[RowError] = []
     rows = wrong_width = 0
     try:
@@ -483,7 +488,11 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
             elif problems := _row_problems(cid, persona, action):
                 errors.append(RowError(line, cid, persona, "; ".join(problems)))
             else:
-                groups.setdefault((persona, action), []).append((line, cid))
+                rows_of = groups.get((persona, action))
+                if rows_of is None:
+                    rows_of = groups[(persona, action)] = _Rows(array("q"), [])
+                rows_of.lines.append(line)
+                rows_of.ids.append(cid)
     except csv.Error as exc:
         raise RequestFileError(name, f"not valid CSV: {exc}", start) from None
     if not rows:
@@ -496,8 +505,8 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
         )
     errors += _contradictions(groups)
     items = tuple(
-        RequestItem(persona=persona, action=Action(action), contact_ids=tuple(ids))
-        for (persona, action), ids in groups.items()
+        RequestItem(persona=persona, action=Action(action), contact_ids=Numbered(ids, lines))
+        for (persona, action), (lines, ids) in groups.items()
         if ids
     )
     return RequestFile(
@@ -512,7 +521,14 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
     )
 
 
-def _contradictions(groups: dict[tuple[str, str], list[tuple[int, str]]]) -> list[RowError]:
+class _Rows(NamedTuple):
+    """The rows of one (persona, action) group of a CSV file: lines and ids."""
+
+    lines: array[int]
+    ids: list[str]
+
+
+def _contradictions(groups: dict[tuple[str, str], _Rows]) -> list[RowError]:
     """Take out rows that both tag and untag one contact with one persona.
 
     Which of the two should win is not knowable, so neither is applied. Only
@@ -523,13 +539,16 @@ def _contradictions(groups: dict[tuple[str, str], list[tuple[int, str]]]) -> lis
         if action != "tag" or (persona, "untag") not in groups:
             continue
         untag_rows = groups[(persona, "untag")]
-        both = {cid for _, cid in tag_rows} & {cid for _, cid in untag_rows}
+        both = set(tag_rows.ids) & set(untag_rows.ids)
         if not both:
             continue
         reason = (
             f"contact is both tagged and untagged with persona {show_value(persona)} in this file"
         )
         for rows in (tag_rows, untag_rows):
-            errors += [RowError(line, cid, persona, reason) for line, cid in rows if cid in both]
-            rows[:] = [(line, cid) for line, cid in rows if cid not in both]
+            pairs = list(zip(rows.lines, rows.ids, strict=True))
+            errors += [RowError(line, cid, persona, reason) for line, cid in pairs if cid in both]
+            kept = [(line, cid) for line, cid in pairs if cid not in both]
+            rows.lines[:] = array("q", (line for line, _ in kept))
+            rows.ids[:] = [cid for _, cid in kept]
     return errors
