@@ -435,7 +435,7 @@ def _apply_item(
             condition = held.contains(store.tables.contacts.c.pk)
             portable = False
     else:
-        loaded = LoadedList(conn, store, list(r.item.contact_ids or []))
+        loaded = LoadedList(conn, store, r.item.contact_ids or (), r.persona.key)
         condition = store.tables.contacts.c.pk.in_(loaded.pks.select())
     counts = apply_adhoc(
         conn,
@@ -449,11 +449,7 @@ def _apply_item(
         bulk=changes.for_persona(r.persona.key) if changes is not None else None,
         known_pks=match.known_pks() if match is not None else None,
     )
-    failures = (
-        [FailedRow(f.line, f.contact_id, f.reason, r.persona.key) for f in loaded.failed]
-        if loaded
-        else []
-    )
+    failures = loaded.failed if loaded else []
     if held is not None:
         held.drop(conn)
     if loaded is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from personatag.store import Store
 _ID_HEADERS = ("contact_id", "id")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FailedRow:
     line: int
     contact_id: str
@@ -58,25 +58,42 @@ def read_contact_ids(path: Path) -> Iterator[tuple[int, str]]:
             raise InputError(f"{path}:{start}: {exc}") from None
 
 
-class LoadedList:
-    """Contact pks of a list, in a temp table on one connection."""
+CHUNK = 10_000  # ids per insert into the list's temp table
 
-    def __init__(self, conn: Connection, store: Store, ids: list[tuple[int, str]]) -> None:
+
+class LoadedList:
+    """Contact pks of a list, in a temp table on one connection.
+
+    `ids` is read once, CHUNK ids at a time, straight into the temp table: the
+    ids are held in memory once (by the caller), never copied into per-id
+    rows for the whole list. `chunks` counts the inserts.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        store: Store,
+        ids: Iterable[tuple[int, str]],
+        persona: str | None = None,
+    ) -> None:
         self.raw = fresh(
             conn, temp_table("pt_list_raw", Column("line", Integer), Column("id", Text))
         )
         self.pks = TempPks(conn, "pt_list").table
         self.failed: list[FailedRow] = []
-        good = []
+        self.chunks = 0
+        good: list[dict[str, object]] = []
         for line, cid in ids:
             if not cid:
-                self.failed.append(FailedRow(line, cid, "empty contact id"))
+                self.failed.append(FailedRow(line, cid, "empty contact id", persona))
             elif "\x00" in cid:
-                self.failed.append(FailedRow(line, cid, "NUL byte in contact id"))
+                self.failed.append(FailedRow(line, cid, "NUL byte in contact id", persona))
             else:
                 good.append({"line": line, "id": cid})
-        for start in range(0, len(good), 10_000):
-            conn.execute(self.raw.insert(), good[start : start + 10_000])
+                if len(good) == CHUNK:
+                    self._insert(conn, good)
+        if good:
+            self._insert(conn, good)
         c = store.tables.contacts
         unknown = conn.execute(
             select(self.raw.c.line, self.raw.c.id)
@@ -86,7 +103,7 @@ class LoadedList:
             .order_by(self.raw.c.line)
         )
         self.failed += [
-            FailedRow(line, cid, f"unknown contact id {cid!r}") for line, cid in unknown
+            FailedRow(line, cid, f"unknown contact id {cid!r}", persona) for line, cid in unknown
         ]
         self.failed.sort(key=lambda f: f.line)
         conn.execute(
@@ -95,6 +112,11 @@ class LoadedList:
                 select(c.c.pk).where(c.c.id.in_(select(self.raw.c.id))),
             )
         )
+
+    def _insert(self, conn: Connection, rows: list[dict[str, object]]) -> None:
+        conn.execute(self.raw.insert(), rows)
+        self.chunks += 1
+        rows.clear()
 
     def drop(self, conn: Connection) -> None:
         self.pks.drop(conn, checkfirst=True)

@@ -483,7 +483,7 @@ class Dispatcher:
                 i.action,
                 criterion=i.criterion,
                 expr=i.expr,
-                contact_ids=list(i.contact_ids) if i.contact_ids is not None else None,
+                contact_ids=i.contact_ids,
             )
             for i in request.items
         ]
@@ -776,7 +776,7 @@ class Dispatcher:
             for line, cid, persona, reason in request.row_errors
         ]
         items = [
-            Item(i.persona, i.action, contact_ids=list(i.contact_ids))
+            Item(i.persona, i.action, contact_ids=i.contact_ids)
             for i in request.items
             if i.contact_ids is not None
         ]
@@ -821,12 +821,9 @@ class Dispatcher:
         out: list[FailedRow] = []
         for item in items:
             with self.store.read() as conn:
-                loaded = LoadedList(conn, self.store, list(item.contact_ids or ()))
+                loaded = LoadedList(conn, self.store, item.contact_ids or (), item.persona)
                 try:
-                    out += [
-                        FailedRow(f.line, f.contact_id, f.reason, item.persona)
-                        for f in loaded.failed
-                    ]
+                    out += loaded.failed
                 finally:
                     loaded.drop(conn)
         return out

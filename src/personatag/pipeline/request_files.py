@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import difflib
-import io
 import json
 import re
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from pydantic import ValidationError
 
@@ -49,6 +50,51 @@ class RequestFileError(InputError):
         self.problem = problem
 
 
+class Numbered(Sequence[tuple[int, str]]):
+    """A request's ids as (line, id) pairs, made as they are read.
+
+    `lines` are the CSV lines (an int array), or None for a JSON list (the
+    1-based index). The ids are held once, in a plain list: a 1.5M-id request
+    does not hold another 1.5M tuples and ints besides. Compares equal to the
+    same pairs in any sequence.
+    """
+
+    __slots__ = ("ids", "lines")
+
+    def __init__(self, ids: Sequence[str], lines: Sequence[int] | None = None) -> None:
+        self.ids = ids
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, str]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        at = range(len(self.ids))[index]  # IndexError and negative indexes as a list's
+        return (at + 1 if self.lines is None else self.lines[at]), self.ids[at]
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        if self.lines is None:
+            return enumerate(self.ids, start=1)
+        return zip(self.lines, self.ids, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Numbered({len(self.ids)} ids)"
+
+
 @dataclass(frozen=True)
 class RequestItem:
     """One unit of work: one persona, one action, and what selects the contacts."""
@@ -57,7 +103,8 @@ class RequestItem:
     action: Action
     criterion: str | None = None
     expr: str | None = None
-    contact_ids: tuple[tuple[int, str], ...] | None = None  # (CSV line or 1-based index, id)
+    # (CSV line or 1-based index, id)
+    contact_ids: Sequence[tuple[int, str]] | None = None
 
 
 class RowError(NamedTuple):
@@ -262,7 +309,15 @@ def _no_surrogates(obj: dict[str, Any], name: str) -> None:
                     raise RequestFileError(name, f"a key {surrogate_message(key, at)}")
                 todo.append((value, f"{path}.{key}" if path else key))
         elif isinstance(item, list):
-            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+            # Strings are checked here: a path per item only for what nests
+            # (a 1.5M-id list would otherwise hold 1.5M paths at once).
+            for i, value in enumerate(item):
+                if not isinstance(value, str):
+                    todo.append((value, f"{path}[{i}]"))
+                elif (at := surrogate_at(value)) is not None:
+                    raise RequestFileError(
+                        name, f'field "{path}[{i}]": {surrogate_message(value, at)}'
+                    )
         elif isinstance(item, str):
             at = surrogate_at(item)
             if at is not None:
@@ -292,9 +347,8 @@ def _parse_json(text: str, name: str, request_id: str | None, id_from_name: bool
         raise RequestFileError(name, f"expected a JSON object ({{...}}), got {show_value(obj)}")
     _no_surrogates(obj, name)
     model = _check_object(obj, name)
-    ids = None
-    if model.contacts is not None:
-        ids = tuple(enumerate(model.contacts, start=1))
+    del obj  # the model holds what is needed (a big list would be held twice)
+    ids = None if model.contacts is None else Numbered(model.contacts)
     item = RequestItem(
         persona=model.persona,
         action=Action(model.action),
@@ -404,14 +458,24 @@ def _row_problems(cid: str, persona: str, action: str) -> list[str]:
     return problems
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+\Z")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text` with their ends, as `io.StringIO(text, newline="")`
+    gives them, one at a time (a StringIO of the whole text takes 4 bytes a
+    character)."""
+    return (m.group() for m in _LINE.finditer(text))
+
+
 def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
     if request_id is None:
         request_id = request_id_from_name(name)
     else:
         _given_id(request_id, name)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(_lines(text))
     start = 1
-    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    groups: dict[tuple[str, str], _Rows] = {}
     errors: list[RowError] = []
     rows = wrong_width = 0
     try:
@@ -433,7 +497,11 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
             elif problems := _row_problems(cid, persona, action):
                 errors.append(RowError(line, cid, persona, "; ".join(problems)))
             else:
-                groups.setdefault((persona, action), []).append((line, cid))
+                rows_of = groups.get((persona, action))
+                if rows_of is None:
+                    rows_of = groups[(persona, action)] = _Rows(array("q"), [])
+                rows_of.lines.append(line)
+                rows_of.ids.append(cid)
     except csv.Error as exc:
         raise RequestFileError(name, f"not valid CSV: {exc}", start) from None
     if not rows:
@@ -446,8 +514,8 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
         )
     errors += _contradictions(groups)
     items = tuple(
-        RequestItem(persona=persona, action=Action(action), contact_ids=tuple(ids))
-        for (persona, action), ids in groups.items()
+        RequestItem(persona=persona, action=Action(action), contact_ids=Numbered(ids, lines))
+        for (persona, action), (lines, ids) in groups.items()
         if ids
     )
     return RequestFile(
@@ -462,7 +530,14 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
     )
 
 
-def _contradictions(groups: dict[tuple[str, str], list[tuple[int, str]]]) -> list[RowError]:
+class _Rows(NamedTuple):
+    """The rows of one (persona, action) group of a CSV file: lines and ids."""
+
+    lines: array[int]
+    ids: list[str]
+
+
+def _contradictions(groups: dict[tuple[str, str], _Rows]) -> list[RowError]:
     """Take out rows that both tag and untag one contact with one persona.
 
     Which of the two should win is not knowable, so neither is applied. Only
@@ -473,13 +548,16 @@ def _contradictions(groups: dict[tuple[str, str], list[tuple[int, str]]]) -> lis
         if action != "tag" or (persona, "untag") not in groups:
             continue
         untag_rows = groups[(persona, "untag")]
-        both = {cid for _, cid in tag_rows} & {cid for _, cid in untag_rows}
+        both = set(tag_rows.ids) & set(untag_rows.ids)
         if not both:
             continue
         reason = (
             f"contact is both tagged and untagged with persona {show_value(persona)} in this file"
         )
         for rows in (tag_rows, untag_rows):
-            errors += [RowError(line, cid, persona, reason) for line, cid in rows if cid in both]
-            rows[:] = [(line, cid) for line, cid in rows if cid not in both]
+            pairs = list(zip(rows.lines, rows.ids, strict=True))
+            errors += [RowError(line, cid, persona, reason) for line, cid in pairs if cid in both]
+            kept = [(line, cid) for line, cid in pairs if cid not in both]
+            rows.lines[:] = array("q", (line for line, _ in kept))
+            rows.ids[:] = [cid for _, cid in kept]
     return errors
