@@ -219,41 +219,6 @@ def test_a_failing_flink_job_reports_its_root_cause(env: tuple[Store, Buckets, S
     staging.delete(newest["folder"] + MANIFEST)  # the next run writes a fresh snapshot
 
 
-def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) -> None:
-    store, buckets, settings = env
-    # Two workers submit at once; a LIKE that never matches makes each job scan
-    # every title, so the two jobs' spans on the cluster overlap.
-    slowish = 'job_title like "%' + "_%" * 6 + 'zz"'
-    exprs = {
-        "par-a": f'region = "EMEA" and seniority >= 2 or {slowish}',
-        "par-b": f'count(login, 60d) >= 3 or firm_type = "Hedge Fund" or {slowish}',
-    }
-    for key, expr in exprs.items():
-        add_persona(store, key, name=key, category="test", actor="test")
-        body = {"version": 1, "request_id": key, "persona": key, "engine": "flink", "expr": expr}
-        buckets["requests"].put(f"{key}.json", json.dumps(body).encode())
-    d = Dispatcher(store, buckets, settings, workers=2)
-    d.scan()
-    d.drain()
-    d.close()
-    rest = FlinkRest(str(settings.flink_url))
-    spans = []
-    for key in exprs:
-        summary = json.loads(buckets["results"].get(f"{key}/summary.json"))
-        assert summary["status"] == "succeeded", summary
-        t = store.tables
-        with store.read() as conn:
-            ref = conn.scalar(
-                select(t.jobs.c.engine_ref)
-                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
-                .where(t.requests.c.request_id == key)
-            )
-        info = rest.job(str(ref))
-        spans.append((info["start-time"], info["end-time"]))
-    (a0, a1), (b0, b1) = spans
-    assert a0 < b1 and b0 < a1, f"the two Flink jobs did not overlap: {spans}"
-
-
 def test_flink_counts_already_held_and_pinned_like_local(
     env: tuple[Store, Buckets, Settings],
 ) -> None:

@@ -2,7 +2,7 @@
 paused (SIGSTOP) or killed under a Flink job ends that job `failed` with a clear
 reason within the bound, a metric and a log line say why, and the dispatcher
 keeps serving `local` requests meanwhile; a job past its deadline is cancelled
-in Flink.
+in Flink; two jobs share the cluster's slots at once.
 
 The jobs run over 200,000 contacts and their ~2M reads, so a job is still
 running when its task manager is disturbed. The deadline test holds its job
@@ -229,3 +229,35 @@ def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]
         assert time.monotonic() < deadline, "the Flink job was not cancelled"
         time.sleep(0.5)
     assert rest.job(ref)["state"] == "CANCELED"
+
+
+def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) -> None:
+    """Two workers run two Flink requests on the cluster's two slots at once."""
+    store, buckets, settings = env
+    exprs = {
+        "par-a": f'region = "EMEA" and seniority >= 2 or {SLOW}',
+        "par-b": f'count(login, 60d) >= 3 or firm_type = "Hedge Fund" or {SLOW}',
+    }
+    for key, expr in exprs.items():
+        add_persona(store, key, name=key, category="test", actor="test")
+        drop(buckets, key, key, "flink", expr)
+    d = Dispatcher(store, buckets, settings, workers=2)
+    d.scan()
+    d.drain()
+    d.close()
+    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
+    spans = []
+    for key in exprs:
+        result = summary(buckets, key, 5)
+        assert result["status"] == "succeeded", result
+        t = store.tables
+        with store.read() as conn:
+            ref = conn.scalar(
+                select(t.jobs.c.engine_ref)
+                .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+                .where(t.requests.c.request_id == key)
+            )
+        info = rest.job(str(ref))
+        spans.append((info["start-time"], info["end-time"]))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, f"the two Flink jobs did not overlap: {spans}"
