@@ -29,11 +29,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, utcnow
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.store import open_store
-from personatag.store.personas import add_persona
 from personatag.store.types import to_micros
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get(

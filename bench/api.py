@@ -34,11 +34,11 @@ from pathlib import Path
 
 from personatag import accounts
 from personatag.config import load_settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action
 from personatag.generate import generate
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.store import open_store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 
 PREVIEWS = {
     "attribute": 'job_title ilike "%chief%" and region = "EMEA"',

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from personatag.config import Settings
-from personatag.feed import FeedModel
-from personatag.feed.evaluate import END, evaluate, format_table, tag_personas
 from personatag.generate import generate
+from personatag.recommend import FeedModel
+from personatag.recommend.evaluate import END, evaluate, format_table, tag_personas
 from personatag.store import open_store
 
 

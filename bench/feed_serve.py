@@ -30,11 +30,11 @@ from sqlalchemy import func, select
 
 from personatag import accounts
 from personatag.config import load_settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action
 from personatag.generate import generate
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 
 # The open-loop load generator and helpers of the API bench (same folder).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,7 +108,7 @@ def top_up_publications(store: Store, target: int) -> int:
 
 
 def add_rules(store: Store) -> None:
-    from personatag.feed.rules import add_rule, list_rules
+    from personatag.recommend.rules import add_rule, list_rules
 
     if list_rules(store, "corp-treasurers"):
         return
@@ -120,8 +120,8 @@ def add_rules(store: Store) -> None:
 
 def in_process(store: Store, contacts: int, samples: int, precompute_sample: int | None) -> None:
     from personatag.domain import utcnow
-    from personatag.feed.model import FeedModel
-    from personatag.feed.rules import rules_for_model
+    from personatag.recommend.model import FeedModel
+    from personatag.recommend.rules import rules_for_model
 
     as_of = utcnow()
     t0 = time.perf_counter()

@@ -41,14 +41,14 @@ from personatag.buckets import open_buckets
 from personatag.config import Settings, load_settings
 from personatag.criteria import compile_criterion
 from personatag.criteria.to_flink import compile_flink
-from personatag.deploy import deploy
+from personatag.definitions.personas import add_persona
 from personatag.domain import Catalog, utcnow
-from personatag.flink import home as flink_home
-from personatag.flink import submitter
-from personatag.flink.rest import FlinkRest
-from personatag.flink.snapshot import export_snapshot
+from personatag.engines.flink.deploy import deploy
+from personatag.engines.flink.runtime import home as flink_home
+from personatag.engines.flink.runtime import submitter
+from personatag.engines.flink.runtime.rest import FlinkRest
+from personatag.engines.flink.snapshot import export_snapshot
 from personatag.store import open_store
-from personatag.store.personas import add_persona
 from personatag.store.types import to_micros
 
 HERE = Path(__file__).resolve().parent

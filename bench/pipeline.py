@@ -54,11 +54,11 @@ from adhoc import CASES, FILL_PG, FILL_SQLITE, check_log, drop_pg, make_store, r
 from adhoc import run_cli as run_tag_cli
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
-from personatag.pipeline.dispatcher import Dispatcher
-from personatag.pipeline.submit import submit_file
+from personatag.requests.dispatcher import Dispatcher
+from personatag.requests.submit import submit_file
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 from personatag.store.types import to_micros
 
 GOAL_RPS = 50.0

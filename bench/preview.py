@@ -20,9 +20,9 @@ from sqlalchemy import func, select, text
 
 from personatag.config import load_settings
 from personatag.domain import utcnow
-from personatag.pipeline.preview import preview
 from personatag.store import open_store
 from personatag.store.types import to_micros
+from personatag.tagging.preview import preview
 
 ATTRIBUTE = ('region = "EMEA" and seniority >= 3', "region = 'EMEA' AND seniority >= 3")
 BEHAVIOURAL = 'count(read where sector = "Energy", 90d) >= 5'

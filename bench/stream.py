@@ -54,15 +54,15 @@ from typing import Any
 from sqlalchemy import func, select
 
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
+from personatag.engines.local.stream.inputs import chunks
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.generate.run import generate
 from personatag.generate.vocab import FIRM_TYPES, REGIONS, SECTORS
+from personatag.memberships.rows import Holders, Writer, executemany
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
-from personatag.stream import feed
-from personatag.stream.apply import Holders, Writer, executemany
-from personatag.stream.inputs import chunks
-from personatag.stream.processor import StreamProcessor
+from personatag.store import changefeed as feed
 
 GOAL_RATE = 20_000
 GOAL_P99_S = 1.0

@@ -33,13 +33,13 @@ from typing import Any
 from sqlalchemy import select
 
 from personatag.config import Settings
-from personatag.pipeline.contacts import set_contact
+from personatag.contacts import set_contact
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
+from personatag.engines.flink.stream import FlinkStream
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.store import Store, open_store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
-from personatag.stream import feed
-from personatag.stream.flink_stream import FlinkStream
-from personatag.stream.processor import StreamProcessor
+from personatag.store import changefeed as feed
 
 REGIONS = ["EMEA", "AMER", "APAC", "LATAM"]
 TITLES = ["CIO", "Chief Investment Officer", "Credit Analyst", "Treasurer", "Economist"]

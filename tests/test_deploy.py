@@ -17,7 +17,7 @@ import pytest
 import personatag
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
-from personatag.deploy import (
+from personatag.engines.flink.deploy import (
     BundleError,
     active_bundle,
     build_bundle,
@@ -29,8 +29,8 @@ from personatag.deploy import (
     rollback,
     scan_artifacts,
 )
-from personatag.deploy.handler import ScanResult
-from personatag.deploy.layout import check_properties, content_hash, read_properties
+from personatag.engines.flink.deploy.handler import ScanResult
+from personatag.engines.flink.deploy.layout import check_properties, content_hash, read_properties
 from personatag.errors import ConflictError, InputError
 from tests import s3server
 from tests.helpers import NOW
@@ -167,7 +167,7 @@ def test_bundle_layout_properties_and_checksum_file(package: Path, tmp_path: Pat
         "personatag/py.typed",
         "personatag/store/migrations/script.py.mako",
         "personatag/store/migrations/versions/0001_initial.py",
-        "personatag/deploy/bundle.py",
+        "personatag/engines/flink/deploy/bundle.py",
     ):
         assert expected in names
     assert not [n for n in names if "__pycache__" in n or "/." in n or n.endswith(("~", ".pyc"))]
@@ -197,7 +197,7 @@ def test_the_default_package_is_the_running_personatag(tmp_path: Path) -> None:
     buckets = open_buckets(Settings(data_dir=tmp_path))
     info = build_bundle(buckets, properties={}, actor="alice", now=NOW)
     names = read_zip(buckets["artifacts"].get(info.key))
-    assert "personatag/deploy/handler.py" in names
+    assert "personatag/engines/flink/deploy/handler.py" in names
     assert not [n for n in names if "__pycache__" in n]
 
 

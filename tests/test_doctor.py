@@ -192,7 +192,7 @@ def test_something_that_is_not_flink_fails(tmp_path: Path) -> None:
 
 
 def test_the_warm_submitter_is_checked_on_a_local_cluster_only(tmp_path: Path) -> None:
-    from personatag.flink.submitter import Submitter
+    from personatag.engines.flink.runtime.submitter import Submitter
 
     listen = free_port()
     rest = listen - 3  # the submitter of a cluster whose REST port is `rest`

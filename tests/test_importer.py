@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from personatag.definitions.attributes import add_attribute
 from personatag.errors import InputError
 from personatag.importer import ImportResult, import_file
 from personatag.store import Store
-from personatag.store.attributes import add_attribute
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

@@ -203,12 +203,12 @@ def test_configure_logging_json_covers_every_logger() -> None:
     stream = io.StringIO()
     configure_logging("info", json=True, stream=stream)
     with request_context("req-cfg", job=2):
-        logging.getLogger("personatag.pipeline.dispatcher").info("hello")
-        logging.getLogger("personatag.pipeline.dispatcher").debug("not at info")
+        logging.getLogger("personatag.requests.dispatcher").info("hello")
+        logging.getLogger("personatag.requests.dispatcher").debug("not at info")
         logging.getLogger("sqlalchemy.engine").warning("a library")
     a, b = _lines(stream)
     assert (a["logger"], a["message"], a["request_id"], a["job"]) == (
-        "personatag.pipeline.dispatcher",
+        "personatag.requests.dispatcher",
         "hello",
         "req-cfg",
         2,

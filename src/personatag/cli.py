@@ -114,7 +114,7 @@ def attribute_add(
     description: Annotated[str | None, typer.Option(help="What the attribute means.")] = None,
 ) -> None:
     """Declare a custom contact attribute, usable in imports and criteria."""
-    from personatag.store.attributes import add_attribute
+    from personatag.definitions.attributes import add_attribute
 
     add_attribute(store(), name, type_, description=description, actor=actor())
     typer.echo(f"attribute {name} ({type_}) added")
@@ -123,7 +123,7 @@ def attribute_add(
 @attribute_app.command("list")
 def attribute_list(as_json: JsonOpt = False) -> None:
     """List standard and custom contact attributes."""
-    from personatag.store.attributes import list_attributes
+    from personatag.definitions.attributes import list_attributes
 
     attrs = list_attributes(store())
     if as_json:
@@ -221,7 +221,7 @@ def persona_add(
     description: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create a persona."""
-    from personatag.store.personas import add_persona
+    from personatag.definitions.personas import add_persona
 
     p = add_persona(
         store(), key, name=name, category=category, description=description, actor=actor()
@@ -235,7 +235,7 @@ def persona_list(
     all_: Annotated[bool, typer.Option("--all", help="Include archived personas.")] = False,
 ) -> None:
     """List personas by category with member counts."""
-    from personatag.store.personas import list_personas
+    from personatag.definitions.personas import list_personas
 
     st = store()
     with st.read() as conn:
@@ -264,8 +264,8 @@ def persona_list(
 @persona_app.command("show")
 def persona_show(key: str, as_json: JsonOpt = False) -> None:
     """Show one persona: definition, member count and the criteria that feed it."""
-    from personatag.store.definitions import list_criteria
-    from personatag.store.personas import get_persona, member_count
+    from personatag.definitions.criteria import list_criteria
+    from personatag.definitions.personas import get_persona, member_count
 
     st = store()
     with st.read() as conn:
@@ -308,7 +308,7 @@ def persona_members(
     limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
 ) -> None:
     """List the ids of the contacts holding a persona (streamed)."""
-    from personatag.store.personas import get_persona
+    from personatag.definitions.personas import get_persona
 
     st = store()
     t = st.tables
@@ -340,7 +340,7 @@ def persona_members(
 @persona_app.command("archive")
 def persona_archive(key: str) -> None:
     """Archive a persona: no more tagging; its members and history are kept."""
-    from personatag.store.personas import archive_persona
+    from personatag.definitions.personas import archive_persona
 
     archive_persona(store(), key)
     typer.echo(f"persona {key} archived")
@@ -375,7 +375,7 @@ def criterion_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a criterion (version 1)."""
-    from personatag.store.definitions import add_criterion
+    from personatag.definitions.criteria import add_criterion
 
     c = add_criterion(
         store(),
@@ -404,7 +404,7 @@ def criterion_edit(
     as_json: JsonOpt = False,
 ) -> None:
     """Edit a criterion: makes a new version; old versions are kept."""
-    from personatag.store.definitions import edit_criterion
+    from personatag.definitions.criteria import edit_criterion
 
     c = edit_criterion(
         store(),
@@ -423,7 +423,7 @@ def criterion_edit(
 
 
 def _criterion_status(name: str, action: str, as_json: bool) -> None:
-    from personatag.store.definitions import set_ongoing_status
+    from personatag.definitions.criteria import set_ongoing_status
 
     c = set_ongoing_status(store(), name, action, actor=actor())
     if as_json:
@@ -453,7 +453,7 @@ def criterion_retire(name: str, as_json: JsonOpt = False) -> None:
 @criterion_app.command("list")
 def criterion_list(as_json: JsonOpt = False) -> None:
     """List criteria (newest version of each)."""
-    from personatag.store.definitions import list_criteria
+    from personatag.definitions.criteria import list_criteria
 
     st = store()
     with st.read() as conn:
@@ -470,7 +470,7 @@ def criterion_list(as_json: JsonOpt = False) -> None:
 @criterion_app.command("show")
 def criterion_show(name: str, as_json: JsonOpt = False) -> None:
     """Show a criterion with all its versions."""
-    from personatag.store.definitions import criterion_versions
+    from personatag.definitions.criteria import criterion_versions
 
     st = store()
     with st.read() as conn:
@@ -504,7 +504,7 @@ def preview(
 
         result = remote_preview(expr, persona, as_of, sample)
     else:
-        from personatag.pipeline.preview import preview as run_preview
+        from personatag.tagging.preview import preview as run_preview
 
         result = run_preview(
             store(), expr, persona=persona, as_of=as_of_option(as_of), sample_size=sample
@@ -531,7 +531,7 @@ def _run(
     request_id: str | None,
     as_json: bool,
 ) -> None:
-    from personatag.pipeline.adhoc import AdhocRequest, RequestFailed, run_adhoc
+    from personatag.tagging.adhoc import AdhocRequest, RequestFailed, run_adhoc
 
     req = AdhocRequest(
         persona=persona,
@@ -619,7 +619,7 @@ def pin(
     as_json: JsonOpt = False,
 ) -> None:
     """Pin a contact in or out of a persona; rules never override a pin."""
-    from personatag.pipeline.pins import pin as run_pin
+    from personatag.memberships.pins import pin as run_pin
 
     if pin_in == pin_out:
         raise InputError("give exactly one of --in or --out")
@@ -638,7 +638,7 @@ def unpin(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a pin; rules decide again from the next run."""
-    from personatag.pipeline.pins import unpin as run_unpin
+    from personatag.memberships.pins import unpin as run_unpin
 
     result = run_unpin(store(), persona, contact_id, actor=actor())
     if as_json:
@@ -659,7 +659,7 @@ def contact_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Update one contact's fields (ongoing criteria follow within a second)."""
-    from personatag.pipeline.contacts import parse_assignments, set_contact
+    from personatag.contacts import parse_assignments, set_contact
 
     result = set_contact(
         store(), contact_id, parse_assignments(assignments), actor=actor(), create=create
@@ -679,8 +679,8 @@ def contact_add_read(
     as_json: JsonOpt = False,
 ) -> None:
     """Record that a contact read a publication."""
+    from personatag.contacts import add_events
     from personatag.domain import utcnow
-    from personatag.pipeline.contacts import add_events
 
     when = as_of_option(at, "--at") or utcnow()
     result = add_events(store(), contact_id, reads=[(publication_id, when)])
@@ -697,8 +697,8 @@ def contact_add_login(
     as_json: JsonOpt = False,
 ) -> None:
     """Record that a contact logged in."""
+    from personatag.contacts import add_events
     from personatag.domain import utcnow
-    from personatag.pipeline.contacts import add_events
 
     when = as_of_option(at, "--at") or utcnow()
     result = add_events(store(), contact_id, logins=[when])
@@ -711,7 +711,7 @@ def contact_add_login(
 @contact_app.command("show")
 def contact_show(contact_id: str, as_json: JsonOpt = False) -> None:
     """Show a contact: attributes, personas with source and since, recent history."""
-    from personatag.pipeline.contacts import show_contact
+    from personatag.contacts import show_contact
 
     data = show_contact(store(), contact_id)
     if as_json:
@@ -763,7 +763,7 @@ def submit(
 
         answer = remote_submit(file, wait, timeout)
     else:
-        from personatag.pipeline.submit import submit_file, wait_for_result
+        from personatag.requests.submit import submit_file, wait_for_result
 
         try:
             data = file.read_bytes()
@@ -816,7 +816,7 @@ def dispatcher(
 
     from personatag.logs import configure_logging
     from personatag.metrics import start_metrics_server, stop_metrics_server
-    from personatag.pipeline.dispatcher import Dispatcher
+    from personatag.requests.dispatcher import Dispatcher
 
     configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
 
@@ -864,7 +864,7 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Build and activate a job bundle (the code and properties engines run)."""
-    from personatag import deploy as dp
+    from personatag.engines.flink import deploy as dp
 
     if sum([bool(prop), rollback, list_]) > 1:
         raise InputError("give at most one of --property, --rollback or --list")
@@ -890,7 +890,7 @@ def deploy(
 
 
 def _job_line(j: dict[str, Any]) -> str:
-    from personatag.pipeline.progress import describe
+    from personatag.jobs.progress import describe
 
     c = j["counts"] or {}
     took = f"{j['seconds']}s" if j["seconds"] is not None else "-"
@@ -916,7 +916,7 @@ def jobs_list(
 
         found = remote_jobs_list(status, limit)
     else:
-        from personatag.pipeline.jobs import list_jobs
+        from personatag.jobs.repository import list_jobs
 
         found = list_jobs(store(), status=status, limit=limit)
     if as_json:
@@ -937,13 +937,13 @@ def jobs_show(
 
         j = remote_jobs_show(ref)
     else:
-        from personatag.pipeline.jobs import get_job
+        from personatag.jobs.repository import get_job
 
         j = get_job(store(), ref)
     if as_json:
         emit(j)
         return
-    from personatag.pipeline.progress import describe
+    from personatag.jobs.progress import describe
 
     for k, v in j.items():
         if k == "progress" and v:
@@ -962,7 +962,7 @@ def jobs_cancel(
 
         j = remote_jobs_cancel(ref)
     else:
-        from personatag.pipeline.jobs import cancel_job
+        from personatag.jobs.repository import cancel_job
 
         j = cancel_job(store(), ref)
     if as_json:
@@ -979,7 +979,7 @@ def status(as_json: JsonOpt = False) -> None:
 
         out = remote_status()
     else:
-        from personatag.pipeline.jobs import list_jobs
+        from personatag.jobs.repository import list_jobs
 
         st = store()
         out = {

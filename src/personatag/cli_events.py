@@ -46,7 +46,7 @@ def webhook_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a webhook; its signing secret is printed once."""
-    from personatag.events.webhooks import add_webhook
+    from personatag.membership_events.webhooks import add_webhook
 
     hook, secret = add_webhook(
         store(), url, personas=persona or None, from_start=from_start, actor=actor()
@@ -61,7 +61,7 @@ def webhook_add(
 @webhook_app.command("list")
 def webhook_list(as_json: JsonOpt = False) -> None:
     """Webhooks with cursor, attempts, last error and dead letters (never the secret)."""
-    from personatag.events.webhooks import list_webhooks
+    from personatag.membership_events.webhooks import list_webhooks
 
     hooks = [h.to_json() for h in list_webhooks(store())]
     if as_json:
@@ -74,7 +74,7 @@ def webhook_list(as_json: JsonOpt = False) -> None:
 @webhook_app.command("remove")
 def webhook_remove(webhook_id: WebhookId) -> None:
     """Delete a webhook and its dead letters."""
-    from personatag.events.webhooks import remove_webhook
+    from personatag.membership_events.webhooks import remove_webhook
 
     hook = remove_webhook(store(), webhook_id, actor=actor())
     typer.echo(f"webhook {hook.pk} ({hook.url}) removed")
@@ -83,7 +83,7 @@ def webhook_remove(webhook_id: WebhookId) -> None:
 @webhook_app.command("disable")
 def webhook_disable(webhook_id: WebhookId) -> None:
     """Stop delivering to a webhook; its cursor is kept."""
-    from personatag.events.webhooks import set_enabled
+    from personatag.membership_events.webhooks import set_enabled
 
     hook = set_enabled(store(), webhook_id, False, actor=actor())
     typer.echo(f"webhook {hook.pk} disabled")
@@ -92,7 +92,7 @@ def webhook_disable(webhook_id: WebhookId) -> None:
 @webhook_app.command("enable")
 def webhook_enable(webhook_id: WebhookId) -> None:
     """Deliver to a webhook again, from its cursor, trying at once."""
-    from personatag.events.webhooks import set_enabled
+    from personatag.membership_events.webhooks import set_enabled
 
     hook = set_enabled(store(), webhook_id, True, actor=actor())
     typer.echo(f"webhook {hook.pk} enabled")
@@ -106,7 +106,7 @@ def webhook_dead_letters(
     as_json: JsonOpt = False,
 ) -> None:
     """Batches given up on after the last attempt (redelivered ones too)."""
-    from personatag.events.webhooks import list_dead_letters
+    from personatag.membership_events.webhooks import list_dead_letters
 
     letters = [d.to_json() for d in list_dead_letters(store(), webhook_id)]
     if as_json:
@@ -126,7 +126,7 @@ def webhook_redeliver(
     dead_letter_id: Annotated[int, typer.Argument(metavar="DEAD_LETTER_ID")],
 ) -> None:
     """Send a dead letter again, once, now (exit 1 if the receiver refuses)."""
-    from personatag.events.delivery import redeliver
+    from personatag.membership_events.delivery import redeliver
 
     letter = redeliver(store(), settings(), dead_letter_id, actor=actor())
     typer.echo(
@@ -138,7 +138,7 @@ def webhook_redeliver(
 @webhook_app.command("deliver")
 def webhook_deliver(as_json: JsonOpt = False) -> None:
     """One delivery pass over the due webhooks (for cron and tests)."""
-    from personatag.events.delivery import WebhookWorker
+    from personatag.membership_events.delivery import WebhookWorker
 
     counts = WebhookWorker(store(), settings()).deliver_pass(settle_wait_s=10.0)
     out = {
@@ -170,7 +170,7 @@ def export_log(
     out: Annotated[Path | None, typer.Option("--out", help="Write here (default: stdout).")] = None,
 ) -> None:
     """The membership log as JSON lines, one per contact change, in seq order."""
-    from personatag.events.export import ExportProgress, export_lines
+    from personatag.membership_events.export import ExportProgress, export_lines
 
     progress = ExportProgress()
     lines = export_lines(

@@ -38,7 +38,7 @@ def feed(
     as_json: JsonOpt = False,
 ) -> None:
     """One contact's feed: unread reports published before as-of, best first, with reasons."""
-    from personatag.feed.service import feed_for
+    from personatag.recommend.service import feed_for
 
     result = feed_for(store(), contact_id, k, as_of_option(as_of), settings(), ranker=ranker)
     if as_json:
@@ -96,7 +96,7 @@ def feed_rule_add(
     """Add one rule to a persona: --boost EXPR --weight W | --filter EXPR |
     --pin PUBLICATION_ID [--expires TS] | --cap-per-series N."""
     from personatag.errors import InputError
-    from personatag.feed.rules import add_rule
+    from personatag.recommend.rules import add_rule
 
     kinds = [
         name
@@ -140,7 +140,7 @@ def feed_rule_list(
 ) -> None:
     """Rules of one persona, or of every persona (expired pins are marked)."""
     from personatag.domain import utcnow
-    from personatag.feed.rules import list_rules
+    from personatag.recommend.rules import list_rules
 
     rules = list_rules(store(), persona)
     if as_json:
@@ -156,7 +156,7 @@ def feed_rule_list(
 @feed_rule_app.command("remove")
 def feed_rule_remove(rule_id: Annotated[int, typer.Argument(metavar="RULE_ID")]) -> None:
     """Delete a rule; feeds follow on the next request."""
-    from personatag.feed.rules import remove_rule
+    from personatag.recommend.rules import remove_rule
 
     rule = remove_rule(store(), rule_id, actor=actor())
     typer.echo(f"feed rule {rule.id} of {rule.persona} removed")
@@ -179,9 +179,9 @@ def feed_precompute(
     Lines are {"contact", "as_of", "items": [{"id", "score", "reason"}]}.
     """
     from personatag.errors import InputError
-    from personatag.feed.model import FeedModel
-    from personatag.feed.rules import rules_for_model
-    from personatag.feed.service import check_k
+    from personatag.recommend.model import FeedModel
+    from personatag.recommend.rules import rules_for_model
+    from personatag.recommend.service import check_k
 
     check_k(k)
     if batch < 1:

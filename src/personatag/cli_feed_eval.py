@@ -35,7 +35,7 @@ def evaluate_feed(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate the feed model against baselines B0-B4 (HR@10, NDCG@10, coverage@10)."""
-    from personatag.feed.evaluate import format_table, run_evaluation
+    from personatag.recommend.evaluate import format_table, run_evaluation
 
     summary = run_evaluation(
         contacts=contacts,

@@ -32,7 +32,7 @@ def flink_start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the local cluster (supervised) and wait until it is ready; idempotent."""
-    from personatag.flink.cluster import start
+    from personatag.engines.flink.runtime.cluster import start
 
     st = start(settings(), wait_s=wait)
     if as_json:
@@ -53,7 +53,7 @@ def flink_stop(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop the local cluster and wait until its processes are gone; idempotent."""
-    from personatag.flink.cluster import stop
+    from personatag.engines.flink.runtime.cluster import stop
 
     done = stop(settings(), wait_s=wait)
     if as_json:
@@ -68,7 +68,7 @@ def flink_stop(
 @flink_app.command("status")
 def flink_status(as_json: JsonOpt = False) -> None:
     """Task managers, slots and running jobs of the cluster (exit 3 when it does not answer)."""
-    from personatag.flink.cluster import status
+    from personatag.engines.flink.runtime.cluster import status
 
     st = status(settings())
     if as_json:

@@ -36,9 +36,9 @@ def flink_ui(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8082,
 ) -> None:
     """Serve the Flink web UI and REST API read-only (GET and HEAD only) until Ctrl-C."""
-    from personatag.flink.home import rest_url
-    from personatag.flink.proxy import make_proxy_server
-    from personatag.flink.rest import FlinkRest, FlinkUnreachable
+    from personatag.engines.flink.runtime.home import rest_url
+    from personatag.engines.flink.runtime.proxy import make_proxy_server
+    from personatag.engines.flink.runtime.rest import FlinkRest, FlinkUnreachable
 
     upstream = rest_url(settings())
     server = make_proxy_server(upstream, host, port)

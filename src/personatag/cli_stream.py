@@ -68,16 +68,16 @@ def stream(
 
     from personatag.logs import configure_logging
     from personatag.metrics import start_metrics_server, stop_metrics_server
-    from personatag.stream import runner
+    from personatag.streaming import runner
 
     configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
     s = settings()
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
+        from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
         from personatag.errors import PersonatagError
         from personatag.store.leases import try_lease
-        from personatag.stream.processor import OFFSET_NAME, StreamProcessor
-        from personatag.stream.standby import lease_name
+        from personatag.streaming.standby import lease_name
 
         lease = try_lease(st, lease_name(OFFSET_NAME))
         if lease is None:
@@ -119,7 +119,7 @@ def stream(
 @stream_app.command("status")
 def stream_status(as_json: JsonOpt = False) -> None:
     """Where the stream is: offset, lag, re-checks, errors, last reconciliations."""
-    from personatag.stream.processor import status
+    from personatag.engines.local.stream.processor import status
 
     data = status(store())
     if as_json:
@@ -155,9 +155,9 @@ def stream_reconcile(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare ongoing memberships with a full evaluation now; repair drift."""
+    from personatag.engines.local.stream import ongoing
+    from personatag.engines.local.stream.processor import StreamProcessor
     from personatag.errors import NotFoundError
-    from personatag.stream import ongoing
-    from personatag.stream.processor import StreamProcessor
 
     st = store()
     proc = StreamProcessor(st, settings())

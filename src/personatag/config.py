@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     stream_flink_timeout_s: float = 120.0
     stream_flink_checkpoint_s: float = 1.0
     stream_flink_monitor_s: float = 0.5
-    # Webhooks (personatag.events): seconds a receiver has to answer, attempts
+    # Webhooks (personatag.membership_events): seconds a receiver has to answer, attempts
     # at one batch before it is dead-lettered, the first retry delay and its
     # cap (exponential, jittered), events per POST, seconds between passes.
     webhook_timeout_s: float = 10.0
@@ -121,14 +121,14 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = 3600.0
     webhook_batch: int = 500
     webhook_interval_s: float = 2.0
-    # The feed (personatag.feed.service): seconds a server keeps its feed model
+    # The feed (personatag.recommend.service): seconds a server keeps its feed model
     # before rebuilding it even if no reads, publications or memberships changed.
     feed_model_max_age_s: float = 900.0
     # Seconds from the end of one background rebuild of a big feed model (see
-    # personatag.feed.service) before the next may start: bounds the CPU that
+    # personatag.recommend.service) before the next may start: bounds the CPU that
     # rebuilding takes from a server while reads keep arriving (0: no gap).
     feed_model_rebuild_gap_s: float = 120.0
-    # The reading feed (personatag.feed, docs/feed.md): weights of the blend's
+    # The reading feed (personatag.recommend, docs/feed.md): weights of the blend's
     # parts, how much freshness multiplies in (0: not at all, 1: fully), a
     # report's freshness half-life (the fallback when freshness is not learned),
     # how freshness is found and the horizon a learned one looks ahead, the reads

@@ -16,14 +16,14 @@ from typing import Any
 from sqlalchemy import func, select
 
 from personatag.config import Settings, load_settings
+from personatag.contacts import show_contact
+from personatag.definitions.criteria import add_criterion, get_criterion
+from personatag.definitions.personas import add_persona, list_personas
 from personatag.domain import Action
 from personatag.errors import PersonatagError
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.contacts import show_contact
-from personatag.pipeline.preview import preview
 from personatag.store import Store, open_store
-from personatag.store.definitions import add_criterion, get_criterion
-from personatag.store.personas import add_persona, list_personas
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
+from personatag.tagging.preview import preview
 
 CONTACTS = 100_000
 SEED = 7
@@ -159,8 +159,8 @@ def _pipeline_demo(store: Store, settings: Settings, say: Callable[[str], None])
     import json
 
     from personatag.buckets import open_buckets
-    from personatag.pipeline.dispatcher import Dispatcher
-    from personatag.pipeline.submit import submit_file
+    from personatag.requests.dispatcher import Dispatcher
+    from personatag.requests.submit import submit_file
 
     buckets = open_buckets(settings)
     request = {
@@ -192,9 +192,9 @@ LIVE_EXPR = 'count(read where sector = "Energy", 30d) >= 3'
 def _stream_demo(store: Store, settings: Settings, say: Callable[[str], None]) -> None:
     from datetime import timedelta
 
+    from personatag.contacts import add_events
     from personatag.domain import utcnow
-    from personatag.pipeline.contacts import add_events
-    from personatag.stream.processor import StreamProcessor
+    from personatag.engines.local.stream.processor import StreamProcessor
 
     t = store.tables
     with store.read() as conn:
@@ -247,7 +247,7 @@ def _stream_demo(store: Store, settings: Settings, say: Callable[[str], None]) -
 def _feed_demo(
     store: Store, settings: Settings, contact_id: str, say: Callable[[str], None]
 ) -> None:
-    from personatag.feed.service import feed_for
+    from personatag.recommend.service import feed_for
 
     feed = feed_for(store, contact_id, k=3, settings=settings)
     for item in feed["items"]:

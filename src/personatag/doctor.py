@@ -29,9 +29,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from personatag.config import Settings
+from personatag.engines.flink.runtime.home import JAVA_MIN, java_version, locate, rest_url
+from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.errors import ConfigError, PersonatagError
-from personatag.flink.home import JAVA_MIN, java_version, locate, rest_url
-from personatag.flink.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -205,7 +205,7 @@ def check_flink_cluster(settings: Settings, timeout: float = REST_TIMEOUT_S) -> 
 def check_flink_submitter(settings: Settings) -> list[Check]:
     """The warm job submitter of a cluster on this machine answers (none: [],
     when the cluster is remote or the submitter is turned off)."""
-    from personatag.flink import submitter
+    from personatag.engines.flink.runtime import submitter
 
     address = submitter.address_of(rest_url(settings))
     if not settings.flink_submitter or address is None:
@@ -404,7 +404,7 @@ def flink_tmp_dirs(settings: Settings, timeout: float = REST_TIMEOUT_S) -> list[
     if not value:
         if not settings.flink_url:
             # Not running: where `personatag flink start` will put it.
-            from personatag.flink.cluster import ClusterLayout
+            from personatag.engines.flink.runtime.cluster import ClusterLayout
 
             return [ClusterLayout.of(settings).tmp]
         return [_jvm_default_tmp()]

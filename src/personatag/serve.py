@@ -65,7 +65,7 @@ def run(
 
     from personatag import accounts
     from personatag.buckets import open_buckets
-    from personatag.pipeline.dispatcher import Dispatcher
+    from personatag.requests.dispatcher import Dispatcher
     from personatag.store import open_store
     from personatag.web import create_app
 
@@ -89,11 +89,11 @@ def run(
             )
             worker.start()
         # The stream processor (ongoing criteria) and webhook deliveries.
-        from personatag.stream import runner
+        from personatag.streaming import runner
 
         background = runner.start(store, settings, stop, stream=stream, webhooks=stream)
         # The feed model is built beside the server, not by the first feed request.
-        from personatag.feed.service import service_for
+        from personatag.recommend.service import service_for
 
         service_for(store, settings).warm()
         shown = f"[{host}]" if ":" in host else host

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, utcnow
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
 from personatag.store import Store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.events.receiver import Receiver, receiver
 from tests.helpers import NOW, add_contacts, population
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from personatag.domain import PinKind
-from personatag.events.delivery import WebhookWorker
-from personatag.pipeline.pins import pin
+from personatag.membership_events.delivery import WebhookWorker
+from personatag.memberships.pins import pin
 from tests.events.conftest import FAST, Clock, tag
 from tests.events.receiver import Receiver
 from tests.web import conftest as web

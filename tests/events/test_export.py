@@ -8,15 +8,15 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
 from personatag.domain import SOURCE_MANUAL, Action, PinKind
 from personatag.errors import InputError, NotFoundError
-from personatag.events.export import ExportProgress, export_events, export_lines
-from personatag.events.feed import Horizon, settled_seq
-from personatag.pipeline.audit import LogContext, log_one
-from personatag.pipeline.pins import pin
+from personatag.membership_events.export import ExportProgress, export_events, export_lines
+from personatag.membership_events.reader import Horizon, settled_seq
+from personatag.memberships.log import LogContext, log_one
+from personatag.memberships.pins import pin
 from personatag.store import Store, open_store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
 from tests.conftest import drop_pg, new_pg_url
 from tests.events.conftest import tag
 from tests.helpers import NOW, add_contacts, population

@@ -14,10 +14,10 @@ from sqlalchemy import select
 from personatag.config import Settings
 from personatag.domain import Action, PinKind
 from personatag.errors import InputError, NotFoundError
-from personatag.events.delivery import WebhookWorker, redeliver
-from personatag.events.export import export_events
-from personatag.events.http import DeliveryError, sign
-from personatag.events.webhooks import (
+from personatag.membership_events.delivery import WebhookWorker, redeliver
+from personatag.membership_events.export import export_events
+from personatag.membership_events.http import DeliveryError, sign
+from personatag.membership_events.webhooks import (
     add_webhook,
     get_webhook,
     list_dead_letters,
@@ -25,8 +25,8 @@ from personatag.events.webhooks import (
     remove_webhook,
     set_enabled,
 )
+from personatag.memberships.pins import pin
 from personatag.metrics import Metrics
-from personatag.pipeline.pins import pin
 from personatag.store import Store
 from tests.events.conftest import FAST, Clock, tag
 from tests.events.receiver import Receiver

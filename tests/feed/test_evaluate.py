@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 
 from personatag.errors import InputError
-from personatag.feed import FeedModel
-from personatag.feed.baselines import BASELINES, b1_popular, b3_coverage, b4_item_knn
-from personatag.feed.evaluate import bootstrap_mean, coverage_at_k, hit_and_ndcg, top_k
 from personatag.generate import generate
 from personatag.generate.population import (
     TITLE_FAMILIES,
@@ -22,6 +19,9 @@ from personatag.generate.population import (
     build_publications,
 )
 from personatag.generate.readership import build_cells, build_events
+from personatag.recommend import FeedModel
+from personatag.recommend.baselines import BASELINES, b1_popular, b3_coverage, b4_item_knn
+from personatag.recommend.evaluate import bootstrap_mean, coverage_at_k, hit_and_ndcg, top_k
 from personatag.store import Store, open_store
 from personatag.store.types import to_micros
 from tests.helpers import NOW, add_contacts

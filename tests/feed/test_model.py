@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from personatag.definitions.personas import add_persona
 from personatag.errors import InputError
-from personatag.feed import FeedModel, Rules
-from personatag.feed.model import learned_freshness
+from personatag.recommend import FeedModel, Rules
+from personatag.recommend.model import learned_freshness
 from personatag.store import Store
-from personatag.store.personas import add_persona
 from tests.helpers import NOW, add_contacts
 
 H = timedelta(hours=1)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from personatag.contacts import add_events
+from personatag.definitions.personas import add_persona
 from personatag.domain import PinKind, utcnow
-from personatag.pipeline.contacts import add_events
-from personatag.pipeline.pins import pin
+from personatag.memberships.pins import pin
 from personatag.store import Store, versions
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
 SERIES = (

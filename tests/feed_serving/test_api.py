@@ -9,13 +9,13 @@ from typing import Any
 
 from personatag.audit_log import list_events
 from personatag.config import Settings
+from personatag.contacts import add_events
+from personatag.definitions.personas import add_persona
 from personatag.domain import PinKind, utcnow
-from personatag.feed.baselines import BASELINES
-from personatag.flink.supervisor import pid_alive
-from personatag.pipeline.contacts import add_events
-from personatag.pipeline.pins import pin
+from personatag.engines.flink.runtime.supervisor import pid_alive
+from personatag.memberships.pins import pin
+from personatag.recommend.baselines import BASELINES
 from personatag.store import versions
-from personatag.store.personas import add_persona
 from tests.feed_serving.conftest import publications
 from tests.web import conftest as web
 from tests.web.conftest import API, Api

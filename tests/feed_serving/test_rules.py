@@ -10,7 +10,7 @@ from personatag.audit_log import list_events
 from personatag.criteria import CriteriaError
 from personatag.domain import utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
-from personatag.feed.rules import add_rule, list_rules, remove_rule, rules_for_model
+from personatag.recommend.rules import add_rule, list_rules, remove_rule, rules_for_model
 from personatag.store import Store
 from tests.feed_serving.conftest import build_world
 
@@ -89,7 +89,7 @@ def test_add_list_remove_and_audit(store: Store) -> None:
 
 
 def test_predicates_see_publication_fields(store: Store) -> None:
-    from personatag.feed.rules import predicate
+    from personatag.recommend.rules import predicate
 
     now = utcnow()
     fresh = predicate('sector = "Energy" and published_at within 1d', now)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from personatag.config import Settings
-from personatag.feed import runs
+from personatag.recommend import runs
 
 
 def test_prune_keeps_the_newest_and_running_runs(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from personatag.contacts import add_events
 from personatag.domain import utcnow
 from personatag.errors import InputError, NotFoundError
-from personatag.feed.rules import add_rule, remove_rule
-from personatag.feed.service import feed_for, service_for
-from personatag.pipeline.contacts import add_events
+from personatag.recommend.rules import add_rule, remove_rule
+from personatag.recommend.service import feed_for, service_for
 from personatag.store import Store
 from tests.feed_serving.conftest import build_world, publications
 
@@ -102,7 +102,7 @@ def test_a_pinned_report_already_read_is_not_shown(store: Store) -> None:
 
 def test_the_model_is_cached_and_rebuilt_when_memberships_change(store: Store) -> None:
     from personatag.domain import PinKind
-    from personatag.pipeline.pins import pin
+    from personatag.memberships.pins import pin
 
     build_world(store)
     feed_for(store, "c0004")
@@ -131,7 +131,7 @@ def test_a_big_store_builds_its_model_in_a_separate_process(
     """The background build of a big store runs in a spawned interpreter (lowered
     threshold here); the model that comes back serves the same feed as one built
     in this process."""
-    from personatag.feed import service as feed_service
+    from personatag.recommend import service as feed_service
 
     build_world(store)
     expected = feed_for(store, "c0007", k=10)
@@ -162,8 +162,8 @@ def test_a_big_model_is_rebuilt_in_the_background_no_sooner_than_the_gap(
     """A model that took long to build keeps serving while the data changes; the
     next background rebuild waits for PERSONATAG_FEED_MODEL_REBUILD_GAP_S."""
     from personatag.domain import PinKind
-    from personatag.feed import service as feed_service
-    from personatag.pipeline.pins import pin
+    from personatag.memberships.pins import pin
+    from personatag.recommend import service as feed_service
 
     build_world(store)
     settings = service_for(store).settings.model_copy(update={"feed_model_rebuild_gap_s": gap_s})
@@ -193,7 +193,7 @@ def test_a_build_stopped_by_a_signal_is_logged_without_a_traceback(
     import os
     import signal
 
-    from personatag.feed import service as feed_service
+    from personatag.recommend import service as feed_service
 
     build_world(store)
     monkeypatch.setattr(feed_service, "BUILD_APART_CONTACTS", 1)
@@ -232,7 +232,7 @@ def test_a_build_stopped_while_sending_counts_as_stopped(halfway: bool) -> None:
     import multiprocessing as mp
     import signal
 
-    from personatag.feed.service import BuildStopped, receive_result
+    from personatag.recommend.service import BuildStopped, receive_result
 
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)

@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from personatag.errors import ConfigError, PersonatagError
-from personatag.flink import submitter
-from personatag.flink import supervisor as sv
-from personatag.flink.cluster import (
+from personatag.engines.flink.runtime import submitter
+from personatag.engines.flink.runtime import supervisor as sv
+from personatag.engines.flink.runtime.cluster import (
     ClusterLayout,
     Ports,
     port_in_use,
@@ -35,7 +34,8 @@ from personatag.flink.cluster import (
     supervisor_pid,
     write_config,
 )
-from personatag.flink.home import locate
+from personatag.engines.flink.runtime.home import locate
+from personatag.errors import ConfigError, PersonatagError
 from tests.flink.conftest import CLI, cli_env, local_settings, run_cli, wait_until
 
 # -- config and refusals (nothing starts) ---------------------------------------------
@@ -167,7 +167,7 @@ def _supervise(tmp_path: Path, home: Path, *extra: str) -> subprocess.Popen[byte
     args = [
         sys.executable,
         "-m",
-        "personatag.flink.supervisor",
+        "personatag.engines.flink.runtime.supervisor",
         "--flink-home",
         str(home),
         "--flink-python",

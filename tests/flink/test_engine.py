@@ -20,14 +20,14 @@ from sqlalchemy import select
 import personatag
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
-from personatag.deploy import deploy
-from personatag.flink import submitter
-from personatag.flink.rest import FlinkRest
-from personatag.flink.snapshot import MANIFEST
+from personatag.definitions.personas import add_persona
+from personatag.engines.flink.deploy import deploy
+from personatag.engines.flink.runtime import submitter
+from personatag.engines.flink.runtime.rest import FlinkRest
+from personatag.engines.flink.snapshot import MANIFEST
 from personatag.generate.run import generate
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 
 from .engine_support import flink_python, flink_settings
 
@@ -71,7 +71,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def entered(store: Store, persona: str) -> set[str]:
     """Contact ids the membership log says entered `persona` (bulk entries decoded)."""
-    from personatag.pipeline.audit import decode_ids
+    from personatag.memberships.log import decode_ids
 
     t = store.tables
     with store.read() as conn:
@@ -316,7 +316,7 @@ def test_jobs_go_through_the_warm_submitter_else_flink_run(
         time.sleep(1)
     expr = 'seniority >= 5 and region in ("EMEA", "AMER")'
     local = _tag_through_dispatcher(store, buckets, settings, "warm-local", expr, "local")
-    caplog.set_level(logging.INFO, logger="personatag.engines.flink")
+    caplog.set_level(logging.INFO, logger="personatag.engines.flink.batch")
     warm = _tag_through_dispatcher(store, buckets, settings, "warm-flink", expr, "flink")
     assert warm["status"] == "succeeded", warm
     assert warm["counts"] == local["counts"]

@@ -24,9 +24,9 @@ from personatag.buckets import open_buckets
 from personatag.config import Settings
 from personatag.criteria import compile_sql, parse, to_text
 from personatag.criteria.ast import Node, Not
-from personatag.deploy import deploy
 from personatag.engines.base import MatchSpec
-from personatag.engines.flink import FlinkEngine
+from personatag.engines.flink.batch import FlinkEngine
+from personatag.engines.flink.deploy import deploy
 from personatag.store import Store, open_store
 
 from ..conftest import drop_pg, new_pg_url

@@ -19,8 +19,12 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from personatag.engines.flink.runtime.proxy import (
+    make_proxy_server,
+    parse_upstream,
+    read_only_proxy,
+)
 from personatag.errors import ConfigError
-from personatag.flink.proxy import make_proxy_server, parse_upstream, read_only_proxy
 from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

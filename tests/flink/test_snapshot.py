@@ -8,7 +8,7 @@ from pathlib import Path
 
 from personatag.buckets import LocalBucket
 from personatag.domain import utcnow
-from personatag.flink.snapshot import MANIFEST, prune
+from personatag.engines.flink.snapshot import MANIFEST, prune
 
 
 def test_prune_keeps_current_snapshots_and_young_folders(tmp_path: Path) -> None:

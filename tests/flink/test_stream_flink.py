@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from personatag.config import Settings
+from personatag.contacts import add_events, set_contact
+from personatag.definitions.criteria import add_criterion, edit_criterion
+from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
-from personatag.pipeline.contacts import add_events, set_contact
+from personatag.engines.flink.stream import FlinkStream, FlinkStreamError
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.store import Store, open_store
-from personatag.store.definitions import add_criterion, edit_criterion
-from personatag.store.personas import add_persona
-from personatag.stream import feed
-from personatag.stream.flink_stream import FlinkStream, FlinkStreamError
-from personatag.stream.processor import StreamProcessor
+from personatag.store import changefeed as feed
 from tests.flink.conftest import wait_until
 from tests.flink.engine_support import flink_settings
 from tests.helpers import add_contacts, population

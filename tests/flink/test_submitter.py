@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from personatag.flink import submitter
-from personatag.flink.submitter import JOB_SOURCE, Submitter
+from personatag.engines.flink.runtime import submitter
+from personatag.engines.flink.runtime.submitter import JOB_SOURCE, Submitter
 
 
 def free_port() -> int:

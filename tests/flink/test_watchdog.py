@@ -24,14 +24,14 @@ from sqlalchemy import select
 
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
-from personatag.deploy import deploy
-from personatag.flink import cluster
-from personatag.flink.rest import FlinkRest
+from personatag.definitions.personas import add_persona
+from personatag.engines.flink.deploy import deploy
+from personatag.engines.flink.runtime import cluster
+from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.generate.run import generate
 from personatag.metrics import default_metrics
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 
 from .engine_support import flink_python
 
@@ -157,7 +157,7 @@ def run_with(
 def test_a_paused_task_manager_fails_the_job_within_the_bound(
     env: tuple[Store, Buckets, Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="personatag.engines.flink")
+    caplog.set_level(logging.WARNING, logger="personatag.engines.flink.batch")
     before = sum(stalls(r) for r in ("no_progress", "unreachable", "no_task_managers"))
     result, took = run_with(env, "paused", "pause", caplog)
     assert result["status"] == "failed", result

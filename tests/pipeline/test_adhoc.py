@@ -9,16 +9,16 @@ import pytest
 from sqlalchemy import func, select, text
 
 from personatag.config import Settings
+from personatag.contacts import show_contact
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind
 from personatag.errors import PersonatagError
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.audit import decode_ids, encode_ids
-from personatag.pipeline.contacts import show_contact
-from personatag.pipeline.pins import pin, unpin
-from personatag.pipeline.preview import preview
+from personatag.memberships.log import decode_ids, encode_ids
+from personatag.memberships.pins import pin, unpin
 from personatag.store import Store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
+from personatag.tagging.preview import preview
 from tests.helpers import NOW, add_contacts, population
 
 SETTINGS = Settings()
@@ -209,7 +209,7 @@ def test_bulk_log_matches_memberships_on_both_audit_paths(
 ) -> None:
     # seniority >= 0 matches 100%: on SQLite the ids are captured on a second
     # connection during the insert; region = "EMEA" (25%) reads them back after.
-    caplog.set_level("DEBUG", logger="personatag.pipeline.applier")
+    caplog.set_level("DEBUG", logger="personatag.memberships.apply")
     out = run(pop, Settings(bulk_log_threshold=2), persona="emea", action=Action.TAG, expr=expr)
     captured = "captured on a second connection" in caplog.text
     assert captured == (pop.dialect == "sqlite" and expr.startswith("seniority"))
@@ -273,8 +273,8 @@ def test_as_of_out_of_range_is_an_input_error(pop: Store) -> None:
 
 
 def test_archive_refuses_a_persona_other_criteria_use(pop: Store) -> None:
+    from personatag.definitions.personas import archive_persona
     from personatag.errors import ConflictError
-    from personatag.store.personas import archive_persona
 
     add_criterion(pop, "emea-cio", persona="cio", expr='persona("emea") and job_title = "CIO"')
     with pytest.raises(ConflictError, match="emea-cio@1"):

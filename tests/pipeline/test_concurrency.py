@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.pins import pin
+from personatag.memberships.pins import pin
 from personatag.store import Store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import NOW, add_contacts, population
 
 

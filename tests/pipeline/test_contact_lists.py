@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from sqlalchemy import func, select
 
-from personatag.pipeline.contact_lists import CHUNK, LoadedList
 from personatag.store import Store
+from personatag.tagging.contact_lists import CHUNK, LoadedList
 from tests.helpers import add_contacts
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from personatag.pipeline.control import JobControl, JobStopped
+from personatag.engines.control import JobControl, JobStopped
 from personatag.store import Store
 
 LONG = {

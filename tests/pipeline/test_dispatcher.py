@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
-from personatag.pipeline.dispatcher import Dispatcher
+from personatag.definitions.personas import add_persona
+from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
 
@@ -257,7 +257,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
 
     from personatag.engines import register_engine, unregister_engine
     from personatag.engines.base import Engine, Match, MatchSpec
-    from personatag.pipeline.jobs import cancel_job, get_job
+    from personatag.jobs.repository import cancel_job, get_job
 
     release = threading.Event()
 
@@ -295,7 +295,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
 
 def get_job_status(store: Store, ref: str) -> str | None:
     from personatag.errors import NotFoundError
-    from personatag.pipeline.jobs import get_job
+    from personatag.jobs.repository import get_job
 
     try:
         return str(get_job(store, ref)["status"])
@@ -396,7 +396,7 @@ def test_refusals_never_overwrite_a_finished_request(
 
 
 def test_a_cancelled_queued_request_stays_cancelled(env: tuple[Store, Buckets, Settings]) -> None:
-    from personatag.pipeline.jobs import cancel_job
+    from personatag.jobs.repository import cancel_job
 
     store, b, settings = env
     b["requests"].put("q.json", _request("q"))
@@ -413,7 +413,7 @@ def test_a_cancelled_queued_request_stays_cancelled(env: tuple[Store, Buckets, S
 
 
 def test_a_job_ended_elsewhere_does_not_apply(env: tuple[Store, Buckets, Settings]) -> None:
-    from personatag.pipeline import jobs
+    from personatag.jobs import repository as jobs
 
     store, b, settings = env
     b["requests"].put("x.json", _request("x"))
@@ -433,8 +433,8 @@ def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settin
 
     from personatag.engines import register_engine, unregister_engine
     from personatag.engines.base import Engine, Match, MatchSpec
-    from personatag.engines.local import LocalEngine
-    from personatag.pipeline.jobs import get_job
+    from personatag.engines.local.batch import LocalEngine
+    from personatag.jobs.repository import get_job
 
     started, slow = threading.Event(), threading.Event()
     slow.set()
@@ -508,7 +508,7 @@ def test_a_job_that_committed_but_was_not_reported_is_reported_later(
 
 @pytest.mark.parametrize("size", [1, 3, 7, 100])
 def test_captured_ids_split_into_parts_between_ids(size: int) -> None:
-    from personatag.pipeline.results import _label_parts
+    from personatag.requests.results import _label_parts
 
     ids = [b"a", b"bb,c", b"", b"dddd", b'e"e', "é".encode()]
     parts = list(_label_parts(b"\x00".join(ids), size=size))

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
 

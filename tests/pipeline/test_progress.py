@@ -17,17 +17,17 @@ from sqlalchemy import ColumnElement, Connection, update
 
 from personatag.buckets import Buckets, LocalBucket, open_buckets
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action
 from personatag.engines import register_engine, unregister_engine
 from personatag.engines.base import Engine, Match, MatchSpec
-from personatag.engines.local import LocalEngine
-from personatag.pipeline import jobs
-from personatag.pipeline.adhoc import Item, execute, resolve
-from personatag.pipeline.dispatcher import Dispatcher
-from personatag.pipeline.jobs import cancel_job, get_job, open_request
-from personatag.pipeline.progress import EVALUATING, Progress, describe
+from personatag.engines.local.batch import LocalEngine
+from personatag.jobs import repository as jobs
+from personatag.jobs.progress import EVALUATING, Progress, describe
+from personatag.jobs.repository import cancel_job, get_job, open_request
+from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import Item, execute, resolve
 from tests.helpers import NOW, add_contacts, population
 
 
@@ -264,7 +264,7 @@ def test_a_cancelled_job_keeps_the_progress_it_stopped_at(
 
 
 def test_a_local_job_without_a_dispatcher_ends_done(pop: Store) -> None:
-    from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
+    from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 
     req = AdhocRequest(
         persona="emea", action=Action.TAG, expr='region = "EMEA"', as_of=NOW, request_id="cli-1"

@@ -22,18 +22,18 @@ from sqlalchemy import func, select
 
 from personatag.buckets import BucketError, Buckets, open_buckets
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.errors import PersonatagError
-from personatag.pipeline import jobs
-from personatag.pipeline.dispatcher import Dispatcher, request_id_for_key
-from personatag.pipeline.request_files import (
+from personatag.jobs import repository as jobs
+from personatag.requests.dispatcher import Dispatcher, request_id_for_key
+from personatag.requests.files import (
     RequestFileError,
     parse_request,
     request_id_from_name,
 )
-from personatag.pipeline.submit import submit_file, wait_for_result
+from personatag.requests.submit import submit_file, wait_for_result
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
 Env = tuple[Store, Buckets, Settings]

@@ -12,7 +12,7 @@ import pytest
 
 from personatag.domain import Action
 from personatag.errors import InputError
-from personatag.pipeline.request_files import (
+from personatag.requests.files import (
     RequestFile,
     RequestFileError,
     RequestItem,

@@ -12,14 +12,14 @@ from sqlalchemy import func, select, text
 
 from personatag.buckets import open_buckets
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, utcnow
-from personatag.pipeline import jobs
-from personatag.pipeline.adhoc import Item, execute, resolve
-from personatag.pipeline.dispatcher import PREPARE_ATTEMPTS, Dispatcher
-from personatag.pipeline.progress import Progress
-from personatag.pipeline.results import ChangesBuilder, changes_csv_gz, changes_of
+from personatag.jobs import repository as jobs
+from personatag.jobs.progress import Progress
+from personatag.requests.dispatcher import PREPARE_ATTEMPTS, Dispatcher
+from personatag.requests.results import ChangesBuilder, changes_csv_gz, changes_of
 from personatag.store import Store
-from personatag.store.personas import add_persona
+from personatag.tagging.adhoc import Item, execute, resolve
 from tests.helpers import add_contacts, population, terminate_other_backends
 
 PERSONAS = ["p0", "p1", "p2", "p3"]

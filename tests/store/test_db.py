@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from personatag.config import load_settings
+from personatag.definitions.attributes import add_attribute
 from personatag.domain import FieldType
 from personatag.errors import ConfigError, ConflictError, InputError, PersonatagError
 from personatag.store import Store, open_store
-from personatag.store.attributes import add_attribute
 from personatag.store.db import HEAD_REVISION, is_current, migrate, migration_head
 
 

@@ -7,9 +7,9 @@ import time
 
 from sqlalchemy import text
 
+from personatag.definitions.criteria import add_criterion, edit_criterion, set_ongoing_status
+from personatag.definitions.personas import add_persona
 from personatag.store import Store
-from personatag.store.definitions import add_criterion, edit_criterion, set_ongoing_status
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from personatag.contacts import add_events, set_contact
 from personatag.domain import utcnow
-from personatag.pipeline.contacts import add_events, set_contact
 from personatag.store import open_store
 from personatag.store.db import StoreUnreachable
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from personatag.pipeline.contacts import set_contact
+from personatag.contacts import set_contact
+from personatag.definitions.criteria import add_criterion, edit_criterion
+from personatag.definitions.personas import add_persona
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.store import Store
-from personatag.store.definitions import add_criterion, edit_criterion
-from personatag.store.personas import add_persona
-from personatag.stream.processor import StreamProcessor
 from tests.helpers import add_contacts
 from tests.stream.test_processor import SETTINGS, log_of, members
 

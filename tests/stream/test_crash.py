@@ -20,11 +20,12 @@ import pytest
 from sqlalchemy import select
 
 from personatag.config import Settings
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
+from personatag.engines.local.stream import ongoing
+from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor, evaluate_set
 from personatag.store import Store, open_store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
-from personatag.stream import feed, ongoing
-from personatag.stream.processor import OFFSET_NAME, StreamProcessor, evaluate_set
+from personatag.store import changefeed as feed
 from tests.helpers import add_contacts, population
 
 SETTINGS = Settings(stream_reconcile_s=0)  # reconciliation would hide mistakes here

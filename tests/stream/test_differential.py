@@ -23,15 +23,15 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from personatag.config import Settings
+from personatag.contacts import add_events, set_contact
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.contacts import add_events, set_contact
-from personatag.pipeline.pins import pin
+from personatag.engines.local.stream import ongoing as og
+from personatag.engines.local.stream.processor import StreamProcessor, evaluate_set
+from personatag.memberships.pins import pin
 from personatag.store import Store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
-from personatag.stream import ongoing as og
-from personatag.stream.processor import StreamProcessor, evaluate_set
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 
 CONTACTS = ("c0", "c1", "c2")
 PUBS = (("p0", "Energy"), ("p1", "Energy"), ("p2", "Energy"), ("p3", "Credit"))

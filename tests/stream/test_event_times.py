@@ -8,16 +8,21 @@ from datetime import timedelta
 import pytest
 
 from personatag.config import Settings
+from personatag.contacts import add_events
 from personatag.criteria import compile_criterion
 from personatag.criteria.to_python import EvalInput
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
 from personatag.domain import Catalog, utcnow
-from personatag.pipeline.contacts import add_events
+from personatag.engines.flink import codec
+from personatag.engines.flink.programs.stream_job import (
+    _DictState,
+    absorb_rule,
+    compile_generation,
+    evaluate_work,
+)
+from personatag.engines.local.stream.processor import StreamProcessor, evaluate_set
 from personatag.store import Store
-from personatag.store.definitions import add_criterion
-from personatag.store.personas import add_persona
-from personatag.stream import flink_codec as codec
-from personatag.stream.flink_job import _DictState, absorb_rule, compile_generation, evaluate_work
-from personatag.stream.processor import StreamProcessor, evaluate_set
 from tests.helpers import add_contacts
 from tests.stream.test_processor import SETTINGS, members
 

@@ -11,9 +11,14 @@ import pytest
 from personatag.criteria import compile_criterion
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import Catalog, FieldType
-from personatag.stream import flink_codec as codec
-from personatag.stream import ongoing
-from personatag.stream.flink_job import ACTIVE, _DictState, absorb_rule, evaluate_work
+from personatag.engines.flink import codec
+from personatag.engines.flink.programs.stream_job import (
+    ACTIVE,
+    _DictState,
+    absorb_rule,
+    evaluate_work,
+)
+from personatag.engines.local.stream import ongoing
 
 AS_OF = datetime(2026, 6, 30, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -139,7 +144,7 @@ def test_the_job_keeps_the_newest_complete_generation_and_evaluates_like_ongoing
     assert state.get(ACTIVE) == "2"
     assert all(k == ACTIVE or k.split(":")[1] == "2" for k in state.d)
 
-    from personatag.stream.flink_job import compile_generation
+    from personatag.engines.flink.programs.stream_job import compile_generation
 
     compiled = compile_generation(state, 2)
     inp = EvalInput(contact={"region": "EMEA"}, logins=[AS_OF - timedelta(days=2)], as_of=AS_OF)

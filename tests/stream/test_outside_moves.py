@@ -4,13 +4,13 @@ carried through the persona(...) criteria reading them at the next step
 
 from __future__ import annotations
 
+from personatag.definitions.criteria import set_ongoing_status
 from personatag.domain import Action, PinKind
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.pins import pin, unpin
+from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.memberships.pins import pin, unpin
 from personatag.store import Store
-from personatag.store.definitions import set_ongoing_status
-from personatag.stream import feed
-from personatag.stream.processor import StreamProcessor
+from personatag.store import changefeed as feed
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts
 from tests.stream.test_cascade import _two_levels
 from tests.stream.test_processor import SETTINGS, members

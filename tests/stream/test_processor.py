@@ -9,18 +9,18 @@ import pytest
 from sqlalchemy import func, select
 
 from personatag.config import Settings
+from personatag.contacts import add_events, set_contact
 from personatag.criteria.to_python import EvalInput
+from personatag.definitions.criteria import add_criterion, edit_criterion, set_ongoing_status
+from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
+from personatag.engines.local.stream import ongoing
+from personatag.engines.local.stream.inputs import grouped
+from personatag.engines.local.stream.processor import Evaluated, StreamProcessor
 from personatag.importer import import_file
-from personatag.pipeline.adhoc import AdhocRequest, run_adhoc
-from personatag.pipeline.contacts import add_events, set_contact
-from personatag.pipeline.pins import pin
+from personatag.memberships.pins import pin
 from personatag.store import Store
-from personatag.store.definitions import add_criterion, edit_criterion, set_ongoing_status
-from personatag.store.personas import add_persona
-from personatag.stream import ongoing
-from personatag.stream.inputs import grouped
-from personatag.stream.processor import Evaluated, StreamProcessor
+from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts, population
 
 SETTINGS = Settings(stream_reconcile_s=0)

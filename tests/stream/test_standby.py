@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from personatag.config import Settings
-from personatag.pipeline.contacts import set_contact
+from personatag.contacts import set_contact
+from personatag.definitions.criteria import add_criterion
+from personatag.definitions.personas import add_persona
+from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
 from personatag.store import Store
-from personatag.store.definitions import add_criterion
 from personatag.store.leases import try_lease
-from personatag.store.personas import add_persona
-from personatag.stream.processor import OFFSET_NAME, StreamProcessor
-from personatag.stream.standby import lease_name
+from personatag.streaming.standby import lease_name
 from tests.helpers import add_contacts, population, terminate_other_backends
 from tests.stream.test_processor import log_of, members
 from tests.test_cli import CLI
@@ -166,7 +166,7 @@ def test_a_flink_standby_that_stops_leaves_the_active_processors_job_alone(
     standby that never held the offset touches neither."""
     import socket
 
-    from personatag.stream.flink_stream import FlinkStream
+    from personatag.engines.flink.stream import FlinkStream
 
     with socket.socket() as s:  # a port nothing listens on: no Flink is needed
         s.bind(("127.0.0.1", 0))

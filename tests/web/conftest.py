@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from personatag import accounts
 from personatag.config import Settings
+from personatag.definitions.personas import add_persona
 from personatag.store import Store, open_store
-from personatag.store.personas import add_persona
 from personatag.web import create_app
 from tests.helpers import add_contacts, population
 

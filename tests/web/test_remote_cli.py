@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from personatag import accounts
+from personatag.definitions.personas import add_persona
 from personatag.store import open_store
-from personatag.store.personas import add_persona
 from tests.helpers import add_contacts, population
 from tests.web.serving import serving
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from personatag.audit_log import list_events
-from personatag.pipeline.dispatcher import Dispatcher
-from personatag.pipeline.jobs import open_request
+from personatag.jobs.repository import open_request
+from personatag.requests.dispatcher import Dispatcher
 from tests.helpers import NOW
 from tests.web.conftest import API, Api
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from personatag.definitions.personas import add_persona
 from personatag.store import open_store
-from personatag.store.personas import add_persona
 from personatag.web.auth import CSRF_HEADER
 from tests.helpers import add_contacts, population
 from tests.web.serving import serving

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from personatag.config import Settings
-from personatag.stream.processor import StreamProcessor
+from personatag.engines.local.stream.processor import StreamProcessor
 from tests.web.conftest import API, Api
 
 

@@ -11,13 +11,13 @@ from personatag.store import Store
 
 
 def _local() -> type[Engine]:
-    from personatag.engines.local import LocalEngine
+    from personatag.engines.local.batch import LocalEngine
 
     return LocalEngine
 
 
 def _flink() -> type[Engine]:
-    from personatag.engines.flink import FlinkEngine
+    from personatag.engines.flink.batch import FlinkEngine
 
     return FlinkEngine
 

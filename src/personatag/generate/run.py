@@ -22,9 +22,9 @@ from personatag.generate.population import (
 )
 from personatag.generate.readership import build_cells, build_events, last_login
 from personatag.store import Store, versions
+from personatag.store import changefeed as feed
 from personatag.store.bulk import bulk_writer
 from personatag.store.types import to_micros
-from personatag.stream import feed
 
 # Contacts per chunk. Fixed, so a seed gives the same population however the
 # work is timed or batched; each chunk has its own seeded Generator.

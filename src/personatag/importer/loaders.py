@@ -11,8 +11,8 @@ from sqlalchemy import bindparam, or_, update
 from personatag.importer.readers import Spec
 from personatag.importer.values import Reject, Row
 from personatag.store import Store, versions
+from personatag.store import changefeed as feed
 from personatag.store.bulk import bulk_writer
-from personatag.stream import feed
 
 
 def _load_entities(store: Store, spec: Spec, rows: list[Row]) -> tuple[int, int, list[Reject]]:

@@ -3,7 +3,7 @@
 A format is defined once, as a pydantic model (with messages for people); its
 JSON Schema is generated from the model and committed next to this file, so
 other systems can check their files without running personatag. Parsing the
-files (and turning errors into messages) is `personatag.pipeline.request_files`.
+files (and turning errors into messages) is `personatag.requests.files`.
 """
 
 from __future__ import annotations

@@ -432,7 +432,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("delivery_id", Text),
         Index("ix_webhook_dead_letters_webhook", "webhook_pk"),
     )
-    # Persona content rules for the feed (personatag.feed.rules): kind is boost
+    # Persona content rules for the feed (personatag.recommend.rules): kind is boost
     # (expr, weight), filter (expr), pin (publication_pk, expires_at) or cap (cap).
     feed_rules = Table(
         "feed_rules",

@@ -33,7 +33,7 @@ from personatag.errors import (
     NotFoundError,
     PersonatagError,
 )
-from personatag.pipeline.request_files import RequestFileError
+from personatag.requests.files import RequestFileError
 from personatag.store.db import StoreUnreachable
 from personatag.store.transient import transient
 

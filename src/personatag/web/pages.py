@@ -102,8 +102,8 @@ def home(request: Request) -> Response:
 
 @router.get("/personas", **_declare("viewer"))
 def personas_page(request: Request) -> HTMLResponse:
-    from personatag.store.definitions import list_criteria
-    from personatag.store.personas import list_personas
+    from personatag.definitions.criteria import list_criteria
+    from personatag.definitions.personas import list_personas
 
     who = _page_user(request, "viewer")
     store = _ctx(request).store
@@ -134,7 +134,7 @@ def personas_page(request: Request) -> HTMLResponse:
 
 @router.get("/criteria/new", **_declare("viewer"))
 def builder_page(request: Request, expr: str = "") -> HTMLResponse:
-    from personatag.store.personas import list_personas
+    from personatag.definitions.personas import list_personas
 
     who = _page_user(request, "viewer")
     store = _ctx(request).store
@@ -165,14 +165,14 @@ def requests_page(request: Request) -> HTMLResponse:
 
 @router.get("/jobs/{job_id}", **_declare("viewer"))
 def job_page(request: Request, job_id: str) -> HTMLResponse:
-    from personatag.pipeline.jobs import get_job
+    from personatag.jobs.repository import get_job
 
     who = _page_user(request, "viewer")
     try:
         job = get_job(_ctx(request).store, job_id)
     except PersonatagError as exc:
         return _render(request, "forbidden.html", who, 404, title="Not found", message=str(exc))
-    from personatag.pipeline.progress import describe
+    from personatag.jobs.progress import describe
 
     progress_text = describe(job["progress"], job["status"])
     return _render(
@@ -182,8 +182,8 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
 
 @router.get("/contacts", **_declare("viewer"))
 def contact_page(request: Request, id: str | None = None, ranker: str = "ours") -> HTMLResponse:
-    from personatag.pipeline.contacts import show_contact
-    from personatag.store.personas import list_personas
+    from personatag.contacts import show_contact
+    from personatag.definitions.personas import list_personas
 
     who = _page_user(request, "viewer")
     store = _ctx(request).store
@@ -194,11 +194,11 @@ def contact_page(request: Request, id: str | None = None, ranker: str = "ours") 
             contact = show_contact(store, id)
         except PersonatagError as exc:
             error = str(exc)
-    from personatag.feed.baselines import BASELINE_KEYS, RANKER_KEYS
+    from personatag.recommend.baselines import BASELINE_KEYS, RANKER_KEYS
 
     chosen = ranker if ranker in RANKER_KEYS else "ours"
     if contact is not None:
-        from personatag.feed.service import feed_for
+        from personatag.recommend.service import feed_for
 
         try:
             feed = feed_for(store, id or "", 10, None, _ctx(request).settings, ranker=chosen)
@@ -225,8 +225,8 @@ def contact_page(request: Request, id: str | None = None, ranker: str = "ours") 
 
 @router.get("/feed-rules", **_declare("viewer"))
 def feed_rules_page(request: Request, persona: str | None = None) -> HTMLResponse:
-    from personatag.feed.rules import list_rules
-    from personatag.store.personas import list_personas
+    from personatag.definitions.personas import list_personas
+    from personatag.recommend.rules import list_rules
 
     who = _page_user(request, "viewer")
     store = _ctx(request).store
@@ -242,7 +242,7 @@ def feed_rules_page(request: Request, persona: str | None = None) -> HTMLRespons
 
 @router.get("/feed-evaluations", **_declare("viewer"))
 def feed_evaluations_page(request: Request, id: str | None = None) -> HTMLResponse:
-    from personatag.feed.runs import list_runs
+    from personatag.recommend.runs import list_runs
 
     who = _page_user(request, "viewer")
     runs = list_runs(_ctx(request).settings)
@@ -270,8 +270,8 @@ def audit_page(
 
 @router.get("/monitoring", **_declare("viewer"))
 def monitoring_page(request: Request) -> HTMLResponse:
-    from personatag.flink import cluster
-    from personatag.pipeline.jobs import list_jobs
+    from personatag.engines.flink.runtime import cluster
+    from personatag.jobs.repository import list_jobs
 
     who = _page_user(request, "viewer")
     ctx = _ctx(request)
@@ -298,8 +298,8 @@ def monitoring_page(request: Request) -> HTMLResponse:
         "slots_available": info.get("slots_available"),
         "jobs_running": (info.get("jobs") or {}).get("running", 0),
     }
+    from personatag.engines.local.stream.processor import status as stream_status
     from personatag.metrics import default_metrics
-    from personatag.stream.processor import status as stream_status
 
     stream = stream_status(store)
     registry = default_metrics().registry

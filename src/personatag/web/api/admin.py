@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from personatag import deploy as dp
 from personatag.audit_log import list_events, record_now
-from personatag.deploy.layout import check_properties
 from personatag.domain import MAX_AS_OF, MIN_AS_OF
+from personatag.engines.flink import deploy as dp
+from personatag.engines.flink.deploy.layout import check_properties
 from personatag.errors import InputError
 from personatag.web.api.deps import BucketsDep, StoreDep
 from personatag.web.auth import CurrentUser, role

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from personatag.audit_log import record_now
+from personatag.contacts import add_events, set_contact, show_contact
 from personatag.domain import PinKind, utcnow
 from personatag.errors import InputError
-from personatag.pipeline.contacts import add_events, set_contact, show_contact
-from personatag.pipeline.pins import pin, unpin
+from personatag.memberships.pins import pin, unpin
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.schemas import (

@@ -9,16 +9,16 @@ from pydantic import BaseModel
 
 from personatag.audit_log import record_now
 from personatag.criteria import JSON_VERSION, CriteriaError, compile_criterion
-from personatag.domain import parse_timestamp
-from personatag.pipeline.preview import preview
-from personatag.store import Store
-from personatag.store.definitions import (
+from personatag.definitions.criteria import (
     add_criterion,
     criterion_versions,
     edit_criterion,
     get_criterion,
     list_criteria,
 )
+from personatag.domain import parse_timestamp
+from personatag.store import Store
+from personatag.tagging.preview import preview
 from personatag.web.api.deps import StoreDep
 from personatag.web.api.personas import criterion_public
 from personatag.web.auth import CurrentUser, Principal, role
@@ -109,7 +109,7 @@ def _audit(store: Store, who: Principal, action: str, target: str, detail: dict[
 
 
 def _lifecycle(name: str, action: str, store: Store, who: Principal) -> Any:
-    from personatag.store.definitions import set_ongoing_status
+    from personatag.definitions.criteria import set_ongoing_status
 
     c = set_ongoing_status(store, name, action, actor=who.user.username, source="api")
     return criterion_public(c)

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 
-from personatag.events import webhooks as wh
-from personatag.events.delivery import redeliver
-from personatag.events.export import export_lines
-from personatag.events.http import DeliveryError
+from personatag.membership_events import webhooks as wh
+from personatag.membership_events.delivery import redeliver
+from personatag.membership_events.export import export_lines
+from personatag.membership_events.http import DeliveryError
 from personatag.web.api.deps import SettingsDep, StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.errors import ApiError

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
+from personatag.definitions.personas import get_persona
 from personatag.errors import InputError
-from personatag.feed.baselines import RANKER_KEYS
-from personatag.feed.rules import add_rule, list_rules, remove_rule
-from personatag.feed.runs import MAX_CONTACTS as MAX_EVAL_CONTACTS
-from personatag.feed.runs import MAX_REPORTS as MAX_EVAL_REPORTS
-from personatag.feed.runs import RunParams, cancel_run, get_run, list_runs, start_run
-from personatag.feed.service import MAX_K, check_feed_as_of, feed_for
-from personatag.store.personas import get_persona
+from personatag.recommend.baselines import RANKER_KEYS
+from personatag.recommend.rules import add_rule, list_rules, remove_rule
+from personatag.recommend.runs import MAX_CONTACTS as MAX_EVAL_CONTACTS
+from personatag.recommend.runs import MAX_REPORTS as MAX_EVAL_REPORTS
+from personatag.recommend.runs import RunParams, cancel_run, get_run, list_runs, start_run
+from personatag.recommend.service import MAX_K, check_feed_as_of, feed_for
 from personatag.web.api.deps import SettingsDep, StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.errors import ApiError

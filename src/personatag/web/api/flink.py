@@ -1,6 +1,6 @@
 """/flink/: the Flink dashboard and REST API, read-only, for any logged-in user.
 
-The proxy (`personatag.flink.proxy.read_only_proxy`) is a WSGI app; it is
+The proxy (`personatag.engines.flink.runtime.proxy.read_only_proxy`) is a WSGI app; it is
 bridged with a2wsgi when installed, else Starlette's WSGIMiddleware while
 Starlette still ships it, else a small buffering adapter below. The gate in
 front checks credentials the same way the API does (viewer or more).
@@ -28,8 +28,8 @@ PATH = "/flink"
 def flink_upstream(settings: Settings) -> str | None:
     """The cluster to proxy: PERSONATAG_FLINK_URL, or the local cluster once
     `personatag flink start` has configured it; None when there is neither."""
-    from personatag.flink.cluster import ClusterLayout
-    from personatag.flink.home import rest_url
+    from personatag.engines.flink.runtime.cluster import ClusterLayout
+    from personatag.engines.flink.runtime.home import rest_url
 
     if settings.flink_url or ClusterLayout.of(settings).config_file.exists():
         return rest_url(settings)
@@ -156,7 +156,7 @@ def flink_mount(ctx: AppContext) -> RoleMount | None:
     upstream = flink_upstream(ctx.settings)
     if upstream is None:
         return None
-    from personatag.flink.proxy import read_only_proxy
+    from personatag.engines.flink.runtime.proxy import read_only_proxy
 
     proxied = wsgi_to_asgi(read_only_proxy(upstream, prefix=PATH))
     return RoleMount(PATH, FlinkGate(ctx, proxied), role="viewer", name="flink")

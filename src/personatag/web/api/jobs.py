@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from personatag.audit_log import record_now
 from personatag.errors import NotFoundError
-from personatag.pipeline.jobs import FAILED, TERMINAL, cancel_job, get_job, list_jobs
+from personatag.jobs.repository import FAILED, TERMINAL, cancel_job, get_job, list_jobs
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.schemas import JOB_STATUS_DOC, JobPublic, StatusView, StreamStatus
@@ -71,7 +71,7 @@ def job_cancel(ref: JobRef, store: StoreDep, who: CurrentUser) -> Any:
 @router.get("/stream", response_model=StreamStatus, **role("viewer"))
 def stream_status(store: StoreDep) -> dict[str, Any]:
     """The stream processor: feed offset and lag, re-checks, errors, reconciliations."""
-    from personatag.stream.processor import status as current
+    from personatag.engines.local.stream.processor import status as current
 
     return current(store)
 

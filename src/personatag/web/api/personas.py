@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from personatag.audit_log import record_now
-from personatag.store.definitions import Criterion, list_criteria
-from personatag.store.personas import (
+from personatag.definitions.criteria import Criterion, list_criteria
+from personatag.definitions.personas import (
     Persona,
     add_persona,
     archive_persona,

@@ -21,10 +21,10 @@ from personatag.audit_log import record_now
 from personatag.buckets import Buckets
 from personatag.config import Settings
 from personatag.errors import NotFoundError, PersonatagError
-from personatag.pipeline.jobs import get_job, list_jobs
-from personatag.pipeline.reporting import RESULTS_FAILED
-from personatag.pipeline.request_files import check_size, detect_format, parse_request
-from personatag.pipeline.submit import ResultsMissing, submit_file, wait_for_result
+from personatag.jobs.repository import get_job, list_jobs
+from personatag.requests.files import check_size, detect_format, parse_request
+from personatag.requests.reporting import RESULTS_FAILED
+from personatag.requests.submit import ResultsMissing, submit_file, wait_for_result
 from personatag.schemas import request_id_problem, request_json_schema
 from personatag.store import Store
 from personatag.web.api.deps import BucketsDep, SettingsDep, StoreDep

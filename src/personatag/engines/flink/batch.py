@@ -1,0 +1,647 @@
+"""The flink engine: match contacts with a batch job on a Flink session cluster.
+
+compute() does, outside any store transaction:
+
+1. check the cluster can take a job (REST /overview: reachable, task
+   managers, a free slot), waiting at most `flink_stall_s`;
+2. compile the criterion to Flink SQL (criteria.to_flink) and export the
+   snapshot it reads into the staging bucket (reused while the store is
+   unchanged);
+3. submit the active job bundle's job program with RUN_SPEC: through the
+   local cluster's warm submitter (flink.submitter: a long-running Flink
+   client, so no JVM starts per job) when one answers on the REST port + 3,
+   else with `flink run -d -pyfs BUNDLE -pym personatag.engines.flink.programs.batch_job RUN_SPEC`;
+   record the Flink JobID on the job;
+4. poll /jobs/:jid until it ends, watching for stalls (no task managers, no
+   slots, no progress, an unreachable cluster) and for the job's deadline or a
+   cancel, both of which cancel the Flink job too; each poll reports how many
+   of the job's tasks finished (`task_progress`) as the job's progress;
+5. read the matched pks the job wrote to staging.
+
+The applier then applies them exactly as it applies the local engine's match.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+import uuid
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Integer,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from personatag.buckets import Bucket, open_buckets
+from personatag.criteria.to_flink import compile_flink
+from personatag.engines.base import Engine, Match, MatchSpec
+from personatag.engines.control import JobStopped
+from personatag.engines.flink.deploy import fetch_active
+from personatag.engines.flink.deploy.layout import PROPERTIES_FILE, read_properties
+from personatag.engines.flink.programs.batch_job import SPEC_FORMAT
+from personatag.engines.flink.runtime import home as flink_home
+from personatag.engines.flink.runtime import submitter
+from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
+from personatag.engines.flink.snapshot import export_snapshot
+from personatag.errors import PersonatagError
+from personatag.metrics import default_metrics
+from personatag.store import Store
+from personatag.store.matchset import fresh, temp_table
+
+log = logging.getLogger(__name__)
+
+RUNS_PREFIX = "runs/"
+_JOB_ID_RE = re.compile(r"(?:PERSONATAG_FLINK_JOB_ID=|JobID )([0-9a-f]{32})")
+_ENDED = {"FINISHED", "FAILED", "CANCELED"}
+_LOAD_CHUNK = 1_000_000
+
+
+class FlinkJobFailed(PersonatagError):
+    """The Flink job failed, stalled or could not be submitted."""
+
+
+# ---- the match: pks Flink found, loaded into a temp table ------------------------
+
+
+class _PksMatch(Match):
+    materialized = True
+
+    def __init__(self, pks: npt.NDArray[np.int64]) -> None:
+        self.pks = _sorted_unique(pks)  # in key order: the temp b-tree fills at its end
+        self._table: Any = None
+
+    def known_pks(self) -> npt.NDArray[np.int64]:
+        return self.pks
+
+    def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
+        pks = self.pks
+        runs = _runs(pks)
+        if runs is not None:
+            # A few runs of consecutive pks (large shares often are): pk range
+            # scans, with no temp table to fill.
+            pk = store.tables.contacts.c.pk
+            return or_(*(pk.between(lo, hi) for lo, hi in runs))
+        # INTEGER PRIMARY KEY is SQLite's rowid: no separate index to fill.
+        pk_type = Integer if store.dialect == "sqlite" else BigInteger
+        table = fresh(
+            conn, temp_table(f"pt_flink_{store.dialect}", Column("pk", pk_type, primary_key=True))
+        )
+        self._table = table
+        for start in range(0, len(pks), _LOAD_CHUNK):
+            chunk = pks[start : start + _LOAD_CHUNK]
+            if store.dialect == "sqlite":
+                conn.execute(
+                    text(f"INSERT INTO {table.name} (pk) SELECT value FROM json_each(:pks)"),  # noqa: S608 - our temp table
+                    {"pks": json.dumps(chunk.tolist())},
+                )
+            else:
+                conn.execute(
+                    text(f"INSERT INTO {table.name} (pk) SELECT unnest(CAST(:pks AS bigint[]))"),
+                    {"pks": chunk.tolist()},
+                )
+        if store.dialect == "postgresql":
+            conn.execute(text(f"ANALYZE {table.name}"))
+        return store.tables.contacts.c.pk.in_(select(table.c.pk))
+
+    def close(self, conn: Connection) -> None:
+        if self._table is not None:
+            self._table.drop(conn, checkfirst=True)
+            self._table = None
+
+
+_MAX_RUNS = 32
+
+
+def _runs(pks: npt.NDArray[np.int64]) -> list[tuple[int, int]] | None:
+    """Sorted unique pks as at most _MAX_RUNS (first, last) runs of consecutive
+    pks, or None when they make more."""
+    if len(pks) == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(pks) != 1)
+    if len(breaks) >= _MAX_RUNS:
+        return None
+    starts = [0, *(breaks + 1).tolist()]
+    ends = [*breaks.tolist(), len(pks) - 1]
+    return [(int(pks[a]), int(pks[b])) for a, b in zip(starts, ends, strict=True)]
+
+
+def _sorted_unique(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    # np.unique hashes in NumPy 2 (10 s for 10M here); a sort and a diff take ~1 s.
+    if len(pks) == 0:
+        return pks
+    ordered = np.sort(pks, kind="stable")
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def parse_pks(data: bytes) -> npt.NDArray[np.int64]:
+    """The pks of a CSV part file Flink wrote (one integer per line)."""
+    text_ = data.decode("ascii", errors="replace").strip()
+    if not text_:
+        return np.empty(0, dtype=np.int64)
+    bad = FlinkJobFailed("the Flink job wrote a result file that is not one pk per line")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a partial read must not pass silently
+            pks = np.fromstring(text_, dtype=np.int64, sep="\n")
+    except (ValueError, DeprecationWarning):
+        raise bad from None
+    if len(pks) != text_.count("\n") + 1:
+        raise bad
+    return pks
+
+
+# ---- the cluster: checks and the stall watchdog -----------------------------------
+
+
+@dataclass
+class Watchdog:
+    """Decides when a job on the cluster has stalled: it fails the job after
+    `bound` seconds without a way forward (no answer, no task manager, no free
+    slot while waiting to start, no progress while running)."""
+
+    rest: FlinkRest
+    bound: float
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        # When each kind of trouble began; cleared only by that check passing,
+        # so a failing cluster check and a stuck job never reset each other.
+        self._cluster_since: float | None = None
+        self._job_since: float | None = None
+        self._progress: tuple[Any, ...] | None = None
+        self.metrics = default_metrics()
+
+    def _trouble(self, scope: str, reason: str, message: str) -> None:
+        now = self.clock()
+        if scope == "cluster":
+            if self._cluster_since is None:
+                self._cluster_since = now
+            first = self._cluster_since
+        else:
+            if self._job_since is None:
+                self._job_since = now
+            first = self._job_since
+        if now - first >= self.bound:
+            self.metrics.flink_stalls.labels(reason=reason).inc()
+            log.warning("flink stall (%s): %s", reason, message)
+            raise FlinkJobFailed(f"{message} for {self.bound:g} s (stall watchdog)")
+
+    def cluster(self, *, need_slot: bool) -> dict[str, Any] | None:
+        """Check /overview; returns it when the cluster can take (or run) a job."""
+        try:
+            overview = self.rest.overview()
+        except (FlinkUnreachable, FlinkRestError) as exc:
+            self.metrics.flink_cluster_up.set(0)
+            self._trouble("cluster", "unreachable", f"the Flink cluster does not answer ({exc})")
+            return None
+        self.metrics.flink_slots_available.set(overview.get("slots-available", 0))
+        if not overview.get("taskmanagers"):
+            self.metrics.flink_cluster_up.set(0)
+            self._trouble(
+                "cluster",
+                "no_task_managers",
+                f"the Flink cluster at {self.rest.base_url} has no task managers",
+            )
+            return None
+        self.metrics.flink_cluster_up.set(1)
+        if need_slot and not overview.get("slots-available"):
+            self._trouble(
+                "cluster",
+                "no_slots",
+                f"no free task slot on the Flink cluster ({overview.get('slots-total', 0)} "
+                f"slots, {overview.get('jobs-running', 0)} jobs running)",
+            )
+            return None
+        self._cluster_since = None
+        return overview
+
+    def job(self, info: dict[str, Any]) -> None:
+        """Check a running job moves: its tasks get deployed and count records."""
+        vertices = info.get("vertices", [])
+        waiting = [v for v in vertices if v.get("status") in ("CREATED", "SCHEDULED", "DEPLOYING")]
+        if info.get("state") in ("CREATED", "INITIALIZING") or (
+            waiting and len(waiting) == len(vertices)
+        ):
+            self._progress = None
+            self._trouble(
+                "job", "no_slots", f"Flink job {info.get('jid')} got no task slots to start on"
+            )
+            return
+        progress = tuple(
+            (
+                v.get("status"),
+                *(
+                    v.get("metrics", {}).get(k)
+                    for k in ("read-bytes", "write-bytes", "read-records", "write-records")
+                ),
+                v.get("tasks", {}).get("FINISHED"),
+            )
+            for v in vertices
+        )
+        if progress != self._progress:
+            self._progress = progress
+            self._job_since = None
+            return
+        self._trouble("job", "no_progress", f"Flink job {info.get('jid')} shows no progress")
+
+
+def task_progress(info: dict[str, Any]) -> tuple[int, int] | None:
+    """(finished, all) subtasks of a Flink job, from its /jobs/:jid details;
+    None while it lists none.
+
+    Not records: Flink's vertex record counts are records passed between
+    tasks, so a job chained into one task (read, filter, write) counts none,
+    and the records left to read are not known to it.
+    """
+    finished = total = 0
+    for vertex in info.get("vertices") or []:
+        tasks = vertex.get("tasks") or {}
+        parallelism = vertex.get("parallelism")
+        total += parallelism if isinstance(parallelism, int) else sum(tasks.values())
+        finished += int(tasks.get("FINISHED", 0))
+    return (finished, total) if total else None
+
+
+def root_cause(exceptions: dict[str, Any]) -> str:
+    """The first useful line of a job's root exception (/jobs/:jid/exceptions)."""
+    trace = exceptions.get("root-exception") or ""
+    entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
+    if not trace and entries:
+        trace = entries[0].get("stacktrace") or entries[0].get("exceptionName") or ""
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    causes = [line for line in lines if line.startswith("Caused by:")]
+    line = causes[-1][len("Caused by:") :].strip() if causes else (lines[0] if lines else "")
+    if "AskTimeoutException" in line and "/taskmanager" in line:
+        # An RPC to a task manager went unanswered: the process is hung or paused.
+        line = f"a TaskManager stopped answering (RPC timed out): {line}"
+    return line[:500] or "no exception reported"
+
+
+# ---- the engine ---------------------------------------------------------------------
+
+
+class FlinkEngine(Engine):
+    name = "flink"
+
+    def __init__(self, store: Store, settings: Any = None) -> None:
+        super().__init__(store, settings)
+        self.rest = FlinkRest(flink_home.rest_url(self.settings), timeout=5.0)
+
+    def compute(self, spec: MatchSpec) -> Match:
+        pks = self.match_many(
+            [spec], control=spec.control, job_pk=spec.job_pk, progress=spec.progress
+        )
+        return _PksMatch(pks[0])
+
+    def match_many(
+        self,
+        specs: list[MatchSpec],
+        *,
+        control: Any = None,
+        job_pk: int | None = None,
+        progress: Callable[[int | None, int | None, str | None], None] | None = None,
+    ) -> list[npt.NDArray[np.int64]]:
+        """The matched pks of each spec, from one Flink job (a query per spec);
+        `progress(done, total, "tasks")` hears how far that job is."""
+        started = time.monotonic()
+        watchdog = Watchdog(self.rest, self.settings.flink_stall_s)
+        self._wait_for(lambda: watchdog.cluster(need_slot=True) is not None, control)
+        buckets = open_buckets(self.settings)
+        staging = buckets["staging"]
+        deployment, bundle = fetch_active(buckets)
+        run_id = uuid.uuid4().hex[:16]
+        queries = []
+        for i, spec in enumerate(specs):
+            query = compile_flink(
+                spec.ast, catalog=spec.catalog, persona_pks=spec.persona_pks, as_of=spec.as_of
+            )
+            snapshot = export_snapshot(
+                self.store,
+                staging,
+                query,
+                catalog=spec.catalog,
+                persona_pks=dict(spec.persona_pks),
+                stop=control.cancel_event if control is not None else None,
+                # a running job may read an older snapshot for up to its deadline
+                keep_s=self.settings.job_deadline_s + 600.0,
+            )
+            log.info(
+                "snapshot %s: %d rows, %s in %.2f s",
+                snapshot.key,
+                snapshot.rows,
+                "reused" if snapshot.reused else "written",
+                snapshot.seconds,
+            )
+            self._check(control)
+            queries.append(
+                {
+                    "snapshot": snapshot.url,
+                    "schema": query.schema,
+                    "where": query.where,
+                    "output": staging.url(f"{RUNS_PREFIX}{run_id}/q{i}"),
+                }
+            )
+        run_spec = {
+            "format": SPEC_FORMAT,
+            "name": f"personatag job {job_pk or '-'} run {run_id}",
+            "parallelism": self._parallelism(bundle),
+            "queries": queries,
+        }
+        try:
+            jid = self.submit(run_spec, bundle, deployment.version, control, watchdog)
+            self._record(job_pk, jid, deployment.version)
+            self.follow(jid, control, watchdog, progress)
+            results = [
+                self._read_output(staging, f"{RUNS_PREFIX}{run_id}/q{i}/")
+                for i in range(len(specs))
+            ]
+        finally:
+            for key in staging.list(f"{RUNS_PREFIX}{run_id}/"):
+                staging.delete(key)
+        log.info(
+            "flink job %s matched %s contacts in %.2f s",
+            jid,
+            "+".join(str(len(r)) for r in results),
+            time.monotonic() - started,
+        )
+        return results
+
+    # -- steps --------------------------------------------------------------------
+
+    def _parallelism(self, bundle: bytes) -> int:
+        """The bundle's `flink.parallelism` property, else the setting."""
+        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+            props = read_properties(archive.read(PROPERTIES_FILE)).properties
+        value = props.get("flink.parallelism")
+        try:
+            return max(1, int(value)) if value is not None else self.settings.flink_parallelism
+        except (TypeError, ValueError):
+            return self.settings.flink_parallelism
+
+    def _check(self, control: Any) -> None:
+        if control is not None:
+            control.check()
+
+    def _wait_for(self, ready: Callable[[], bool], control: Any) -> None:
+        while not ready():
+            self._check(control)
+            time.sleep(self.settings.flink_poll_s)
+
+    def _bundle_path(self, bundle: bytes, version: str) -> Path:
+        cache = (self.settings.data_dir / "flink" / "bundles").resolve()
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"personatag-job-{version}.zip"
+        if not path.exists() or path.stat().st_size != len(bundle):
+            temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+            temp.write_bytes(bundle)
+            os.replace(temp, path)
+        return path
+
+    def _client_env(self, home: flink_home.FlinkHome) -> dict[str, str]:
+        conf = (self.settings.data_dir / "flink" / "conf").resolve()
+        log_dir = (self.settings.data_dir / "flink" / "log").resolve()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if not (conf / "config.yaml").exists():
+            conf = home.home / "conf"
+        return home.env(conf_dir=conf, log_dir=log_dir)
+
+    def submit(
+        self,
+        run_spec: dict[str, Any],
+        bundle: bytes,
+        version: str,
+        control: Any,
+        watchdog: Watchdog,
+    ) -> str:
+        """Submit the bundle's job with `run_spec` through the local cluster's warm
+        submitter, else with `flink run -d`; returns the Flink JobID."""
+        bundle_path = self._bundle_path(bundle, version)
+        target = flink_home.rest_url(self.settings).split("://", 1)[-1]
+        allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
+        jid = self._submit_warm(run_spec, bundle_path, control, allowed)
+        if jid is not None:
+            return jid
+        home = flink_home.locate(self.settings)
+        with tempfile.TemporaryDirectory(prefix="personatag-flink-") as tmp:
+            spec_path = Path(tmp) / "run.json"
+            spec_path.write_text(json.dumps(run_spec))
+            out_path = Path(tmp) / "client.log"
+            cmd = home.run_python_job(
+                target,
+                int(run_spec["parallelism"]),
+                bundle_path,
+                "personatag.engines.flink.programs.batch_job",
+                str(spec_path),
+            )
+            with open(out_path, "wb") as out:
+                client = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._client_env(home),
+                    cwd=tmp,
+                    start_new_session=True,
+                )
+                limit = time.monotonic() + allowed
+                try:
+                    while client.poll() is None:
+                        time.sleep(0.1)
+                        stop = control.stopped() if control is not None else None
+                        if stop is not None:
+                            raise stop
+                        if time.monotonic() > limit:
+                            default_metrics().flink_stalls.labels(reason="no_progress").inc()
+                            raise FlinkJobFailed(
+                                "the Flink client did not finish submitting the job in "
+                                f"{allowed:.0f} s"
+                            )
+                finally:
+                    if client.poll() is None:
+                        client.kill()
+                        client.wait()
+            output = out_path.read_text(errors="replace")
+        found = _JOB_ID_RE.search(output)
+        if client.returncode != 0 or found is None:
+            raise FlinkJobFailed(f"flink run failed: {_client_error(output)}")
+        return found.group(1)
+
+    def _submit_warm(
+        self,
+        run_spec: dict[str, Any],
+        bundle_path: Path,
+        control: Any,
+        allowed: float,
+    ) -> str | None:
+        """Submit through the warm submitter of a cluster on this machine (its REST
+        port + 3); None when there is none to use: not running, still warming up,
+        serving another cluster, or the bundle's job program predates it."""
+        address = submitter.address_of(flink_home.rest_url(self.settings))
+        if not self.settings.flink_submitter or address is None:
+            return None
+        try:
+            submitter.hello(address, timeout_s=5.0)
+        except submitter.WrongSubmitter as exc:
+            log.warning("%s: submitting with flink run", exc)
+            return None
+        except submitter.SubmitterError as exc:
+            log.info("no warm submitter (%s): submitting with flink run", exc)
+            return None
+        started = time.monotonic()
+        message = {"op": "submit", "bundle": str(bundle_path), "spec": run_spec}
+        try:
+            reply = submitter.request(
+                address,
+                message,
+                allowed,
+                stopped=None if control is None else lambda: control.stopped() is not None,
+                grace_s=15.0,
+            )
+        except submitter.Stopped as halted:
+            if halted.reply is not None and isinstance(halted.reply.get("job_id"), str):
+                self._cancel(halted.reply["job_id"])
+            stop = control.stopped() if control is not None else None
+            if stop is None:  # cannot happen: Stopped means control said stop
+                raise FlinkJobFailed("stopped while the job was being submitted") from None
+            raise stop from None
+        except submitter.SubmitterUnreachable as exc:  # it went away: nothing was sent
+            log.info("the warm submitter went away (%s): submitting with flink run", exc)
+            return None
+        except submitter.SubmitterTimeout:
+            default_metrics().flink_stalls.labels(reason="no_progress").inc()
+            raise FlinkJobFailed(
+                f"the Flink client did not finish submitting the job in {allowed:.0f} s"
+            ) from None
+        except submitter.SubmitterError as exc:
+            raise FlinkJobFailed(f"the warm Flink submitter failed: {exc}") from None
+        if "unsupported" in reply:
+            log.info("%s: submitting with flink run", reply["unsupported"])
+            return None
+        jid = reply.get("job_id")
+        if not isinstance(jid, str):
+            raise FlinkJobFailed(
+                f"flink job submission failed: {_client_error(str(reply.get('error')))}"
+            )
+        log.info(
+            "submitted flink job %s through the warm submitter in %.2f s",
+            jid,
+            time.monotonic() - started,
+        )
+        return jid
+
+    def _record(self, job_pk: int | None, jid: str, version: str) -> None:
+        if job_pk is None:
+            return
+        jobs = self.store.tables.jobs
+        with self.store.write() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.pk == job_pk)
+                .values(engine_ref=jid, bundle_version=version)
+            )
+
+    def follow(
+        self,
+        jid: str,
+        control: Any,
+        watchdog: Watchdog,
+        progress: Callable[[int | None, int | None, str | None], None] | None = None,
+    ) -> None:
+        """Poll the job until it ends; cancel it on a stall, deadline or cancel.
+        Each poll of a running job tells `progress` how many tasks finished."""
+        try:
+            while True:
+                stop = control.stopped() if control is not None else None
+                if stop is not None:
+                    raise stop
+                info = self._job_info(jid, watchdog)
+                if info is not None:
+                    state = info.get("state")
+                    if state == "FINISHED":
+                        return
+                    if state in ("FAILED", "CANCELED"):
+                        raise FlinkJobFailed(self._failure(jid, state))
+                    if state in ("RUNNING", "CREATED", "INITIALIZING"):
+                        watchdog.cluster(need_slot=False)
+                        watchdog.job(info)
+                        tasks = task_progress(info)
+                        if progress is not None and tasks is not None:
+                            progress(*tasks, "tasks")
+                time.sleep(self.settings.flink_poll_s)
+        except (JobStopped, FlinkJobFailed, Exception):
+            self._cancel(jid)
+            raise
+
+    def _job_info(self, jid: str, watchdog: Watchdog) -> dict[str, Any] | None:
+        try:
+            return self.rest.job(jid)
+        except FlinkUnreachable:
+            watchdog.cluster(need_slot=False)  # counts towards the stall bound
+            return None
+        except FlinkRestError as exc:
+            if exc.status == 404:
+                raise FlinkJobFailed(
+                    f"Flink job {jid} is unknown to the cluster (was the cluster restarted?)"
+                ) from None
+            raise
+
+    def _failure(self, jid: str, state: str) -> str:
+        if state == "CANCELED":
+            return f"Flink job {jid} was cancelled on the cluster"
+        try:
+            cause = root_cause(self.rest.exceptions(jid))
+        except (FlinkUnreachable, FlinkRestError) as exc:
+            cause = f"(its exceptions could not be read: {exc})"
+        return f"Flink job {jid} failed: {cause}"
+
+    def _cancel(self, jid: str) -> None:
+        try:
+            info = self.rest.job(jid)
+            if info.get("state") in _ENDED:
+                return
+            self.rest.cancel(jid)
+            log.info("cancelled flink job %s", jid)
+        except (FlinkUnreachable, FlinkRestError) as exc:
+            log.warning("could not cancel flink job %s: %s", jid, exc)
+
+    def _read_output(self, staging: Bucket, prefix: str) -> npt.NDArray[np.int64]:
+        parts = [
+            parse_pks(staging.get(key))
+            for key in staging.list(prefix)
+            if not key.rsplit("/", 1)[-1].startswith((".", "_"))
+        ]
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate(parts)
+
+
+def _client_error(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for marker in ("Caused by:", "Error:", "Exception:"):
+        found = [line for line in lines if marker in line and not line.startswith("at ")]
+        if found:
+            return found[-1][:500]
+    return (lines[-1] if lines else "no output")[:500]

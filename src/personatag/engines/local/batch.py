@@ -1,0 +1,35 @@
+"""The embedded engine: the criterion becomes SQL that runs inside the store."""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, Connection
+
+from personatag.criteria import compile_sql
+from personatag.engines.base import Engine, Match, MatchSpec
+from personatag.store import Store
+
+
+class _SqlMatch(Match):
+    portable = True
+
+    def __init__(self, spec: MatchSpec) -> None:
+        self.spec = spec
+
+    def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
+        return compile_sql(
+            self.spec.ast,
+            tables=store.tables,
+            catalog=self.spec.catalog,
+            persona_pks=self.spec.persona_pks,
+            as_of=self.spec.as_of,
+            dialect=store.dialect,
+        )
+
+
+class LocalEngine(Engine):
+    name = "local"
+
+    def compute(self, spec: MatchSpec) -> Match:
+        # Nothing to do ahead: the store evaluates the criterion set-based when
+        # the applier runs, inside its transaction.
+        return _SqlMatch(spec)

@@ -1,5 +1,0 @@
-"""The reading feed: rank reports for a contact (model), compare with baselines, evaluate."""
-
-from personatag.feed.model import FeedModel, Item, Rules
-
-__all__ = ["FeedModel", "Item", "Rules"]

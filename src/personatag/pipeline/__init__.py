@@ -1,1 +1,0 @@
-"""Requests, jobs, the applier and results."""

@@ -1,0 +1,560 @@
+"""The reading feed's ranking model: a documented blend over the whole catalogue.
+
+For contact c and every eligible report i (published before `as_of`, not read
+by c at or before `as_of`):
+
+    score = (w_persona * P + w_coverage * C + w_similar * S) * (1 - w_fresh + w_fresh * F)
+            + sum of the boosts of c's personas' rules that i satisfies
+
+P  popularity within c's personas: decayed reads of i by members, per member,
+   averaged over the personas c holds (everyone's, if c holds none);
+C  coverage: the lift of i's series, sector, asset class and region in c's own
+   reads, smoothed towards c's personas' reading (a few pseudo-reads);
+S  item-to-item similarity: c's reads times the BM25 item-kNN matrix (implicit);
+F  freshness: learned from the reads (how much a report of i's age is read over
+   the next feed_fresh_horizon_days, per report, scaled to at most 1; see
+   `learned_freshness`), or 0.5 ** (age / feed_half_life_days) when
+   feed_freshness is "half-life" or there are too few reads to learn from.
+P, C and S are each divided by their largest value over c's eligible reports,
+so the weights compare like with like. docs/feed.md has the reasoning.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from personatag.config import Settings
+from personatag.errors import InputError
+from personatag.recommend.snapshot import DAY_US, Snapshot, load_snapshot
+from personatag.store import Store
+from personatag.store.types import to_micros
+
+F32 = npt.NDArray[np.float32]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+# Pseudo-reads of the personas' reading mixed into a contact's own coverage.
+COVERAGE_PRIOR_READS = 4.0
+# Coverage facets and the exponent of each one's lift (series overlaps the others).
+FACETS = (("series", 0.5), ("sector", 1.0), ("asset", 1.0), ("region", 1.0))
+BATCH = 512
+_PRED_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Item:
+    publication_pk: int
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rules:
+    """One persona's content rules (built by the serving side)."""
+
+    persona_key: str
+    persona_name: str
+    boosts: tuple[tuple[Predicate, float], ...] = ()
+    filters: tuple[Predicate, ...] = ()
+    pins: tuple[tuple[int, datetime | None], ...] = ()
+    cap_per_series: int | None = None
+
+
+FRESH_BUCKET_DAYS = 0.25
+FRESH_MAX_DAYS = 365.0
+FRESH_MIN_READS = 1_000  # fewer first reads than this: the half-life curve instead
+FRESH_MIN_REPORTS = 5  # an age bucket judged on fewer reports is not trusted
+
+
+def learned_freshness(
+    snap: Snapshot,
+    horizon_days: float,
+    *,
+    min_reads: int = FRESH_MIN_READS,
+    min_reports: int = FRESH_MIN_REPORTS,
+) -> F32 | None:
+    """How much a report of each age (buckets of FRESH_BUCKET_DAYS) is read next.
+
+    From the first reads in the snapshot: for each age bucket, the first reads
+    that came at that age per report old enough to have been read at that age
+    (a report published 10 days ago says nothing about day 20, so it is left
+    out of both counts), averaged over the next `horizon_days`, scaled to a
+    largest value of 1. None when there are too few reads to learn from.
+    """
+    n_buckets = int(FRESH_MAX_DAYS / FRESH_BUCKET_DAYS)
+    pub_age = (snap.as_of_us - snap.pub_published_us) / DAY_US
+    read_age = (snap.read_first_us - snap.pub_published_us[snap.reads.indices]) / DAY_US
+    bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
+    # Only count a read in bucket b if its report has been out for all of b.
+    exposed_for = np.floor(pub_age / FRESH_BUCKET_DAYS).astype(np.int64)
+    use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[snap.reads.indices])
+    if int(use.sum()) < min_reads:
+        return None
+    reads = np.bincount(bucket[use], minlength=n_buckets)[:n_buckets].astype(np.float64)
+    ends = (np.arange(n_buckets) + 1) * FRESH_BUCKET_DAYS
+    exposed = len(pub_age) - np.searchsorted(np.sort(pub_age), ends, side="left")
+    rate = np.where(exposed >= min_reports, reads / np.maximum(exposed, 1), 0.0)
+    width = max(1, round(horizon_days / FRESH_BUCKET_DAYS))
+    ahead = np.concatenate([np.cumsum(rate[::-1])[::-1], [0.0]])
+    idx = np.arange(n_buckets)
+    curve = (ahead[idx] - ahead[np.minimum(idx + width, n_buckets)]) / width
+    top = float(curve.max())
+    if top <= 0:
+        return None
+    scaled: F32 = (curve / top).astype(np.float32)
+    return scaled
+
+
+def _row_max_normalise(m: F32) -> F32:
+    if m.size == 0:  # an empty catalogue (or no contacts): nothing to scale
+        return m
+    top = m.max(axis=1, keepdims=True)
+    np.divide(m, top, out=m, where=top > 0)
+    return m
+
+
+class FeedModel:
+    """Everything `recommend` needs, precomputed from the store up to `as_of`."""
+
+    def __init__(self, snap: Snapshot, settings: Settings) -> None:
+        from implicit.nearest_neighbours import BM25Recommender
+
+        self.snap = snap
+        self.settings = settings
+        self.as_of = snap.as_of
+        s = settings
+        self.w_persona = s.feed_weight_persona
+        self.w_coverage = s.feed_weight_coverage
+        self.w_similar = s.feed_weight_similar
+        self.w_fresh = min(1.0, s.feed_weight_fresh)
+        n_pub = snap.n_pubs
+        x = snap.reads  # contacts x reports, 1.0 per (contact, report) read
+
+        # Popularity: reads in the window, weighted by their decay, per member.
+        age = (snap.as_of_us - snap.read_last_us) / DAY_US
+        w = np.where(
+            age <= s.feed_popularity_days, 0.5 ** (age / s.feed_popularity_half_life_days), 0.0
+        ).astype(np.float32)
+        decayed = sp.csr_matrix((w, x.indices, x.indptr), shape=x.shape)
+        mt = snap.members.T.tocsr()  # personas x contacts
+        sizes = np.asarray(snap.members.sum(axis=0)).ravel().astype(np.float32)
+        pop = np.asarray((mt @ decayed).todense(), dtype=np.float32)
+        self.persona_rate: F32 = (pop / np.maximum(sizes, 1.0)[:, None]).astype(np.float32)
+        self.global_rate: F32 = np.asarray(decayed.sum(axis=0), dtype=np.float32).ravel() / max(
+            x.shape[0], 1
+        )
+
+        # Coverage: per facet, a one-hot (reports x values), the catalogue's share
+        # of each value, and each persona's (and everyone's) reading over values.
+        self.onehots: list[tuple[sp.csr_matrix, npt.NDArray[np.int64], float]] = []
+        self.base_share: list[F32] = []
+        self.persona_mix: list[F32] = []
+        self.global_mix: list[F32] = []
+        for name, exponent in FACETS:
+            codes = snap.facet(name)
+            n_val = int(codes.max()) + 1 if len(codes) else 1
+            onehot = sp.csr_matrix(
+                (np.ones(n_pub, np.float32), (np.arange(n_pub), codes)), shape=(n_pub, n_val)
+            )
+            self.onehots.append((onehot, codes, exponent))
+            share = np.bincount(codes, minlength=n_val).astype(np.float32) / max(n_pub, 1)
+            self.base_share.append(np.maximum(share, 1e-6))
+            per_contact = x @ onehot
+            mix = np.asarray((mt @ per_contact).todense(), dtype=np.float32)
+            self.persona_mix.append(mix / np.maximum(mix.sum(axis=1, keepdims=True), 1e-9))
+            total = np.asarray(per_contact.sum(axis=0), dtype=np.float32).ravel()
+            self.global_mix.append(total / max(float(total.sum()), 1e-9))
+
+        # Reports share few combinations of facet values: coverage is computed per
+        # combination and then spread to the reports (one gather, not one per facet).
+        if self.onehots:
+            stacked = np.stack([codes for _, codes, _ in self.onehots])
+            combos, of_pub = np.unique(stacked, axis=1, return_inverse=True)
+        else:
+            combos, of_pub = np.zeros((0, 1), np.int64), np.zeros(n_pub, np.int64)
+        self.facet_combos: npt.NDArray[np.int64] = combos  # facets x combinations
+        self.combo_of_pub: npt.NDArray[np.int64] = np.asarray(of_pub).ravel()
+
+        # Item-to-item similarity from readership (BM25-weighted item kNN).
+        knn = BM25Recommender(K=int(s.feed_neighbours))
+        with warnings.catch_warnings():  # implicit notes its own internal CSR conversion
+            warnings.simplefilter("ignore")
+            knn.fit(x.astype(np.float32), show_progress=False)
+        sim = sp.csr_matrix(knn.similarity, dtype=np.float32)
+        sim.setdiag(0.0)
+        sim.eliminate_zeros()
+        self.similarity: sp.csr_matrix = sim
+        self._pred_cache: dict[Predicate, npt.NDArray[np.bool_]] = {}
+        self._first_read = snap.first_read_matrix()
+        self.fresh_curve: F32 | None = (
+            learned_freshness(snap, s.feed_fresh_horizon_days)
+            if s.feed_freshness == "learned"
+            else None
+        )
+
+    @classmethod
+    def build(cls, store: Store, as_of: datetime, settings: Settings | None = None) -> FeedModel:
+        """Precompute from reads at or before `as_of` and reports published before it."""
+        started = time.monotonic()
+        model = cls(load_snapshot(store, as_of), settings or Settings())
+        model.build_seconds = time.monotonic() - started
+        return model
+
+    build_seconds: float = 0.0
+
+    # -- scoring ---------------------------------------------------------------
+
+    def _as_of_us(self, as_of: datetime | None) -> int:
+        if as_of is None:
+            return self.snap.as_of_us
+        us = to_micros(as_of)
+        if us > self.snap.as_of_us:
+            raise InputError(
+                f"as_of {as_of.isoformat()} is later than the model's "
+                f"{self.as_of.isoformat()}: build the model again at the later time"
+            )
+        return us
+
+    def eligible(self, rows: npt.NDArray[np.int64], as_of_us: int) -> npt.NDArray[np.bool_]:
+        """(rows x reports): published before as_of and not read at or before it."""
+        snap = self.snap
+        n = len(rows)
+        known = rows >= 0
+        eligible = np.broadcast_to(snap.pub_published_us < as_of_us, (n, snap.n_pubs)).copy()
+        fb = self._first_read[np.where(known, rows, 0)]
+        per_row = np.diff(fb.indptr)
+        seen = (fb.data <= as_of_us) & np.repeat(known, per_row)
+        eligible[np.repeat(np.arange(n), per_row)[seen], fb.indices[seen]] = False
+        return eligible
+
+    def scores(
+        self, contact_pks: Sequence[int], *, as_of: datetime | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The blend without rules (contacts x reports in `snap.pub_pk` order); -inf: ineligible."""
+        rows = self.snap.contact_rows(contact_pks)
+        pop, cov, sim, fresh, eligible = self._components(
+            rows, self._held_matrix(rows, None), self._as_of_us(as_of)
+        )
+        score: F32 = (self.w_persona * pop + self.w_coverage * cov + self.w_similar * sim) * (
+            1.0 - self.w_fresh + self.w_fresh * fresh
+        )
+        score[~eligible] = -np.inf
+        return score
+
+    def _components(
+        self, rows: npt.NDArray[np.int64], held: sp.csr_matrix, as_of_us: int
+    ) -> tuple[F32, F32, F32, F32, npt.NDArray[np.bool_]]:
+        """(P, C, S, F, eligible) for a batch: rows into the snapshot (-1: unknown contact)."""
+        snap = self.snap
+        n = len(rows)
+        known = rows >= 0
+        xb = snap.reads[np.where(known, rows, 0)]
+        if not known.all():
+            xb = sp.diags(known.astype(np.float32)) @ xb
+        xb = sp.csr_matrix(xb)
+        eligible = self.eligible(rows, as_of_us)
+        n_held = np.asarray(held.sum(axis=1)).ravel()
+        avg = sp.diags(1.0 / np.maximum(n_held, 1)).astype(np.float32) @ held
+        pop = np.asarray(avg @ self.persona_rate, dtype=np.float32)
+        none = n_held == 0
+        if none.any():
+            pop[none] = self.global_rate
+
+        by_combo = np.ones((n, self.facet_combos.shape[1]), dtype=np.float32)
+        for f, (onehot, _, exponent) in enumerate(self.onehots):
+            counts = np.asarray((xb @ onehot).todense(), dtype=np.float32)
+            prior = np.asarray(avg @ self.persona_mix[f], dtype=np.float32)
+            if none.any():
+                prior[none] = self.global_mix[f]
+            mix = (counts + COVERAGE_PRIOR_READS * prior) / (
+                counts.sum(axis=1, keepdims=True) + COVERAGE_PRIOR_READS
+            )
+            lift = (mix / self.base_share[f])[:, self.facet_combos[f]]
+            by_combo *= lift**exponent if exponent != 1.0 else lift
+        cov = by_combo[:, self.combo_of_pub]
+
+        sim = np.asarray((xb @ self.similarity).todense(), dtype=np.float32)
+        age_days = np.maximum(as_of_us - snap.pub_published_us, 0) / DAY_US
+        fresh = self.freshness(age_days)
+        ineligible = ~eligible
+        for m in (pop, cov, sim):
+            np.copyto(m, 0.0, where=ineligible)
+            _row_max_normalise(m)
+        return pop, cov, sim, fresh, eligible
+
+    def freshness(self, age_days: npt.NDArray[np.float64]) -> F32:
+        """F per report: the learned curve when there is one, else the half-life."""
+        curve = self.fresh_curve
+        if curve is None:
+            return (0.5 ** (age_days / self.settings.feed_half_life_days)).astype(np.float32)
+        at = np.minimum((age_days / FRESH_BUCKET_DAYS).astype(np.int64), len(curve) - 1)
+        return curve[at]
+
+    def _mask(self, predicate: Predicate) -> npt.NDArray[np.bool_]:
+        mask = self._pred_cache.get(predicate)
+        if mask is None:
+            mask = np.fromiter(
+                (bool(predicate(row)) for row in self.snap.pub_rows), bool, self.snap.n_pubs
+            )
+            if len(self._pred_cache) >= _PRED_CACHE_MAX:
+                self._pred_cache.clear()
+            self._pred_cache[predicate] = mask
+        return mask
+
+    def _held_matrix(
+        self, rows: npt.NDArray[np.int64], held: Sequence[Sequence[str]] | None
+    ) -> sp.csr_matrix:
+        snap = self.snap
+        if held is None:
+            known = rows >= 0
+            m = snap.members[np.where(known, rows, 0)]
+            return sp.csr_matrix(sp.diags(known.astype(np.float32)) @ m)
+        r, c = [], []
+        for i, keys in enumerate(held):
+            for key in keys:
+                j = snap.persona_index.get(key)
+                if j is not None:
+                    r.append(i)
+                    c.append(j)
+        return sp.csr_matrix(
+            (np.ones(len(r), np.float32), (r, c)), shape=(len(rows), len(snap.persona_keys))
+        )
+
+    def _rank(
+        self,
+        contact_pks: Sequence[int],
+        k: int,
+        as_of: datetime | None,
+        rules: Mapping[str, Rules] | None,
+        held: Sequence[Sequence[str]] | None,
+    ) -> list[list[Item]]:
+        snap = self.snap
+        as_of_us = self._as_of_us(as_of)
+        rows = snap.contact_rows(contact_pks)
+        held_m = self._held_matrix(rows, held)
+        pop, cov, sim, fresh, eligible = self._components(rows, held_m, as_of_us)
+        pop *= self.w_persona
+        cov *= self.w_coverage
+        sim *= self.w_similar
+        parts = (pop, cov, sim)  # each batch x reports, weighted
+        score = pop + cov
+        score += sim
+        score *= 1.0 - self.w_fresh + self.w_fresh * fresh
+        held_keys: list[list[str]] = [
+            [snap.persona_keys[j] for j in held_m.indices[held_m.indptr[i] : held_m.indptr[i + 1]]]
+            for i in range(len(rows))
+        ]
+        caps: list[int | None] = [None] * len(rows)
+        pins: list[list[tuple[int, str]]] = [[] for _ in rows]
+        if rules:
+            for key, rule in rules.items():
+                holders = [i for i, keys in enumerate(held_keys) if key in keys]
+                if not holders:
+                    continue
+                for pred, weight in rule.boosts:
+                    score[holders] += np.float32(weight) * self._mask(pred)
+                for pred in rule.filters:
+                    eligible[holders] &= self._mask(pred)
+                live = [
+                    p for p, expires in rule.pins
+                    if expires is None or to_micros(expires) > as_of_us
+                ]  # fmt: skip
+                for i in holders:
+                    pins[i].extend((pk, rule.persona_name) for pk in live)
+                    cap, new = caps[i], rule.cap_per_series
+                    if new is not None:
+                        caps[i] = new if cap is None else min(cap, new)
+        np.copyto(score, -np.inf, where=~eligible)
+        out = []
+        for i in range(len(rows)):
+            out.append(self._pick(i, rows[i], score[i], parts, eligible[i], k, caps[i],
+                                  pins[i], held_m))  # fmt: skip
+        return out
+
+    def _pick(
+        self,
+        i: int,
+        row: int,
+        score: F32,
+        parts: tuple[F32, F32, F32],
+        eligible: npt.NDArray[np.bool_],
+        k: int,
+        cap: int | None,
+        pins: list[tuple[int, str]],
+        held_m: sp.csr_matrix,
+    ) -> list[Item]:
+        """Pins first, then the best eligible reports, at most `cap` of one series."""
+        snap = self.snap
+        chosen: list[Item] = []
+        taken: set[int] = set()
+        per_series: dict[int, int] = {}
+        read_facets: list[tuple[set[int], set[int]]] = []  # the contact's, once needed
+
+        def consider(j: int, reason: str | None) -> None:
+            s = int(snap.pub_series[j])
+            if j in taken or not eligible[j] or (cap is not None and per_series.get(s, 0) >= cap):
+                return
+            if reason is None:
+                shares = (float(parts[0][i, j]), float(parts[1][i, j]), float(parts[2][i, j]))
+                reason = self._reason(i, row, j, shares, held_m, read_facets)
+            chosen.append(Item(int(snap.pub_pk[j]), float(score[j]), reason))
+            taken.add(j)
+            per_series[s] = per_series.get(s, 0) + 1
+
+        for pk, persona_name in pins:
+            j = snap.pub_index(pk)
+            if j is not None and len(chosen) < k:
+                consider(j, f"pinned for {persona_name}")
+        n_ok = int(eligible.sum())
+        # Ties break by catalogue position, so a longer list extends a shorter one.
+        want = min(n_ok, k + len(taken) if cap is None else 4 * k + len(taken))
+        done = 0
+        while len(chosen) < k and done < n_ok:
+            top = np.argpartition(-score, want - 1)[:want] if want < len(score) else None
+            order = (
+                np.lexsort((np.arange(len(score)), -score))
+                if top is None
+                else top[np.lexsort((top, -score[top]))]
+            )
+            for j in order[done:want].tolist():
+                if len(chosen) >= k:
+                    break
+                consider(j, None)
+            done = want
+            want = n_ok
+        return chosen
+
+    def _reason(
+        self,
+        i: int,
+        row: int,
+        j: int,
+        parts: tuple[float, float, float],
+        held_m: sp.csr_matrix,
+        read_facets: list[tuple[set[int], set[int]]],
+    ) -> str:
+        snap = self.snap
+        series = snap.series_names[int(snap.pub_series[j])]
+        part = max(range(3), key=parts.__getitem__)  # the first largest, as argmax
+        if parts[part] <= 0:
+            return f"new in {series}"
+        if part == 0:
+            held_idx = held_m.indices[held_m.indptr[i] : held_m.indptr[i + 1]]
+            if len(held_idx) == 0:
+                return "popular with readers this week"
+            best = int(held_idx[int(np.argmax(self.persona_rate[held_idx, j]))])
+            return f"popular with {snap.persona_names[best]}"
+        if part == 1 and row >= 0:
+            if not read_facets:  # the series and sectors the contact read, once per contact
+                read = snap.reads.indices[snap.reads.indptr[row] : snap.reads.indptr[row + 1]]
+                read_facets.append(
+                    (set(snap.pub_series[read].tolist()), set(snap.pub_sector[read].tolist()))
+                )
+            series_read, sectors_read = read_facets[0]
+            if int(snap.pub_series[j]) in series_read:
+                return f"new in {series}, which you read"
+            sector = snap.pub_sector_name(j)
+            if sector and int(snap.pub_sector[j]) in sectors_read:
+                return f"new in {sector}, which you read"
+            return f"new in {series}, close to what you read"
+        if part == 2 and row >= 0:
+            read = snap.reads.indices[snap.reads.indptr[row] : snap.reads.indptr[row + 1]]
+            col = self.similarity[read][:, [j]].toarray().ravel()
+            if len(col) and col.max() > 0:
+                title = snap.pub_titles[int(read[int(np.argmax(col))])]
+                return f"readers of {title} also read this"
+        return f"new in {series}"
+
+    # -- public ------------------------------------------------------------------
+
+    def recommend(
+        self,
+        contact_pk: int,
+        k: int = 10,
+        *,
+        as_of: datetime | None = None,
+        rules: Mapping[str, Rules] | None = None,
+        held: Sequence[str] | None = None,
+    ) -> list[Item]:
+        """The contact's top `k` eligible reports, best first (pins of held personas first).
+
+        `as_of` defaults to the model's and may not be later; `held` defaults to the
+        contact's personas in the model's snapshot; `rules` apply for held personas.
+        """
+        return self._rank([contact_pk], k, as_of, rules, None if held is None else [held])[0]
+
+    def recommend_many(
+        self,
+        contact_pks: Sequence[int],
+        k: int = 10,
+        *,
+        as_of: datetime | None = None,
+        rules: Mapping[str, Rules] | None = None,
+        held: Mapping[int, Sequence[str]] | None = None,
+        batch: int = BATCH,
+    ) -> dict[int, list[Item]]:
+        """`recommend` for many contacts, computed `batch` at a time."""
+        out: dict[int, list[Item]] = {}
+        pks = list(contact_pks)
+        for start in range(0, len(pks), batch):
+            part = pks[start : start + batch]
+            part_held = None if held is None else [held.get(pk, ()) for pk in part]
+            for pk, items in zip(part, self._rank(part, k, as_of, rules, part_held), strict=True):
+                out[pk] = items
+        return out
+
+    def recommend_all(
+        self,
+        contact_pks: Sequence[int],
+        k: int = 10,
+        *,
+        as_of: datetime | None = None,
+        rules: Mapping[str, Rules] | None = None,
+        workers: int | None = None,
+        batch: int = BATCH,
+    ) -> dict[int, list[Item]]:
+        """`recommend_many` spread over `workers` forked processes (default: one per
+        CPU): for precomputing everyone's feed. The children share this model
+        copy-on-write; only the chosen items come back. Falls back to one process
+        where fork is unavailable or the work is small."""
+        import multiprocessing as mp
+        import os
+
+        pks = list(contact_pks)
+        n = workers or os.cpu_count() or 1
+        if n <= 1 or len(pks) < 4 * batch or "fork" not in mp.get_all_start_methods():
+            return self.recommend_many(pks, k, as_of=as_of, rules=rules, batch=batch)
+        global _FORKED
+        _FORKED = (self, k, as_of, rules, batch)
+        size = max(batch, -(-len(pks) // (n * 8)))  # a few chunks per worker evens the load
+        chunks = [pks[i : i + size] for i in range(0, len(pks), size)]
+        out: dict[int, list[Item]] = {}
+        try:
+            with mp.get_context("fork").Pool(n) as pool:
+                for part in pool.imap_unordered(_rank_forked, chunks):
+                    out.update(part)
+        finally:
+            _FORKED = None
+        return out
+
+
+# What forked workers of recommend_all rank with (set only while they run).
+_FORKED: tuple[FeedModel, int, datetime | None, Mapping[str, Rules] | None, int] | None = None
+
+
+def _rank_forked(pks: list[int]) -> dict[int, list[Item]]:
+    if _FORKED is None:  # pragma: no cover - only reached in a forked worker
+        raise RuntimeError("recommend_all worker without a model")
+    model, k, as_of, rules, batch = _FORKED
+    return model.recommend_many(pks, k, as_of=as_of, rules=rules, batch=batch)
+
+
+__all__ = ["FeedModel", "Item", "Rules"]

@@ -1,1 +1,0 @@
-"""Ongoing criteria: the change feed and the processor that keeps personas true."""
