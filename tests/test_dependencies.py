@@ -26,7 +26,7 @@ def test_psycopg_is_an_extra_that_dev_pulls_in() -> None:
     assert "psycopg" not in _names(project["dependencies"])
     assert _names(extras["postgresql"]) == {"psycopg"}
     assert "psycopg" in _names(extras["dev"])  # the tests run on PostgreSQL too
-    assert {"httpx", "pwdlib"} <= _names(project["dependencies"])
+    assert {"httpx", "pwdlib", "psutil"} <= _names(project["dependencies"])
     assert "'.[dev,postgresql]'" in (ROOT / "Makefile").read_text()
 
 
