@@ -2,8 +2,9 @@
 
 No secret is stored: passwords are kept as Argon2id hashes (older scrypt ones
 are rehashed at the next login), API and session tokens as the SHA-256 of the
-token (they are long random strings, so a fast hash is enough). Every change is written to the audit log in the transaction
-that makes it. Names are case-insensitive: they are stored lower-case.
+token (they are long random strings, so a fast hash is enough). Every change
+is written to the audit log in the transaction that makes it. Names are
+case-insensitive: they are stored lower-case.
 """
 
 from __future__ import annotations
