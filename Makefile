@@ -20,7 +20,7 @@ TEST_FLINK_ENV := PERSONATAG_DATA_DIR=$(TEST_FLINK_DIR) PERSONATAG_FLINK_REST_PO
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgresql]'
 	touch $(STAMP)
 
 $(FLINK_STAMP):

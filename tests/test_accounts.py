@@ -85,13 +85,53 @@ def test_role_order() -> None:
 
 def test_hash_format_and_verify() -> None:
     h = hash_password(PW)
-    m = re.fullmatch(r"scrypt\$16384\$8\$1\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)", h)
+    m = re.fullmatch(r"\$argon2id\$v=19\$m=19456,t=2,p=1\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)", h)
     assert m is not None
-    assert len(base64.b64decode(m.group(1))) == 16
+    assert len(base64.b64decode(m.group(1) + "==")) == 16
     assert verify_password(PW, h)
     assert not verify_password(PW + "x", h)
     assert not verify_password("", h)
+    assert not accounts.password_needs_rehash(h)
     assert hash_password(PW) != h  # a fresh salt each time
+    parts = h.split("$")  # "", "argon2id", "v=19", "m=...,t=...,p=...", salt, hash
+    flip = {"A": "B"}.get(parts[5][0], "A")
+    tampered = [
+        "$".join([*parts[:5], flip + parts[5][1:]]),  # the hash
+        "$".join([*parts[:4], ("A" if parts[4][0] != "A" else "B") + parts[4][1:], parts[5]]),
+        "$".join([*parts[:3], "m=19456,t=1,p=1", *parts[4:]]),  # weaker parameters
+        "$".join([*parts[:3], "m=19456,t=2,p=2", *parts[4:]]),
+        "$".join(["", "argon2i", *parts[2:]]),
+        "$".join(["", "bcrypt", *parts[2:]]),
+        "$".join([*parts[:4], parts[4][:8], parts[5]]),  # a short salt
+        "$".join([*parts[:5], parts[5][:20]]),  # a truncated hash
+        h[:-4],
+        h + "$x",
+        "",
+        "plain-text-password",
+    ]
+    for bad in tampered:
+        assert not verify_password(PW, bad), bad
+    # Absurd costs are refused, not computed (these would take hours or terabytes).
+    t0 = time.perf_counter()
+    for cost in ("m=19456,t=1000000,p=1", f"m={2**32 - 1},t=2,p=1", "m=19456,t=2,p=255"):
+        assert not verify_password(PW, "$".join([*parts[:3], cost, *parts[4:]])), cost
+    assert time.perf_counter() - t0 < 1
+
+
+def _scrypt_hash(password: str) -> str:
+    """A hash as written before Argon2 (`scrypt$N$r$p$SALT$HASH`)."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=16384, r=8, p=1, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt$16384$8$1${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def test_old_scrypt_hashes_still_verify() -> None:
+    h = _scrypt_hash(PW)
+    assert verify_password(PW, h)
+    assert not verify_password(PW + "x", h)
+    assert not verify_password("", h)
+    assert accounts.password_needs_rehash(h)
     parts = h.split("$")
     flip = {"A": "B"}.get(parts[5][0], "A")
     tampered = [
@@ -104,11 +144,54 @@ def test_hash_format_and_verify() -> None:
         "$".join([parts[0], "1000", *parts[2:]]),  # not a power of two
         h[:-4],
         h + "$x",
-        "",
-        "plain-text-password",
     ]
     for bad in tampered:
         assert not verify_password(PW, bad), bad
+
+
+def test_an_old_scrypt_hash_is_rehashed_at_the_next_login(store: Store) -> None:
+    create_user(store, "alice", PW, "editor", actor="root")
+    u = store.tables.users
+
+    def stored() -> str:
+        with store.read() as conn:
+            value = conn.scalar(select(u.c.password_hash).where(u.c.username == "alice"))
+        assert isinstance(value, str)
+        return value
+
+    old = _scrypt_hash(PW)
+    with store.write() as conn:
+        conn.execute(u.update().where(u.c.username == "alice").values(password_hash=old))
+        changed_at = conn.scalar(select(u.c.password_changed_at).where(u.c.username == "alice"))
+    events = len(list_events(store))
+    assert authenticate(store, "alice", PW2) is None
+    assert stored() == old  # a wrong password changes nothing
+    user = authenticate(store, "alice", PW)
+    assert user is not None and user.username == "alice"
+    new = stored()
+    assert new.startswith("$argon2id$") and not accounts.password_needs_rehash(new)
+    assert authenticate(store, "alice", PW) is not None  # and again, from the new hash
+    assert stored() == new  # a current hash is left as it is
+    assert authenticate(store, "alice", PW2) is None
+    with store.read() as conn:
+        assert (
+            conn.scalar(select(u.c.password_changed_at).where(u.c.username == "alice"))
+            == changed_at
+        )
+    assert len(list_events(store)) == events  # not an account change: no audit entry
+
+
+def test_a_disabled_user_keeps_the_old_hash(store: Store) -> None:
+    create_user(store, "root", PW, "admin", actor=None)
+    create_user(store, "bob", PW, "viewer", actor=None)
+    u = store.tables.users
+    old = _scrypt_hash(PW)
+    with store.write() as conn:
+        conn.execute(u.update().where(u.c.username == "bob").values(password_hash=old))
+    disable_user(store, "bob", actor="root")
+    assert authenticate(store, "bob", PW) is None
+    with store.read() as conn:
+        assert conn.scalar(select(u.c.password_hash).where(u.c.username == "bob")) == old
 
 
 def test_password_policy() -> None:
@@ -158,7 +241,7 @@ def test_create_get_list_users(store: Store) -> None:
     u = store.tables.users
     with store.read() as conn:
         stored = conn.scalar(select(u.c.password_hash).where(u.c.username == "alice"))
-    assert stored is not None and stored.startswith("scrypt$") and PW not in stored
+    assert stored is not None and stored.startswith("$argon2id$") and PW not in stored
 
 
 def test_authenticate(store: Store) -> None:
@@ -187,13 +270,14 @@ def test_authenticate_does_the_hash_work_for_everyone(
     real = accounts.verify_password
 
     def spy(password: str, stored: str) -> bool:
-        calls.append(stored.split("$")[0])
+        calls.append(stored.split("$")[1])
         return real(password, stored)
 
     monkeypatch.setattr(accounts, "verify_password", spy)
     for name, pw in (("alice", PW), ("alice", PW2), ("nobody", PW), ("bob", PW), ("bad name", PW)):
         authenticate(store, name, pw)
-    assert calls == ["scrypt"] * 5
+    assert calls == ["argon2id"] * 5
+    assert not accounts.password_needs_rehash(accounts._DUMMY_HASH)  # today's parameters
 
 
 def test_roles_and_the_last_admin(store: Store) -> None:

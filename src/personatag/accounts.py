@@ -1,9 +1,10 @@
 """Accounts for the workbench: users and roles, API tokens, web sessions.
 
-No secret is stored: passwords are kept as scrypt hashes, API and session
-tokens as the SHA-256 of the token (they are long random strings, so a fast
-hash is enough). Every change is written to the audit log in the transaction
-that makes it. Names are case-insensitive: they are stored lower-case.
+No secret is stored: passwords are kept as Argon2id hashes (older scrypt ones
+are rehashed at the next login), API and session tokens as the SHA-256 of the
+token (they are long random strings, so a fast hash is enough). Every change
+is written to the audit log in the transaction that makes it. Names are
+case-insensitive: they are stored lower-case.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import argon2
+from pwdlib import PasswordHash
+from pwdlib.exceptions import PwdlibError
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import Connection, Executable, Row, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -45,12 +50,19 @@ _SQLITE_BUSY_MS = 60000
 # A session slides with use, but never past this age (or its ttl, if longer).
 SESSION_MAX_AGE = timedelta(days=7)
 
+# OWASP's Argon2id minimum (19 MiB, 2 passes, 1 lane): ~30 ms a hash here, what
+# scrypt N=2^14 cost before; argon2-cffi's default profile (64 MiB, t=3, p=4)
+# takes ~200 ms on a busy 2-core machine, paid on every login.
+_ARGON2_MEMORY_KIB, _ARGON2_TIME, _ARGON2_LANES = 19 * 1024, 2, 1
+_ARGON2_MAX_MEMORY_KIB, _ARGON2_MAX_TIME, _ARGON2_MAX_LANES = 256 * 1024, 16, 16
+# Hashes written before Argon2; they verify until the next login rehashes them.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
-# Checked against for unknown users so that they cost the same scrypt work as
+# Checked against for unknown users so that they cost the same hash work as
 # known ones (the password it hashes was random and thrown away).
 _DUMMY_HASH = (
-    "scrypt$16384$8$1$62trEOPmGT/Atb20unDpvA==$5Bu5aBCKCwjsATa+tUBAf0NDwW/cRRPpVaDfY2Y1C+w="
+    "$argon2id$v=19$m=19456,t=2,p=1$vjH2iwibOP0jVTiOii3kwg"
+    "$v+kNy3xb6rUcZm+8ec+zhQmEmBpbs0KKfc70NSEiZYk"
 )
 # First key of PostgreSQL advisory locks on accounts ("PA"); see _lock_accounts.
 _LOCK_SPACE_ACCOUNTS = 0x5041
@@ -96,52 +108,118 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def hash_password(password: str) -> str:
-    """A self-describing scrypt hash: `scrypt$N$r$p$SALT_B64$HASH_B64` (16-byte salt)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        _password_bytes(password),
-        salt=salt,
-        n=_SCRYPT_N,
-        r=_SCRYPT_R,
-        p=_SCRYPT_P,
-        maxmem=_SCRYPT_MAXMEM,
-        dklen=32,
+class _Argon2(Argon2Hasher):
+    """Argon2id, refusing (not computing) a stored hash whose cost is out of bounds."""
+
+    def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        try:
+            params = argon2.extract_parameters(hash if isinstance(hash, str) else hash.decode())
+        except (argon2.exceptions.InvalidHashError, ValueError):
+            return False
+        # Bounds keep a tampered hash from costing unbounded memory or time.
+        if not (
+            params.memory_cost <= _ARGON2_MAX_MEMORY_KIB
+            and 1 <= params.time_cost <= _ARGON2_MAX_TIME
+            and 1 <= params.parallelism <= _ARGON2_MAX_LANES
+            and params.salt_len >= 16
+            and params.hash_len >= 32
+        ):
+            return False
+        return super().verify(password, hash)
+
+
+class _LegacyScrypt:
+    """The hashes written before Argon2: `scrypt$N$r$p$SALT_B64$HASH_B64` (16-byte
+    salt). They still verify, and always need a rehash."""
+
+    @classmethod
+    def identify(cls, hash: str | bytes) -> bool:
+        return (hash if isinstance(hash, str) else hash.decode(errors="replace")).startswith(
+            "scrypt$"
+        )
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        salt = salt or secrets.token_bytes(16)
+        digest = hashlib.scrypt(
+            password if isinstance(password, bytes) else password.encode(),
+            salt=salt,
+            n=_SCRYPT_N,
+            r=_SCRYPT_R,
+            p=_SCRYPT_P,
+            maxmem=_SCRYPT_MAXMEM,
+            dklen=32,
+        )
+        return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+    def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        parts = (hash if isinstance(hash, str) else hash.decode(errors="replace")).split("$")
+        if len(parts) != 6 or parts[0] != "scrypt":
+            return False
+        try:
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            salt = base64.b64decode(parts[4], validate=True)
+            expected = base64.b64decode(parts[5], validate=True)
+        except (ValueError, binascii.Error):
+            return False
+        # Bounds keep a tampered hash from costing unbounded memory or time.
+        if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+            return False
+        # Exactly our salt and hash lengths: a truncated hash would still verify (it
+        # is a prefix of the full one).
+        if 128 * r * (n + p + 2) > _SCRYPT_MAXMEM or len(salt) != 16 or len(expected) != 32:
+            return False
+        try:
+            digest = hashlib.scrypt(
+                password if isinstance(password, bytes) else password.encode(),
+                salt=salt,
+                n=n,
+                r=r,
+                p=p,
+                maxmem=_SCRYPT_MAXMEM,
+                dklen=len(expected),
+            )
+        except ValueError:
+            return False
+        return hmac.compare_digest(digest, expected)
+
+    def check_needs_rehash(self, hash: str | bytes) -> bool:
+        return True
+
+
+# The first hasher makes new hashes; the others only verify old ones.
+_PASSWORDS = PasswordHash(
+    (
+        _Argon2(memory_cost=_ARGON2_MEMORY_KIB, time_cost=_ARGON2_TIME, parallelism=_ARGON2_LANES),
+        _LegacyScrypt(),
     )
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+)
+
+
+def hash_password(password: str) -> str:
+    """A self-describing Argon2id hash: `$argon2id$v=19$m=KIB,t=PASSES,p=LANES$SALT$HASH`."""
+    return _PASSWORDS.hash(_password_bytes(password))
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """True when `password` matches `stored` (a `hash_password` string); False if malformed."""
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt":
-        return False
+    """True when `password` matches `stored` (an Argon2id hash, or an older scrypt
+    one); False if it does not or `stored` is malformed."""
     try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt = base64.b64decode(parts[4], validate=True)
-        expected = base64.b64decode(parts[5], validate=True)
-    except (ValueError, binascii.Error):
+        return _PASSWORDS.verify(_password_bytes(password), stored)
+    except PwdlibError:
         return False
-    # Bounds keep a tampered hash from costing unbounded memory or time.
-    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-        return False
-    # Exactly our salt and hash lengths: a truncated hash would still verify (it
-    # is a prefix of the full one).
-    if 128 * r * (n + p + 2) > _SCRYPT_MAXMEM or len(salt) != 16 or len(expected) != 32:
-        return False
-    try:
-        digest = hashlib.scrypt(
-            _password_bytes(password),
-            salt=salt,
-            n=n,
-            r=r,
-            p=p,
-            maxmem=_SCRYPT_MAXMEM,
-            dklen=len(expected),
-        )
-    except ValueError:
-        return False
-    return hmac.compare_digest(digest, expected)
+
+
+def password_needs_rehash(stored: str) -> bool:
+    """True when `stored` is not an Argon2id hash with today's parameters."""
+    for hasher in _PASSWORDS.hashers:
+        if hasher.identify(stored):
+            if hasher is not _PASSWORDS.current_hasher:
+                return True
+            try:
+                return hasher.check_needs_rehash(stored)
+            except (argon2.exceptions.InvalidHashError, ValueError):
+                return True
+    return True
 
 
 def check_password_policy(password: str) -> None:
@@ -412,8 +490,9 @@ def enable_user(store: Store, username: str, *, actor: str | None, source: str =
 def authenticate(store: Store, username: str, password: str) -> User | None:
     """The user when the password is right and the user is active, else None.
 
-    Unknown, disabled and malformed names cost the same scrypt work as a wrong
-    password, so timing does not tell which names exist.
+    Unknown, disabled and malformed names cost the same hash work as a wrong
+    password, so timing does not tell which names exist. A right password stored
+    under an older scheme (scrypt) or weaker parameters is rehashed.
     """
     if len(password) > PASSWORD_MAX:
         password = ""
@@ -425,7 +504,23 @@ def authenticate(store: Store, username: str, password: str) -> User | None:
     ok = verify_password(password, row.password_hash if row is not None else _DUMMY_HASH)
     if row is None or not ok or row.disabled_at is not None:
         return None
+    if password_needs_rehash(row.password_hash):
+        _rehash(store, row, password)
     return _to_user(row)
+
+
+def _rehash(store: Store, row: Row[Any], password: str) -> None:
+    """Store a fresh hash of a password just verified, best effort (see `_touch`:
+    a busy SQLite skips it, the next login tries again). Only if the stored hash
+    is still the one verified, so a password changed meanwhile is not undone."""
+    u = store.tables.users
+    new_hash = hash_password(password)
+    _touch(
+        store,
+        u.update()
+        .where(u.c.pk == row.pk, u.c.password_hash == row.password_hash)
+        .values(password_hash=new_hash),
+    )
 
 
 def ensure_first_admin(

@@ -37,6 +37,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    peer: tuple[str, int] = ("", 0)
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -47,8 +48,15 @@ class _Upstream(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         self.seen.append(
-            Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+            Seen(
+                self.command,
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                self.client_address,
+            )
         )
+        if self.path.endswith("/slow"):
+            threading.Event().wait(2)
         if self.path.endswith("/big"):
             status, body, ctype = 200, BIG, "application/octet-stream"
         elif self.path.endswith("/missing"):
@@ -156,6 +164,19 @@ def test_only_safe_headers_pass_either_way(proxy: tuple[str, int], upstream: Ups
     assert seen.headers["accept"] == "application/json"
     assert "cookie" not in seen.headers
     assert seen.headers["host"] == upstream.url.removeprefix("http://")
+    # Nothing of our own either (no user agent), and bodies come uncompressed.
+    assert set(seen.headers) == {"host", "accept", "accept-encoding", "connection"}
+    assert seen.headers["accept-encoding"] == "identity"
+
+
+def test_calls_to_flink_reuse_pooled_connections(upstream: Upstream) -> None:
+    app = read_only_proxy(upstream.url)
+    for _ in range(4):
+        assert _wsgi_get(app, "/overview")[0].startswith("200")
+    assert _wsgi_get(app, "/taskmanagers/tm-1/logs/big")[2] == BIG
+    assert _wsgi_get(app, "/jobs/nope/missing")[0].startswith("404")
+    assert len(upstream.seen) == 6
+    assert len({s.peer for s in upstream.seen}) == 1  # one connection to Flink
 
 
 def test_upstream_errors_pass_through(proxy: tuple[str, int]) -> None:
@@ -259,6 +280,16 @@ def test_an_upstream_that_is_down_gives_502() -> None:
         assert status == 502
         assert headers["content-type"].startswith("application/json")
         assert "does not answer" in json.loads(body)["error"]
+
+
+def test_an_upstream_that_does_not_answer_in_time_gives_504(upstream: Upstream) -> None:
+    app = read_only_proxy(upstream.url, timeout=0.3)
+    status, headers, body = _wsgi_get(app, "/jobs/slow")
+    assert status.startswith("504")
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"] == (
+        f"the Flink REST API at {upstream.url} did not answer within 0.3 s"
+    )
 
 
 # -- mounting ------------------------------------------------------------------------------

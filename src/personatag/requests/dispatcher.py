@@ -31,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -66,15 +67,16 @@ def _process_start(pid: int) -> str:
     """When process `pid` started (clock ticks since boot), or "" if unknown.
 
     With the pid it names one process for good: a pid reused by a new process
-    has another start time.
+    has another start time. Ticks since boot rather than psutil's epoch seconds:
+    those move when the wall clock is set, and ticks match the tokens already
+    written.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        started = psutil.Process(pid).create_time()
+        booted = psutil.boot_time()
+    except (psutil.Error, OSError):
         return ""
-    # Field 22; the command name (field 2) may hold spaces, so split after it.
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else ""
+    return str(round((started - booted) * os.sysconf("SC_CLK_TCK")))
 
 
 def _owner_token() -> str:

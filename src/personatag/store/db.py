@@ -92,7 +92,15 @@ def create_store_engine(url: str, *, create: bool = False) -> Engine:
         )
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    try:
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    except ModuleNotFoundError as exc:  # PostgreSQL's driver is an extra
+        if exc.name != "psycopg":
+            raise
+        raise ConfigError(
+            "a PostgreSQL store needs the psycopg driver, which is not installed: "
+            "pip install 'personatag[postgresql]'"
+        ) from None
 
 
 @functools.cache

@@ -278,7 +278,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("version", BigInteger, nullable=False),
     )
     # Accounts (personatag.accounts). Secrets are never stored: passwords as
-    # scrypt hashes, API and session tokens as the SHA-256 hex of the token.
+    # Argon2id hashes, API and session tokens as the SHA-256 hex of the token.
     users = Table(
         "users",
         md,

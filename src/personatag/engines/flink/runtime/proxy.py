@@ -6,13 +6,14 @@ one upstream and refuses everything else before it reaches Flink, plus the GET
 endpoints that act: the legacy ``/jobs/:jobid/yarn-cancel`` and ``yarn-stop``,
 and ``/jars/:jarid/plan`` (runs the jar's ``main()`` on the JobManager).
 
-Stdlib only. A FastAPI/Starlette app can mount it (``WSGIMiddleware``); the CLI
-serves it with a threaded wsgiref server (``personatag flink ui``).
+Upstream calls go through one pooled httpx client per app, so the dashboard's
+many small GETs reuse connections. A FastAPI/Starlette app can mount it
+(``WSGIMiddleware``); the CLI serves it with a threaded wsgiref server
+(``personatag flink ui``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
@@ -23,6 +24,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
 
 from personatag.errors import ConfigError
 
@@ -172,43 +175,44 @@ def _json_response(
 class _Body:
     """Streams the upstream body to the WSGI server; close() releases the connection."""
 
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-        self._conn = conn
+    def __init__(self, resp: httpx.Response) -> None:
         self._resp = resp
 
     def __iter__(self) -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = self._resp.read1(_CHUNK)
-            except (OSError, http.client.HTTPException) as exc:
-                # Headers are gone already: all we can do is end the body early.
-                log.warning("the Flink upstream broke off a response: %s", exc)
-                return
-            if not chunk:
-                return
-            yield chunk
+        try:
+            # Raw: bytes pass as Flink sent them, Content-Length and all.
+            yield from self._resp.iter_raw(_CHUNK)
+        except httpx.HTTPError as exc:
+            # Headers are gone already: all we can do is end the body early.
+            log.warning("the Flink upstream broke off a response: %s", exc)
 
     def close(self) -> None:
         self._resp.close()
-        self._conn.close()
 
 
-def read_only_proxy(upstream_url: str, prefix: str = "", timeout: float = 30.0) -> WSGIApplication:
-    """A WSGI app forwarding GET/HEAD (path and query) to ``upstream_url`` only.
+def _client(timeout: float) -> httpx.Client:
+    # Only what we choose reaches Flink: no default Accept or User-Agent, no
+    # compression (bodies pass through as sent), no proxy from the environment.
+    client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    for name in ("Accept", "User-Agent"):
+        del client.headers[name]
+    client.headers["Accept-Encoding"] = "identity"
+    return client
 
-    Other methods get 405 and acting GET endpoints 403, without reaching Flink; an
-    upstream that does not answer gives 502 (504 after ``timeout`` seconds). ``prefix``
-    is the path the app is mounted under: it is removed from request paths that still
-    carry it (some ASGI-to-WSGI bridges pass the full path). Requests only ever go to
-    the upstream's host and port, under its base path.
-    """
-    upstream = parse_upstream(upstream_url)
-    mount = _normal_prefix(prefix)
-    connection_class = (
-        http.client.HTTPSConnection if upstream.scheme == "https" else http.client.HTTPConnection
-    )
 
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+class _ReadOnlyProxy:
+    """The WSGI app `read_only_proxy` returns; close() ends its pooled connections."""
+
+    def __init__(self, upstream: Upstream, mount: str, timeout: float) -> None:
+        self.upstream = upstream
+        self.mount = mount
+        self.timeout = timeout
+        self.client = _client(timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         if method not in ALLOWED_METHODS:
             return _json_response(
@@ -221,6 +225,7 @@ def read_only_proxy(upstream_url: str, prefix: str = "", timeout: float = 30.0) 
         path = str(environ.get("PATH_INFO", ""))
         query = str(environ.get("QUERY_STRING", ""))
         script = str(environ.get("SCRIPT_NAME", ""))
+        mount = self.mount
         if mount and (path == mount or path.startswith(mount + "/")):
             script, path = script + mount, path[len(mount) :]
         try:
@@ -233,62 +238,73 @@ def read_only_proxy(upstream_url: str, prefix: str = "", timeout: float = 30.0) 
                 return []
             cleaned = _clean_path(path)
             _check_not_acting(cleaned)
-            target = upstream.base_path + _encode(cleaned, _PATH_SAFE)
+            target = self.upstream.base_path + _encode(cleaned, _PATH_SAFE)
             if query:
                 target += "?" + _encode(query, _QUERY_SAFE)
         except _Refused as exc:
             return _json_response(start_response, method, exc.status, str(exc))
-        return _forward(
-            upstream, connection_class, timeout, method, target, environ, start_response
-        )
+        return self._forward(method, target, environ, start_response)
 
-    return app
+    def _forward(
+        self, method: str, target: str, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        upstream = self.upstream
+        try:
+            headers = [
+                (name.encode(), str(environ[key]).encode("latin-1"))
+                for key, name in FORWARDED_REQUEST_HEADERS.items()
+                if key in environ
+            ]
+            # raw_path: the target goes out exactly as built above, never re-normalised.
+            url = httpx.URL(
+                scheme=upstream.scheme,
+                host=upstream.host,
+                port=upstream.port,
+                raw_path=target.encode("ascii"),
+            )
+            request = self.client.build_request(method, url, headers=headers)
+            resp = self.client.send(request, stream=True)
+        except (ValueError, httpx.LocalProtocolError) as exc:
+            # A header value with CR/LF, or one that is not latin-1.
+            return _json_response(start_response, method, 400, f"bad request header: {exc}")
+        except httpx.TimeoutException:
+            return _json_response(
+                start_response,
+                method,
+                504,
+                f"the Flink REST API at {upstream.url} did not answer within {self.timeout:g} s",
+            )
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            return _json_response(
+                start_response,
+                method,
+                502,
+                f"the Flink REST API at {upstream.url} does not answer ({reason})",
+            )
+        passed = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in resp.headers.raw
+            if k.decode("latin-1").lower() in SAFE_RESPONSE_HEADERS
+        ]
+        status = resp.status_code
+        start_response(f"{status} {resp.reason_phrase or _reason(status)}", passed)
+        if method == "HEAD":
+            resp.close()
+            return []
+        return _Body(resp)
 
 
-def _forward(
-    upstream: Upstream,
-    connection_class: type[http.client.HTTPConnection],
-    timeout: float,
-    method: str,
-    target: str,
-    environ: WSGIEnvironment,
-    start_response: StartResponse,
-) -> Iterable[bytes]:
-    headers = {
-        name: str(environ[key]) for key, name in FORWARDED_REQUEST_HEADERS.items() if key in environ
-    }
-    headers["Connection"] = "close"
-    conn = connection_class(upstream.host, upstream.port, timeout=timeout)
-    try:
-        conn.request(method, target, headers=headers)
-        resp = conn.getresponse()
-    except ValueError as exc:  # http.client refuses a header value with CR/LF and the like
-        conn.close()
-        return _json_response(start_response, method, 400, f"bad request header: {exc}")
-    except TimeoutError:
-        conn.close()
-        return _json_response(
-            start_response,
-            method,
-            504,
-            f"the Flink REST API at {upstream.url} did not answer within {timeout:g} s",
-        )
-    except (OSError, http.client.HTTPException) as exc:
-        conn.close()
-        reason = str(exc) or type(exc).__name__
-        return _json_response(
-            start_response,
-            method,
-            502,
-            f"the Flink REST API at {upstream.url} does not answer ({reason})",
-        )
-    passed = [(k, v) for k, v in resp.getheaders() if k.lower() in SAFE_RESPONSE_HEADERS]
-    start_response(f"{resp.status} {resp.reason or _reason(resp.status)}", passed)
-    if method == "HEAD":
-        resp.close()
-        conn.close()
-        return []
-    return _Body(conn, resp)
+def read_only_proxy(upstream_url: str, prefix: str = "", timeout: float = 30.0) -> WSGIApplication:
+    """A WSGI app forwarding GET/HEAD (path and query) to ``upstream_url`` only.
+
+    Other methods get 405 and acting GET endpoints 403, without reaching Flink; an
+    upstream that does not answer gives 502 (504 after ``timeout`` seconds). ``prefix``
+    is the path the app is mounted under: it is removed from request paths that still
+    carry it (some ASGI-to-WSGI bridges pass the full path). Requests only ever go to
+    the upstream's host and port, under its base path.
+    """
+    return _ReadOnlyProxy(parse_upstream(upstream_url), _normal_prefix(prefix), timeout)
 
 
 # -- serving it ---------------------------------------------------------------
@@ -301,6 +317,12 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     # read-only view loses nothing), which could otherwise hold it for up to the
     # upstream timeout.
     block_on_close = False
+
+    def server_close(self) -> None:
+        super().server_close()
+        app = self.get_app()
+        if isinstance(app, _ReadOnlyProxy):
+            app.close()
 
 
 class _ThreadingWSGIServer6(_ThreadingWSGIServer):

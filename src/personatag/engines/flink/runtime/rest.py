@@ -1,11 +1,16 @@
-"""A small client for Flink's REST API (stdlib only: it is a handful of GETs)."""
+"""A small client for Flink's REST API: JSON over a pooled httpx client.
+
+Engines keep one `FlinkRest` while they poll a job, so the polls reuse a
+connection instead of opening one each.
+"""
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+from types import TracebackType
 from typing import Any
+
+import httpx
 
 from personatag.errors import PersonatagError
 
@@ -22,22 +27,58 @@ class FlinkRestError(PersonatagError):
         self.status = status
 
 
+# As many as urllib followed before; Flink itself does not redirect.
+_MAX_REDIRECTS = 10
+
+
 class FlinkRest:
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    """Requests to one cluster. `timeout` (seconds) bounds the connect and each
+    read and write; `transport` replaces the network (unit tests)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 5.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._client = httpx.Client(
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=_MAX_REDIRECTS,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections; the client is done then."""
+        self._client.close()
+
+    def __enter__(self) -> FlinkRest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         url = f"{self.base_url}{path}"
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) URL from settings
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
+        headers = {} if data is None else {"Content-Type": "application/json"}
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
+            resp = self._client.request(method, url, content=data, headers=headers)
+        except (httpx.TransportError, httpx.TooManyRedirects, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise FlinkUnreachable(
+                f"the Flink cluster at {self.base_url} does not answer ({reason})"
+            ) from None
+        if resp.is_error or resp.is_redirect:
+            detail = resp.content.decode(errors="replace")[:500]
             try:
                 errors = json.loads(detail).get("errors")
                 if errors:
@@ -45,13 +86,9 @@ class FlinkRest:
             except (ValueError, AttributeError):
                 pass
             raise FlinkRestError(
-                exc.code, f"Flink REST {method} {path}: {exc.code} {detail}"
-            ) from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise FlinkUnreachable(
-                f"the Flink cluster at {self.base_url} does not answer ({reason})"
-            ) from None
+                resp.status_code, f"Flink REST {method} {path}: {resp.status_code} {detail}"
+            )
+        raw = resp.content
         return json.loads(raw) if raw else None
 
     def get(self, path: str) -> Any:

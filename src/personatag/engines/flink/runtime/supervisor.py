@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+
 from personatag.engines.flink.runtime.home import FlinkHome
 
 log = logging.getLogger("personatag.engines.flink.runtime.supervisor")
@@ -341,13 +343,7 @@ def read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rpartition(")")[2].split()
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 def pid_alive(pid: int) -> bool:
@@ -361,37 +357,41 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    fields = _stat_fields(pid)
-    return fields is None or fields[0] not in ("Z", "X")
+    try:
+        return psutil.Process(pid).status() not in _GONE
+    except psutil.NoSuchProcess:  # ended since os.kill (a zombie too)
+        return False
+    except psutil.Error:  # not ours to look at: it answered os.kill, so it runs
+        return True
 
 
 def cmdline(pid: int) -> list[str]:
-    """A process's arguments ([] when unknown: gone, or no /proc)."""
+    """A process's arguments ([] when unknown: gone, or not ours to read)."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return [a for a in psutil.Process(pid).cmdline() if a]
+    except psutil.Error:
         return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def processes_where(*, session: int | None = None, arg: str | None = None) -> list[int]:
-    """Live pids in `session`, or whose arguments include `arg` exactly (Linux /proc)."""
+    """Live pids in `session`, or whose arguments include `arg` exactly."""
     found = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
     me = os.getpid()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+    attrs = ["status", "cmdline"] if arg is not None else ["status"]
+    for proc in psutil.process_iter(attrs):
+        if proc.pid == me or proc.info["status"] in _GONE:
             continue
-        pid = int(entry.name)
-        fields = _stat_fields(pid)
-        if fields is None or fields[0] in ("Z", "X"):
-            continue
-        if (session is not None and fields[3] == str(session)) or (
-            arg is not None and arg in cmdline(pid)
+        if (session is not None and _session(proc.pid) == session) or (
+            arg is not None and arg in (proc.info["cmdline"] or [])
         ):
-            found.append(pid)
+            found.append(proc.pid)
     return found
 
 
