@@ -23,10 +23,7 @@ from personatag.memberships.log import log_for_contact
 from personatag.memberships.pins import contact_pk
 from personatag.store import Store, versions
 from personatag.store import changefeed as feed
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+from personatag.times import iso_any
 
 
 def _source_name(source: int) -> str:
@@ -47,7 +44,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             if key == "pk":
                 continue
             name = key.removeprefix(CUSTOM_COLUMN_PREFIX)
-            attributes[name] = _iso(value)
+            attributes[name] = iso_any(value)
         persona_keys = {
             pk: key for pk, key in conn.execute(select(t.personas.c.pk, t.personas.c.key))
         }
@@ -80,12 +77,12 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
         for r in rows:
             key = persona_keys[r.persona_pk]
             entry = personas.setdefault(
-                key, {"persona": key, "since": _iso(r.since), "sources": []}
+                key, {"persona": key, "since": iso_any(r.since), "sources": []}
             )
             entry["sources"].append(
                 {
                     "source": _source_name(r.source),
-                    "since": _iso(r.since),
+                    "since": iso_any(r.since),
                     "request_id": r.request_id,
                     "criterion": f"{r.name}@{r.version}" if r.name else None,
                     "by": r.submitted_by,
@@ -95,7 +92,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             {
                 "persona": persona_keys[r.persona_pk],
                 "pin": r.kind,
-                "at": _iso(r.created_at),
+                "at": iso_any(r.created_at),
                 "by": r.created_by,
                 "reason": r.reason,
             }
@@ -116,7 +113,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 criterion = f"{cr.name}@{cr.version}" if cr else None
             log.append(
                 {
-                    "at": _iso(e["at"]),
+                    "at": iso_any(e["at"]),
                     "persona": persona_keys.get(e["persona_pk"]),
                     "change": e["change"],
                     "source": _source_name(e["source"]),

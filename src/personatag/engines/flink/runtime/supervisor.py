@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from personatag.engines.flink.runtime.home import FlinkHome
+from personatag.times import iso
 
 log = logging.getLogger("personatag.engines.flink.runtime.supervisor")
 
@@ -60,10 +61,6 @@ TERM_TIMEOUT_S = 20.0
 POLL_S = 0.2
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -207,7 +204,7 @@ class Supervisor:
         except OSError as exc:  # e.g. fork failed under memory pressure: try again later
             self._retry_or_give_up(child, time.monotonic(), f"could not start ({exc})")
             return
-        child.started_at = _now_iso()
+        child.started_at = iso(datetime.now(UTC), "milliseconds")
         child.state = "running"
         log.info("%s started (pid %d)", child.name, child.proc.pid)
 
@@ -292,7 +289,7 @@ class Supervisor:
     def _write_state(self) -> None:
         state = {
             "pid": os.getpid(),
-            "updated_at": _now_iso(),
+            "updated_at": iso(datetime.now(UTC), "milliseconds"),
             "stopping": self.stopping,
             "children": [c.to_json() for c in self.children],
         }
