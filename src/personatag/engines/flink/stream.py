@@ -55,6 +55,7 @@ from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, Fli
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.processor import OFFSET_NAME, Evaluated, StreamProcessor
 from personatag.errors import ConfigError, PersonatagError
+from personatag.files import atomic_write
 from personatag.metrics import Metrics
 from personatag.store import Store
 from personatag.store import changefeed as feed
@@ -117,9 +118,7 @@ def stream_bundle(cache: Path) -> tuple[Path, str]:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, data in files:
                 archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIME), data)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        temp.write_bytes(buffer.getvalue())
-        os.replace(temp, path)
+        atomic_write(path, buffer.getvalue())
     return path, fingerprint
 
 
@@ -251,9 +250,7 @@ class FlinkStream(StreamProcessor):
     def _put(self, folder: Path, name: str, body: str) -> Path:
         """Write a file the job's source can see only complete (hidden temp, rename)."""
         target = folder / name
-        temp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        temp.write_text(body, encoding="ascii")
-        os.replace(temp, target)
+        atomic_write(target, body.encode("ascii"))
         return target
 
     def _watch(self, deadline: float, what: str) -> None:
@@ -540,9 +537,7 @@ class FlinkStream(StreamProcessor):
 
     def _write_state(self, data: dict[str, Any]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex[:8]}")
-        temp.write_text(json.dumps(data, indent=2))
-        os.replace(temp, self.state_file)
+        atomic_write(self.state_file, json.dumps(data, indent=2))
 
     # ---- lifecycle ----------------------------------------------------------------------
 

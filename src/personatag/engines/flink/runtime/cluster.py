@@ -41,6 +41,7 @@ from personatag.engines.flink.runtime.home import (
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.flink.runtime.submitter import SUBMITTER_OFFSET
 from personatag.errors import ConfigError, PersonatagError
+from personatag.files import atomic_write
 from personatag.times import iso
 
 METRICS_OFFSET = 100
@@ -257,7 +258,7 @@ def write_config(settings: Settings, home: FlinkHome) -> Path:
     header = (
         "# Written by `personatag flink start` from PERSONATAG_* settings; edits are replaced.\n"
     )
-    sv.write_atomic(layout.config_file, header + _yaml(config_values(settings, home, layout)))
+    atomic_write(layout.config_file, header + _yaml(config_values(settings, home, layout)))
     return layout.config_file
 
 

@@ -33,7 +33,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from personatag.engines.flink.runtime.home import FlinkHome
+from personatag.files import atomic_write
 from personatag.times import iso
 
 log = logging.getLogger("personatag.engines.flink.runtime.supervisor")
@@ -147,7 +147,7 @@ class Supervisor:
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        write_atomic(self.run_dir / PID_FILE, f"{os.getpid()}\n")
+        atomic_write(self.run_dir / PID_FILE, f"{os.getpid()}\n")
         log.info("supervisor %d: starting %d children", os.getpid(), len(self.children))
         try:
             for child in self.children:
@@ -293,7 +293,7 @@ class Supervisor:
             "stopping": self.stopping,
             "children": [c.to_json() for c in self.children],
         }
-        write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def _load_prctl() -> Any:
@@ -314,19 +314,6 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 # -- process helpers (also used by `cluster`) -----------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers never see a partial file."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def read_pid(path: Path) -> int | None:
