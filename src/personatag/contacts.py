@@ -21,8 +21,7 @@ from personatag.errors import InputError, NotFoundError
 from personatag.importer.values import TEXT_PARSERS, BadValue, check_text, json_value
 from personatag.memberships.log import log_for_contact
 from personatag.memberships.pins import contact_pk
-from personatag.store import Store, versions
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, versions
 from personatag.times import iso_any
 
 
@@ -212,7 +211,7 @@ def set_contact(
             pk = int(found)
             conn.execute(c.update().where(c.c.pk == pk).values(**columns))
         written = {*typed, "updated_at"}
-        feed.record(conn, store, feed.KIND_CONTACT, [pk], None if created else written)
+        changefeed.record(conn, store, changefeed.KIND_CONTACT, [pk], None if created else written)
         versions.bump(conn, store.tables, ["contacts"])
         audit_log.record(
             conn,
@@ -273,10 +272,12 @@ def add_events(
                 .values(last_login_at=newest)
             )
         if added_reads:
-            feed.record(conn, store, feed.KIND_READ, [cpk], feed.publication_fields(read_pubs))
+            changefeed.record(
+                conn, store, changefeed.KIND_READ, [cpk], changefeed.publication_fields(read_pubs)
+            )
             versions.bump(conn, t, ["reads"])
         if added_logins:
-            feed.record(conn, store, feed.KIND_LOGIN, [cpk])
-            feed.record(conn, store, feed.KIND_CONTACT, [cpk], ["last_login_at"])
+            changefeed.record(conn, store, changefeed.KIND_LOGIN, [cpk])
+            changefeed.record(conn, store, changefeed.KIND_CONTACT, [cpk], ["last_login_at"])
             versions.bump(conn, t, ["logins", "contacts"])
     return {"reads": added_reads, "logins": added_logins}

@@ -57,8 +57,7 @@ from personatag.engines.local.stream.processor import OFFSET_NAME, Evaluated, St
 from personatag.errors import ConfigError, PersonatagError
 from personatag.files import atomic_write
 from personatag.metrics import Metrics
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class FlinkStream(StreamProcessor):
         self._ensure_job()
         gen = self._rules(index, deadline)
         with self.store.read() as conn:
-            offset = feed.get_offset(conn, self.store, self.name)
+            offset = changefeed.get_offset(conn, self.store, self.name)
         self._n += 1
         batch = f"{offset}-{self._token}-{self._n}"
         b = _Batch(batch, {(c, k) for c, ks in lines.items() for k in ks})
