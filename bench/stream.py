@@ -61,8 +61,7 @@ from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.generate.run import generate
 from personatag.generate.vocab import FIRM_TYPES, REGIONS, SECTORS
 from personatag.memberships.rows import Holders, Writer, executemany
-from personatag.store import Store, open_store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, open_store
 
 GOAL_RATE = 20_000
 GOAL_P99_S = 1.0
@@ -131,7 +130,7 @@ def setup(store: Store, n_criteria: int, rng: random.Random) -> None:
             )
         conn.execute(t.criteria.insert(), rows)
         # Start the feed after the generated data: only the bench's changes count.
-        feed.set_offset(conn, store, "stream", feed.head(conn, store))
+        changefeed.set_offset(conn, store, "stream", changefeed.head(conn, store))
 
 
 def warm_up(url: str, proc: StreamProcessor, n: int) -> None:
@@ -142,7 +141,9 @@ def warm_up(url: str, proc: StreamProcessor, n: int) -> None:
     are left in place."""
     store = open_store(url)
     with store.write() as conn:
-        feed.record_each(conn, store, feed.KIND_CONTACT, [(pk, None) for pk in range(1, n + 1)])
+        changefeed.record_each(
+            conn, store, changefeed.KIND_CONTACT, [(pk, None) for pk in range(1, n + 1)]
+        )
     store.dispose()
     t0 = time.monotonic()
     entered = 0
@@ -214,15 +215,15 @@ def write_changes(
                     .values({field: bindparam("b_v", type_=c.c[field].type)}),
                     rows,
                 )
-                feed.record_each(
-                    conn, store, feed.KIND_CONTACT, [(r["b_pk"], (field,)) for r in rows]
+                changefeed.record_each(
+                    conn, store, changefeed.KIND_CONTACT, [(r["b_pk"], (field,)) for r in rows]
                 )  # type: ignore[misc]
             if reads:
                 conn.execute(t.reads.insert().prefix_with("OR IGNORE"), reads)
-                feed.record_each(
+                changefeed.record_each(
                     conn,
                     store,
-                    feed.KIND_READ,
+                    changefeed.KIND_READ,
                     [(r["contact_pk"], (f"pub:{r['publication_pk']}",)) for r in reads],
                 )
         done += k
@@ -414,7 +415,7 @@ def main() -> None:
 
     # 1. catch-up
     with store.read() as conn:
-        start_seq = feed.head(conn, store)
+        start_seq = changefeed.head(conn, store)
     # Fresh changes on every run: a reused store replaying the same ones would
     # move (almost) no memberships.
     seed = start_seq
@@ -444,7 +445,9 @@ def main() -> None:
     enters, exits = (x / max(processed, 1) for x in log_moves(store, mark))
     print(f"  membership moves per change: {enters:.2f} in, {exits:.2f} out (each with a log row)")
     with store.read() as conn:
-        assert feed.get_offset(conn, store, "stream") == feed.head(conn, store) > start_seq
+        assert (
+            changefeed.get_offset(conn, store, "stream") == changefeed.head(conn, store) > start_seq
+        )
 
     # 2. sustained
     n = int(args.rate * args.seconds)
@@ -459,7 +462,7 @@ def main() -> None:
     took = time.monotonic() - t0
     writer.join()
     with store.read() as conn:
-        left = feed.head(conn, store) - feed.get_offset(conn, store, "stream")
+        left = changefeed.head(conn, store) - changefeed.get_offset(conn, store, "stream")
     rate = done / took
     p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
     print(

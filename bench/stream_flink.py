@@ -38,8 +38,7 @@ from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.engines.flink.stream import FlinkStream
 from personatag.engines.local.stream.processor import StreamProcessor
-from personatag.store import Store, open_store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, open_store
 
 REGIONS = ["EMEA", "AMER", "APAC", "LATAM"]
 TITLES = ["CIO", "Chief Investment Officer", "Credit Analyst", "Treasurer", "Economist"]
@@ -86,12 +85,12 @@ def script(n: int, contacts: int) -> list[tuple[str, dict[str, str]]]:
 
 def offset(store: Store) -> int:
     with store.read() as conn:
-        return feed.get_offset(conn, store, "stream")
+        return changefeed.get_offset(conn, store, "stream")
 
 
 def head(store: Store) -> int:
     with store.read() as conn:
-        return feed.head(conn, store)
+        return changefeed.head(conn, store)
 
 
 def backlog(store: Store, processor: StreamProcessor, changes: list[Any], label: str) -> float:

@@ -17,17 +17,14 @@ from sqlalchemy import Connection, select
 from personatag.domain import utcnow
 from personatag.errors import InputError
 from personatag.store.db import Store
+from personatag.times import iso
 
 SOURCES = ("cli", "api", "web", "stream")
 MAX_LIMIT = 1000
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def _json_default(value: object) -> str:
-    return _iso(value) if isinstance(value, datetime) else str(value)
+    return iso(value) if isinstance(value, datetime) else str(value)
 
 
 def record(
@@ -118,7 +115,7 @@ def list_events(
     return [
         {
             "seq": r.seq,
-            "at": _iso(r.at),
+            "at": iso(r.at),
             "actor": r.actor,
             "action": r.action,
             "target": r.target,

@@ -14,7 +14,6 @@ import os
 import shutil
 import stat
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from personatag.errors import ConfigError, InputError
+from personatag.files import TEMP_SUFFIX, atomic_file
 
 if TYPE_CHECKING:
     from personatag.config import Settings
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 AREAS: tuple[str, ...] = ("requests", "results", "artifacts", "job-properties", "staging")
 
 MAX_KEY_BYTES = 1024  # S3's own limit on a key
-_TEMP_SUFFIX = ".part"
+_TEMP_SUFFIX = TEMP_SUFFIX
 _COPY_CHUNK = 1 << 20
 
 
@@ -347,19 +347,8 @@ class LocalBucket(Bucket):
                     "is a symbolic link; only plain folders hold objects in a local bucket"
                 )
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder as the target, so os.replace is a rename on one file system.
-        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
-        try:
-            with open(temp, "xb") as out:
-                fill(out)
-                out.flush()
-                # Without fsync a crash after the rename can leave an empty file.
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+        with atomic_file(target) as out:
+            fill(out)
 
 
 def _check_source(path: Path) -> None:

@@ -20,6 +20,7 @@ from personatag.config import Settings, load_settings
 from personatag.domain import Action, PinKind, parse_timestamp
 from personatag.errors import InputError, PersonatagError
 from personatag.store import Store, open_store
+from personatag.times import iso
 
 app = typer.Typer(
     name="personatag",
@@ -78,10 +79,6 @@ def as_of_option(value: str | None, option: str = "--as-of") -> datetime | None:
         raise InputError(
             f"invalid {option} {value!r}: use ISO-8601, e.g. 2026-06-30T12:00:00Z"
         ) from None
-
-
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 @app.callback()

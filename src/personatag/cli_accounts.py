@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from personatag.cli import JsonOpt, actor, app, emit, iso, store
+from personatag.cli import JsonOpt, actor, app, emit, store
 from personatag.domain import parse_timestamp
 from personatag.errors import InputError
+from personatag.times import iso
 
 if TYPE_CHECKING:
     from personatag.accounts import TokenInfo, User

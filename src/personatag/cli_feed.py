@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import select
 
-from personatag.cli import JsonOpt, actor, app, as_of_option, emit, iso, settings, store
+from personatag.cli import JsonOpt, actor, app, as_of_option, emit, settings, store
+from personatag.times import iso
 
 feed_rule_app = typer.Typer(
     help="Persona content rules for the feed: boosts, filters, pins, caps.", no_args_is_help=True

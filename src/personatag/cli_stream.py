@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from personatag.cli import STATE, JsonOpt, app, emit, settings, store
+from personatag.times import iso_any
 
 stream_app = typer.Typer(
     help="Run and inspect the stream processor (ongoing criteria).",
@@ -38,10 +39,6 @@ def _store_when_reachable(timeout_s: float) -> Any:
             logging.getLogger("personatag.stream").warning("%s; retrying in %.1f s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
 
 @stream_app.callback()
@@ -130,11 +127,11 @@ def stream_status(as_json: JsonOpt = False) -> None:
         f"(lag {data['lag_changes']} changes, {data['lag_seconds']} s)"
     )
     typer.echo(
-        f"re-checks scheduled {data['rechecks']}, next at {_iso(data['next_recheck_at']) or '-'}"
+        f"re-checks scheduled {data['rechecks']}, next at {iso_any(data['next_recheck_at']) or '-'}"
     )
     typer.echo(f"evaluation errors {data['errors']}")
     for e in data["recent_errors"]:
-        typer.echo(f"  {_iso(e['at'])} {e['criterion']}: {e['error']}")
+        typer.echo(f"  {iso_any(e['at'])} {e['criterion']}: {e['error']}")
     typer.echo("criteria:")
     for c in data["criteria"]:
         typer.echo(f"  {c['criterion']:<28} {c['persona']:<24} {c['status']}")
@@ -142,7 +139,7 @@ def stream_status(as_json: JsonOpt = False) -> None:
         typer.echo("recent reconciliations:")
         for r in data["reconciliations"]:
             typer.echo(
-                f"  {_iso(r['at'])} {r['criterion']}: {r['missing']} missing, {r['extra']} extra"
+                f"  {iso_any(r['at'])} {r['criterion']}: {r['missing']} missing, {r['extra']} extra"
             )
 
 

@@ -21,12 +21,8 @@ from personatag.errors import InputError, NotFoundError
 from personatag.importer.values import TEXT_PARSERS, BadValue, check_text, json_value
 from personatag.memberships.log import log_for_contact
 from personatag.memberships.pins import contact_pk
-from personatag.store import Store, versions
-from personatag.store import changefeed as feed
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+from personatag.store import Store, changefeed, versions
+from personatag.times import iso_any
 
 
 def _source_name(source: int) -> str:
@@ -47,7 +43,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             if key == "pk":
                 continue
             name = key.removeprefix(CUSTOM_COLUMN_PREFIX)
-            attributes[name] = _iso(value)
+            attributes[name] = iso_any(value)
         persona_keys = {
             pk: key for pk, key in conn.execute(select(t.personas.c.pk, t.personas.c.key))
         }
@@ -80,12 +76,12 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
         for r in rows:
             key = persona_keys[r.persona_pk]
             entry = personas.setdefault(
-                key, {"persona": key, "since": _iso(r.since), "sources": []}
+                key, {"persona": key, "since": iso_any(r.since), "sources": []}
             )
             entry["sources"].append(
                 {
                     "source": _source_name(r.source),
-                    "since": _iso(r.since),
+                    "since": iso_any(r.since),
                     "request_id": r.request_id,
                     "criterion": f"{r.name}@{r.version}" if r.name else None,
                     "by": r.submitted_by,
@@ -95,7 +91,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             {
                 "persona": persona_keys[r.persona_pk],
                 "pin": r.kind,
-                "at": _iso(r.created_at),
+                "at": iso_any(r.created_at),
                 "by": r.created_by,
                 "reason": r.reason,
             }
@@ -116,7 +112,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 criterion = f"{cr.name}@{cr.version}" if cr else None
             log.append(
                 {
-                    "at": _iso(e["at"]),
+                    "at": iso_any(e["at"]),
                     "persona": persona_keys.get(e["persona_pk"]),
                     "change": e["change"],
                     "source": _source_name(e["source"]),
@@ -215,7 +211,7 @@ def set_contact(
             pk = int(found)
             conn.execute(c.update().where(c.c.pk == pk).values(**columns))
         written = {*typed, "updated_at"}
-        feed.record(conn, store, feed.KIND_CONTACT, [pk], None if created else written)
+        changefeed.record(conn, store, changefeed.KIND_CONTACT, [pk], None if created else written)
         versions.bump(conn, store.tables, ["contacts"])
         audit_log.record(
             conn,
@@ -276,10 +272,12 @@ def add_events(
                 .values(last_login_at=newest)
             )
         if added_reads:
-            feed.record(conn, store, feed.KIND_READ, [cpk], feed.publication_fields(read_pubs))
+            changefeed.record(
+                conn, store, changefeed.KIND_READ, [cpk], changefeed.publication_fields(read_pubs)
+            )
             versions.bump(conn, t, ["reads"])
         if added_logins:
-            feed.record(conn, store, feed.KIND_LOGIN, [cpk])
-            feed.record(conn, store, feed.KIND_CONTACT, [cpk], ["last_login_at"])
+            changefeed.record(conn, store, changefeed.KIND_LOGIN, [cpk])
+            changefeed.record(conn, store, changefeed.KIND_CONTACT, [cpk], ["last_login_at"])
             versions.bump(conn, t, ["logins", "contacts"])
     return {"reads": added_reads, "logins": added_logins}

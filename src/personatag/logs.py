@@ -22,6 +22,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from personatag.times import iso
+
 _request_id: ContextVar[str | None] = ContextVar("personatag_request_id", default=None)
 _job: ContextVar[int | str | None] = ContextVar("personatag_job", default=None)
 
@@ -119,8 +121,7 @@ class RedactSecrets(logging.Filter):
 
 
 def _utc_iso(created: float) -> str:
-    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return iso(datetime.fromtimestamp(created, UTC), "milliseconds")
 
 
 class JsonFormatter(logging.Formatter):

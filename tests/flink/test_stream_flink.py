@@ -19,8 +19,7 @@ from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.engines.flink.stream import FlinkStream, FlinkStreamError
 from personatag.engines.local.stream.processor import StreamProcessor
-from personatag.store import Store, open_store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, open_store
 from tests.flink.conftest import wait_until
 from tests.flink.engine_support import flink_settings
 from tests.helpers import add_contacts, population
@@ -211,7 +210,7 @@ def test_an_unreachable_cluster_fails_the_step_and_moves_no_offset(tmp_path: Pat
     with pytest.raises(FlinkStreamError, match="does not answer"):
         p.step()
     with store.read() as conn:
-        assert feed.get_offset(conn, store, "stream") == 0
+        assert changefeed.get_offset(conn, store, "stream") == 0
         assert memberships(store) == memberships_before
     store.dispose()
 

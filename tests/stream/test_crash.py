@@ -24,8 +24,7 @@ from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.engines.local.stream import ongoing
 from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor, evaluate_set
-from personatag.store import Store, open_store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, open_store
 from tests.helpers import add_contacts, population
 
 SETTINGS = Settings(stream_reconcile_s=0)  # reconciliation would hide mistakes here
@@ -57,8 +56,8 @@ def verify(store: Store) -> None:
     """Memberships = a full evaluation now; the log alternates and ends in the state."""
     t = store.tables
     with store.read() as conn:
-        offset = feed.get_offset(conn, store, OFFSET_NAME)
-        assert offset == feed.head(conn, store), "the stream did not catch up"
+        offset = changefeed.get_offset(conn, store, OFFSET_NAME)
+        assert offset == changefeed.head(conn, store), "the stream did not catch up"
         catalog = store.catalog(conn)
         crits = ongoing.load(conn, store, (ongoing.ACTIVE,))
         assert len(crits) == 4
@@ -164,7 +163,9 @@ def test_kill_9_under_load_loses_and_repeats_nothing(store_url: str, tmp_path: P
             load.wait(300)
     assert load.returncode == 0 and done.read_text() == "1500"
     with store.read() as conn:
-        assert feed.get_offset(conn, store, OFFSET_NAME) > 1, "the killed processors did no work"
+        assert changefeed.get_offset(conn, store, OFFSET_NAME) > 1, (
+            "the killed processors did no work"
+        )
     # The last processor starts where the killed ones stopped and catches up.
     StreamProcessor(store, SETTINGS).catch_up(timeout_s=300)
     verify(store)
@@ -249,7 +250,7 @@ def test_a_postgresql_restart_during_streaming_loses_nothing(
         deadline = time.monotonic() + 120
         while True:
             with store.read() as conn:
-                if feed.get_offset(conn, store, OFFSET_NAME) == feed.head(conn, store):
+                if changefeed.get_offset(conn, store, OFFSET_NAME) == changefeed.head(conn, store):
                     break
             assert time.monotonic() < deadline, "the stream did not catch up after the restarts"
             time.sleep(0.2)

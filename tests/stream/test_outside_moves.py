@@ -8,8 +8,7 @@ from personatag.definitions.criteria import set_ongoing_status
 from personatag.domain import Action, PinKind
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin, unpin
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts
 from tests.stream.test_cascade import _two_levels
@@ -101,16 +100,16 @@ def test_a_bulk_adhoc_tag_is_one_change_in_the_feed(store: Store) -> None:
     p = _setup(store)
     add_contacts(store, [{"id": f"b{i}", "region": "AMER", "seniority": 2} for i in range(30)])
     with store.read() as conn:
-        before = feed.head(conn, store)
+        before = changefeed.head(conn, store)
     run_adhoc(
         store,
         AdhocRequest(persona="s0", action=Action.TAG, expr='region = "AMER"'),
         SETTINGS.model_copy(update={"bulk_log_threshold": 10}),
     )
     with store.read() as conn:
-        rows = feed.read(conn, store, before, 100)
+        rows = changefeed.read(conn, store, before, 100)
     assert [(ch.kind, len(ch.pks), ch.fields) for ch in rows] == [
-        (feed.KIND_PERSONA, 31, frozenset({"s0"}))
+        (changefeed.KIND_PERSONA, 31, frozenset({"s0"}))
     ]
     _settled(p)
     assert len(members(store, "s3")) == 32
@@ -149,9 +148,9 @@ def test_moves_of_a_persona_nothing_reads_write_nothing_to_the_feed(store: Store
     """Only a live ongoing criterion reading the persona costs a feed row."""
     _setup(store)
     with store.read() as conn:
-        before = feed.head(conn, store)
+        before = changefeed.head(conn, store)
     pin(store, "s5", "z", PinKind.IN)
     pin(store, "s5", "y", PinKind.OUT)
     unpin(store, "s5", "z")
     with store.read() as conn:
-        assert feed.head(conn, store) == before
+        assert changefeed.head(conn, store) == before

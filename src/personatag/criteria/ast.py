@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 from personatag.criteria.errors import CriteriaError
 from personatag.criteria.limits import MAX_DEPTH
 from personatag.domain import parse_timestamp
+from personatag.times import iso
 
 JSON_VERSION = 1
 
@@ -237,7 +238,7 @@ def format_timestamp(value: datetime) -> str:
     value = value.astimezone(UTC)
     if (value.hour, value.minute, value.second, value.microsecond) == (0, 0, 0, 0):
         return value.date().isoformat()
-    return value.replace(tzinfo=None).isoformat() + "Z"
+    return iso(value)
 
 
 # ---- JSON -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Connection
 
 from personatag.config import Settings, load_settings
 from personatag.domain import Catalog
+from personatag.engines.control import JobControl
 from personatag.store import Store
 
 
@@ -38,7 +39,7 @@ class MatchSpec:
     catalog: Catalog
     persona_pks: Mapping[str, int]
     job_pk: int | None = None
-    control: Any = None
+    control: JobControl | None = None
     progress: Callable[[int | None, int | None, str | None], None] | None = None
 
 

@@ -21,8 +21,7 @@ from personatag.generate.population import (
     publication_count,
 )
 from personatag.generate.readership import build_cells, build_events, last_login
-from personatag.store import Store, versions
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, versions
 from personatag.store.bulk import bulk_writer
 from personatag.store.types import to_micros
 
@@ -182,7 +181,7 @@ def _write_chunks(
                 (events.login_contact + first + 1, events.login_s * 1_000_000),
             )
             # New contacts with their history: every field and event is new.
-            feed.record(conn, store, feed.KIND_CONTACT, range(first + 1, first + n + 1))
+            changefeed.record(conn, store, changefeed.KIND_CONTACT, range(first + 1, first + n + 1))
             versions.bump(conn, tables, ["contacts", "reads", "logins"])
         done = first + n
         now = time.monotonic()

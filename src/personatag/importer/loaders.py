@@ -10,8 +10,7 @@ from sqlalchemy import bindparam, or_, update
 
 from personatag.importer.readers import Spec
 from personatag.importer.values import Reject, Row
-from personatag.store import Store, versions
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed, versions
 from personatag.store.bulk import bulk_writer
 
 
@@ -52,7 +51,9 @@ def _upsert_groups(
             if spec.kind == "contacts":
                 key = cols.index("id")
                 pks = writer.lookup_pks(table, [r[key] for r in group]).values()
-                feed.record(conn, store, feed.KIND_CONTACT, pks, [c for c in cols if c != "id"])
+                changefeed.record(
+                    conn, store, changefeed.KIND_CONTACT, pks, [c for c in cols if c != "id"]
+                )
         versions.bump(conn, store.tables, [table.name])
     return inserted, rows - inserted, []
 
@@ -115,12 +116,12 @@ def _load_events(store: Store, spec: Spec, rows: list[Row]) -> tuple[int, int, l
                 )
                 conn.execute(raise_last_login, [{"b_pk": k, "b_at": v} for k, v in newest.items()])
         if is_reads:
-            pubs = feed.publication_fields(row[2] for row in good)
-            feed.record(conn, store, feed.KIND_READ, (row[0] for row in good), pubs)
+            pubs = changefeed.publication_fields(row[2] for row in good)
+            changefeed.record(conn, store, changefeed.KIND_READ, (row[0] for row in good), pubs)
         else:
-            feed.record(conn, store, feed.KIND_LOGIN, (row[0] for row in good))
+            changefeed.record(conn, store, changefeed.KIND_LOGIN, (row[0] for row in good))
         if newest:
-            feed.record(conn, store, feed.KIND_CONTACT, newest, ["last_login_at"])
+            changefeed.record(conn, store, changefeed.KIND_CONTACT, newest, ["last_login_at"])
         changed = ["reads"] if is_reads else ["logins", "contacts"]
         versions.bump(conn, tables, changed)
     return inserted, len(good) - inserted, rejects

@@ -38,6 +38,7 @@ from sqlalchemy import update
 
 from personatag.domain import utcnow
 from personatag.store import Store
+from personatag.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Progress:
             "done": done,
             "total": total,
             "unit": unit,
-            "updated_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "updated_at": iso(utcnow()),
         }
         self._version += 1
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 from personatag.domain import utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
 from personatag.store import Store
+from personatag.times import iso
 
 QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, CANCELLED = (
     "queued",
@@ -186,9 +187,6 @@ def note_results(conn: Connection, store: Store, job_pk: int, error: str | None)
 
 def _job_view(row: Any) -> dict[str, Any]:
     m = row._mapping
-
-    def iso(v: Any) -> Any:
-        return v.isoformat().replace("+00:00", "Z") if v is not None else None
 
     seconds = None
     if m["started_at"] is not None and m["finished_at"] is not None:

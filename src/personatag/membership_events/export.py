@@ -53,7 +53,7 @@ def export_events(
 
     Checks its arguments (InputError, NotFoundError for an unknown persona)
     before returning; the events are then read in chunks as they are consumed.
-    Entries not yet settled (see events.feed) are left for a later export.
+    Entries not yet settled (see membership_events.reader) are left for a later export.
     """
     if since < 0:
         raise InputError(f"invalid since {since}: use a log seq (0: from the start)")

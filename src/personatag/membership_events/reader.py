@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text
@@ -26,6 +25,7 @@ from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL
 from personatag.errors import NotFoundError
 from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ def source_name(source: int) -> str:
     if source == SOURCE_MANUAL:
         return "manual"
     return "criterion"
-
-
-def iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 # -- the settled end of the log ------------------------------------------------

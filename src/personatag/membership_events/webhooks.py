@@ -22,8 +22,9 @@ from sqlalchemy import Connection, func, select
 from personatag.audit_log import record
 from personatag.domain import utcnow
 from personatag.errors import InputError, NotFoundError
-from personatag.membership_events.reader import Horizon, iso, persona_pks
+from personatag.membership_events.reader import Horizon, persona_pks
 from personatag.store import Store
+from personatag.times import iso
 
 MAX_URL = 2000
 

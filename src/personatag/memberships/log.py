@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, LargeBinary, Select, Text, cast, func, literal, select
 
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -271,7 +270,7 @@ def moved(conn: Connection, store: Store, persona_pk: int, contact_pks: Any) -> 
     enter and exit logged here is one): the ongoing criteria reading it re-check
     them at the stream's next step, through one change in the feed (only when
     such a criterion exists). `contact_pks`: the pks, or a callable giving them."""
-    feed.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, contact_pks)
+    changefeed.record_moved(conn, store, changefeed.KIND_PERSONA, persona_pk, contact_pks)
 
 
 def log_one(conn: Connection, store: Store, ctx: LogContext, change: str, contact_pk: int) -> None:

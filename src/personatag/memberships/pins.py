@@ -8,8 +8,7 @@ from personatag.definitions.personas import get_persona
 from personatag.domain import SOURCE_MANUAL, Change, PinKind, utcnow
 from personatag.errors import NotFoundError
 from personatag.memberships.log import LogContext, log_one
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 
 def contact_pk(conn: Connection, store: Store, contact_id: str) -> int:
@@ -34,7 +33,7 @@ def _pin_kind(conn: Connection, store: Store, persona_pk: int, cpk: int) -> str 
 def _pin_out_lifted(conn: Connection, store: Store, persona_pk: int, cpk: int) -> None:
     """Rules apply to the contact again: the ongoing criteria tagging the persona
     re-evaluate it at the stream's next step (a full evaluation would tag it now)."""
-    feed.record_moved(conn, store, feed.KIND_PIN, persona_pk, [cpk])
+    changefeed.record_moved(conn, store, changefeed.KIND_PIN, persona_pk, [cpk])
 
 
 def pin(

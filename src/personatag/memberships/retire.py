@@ -6,8 +6,7 @@ from sqlalchemy import Connection
 
 from personatag.domain import utcnow
 from personatag.memberships.rows import Holders, Writer
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 
 def remove_memberships(
@@ -24,7 +23,9 @@ def remove_memberships(
     writer.decide(holders, persona_pk, criterion_pk, True, members, ())
     outcome = writer.flush(conn, reason=reason)
     # Moved outside a step: the persona(...) criteria reading it re-check those contacts.
-    feed.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited])
+    changefeed.record_moved(
+        conn, store, changefeed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited]
+    )
     rc = store.tables.stream_rechecks
     conn.execute(rc.delete().where(rc.c.criterion_pk == criterion_pk))
     return len(outcome.exited)

@@ -36,6 +36,7 @@ from personatag.definitions.personas import get_persona
 from personatag.domain import PUBLICATION_FIELDS, Catalog, utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
 from personatag.store.db import Store
+from personatag.times import iso
 
 if TYPE_CHECKING:
     from personatag.recommend.model import Rules
@@ -48,10 +49,6 @@ MAX_EXPR_CHARS = 10_000
 PUBLICATION_CATALOG = Catalog(contact_fields=PUBLICATION_FIELDS, personas=frozenset())
 
 Predicate = Callable[[Mapping[str, Any]], bool]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,9 @@ class FeedRule:
             "expr": self.expr,
             "weight": self.weight,
             "publication": self.publication,
-            "expires_at": _iso(self.expires_at),
+            "expires_at": iso(self.expires_at),
             "cap": self.cap,
-            "created_at": _iso(self.created_at),
+            "created_at": iso(self.created_at),
             "created_by": self.created_by,
         }
 
@@ -199,7 +196,7 @@ def _checked(
         if not publication:
             raise InputError("a pin rule needs a publication id")
         if expires_at is not None and expires_at <= utcnow():
-            raise InputError(f"expires_at {_iso(expires_at)} is in the past")
+            raise InputError(f"expires_at {iso(expires_at)} is in the past")
     if kind == "cap" and (cap is None or cap < 1):
         raise InputError("a cap rule needs a number of items per series of at least 1")
     return {"expr": expr, "weight": weight, "expires_at": expires_at, "cap": cap}

@@ -37,8 +37,9 @@ from typing import Any
 
 from personatag.config import Settings
 from personatag.domain import utcnow
-from personatag.engines.flink.runtime.supervisor import cmdline, pid_alive, write_atomic
+from personatag.engines.flink.runtime.supervisor import cmdline, pid_alive
 from personatag.errors import ConflictError, InputError, NotFoundError
+from personatag.files import atomic_write
 
 RUN_DIR = "feed-evaluations"
 MAX_CONTACTS = 1_000_000
@@ -78,7 +79,7 @@ def _dir(settings: Settings) -> Path:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(record, indent=1, default=str))
+    atomic_write(path, json.dumps(record, indent=1, default=str))
 
 
 def _runs_it(pid: object, path: Path) -> bool:

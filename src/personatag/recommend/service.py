@@ -48,6 +48,7 @@ from personatag.recommend.model import FeedModel, Item
 from personatag.recommend.rules import rules_for_model
 from personatag.store import Store, open_store, versions
 from personatag.store.types import to_micros
+from personatag.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ VERSIONED = ("publications", "reads")
 WARM_WAIT_S = 600.0
 # From this many contacts a background build runs in a separate process.
 BUILD_APART_CONTACTS = 100_000
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ class FeedService:
         where = " in a separate process" if apart else ""
         log.info(
             "feed model as of %s built%s in %.2f s",
-            _iso(as_of),
+            iso(as_of),
             where,
             time.monotonic() - started,
         )
@@ -280,7 +277,7 @@ def check_feed_as_of(as_of: datetime | None) -> datetime | None:
         return None
     as_of = check_as_of(as_of)
     if as_of > utcnow() + FUTURE_SLACK:
-        raise InputError(f"as_of {_iso(as_of)} is in the future: leave it out to mean now")
+        raise InputError(f"as_of {iso(as_of)} is in the future: leave it out to mean now")
     return as_of
 
 
@@ -364,12 +361,12 @@ def feed_for(
                 "reason": item.reason,
                 "series": row.series,
                 "sector": row.sector,
-                "published_at": _iso(row.published_at),
+                "published_at": iso(row.published_at),
             }
         )
         if len(out) == k:
             break
-    answer: dict[str, Any] = {"contact": contact_id, "as_of": _iso(effective), "items": out}
+    answer: dict[str, Any] = {"contact": contact_id, "as_of": iso(effective), "items": out}
     if ranker != "ours":
         answer["ranker"] = ranker
     return answer

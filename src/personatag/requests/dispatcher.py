@@ -50,7 +50,7 @@ from personatag.requests.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.requests.results import ChangesBuilder
 from personatag.store import Store
 from personatag.store.transient import retrying, transient
-from personatag.tagging.adhoc import Item, RequestFailed, execute, reason_of, resolve
+from personatag.tagging.adhoc import Item, Plan, RequestFailed, execute, reason_of, resolve
 from personatag.tagging.contact_lists import FailedRow, LoadedList
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def refused_folders(key: str) -> tuple[str, str]:
 class _Prepared:
     key: str
     request: RequestFile
-    plan: Any
+    plan: Plan
     as_of: Any
     request_pk: int
     job_pk: int

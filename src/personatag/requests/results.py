@@ -26,10 +26,7 @@ from personatag.memberships.apply import BulkChanges
 from personatag.memberships.log import decode_ids
 from personatag.store import Store
 from personatag.tagging.contact_lists import FailedRow
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+from personatag.times import iso_any
 
 
 def _csv_field(value: str) -> str:
@@ -270,5 +267,5 @@ def write_results(
     else:
         data = changes_csv_gz(iter(()))
     results.put(f"{request_id}/changes.csv.gz", data)
-    body = json.dumps(summary, indent=2, sort_keys=True, default=_iso)
+    body = json.dumps(summary, indent=2, sort_keys=True, default=iso_any)
     results.put(f"{request_id}/summary.json", body.encode() + b"\n")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import tempfile
@@ -65,6 +64,7 @@ from personatag.engines.flink.runtime import submitter
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.flink.snapshot import export_snapshot
 from personatag.errors import PersonatagError
+from personatag.files import atomic_write
 from personatag.metrics import default_metrics
 from personatag.store import Store
 from personatag.store.matchset import fresh, temp_table
@@ -416,9 +416,7 @@ class FlinkEngine(Engine):
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"personatag-job-{version}.zip"
         if not path.exists() or path.stat().st_size != len(bundle):
-            temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-            temp.write_bytes(bundle)
-            os.replace(temp, path)
+            atomic_write(path, bundle)
         return path
 
     def _client_env(self, home: flink_home.FlinkHome) -> dict[str, str]:

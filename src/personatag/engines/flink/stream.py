@@ -55,9 +55,9 @@ from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, Fli
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.processor import OFFSET_NAME, Evaluated, StreamProcessor
 from personatag.errors import ConfigError, PersonatagError
+from personatag.files import atomic_write
 from personatag.metrics import Metrics
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ def stream_bundle(cache: Path) -> tuple[Path, str]:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, data in files:
                 archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIME), data)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        temp.write_bytes(buffer.getvalue())
-        os.replace(temp, path)
+        atomic_write(path, buffer.getvalue())
     return path, fingerprint
 
 
@@ -202,7 +200,7 @@ class FlinkStream(StreamProcessor):
         self._ensure_job()
         gen = self._rules(index, deadline)
         with self.store.read() as conn:
-            offset = feed.get_offset(conn, self.store, self.name)
+            offset = changefeed.get_offset(conn, self.store, self.name)
         self._n += 1
         batch = f"{offset}-{self._token}-{self._n}"
         b = _Batch(batch, {(c, k) for c, ks in lines.items() for k in ks})
@@ -251,9 +249,7 @@ class FlinkStream(StreamProcessor):
     def _put(self, folder: Path, name: str, body: str) -> Path:
         """Write a file the job's source can see only complete (hidden temp, rename)."""
         target = folder / name
-        temp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        temp.write_text(body, encoding="ascii")
-        os.replace(temp, target)
+        atomic_write(target, body.encode("ascii"))
         return target
 
     def _watch(self, deadline: float, what: str) -> None:
@@ -540,9 +536,7 @@ class FlinkStream(StreamProcessor):
 
     def _write_state(self, data: dict[str, Any]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex[:8]}")
-        temp.write_text(json.dumps(data, indent=2))
-        os.replace(temp, self.state_file)
+        atomic_write(self.state_file, json.dumps(data, indent=2))
 
     # ---- lifecycle ----------------------------------------------------------------------
 

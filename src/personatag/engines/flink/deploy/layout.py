@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 import personatag
+from personatag import times
 from personatag.errors import InputError
 
 FORMAT: Literal[1] = 1  # of job.properties.json and the zip layout
@@ -247,7 +248,7 @@ def checksum_line(checksum: str, name: str) -> bytes:
 
 def iso(moment: datetime) -> str:
     """UTC, second precision, with a ``Z``: ``2026-06-30T12:00:00Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return times.iso(moment.astimezone(UTC), "seconds")
 
 
 def check_actor(actor: str) -> str:

@@ -41,6 +41,8 @@ from personatag.engines.flink.runtime.home import (
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.flink.runtime.submitter import SUBMITTER_OFFSET
 from personatag.errors import ConfigError, PersonatagError
+from personatag.files import atomic_write
+from personatag.times import iso
 
 METRICS_OFFSET = 100
 METRICS_SPAN = 20
@@ -256,7 +258,7 @@ def write_config(settings: Settings, home: FlinkHome) -> Path:
     header = (
         "# Written by `personatag flink start` from PERSONATAG_* settings; edits are replaced.\n"
     )
-    sv.write_atomic(layout.config_file, header + _yaml(config_values(settings, home, layout)))
+    atomic_write(layout.config_file, header + _yaml(config_values(settings, home, layout)))
     return layout.config_file
 
 
@@ -593,8 +595,7 @@ def _stop(layout: ClusterLayout, ports: Ports, wait_s: float) -> dict[str, Any]:
 def _iso_ms(ms: Any) -> str | None:
     if not isinstance(ms, int | float) or ms <= 0:
         return None
-    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return iso(datetime.fromtimestamp(ms / 1000, UTC), "milliseconds")
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -33,7 +33,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from typing import IO, Any
 import psutil
 
 from personatag.engines.flink.runtime.home import FlinkHome
+from personatag.files import atomic_write
+from personatag.times import iso
 
 log = logging.getLogger("personatag.engines.flink.runtime.supervisor")
 
@@ -62,10 +63,6 @@ TERM_TIMEOUT_S = 20.0
 POLL_S = 0.2
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -152,7 +149,7 @@ class Supervisor:
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        write_atomic(self.run_dir / PID_FILE, f"{os.getpid()}\n")
+        atomic_write(self.run_dir / PID_FILE, f"{os.getpid()}\n")
         log.info("supervisor %d: starting %d children", os.getpid(), len(self.children))
         try:
             for child in self.children:
@@ -209,7 +206,7 @@ class Supervisor:
         except OSError as exc:  # e.g. fork failed under memory pressure: try again later
             self._retry_or_give_up(child, time.monotonic(), f"could not start ({exc})")
             return
-        child.started_at = _now_iso()
+        child.started_at = iso(datetime.now(UTC), "milliseconds")
         child.state = "running"
         log.info("%s started (pid %d)", child.name, child.proc.pid)
 
@@ -294,11 +291,11 @@ class Supervisor:
     def _write_state(self) -> None:
         state = {
             "pid": os.getpid(),
-            "updated_at": _now_iso(),
+            "updated_at": iso(datetime.now(UTC), "milliseconds"),
             "stopping": self.stopping,
             "children": [c.to_json() for c in self.children],
         }
-        write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def _load_prctl() -> Any:
@@ -319,19 +316,6 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 # -- process helpers (also used by `cluster`) -----------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers never see a partial file."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def read_pid(path: Path) -> int | None:

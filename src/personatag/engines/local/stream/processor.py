@@ -44,8 +44,7 @@ from personatag.engines.local.stream.inputs import Needs, Publications, chunks, 
 from personatag.memberships.log import fetch_ids
 from personatag.memberships.rows import Holders, Outcome, Writer, executemany, fetch_tuples
 from personatag.metrics import Metrics, default_metrics
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 from personatag.store.transient import transient
 from personatag.store.types import to_micros
 from personatag.streaming.standby import STANDBY_POLL_S, Ownership
@@ -241,8 +240,8 @@ class StreamProcessor:
         if result.lifecycle:  # a swap changed the active criteria
             index = self._criteria()
         with self.store.read() as conn:
-            offset = feed.get_offset(conn, self.store, self.name)
-            changes = feed.read(conn, self.store, offset, self.settings.stream_batch)
+            offset = changefeed.get_offset(conn, self.store, self.name)
+            changes = changefeed.read(conn, self.store, offset, self.settings.stream_batch)
             # The batch is evaluated as of a moment after it was read: an event
             # stamped before its transaction committed is inside it. One stamped
             # later still (another machine's clock) gets a re-check at its
@@ -283,7 +282,7 @@ class StreamProcessor:
             self._reconcile_slice(index, result)
         return result
 
-    def _touched(self, index: og.Index, ch: feed.Change) -> AbstractSet[int]:
+    def _touched(self, index: og.Index, ch: changefeed.Change) -> AbstractSet[int]:
         """The criteria `ch` can change (self.pubs must be current)."""
         if ch.kind == og.EVENT_READ:
             named = og.read_publications(ch.fields)
@@ -328,7 +327,7 @@ class StreamProcessor:
             return
         with self.store.read() as conn:
             building = og.load(conn, self.store, (og.BUILDING,))
-            head = feed.head(conn, self.store)
+            head = changefeed.head(conn, self.store)
         if not building:
             return
         crit = building[0]
@@ -353,7 +352,7 @@ class StreamProcessor:
         """Install a backfilled version: catch it up, then replace the old one."""
         new = bf.criterion
         with self.store.read() as conn:
-            offset = feed.get_offset(conn, self.store, self.name)
+            offset = changefeed.get_offset(conn, self.store, self.name)
             self.pubs.get(conn, self.store)
             # Changes the backfill may not have seen, up to where the stream is.
             touched: set[int] = set()
@@ -477,9 +476,11 @@ class StreamProcessor:
         c = self.store.tables.criteria
         conn.execute(c.update().where(c.c.pk == pk).values(status=status))
 
-    def _changes_between(self, conn: Connection, after: int, upto: int) -> Iterable[feed.Change]:
+    def _changes_between(
+        self, conn: Connection, after: int, upto: int
+    ) -> Iterable[changefeed.Change]:
         while after < upto:
-            batch = feed.read(conn, self.store, after, 10_000)
+            batch = changefeed.read(conn, self.store, after, 10_000)
             batch = [ch for ch in batch if ch.seq <= upto]
             if not batch:
                 return
@@ -555,7 +556,7 @@ class StreamProcessor:
         result.contacts = len(work)
         result.evaluations = len(ev.evaluated)
         with self.store.write() as conn:
-            if feed.get_offset(conn, self.store, self.name) != offset:
+            if changefeed.get_offset(conn, self.store, self.name) != offset:
                 raise OffsetMoved(
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
@@ -617,7 +618,7 @@ class StreamProcessor:
             self._write_rechecks(conn, due, ev, now)
             if ev.errors:
                 self._insert_errors(conn, ev.errors, new_offset)
-            feed.set_offset(conn, self.store, self.name, new_offset)
+            changefeed.set_offset(conn, self.store, self.name, new_offset)
         out = writer.outcome
         result.entered += len(out.entered)
         result.exited += len(out.exited)
@@ -889,11 +890,11 @@ class StreamProcessor:
         now = now or utcnow()
         t = self.store.tables
         with self.store.read() as conn:
-            offset = feed.get_offset(conn, self.store, self.name)
+            offset = changefeed.get_offset(conn, self.store, self.name)
             catalog = self.store.catalog(conn)
             full = set(evaluate_set(conn, self.store, crit, catalog, now).tolist())
             pending: set[int] = set()
-            for ch in self._changes_between(conn, offset, feed.head(conn, self.store)):
+            for ch in self._changes_between(conn, offset, changefeed.head(conn, self.store)):
                 pending.update(ch.pks)
             rc = t.stream_rechecks
             pending.update(
@@ -954,7 +955,7 @@ class StreamProcessor:
             sum(c for _, c, _ in self._recent) / span, sum(e for _, _, e in self._recent) / span
         )
 
-    def _record(self, changes: list[feed.Change], result: StepResult) -> None:
+    def _record(self, changes: list[changefeed.Change], result: StepResult) -> None:
         self._rates(len(changes), result.evaluations)
         self.metrics.record_stream_changes(changes=len(changes))
         if changes:
@@ -965,8 +966,8 @@ class StreamProcessor:
     def _observe_lag(self, offset: int) -> None:
         self._rates(0, 0)
         with self.store.read() as conn:
-            head = feed.head(conn, self.store)
-            oldest = feed.oldest_after(conn, self.store, offset)
+            head = changefeed.head(conn, self.store)
+            oldest = changefeed.oldest_after(conn, self.store, offset)
             rc = self.store.tables.stream_rechecks
             waiting = int(conn.scalar(select(func.count()).select_from(rc)) or 0)
         seconds = 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
@@ -977,9 +978,9 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
     """Where the stream is: offset, feed head, lag, re-checks, errors, reconciliation."""
     t = store.tables
     with store.read() as conn:
-        offset = feed.get_offset(conn, store, name)
-        head = feed.head(conn, store)
-        oldest = feed.oldest_after(conn, store, offset)
+        offset = changefeed.get_offset(conn, store, name)
+        head = changefeed.head(conn, store)
+        oldest = changefeed.oldest_after(conn, store, offset)
         so = t.stream_offsets
         updated = conn.scalar(select(so.c.updated_at).where(so.c.name == name))
         rc = t.stream_rechecks
