@@ -65,6 +65,7 @@ def stream(
 
     from personatag.logs import configure_logging
     from personatag.metrics import start_metrics_server, stop_metrics_server
+    from personatag.service import Service, stop_all
     from personatag.streaming import runner
 
     configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
@@ -72,9 +73,9 @@ def stream(
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
         from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
+        from personatag.engines.local.stream.standby import lease_name
         from personatag.errors import PersonatagError
         from personatag.store.leases import try_lease
-        from personatag.streaming.standby import lease_name
 
         lease = try_lease(st, lease_name(OFFSET_NAME))
         if lease is None:
@@ -95,21 +96,28 @@ def stream(
             typer.echo(f"  {line}")
         return
     stop = threading.Event()
+    services: list[Service] = []
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        for service in services:
+            service.request_stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     port = s.metrics_port if metrics_port is None else metrics_port
     served = start_metrics_server(port, s.metrics_host)
     typer.echo(f"stream processor ({s.stream_engine}) following the change feed", err=True)
     typer.echo(f"metrics on http://{s.metrics_host}:{served.port}/metrics", err=True)
-    threads = runner.start(st, s, stop, webhooks=not no_webhooks)
+    services += runner.services(st, s, webhooks=not no_webhooks)
+    for service in services:
+        service.start()
     try:
         while not stop.wait(0.5):
-            if not any(t.is_alive() for t in threads):
+            if not any(service.is_alive() for service in services):
                 raise typer.Exit(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        stop_all(services, 30)
         stop_metrics_server(served.server)
 
 

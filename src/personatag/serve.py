@@ -3,7 +3,8 @@ processor and webhook deliveries in the same process.
 
 On a store with no user at all an admin is created first and its generated
 password printed once (`admin password: ...`). The dispatcher, the stream
-processor and the webhook worker run in background threads and record in the
+processor and the webhook worker are services (personatag.service) started and
+stopped by the app's lifespan; they run in background threads and record in the
 same metrics registry `/metrics` shows.
 """
 
@@ -19,11 +20,27 @@ from collections.abc import Callable
 from personatag.config import Settings
 from personatag.errors import ConfigError
 from personatag.logs import RedactSecrets
+from personatag.service import Service, stop_all
 
 log = logging.getLogger(__name__)
 
-# Seconds a stopping server waits for the dispatcher (running jobs roll back).
+# Seconds a stopping server waits for each service (running jobs roll back).
 DISPATCHER_STOP_S = 60.0
+
+# What uvicorn says about the app's lifespan: the services say for themselves
+# when they start and stop.
+_LIFESPAN_LINES = frozenset(
+    {
+        "Waiting for application startup.",
+        "Application startup complete.",
+        "Waiting for application shutdown.",
+        "Application shutdown complete.",
+    }
+)
+
+
+def _not_lifespan(record: logging.LogRecord) -> bool:
+    return record.msg not in _LIFESPAN_LINES
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -43,13 +60,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_dispatcher(target: Callable[[threading.Event], None], stop: threading.Event) -> None:
-    try:
-        target(stop)
-    except Exception:  # the API keeps serving; /status shows the queue not moving
-        log.exception("the embedded dispatcher stopped")
-
-
 def run(
     settings: Settings,
     *,
@@ -59,8 +69,9 @@ def run(
     stream: bool = True,
     echo: Callable[[str], object] = print,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then stop the dispatcher (its running jobs roll
-    back and are picked up again by the next dispatcher)."""
+    """Serve until SIGINT/SIGTERM, then stop the services: the dispatcher's running
+    jobs roll back and are picked up again by the next dispatcher. A service whose
+    loop ends on an error leaves the API serving (/readyz says so)."""
     import uvicorn
 
     from personatag import accounts
@@ -78,20 +89,15 @@ def run(
             echo(f"admin user: {first[0]}")
             echo(f"admin password: {first[1]}")
             echo("(shown once; change it with `personatag user password admin`)")
-        app = create_app(settings, store)
-        sock = bind(host, port)
-        stop = threading.Event()
-        worker = None
-        if dispatcher:
-            d = Dispatcher(store, open_buckets(settings), settings)
-            worker = threading.Thread(
-                target=_run_dispatcher, args=(d.serve, stop), name="dispatcher", daemon=True
-            )
-            worker.start()
         # The stream processor (ongoing criteria) and webhook deliveries.
         from personatag.streaming import runner
 
-        background = runner.start(store, settings, stop, stream=stream, webhooks=stream)
+        services: list[Service] = []
+        if dispatcher:
+            services.append(Dispatcher(store, open_buckets(settings), settings))
+        services += runner.services(store, settings, stream=stream, webhooks=stream)
+        app = create_app(settings, store, services=services, stop_timeout_s=DISPATCHER_STOP_S)
+        sock = bind(host, port)
         # The feed model is built beside the server, not by the first feed request.
         from personatag.recommend.service import service_for
 
@@ -102,16 +108,21 @@ def run(
         # X-Forwarded-* are applied by the app itself, from PERSONATAG_TRUSTED_PROXIES
         # only (uvicorn would otherwise believe them from 127.0.0.1).
         config = uvicorn.Config(
-            app, log_config=None, proxy_headers=False, server_header=False, lifespan="off"
+            app, log_config=None, proxy_headers=False, server_header=False, lifespan="on"
         )
         # A secret sent in a query string (`?token=...`) must not reach the access log.
         logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
+        logging.getLogger("uvicorn.error").addFilter(_not_lifespan)
         if threading.current_thread() is threading.main_thread():
-            # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal with the
-            # handlers it found: with these the process stops the dispatcher and exits
-            # 0 instead of dying by the signal.
+            # uvicorn shuts down on SIGINT/SIGTERM (its lifespan stopping the
+            # services), then re-raises the signal with the handlers it found: with
+            # these the process exits 0 instead of dying by the signal.
+            def stop(*_: object) -> None:
+                for service in services:
+                    service.request_stop()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
+                signal.signal(sig, stop)
         # What start-up made (modules, the app and its routes, caches) lives as
         # long as the process: frozen, it is left out of the collector's full
         # passes, which otherwise stall every request for ~0.1 s now and then.
@@ -120,11 +131,8 @@ def run(
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
-            stop.set()
-            if worker is not None:
-                worker.join(DISPATCHER_STOP_S)
-            for thread in background:
-                thread.join(DISPATCHER_STOP_S)
+            # Already stopped by the lifespan, unless uvicorn ended before it ran.
+            stop_all(services, DISPATCHER_STOP_S)
             sock.close()
     finally:
         store.dispose()

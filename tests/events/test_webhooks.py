@@ -243,6 +243,27 @@ def test_run_delivers_in_the_background_until_stopped(pop: Store, rx: Receiver) 
     assert [e["contact_id"] for e in rx.events()] == ["c0001"]
 
 
+def test_the_worker_as_a_service_delivers_and_stops_within_its_interval(
+    pop: Store, rx: Receiver
+) -> None:
+    """Started in its own thread (as `serve` and `stream` do): a pass that
+    delivered is followed by another at once; a stop ends the wait between
+    passes at once, however long the interval."""
+    hook(pop, rx)
+    pin(pop, "emea", "c0001", PinKind.IN)
+    worker = WebhookWorker(pop, FAST.model_copy(update={"webhook_interval_s": 3600.0}))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not rx.accepted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.health().alive
+    finally:
+        assert worker.stop(30)  # the interval is an hour: the stop ended the wait
+    assert not worker.is_alive() and worker.health().failures == 0
+    assert [e["contact_id"] for e in rx.events()] == ["c0001"]
+
+
 def test_two_workers_send_each_batch_once(pop: Store, rx: Receiver) -> None:
     hook(pop, rx)
     tag(pop, "emea", 'region = "EMEA"')

@@ -293,6 +293,31 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
     assert members(store, "emea") == 0
 
 
+def test_the_dispatcher_as_a_service_runs_a_file_and_stops_at_once(
+    env: tuple[Store, Buckets, Settings],
+) -> None:
+    """Started in its own thread (as `serve` does): it scans on start, and a stop
+    ends the wait between rounds at once, however long the poll interval."""
+    import time
+
+    store, b, settings = env
+    body = {"version": 1, "request_id": "s1", "persona": "emea", "expr": 'region = "EMEA"'}
+    b["requests"].put("s1.json", json.dumps(body).encode())
+    d = Dispatcher(store, b, settings, poll_s=3600)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not b["results"].exists("s1/summary.json") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = d.health()
+        assert health.alive and health.name == "dispatcher" and health.failures == 0
+    finally:
+        assert d.stop(30)  # the poll interval is an hour: the stop ended the wait
+    assert not d.is_alive()
+    assert summary(b, "s1")["status"] == "succeeded"
+    assert members(store, "emea") == 10
+
+
 def get_job_status(store: Store, ref: str) -> str | None:
     from personatag.errors import NotFoundError
     from personatag.jobs.repository import get_job

@@ -16,9 +16,9 @@ from personatag.contacts import set_contact
 from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
+from personatag.engines.local.stream.standby import lease_name
 from personatag.store import Store
 from personatag.store.leases import try_lease
-from personatag.streaming.standby import lease_name
 from tests.helpers import add_contacts, population, terminate_other_backends
 from tests.stream.test_processor import log_of, members
 from tests.test_cli import CLI
@@ -86,7 +86,7 @@ def test_a_second_processor_waits_as_a_standby_and_takes_over(
         second.stop()
         first.stop()
     assert members(store, "emea-senior") == backfilled | {"c0001", "c0002", "c0003", "c0005"}
-    records = [r for r in caplog.records if r.name.startswith("personatag.stream")]
+    records = [r for r in caplog.records if r.name.startswith("personatag.engines.local.stream")]
     assert [r for r in records if r.levelno >= logging.ERROR] == []
     standby = [r for r in records if "standby" in r.getMessage()]
     assert len(standby) == 1 and standby[0].levelno == logging.WARNING
@@ -147,7 +147,7 @@ def test_a_processor_steps_on_after_its_sessions_are_terminated(
         wait_for(lambda: members(store, "senior") == expected, "every change applied")
     finally:
         running.stop()
-    records = [r for r in caplog.records if r.name.startswith("personatag.stream")]
+    records = [r for r in caplog.records if r.name.startswith("personatag.engines.local.stream")]
     assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
     assert not [r for r in records if "standby" in r.getMessage()]
     entries = log_of(store, "senior")

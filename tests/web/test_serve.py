@@ -11,9 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from personatag.config import Settings
 from personatag.definitions.personas import add_persona
-from personatag.store import open_store
+from personatag.service import Backoff, Service
+from personatag.store import Store, open_store
+from personatag.web import create_app
 from personatag.web.auth import CSRF_HEADER
 from tests.helpers import add_contacts, population
 from tests.web.serving import serving
@@ -127,3 +131,33 @@ def test_serve_keeps_ongoing_criteria_true(server: tuple[str, str], tmp_path: Pa
         metrics = client.get("/metrics").text
         assert 'personatag_stream_memberships_changed_total{change="enter"} 6.0' in metrics
         assert "personatag_stream_lag_changes 0.0" in metrics
+
+
+def test_the_apps_lifespan_starts_and_stops_its_services(settings: Settings, store: Store) -> None:
+    """`serve` hands its services to the app: they start with its lifespan, stop
+    when it ends, and /readyz names one whose loop ended (the rest still serve)."""
+
+    class Idle(Service):
+        def __init__(self, name: str, fail: bool = False) -> None:
+            super().__init__(Backoff(1.0, 1.0))
+            self.thread_name = name
+            self.fail = fail
+
+        def setup(self) -> None:
+            if self.fail:  # before the rounds: the loop ends
+                raise RuntimeError("cannot start")
+
+        def cycle(self) -> float:
+            return 3600.0
+
+    idle, broken = Idle("idle"), Idle("broken", fail=True)
+    app = create_app(settings, store, services=[idle, broken], stop_timeout_s=5)
+    assert not idle.is_alive()
+    with TestClient(app) as client:
+        assert idle.is_alive()
+        broken.stop(5)
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["reasons"] == ["service broken: stopped (the log says why)"]
+        assert client.get("/healthz").text == "ok\n"
+    assert not idle.is_alive() and not broken.is_alive()

@@ -37,6 +37,7 @@ from personatag.membership_events.http import DeliveryError, post
 from personatag.membership_events.reader import Entry, Horizon, entry_events, read_entries
 from personatag.membership_events.webhooks import get_dead_letter, webhook_row
 from personatag.metrics import Metrics, default_metrics
+from personatag.service import Backoff, Service
 from personatag.store import Store
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,21 @@ class DeliveryCounts:
         return self.delivered + self.failed + self.dead_lettered
 
 
-class WebhookWorker:
-    """Delivers the membership log to every enabled webhook (see module docs)."""
+class WebhookWorker(Service):
+    """Delivers the membership log to every enabled webhook (see module docs); as a
+    service (see personatag.service), one pass per round."""
+
+    thread_name = "webhooks"
+    title = "webhook deliveries"
 
     def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics if metrics is not None else default_metrics()
+        self.interval_s = settings.webhook_interval_s
+        # A failed pass is tried again after the interval (each webhook's own
+        # retries back off in the store: see backoff_s).
+        super().__init__(Backoff(first_s=self.interval_s, max_s=self.interval_s))
         self._horizon = Horizon(store)
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
 
@@ -181,15 +190,17 @@ class WebhookWorker:
         """Deliver until `stop` is set; waits `interval_s` (default: the
         webhook_interval_s setting) after a pass that delivered nothing. Errors
         are logged and the loop goes on."""
-        interval = self.settings.webhook_interval_s if interval_s is None else interval_s
-        while not stop.is_set():
-            try:
-                delivered = self.deliver_pass().delivered
-            except Exception:
-                log.exception("webhook delivery pass failed; retrying in %s s", interval)
-                delivered = 0
-            if not delivered:
-                stop.wait(interval)
+        if interval_s is not None:
+            self.interval_s = interval_s
+            self.backoff = Backoff(first_s=interval_s, max_s=interval_s)
+        self.loop(stop)
+
+    def cycle(self) -> float:
+        return 0.0 if self.deliver_pass().delivered else self.interval_s
+
+    def on_error(self, exc: Exception) -> float:
+        log.exception("webhook delivery pass failed; retrying in %s s", self.interval_s)
+        return self.backoff.delay(self.failures)
 
     # -- one webhook ---------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from personatag.metrics import Metrics, default_metrics
 from personatag.requests.files import RequestFile, check_size, parse_request
 from personatag.requests.reporting import RESULTS_FAILED, ResultWriter, one_line
 from personatag.requests.results import ChangesBuilder
+from personatag.service import Backoff, Service
 from personatag.store import Store
 from personatag.store.transient import retrying, transient
 from personatag.tagging.adhoc import Item, Plan, RequestFailed, execute, reason_of, resolve
@@ -168,7 +169,14 @@ class DispatcherStats:
     deferred: dict[str, str] = field(default_factory=dict)
 
 
-class Dispatcher:
+class Dispatcher(Service):
+    """Claims and runs request files; as a service (see personatag.service), one
+    round recovers, scans, beats and deploys, then waits for a new file or the
+    poll interval. `serve` loops in the calling thread."""
+
+    thread_name = "dispatcher"
+    title = "the embedded dispatcher"
+
     def __init__(
         self,
         store: Store,
@@ -209,6 +217,9 @@ class Dispatcher:
         self._waited: dict[str, str] = {}  # stats.waiting of the scan before
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
+        # A failed round is tried again after the poll interval, like any other.
+        super().__init__(Backoff(self.poll_s, self.poll_s), wake=threading.Event())
+        self._watcher: Any = None
 
     # -- scanning and claiming ------------------------------------------------
 
@@ -1087,21 +1098,29 @@ class Dispatcher:
         wakes the loop at once; the periodic listing still runs, so a missed or
         repeated event changes nothing.
         """
-        wake = wake or threading.Event()
-        watcher = watch_folder(self.buckets["requests"].local_root, wake)
+        self.loop(stop, wake)
+
+    def setup(self) -> None:
+        if self._wake_event is not None:  # a new file ends the wait between rounds
+            self._watcher = watch_folder(self.buckets["requests"].local_root, self._wake_event)
         self.recover()
-        while not stop.is_set():
-            try:
-                self.recover()
-                self.scan()
-                self.heartbeat()
-                self.deploy_handler()
-            except Exception:  # the store or the bucket hiccuped: try again next round
-                log.exception("dispatcher round failed")
-            wake.wait(self.poll_s)
-            wake.clear()
-        if watcher is not None:
-            watcher.stop()
+
+    def cycle(self) -> float:
+        self.recover()
+        self.scan()
+        self.heartbeat()
+        self.deploy_handler()
+        return self.poll_s
+
+    def on_error(self, exc: Exception) -> float:
+        # The store or the bucket hiccuped: try again next round.
+        log.exception("dispatcher round failed")
+        return self.backoff.delay(self.failures)
+
+    def teardown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         self.close()
 
     def drain(self, timeout: float | None = None) -> None:

@@ -1,74 +1,39 @@
-"""Running the stream (and the webhook deliveries) beside other work in a process."""
+"""The stream processor and the webhook deliveries as services of a process
+(`personatag serve`, `personatag stream`): made here, started and stopped by it."""
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
-
 from personatag.config import Settings
 from personatag.metrics import Metrics
+from personatag.service import Service
 from personatag.store import Store
 
-log = logging.getLogger(__name__)
 
-
-def _guard(name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
-    try:
-        target(stop)
-    except Exception:  # the rest of the process keeps running; /metrics shows the lag
-        log.exception("%s stopped", name)
-
-
-def stream_target(
-    store: Store, settings: Settings, metrics: Metrics | None = None
-) -> Callable[[threading.Event], None]:
-    """The loop of the configured stream engine (local processor or Flink job)."""
+def stream_target(store: Store, settings: Settings, metrics: Metrics | None = None) -> Service:
+    """The configured stream engine's processor (local processor or Flink job)."""
     if settings.stream_engine == "flink":
         from personatag.engines.flink.stream import FlinkStream
 
-        return FlinkStream(store, settings, metrics).run
+        return FlinkStream(store, settings, metrics)
     from personatag.engines.local.stream.processor import StreamProcessor
 
-    return StreamProcessor(store, settings, metrics).run
+    return StreamProcessor(store, settings, metrics)
 
 
-def start(
+def services(
     store: Store,
     settings: Settings,
-    stop: threading.Event,
     *,
     metrics: Metrics | None = None,
     stream: bool = True,
     webhooks: bool = True,
-) -> list[threading.Thread]:
-    """Start the stream processor and the webhook worker as daemon threads."""
-    threads = []
+) -> list[Service]:
+    """The stream processor and the webhook worker, not started yet."""
+    out: list[Service] = []
     if stream:
-        threads.append(
-            threading.Thread(
-                target=_guard,
-                args=("the stream processor", stream_target(store, settings, metrics), stop),
-                name="stream",
-                daemon=True,
-            )
-        )
+        out.append(stream_target(store, settings, metrics))
     if webhooks:
         from personatag.membership_events.delivery import WebhookWorker
 
-        worker = WebhookWorker(store, settings, metrics)
-        threads.append(
-            threading.Thread(
-                target=_guard,
-                args=(
-                    "webhook deliveries",
-                    lambda s: worker.run(s, settings.webhook_interval_s),
-                    stop,
-                ),
-                name="webhooks",
-                daemon=True,
-            )
-        )
-    for t in threads:
-        t.start()
-    return threads
+        out.append(WebhookWorker(store, settings, metrics))
+    return out

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
 from personatag import __version__
 from personatag.buckets import open_buckets
 from personatag.config import Settings
+from personatag.service import Service, stop_all
 from personatag.store import Store, open_store
 from personatag.web import errors, pages
 from personatag.web.api import accounts, admin, contacts, criteria, jobs, personas, requests, system
@@ -21,17 +26,47 @@ from personatag.web.api.flink import flink_mount
 from personatag.web.auth import ERRORS, PUBLIC, SESSION_COOKIE, LoginLimiter
 from personatag.web.security import SecurityHeaders, trust_proxies
 
+log = logging.getLogger(__name__)
+
 API_PREFIX = "/api/v1"
 ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api, feed_api)
 
 
-def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+# Seconds the app's shutdown waits for each of its services (running jobs roll back).
+SERVICE_STOP_S = 60.0
+
+
+def create_app(
+    settings: Settings,
+    store: Store | None = None,
+    *,
+    services: Sequence[Service] = (),
+    stop_timeout_s: float = SERVICE_STOP_S,
+) -> FastAPI:
     """The API over `store` (default: the one `settings` name; it must be initialised)
-    and the buckets `settings` name. The caller owns `store` and disposes of it."""
+    and the buckets `settings` name. The caller owns `store` and disposes of it.
+
+    `services` (the dispatcher, the stream processor, the webhook worker) start
+    with the app's lifespan and are stopped, up to `stop_timeout_s` s each, when
+    it ends; /readyz reports one whose loop ended."""
     if store is None:
         store = open_store(settings.resolved_store_url)
     ctx = AppContext(settings=settings, store=store, buckets=open_buckets(settings))
+    running = list(services)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for service in running:
+            service.start()
+        try:
+            yield
+        finally:
+            left = await run_in_threadpool(stop_all, running, stop_timeout_s)
+            for service in left:
+                log.warning("%s did not stop within %s s", service.title, stop_timeout_s)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="personatag",
         version=__version__,
         summary="Tag research readers with personas.",
@@ -40,6 +75,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.services = running
     app.state.login_limiter = LoginLimiter.from_settings(settings)
     errors.install(app)
     # Outside the catch-all, so that its 500s carry the headers too.

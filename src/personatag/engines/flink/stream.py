@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
@@ -540,12 +539,12 @@ class FlinkStream(StreamProcessor):
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; then cancel the streaming job (it holds slots).
-        A standby that never held the offset leaves the job alone: it is the
-        active processor's (named in the same state file)."""
+    def teardown(self) -> None:
+        """Once stopped, cancel the streaming job (it holds slots). A standby that
+        never held the offset leaves the job alone: it is the active processor's
+        (named in the same state file)."""
         try:
-            super().run(stop)
+            super().teardown()
         finally:
             if self.held_offset:
                 self.close()

@@ -50,10 +50,14 @@ def _readiness(ctx: AppContext) -> list[str]:
     "/readyz",
     **role("public", responses={503: {"description": "not ready; `reasons` says why"}}),
 )
-async def readyz(ctx: ContextDep) -> JSONResponse:
-    """Ready to serve: the store answers, its schema is at the newest migration, and
-    every bucket area can be written, read and deleted. 503 with the reasons if not."""
+async def readyz(ctx: ContextDep, request: Request) -> JSONResponse:
+    """Ready to serve: the store answers, its schema is at the newest migration,
+    every bucket area can be written, read and deleted, and the background services
+    the server runs (if any) are running. 503 with the reasons if not."""
     reasons = await run_in_threadpool(_readiness, ctx)
+    for service in getattr(request.app.state, "services", ()):
+        if not service.is_alive():
+            reasons.append(f"service {service.thread_name}: stopped (the log says why)")
     return JSONResponse({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
 

@@ -41,13 +41,14 @@ from personatag.domain import Catalog, utcnow
 from personatag.engines.local.stream import cascade
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
+from personatag.engines.local.stream.standby import STANDBY_POLL_S, Ownership
 from personatag.memberships.log import fetch_ids
 from personatag.memberships.rows import Holders, Outcome, Writer, executemany, fetch_tuples
 from personatag.metrics import Metrics, default_metrics
+from personatag.service import Backoff, Service
 from personatag.store import Store, changefeed
 from personatag.store.transient import transient
 from personatag.store.types import to_micros
-from personatag.streaming.standby import STANDBY_POLL_S, Ownership
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,13 @@ def evaluate_set(
     return fetch_ids(conn, store, select(c.c.pk).where(cond))
 
 
-class StreamProcessor:
+class StreamProcessor(Service):
+    """Steps the change feed as a service (see personatag.service); `run` loops
+    in the calling thread."""
+
+    thread_name = "stream"
+    title = "the stream processor"
+
     def __init__(
         self,
         store: Store,
@@ -159,6 +166,9 @@ class StreamProcessor:
         self.settings = settings or Settings()
         self.metrics = metrics or default_metrics()
         self.name = name
+        # A failing step is tried again after 1 s, doubling up to 30 s.
+        super().__init__(Backoff(first_s=1.0, max_s=30.0))
+        self._ownership = Ownership(store, name)
         # Set once run() has held the offset: only then may this processor
         # have started what its stop must end (a Flink streaming job).
         self.held_offset = False
@@ -176,39 +186,36 @@ class StreamProcessor:
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set; a failing step is logged and retried.
         While another processor steps this store's offset, wait as its standby."""
+        self.loop(stop)
+
+    def setup(self) -> None:
         log.info("stream processor %s started", self.name)
-        ownership = Ownership(self.store, self.name)
-        failures = 0
+
+    def cycle(self) -> float:
+        if not self._ownership.acquire():
+            return STANDBY_POLL_S
+        self.held_offset = True
         try:
-            while not stop.is_set():
-                try:
-                    if not ownership.acquire():
-                        stop.wait(STANDBY_POLL_S)
-                        continue
-                    self.held_offset = True
-                    result = self.step()
-                    failures = 0
-                except OffsetMoved as exc:  # a one-off step elsewhere: read again
-                    log.warning("%s; stepping again", exc)
-                    stop.wait(self.settings.stream_poll_s)
-                    continue
-                except Exception as exc:
-                    failures += 1
-                    cause = transient(exc)
-                    if cause is not None:  # the store restarts or dropped us: no traceback
-                        log.warning(
-                            "stream step failed (attempt %d): the store failed (%s); retrying",
-                            failures,
-                            cause,
-                        )
-                    else:
-                        log.exception("stream step failed (attempt %d); retrying", failures)
-                    stop.wait(min(30.0, 0.5 * 2**failures))
-                    continue
-                if not result.busy:
-                    stop.wait(self.settings.stream_poll_s)
-        finally:
-            ownership.release()
+            result = self.step()
+        except OffsetMoved as exc:  # a one-off step elsewhere: read again
+            log.warning("%s; stepping again", exc)
+            return self.settings.stream_poll_s
+        return 0.0 if result.busy else self.settings.stream_poll_s
+
+    def on_error(self, exc: Exception) -> float:
+        cause = transient(exc)
+        if cause is not None:  # the store restarts or dropped us: no traceback
+            log.warning(
+                "stream step failed (attempt %d): the store failed (%s); retrying",
+                self.failures,
+                cause,
+            )
+        else:
+            log.exception("stream step failed (attempt %d); retrying", self.failures)
+        return self.backoff.delay(self.failures)
+
+    def teardown(self) -> None:
+        self._ownership.release()
         log.info("stream processor %s stopped", self.name)
 
     def catch_up(self, timeout_s: float = 60.0) -> StepResult:
