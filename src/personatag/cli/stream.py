@@ -7,13 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from personatag.cli import STATE, JsonOpt, app, emit, settings, store
+from personatag.cli.common import STATE, JsonOpt, emit, settings, store
 
-stream_app = typer.Typer(
+app = typer.Typer(
     help="Run and inspect the stream processor (ongoing criteria).",
     invoke_without_command=True,
 )
-app.add_typer(stream_app, name="stream")
 
 
 # A long-running processor waits this long for its database at start-up (it
@@ -44,7 +43,7 @@ def _iso(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
 
-@stream_app.callback()
+@app.callback()
 def stream(
     ctx: typer.Context,
     once: Annotated[
@@ -116,7 +115,7 @@ def stream(
         stop_metrics_server(served.server)
 
 
-@stream_app.command("status")
+@app.command("status")
 def stream_status(as_json: JsonOpt = False) -> None:
     """Where the stream is: offset, lag, re-checks, errors, last reconciliations."""
     from personatag.engines.local.stream.processor import status
@@ -146,7 +145,7 @@ def stream_status(as_json: JsonOpt = False) -> None:
             )
 
 
-@stream_app.command("reconcile")
+@app.command("reconcile")
 def stream_reconcile(
     name: Annotated[str | None, typer.Argument(help="One criterion (default: all active).")] = None,
     dry_run: Annotated[

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from personatag.cli import JsonOpt, actor, app, emit, iso, store
+from personatag.cli.common import JsonOpt, actor, emit, iso, store
 from personatag.domain import parse_timestamp
 from personatag.errors import InputError
 
 if TYPE_CHECKING:
     from personatag.accounts import TokenInfo, User
 
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 user_app = typer.Typer(help="Manage workbench users and their roles.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
-app.add_typer(user_app, name="user")
-app.add_typer(token_app, name="token")
 
 PasswordStdinOpt = Annotated[
     bool,
