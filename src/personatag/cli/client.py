@@ -17,8 +17,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from personatag.cli.common import as_of_option
 from personatag.config import Settings
 from personatag.errors import (
@@ -30,6 +28,8 @@ from personatag.errors import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
     from personatag.buckets import Buckets
     from personatag.store import Store
 
@@ -185,7 +185,8 @@ class RemoteClient(Client):
     """The REST API at settings.server_url, with settings.token as bearer token.
 
     One pooled httpx client serves every call (a `submit --wait` polls over the
-    same connection); `transport` lets tests answer without a server."""
+    same connection); `transport` lets tests answer without a server. httpx is
+    imported here, not at the top: commands on the local store do without it."""
 
     def __init__(
         self,
@@ -196,6 +197,8 @@ class RemoteClient(Client):
     ) -> None:
         if settings.token is None:
             raise RemoteError("PERSONATAG_TOKEN is not set: there is no token to send")
+        import httpx
+
         self.base = settings.server_url
         self._http = httpx.Client(
             base_url=self.base,
@@ -294,6 +297,8 @@ class RemoteClient(Client):
     ) -> Any:
         """JSON answer of one call (None when empty); `upload` is (field, filename,
         content) for a multipart/form-data body with one file."""
+        import httpx
+
         content: bytes | None = None
         headers: dict[str, str] = {}
         files = None
@@ -331,6 +336,8 @@ class RemoteClient(Client):
             ) from None
 
     def _unreachable(self, exc: httpx.TransportError) -> RemoteError:
+        import httpx
+
         hint = f"cannot reach the personatag server at {self.base}"
         if isinstance(exc, httpx.TimeoutException):
             return RemoteError(f"{hint}: no answer in time (is `personatag serve` running?)")
