@@ -331,7 +331,7 @@ def _flip_byte_inside_an_entry(buckets: Buckets, key: str) -> None:
     """Corrupt the compressed data of one entry and 'fix' the .sha256: the zip catches it."""
     data = bytearray(buckets["artifacts"].get(key))
     with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
-        info = archive.getinfo("personatag/cli.py")
+        info = archive.getinfo("personatag/cli/root.py")
     name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
     extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
     start = info.header_offset + 30 + name_len + extra_len
@@ -410,7 +410,7 @@ def _consistent_manifest_edit(entries: Entries) -> None:
 
 REJECTIONS: list[tuple[str, Tamper, str]] = [
     ("flipped byte", _flip_byte, r"checksum mismatch: personatag-job-.*\.zip\.sha256 says"),
-    ("corrupt entry", _flip_byte_inside_an_entry, "entry 'personatag/cli.py' is corrupt"),
+    ("corrupt entry", _flip_byte_inside_an_entry, "entry 'personatag/cli/root.py' is corrupt"),
     ("truncated zip", _truncate, "not a readable zip file"),
     ("wrong sha256 file", _wrong_checksum, "checksum mismatch: .* says 0000000000000000"),
     ("sha256 of another file", _checksum_for_another_file, "it is for 'other.zip'"),

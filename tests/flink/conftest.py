@@ -47,8 +47,7 @@ def cli_env(**settings: str) -> dict[str, str]:
     return env | {f"PERSONATAG_{k.upper()}": v for k, v in settings.items()}
 
 
-# Not `python -m personatag.cli`: command groups register on the `app` of the
-# module personatag.cli, which under -m is not the one __main__ runs.
+# The same CLI as `python -m personatag.cli` (and the `personatag` script).
 CLI = [sys.executable, "-c", "from personatag.cli import main; main()"]
 
 

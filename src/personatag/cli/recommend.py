@@ -12,13 +12,14 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import select
 
-from personatag.cli import JsonOpt, actor, app, as_of_option, emit, settings, store
+from personatag.cli.common import JsonOpt, actor, as_of_option, emit, settings, store
 from personatag.times import iso
 
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 feed_rule_app = typer.Typer(
     help="Persona content rules for the feed: boosts, filters, pins, caps.", no_args_is_help=True
 )
-app.add_typer(feed_rule_app, name="feed-rule")
 
 
 @app.command("feed")

@@ -7,14 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from personatag.cli import STATE, JsonOpt, app, emit, settings, store
+from personatag.cli.common import STATE, JsonOpt, emit, settings, store
 from personatag.times import iso_any
 
-stream_app = typer.Typer(
+app = typer.Typer(
     help="Run and inspect the stream processor (ongoing criteria).",
     invoke_without_command=True,
 )
-app.add_typer(stream_app, name="stream")
 
 
 # A long-running processor waits this long for its database at start-up (it
@@ -41,7 +40,7 @@ def _store_when_reachable(timeout_s: float) -> Any:
             delay = min(delay * 2, 10.0)
 
 
-@stream_app.callback()
+@app.callback()
 def stream(
     ctx: typer.Context,
     once: Annotated[
@@ -121,7 +120,7 @@ def stream(
         stop_metrics_server(served.server)
 
 
-@stream_app.command("status")
+@app.command("status")
 def stream_status(as_json: JsonOpt = False) -> None:
     """Where the stream is: offset, lag, re-checks, errors, last reconciliations."""
     from personatag.engines.local.stream.processor import status
@@ -151,7 +150,7 @@ def stream_status(as_json: JsonOpt = False) -> None:
             )
 
 
-@stream_app.command("reconcile")
+@app.command("reconcile")
 def stream_reconcile(
     name: Annotated[str | None, typer.Argument(help="One criterion (default: all active).")] = None,
     dry_run: Annotated[

@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
-from personatag.cli import JsonOpt, app, emit, settings
+from personatag.cli.common import JsonOpt, emit, settings
+
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 
 
 @app.command("evaluate-feed")

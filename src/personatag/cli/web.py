@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from personatag.cli import STATE, app, settings
+from personatag.cli.common import STATE, settings
+
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 
 
 @app.command()

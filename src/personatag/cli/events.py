@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from personatag.cli import JsonOpt, actor, app, emit, settings, store
+from personatag.cli.common import JsonOpt, actor, emit, settings, store
 
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 webhook_app = typer.Typer(
     help="Send membership changes to other systems (signed HTTP POSTs).", no_args_is_help=True
 )
-app.add_typer(webhook_app, name="webhook")
 
 WebhookId = Annotated[int, typer.Argument(metavar="ID", help="The webhook's id (webhook list).")]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from personatag.cli import JsonOpt, actor, app, emit, store
+from personatag.cli.common import JsonOpt, actor, emit, store
 from personatag.domain import parse_timestamp
 from personatag.errors import InputError
 from personatag.times import iso
@@ -22,10 +22,10 @@ from personatag.times import iso
 if TYPE_CHECKING:
     from personatag.accounts import TokenInfo, User
 
+# Commands at the top level (joined into the root app without a name).
+app = typer.Typer()
 user_app = typer.Typer(help="Manage workbench users and their roles.", no_args_is_help=True)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
-app.add_typer(user_app, name="user")
-app.add_typer(token_app, name="token")
 
 PasswordStdinOpt = Annotated[
     bool,

@@ -1,19 +1,16 @@
-"""`personatag flink ...`: the local Flink session cluster."""
+"""`personatag flink ...`: the local Flink session cluster and its read-only UI."""
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Any
 
 import typer
 
-# Made before importing personatag.cli: cli imports this module and cli_ops at
-# its end, and cli_ops adds commands to flink_app, which must exist by then
-# whichever module is imported first.
-flink_app = typer.Typer(help="Run and inspect the Flink session cluster.", no_args_is_help=True)
+from personatag.cli.common import JsonOpt, emit, settings
+from personatag.errors import PersonatagError
 
-from personatag.cli import JsonOpt, app, emit, settings  # noqa: E402
-
-app.add_typer(flink_app, name="flink")
+app = typer.Typer(help="Run and inspect the Flink session cluster.", no_args_is_help=True)
 
 # `flink status` exits with this when the cluster does not answer (as LSB `status` does).
 EXIT_DOWN = 3
@@ -24,7 +21,7 @@ def _tm_count(st: dict[str, Any]) -> str:
     return f"{n} task manager{'' if n == 1 else 's'}"
 
 
-@flink_app.command("start")
+@app.command("start")
 def flink_start(
     wait: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for every task manager.")
@@ -45,7 +42,7 @@ def flink_start(
     )
 
 
-@flink_app.command("stop")
+@app.command("stop")
 def flink_stop(
     wait: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for the processes to end.")
@@ -65,7 +62,7 @@ def flink_stop(
         typer.echo("flink cluster was not running")
 
 
-@flink_app.command("status")
+@app.command("status")
 def flink_status(as_json: JsonOpt = False) -> None:
     """Task managers, slots and running jobs of the cluster (exit 3 when it does not answer)."""
     from personatag.engines.flink.runtime.cluster import status
@@ -93,3 +90,47 @@ def flink_status(as_json: JsonOpt = False) -> None:
             typer.echo(f"  job {job['id']} {job['state']:<10} {secs:8.1f}s  {job['name']}")
     if not st["reachable"]:
         raise typer.Exit(EXIT_DOWN)
+
+
+@app.command("ui")
+def flink_ui(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8082,
+) -> None:
+    """Serve the Flink web UI and REST API read-only (GET and HEAD only) until Ctrl-C."""
+    from personatag.engines.flink.runtime.home import rest_url
+    from personatag.engines.flink.runtime.proxy import make_proxy_server
+    from personatag.engines.flink.runtime.rest import FlinkRest, FlinkUnreachable
+
+    upstream = rest_url(settings())
+    server = make_proxy_server(upstream, host, port)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"Flink UI (read-only) at http://{shown}:{server.server_port}/ for {upstream}; Ctrl-C stops"
+    )
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        typer.echo(
+            f"note: listening on {host}: whoever reaches it can read Flink's jobs, logs "
+            "and configuration",
+            err=True,
+        )
+    try:
+        FlinkRest(upstream, timeout=3.0).overview()
+    except FlinkUnreachable as exc:
+        typer.echo(f"note: {exc}; pages answer 502 until it is up", err=True)
+    except PersonatagError as exc:
+        typer.echo(f"note: {exc}", err=True)
+
+    # Ctrl-C and SIGTERM stop it cleanly, also when started from a script that
+    # ran it in the background (which leaves SIGINT ignored for the process).
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+    finally:
+        server.server_close()

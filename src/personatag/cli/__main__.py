@@ -1,0 +1,5 @@
+"""`python -m personatag.cli`."""
+
+from personatag.cli.root import main
+
+main()

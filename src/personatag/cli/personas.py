@@ -1,0 +1,148 @@
+"""`personatag persona ...`: create, list and inspect personas."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from personatag.cli.common import JsonOpt, actor, emit, store
+from personatag.times import iso
+
+app = typer.Typer(help="Create, list and inspect personas.", no_args_is_help=True)
+
+
+@app.command("add")
+def persona_add(
+    key: str,
+    name: Annotated[str, typer.Option(help="Display name.")],
+    category: Annotated[str, typer.Option(help="job title, region, interest, ...")],
+    description: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create a persona."""
+    from personatag.definitions.personas import add_persona
+
+    p = add_persona(
+        store(), key, name=name, category=category, description=description, actor=actor()
+    )
+    typer.echo(f"persona {p.key} added")
+
+
+@app.command("list")
+def persona_list(
+    as_json: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include archived personas.")] = False,
+) -> None:
+    """List personas by category with member counts."""
+    from personatag.definitions.personas import list_personas
+
+    st = store()
+    with st.read() as conn:
+        rows = list_personas(conn, st, include_archived=all_)
+    if as_json:
+        emit(
+            {
+                "personas": [
+                    {
+                        "key": p.key,
+                        "name": p.name,
+                        "category": p.category,
+                        "members": n,
+                        "archived": p.archived_at is not None,
+                    }
+                    for p, n in rows
+                ]
+            }
+        )
+        return
+    for p, n in rows:
+        flag = " (archived)" if p.archived_at else ""
+        typer.echo(f"{p.category:<16} {p.key:<28} {n:>10,}  {p.name}{flag}")
+
+
+@app.command("show")
+def persona_show(key: str, as_json: JsonOpt = False) -> None:
+    """Show one persona: definition, member count and the criteria that feed it."""
+    from personatag.definitions.criteria import list_criteria
+    from personatag.definitions.personas import get_persona, member_count
+
+    st = store()
+    with st.read() as conn:
+        p = get_persona(conn, st, key)
+        n = member_count(conn, st, p.pk)
+        feeding = [c for c in list_criteria(conn, st) if c.persona_key == key]
+    data: dict[str, Any] = {
+        "key": p.key,
+        "name": p.name,
+        "category": p.category,
+        "description": p.description,
+        "members": n,
+        "created_at": iso(p.created_at),
+        "created_by": p.created_by,
+        "archived_at": iso(p.archived_at),
+        "criteria": [
+            {
+                "name": c.name,
+                "version": c.version,
+                "action": c.action.value,
+                "mode": c.mode.value,
+                "expr": c.expr,
+            }
+            for c in feeding
+        ],
+    }
+    if as_json:
+        emit(data)
+        return
+    typer.echo(f"{p.key}: {p.name} [{p.category}]{' (archived)' if p.archived_at else ''}")
+    typer.echo(f"members: {n:,}")
+    for c in data["criteria"]:
+        typer.echo(f"  {c['name']}@{c['version']} {c['action']} {c['mode']}: {c['expr']}")
+
+
+@app.command("members")
+def persona_members(
+    key: str,
+    as_json: JsonOpt = False,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+) -> None:
+    """List the ids of the contacts holding a persona (streamed)."""
+    from personatag.definitions.personas import get_persona
+
+    st = store()
+    t = st.tables
+    with st.read() as conn:
+        p = get_persona(conn, st, key)
+        query = (
+            select(t.contacts.c.id)
+            .where(
+                t.contacts.c.pk.in_(
+                    select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == p.pk)
+                )
+            )
+            .order_by(t.contacts.c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        ids = conn.execution_options(yield_per=10_000).scalars(query)
+        out = sys.stdout
+        if as_json:
+            out.write('{"members": [')
+            for i, cid in enumerate(ids):
+                out.write(("," if i else "") + json.dumps({"id": cid}))
+            out.write("]}\n")
+        else:
+            for cid in ids:
+                out.write(cid + "\n")
+
+
+@app.command("archive")
+def persona_archive(key: str) -> None:
+    """Archive a persona: no more tagging; its members and history are kept."""
+    from personatag.definitions.personas import archive_persona
+
+    archive_persona(store(), key)
+    typer.echo(f"persona {key} archived")
