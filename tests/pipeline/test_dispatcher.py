@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
+from personatag.domain import JobStatus
 from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
 from tests.helpers import add_contacts, population
@@ -421,7 +422,7 @@ def test_a_job_ended_elsewhere_does_not_apply(env: tuple[Store, Buckets, Setting
     job = d.prepare("x.json")
     assert job is not None
     with store.write() as conn:  # as a dispatcher taking the work over would
-        jobs.finish_job(conn, store, job.job_pk, jobs.FAILED, {}, error="taken over")
+        jobs.finish_job(conn, store, job.job_pk, JobStatus.FAILED, {}, error="taken over")
     assert d.run(job) == "failed"
     d.close()
     assert members(store, "emea") == 0
@@ -508,7 +509,7 @@ def test_a_job_that_committed_but_was_not_reported_is_reported_later(
 
 @pytest.mark.parametrize("size", [1, 3, 7, 100])
 def test_captured_ids_split_into_parts_between_ids(size: int) -> None:
-    from personatag.requests.results import _label_parts
+    from personatag.tagging.changes import _label_parts
 
     ids = [b"a", b"bb,c", b"", b"dddd", b'e"e', "é".encode()]
     parts = list(_label_parts(b"\x00".join(ids), size=size))

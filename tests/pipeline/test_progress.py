@@ -18,16 +18,16 @@ from sqlalchemy import ColumnElement, Connection, update
 from personatag.buckets import Buckets, LocalBucket, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
-from personatag.domain import Action
+from personatag.domain import Action, JobStatus
 from personatag.engines import register_engine, unregister_engine
 from personatag.engines.base import Engine, Match, MatchSpec
 from personatag.engines.local.batch import LocalEngine
-from personatag.jobs import repository as jobs
 from personatag.jobs.progress import EVALUATING, Progress, describe
 from personatag.jobs.repository import cancel_job, get_job, open_request
 from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
-from personatag.tagging.adhoc import Item, execute, resolve
+from personatag.tagging.plan import Item, resolve
+from personatag.tagging.runner import execute
 from tests.helpers import NOW, add_contacts, population
 
 
@@ -188,7 +188,7 @@ def test_item_counts_move_as_items_are_evaluated_and_applied(pop: Store, stops: 
         Item("cio", Action.TAG, expr='job_title = "CIO"'),
     ]
     plan = resolve(pop, items)
-    request_pk, job_pk, _ = _open(pop, "two", "gated", spec={"items": 2}, status=jobs.QUEUED)
+    request_pk, job_pk, _ = _open(pop, "two", "gated", spec={"items": 2}, status=JobStatus.QUEUED)
     outcome: list[Any] = []
 
     def run() -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from personatag.buckets import BucketError, Buckets, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.errors import PersonatagError
 from personatag.jobs import repository as jobs
 from personatag.requests.dispatcher import Dispatcher, request_id_for_key
@@ -179,7 +179,7 @@ def test_once_reports_a_file_whose_request_runs_in_another_dispatcher(
         as_of=utcnow(),
         dry_run=False,
         spec={"expr": 'region = "EMEA"'},
-        status=jobs.QUEUED,
+        status=JobStatus.QUEUED,
         owner=f"{socket.gethostname()}:{os.getpid()}:",
     )
     b["requests"].put("again.json", expr_request("r1"))

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from personatag.audit_log import record_now
+from personatag.domain import JobStatus
 from personatag.errors import NotFoundError
-from personatag.jobs.repository import FAILED, TERMINAL, cancel_job, get_job, list_jobs
+from personatag.jobs.repository import TERMINAL, cancel_job, get_job, list_jobs
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.schemas import JOB_STATUS_DOC, JobPublic, StatusView, StreamStatus
@@ -81,10 +82,10 @@ def status(store: StoreDep) -> dict[str, Any]:
     """The queue, the ten newest jobs, and the failure rate of the last 100."""
     last = list_jobs(store, limit=100)
     finished = [j for j in last if j["status"] in TERMINAL]
-    failed = sum(1 for j in finished if j["status"] == FAILED)
+    failed = sum(1 for j in finished if j["status"] == JobStatus.FAILED)
     return {
-        "queued": len(list_jobs(store, status="queued", limit=1000)),
-        "running": len(list_jobs(store, status="running", limit=1000)),
+        "queued": len(list_jobs(store, status=JobStatus.QUEUED, limit=1000)),
+        "running": len(list_jobs(store, status=JobStatus.RUNNING, limit=1000)),
         "recent": last[:10],
         "finished_recent": len(finished),
         "failure_rate": round(failed / len(finished), 4) if finished else None,
