@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.store import Store
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,33 @@ class Progress:
             self._phase_no += 1
             self._set(name, done, total, unit)
         self._flush()
+
+    def phase_in(
+        self,
+        conn: Connection,
+        name: str,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        unit: str | None = None,
+    ) -> None:
+        """Enter phase `name`, written in the caller's write transaction `conn`
+        rather than one of its own: it commits with what that transaction
+        records (the job's start, its outcome), or not at all."""
+        jobs = self.store.tables.jobs
+        with self._writing:
+            with self._lock:
+                if self._closed:
+                    return
+                self._phase_no += 1
+                self._set(name, done, total, unit)
+                figure, version = self._figure, self._version
+            conn.execute(
+                update(jobs).where(jobs.c.pk == self.job_pk).values(progress=json.dumps(figure))
+            )
+            with self._lock:
+                self._written = max(self._written, version)
+                self._written_at = time.monotonic()
 
     def count(self, done: int | None, total: int | None, unit: str | None) -> None:
         """How far the current phase is; written at most once per `every_s`."""
@@ -232,6 +259,6 @@ def describe(progress: dict[str, Any] | None, status: str) -> str:
     count = total if total is not None else done
     if unit and count is not None:
         text += f" {unit[:-1] if count == 1 and unit.endswith('s') else unit}"
-    if status in ("failed", "cancelled") and phase != DONE:
+    if status in (JobStatus.FAILED, JobStatus.CANCELLED) and phase != DONE:
         return f"stopped while {text}"
     return text

@@ -125,11 +125,17 @@ def open_request(
     return int(request_pk), int(job_pk), None
 
 
-def start_job(store: Store, job_pk: int, deadline_s: float | None = None) -> JobStatus:
+def start_job(
+    store: Store,
+    job_pk: int,
+    deadline_s: float | None = None,
+    also: Callable[[Connection], None] | None = None,
+) -> JobStatus:
     """queued -> running (a job already running keeps its start time); returns
     the job's status now. Anything but running means the job already ended
     (cancelled while queued, or failed by a dispatcher that took its work
-    over): it must not run.
+    over): it must not run. `also` writes in the same transaction once the
+    job runs (its first progress figure).
     """
     jobs = store.tables.jobs
     now = utcnow()
@@ -142,8 +148,10 @@ def start_job(store: Store, job_pk: int, deadline_s: float | None = None) -> Job
             .where(jobs.c.pk == job_pk, jobs.c.status == JobStatus.QUEUED)
             .values(**values)
         )
-        status = conn.scalar(select(jobs.c.status).where(jobs.c.pk == job_pk))
-    return JobStatus(str(status))
+        status = JobStatus(str(conn.scalar(select(jobs.c.status).where(jobs.c.pk == job_pk))))
+        if also is not None and status is JobStatus.RUNNING:
+            also(conn)
+    return status
 
 
 def finish_job(

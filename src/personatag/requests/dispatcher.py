@@ -25,6 +25,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -599,7 +600,7 @@ class Dispatcher:
 
     def _run(self, job: _Prepared) -> str:
         control = JobControl(self.deadline_s)
-        with self.runner.start(job.job, control=control, changes=True) as run:
+        with self.runner.start(job.job, control=control, results=True) as run:
             return self._run_job(job, run)
 
     def _run_job(self, job: _Prepared, run: JobRun) -> str:
@@ -647,10 +648,8 @@ class Dispatcher:
             items=items,
         )
         # A job that failed keeps the progress it stopped at; one that
-        # succeeded is done once its result files are written.
-        succeeded = status.applied
-        if succeeded:
-            run.writing_results()
+        # succeeded is `writing results` (committed with its outcome), and
+        # done once they are written.
         results_error = self._results.write(
             key,
             request_id=request.request_id,
@@ -659,9 +658,10 @@ class Dispatcher:
             request_pk=request_pk,
             prebuilt=run.changes,
         )
-        if succeeded and results_error is None:
-            run.done()
-        self._done(key, request.request_id, status, job_pk=job_pk, results_error=results_error)
+        done = run.done_in if status.applied and results_error is None else None
+        self._done(
+            key, request.request_id, status, job_pk=job_pk, results_error=results_error, also=done
+        )
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
             request.engine,
@@ -846,10 +846,12 @@ class Dispatcher:
         *,
         job_pk: int | None = None,
         results_error: str | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> None:
         """Record a file's outcome; with `results_error`, the outcome is
         `results_failed` (the file is finished but for its result files, which a
-        later scan writes from the store) and a job that succeeded says so."""
+        later scan writes from the store) and a job that succeeded says so.
+        `also` writes in the same transaction (the job's last progress)."""
         rf = self.store.tables.request_files
         values: dict[str, Any] = {"request_id": request_id, "outcome": outcome, "error": None}
         if job_pk is not None:
@@ -863,6 +865,8 @@ class Dispatcher:
                 if job_pk is not None:
                     note = None if results_error is None else f"{results_error}; tried again later"
                     jobs.note_results(conn, self.store, job_pk, note)
+                if also is not None:
+                    also(conn)
 
         retrying(record, what=f"request file {key}")
         if results_error is not None:

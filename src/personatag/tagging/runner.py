@@ -105,18 +105,20 @@ class OpenedJob:
 
 
 class JobRun:
-    """One job being run (JobRunner.start): `execute` it, then, while the block
-    is open, write what it reports with its `changes`; leaving the block closes
-    its progress and changes."""
+    """One job being run (JobRunner.start), used as a context manager: `execute`
+    it; with `results`, the caller then writes the request's result files (with
+    `changes`, built while the job applied) and says when they are written
+    (`done_in`). Leaving the block closes the job's progress and changes."""
 
     def __init__(
-        self, runner: JobRunner, job: OpenedJob, control: JobControl, changes: bool
+        self, runner: JobRunner, job: OpenedJob, control: JobControl, results: bool
     ) -> None:
         self.job = job
         self.control = control
+        self.results = results
         self._runner = runner
         self.progress = Progress(runner.store, job.job_pk, every_s=runner.progress_s)
-        self.changes = ChangesBuilder(runner.store) if changes else None
+        self.changes = ChangesBuilder(runner.store) if results else None
 
     def execute(self) -> AdhocResult:
         """Compute and apply; the outcome is recorded. Raises RequestFailed."""
@@ -137,15 +139,15 @@ class JobRun:
             changes=self.changes,
             progress=self.progress,
             start=job.queued,
+            # A job that succeeded is done, or writing its results: recorded
+            # with its outcome.
+            then=WRITING_RESULTS if self.results else DONE,
         )
 
-    def writing_results(self) -> None:
-        """The job succeeded; its result files are being written."""
-        self.progress.phase(WRITING_RESULTS)
-
-    def done(self) -> None:
-        """The job succeeded and everything it reports is written."""
-        self.progress.phase(DONE)
+    def done_in(self, conn: Connection) -> None:
+        """The job succeeded and its result files are written: recorded in the
+        caller's transaction `conn` (the one that ends its request file)."""
+        self.progress.phase_in(conn, DONE)
 
     def close(self) -> None:
         """Nothing more is written once the job is over: a job that failed
@@ -215,18 +217,16 @@ class JobRunner:
         return OpenedJob(request, request_pk, job_pk, queued)
 
     def start(
-        self, job: OpenedJob, *, control: JobControl | None = None, changes: bool = False
+        self, job: OpenedJob, *, control: JobControl | None = None, results: bool = False
     ) -> JobRun:
-        """A run of `job`, to use as a context manager; `changes`: build its
-        changes file while it applies (a request file's results)."""
-        return JobRun(self, job, control or JobControl(), changes)
+        """A run of `job`, to use as a context manager; `results`: the caller
+        writes result files once it succeeded (a request file's)."""
+        return JobRun(self, job, control or JobControl(), results)
 
     def run(self, job: OpenedJob, *, control: JobControl | None = None) -> AdhocResult:
         """Run `job` to its end (nothing more to report): RequestFailed if it fails."""
         with self.start(job, control=control) as run:
-            result = run.execute()
-            run.done()
-        return result
+            return run.execute()
 
 
 def execute(
@@ -246,19 +246,32 @@ def execute(
     changes: ChangesBuilder | None = None,
     progress: Progress,
     start: bool = True,
+    then: str | None = None,
 ) -> AdhocResult:
     """Run a recorded job: compute each item on the engine, then apply all items
     in one transaction with the job's outcome. Raises RequestFailed (the job is
     recorded failed or cancelled; nothing applied). JobRunner calls it, with
     the job's progress and changes; `start`: the job may be queued (it is moved
-    to running first), else it was opened running.
+    to running first), else it was opened running; `then`: the phase the job
+    is in once its outcome commits (written with it), if any.
     """
     control = control or JobControl()
     ended = False  # the job ended before it started (cancelled while queued)
+    computed = sum(1 for r in plan.items if r.ast is not None)
     try:
-        if start:
+        # An engine that cannot be had fails the job once it has started.
+        got: Engine | Exception = get_engine(engine_name, store, settings)
+    except Exception as exc:
+        got = exc
+
+    def evaluating(conn: Connection) -> None:
+        if computed and not isinstance(got, Exception):
+            progress.phase_in(conn, EVALUATING, done=0, total=computed, unit="items")
+
+    try:
+        if start:  # queued -> running, with the first phase in the same transaction
             status = retrying(
-                lambda _: jobs.start_job(store, job_pk, control.deadline_s),
+                lambda _: jobs.start_job(store, job_pk, control.deadline_s, also=evaluating),
                 what=f"request {request_id}",
             )
             if status is not JobStatus.RUNNING:
@@ -266,11 +279,12 @@ def execute(
                 if status is JobStatus.CANCELLED:
                     raise JobStopped(JobStatus.CANCELLED, "cancelled")
                 raise ConflictError(f"job {job_pk} is {status}; it does not run")
-        engine = get_engine(engine_name, store, settings)
-        matches: list[Match | None] = []
-        computed = sum(1 for r in plan.items if r.ast is not None)
-        if computed:
+        if isinstance(got, Exception):
+            raise got
+        engine = got
+        if computed and not start:
             progress.phase(EVALUATING, done=0, total=computed, unit="items")
+        matches: list[Match | None] = []
         evaluated = 0
         for r in plan.items:
             control.check()
@@ -314,6 +328,7 @@ def execute(
                 actor=actor,
                 row_failures=row_failures,
                 changes=changes,
+                then=then,
             )
 
         # One transaction applies the request and records its outcome: when
@@ -324,7 +339,8 @@ def execute(
         )
         if dry_run:
             with store.write() as conn:
-                jobs.finish_job(conn, store, job_pk, result.status, result.as_json())
+                if jobs.finish_job(conn, store, job_pk, result.status, result.as_json()) and then:
+                    progress.phase_in(conn, then)
     except Exception as exc:
         failed = exc.status if isinstance(exc, JobStopped) else JobStatus.FAILED
         reason = reason_of(exc)
@@ -355,8 +371,10 @@ def _apply_all(
     actor: str | None,
     row_failures: Sequence[FailedRow],
     changes: ChangesBuilder | None,
+    then: str | None,
 ) -> AdhocResult:
-    """Apply every item and record the job's outcome, in one transaction."""
+    """Apply every item and record the job's outcome (and its phase `then`),
+    in one transaction."""
     # A dry run writes nothing but its temp tables: no write lock needed.
     with (
         progress.in_transaction(
@@ -393,8 +411,11 @@ def _apply_all(
         )
         # The outcome commits with the memberships; a job that was ended
         # meanwhile (taken over, cancelled) must not apply: roll back.
-        if not dry_run and not jobs.finish_job(conn, store, job_pk, status, result.as_json()):
-            raise JobStopped(JobStatus.FAILED, "the job was ended elsewhere while it ran")
+        if not dry_run:
+            if not jobs.finish_job(conn, store, job_pk, status, result.as_json()):
+                raise JobStopped(JobStatus.FAILED, "the job was ended elsewhere while it ran")
+            if then is not None:
+                progress.phase_in(conn, then)
     return result
 
 
