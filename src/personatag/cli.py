@@ -918,7 +918,7 @@ def jobs_list(
     else:
         from personatag.jobs.repository import list_jobs
 
-        found = list_jobs(store(), status=status, limit=limit)
+        found = [j.as_json() for j in list_jobs(store(), status=status, limit=limit)]
     if as_json:
         emit({"jobs": found})
         return
@@ -939,7 +939,7 @@ def jobs_show(
     else:
         from personatag.jobs.repository import get_job
 
-        j = get_job(store(), ref)
+        j = get_job(store(), ref).as_json()
     if as_json:
         emit(j)
         return
@@ -964,7 +964,7 @@ def jobs_cancel(
     else:
         from personatag.jobs.repository import cancel_job
 
-        j = cancel_job(store(), ref)
+        j = cancel_job(store(), ref).as_json()
     if as_json:
         emit(j)
     else:
@@ -985,7 +985,7 @@ def status(as_json: JsonOpt = False) -> None:
         out = {
             "queued": len(list_jobs(st, status="queued", limit=1000)),
             "running": len(list_jobs(st, status="running", limit=1000)),
-            "recent": list_jobs(st, limit=10),
+            "recent": [j.as_json() for j in list_jobs(st, limit=10)],
         }
     if as_json:
         emit(out)

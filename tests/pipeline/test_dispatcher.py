@@ -281,7 +281,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
         deadline = time.monotonic() + 30
         while get_job_status(store, "c1") != "running" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cancel_job(store, "c1")["status"] == "running"  # asked to stop
+        assert cancel_job(store, "c1").as_json()["status"] == "running"  # asked to stop
         while not b["results"].exists("c1/summary.json") and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
@@ -290,7 +290,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
         loop.join(30)
         unregister_engine("slow")
     assert summary(b, "c1")["status"] == "cancelled"
-    assert get_job(store, "c1")["status"] == "cancelled"
+    assert get_job(store, "c1").as_json()["status"] == "cancelled"
     assert members(store, "emea") == 0
 
 
@@ -299,7 +299,7 @@ def get_job_status(store: Store, ref: str) -> str | None:
     from personatag.jobs.repository import get_job
 
     try:
-        return str(get_job(store, ref)["status"])
+        return str(get_job(store, ref).as_json()["status"])
     except NotFoundError:
         return None
 
@@ -405,7 +405,7 @@ def test_a_cancelled_queued_request_stays_cancelled(env: tuple[Store, Buckets, S
     assert first._claim("q.json")
     job = first.prepare("q.json")  # claimed and queued, not yet run
     assert job is not None
-    assert cancel_job(store, "q")["status"] == "cancelled"
+    assert cancel_job(store, "q").as_json()["status"] == "cancelled"
     first.close()  # gone before it ran the job
     second = Dispatcher(store, b, settings)
     assert second.scan() == 0
@@ -426,7 +426,7 @@ def test_a_job_ended_elsewhere_does_not_apply(env: tuple[Store, Buckets, Setting
     assert d.run(job) == "failed"
     d.close()
     assert members(store, "emea") == 0
-    assert jobs.get_job(store, str(job.job_pk))["error"] == "taken over"
+    assert jobs.get_job(store, str(job.job_pk)).as_json()["error"] == "taken over"
 
 
 def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settings]) -> None:
@@ -457,7 +457,7 @@ def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settin
         d.scan()
         assert started.wait(30)
         d.close()  # SIGTERM does this
-        job = get_job(store, "s")
+        job = get_job(store, "s").as_json()
         assert job["status"] == "failed" and "dispatcher stopped" in job["error"]
         assert not b["results"].exists("s/summary.json")
         t = store.tables

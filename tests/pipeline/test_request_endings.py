@@ -380,11 +380,11 @@ def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
     applied = log_rows(store)
     if kind == "succeeded":
         assert applied == 3  # the memberships committed
-        job = jobs.get_job(store, "r1")
+        job = jobs.get_job(store, "r1").as_json()
         assert job["error"].startswith("results could not be written")
         assert job["progress"]["phase"] == "writing results"
     if kind == "job failed":
-        assert "unknown engine 'nope'" in jobs.get_job(store, "r1")["error"]
+        assert "unknown engine 'nope'" in jobs.get_job(store, "r1").as_json()["error"]
     with pytest.raises(PersonatagError, match="results could not be written"):
         wait_for_result(b, store, {"key": key, "request_id": "r1"}, timeout=0)
 
@@ -398,7 +398,7 @@ def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
     assert summary["status"] == outcome
     if kind == "succeeded":
         assert summary["counts"]["tagged"] == 3 and summary["error"] is None
-        job = jobs.get_job(store, "r1")
+        job = jobs.get_job(store, "r1").as_json()
         assert job["error"] is None and job["progress"]["phase"] == "done"
         data = gzip.decompress(b["results"].get("r1/changes.csv.gz")).decode()
         assert data.count(",emea,enter") == 3

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 
 from personatag.domain import JobStatus, utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
+from personatag.jobs.views import JobPublic
 from personatag.store import Store
 
 #: Job states by what they say, in JobStatus order (tuples: usable in SQL IN).
@@ -193,37 +194,6 @@ def note_results(conn: Connection, store: Store, job_pk: int, error: str | None)
     )
 
 
-def _job_view(row: Any) -> dict[str, Any]:
-    m = row._mapping
-
-    def iso(v: Any) -> Any:
-        return v.isoformat().replace("+00:00", "Z") if v is not None else None
-
-    seconds = None
-    if m["started_at"] is not None and m["finished_at"] is not None:
-        seconds = round((m["finished_at"] - m["started_at"]).total_seconds(), 3)
-    return {
-        "id": m["pk"],
-        "request_id": m["request_id"],
-        "status": m["status"],
-        "engine": m["engine"],
-        "engine_ref": m["engine_ref"],
-        "bundle_version": m["bundle_version"],
-        "submitted_by": m["submitted_by"],
-        "dry_run": bool(m["dry_run"]),
-        "queued_at": iso(m["queued_at"]),
-        "started_at": iso(m["started_at"]),
-        "finished_at": iso(m["finished_at"]),
-        "seconds": seconds,
-        "deadline_at": iso(m["deadline_at"]),
-        "counts": json.loads(m["counts"]) if m["counts"] else None,
-        # See pipeline/progress.py: kept after the job ended (`done`, or where it stopped).
-        "progress": json.loads(m["progress"]) if m["progress"] else None,
-        "error": m["error"],
-        "owner": m["owner"],
-    }
-
-
 def _jobs_query(store: Store) -> Any:
     t = store.tables
     return select(
@@ -231,7 +201,7 @@ def _jobs_query(store: Store) -> Any:
     ).join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
 
 
-def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[JobPublic]:
     """Newest jobs first, optionally only those with `status`."""
     if status is not None and status not in set(JobStatus):
         valid = ", ".join(JobStatus)
@@ -241,10 +211,10 @@ def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> li
     if status is not None:
         query = query.where(t.jobs.c.status == status)
     with store.read() as conn:
-        return [_job_view(r) for r in conn.execute(query)]
+        return [JobPublic.from_row(r) for r in conn.execute(query)]
 
 
-def get_job(store: Store, ref: str) -> dict[str, Any]:
+def get_job(store: Store, ref: str) -> JobPublic:
     """A job by its number, or the newest job of a request id."""
     t = store.tables
     query = _jobs_query(store)
@@ -256,19 +226,19 @@ def get_job(store: Store, ref: str) -> dict[str, Any]:
         row = conn.execute(query).first()
     if row is None:
         raise NotFoundError(f"unknown job {ref!r}: give a job number or a request id")
-    return _job_view(row)
+    return JobPublic.from_row(row)
 
 
-def cancel_job(store: Store, ref: str) -> dict[str, Any]:
+def cancel_job(store: Store, ref: str) -> JobPublic:
     """Cancel a queued job at once; ask a running one to stop (its dispatcher
     interrupts it within a poll interval). Finished jobs cannot be cancelled."""
     job = get_job(store, ref)
     t = store.tables
     with store.write() as conn:
-        if job["status"] == JobStatus.QUEUED:
+        if job.status == JobStatus.QUEUED:
             conn.execute(
                 t.jobs.update()
-                .where(t.jobs.c.pk == job["id"], t.jobs.c.status == JobStatus.QUEUED)
+                .where(t.jobs.c.pk == job.id, t.jobs.c.status == JobStatus.QUEUED)
                 .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled")
             )
             # Finish its request file too: a dispatcher that takes the file
@@ -276,13 +246,11 @@ def cancel_job(store: Store, ref: str) -> dict[str, Any]:
             rf = t.request_files
             conn.execute(
                 rf.update()
-                .where(rf.c.request_id == job["request_id"], rf.c.outcome.is_(None))
+                .where(rf.c.request_id == job.request_id, rf.c.outcome.is_(None))
                 .values(outcome=JobStatus.CANCELLED)
             )
-        elif job["status"] == JobStatus.RUNNING:
-            conn.execute(
-                t.jobs.update().where(t.jobs.c.pk == job["id"]).values(cancel_requested=True)
-            )
+        elif job.status == JobStatus.RUNNING:
+            conn.execute(t.jobs.update().where(t.jobs.c.pk == job.id).values(cancel_requested=True))
         else:
-            raise ConflictError(f"job {job['id']} is {job['status']}: nothing to cancel")
-    return get_job(store, str(job["id"]))
+            raise ConflictError(f"job {job.id} is {job.status}: nothing to cancel")
+    return get_job(store, str(job.id))
