@@ -95,17 +95,17 @@ def test_a_request_file_takes_six_write_transactions(
 @pytest.mark.parametrize(
     ("item", "dry_run", "expected"),
     [
-        (Item("emea", Action.TAG, expr='region = "EMEA"'), False, 4),
-        (Item("emea", Action.TAG, expr='region = "EMEA"'), True, 4),
+        (Item("emea", Action.TAG, expr='region = "EMEA"'), False, 3),
+        (Item("emea", Action.TAG, expr='region = "EMEA"'), True, 3),
         (Item("cio", Action.TAG, contact_ids=[(1, "c0001"), (2, "c0002")]), False, 3),
     ],
 )
-def test_a_command_line_request_takes_three_or_four(
+def test_a_command_line_request_takes_three_write_transactions(
     pop: Store, writes: Callable[[Callable[[], Any]], int], item: Item, dry_run: bool, expected: int
 ) -> None:
-    """The request with its job (running at once), the `evaluating` phase when
-    there is a criterion to compute, `applying`, and the memberships with the
-    job's outcome and `done` (a dry run: the outcome alone)."""
+    """The request with its job (running at once, `evaluating` when there is a
+    criterion to compute), the `applying` phase, and the memberships with the
+    job's outcome and `done` (a dry run: the outcome and `done`)."""
     runner = JobRunner(pop, Settings(), progress_s=LONG)
     request = JobRequest("cli", resolve(pop, [item]), utcnow(), dry_run=dry_run)
 

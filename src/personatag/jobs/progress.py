@@ -48,11 +48,34 @@ PHASES = (EVALUATING, APPLYING, WRITING_RESULTS, DONE)
 Report = Callable[[int | None, int | None, str | None], None]
 
 
+def figure(
+    phase: str, done: int | None = None, total: int | None = None, unit: str | None = None
+) -> dict[str, Any]:
+    """A progress figure as `jobs.progress` stores it, taken now."""
+    return {
+        "phase": phase,
+        "done": done,
+        "total": total,
+        "unit": unit,
+        "updated_at": utcnow().isoformat().replace("+00:00", "Z"),
+    }
+
+
 class Progress:
-    """Writes one job's progress to its `jobs` row; callable from any thread."""
+    """Writes one job's progress to its `jobs` row; callable from any thread.
+
+    `written`: the figure the job's row already holds (written when the job
+    was recorded), which is the first phase.
+    """
 
     def __init__(
-        self, store: Store, job_pk: int, *, every_s: float = 1.0, wait_s: float = 0.5
+        self,
+        store: Store,
+        job_pk: int,
+        *,
+        every_s: float = 1.0,
+        wait_s: float = 0.5,
+        written: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.job_pk = job_pk
@@ -69,6 +92,10 @@ class Progress:
         self._held = False  # the job's own transaction holds the only write lock
         self._closed = False
         self._warned = False
+        if written is not None:
+            self._figure = written
+            self._phase_no = self._version = self._written = 1
+            self._written_at = time.monotonic()
 
     def phase(
         self,
@@ -167,13 +194,7 @@ class Progress:
     # -- internals ------------------------------------------------------------
 
     def _set(self, phase: str, done: int | None, total: int | None, unit: str | None) -> None:
-        self._figure = {
-            "phase": phase,
-            "done": done,
-            "total": total,
-            "unit": unit,
-            "updated_at": utcnow().isoformat().replace("+00:00", "Z"),
-        }
+        self._figure = figure(phase, done, total, unit)
         self._version += 1
 
     def _count(

@@ -49,10 +49,12 @@ def open_request(
     deadline_at: datetime | None = None,
     owner: str | None = None,
     bundle_version: str | None = None,
+    progress: dict[str, Any] | None = None,
     also: Callable[[Connection], None] | None = None,
 ) -> tuple[int, int, dict[str, Any] | None]:
     """Record a request (once per request id) and a new job for it (`status`:
     running, or queued), in one write transaction; `also` writes in it too.
+    `progress`: a running job's first progress figure.
 
     Returns (request pk, job pk, previous result). The request id is an
     idempotency key: when a job of this request already succeeded (or was
@@ -118,6 +120,7 @@ def open_request(
                 owner=owner,
                 heartbeat_at=now if owner else None,
                 bundle_version=bundle_version,
+                progress=json.dumps(progress) if progress is not None else None,
             )
             .returning(t.jobs.c.pk)
         )

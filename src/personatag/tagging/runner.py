@@ -28,7 +28,14 @@ from personatag.engines.base import Engine, Match, MatchSpec
 from personatag.engines.control import JobControl, JobStopped
 from personatag.errors import ConflictError
 from personatag.jobs import repository as jobs
-from personatag.jobs.progress import APPLYING, DONE, EVALUATING, WRITING_RESULTS, Progress
+from personatag.jobs.progress import (
+    APPLYING,
+    DONE,
+    EVALUATING,
+    WRITING_RESULTS,
+    Progress,
+    figure,
+)
 from personatag.memberships.apply import apply_adhoc
 from personatag.memberships.log import LogContext
 from personatag.store import Store
@@ -102,6 +109,7 @@ class OpenedJob:
     request_pk: int
     job_pk: int
     queued: bool
+    progress: dict[str, Any] | None = None  # a running job's first figure, recorded with it
 
 
 class JobRun:
@@ -117,7 +125,9 @@ class JobRun:
         self.control = control
         self.results = results
         self._runner = runner
-        self.progress = Progress(runner.store, job.job_pk, every_s=runner.progress_s)
+        self.progress = Progress(
+            runner.store, job.job_pk, every_s=runner.progress_s, written=job.progress
+        )
         self.changes = ChangesBuilder(runner.store) if results else None
 
     def execute(self) -> AdhocResult:
@@ -194,6 +204,10 @@ class JobRunner:
         for something else, or its job is still queued or running."""
         first = request.plan.items[0]
         queued = owner is not None
+        computed = sum(1 for r in request.plan.items if r.ast is not None)
+        # A job that runs at once is evaluating from its first moment (a
+        # queued one enters it when it starts).
+        progress = None if queued or not computed else figure(EVALUATING, 0, computed, "items")
         request_pk, job_pk, previous = jobs.open_request(
             self.store,
             request_id=request.request_id,
@@ -210,11 +224,12 @@ class JobRunner:
             deadline_at=None if deadline_s is None else utcnow() + timedelta(seconds=deadline_s),
             owner=owner,
             bundle_version=bundle_version,
+            progress=progress,
             also=also,
         )
         if previous is not None:  # the same request id ran to completion before
             return AdhocResult.from_json(previous)
-        return OpenedJob(request, request_pk, job_pk, queued)
+        return OpenedJob(request, request_pk, job_pk, queued, progress)
 
     def start(
         self, job: OpenedJob, *, control: JobControl | None = None, results: bool = False
@@ -252,7 +267,8 @@ def execute(
     in one transaction with the job's outcome. Raises RequestFailed (the job is
     recorded failed or cancelled; nothing applied). JobRunner calls it, with
     the job's progress and changes; `start`: the job may be queued (it is moved
-    to running first), else it was opened running; `then`: the phase the job
+    to running first, with its first phase), else it was opened running (with
+    its first phase: JobRunner.open); `then`: the phase the job
     is in once its outcome commits (written with it), if any.
     """
     control = control or JobControl()
@@ -282,8 +298,6 @@ def execute(
         if isinstance(got, Exception):
             raise got
         engine = got
-        if computed and not start:
-            progress.phase(EVALUATING, done=0, total=computed, unit="items")
         matches: list[Match | None] = []
         evaluated = 0
         for r in plan.items:
