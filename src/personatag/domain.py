@@ -43,6 +43,26 @@ class Change(StrEnum):
     EXIT = "exit"
 
 
+class JobStatus(StrEnum):
+    """A job's state, as stored in `jobs.status` and shown by the CLI and API."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # applied, with rows that could not be used
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+    @property
+    def applied(self) -> bool:
+        """Succeeded, or partial: the request's changes were committed."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.PARTIAL)
+
+
 # Membership sources: which kind of thing holds a membership row.
 SOURCE_ADHOC = 0  # any ad hoc request (the row keeps the first request's id)
 SOURCE_MANUAL = -1  # a pin-in

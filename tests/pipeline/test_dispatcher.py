@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from personatag.buckets import Buckets, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
+from personatag.domain import JobStatus
 from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
 from tests.helpers import add_contacts, population
@@ -280,7 +281,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
         deadline = time.monotonic() + 30
         while get_job_status(store, "c1") != "running" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cancel_job(store, "c1")["status"] == "running"  # asked to stop
+        assert cancel_job(store, "c1").as_json()["status"] == "running"  # asked to stop
         while not b["results"].exists("c1/summary.json") and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
@@ -289,7 +290,7 @@ def test_jobs_cancel_stops_a_running_job(env: tuple[Store, Buckets, Settings]) -
         loop.join(30)
         unregister_engine("slow")
     assert summary(b, "c1")["status"] == "cancelled"
-    assert get_job(store, "c1")["status"] == "cancelled"
+    assert get_job(store, "c1").as_json()["status"] == "cancelled"
     assert members(store, "emea") == 0
 
 
@@ -323,7 +324,7 @@ def get_job_status(store: Store, ref: str) -> str | None:
     from personatag.jobs.repository import get_job
 
     try:
-        return str(get_job(store, ref)["status"])
+        return str(get_job(store, ref).as_json()["status"])
     except NotFoundError:
         return None
 
@@ -429,7 +430,7 @@ def test_a_cancelled_queued_request_stays_cancelled(env: tuple[Store, Buckets, S
     assert first._claim("q.json")
     job = first.prepare("q.json")  # claimed and queued, not yet run
     assert job is not None
-    assert cancel_job(store, "q")["status"] == "cancelled"
+    assert cancel_job(store, "q").as_json()["status"] == "cancelled"
     first.close()  # gone before it ran the job
     second = Dispatcher(store, b, settings)
     assert second.scan() == 0
@@ -446,11 +447,11 @@ def test_a_job_ended_elsewhere_does_not_apply(env: tuple[Store, Buckets, Setting
     job = d.prepare("x.json")
     assert job is not None
     with store.write() as conn:  # as a dispatcher taking the work over would
-        jobs.finish_job(conn, store, job.job_pk, jobs.FAILED, {}, error="taken over")
+        jobs.finish_job(conn, store, job.job_pk, JobStatus.FAILED, {}, error="taken over")
     assert d.run(job) == "failed"
     d.close()
     assert members(store, "emea") == 0
-    assert jobs.get_job(store, str(job.job_pk))["error"] == "taken over"
+    assert jobs.get_job(store, str(job.job_pk)).as_json()["error"] == "taken over"
 
 
 def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settings]) -> None:
@@ -481,7 +482,7 @@ def test_shutdown_leaves_the_file_to_run_again(env: tuple[Store, Buckets, Settin
         d.scan()
         assert started.wait(30)
         d.close()  # SIGTERM does this
-        job = get_job(store, "s")
+        job = get_job(store, "s").as_json()
         assert job["status"] == "failed" and "dispatcher stopped" in job["error"]
         assert not b["results"].exists("s/summary.json")
         t = store.tables
@@ -533,7 +534,7 @@ def test_a_job_that_committed_but_was_not_reported_is_reported_later(
 
 @pytest.mark.parametrize("size", [1, 3, 7, 100])
 def test_captured_ids_split_into_parts_between_ids(size: int) -> None:
-    from personatag.requests.results import _label_parts
+    from personatag.tagging.changes import _label_parts
 
     ids = [b"a", b"bb,c", b"", b"dddd", b'e"e', "é".encode()]
     parts = list(_label_parts(b"\x00".join(ids), size=size))

@@ -18,16 +18,16 @@ from sqlalchemy import ColumnElement, Connection, update
 from personatag.buckets import Buckets, LocalBucket, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
-from personatag.domain import Action
+from personatag.domain import Action, JobStatus
 from personatag.engines import register_engine, unregister_engine
 from personatag.engines.base import Engine, Match, MatchSpec
 from personatag.engines.local.batch import LocalEngine
-from personatag.jobs import repository as jobs
 from personatag.jobs.progress import EVALUATING, Progress, describe
 from personatag.jobs.repository import cancel_job, get_job, open_request
 from personatag.requests.dispatcher import Dispatcher
 from personatag.store import Store
-from personatag.tagging.adhoc import Item, execute, resolve
+from personatag.tagging.plan import Item, resolve
+from personatag.tagging.runner import execute
 from tests.helpers import NOW, add_contacts, population
 
 
@@ -112,7 +112,7 @@ def pop(store: Store) -> Store:
 
 
 def progress_of(store: Store, ref: str) -> dict[str, Any]:
-    job = get_job(store, ref)
+    job = get_job(store, ref).as_json()
     progress = job["progress"]
     assert progress is not None, job
     datetime.fromisoformat(progress.pop("updated_at"))  # present, and a timestamp
@@ -179,7 +179,7 @@ def test_a_request_file_job_shows_each_phase_while_it_runs(
         d.close()
     assert progress_of(pop, "p1") == figure("succeeded", "done", None, None, None)
     assert buckets["results"].exists("p1/summary.json")
-    assert describe(get_job(pop, "p1")["progress"], "succeeded") == "done"
+    assert describe(get_job(pop, "p1").as_json()["progress"], "succeeded") == "done"
 
 
 def test_item_counts_move_as_items_are_evaluated_and_applied(pop: Store, stops: Stops) -> None:
@@ -188,7 +188,7 @@ def test_item_counts_move_as_items_are_evaluated_and_applied(pop: Store, stops: 
         Item("cio", Action.TAG, expr='job_title = "CIO"'),
     ]
     plan = resolve(pop, items)
-    request_pk, job_pk, _ = _open(pop, "two", "gated", spec={"items": 2}, status=jobs.QUEUED)
+    request_pk, job_pk, _ = _open(pop, "two", "gated", spec={"items": 2}, status=JobStatus.QUEUED)
     outcome: list[Any] = []
 
     def run() -> None:
@@ -211,7 +211,7 @@ def test_item_counts_move_as_items_are_evaluated_and_applied(pop: Store, stops: 
         except BaseException as exc:
             outcome.append(exc)
 
-    assert get_job(pop, "two")["progress"] is None  # queued: nothing to show yet
+    assert get_job(pop, "two").as_json()["progress"] is None  # queued: nothing to show yet
     worker = threading.Thread(target=run)
     worker.start()
     names, seen = [], []
@@ -251,13 +251,13 @@ def test_a_cancelled_job_keeps_the_progress_it_stopped_at(
         d.scan()
         name, _ = stops.next()
         assert name == "evaluating"
-        assert cancel_job(pop, "c1")["status"] == "running"  # asked to stop
+        assert cancel_job(pop, "c1").as_json()["status"] == "running"  # asked to stop
         d.heartbeat()  # where the dispatcher passes the request on to the job
         d.drain(timeout=60)  # the job leaves the engine behind, still held
     finally:
         stops.release_all()
         d.close()
-    job = get_job(pop, "c1")
+    job = get_job(pop, "c1").as_json()
     assert job["status"] == "cancelled"
     assert progress_of(pop, "c1") == figure("cancelled", "evaluating", 0, 1, "items")
     assert describe(job["progress"], job["status"]) == "stopped while evaluating 0/1 item"
@@ -285,7 +285,7 @@ def test_a_write_that_would_wait_for_a_lock_is_retried_not_waited_for(
         progress.phase(EVALUATING, done=0, total=1, unit="items")  # returns: nothing raised
         assert "progress of job" in caplog.text and "not recorded" in caplog.text
     deadline = time.monotonic() + 30  # a bound for a hang, not a speed
-    while get_job(pop, "busy")["progress"] is None and time.monotonic() < deadline:
+    while get_job(pop, "busy").as_json()["progress"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
     progress.close()
     assert progress_of(pop, "busy") == figure("running", "evaluating", 0, 1, "items")

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from personatag.buckets import BucketError, Buckets, open_buckets
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.errors import PersonatagError
 from personatag.jobs import repository as jobs
 from personatag.requests.dispatcher import Dispatcher, request_id_for_key
@@ -179,7 +179,7 @@ def test_once_reports_a_file_whose_request_runs_in_another_dispatcher(
         as_of=utcnow(),
         dry_run=False,
         spec={"expr": 'region = "EMEA"'},
-        status=jobs.QUEUED,
+        status=JobStatus.QUEUED,
         owner=f"{socket.gethostname()}:{os.getpid()}:",
     )
     b["requests"].put("again.json", expr_request("r1"))
@@ -380,11 +380,11 @@ def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
     applied = log_rows(store)
     if kind == "succeeded":
         assert applied == 3  # the memberships committed
-        job = jobs.get_job(store, "r1")
+        job = jobs.get_job(store, "r1").as_json()
         assert job["error"].startswith("results could not be written")
         assert job["progress"]["phase"] == "writing results"
     if kind == "job failed":
-        assert "unknown engine 'nope'" in jobs.get_job(store, "r1")["error"]
+        assert "unknown engine 'nope'" in jobs.get_job(store, "r1").as_json()["error"]
     with pytest.raises(PersonatagError, match="results could not be written"):
         wait_for_result(b, store, {"key": key, "request_id": "r1"}, timeout=0)
 
@@ -398,7 +398,7 @@ def test_results_that_cannot_be_written_are_written_later_without_a_rerun(
     assert summary["status"] == outcome
     if kind == "succeeded":
         assert summary["counts"]["tagged"] == 3 and summary["error"] is None
-        job = jobs.get_job(store, "r1")
+        job = jobs.get_job(store, "r1").as_json()
         assert job["error"] is None and job["progress"]["phase"] == "done"
         data = gzip.decompress(b["results"].get("r1/changes.csv.gz")).decode()
         assert data.count(",emea,enter") == 3

@@ -17,9 +17,11 @@ from personatag.domain import Action, utcnow
 from personatag.jobs import repository as jobs
 from personatag.jobs.progress import Progress
 from personatag.requests.dispatcher import PREPARE_ATTEMPTS, Dispatcher
-from personatag.requests.results import ChangesBuilder, changes_csv_gz, changes_of
+from personatag.requests.results import changes_csv_gz, changes_of
 from personatag.store import Store
-from personatag.tagging.adhoc import Item, execute, resolve
+from personatag.tagging.changes import ChangesBuilder
+from personatag.tagging.plan import Item, resolve
+from personatag.tagging.runner import execute
 from tests.helpers import add_contacts, population, terminate_other_backends
 
 PERSONAS = ["p0", "p1", "p2", "p3"]

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from personatag.definitions.personas import add_persona
 from personatag.store import Store, open_store
 from personatag.store.transient import BUSY, CONNECTION_LOST, DEADLOCK, retrying, transient
-from personatag.tagging.adhoc import reason_of
+from personatag.tagging.outcome import reason_of
 from tests.helpers import terminate_other_backends
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from personatag.cli.common import as_of_option
 from personatag.config import Settings
+from personatag.domain import JobStatus
 from personatag.errors import (
     ConflictError,
     InputError,
@@ -127,25 +128,25 @@ class LocalClient(Client):
 
         st = self._st()
         return {
-            "queued": len(list_jobs(st, status="queued", limit=1000)),
-            "running": len(list_jobs(st, status="running", limit=1000)),
-            "recent": list_jobs(st, limit=10),
+            "queued": len(list_jobs(st, status=JobStatus.QUEUED, limit=1000)),
+            "running": len(list_jobs(st, status=JobStatus.RUNNING, limit=1000)),
+            "recent": [j.as_json() for j in list_jobs(st, limit=10)],
         }
 
     def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         from personatag.jobs.repository import list_jobs
 
-        return list_jobs(self._st(), status=status, limit=limit)
+        return [j.as_json() for j in list_jobs(self._st(), status=status, limit=limit)]
 
     def get_job(self, ref: str) -> dict[str, Any]:
         from personatag.jobs.repository import get_job
 
-        return get_job(self._st(), ref)
+        return get_job(self._st(), ref).as_json()
 
     def cancel_job(self, ref: str) -> dict[str, Any]:
         from personatag.jobs.repository import cancel_job
 
-        return cancel_job(self._st(), ref)
+        return cancel_job(self._st(), ref).as_json()
 
     def preview(
         self, expr: str, *, persona: str | None, as_of: str | None, sample: int

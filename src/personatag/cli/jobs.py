@@ -8,6 +8,7 @@ import typer
 
 from personatag.cli.client import open_client
 from personatag.cli.common import JsonOpt, emit, settings
+from personatag.domain import JobStatus
 
 # Commands at the top level (joined into the root app without a name).
 app = typer.Typer()
@@ -24,7 +25,7 @@ def _job_line(j: dict[str, Any]) -> str:
         f"tagged {c.get('tagged', 0):,} untagged {c.get('untagged', 0):,} "
         f"failed {c.get('failed', 0):,}"
     )
-    if j["status"] == "running" and j.get("progress"):
+    if j["status"] == JobStatus.RUNNING and j.get("progress"):
         line += f"  [{describe(j['progress'], j['status'])}]"
     return line + (f"  {j['error']}" if j["error"] else "")
 

@@ -10,6 +10,7 @@ import typer
 
 from personatag.cli.client import open_client
 from personatag.cli.common import STATE, JsonOpt, buckets, emit, settings, store
+from personatag.domain import JobStatus
 
 # Commands at the top level (joined into the root app without a name).
 app = typer.Typer()
@@ -42,7 +43,7 @@ def submit(
             f"failed {c.get('failed', 0):,}"
             + (f" ({summary['error']})" if summary.get("error") else "")
         )
-    if summary["status"] in ("failed", "cancelled"):
+    if summary["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise typer.Exit(1)
 
 

@@ -9,7 +9,7 @@ import typer
 
 from personatag.cli.client import open_client
 from personatag.cli.common import JsonOpt, actor, as_of_option, emit, settings, store
-from personatag.domain import Action, PinKind
+from personatag.domain import Action, JobStatus, PinKind
 from personatag.errors import InputError
 
 # Commands at the top level (joined into the root app without a name).
@@ -69,7 +69,13 @@ def _run(
         result = run_adhoc(store(), req, settings())
     except RequestFailed as exc:
         if as_json:
-            emit({"request_id": exc.request_id, "status": "failed", "error": exc.reason})
+            emit(
+                {
+                    "request_id": exc.request_id,
+                    "status": JobStatus.FAILED.value,
+                    "error": exc.reason,
+                }
+            )
         raise
     for f in result.failures:
         typer.echo(f"{contacts}:{f.line}: {f.reason}", err=True)

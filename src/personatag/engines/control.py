@@ -17,13 +17,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from personatag.domain import JobStatus
 from personatag.errors import PersonatagError
 
 
 class JobStopped(PersonatagError):
     """The job was stopped before it finished: `status` is failed or cancelled."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: JobStatus, reason: str) -> None:
         super().__init__(reason)
         self.status = status
 
@@ -52,11 +53,13 @@ class JobControl:
     def stopped(self) -> JobStopped | None:
         if self.cancel_event.is_set():
             if self.stopping:
-                return JobStopped("failed", "the dispatcher stopped; the request runs again")
-            return JobStopped("cancelled", "cancelled")
+                return JobStopped(
+                    JobStatus.FAILED, "the dispatcher stopped; the request runs again"
+                )
+            return JobStopped(JobStatus.CANCELLED, "cancelled")
         expires = self.expires
         if expires is not None and time.monotonic() >= expires:
-            return JobStopped("failed", f"deadline of {self.deadline_s:g} s exceeded")
+            return JobStopped(JobStatus.FAILED, f"deadline of {self.deadline_s:g} s exceeded")
         return None
 
     def check(self) -> None:

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.store import Store
 from personatag.times import iso
 
@@ -49,11 +49,34 @@ PHASES = (EVALUATING, APPLYING, WRITING_RESULTS, DONE)
 Report = Callable[[int | None, int | None, str | None], None]
 
 
+def figure(
+    phase: str, done: int | None = None, total: int | None = None, unit: str | None = None
+) -> dict[str, Any]:
+    """A progress figure as `jobs.progress` stores it, taken now."""
+    return {
+        "phase": phase,
+        "done": done,
+        "total": total,
+        "unit": unit,
+        "updated_at": iso(utcnow()),
+    }
+
+
 class Progress:
-    """Writes one job's progress to its `jobs` row; callable from any thread."""
+    """Writes one job's progress to its `jobs` row; callable from any thread.
+
+    `written`: the figure the job's row already holds (written when the job
+    was recorded), which is the first phase.
+    """
 
     def __init__(
-        self, store: Store, job_pk: int, *, every_s: float = 1.0, wait_s: float = 0.5
+        self,
+        store: Store,
+        job_pk: int,
+        *,
+        every_s: float = 1.0,
+        wait_s: float = 0.5,
+        written: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.job_pk = job_pk
@@ -70,6 +93,10 @@ class Progress:
         self._held = False  # the job's own transaction holds the only write lock
         self._closed = False
         self._warned = False
+        if written is not None:
+            self._figure = written
+            self._phase_no = self._version = self._written = 1
+            self._written_at = time.monotonic()
 
     def phase(
         self,
@@ -86,6 +113,33 @@ class Progress:
             self._phase_no += 1
             self._set(name, done, total, unit)
         self._flush()
+
+    def phase_in(
+        self,
+        conn: Connection,
+        name: str,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        unit: str | None = None,
+    ) -> None:
+        """Enter phase `name`, written in the caller's write transaction `conn`
+        rather than one of its own: it commits with what that transaction
+        records (the job's start, its outcome), or not at all."""
+        jobs = self.store.tables.jobs
+        with self._writing:
+            with self._lock:
+                if self._closed:
+                    return
+                self._phase_no += 1
+                self._set(name, done, total, unit)
+                figure, version = self._figure, self._version
+            conn.execute(
+                update(jobs).where(jobs.c.pk == self.job_pk).values(progress=json.dumps(figure))
+            )
+            with self._lock:
+                self._written = max(self._written, version)
+                self._written_at = time.monotonic()
 
     def count(self, done: int | None, total: int | None, unit: str | None) -> None:
         """How far the current phase is; written at most once per `every_s`."""
@@ -141,13 +195,7 @@ class Progress:
     # -- internals ------------------------------------------------------------
 
     def _set(self, phase: str, done: int | None, total: int | None, unit: str | None) -> None:
-        self._figure = {
-            "phase": phase,
-            "done": done,
-            "total": total,
-            "unit": unit,
-            "updated_at": iso(utcnow()),
-        }
+        self._figure = figure(phase, done, total, unit)
         self._version += 1
 
     def _count(
@@ -233,6 +281,6 @@ def describe(progress: dict[str, Any] | None, status: str) -> str:
     count = total if total is not None else done
     if unit and count is not None:
         text += f" {unit[:-1] if count == 1 and unit.endswith('s') else unit}"
-    if status in ("failed", "cancelled") and phase != DONE:
+    if status in (JobStatus.FAILED, JobStatus.CANCELLED) and phase != DONE:
         return f"stopped while {text}"
     return text

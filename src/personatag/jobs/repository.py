@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
+from personatag.jobs.views import JobPublic
 from personatag.store import Store
-from personatag.times import iso
 
-QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "partial",
-    "failed",
-    "cancelled",
-)
-TERMINAL = frozenset({SUCCEEDED, PARTIAL, FAILED, CANCELLED})
+#: Job states by what they say, in JobStatus order (tuples: usable in SQL IN).
+ACTIVE = tuple(s for s in JobStatus if not s.ended)
+TERMINAL = tuple(s for s in JobStatus if s.ended)
+APPLIED = tuple(s for s in JobStatus if s.applied)
 
 
 def new_request_id(now: datetime | None = None) -> str:
@@ -49,11 +45,16 @@ def open_request(
     as_of: datetime,
     dry_run: bool,
     spec: dict[str, Any],
-    status: str = RUNNING,
+    status: JobStatus = JobStatus.RUNNING,
     deadline_at: datetime | None = None,
     owner: str | None = None,
+    bundle_version: str | None = None,
+    progress: dict[str, Any] | None = None,
+    also: Callable[[Connection], None] | None = None,
 ) -> tuple[int, int, dict[str, Any] | None]:
-    """Record a request (once per request id) and a new running job for it.
+    """Record a request (once per request id) and a new job for it (`status`:
+    running, or queued), in one write transaction; `also` writes in it too.
+    `progress`: a running job's first progress figure.
 
     Returns (request pk, job pk, previous result). The request id is an
     idempotency key: when a job of this request already succeeded (or was
@@ -81,7 +82,7 @@ def open_request(
                 .order_by(t.jobs.c.pk.desc())
                 .limit(1)
             ).first()
-            if last is not None and last.status in (SUCCEEDED, PARTIAL):
+            if last is not None and last.status in APPLIED:
                 return int(request_pk), int(last.pk), json.loads(last.counts)
             if last is not None and last.status not in TERMINAL:
                 raise ConflictError(
@@ -112,43 +113,56 @@ def open_request(
                 status=status,
                 engine=engine,
                 queued_at=now,
-                started_at=now if status == RUNNING else None,
+                started_at=now if status == JobStatus.RUNNING else None,
                 deadline_at=deadline_at,
                 # Owned from the first moment: a dispatcher killed right after
                 # creating the job leaves nothing that recovery cannot see.
                 owner=owner,
                 heartbeat_at=now if owner else None,
+                bundle_version=bundle_version,
+                progress=json.dumps(progress) if progress is not None else None,
             )
             .returning(t.jobs.c.pk)
         )
+        if also is not None:
+            also(conn)
     return int(request_pk), int(job_pk), None
 
 
-def start_job(store: Store, job_pk: int, deadline_s: float | None = None) -> None:
-    """queued -> running (a job already running keeps its start time).
-
-    Raises ConflictError when the job already ended (cancelled while queued,
-    or failed by a dispatcher that took its work over): it must not run.
+def start_job(
+    store: Store,
+    job_pk: int,
+    deadline_s: float | None = None,
+    also: Callable[[Connection], None] | None = None,
+) -> JobStatus:
+    """queued -> running (a job already running keeps its start time); returns
+    the job's status now. Anything but running means the job already ended
+    (cancelled while queued, or failed by a dispatcher that took its work
+    over): it must not run. `also` writes in the same transaction once the
+    job runs (its first progress figure).
     """
     jobs = store.tables.jobs
     now = utcnow()
-    values: dict[str, Any] = {"status": RUNNING, "started_at": now}
+    values: dict[str, Any] = {"status": JobStatus.RUNNING, "started_at": now}
     if deadline_s is not None:
         values["deadline_at"] = now + timedelta(seconds=deadline_s)
     with store.write() as conn:
         conn.execute(
-            jobs.update().where(jobs.c.pk == job_pk, jobs.c.status == QUEUED).values(**values)
+            jobs.update()
+            .where(jobs.c.pk == job_pk, jobs.c.status == JobStatus.QUEUED)
+            .values(**values)
         )
-        status = conn.scalar(select(jobs.c.status).where(jobs.c.pk == job_pk))
-    if status != RUNNING:
-        raise ConflictError(f"job {job_pk} is {status}; it does not run")
+        status = JobStatus(str(conn.scalar(select(jobs.c.status).where(jobs.c.pk == job_pk))))
+        if also is not None and status is JobStatus.RUNNING:
+            also(conn)
+    return status
 
 
 def finish_job(
     conn: Connection,
     store: Store,
     job_pk: int,
-    status: str,
+    status: JobStatus,
     counts: dict[str, Any],
     error: str | None = None,
 ) -> bool:
@@ -157,7 +171,7 @@ def finish_job(
     return bool(
         conn.execute(
             jobs.update()
-            .where(jobs.c.pk == job_pk, jobs.c.status.in_([QUEUED, RUNNING]))
+            .where(jobs.c.pk == job_pk, jobs.c.status.in_(ACTIVE))
             .values(status=status, finished_at=utcnow(), counts=json.dumps(counts), error=error),
             execution_options={"preserve_rowcount": True},
         ).rowcount
@@ -169,7 +183,7 @@ def outcome(store: Store, job_pk: int) -> dict[str, Any] | None:
     jobs = store.tables.jobs
     with store.read() as conn:
         row = conn.execute(select(jobs.c.status, jobs.c.counts).where(jobs.c.pk == job_pk)).first()
-    if row is None or row.status not in (SUCCEEDED, PARTIAL) or not row.counts:
+    if row is None or row.status not in APPLIED or not row.counts:
         return None
     return dict(json.loads(row.counts))
 
@@ -179,38 +193,8 @@ def note_results(conn: Connection, store: Store, job_pk: int, error: str | None)
     result files could not be written. A job that failed keeps its own error."""
     jobs = store.tables.jobs
     conn.execute(
-        jobs.update()
-        .where(jobs.c.pk == job_pk, jobs.c.status.in_([SUCCEEDED, PARTIAL]))
-        .values(error=error)
+        jobs.update().where(jobs.c.pk == job_pk, jobs.c.status.in_(APPLIED)).values(error=error)
     )
-
-
-def _job_view(row: Any) -> dict[str, Any]:
-    m = row._mapping
-
-    seconds = None
-    if m["started_at"] is not None and m["finished_at"] is not None:
-        seconds = round((m["finished_at"] - m["started_at"]).total_seconds(), 3)
-    return {
-        "id": m["pk"],
-        "request_id": m["request_id"],
-        "status": m["status"],
-        "engine": m["engine"],
-        "engine_ref": m["engine_ref"],
-        "bundle_version": m["bundle_version"],
-        "submitted_by": m["submitted_by"],
-        "dry_run": bool(m["dry_run"]),
-        "queued_at": iso(m["queued_at"]),
-        "started_at": iso(m["started_at"]),
-        "finished_at": iso(m["finished_at"]),
-        "seconds": seconds,
-        "deadline_at": iso(m["deadline_at"]),
-        "counts": json.loads(m["counts"]) if m["counts"] else None,
-        # See pipeline/progress.py: kept after the job ended (`done`, or where it stopped).
-        "progress": json.loads(m["progress"]) if m["progress"] else None,
-        "error": m["error"],
-        "owner": m["owner"],
-    }
 
 
 def _jobs_query(store: Store) -> Any:
@@ -220,20 +204,20 @@ def _jobs_query(store: Store) -> Any:
     ).join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
 
 
-def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[JobPublic]:
     """Newest jobs first, optionally only those with `status`."""
-    if status is not None and status not in (QUEUED, RUNNING, *TERMINAL):
-        valid = ", ".join((QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, CANCELLED))
+    if status is not None and status not in set(JobStatus):
+        valid = ", ".join(JobStatus)
         raise InputError(f"unknown job status {status!r}: use one of {valid}")
     t = store.tables
     query = _jobs_query(store).order_by(t.jobs.c.pk.desc()).limit(limit)
     if status is not None:
         query = query.where(t.jobs.c.status == status)
     with store.read() as conn:
-        return [_job_view(r) for r in conn.execute(query)]
+        return [JobPublic.from_row(r) for r in conn.execute(query)]
 
 
-def get_job(store: Store, ref: str) -> dict[str, Any]:
+def get_job(store: Store, ref: str) -> JobPublic:
     """A job by its number, or the newest job of a request id."""
     t = store.tables
     query = _jobs_query(store)
@@ -245,33 +229,31 @@ def get_job(store: Store, ref: str) -> dict[str, Any]:
         row = conn.execute(query).first()
     if row is None:
         raise NotFoundError(f"unknown job {ref!r}: give a job number or a request id")
-    return _job_view(row)
+    return JobPublic.from_row(row)
 
 
-def cancel_job(store: Store, ref: str) -> dict[str, Any]:
+def cancel_job(store: Store, ref: str) -> JobPublic:
     """Cancel a queued job at once; ask a running one to stop (its dispatcher
     interrupts it within a poll interval). Finished jobs cannot be cancelled."""
     job = get_job(store, ref)
     t = store.tables
     with store.write() as conn:
-        if job["status"] == QUEUED:
+        if job.status == JobStatus.QUEUED:
             conn.execute(
                 t.jobs.update()
-                .where(t.jobs.c.pk == job["id"], t.jobs.c.status == QUEUED)
-                .values(status=CANCELLED, finished_at=utcnow(), error="cancelled")
+                .where(t.jobs.c.pk == job.id, t.jobs.c.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled")
             )
             # Finish its request file too: a dispatcher that takes the file
             # over after a crash must not run a cancelled request.
             rf = t.request_files
             conn.execute(
                 rf.update()
-                .where(rf.c.request_id == job["request_id"], rf.c.outcome.is_(None))
-                .values(outcome=CANCELLED)
+                .where(rf.c.request_id == job.request_id, rf.c.outcome.is_(None))
+                .values(outcome=JobStatus.CANCELLED)
             )
-        elif job["status"] == RUNNING:
-            conn.execute(
-                t.jobs.update().where(t.jobs.c.pk == job["id"]).values(cancel_requested=True)
-            )
+        elif job.status == JobStatus.RUNNING:
+            conn.execute(t.jobs.update().where(t.jobs.c.pk == job.id).values(cancel_requested=True))
         else:
-            raise ConflictError(f"job {job['id']} is {job['status']}: nothing to cancel")
-    return get_job(store, str(job["id"]))
+            raise ConflictError(f"job {job.id} is {job.status}: nothing to cancel")
+    return get_job(store, str(job.id))

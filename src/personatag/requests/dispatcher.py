@@ -25,34 +25,36 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from personatag.buckets import Buckets
 from personatag.config import Settings
-from personatag.domain import utcnow
+from personatag.domain import JobStatus, utcnow
 from personatag.engines.control import JobControl
 from personatag.engines.flink.deploy import active_bundle, scan_artifacts
 from personatag.errors import PersonatagError
 from personatag.jobs import repository as jobs
-from personatag.jobs.progress import DONE, WRITING_RESULTS, Progress
+from personatag.jobs.progress import DONE, Progress
 from personatag.logs import request_context
 from personatag.metrics import Metrics, default_metrics
 from personatag.requests.files import RequestFile, check_size, parse_request
 from personatag.requests.reporting import RESULTS_FAILED, ResultWriter, one_line
-from personatag.requests.results import ChangesBuilder
 from personatag.service import Backoff, Service
 from personatag.store import Store
 from personatag.store.transient import retrying, transient
-from personatag.tagging.adhoc import Item, Plan, RequestFailed, execute, reason_of, resolve
 from personatag.tagging.contact_lists import FailedRow, LoadedList
+from personatag.tagging.outcome import AdhocResult, RequestFailed, reason_of
+from personatag.tagging.plan import Item, resolve
+from personatag.tagging.runner import JobRequest, JobRun, JobRunner, OpenedJob
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +147,16 @@ def refused_folders(key: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Prepared:
+    """A claimed file whose request is recorded as a queued job."""
+
     key: str
     request: RequestFile
-    plan: Plan
-    as_of: Any
-    request_pk: int
-    job_pk: int
-    row_failures: list[FailedRow]
-    started: Any
+    job: OpenedJob
+    started: datetime
+
+    @property
+    def job_pk(self) -> int:
+        return self.job.job_pk
 
 
 @dataclass
@@ -202,7 +206,7 @@ class Dispatcher(Service):
         self.deadline_s = deadline_s or settings.job_deadline_s
         self.poll_s = poll_s or settings.dispatcher_poll_s
         self.stale_s = stale_s
-        self.progress_s = progress_s
+        self.runner = JobRunner(store, settings, progress_s=progress_s)
         self.metrics = metrics or default_metrics()
         workers = self.workers
         self.owner = _owner_token()
@@ -314,7 +318,7 @@ class Dispatcher(Service):
             .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
             .where(
                 t.requests.c.request_id == claim.request_id,
-                t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
+                t.jobs.c.status.in_(jobs.ACTIVE),
             )
             .limit(1)
         )
@@ -387,7 +391,7 @@ class Dispatcher(Service):
             summary = self._summary(
                 request_id,
                 key,
-                jobs.FAILED,
+                JobStatus.FAILED,
                 {},
                 started,
                 error=f"{key}: the request could not be prepared: {reason}",
@@ -396,7 +400,7 @@ class Dispatcher(Service):
             self._refuse(key, request_id, summary)
             return None
 
-    def _prepare(self, key: str, started: Any, parsed: list[RequestFile]) -> _Prepared | None:
+    def _prepare(self, key: str, started: datetime, parsed: list[RequestFile]) -> _Prepared | None:
         try:
             bucket = self.buckets["requests"]
             max_bytes = self.settings.max_request_bytes
@@ -409,7 +413,7 @@ class Dispatcher(Service):
             )
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
-            summary = self._summary(request_id, key, jobs.FAILED, {}, started, error=str(exc))
+            summary = self._summary(request_id, key, JobStatus.FAILED, {}, started, error=str(exc))
             self._refuse(key, request_id, summary)
             return None
         parsed.append(request)
@@ -465,13 +469,13 @@ class Dispatcher(Service):
                     folder = unique
         except Exception as exc:  # the results bucket fails: a later scan refuses it again
             unchecked = f"results could not be written: {one_line(reason_of(exc))}"
-            self._done(key, request_id, jobs.FAILED, results_error=unchecked)
+            self._done(key, request_id, JobStatus.FAILED, results_error=unchecked)
             return
         summary = {**summary, "results": folder}
         error = self._results.write(
             key, request_id=folder, summary=summary, failures=failures or []
         )
-        self._done(key, request_id, jobs.FAILED, results_error=error)
+        self._done(key, request_id, JobStatus.FAILED, results_error=error)
 
     def _reported_by_another(self, folder: str, key: str) -> bool:
         """Does `folder` hold the report of a file other than `key`?"""
@@ -484,7 +488,7 @@ class Dispatcher(Service):
             return True
         return bool(source != key)
 
-    def _queue(self, key: str, request: RequestFile, started: Any) -> _Prepared | None:
+    def _queue(self, key: str, request: RequestFile, started: datetime) -> _Prepared | None:
         row_failures = [
             FailedRow(line, cid, reason, persona)
             for line, cid, persona, reason in request.row_errors
@@ -514,7 +518,7 @@ class Dispatcher(Service):
                     f"{prior or 'a command-line request'} for a different request; use a new id"
                 )
                 summary = self._summary(
-                    request.request_id, key, jobs.FAILED, {}, started, error=error, req=request
+                    request.request_id, key, JobStatus.FAILED, {}, started, error=error, req=request
                 )
                 self._refuse(key, request.request_id, summary, taken=True)
             return None
@@ -528,50 +532,47 @@ class Dispatcher(Service):
             plan = resolve(self.store, items)
         except PersonatagError as exc:
             summary = self._summary(
-                request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
+                request.request_id, key, JobStatus.FAILED, {}, started, error=str(exc), req=request
             )
             self._refuse(key, request.request_id, summary, row_failures)
             return None
-        spec = {
-            "source": key,
-            "format": request.format,
-            "engine": request.engine,
-            "dry_run": request.dry_run,
-            "as_of": as_of.isoformat(),
-            "items": [
-                {
-                    "persona": r.persona.key,
-                    "action": r.item.action.value,
-                    "criterion": r.criterion.label if r.criterion else None,
-                    "expr": r.item.expr,
-                    "contacts": len(r.item.contact_ids) if r.item.contact_ids is not None else None,
-                }
-                for r in plan.items
-            ],
-        }
-        first = plan.items[0] if plan.items else None
+        job_request = JobRequest(
+            request_id=request.request_id,
+            plan=plan,
+            as_of=as_of,
+            engine=request.engine,
+            dry_run=request.dry_run,
+            submitted_by=request.submitted_by,
+            source=key,
+            format=request.format,
+            row_failures=tuple(row_failures),
+        )
+        # Read before the write transaction; a record that cannot be read fails
+        # the job once it is recorded (below), like any failure after that.
+        bundle_error: Exception | None = None
         try:
-            request_pk, job_pk, previous = jobs.open_request(
-                self.store,
-                request_id=request.request_id,
-                submitted_by=request.submitted_by,
-                persona_pk=first.persona.pk if first else None,
-                action=first.item.action.value if first else "tag",
-                engine=request.engine,
-                criterion_pk=first.criterion.pk if first and first.criterion else None,
-                expr=first.item.expr if first else None,
-                as_of=as_of,
-                dry_run=request.dry_run,
-                spec=spec,
-                status=jobs.QUEUED,
-                deadline_at=utcnow() + timedelta(seconds=self.deadline_s),
+            active = active_bundle(self.buckets)
+        except Exception as exc:
+            active, bundle_error = None, exc
+        rf = self.store.tables.request_files
+
+        def name_request(conn: Connection) -> None:
+            conn.execute(update(rf).where(rf.c.key == key).values(request_id=request.request_id))
+
+        try:
+            # Queued, owned by this dispatcher, and named on the file's claim
+            # (so `jobs cancel` can finish it), all in one transaction.
+            opened = self.runner.open(
+                job_request,
                 owner=self.owner,
+                deadline_s=self.deadline_s,
+                bundle_version=active["version"] if active else None,
+                also=name_request,
             )
         except PersonatagError as exc:  # a different request under a used id, or one running
             running = self._running_elsewhere(request.request_id)
             if running is not None:
                 # Let go of the file: a later scan sees how that run ended.
-                rf = self.store.tables.request_files
                 with self.store.write() as conn:
                     conn.execute(rf.delete().where(rf.c.key == key))
                 why = f"request {request.request_id} is {running[1]} (job {running[0]})"
@@ -585,25 +586,25 @@ class Dispatcher(Service):
                 return None
             log.warning("request file %s: %s", key, exc)
             summary = self._summary(
-                request.request_id, key, jobs.FAILED, {}, started, error=str(exc), req=request
+                request.request_id, key, JobStatus.FAILED, {}, started, error=str(exc), req=request
             )
             self._refuse(key, request.request_id, summary, row_failures, taken=True)
             return None
-        if previous is not None:  # this request ran before (same id, another file)
+        if isinstance(opened, AdhocResult):  # this request ran before (same id, another file)
             self._done(key, request.request_id, "duplicate")
             return None
-        try:
-            # Both are the same writes again when repeated: retried in place,
-            # so that a dropped connection does not fail a job that is recorded.
-            retrying(lambda _attempt: self._own_job(job_pk), what=f"request file {key}")
-            retrying(
-                lambda _attempt: self._name_request(key, request.request_id),
-                what=f"request file {key}",
-            )
-        except Exception as exc:  # the job must not stay queued with nobody to run it
-            self._abandon(job_pk, f"the request could not be prepared: {one_line(reason_of(exc))}")
-            raise
-        return _Prepared(key, request, plan, as_of, request_pk, job_pk, row_failures, started)
+        if bundle_error is not None:  # the job must not stay queued with nobody to run it
+            reason = one_line(reason_of(bundle_error))
+            self._abandon(opened.job_pk, f"the request could not be prepared: {reason}")
+            raise bundle_error
+        with self._lock:
+            self._owned.add(opened.job_pk)
+        return _Prepared(key, request, opened, started)
+
+    def _abandon(self, job_pk: int, error: str) -> None:
+        """Fail a queued job that will not run (its file is ended as failed)."""
+        with self.store.write() as conn:
+            jobs.finish_job(conn, self.store, job_pk, JobStatus.FAILED, {}, error=error)
 
     def run(self, job: _Prepared) -> str:
         """Run a queued job and write its result files; returns its status."""
@@ -611,59 +612,34 @@ class Dispatcher(Service):
             return self._run(job)
 
     def _run(self, job: _Prepared) -> str:
-        progress = Progress(self.store, job.job_pk, every_s=self.progress_s)
-        try:
-            return self._run_job(job, progress)
-        finally:
-            progress.close()  # nothing more is written once the job is over
-
-    def _run_job(self, job: _Prepared, progress: Progress) -> str:
-        t0 = time.perf_counter()
-        key, request, plan, as_of = job.key, job.request, job.plan, job.as_of
-        request_pk, job_pk, row_failures, started = (
-            job.request_pk,
-            job.job_pk,
-            job.row_failures,
-            job.started,
-        )
         control = JobControl(self.deadline_s)
+        with self.runner.start(job.job, control=control, results=True) as run:
+            return self._run_job(job, run)
+
+    def _run_job(self, job: _Prepared, run: JobRun) -> str:
+        t0 = time.perf_counter()
+        key, request, started = job.key, job.request, job.started
+        request_pk, job_pk = job.job.request_pk, job.job_pk
+        row_failures = list(job.job.request.row_failures)
         with self._lock:
-            self._running[job_pk] = control
+            self._running[job_pk] = run.control
         self._publish_queue()
-        changes = ChangesBuilder(self.store)
+        status: JobStatus
         try:
-            if self._cancelled_while_queued(job_pk):
-                raise RequestFailed(request.request_id, "cancelled", jobs.CANCELLED)
-            result = execute(
-                self.store,
-                self.settings,
-                plan,
-                request_id=request.request_id,
-                request_pk=request_pk,
-                job_pk=job_pk,
-                as_of=as_of,
-                dry_run=request.dry_run,
-                actor=request.submitted_by,
-                engine_name=request.engine,
-                control=control,
-                row_failures=row_failures,
-                changes=changes,
-                progress=progress,
-            )
+            result = run.execute()
             status, error, failures = result.status, None, result.failures
             counts = result.as_json()
             items = [
                 {"persona": i.persona, "action": i.action, **vars(i.counts)} for i in result.items
             ]
         except RequestFailed as exc:
-            if control.stopping:  # shut down mid-job: no results, the claim stays open
+            if run.control.stopping:  # shut down mid-job: no results, the claim stays open
                 log.info("request %s stopped by shutdown; it runs again", request.request_id)
-                changes.close()
                 return "stopped"
             status, error, failures, counts, items = exc.status, exc.reason, row_failures, {}, []
         except Exception as exc:  # recorded, reported, and the dispatcher goes on
             status, error, failures, counts, items = (
-                jobs.FAILED,
+                JobStatus.FAILED,
                 reason_of(exc),
                 row_failures,
                 {},
@@ -685,24 +661,20 @@ class Dispatcher(Service):
             items=items,
         )
         # A job that failed keeps the progress it stopped at; one that
-        # succeeded is done once its result files are written.
-        succeeded = status in (jobs.SUCCEEDED, jobs.PARTIAL)
-        if succeeded:
-            progress.phase(WRITING_RESULTS)
-        try:
-            results_error = self._results.write(
-                key,
-                request_id=request.request_id,
-                summary=summary,
-                failures=failures,
-                request_pk=request_pk,
-                prebuilt=changes,
-            )
-        finally:
-            changes.close()
-        if succeeded and results_error is None:
-            progress.phase(DONE)
-        self._done(key, request.request_id, status, job_pk=job_pk, results_error=results_error)
+        # succeeded is `writing results` (committed with its outcome), and
+        # done once they are written.
+        results_error = self._results.write(
+            key,
+            request_id=request.request_id,
+            summary=summary,
+            failures=failures,
+            request_pk=request_pk,
+            prebuilt=run.changes,
+        )
+        done = run.done_in if status.applied and results_error is None else None
+        self._done(
+            key, request.request_id, status, job_pk=job_pk, results_error=results_error, also=done
+        )
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
             request.engine,
@@ -798,7 +770,7 @@ class Dispatcher(Service):
         failures += self._unknown_ids(items)
         failures.sort(key=lambda f: f.line)
         counts = json.loads(row.counts or "{}")
-        succeeded = row.status in (jobs.SUCCEEDED, jobs.PARTIAL)
+        succeeded = row.status in jobs.APPLIED
         summary = self._summary(
             request.request_id,
             key,
@@ -823,7 +795,7 @@ class Dispatcher(Service):
             failures=failures,
             request_pk=row.req_pk,
         )
-        if error is None and row.status in (jobs.SUCCEEDED, jobs.PARTIAL):
+        if error is None and row.status in jobs.APPLIED:
             reported = Progress(self.store, row.pk)
             reported.phase(DONE)
             reported.close()
@@ -841,38 +813,6 @@ class Dispatcher(Service):
                     loaded.drop(conn)
         return out
 
-    def _abandon(self, job_pk: int, error: str) -> None:
-        """Fail a queued job that will not run (its file is ended as failed)."""
-        with self._lock:
-            self._owned.discard(job_pk)
-        with self.store.write() as conn:
-            jobs.finish_job(conn, self.store, job_pk, jobs.FAILED, {}, error=error)
-
-    def _cancelled_while_queued(self, job_pk: int) -> bool:
-        j = self.store.tables.jobs
-
-        def read(_attempt: int) -> object:
-            with self.store.read() as conn:
-                return conn.scalar(select(j.c.status).where(j.c.pk == job_pk))
-
-        return retrying(read, what=f"job {job_pk}") == jobs.CANCELLED
-
-    def _own_job(self, job_pk: int) -> None:
-        with self._lock:
-            self._owned.add(job_pk)
-        j = self.store.tables.jobs
-        active = active_bundle(self.buckets)
-        with self.store.write() as conn:
-            conn.execute(
-                update(j)
-                .where(j.c.pk == job_pk)
-                .values(
-                    owner=self.owner,
-                    heartbeat_at=utcnow(),
-                    bundle_version=active["version"] if active else None,
-                )
-            )
-
     def _prior_success(self, request_id: str) -> str | None:
         """If a job of this request succeeded (or ended partial): the key of the
         file it came from ("" for a command-line request); else None."""
@@ -885,7 +825,7 @@ class Dispatcher(Service):
                 .order_by(t.jobs.c.pk.desc())
                 .limit(1)
             ).first()
-        if row is None or row.status not in (jobs.SUCCEEDED, jobs.PARTIAL):
+        if row is None or row.status not in jobs.APPLIED:
             return None
         return str(json.loads(row.spec).get("source") or "")
 
@@ -898,7 +838,7 @@ class Dispatcher(Service):
                 .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
                 .where(
                     t.requests.c.request_id == request_id,
-                    t.jobs.c.status.in_([jobs.QUEUED, jobs.RUNNING]),
+                    t.jobs.c.status.in_(jobs.ACTIVE),
                 )
                 .limit(1)
             ).first()
@@ -911,12 +851,6 @@ class Dispatcher(Service):
             return False
         return requests.get(other_key) == requests.get(key)
 
-    def _name_request(self, key: str, request_id: str) -> None:
-        """Say which request a claimed file holds (so `jobs cancel` can finish it)."""
-        rf = self.store.tables.request_files
-        with self.store.write() as conn:
-            conn.execute(update(rf).where(rf.c.key == key).values(request_id=request_id))
-
     def _done(
         self,
         key: str,
@@ -925,10 +859,12 @@ class Dispatcher(Service):
         *,
         job_pk: int | None = None,
         results_error: str | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> None:
         """Record a file's outcome; with `results_error`, the outcome is
         `results_failed` (the file is finished but for its result files, which a
-        later scan writes from the store) and a job that succeeded says so."""
+        later scan writes from the store) and a job that succeeded says so.
+        `also` writes in the same transaction (the job's last progress)."""
         rf = self.store.tables.request_files
         values: dict[str, Any] = {"request_id": request_id, "outcome": outcome, "error": None}
         if job_pk is not None:
@@ -942,6 +878,8 @@ class Dispatcher(Service):
                 if job_pk is not None:
                     note = None if results_error is None else f"{results_error}; tried again later"
                     jobs.note_results(conn, self.store, job_pk, note)
+                if also is not None:
+                    also(conn)
 
         retrying(record, what=f"request file {key}")
         if results_error is not None:
@@ -1009,7 +947,7 @@ class Dispatcher(Service):
         with self.store.write() as conn:
             rows = conn.execute(
                 select(j.c.pk, j.c.owner, j.c.heartbeat_at).where(
-                    j.c.status.in_([jobs.QUEUED, jobs.RUNNING]), j.c.owner.is_not(None)
+                    j.c.status.in_(jobs.ACTIVE), j.c.owner.is_not(None)
                 )
             ).all()
             for pk, owner, beat in rows:
@@ -1025,7 +963,7 @@ class Dispatcher(Service):
                         conn,
                         self.store,
                         pk,
-                        jobs.FAILED,
+                        JobStatus.FAILED,
                         {},
                         error=f"dispatcher {owner} stopped while the job ran; it runs again",
                     )

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from personatag.buckets import Buckets
-from personatag.requests.results import ChangesBuilder, write_results
+from personatag.requests.results import write_results
 from personatag.store import Store
-from personatag.tagging.adhoc import reason_of
+from personatag.tagging.changes import ChangesBuilder
 from personatag.tagging.contact_lists import FailedRow
+from personatag.tagging.outcome import reason_of
 
 log = logging.getLogger(__name__)
 

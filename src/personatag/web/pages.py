@@ -169,7 +169,7 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
 
     who = _page_user(request, "viewer")
     try:
-        job = get_job(_ctx(request).store, job_id)
+        job = get_job(_ctx(request).store, job_id).as_json()
     except PersonatagError as exc:
         return _render(request, "forbidden.html", who, 404, title="Not found", message=str(exc))
     from personatag.jobs.progress import describe
@@ -270,18 +270,19 @@ def audit_page(
 
 @router.get("/monitoring", **_declare("viewer"))
 def monitoring_page(request: Request) -> HTMLResponse:
+    from personatag.domain import JobStatus
     from personatag.engines.flink.runtime import cluster
     from personatag.jobs.repository import list_jobs
 
     who = _page_user(request, "viewer")
     ctx = _ctx(request)
     store = ctx.store
-    recent = list_jobs(store, limit=20)
-    ended = [j for j in recent if j["status"] in ("succeeded", "partial", "failed", "cancelled")]
-    failed = sum(1 for j in ended if j["status"] in ("failed", "cancelled"))
+    recent = [j.as_json() for j in list_jobs(store, limit=20)]
+    ended = [j for j in recent if JobStatus(j["status"]).ended]
+    failed = sum(1 for j in ended if j["status"] in (JobStatus.FAILED, JobStatus.CANCELLED))
     status = {
-        "queued": len(list_jobs(store, status="queued", limit=1000)),
-        "running": len(list_jobs(store, status="running", limit=1000)),
+        "queued": len(list_jobs(store, status=JobStatus.QUEUED, limit=1000)),
+        "running": len(list_jobs(store, status=JobStatus.RUNNING, limit=1000)),
         "recent": recent,
         "failure_rate": failed / len(ended) if ended else 0.0,
     }

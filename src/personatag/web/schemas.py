@@ -18,6 +18,8 @@ from pydantic import (
 )
 
 from personatag.criteria.limits import MAX_TEXT_CHARS
+from personatag.domain import JobStatus
+from personatag.jobs.views import JobPublic
 from personatag.schemas import KEY_PATTERN, REQUEST_ID_PATTERN
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
@@ -37,9 +39,7 @@ def _iso_time(value: Any) -> Any:
 
 # Constraints the OpenAPI document states while the handlers keep their own,
 # more helpful, messages for a value that breaks them.
-JOB_STATUS_DOC: dict[str, Any] = {
-    "enum": ["queued", "running", "succeeded", "partial", "failed", "cancelled"]
-}
+JOB_STATUS_DOC: dict[str, Any] = {"enum": [s.value for s in JobStatus]}
 REQUEST_ID_DOC: dict[str, Any] = {"pattern": REQUEST_ID_PATTERN}
 KEY_DOC: dict[str, Any] = {"pattern": KEY_PATTERN}
 
@@ -281,36 +281,6 @@ class PreviewResponse(BaseModel):
 
 
 # -- requests and jobs -------------------------------------------------------
-
-
-class JobProgress(BaseModel):
-    phase: str = Field(description="`evaluating`, `applying`, `writing results` or `done`")
-    done: int | None = Field(description="how much of `total` is done; null when not counted")
-    total: int | None = Field(description="how much there is to do; null when not known")
-    unit: str | None = Field(description="what `done` and `total` count: `items` or `tasks`")
-    updated_at: str = Field(description="when this figure was taken (UTC)")
-
-
-class JobPublic(BaseModel):
-    id: int
-    request_id: str
-    status: str
-    engine: str
-    engine_ref: str | None
-    bundle_version: str | None
-    submitted_by: str | None
-    dry_run: bool
-    queued_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    seconds: float | None
-    deadline_at: str | None
-    counts: dict[str, Any] | None
-    progress: JobProgress | None = Field(
-        description="what a running job does now; kept once it ended (`done`, or where it stopped)"
-    )
-    error: str | None
-    owner: str | None
 
 
 class Submitted(BaseModel):

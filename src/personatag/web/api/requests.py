@@ -20,8 +20,10 @@ from sqlalchemy import select
 from personatag.audit_log import record_now
 from personatag.buckets import Buckets
 from personatag.config import Settings
+from personatag.domain import JobStatus
 from personatag.errors import NotFoundError, PersonatagError
 from personatag.jobs.repository import get_job, list_jobs
+from personatag.jobs.views import JobPublic
 from personatag.requests.files import check_size, detect_format, parse_request
 from personatag.requests.reporting import RESULTS_FAILED
 from personatag.requests.submit import ResultsMissing, submit_file, wait_for_result
@@ -207,13 +209,13 @@ def _checked_id(request_id: str) -> str:
     return request_id
 
 
-def _job_of(store: Store, request_id: str) -> dict[str, Any] | None:
+def _job_of(store: Store, request_id: str) -> JobPublic | None:
     try:
         job = get_job(store, request_id)
     except NotFoundError:
         return None
     # get_job reads an all-digit reference as a job number.
-    return job if job["request_id"] == request_id else None
+    return job if job.request_id == request_id else None
 
 
 @router.get("/requests", response_model=RequestList, **role("viewer"))
@@ -226,10 +228,10 @@ def requests_list(
     became a job are only in the results bucket)."""
     seen: dict[str, dict[str, Any]] = {}
     for job in list_jobs(store, status=status, limit=limit):
-        if job["request_id"] not in seen:
-            seen[job["request_id"]] = {
-                "request_id": job["request_id"],
-                "status": job["status"],
+        if job.request_id not in seen:
+            seen[job.request_id] = {
+                "request_id": job.request_id,
+                "status": job.status,
                 "job": job,
                 "summary": None,
             }
@@ -247,11 +249,11 @@ def request_show(request_id: RequestId, store: StoreDep, buckets: BucketsDep) ->
         summary = json.loads(results.get(f"{request_id}/summary.json"))
     missing = _results_missing(store, request_id)
     if job is not None:
-        status = job["status"]
+        status = job.status
     elif summary is not None:
-        status = str(summary.get("status", "failed"))
+        status = str(summary.get("status", JobStatus.FAILED))
     elif missing is not None:
-        status = "failed"  # a file that never became a job was refused
+        status = JobStatus.FAILED  # a file that never became a job was refused
     elif any(buckets["requests"].list(f"{request_id}.")):
         status = "submitted"
     else:
