@@ -273,7 +273,7 @@ def test_as_of_out_of_range_is_an_input_error(pop: Store) -> None:
 
 
 def test_archive_refuses_a_persona_other_criteria_use(pop: Store) -> None:
-    from personatag.definitions.personas import archive_persona
+    from personatag.definitions.archive import archive_persona
     from personatag.errors import ConflictError
 
     add_criterion(pop, "emea-cio", persona="cio", expr='persona("emea") and job_title = "CIO"')

@@ -142,7 +142,7 @@ def persona_members(
 @app.command("archive")
 def persona_archive(key: str) -> None:
     """Archive a persona: no more tagging; its members and history are kept."""
-    from personatag.definitions.personas import archive_persona
+    from personatag.definitions.archive import archive_persona
 
     archive_persona(store(), key)
     typer.echo(f"persona {key} archived")

@@ -114,29 +114,6 @@ def member_count(conn: Connection, store: Store, persona_pk: int) -> int:
     return int(conn.scalar(query) or 0)
 
 
-def archive_persona(store: Store, key: str) -> Persona:
-    p = store.tables.personas
-    with store.write() as conn:
-        persona = get_persona(conn, store, key)
-        if persona.archived_at is not None:
-            raise ConflictError(f"persona {key!r} is already archived")
-        from personatag.criteria import from_json, references
-        from personatag.definitions.criteria import list_criteria
-
-        users = [
-            c.label
-            for c in list_criteria(conn, store)
-            if key in references(from_json(c.ast)).personas
-        ]
-        if users:
-            raise ConflictError(
-                f'persona {key!r} is used as persona("{key}") by criteria '
-                f"{', '.join(users)}: edit them first"
-            )
-        conn.execute(p.update().where(p.c.pk == persona.pk).values(archived_at=utcnow()))
-        return get_persona(conn, store, key)
-
-
 def persona_pks(conn: Connection, store: Store) -> dict[str, int]:
     """Key -> pk of every persona that is not archived."""
     p = store.tables.personas

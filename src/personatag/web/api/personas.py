@@ -9,11 +9,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from personatag.audit_log import record_now
+from personatag.definitions.archive import archive_persona
 from personatag.definitions.criteria import Criterion, list_criteria
 from personatag.definitions.personas import (
     Persona,
     add_persona,
-    archive_persona,
     get_persona,
     list_personas,
     member_count,
