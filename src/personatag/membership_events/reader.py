@@ -24,8 +24,8 @@ from sqlalchemy import Connection, func, select, text
 
 from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL
 from personatag.errors import NotFoundError
-from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.store.ids import decode_ids
 
 log = logging.getLogger(__name__)
 

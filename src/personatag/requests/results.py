@@ -23,8 +23,8 @@ from sqlalchemy import Connection, select, text
 
 from personatag.buckets import Bucket
 from personatag.memberships.apply import BulkChanges
-from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.store.ids import decode_ids
 from personatag.tagging.contact_lists import FailedRow
 
 
