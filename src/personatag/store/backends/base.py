@@ -10,13 +10,13 @@ instance per database serves every store of it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, bindparam
 from sqlalchemy.engine import URL
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from personatag.domain import FieldType
@@ -39,6 +39,19 @@ DEADLOCK = "deadlock"
 BUSY = "database busy"
 
 
+Col = ColumnElement[Any]
+Cond = ColumnElement[bool]
+#: A list predicate of the criteria language: (list column, strings, parameter name).
+ListOp = Callable[[Col, list[str], str], Cond]
+#: The first / last N characters of a string (N >= 1, a bound parameter).
+Slice = Callable[[Col, BindParameter[Any]], Col]
+
+
+def bind(name: str, value: Any, type_: TypeEngine[Any]) -> BindParameter[Any]:
+    """A typed bound parameter, unique within its statement."""
+    return bindparam(name, value, type_=type_, unique=True)
+
+
 class Backend(ABC):
     """One database: how to connect to it, lock in it, and say things in its SQL."""
 
@@ -56,6 +69,17 @@ class Backend(ABC):
     #: `contact_id_lines` returns NUL-separated ids for the caller to turn
     #: into CSV lines (True), or the finished lines (False: text cannot hold NUL).
     id_lines_nul_separated: ClassVar[bool]
+
+    # -- the SQL dialect table (criteria compile through it) --------------
+    #: Collation for <, <=, >, >=, between on strings (code-point order).
+    ORDER_COLLATION: ClassVar[str | None] = None
+    #: ESCAPE clause for LIKE, so that no character in a pattern is an escape.
+    LIKE_ESCAPE: ClassVar[str | None] = None
+    #: "prefix" / "suffix": the first / last N characters of a string.
+    SLICES: ClassVar[Mapping[str, Slice]]
+    #: "contains", "contains_any", "contains_all" on a list column; UNKNOWN
+    #: (not FALSE) on a NULL list, as SQL's three-valued logic has it.
+    LIST_OPS: ClassVar[Mapping[str, ListOp]]
 
     # -- connecting -------------------------------------------------------
 
@@ -110,6 +134,17 @@ class Backend(ABC):
             self.lock(conn, space, key)
 
     @abstractmethod
+    def running_writers(self, conn: Connection) -> frozenset[tuple[int, str]]:
+        """Other sessions of this database inside a transaction that has written
+        something, as (session, transaction) ids; empty where one writer at a
+        time means none can be in progress while a reader looks."""
+
+    @abstractmethod
+    def serial_last_value(self, conn: Connection, table: str, column: str) -> int:
+        """The last value handed out for the serial `column` of `table` (0: none),
+        whether or not its transaction has committed yet."""
+
+    @abstractmethod
     def try_lease(self, engine: Engine, name: str) -> Lease | None:
         """Take the lease `name` if nobody holds it (see store.leases)."""
 
@@ -147,7 +182,8 @@ class Backend(ABC):
 
     @abstractmethod
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        """The case-folded text of `column` (domain.fold_case), NULL stays NULL."""
+        """The SQL expression that implements domain.fold_case on `column`
+        (NULL stays NULL)."""
 
     # -- aggregating ------------------------------------------------------
 

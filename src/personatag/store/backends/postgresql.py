@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Engine,
     Table,
     Text,
+    any_,
     cast,
     func,
     literal,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from personatag.domain import FieldType
@@ -35,6 +36,11 @@ from personatag.store.backends.base import (
     LOCK_SPACE_LEASE,
     SERIALIZATION,
     Backend,
+    Col,
+    Cond,
+    ListOp,
+    Slice,
+    bind,
 )
 from personatag.store.bulk import BulkWriter, Row
 from personatag.store.leases import Lease
@@ -65,6 +71,29 @@ _ID_LINES = (
 )
 
 
+def _contains(col: Col, values: list[str], name: str) -> Cond:
+    return bind(name, values[0], Text()) == any_(col)
+
+
+def _array(name: str, values: list[str]) -> BindParameter[Any]:
+    return bind(name, values, postgresql.ARRAY(Text()))
+
+
+def _contains_any(col: Col, values: list[str], name: str) -> Cond:
+    return col.bool_op("&&")(_array(name, values))
+
+
+def _contains_all(col: Col, values: list[str], name: str) -> Cond:
+    return col.bool_op("@>")(_array(name, values))
+
+
+_WRITERS = text(
+    "SELECT pid, backend_xid::text FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xid IS NOT NULL "
+    "AND pid <> pg_backend_pid()"
+)
+
+
 class PostgreSQLBackend(Backend):
     name = "postgresql"
     schemes = ("postgresql", "postgres")
@@ -72,6 +101,17 @@ class PostgreSQLBackend(Backend):
     one_writer = False
     temp_pk_type = BigInteger
     id_lines_nul_separated = False
+    ORDER_COLLATION = "C"
+    LIKE_ESCAPE = ""  # backslash is LIKE's default escape on PostgreSQL
+    SLICES: ClassVar[Mapping[str, Slice]] = {
+        "prefix": lambda col, n: func.left(col, n),
+        "suffix": lambda col, n: func.right(col, n),
+    }
+    LIST_OPS: ClassVar[Mapping[str, ListOp]] = {
+        "contains": _contains,
+        "contains_any": _contains_any,
+        "contains_all": _contains_all,
+    }
 
     def create_engine(self, url: URL, *, create: bool = False) -> Engine:
         return sa_create_engine(url, pool_pre_ping=True, hide_parameters=True)
@@ -94,6 +134,19 @@ class PostgreSQLBackend(Backend):
         conn.execute(
             text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": space, "key": key}
         )
+
+    def running_writers(self, conn: Connection) -> frozenset[tuple[int, str]]:
+        # Writers of this database that hold a transaction id (have written
+        # something). Other databases of the cluster are left out: their
+        # transactions cannot hold one of our serials.
+        return frozenset((int(pid), str(xid)) for pid, xid in conn.execute(_WRITERS))
+
+    def serial_last_value(self, conn: Connection, table: str, column: str) -> int:
+        last = conn.execute(
+            text("SELECT pg_sequence_last_value(pg_get_serial_sequence(:t, :c)::regclass)"),
+            {"t": table, "c": column},
+        ).scalar()
+        return int(last or 0)
 
     def try_lease(self, engine: Engine, name: str) -> Lease | None:
         # A session advisory lock on a connection kept for the lease.
@@ -134,7 +187,7 @@ class PostgreSQLBackend(Backend):
         return column  # text[] and boolean are JSON arrays and booleans already
 
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
-        return func.lower(column)
+        return func.lower(column)  # folds like fold_case under the C.UTF-8 ctype
 
     def id_list(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return func.string_agg(cast(column, Text), literal(","))
