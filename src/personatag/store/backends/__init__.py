@@ -43,17 +43,21 @@ def register_backend(
     _REGISTRY[name] = loader
     for alias in aliases:
         _ALIASES[alias] = name
-    get_backend.cache_clear()
+    _instance.cache_clear()
 
 
 def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-@functools.cache
 def get_backend(name: str) -> Backend:
-    """The backend of the database `name` (one instance per name)."""
-    loader = _REGISTRY.get(_ALIASES.get(name, name))
+    """The backend of the database `name` (one instance per database)."""
+    return _instance(_ALIASES.get(name, name))
+
+
+@functools.cache
+def _instance(name: str) -> Backend:
+    loader = _REGISTRY.get(name)
     if loader is None:
         raise ConfigError(
             f"unsupported store {name!r} in PERSONATAG_STORE_URL: "
