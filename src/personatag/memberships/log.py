@@ -13,9 +13,7 @@ transaction adds one change to the feed naming the persona and the contacts
 
 from __future__ import annotations
 
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,45 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, LargeBinary, Select, Text, cast, func, literal, select
 
+from personatag.definitions import watch
 from personatag.store import Store, changefeed
+from personatag.store.ids import decode_ids, encode_ids
 
 if TYPE_CHECKING:
     import numpy as np
-
-_MAGIC = b"PTI1"
-_WIDTHS = (("uint8", 1), ("uint16", 2), ("uint32", 4), ("uint64", 8))
-
-
-def encode_ids(ids: np.ndarray) -> bytes:
-    """Sorted, unique int64 ids -> compact bytes (see module docstring)."""
-    import numpy as np  # only bulk changes need it; keeps CLI start-up light
-
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-        # np.unique hashes (seconds on 10M); ids usually arrive sorted already.
-        ids = np.sort(ids)
-        ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
-    deltas = np.empty(len(ids), dtype=np.int64)
-    if len(ids):
-        deltas[0] = ids[0]
-        np.subtract(ids[1:], ids[:-1], out=deltas[1:])
-    top = int(deltas.max()) if len(deltas) else 0
-    dtype, width = next((d, w) for d, w in _WIDTHS if top <= np.iinfo(d).max)
-    payload = deltas.astype(dtype).tobytes()  # deltas >= 0: ids are sorted and unique
-    return _MAGIC + struct.pack("<BQ", width, len(ids)) + zlib.compress(payload, 1)
-
-
-def decode_ids(blob: bytes) -> np.ndarray:
-    import numpy as np  # only bulk changes need it; keeps CLI start-up light
-
-    if blob[:4] != _MAGIC:
-        raise ValueError("not a personatag id block")
-    width, count = struct.unpack("<BQ", blob[4:13])
-    dtype = {w: d for d, w in _WIDTHS}[width]
-    deltas = np.frombuffer(zlib.decompress(blob[13:]), dtype=dtype)
-    if len(deltas) != count:
-        raise ValueError("corrupt id block: count does not match")
-    return np.cumsum(deltas.astype(np.int64))
 
 
 class _DecodedBulk:
@@ -270,7 +235,7 @@ def moved(conn: Connection, store: Store, persona_pk: int, contact_pks: Any) -> 
     enter and exit logged here is one): the ongoing criteria reading it re-check
     them at the stream's next step, through one change in the feed (only when
     such a criterion exists). `contact_pks`: the pks, or a callable giving them."""
-    changefeed.record_moved(conn, store, changefeed.KIND_PERSONA, persona_pk, contact_pks)
+    watch.record_moved(conn, store, changefeed.KIND_PERSONA, persona_pk, contact_pks)
 
 
 def log_one(conn: Connection, store: Store, ctx: LogContext, change: str, contact_pk: int) -> None:

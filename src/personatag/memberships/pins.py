@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
+from personatag.definitions import watch
 from personatag.definitions.personas import get_persona
 from personatag.domain import SOURCE_MANUAL, Change, PinKind, utcnow
 from personatag.errors import NotFoundError
@@ -33,7 +34,7 @@ def _pin_kind(conn: Connection, store: Store, persona_pk: int, cpk: int) -> str 
 def _pin_out_lifted(conn: Connection, store: Store, persona_pk: int, cpk: int) -> None:
     """Rules apply to the contact again: the ongoing criteria tagging the persona
     re-evaluate it at the stream's next step (a full evaluation would tag it now)."""
-    changefeed.record_moved(conn, store, changefeed.KIND_PIN, persona_pk, [cpk])
+    watch.record_moved(conn, store, changefeed.KIND_PIN, persona_pk, [cpk])
 
 
 def pin(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from personatag.definitions import watch
 from personatag.domain import utcnow
 from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed
@@ -23,7 +24,7 @@ def remove_memberships(
     writer.decide(holders, persona_pk, criterion_pk, True, members, ())
     outcome = writer.flush(conn, reason=reason)
     # Moved outside a step: the persona(...) criteria reading it re-check those contacts.
-    changefeed.record_moved(
+    watch.record_moved(
         conn, store, changefeed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited]
     )
     rc = store.tables.stream_rechecks

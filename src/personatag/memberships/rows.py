@@ -250,7 +250,7 @@ class Writer:
                 continue
             import numpy as np
 
-            from personatag.memberships.log import encode_ids
+            from personatag.store.ids import encode_ids
 
             ids = np.unique(np.asarray(pks, dtype=np.int64))
             conn.execute(

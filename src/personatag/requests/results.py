@@ -19,8 +19,8 @@ from sqlalchemy import Connection, select
 
 from personatag.buckets import Bucket
 from personatag.domain import JobStatus
-from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.store.ids import decode_ids
 from personatag.tagging.changes import ChangesBuilder, bulk_members, csv_field, gzip_member
 from personatag.tagging.contact_lists import FailedRow
 from personatag.times import iso_any
