@@ -86,7 +86,7 @@ def record(
     else:
         import numpy as np
 
-        from personatag.memberships.log import encode_ids
+        from personatag.store.idblock import encode_ids
 
         values["pks"] = encode_ids(np.asarray(unique, dtype=np.int64))
     conn.execute(store.tables.changes.insert().values(**values))
@@ -168,7 +168,7 @@ def read(conn: Connection, store: Store, after: int, limit: int) -> list[Change]
         if r.contact_pk is not None:
             pks: Sequence[int] = (int(r.contact_pk),)
         else:
-            from personatag.memberships.log import decode_ids
+            from personatag.store.idblock import decode_ids
 
             pks = decode_ids(r.pks).tolist()
         fields = None if r.fields is None else frozenset(r.fields.split(","))
