@@ -4,10 +4,10 @@ carried through the persona(...) criteria reading them at the next step
 
 from __future__ import annotations
 
-from personatag.definitions.criteria import set_ongoing_status
 from personatag.domain import Action, PinKind
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin, unpin
+from personatag.memberships.retire import set_ongoing_status
 from personatag.store import Store
 from personatag.store import changefeed as feed
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
