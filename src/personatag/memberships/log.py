@@ -1,9 +1,9 @@
 """The membership log: one row per change, or one compact row per bulk change.
 
-A bulk entry stores the changed contact pks sorted, delta-encoded in the
-narrowest unsigned width that fits, then zlib-compressed: 10M consecutive
-contacts take about 10 KB, 10M scattered over 20M about 4 MB — instead of 10M
-log rows — and the entry stays answerable (decode, then binary search).
+A bulk entry stores the changed contact pks as a packed id block (see
+store/idblock.py): 10M consecutive contacts take about 10 KB, 10M scattered
+over 20M about 4 MB — instead of 10M log rows — and the entry stays
+answerable (decode, then binary search).
 
 Every enter and exit logged here moves a persona outside the stream (a pin, an
 ad hoc request): when a live ongoing criterion reads that persona, the same
@@ -13,9 +13,7 @@ transaction adds one change to the feed naming the persona and the contacts
 
 from __future__ import annotations
 
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,44 +24,23 @@ from sqlalchemy import Connection, LargeBinary, Select, Text, cast, func, litera
 
 from personatag.store import Store
 from personatag.store import changefeed as feed
+from personatag.store.idblock import decode_ids, encode_ids
 
 if TYPE_CHECKING:
     import numpy as np
 
-_MAGIC = b"PTI1"
-_WIDTHS = (("uint8", 1), ("uint16", 2), ("uint32", 4), ("uint64", 8))
-
-
-def encode_ids(ids: np.ndarray) -> bytes:
-    """Sorted, unique int64 ids -> compact bytes (see module docstring)."""
-    import numpy as np  # only bulk changes need it; keeps CLI start-up light
-
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-        # np.unique hashes (seconds on 10M); ids usually arrive sorted already.
-        ids = np.sort(ids)
-        ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
-    deltas = np.empty(len(ids), dtype=np.int64)
-    if len(ids):
-        deltas[0] = ids[0]
-        np.subtract(ids[1:], ids[:-1], out=deltas[1:])
-    top = int(deltas.max()) if len(deltas) else 0
-    dtype, width = next((d, w) for d, w in _WIDTHS if top <= np.iinfo(d).max)
-    payload = deltas.astype(dtype).tobytes()  # deltas >= 0: ids are sorted and unique
-    return _MAGIC + struct.pack("<BQ", width, len(ids)) + zlib.compress(payload, 1)
-
-
-def decode_ids(blob: bytes) -> np.ndarray:
-    import numpy as np  # only bulk changes need it; keeps CLI start-up light
-
-    if blob[:4] != _MAGIC:
-        raise ValueError("not a personatag id block")
-    width, count = struct.unpack("<BQ", blob[4:13])
-    dtype = {w: d for d, w in _WIDTHS}[width]
-    deltas = np.frombuffer(zlib.decompress(blob[13:]), dtype=dtype)
-    if len(deltas) != count:
-        raise ValueError("corrupt id block: count does not match")
-    return np.cumsum(deltas.astype(np.int64))
+__all__ = [
+    "IdCapture",
+    "LogContext",
+    "decode_ids",
+    "encode_ids",
+    "fetch_ids",
+    "insert_bulk_entry",
+    "log_for_contact",
+    "log_from_select",
+    "log_one",
+    "moved",
+]
 
 
 class _DecodedBulk:
@@ -254,8 +231,17 @@ def log_from_select(
     if len(ids) != count:
         raise RuntimeError(f"audit: {len(ids)} ids for {count} changes; not applying")
     moved(conn, store, ctx.persona_pk, ids)
+    insert_bulk_entry(conn, store, values, ids)
+    return ids
+
+
+def insert_bulk_entry(
+    conn: Connection, store: Store, values: dict[str, Any], ids: np.ndarray
+) -> None:
+    """One compact log entry for the contacts `ids` (sorted, unique, at least one);
+    `values` holds the other columns (who, why, when; no contact_pk)."""
     conn.execute(
-        log.insert().values(
+        store.tables.membership_log.insert().values(
             **values,
             bulk_count=len(ids),
             bulk_ids=encode_ids(ids),
@@ -263,7 +249,6 @@ def log_from_select(
             bulk_max=int(ids.max()),
         )
     )
-    return ids
 
 
 def moved(conn: Connection, store: Store, persona_pk: int, contact_pks: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,40 +12,9 @@ from sqlalchemy import Connection, select
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, versions
+from personatag.store.rowwise import chunks, grouped
 
-CHUNK = 2000  # contact pks per IN list
-
-
-def chunks(pks: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
-    for i in range(0, len(pks), size):
-        yield pks[i : i + size]
-
-
-def grouped(
-    wanted: Mapping[int, Collection[int]], min_group: int = 50
-) -> list[tuple[list[int], list[int]]]:
-    """Plan the reads of per-contact keys (contact pk -> the personas or criteria
-    wanted for it) as (keys, contacts) pairs, both sorted: contacts wanting the
-    same keys are read together, so a batch whose changes each touch a few
-    dozen criteria does not read back every row its contacts have. Groups of
-    fewer than `min_group` contacts are read together with the union of their
-    keys (a query per handful of contacts costs more than the extra rows)."""
-    groups: dict[frozenset[int], list[int]] = {}
-    for cpk, keys in wanted.items():
-        if keys:
-            groups.setdefault(frozenset(keys), []).append(cpk)
-    out: list[tuple[list[int], list[int]]] = []
-    rest_keys: set[int] = set()
-    rest: list[int] = []
-    for keys, cpks in groups.items():
-        if len(cpks) >= min_group:
-            out.append((sorted(keys), sorted(cpks)))
-        else:
-            rest_keys |= keys
-            rest += cpks
-    if rest:
-        out.append((sorted(rest_keys), sorted(rest)))
-    return out
+__all__ = ["Needs", "Publications", "chunks", "grouped", "load_inputs"]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from personatag.config import Settings
 from personatag.criteria.to_python import EvalInput
@@ -42,12 +42,14 @@ from personatag.engines.local.stream import cascade
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.inputs import Needs, Publications, chunks, grouped, load_inputs
 from personatag.memberships.log import fetch_ids
-from personatag.memberships.rows import Holders, Outcome, Writer, executemany, fetch_tuples
+from personatag.memberships.rows import Holders, Outcome, Writer
+from personatag.memberships.swap import swap_in
 from personatag.metrics import Metrics, default_metrics
 from personatag.store import Store
 from personatag.store import changefeed as feed
+from personatag.store.rowwise import Prepared, bound, fetch_tuples, once_per_table
+from personatag.store.schema import Tables
 from personatag.store.transient import transient
-from personatag.store.types import to_micros
 from personatag.streaming.standby import STANDBY_POLL_S, Ownership
 
 log = logging.getLogger(__name__)
@@ -368,42 +370,21 @@ class StreamProcessor:
             matched -= touched
             matched |= {cpk for (cpk, cp) in caught.matched if cp == new.pk}
         t = self.store.tables
-        m = t.memberships
         with self.store.write() as conn:
-            self.store.lock_personas(
-                conn, [new.persona_pk] + ([old.persona_pk] if old is not None else [])
+            outcome = swap_in(
+                conn,
+                self.store,
+                new,
+                old,
+                matched,
+                at=now,
+                bulk_threshold=self.settings.bulk_log_threshold,
             )
-            writer = Writer(self.store, now, self.settings.bulk_log_threshold)
             if old is not None and old.pk != new.pk:
-                if old.persona_pk == new.persona_pk:
-                    # Hand the old version's rows to the new one: no exit and
-                    # re-enter for people both versions catch.
-                    conn.execute(
-                        m.update()
-                        .where(m.c.source == old.pk, m.c.persona_pk == old.persona_pk)
-                        .where(
-                            ~m.c.contact_pk.in_(
-                                select(m.c.contact_pk).where(
-                                    m.c.source == new.pk, m.c.persona_pk == new.persona_pk
-                                )
-                            )
-                        )
-                        .values(source=new.pk, criterion_pk=new.pk)
-                    )
-                    conn.execute(m.delete().where(m.c.source == old.pk))
-                else:
-                    holders_old = Holders.load_persona(conn, self.store, old.persona_pk)
-                    members = [c for (_, c), s in holders_old.sources.items() if old.pk in s]
-                    writer.decide(holders_old, old.persona_pk, old.pk, True, members, ())
                 self._set_status(conn, old.pk, og.SUPERSEDED)
                 conn.execute(
                     t.stream_rechecks.delete().where(t.stream_rechecks.c.criterion_pk == old.pk)
                 )
-            holders = Holders.load_persona(conn, self.store, new.persona_pk)
-            current = {c for (_, c), s in holders.sources.items() if new.pk in s}
-            evaluated = current | matched
-            writer.decide(holders, new.persona_pk, new.pk, new.exit_remove, evaluated, matched)
-            outcome = writer.flush(conn, reason=f"criterion {new.label} swapped in")
             self._recheck_readers(conn, index, outcome, now)
             self._set_status(conn, new.pk, og.ACTIVE)
             if new.windows:
@@ -769,15 +750,11 @@ class StreamProcessor:
         )
         if not pairs:
             return
-        executemany(
-            conn, "DELETE FROM stream_rechecks WHERE criterion_pk = ? AND contact_pk = ?", pairs
-        )
-        due = to_micros(now)
-        executemany(
-            conn,
-            "INSERT INTO stream_rechecks (criterion_pk, contact_pk, due_at) VALUES (?, ?, ?)",
-            [(c, k, due) for c, k in pairs],
-        )
+        rc = self.store.tables.stream_rechecks
+        drop, add = _recheck_statements(self.store.tables)
+        drop.executemany(conn, pairs)
+        due = bound(conn, rc.c.due_at, now)
+        add.executemany(conn, [(c, k, due) for c, k in pairs])
 
     def _due(self, conn: Connection, now: datetime) -> list[tuple[int, int]]:
         rc = self.store.tables.stream_rechecks
@@ -815,23 +792,19 @@ class StreamProcessor:
                 )
                 for c, k, at in fetch_tuples(conn, q):
                     have[(c, k)] = at
-        want_us = {pair: None if at is None else to_micros(at) for pair, at in wanted.items()}
+        want_us = {
+            pair: None if at is None else bound(conn, rc.c.due_at, at)
+            for pair, at in wanted.items()
+        }
         drop = [pair for pair, at in want_us.items() if pair in have and have[pair] != at]
         add = [
             (c, k, at)
             for (c, k), at in want_us.items()
             if at is not None and have.get((c, k)) != at
         ]
-        if drop:
-            executemany(
-                conn, "DELETE FROM stream_rechecks WHERE criterion_pk = ? AND contact_pk = ?", drop
-            )
-        if add:
-            executemany(
-                conn,
-                "INSERT INTO stream_rechecks (criterion_pk, contact_pk, due_at) VALUES (?, ?, ?)",
-                add,
-            )
+        dropping, adding = _recheck_statements(self.store.tables)
+        dropping.executemany(conn, drop)
+        adding.executemany(conn, add)
 
     def _insert_errors(
         self, conn: Connection, errors: list[tuple[int, int, str]], change_seq: int
@@ -971,6 +944,23 @@ class StreamProcessor:
             waiting = int(conn.scalar(select(func.count()).select_from(rc)) or 0)
         seconds = 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
         self.metrics.set_stream_lag(head - offset, seconds, waiting)
+
+
+def _recheck_statements(tables: Tables) -> tuple[Prepared, Prepared]:
+    """(delete one pair, insert one pair with its due time), compiled once."""
+    rc = tables.stream_rechecks
+
+    def build() -> tuple[Prepared, Prepared]:
+        drop = rc.delete().where(
+            rc.c.criterion_pk == bindparam("criterion_pk"),
+            rc.c.contact_pk == bindparam("contact_pk"),
+        )
+        return (
+            Prepared(drop, ("criterion_pk", "contact_pk")),
+            Prepared(rc.insert(), ("criterion_pk", "contact_pk", "due_at")),
+        )
+
+    return once_per_table(rc, "stream.rechecks", build)
 
 
 def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
