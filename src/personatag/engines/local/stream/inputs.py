@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, versions
+from personatag.store import changefeed as feed
 
 CHUNK = 2000  # contact pks per IN list
 
@@ -19,6 +20,17 @@ CHUNK = 2000  # contact pks per IN list
 def chunks(pks: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
     for i in range(0, len(pks), size):
         yield pks[i : i + size]
+
+
+def changes_between(conn: Connection, store: Store, after: int, upto: int) -> Iterator[feed.Change]:
+    """The feed's changes after seq `after` up to seq `upto`, read in pages."""
+    while after < upto:
+        batch = feed.read(conn, store, after, 10_000)
+        batch = [ch for ch in batch if ch.seq <= upto]
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
 
 
 def grouped(
