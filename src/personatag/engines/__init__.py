@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from personatag.config import Settings
-from personatag.engines.base import Engine
 from personatag.errors import InputError
-from personatag.store import Store
+
+if TYPE_CHECKING:  # the Flink stream job imports this package without the app's dependencies
+    from personatag.config import Settings
+    from personatag.engines.base import Engine
+    from personatag.store import Store
 
 
 def _local() -> type[Engine]:
