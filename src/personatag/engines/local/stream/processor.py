@@ -38,6 +38,7 @@ from personatag.config import Settings
 from personatag.criteria.to_python import EvalInput
 from personatag.definitions.personas import persona_pks
 from personatag.domain import utcnow
+from personatag.engines.base import StreamEngine
 from personatag.engines.local.stream import evaluate as ev_
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream import rechecks
@@ -79,7 +80,9 @@ class StepResult:
         return bool(self.changes or self.rechecks or self.lifecycle)
 
 
-class StreamProcessor:
+class StreamProcessor(StreamEngine):
+    """The `local` stream engine (see the module doc)."""
+
     def __init__(
         self,
         store: Store,
