@@ -327,7 +327,7 @@ def test_jobs_go_through_the_warm_submitter_else_flink_run(
     # with `flink run`, and still works.
     package = tmp_path / "personatag"
     shutil.copytree(Path(personatag.__file__).parent, package)
-    job = package / "flink" / "job.py"
+    job = package / "engines" / "flink" / "programs" / "batch_job.py"
     job.write_text(job.read_text().replace("def run(", "def _run(").replace("= run(", "= _run("))
     deploy(buckets, properties={"flink.parallelism": 1}, actor="test", package_dir=package)
     caplog.clear()

@@ -28,7 +28,8 @@ from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream.processor import StreamProcessor, evaluate_set
+from personatag.engines.local.stream.evaluate import evaluate_set
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
@@ -201,7 +202,7 @@ def _run(store: Store, sc: dict[str, Any]) -> None:
     batch = 1 if sc.get("set_based") else 20_000
     p = StreamProcessor(store, Settings(stream_reconcile_s=0, stream_set_based_contacts=batch))
     p.catch_up()
-    criteria = p._criteria().criteria
+    criteria = p.criteria().criteria
     assert len(criteria) == len(CRITERIA)
     clock = utcnow()
     assert _drift(store, criteria, clock) == []

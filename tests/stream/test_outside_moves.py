@@ -36,7 +36,7 @@ def _setup(store: Store) -> StreamProcessor:
 def _settled(p: StreamProcessor) -> None:
     """One step, then no drift anywhere (nothing left for reconciliation)."""
     p.step()
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         drift = p.reconcile(crit, repair=False)
         assert (drift["missing"], drift["extra"]) == (0, 0), crit.label
 

@@ -15,8 +15,9 @@ from personatag.definitions.criteria import add_criterion, edit_criterion
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
 from personatag.engines.local.stream import ongoing
+from personatag.engines.local.stream.evaluate import Evaluated
 from personatag.engines.local.stream.inputs import grouped
-from personatag.engines.local.stream.processor import Evaluated, StreamProcessor
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.importer import import_file
 from personatag.memberships.pins import pin
 from personatag.memberships.retire import set_ongoing_status
@@ -298,7 +299,7 @@ def test_contacts_are_read_back_by_the_personas_their_changes_touch(pop: Store) 
     assert "c0048" in members(pop, "emea-senior")
     assert {f"c{i:04d}" for i in range(5)} <= members(pop, "energy")
     assert "c0003" in members(pop, "senior")
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         report = p.reconcile(crit, repair=False)
         assert (crit.name, report["missing"], report["extra"]) == (crit.name, 0, 0)
 
@@ -355,7 +356,7 @@ def test_reconciliation_repairs_drift(pop: Store) -> None:
                 persona_pk=persona, contact_pk=c1, source=pk, since=utcnow(), criterion_pk=pk
             )
         )
-    crit = p._criteria().by_pk[pk]
+    crit = p.criteria().by_pk[pk]
     assert p.reconcile(crit, repair=False)["missing"] == 1
     report = p.reconcile(crit)
     assert (report["missing"], report["extra"]) == (1, 1)

@@ -23,14 +23,10 @@ def _guard(name: str, target: Callable[[threading.Event], None], stop: threading
 def stream_target(
     store: Store, settings: Settings, metrics: Metrics | None = None
 ) -> Callable[[threading.Event], None]:
-    """The loop of the configured stream engine (local processor or Flink job)."""
-    if settings.stream_engine == "flink":
-        from personatag.engines.flink.stream import FlinkStream
+    """The loop of the configured stream engine (looked up in the engine registry)."""
+    from personatag.engines import get_stream_engine
 
-        return FlinkStream(store, settings, metrics).run
-    from personatag.engines.local.stream.processor import StreamProcessor
-
-    return StreamProcessor(store, settings, metrics).run
+    return get_stream_engine(settings.stream_engine, store, settings, metrics).run
 
 
 def start(

@@ -55,7 +55,7 @@ from sqlalchemy import (
 
 from personatag.buckets import Bucket, open_buckets
 from personatag.criteria.to_flink import compile_flink
-from personatag.engines.base import Engine, Match, MatchSpec
+from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.engines.control import JobStopped
 from personatag.engines.flink.deploy import fetch_active
 from personatag.engines.flink.deploy.layout import PROPERTIES_FILE, read_properties
@@ -304,7 +304,7 @@ def root_cause(exceptions: dict[str, Any]) -> str:
 # ---- the engine ---------------------------------------------------------------------
 
 
-class FlinkEngine(Engine):
+class FlinkEngine(BatchEngine):
     name = "flink"
 
     def __init__(self, store: Store, settings: Any = None) -> None:

@@ -53,7 +53,9 @@ from personatag.engines.flink.programs.stream_job import SPEC_FORMAT
 from personatag.engines.flink.runtime import home as flink_home
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream.processor import OFFSET_NAME, Evaluated, StreamProcessor
+from personatag.engines.local.stream.evaluate import Evaluated
+from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.errors import ConfigError, PersonatagError
 from personatag.metrics import Metrics
 from personatag.store import Store

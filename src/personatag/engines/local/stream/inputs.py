@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,9 +12,21 @@ from sqlalchemy import Connection, select
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, versions
+from personatag.store import changefeed as feed
 from personatag.store.rowwise import chunks, grouped
 
-__all__ = ["Needs", "Publications", "chunks", "grouped", "load_inputs"]
+__all__ = ["Needs", "Publications", "changes_between", "chunks", "grouped", "load_inputs"]
+
+
+def changes_between(conn: Connection, store: Store, after: int, upto: int) -> Iterator[feed.Change]:
+    """The feed's changes after seq `after` up to seq `upto`, read in pages."""
+    while after < upto:
+        batch = feed.read(conn, store, after, 10_000)
+        batch = [ch for ch in batch if ch.seq <= upto]
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
 
 
 @dataclass(frozen=True)
