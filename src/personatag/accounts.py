@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Row, func, select, text
+from sqlalchemy import Connection, Executable, Row, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from personatag.audit_log import record
 from personatag.domain import utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
+from personatag.store.backends.base import LOCK_SPACE_ACCOUNTS
 from personatag.store.db import Store
 
 ROLES = ("viewer", "editor", "admin")
@@ -38,10 +39,8 @@ TOKEN_MAX_DAYS = 3650
 # last_used_at / last_seen_at are written at most this often per token/session:
 # a write per request would serialise every API call on SQLite's write lock.
 TOUCH_INTERVAL = timedelta(seconds=60)
-# How long a last-use write waits for SQLite's write lock before it is skipped;
-# and the store's usual wait, restored afterwards (store/db.py sets it).
-_TOUCH_WAIT_MS = 200
-_SQLITE_BUSY_MS = 60000
+# How long a last-use write waits for SQLite's write lock before it is skipped.
+_TOUCH_WAIT_S = 0.2
 # A session slides with use, but never past this age (or its ttl, if longer).
 SESSION_MAX_AGE = timedelta(days=7)
 
@@ -52,8 +51,6 @@ _SCRYPT_MAXMEM = 64 * 1024 * 1024
 _DUMMY_HASH = (
     "scrypt$16384$8$1$62trEOPmGT/Atb20unDpvA==$5Bu5aBCKCwjsATa+tUBAf0NDwW/cRRPpVaDfY2Y1C+w="
 )
-# First key of PostgreSQL advisory locks on accounts ("PA"); see _lock_accounts.
-_LOCK_SPACE_ACCOUNTS = 0x5041
 
 
 @dataclass(frozen=True)
@@ -228,10 +225,7 @@ def _lock_accounts(conn: Connection, store: Store) -> None:
     (READ COMMITTED) two of them could both read before either writes. SQLite
     needs nothing: Store.write() already holds the only write lock.
     """
-    if store.dialect == "postgresql":
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:space, 0)"), {"space": _LOCK_SPACE_ACCOUNTS}
-        )
+    store.backend.lock(conn, LOCK_SPACE_ACCOUNTS, 0)
 
 
 def _check_not_last_admin(conn: Connection, store: Store, row: Row[Any], doing: str) -> None:
@@ -471,21 +465,16 @@ def _touch(store: Store, statement: Executable) -> None:
     lock is not free within a moment (a long tag holds it for minutes), so
     checking a token or session never waits for it; the next use tries again.
     """
-    if store.dialect != "sqlite":
+    if not store.one_writer:
         with store.write() as conn:
             conn.execute(statement)
         return
-    with store.engine.connect() as conn:
-        raw: Any = conn.connection.dbapi_connection
-        raw.execute(f"PRAGMA busy_timeout={_TOUCH_WAIT_MS}")
-        try:
-            with conn.execution_options(pt_write=True).begin():
-                conn.execute(statement)
-        except OperationalError as exc:
-            if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
-                raise
-        finally:
-            raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+    try:
+        with store.write_briefly(_TOUCH_WAIT_S) as conn:
+            conn.execute(statement)
+    except OperationalError as exc:
+        if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+            raise
 
 
 def _sha256(token: str) -> str:

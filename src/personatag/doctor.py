@@ -246,6 +246,7 @@ def check_store(settings: Settings) -> Check:
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
+    from personatag.store.backends import backend_for_url
     from personatag.store.db import HEAD_REVISION, normalise_url
 
     name = "store"
@@ -253,14 +254,12 @@ def check_store(settings: Settings) -> Check:
     url = normalise_url(settings.resolved_store_url)
     parsed = make_url(url)
     shown = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        # Connecting would create an empty file; the doctor must change nothing.
-        if db and db != ":memory:" and not Path(db).exists():
-            return Check(name, "fail", f"no store at {shown}", init)
-        connect_args: dict[str, Any] = {"timeout": STORE_TIMEOUT_S}
-    else:
-        connect_args = {"connect_timeout": STORE_TIMEOUT_S}
+    backend = backend_for_url(parsed)
+    db = backend.local_file(parsed)
+    # Connecting would create an empty file; the doctor must change nothing.
+    if db is not None and not Path(db).exists():
+        return Check(name, "fail", f"no store at {shown}", init)
+    connect_args = backend.connect_timeout_args(STORE_TIMEOUT_S)
     engine = create_engine(url, connect_args=connect_args, poolclass=NullPool)
     try:
         with engine.connect() as conn:

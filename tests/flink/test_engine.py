@@ -71,7 +71,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def entered(store: Store, persona: str) -> set[str]:
     """Contact ids the membership log says entered `persona` (bulk entries decoded)."""
-    from personatag.memberships.log import decode_ids
+    from personatag.store.ids import decode_ids
 
     t = store.tables
     with store.read() as conn:

@@ -90,7 +90,7 @@ def test_every_membership_path_writes_through_memberships(
     (tmp_path / "c.csv").write_text("id,seniority\n" + "".join(f"{cid},1\n" for cid in ids[:10]))
     import_file(store, "contacts", tmp_path / "c.csv")
     proc.catch_up(timeout_s=120)
-    crit = proc._criteria().criteria[0]
+    crit = proc.criteria().criteria[0]
     proc.reconcile(crit)
     set_ongoing_status(store, "senior", "retire")
     proc.catch_up(timeout_s=120)

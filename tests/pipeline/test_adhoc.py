@@ -14,9 +14,9 @@ from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind
 from personatag.errors import PersonatagError
-from personatag.memberships.log import decode_ids, encode_ids
 from personatag.memberships.pins import pin, unpin
 from personatag.store import Store
+from personatag.store.ids import decode_ids, encode_ids
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from personatag.tagging.preview import preview
 from tests.helpers import NOW, add_contacts, population

@@ -4,7 +4,7 @@ SQL's own three-valued logic does most of the work; the few constructs that
 would otherwise turn UNKNOWN into FALSE (list predicates on SQLite) say so.
 Values are always typed bound parameters; column names come only from the
 catalog and the table descriptions. Dialect differences live in the class-level
-tables of `SqlDialect` subclasses, looked up by name in `DIALECTS`.
+tables of the store's backends (store/backends/), looked up by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,22 +21,15 @@ from sqlalchemy import (
     Float,
     FromClause,
     Integer,
-    LargeBinary,
     Text,
     and_,
-    any_,
     bindparam,
-    case,
-    cast,
     exists,
     func,
     not_,
-    null,
     or_,
     select,
-    type_coerce,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
@@ -66,6 +59,7 @@ from personatag.criteria.ast import (
 from personatag.criteria.check import check
 from personatag.criteria.errors import CriteriaError
 from personatag.domain import Catalog, fold_case
+from personatag.store.backends import Backend, backend_names, get_backend
 from personatag.store.schema import Tables
 from personatag.store.types import UTCTimestamp
 
@@ -90,122 +84,6 @@ def _value_bind(name: str, value: Value) -> BindParameter[Any]:
     raise TypeError(f"not a value: {value!r}")  # pragma: no cover
 
 
-# ---- dialects -----------------------------------------------------------------
-
-
-def _sqlite_list_null(col: Col, test: Cond) -> Cond:
-    # json_each(NULL) has no rows, which would make the test FALSE, not UNKNOWN.
-    return type_coerce(case((col.is_(None), null()), else_=test), Boolean())
-
-
-def _json_values(col: Col) -> Any:
-    return func.json_each(col).table_valued("value").alias("je")
-
-
-def _sqlite_contains(col: Col, values: list[str], name: str) -> Cond:
-    je = _json_values(col)
-    test = exists(select(je.c.value).where(je.c.value == _bind(name, values[0], Text())))
-    return _sqlite_list_null(col, test)
-
-
-def _sqlite_contains_any(col: Col, values: list[str], name: str) -> Cond:
-    je = _json_values(col)
-    binds = [_bind(name, v, Text()) for v in values]
-    return _sqlite_list_null(col, exists(select(je.c.value).where(je.c.value.in_(binds))))
-
-
-def _sqlite_contains_all(col: Col, values: list[str], name: str) -> Cond:
-    je = _json_values(col)
-    wanted = sorted(set(values))
-    binds = [_bind(name, v, Text()) for v in wanted]
-    found = select(func.count(je.c.value.distinct())).where(je.c.value.in_(binds)).scalar_subquery()
-    return _sqlite_list_null(col, found == _bind(f"{name}_n", len(wanted), Integer()))
-
-
-def _pg_contains(col: Col, values: list[str], name: str) -> Cond:
-    return _bind(name, values[0], Text()) == any_(col)
-
-
-def _pg_array(name: str, values: list[str]) -> BindParameter[Any]:
-    return _bind(name, values, postgresql.ARRAY(Text()))
-
-
-def _pg_contains_any(col: Col, values: list[str], name: str) -> Cond:
-    return col.bool_op("&&")(_pg_array(name, values))
-
-
-def _pg_contains_all(col: Col, values: list[str], name: str) -> Cond:
-    return col.bool_op("@>")(_pg_array(name, values))
-
-
-ListOp = Callable[[Col, list[str], str], Cond]
-Slice = Callable[[Col, BindParameter[Any]], Col]
-
-
-class SqlDialect:
-    """What differs between stores, as data (cf. sqlglot's per-dialect tables)."""
-
-    name: ClassVar[str]
-    # collation for <, <=, >, >=, between on strings (code-point order)
-    ORDER_COLLATION: ClassVar[str | None] = None
-    # ESCAPE clause for LIKE so that no character in a pattern is an escape
-    LIKE_ESCAPE: ClassVar[str | None] = None
-    # "prefix" / "suffix": the first / last N characters of a string (N >= 1)
-    SLICES: ClassVar[Mapping[str, Slice]]
-    LIST_OPS: ClassVar[Mapping[str, ListOp]]
-
-    @staticmethod
-    def fold(col: Col) -> Col:
-        """The SQL expression that implements domain.fold_case on `col`."""
-        raise NotImplementedError
-
-
-def _sqlite_fold(col: Col) -> Col:
-    # pt_fold (domain.fold_case, registered on every connection by the store) is
-    # a Python call per row; SQLite's lower() folds ASCII alike, in C, ~5x
-    # faster. A string is ASCII when it has as many characters as bytes (a NUL
-    # makes it shorter: such rare strings take pt_fold too, which is exact).
-    ascii_only = func.length(col) == func.length(cast(col, LargeBinary()))
-    return case((ascii_only, func.lower(col)), else_=func.pt_fold(col))
-
-
-class SQLiteDialect(SqlDialect):
-    name = "sqlite"
-    fold = staticmethod(_sqlite_fold)
-    SLICES: ClassVar[Mapping[str, Slice]] = {
-        "prefix": lambda col, n: func.substr(col, 1, n),
-        "suffix": lambda col, n: func.substr(col, -n),
-    }
-    LIST_OPS: ClassVar[Mapping[str, ListOp]] = {
-        "contains": _sqlite_contains,
-        "contains_any": _sqlite_contains_any,
-        "contains_all": _sqlite_contains_all,
-    }
-
-
-class PostgresDialect(SqlDialect):
-    name = "postgresql"
-    ORDER_COLLATION = "C"
-    LIKE_ESCAPE = ""  # backslash is LIKE's default escape on PostgreSQL
-
-    @staticmethod
-    def fold(col: Col) -> Col:
-        return func.lower(col)  # folds like fold_case under the C.UTF-8 ctype
-
-    SLICES: ClassVar[Mapping[str, Slice]] = {
-        "prefix": lambda col, n: func.left(col, n),
-        "suffix": lambda col, n: func.right(col, n),
-    }
-    LIST_OPS: ClassVar[Mapping[str, ListOp]] = {
-        "contains": _pg_contains,
-        "contains_any": _pg_contains_any,
-        "contains_all": _pg_contains_all,
-    }
-
-
-DIALECTS: Mapping[str, type[SqlDialect]] = {d.name: d for d in (SQLiteDialect, PostgresDialect)}
-
-
 # ---- compiler -------------------------------------------------------------------
 
 
@@ -225,12 +103,14 @@ def compile_sql(
     Raises CriteriaError if the criterion does not check against `catalog` or
     names a persona missing from `persona_pks`.
     """
-    if dialect not in DIALECTS:
-        raise ValueError(f"unknown SQL dialect {dialect!r}: expected one of {', '.join(DIALECTS)}")
+    if dialect not in backend_names():
+        raise ValueError(
+            f"unknown SQL dialect {dialect!r}: expected one of {', '.join(backend_names())}"
+        )
     if as_of.tzinfo is None:
         raise ValueError("as_of must be a timezone-aware datetime")
     check(node, replace(catalog, personas=frozenset(persona_pks)))
-    compiler = _SqlCompiler(DIALECTS[dialect], tables, catalog, persona_pks, as_of)
+    compiler = _SqlCompiler(get_backend(dialect), tables, catalog, persona_pks, as_of)
     return compiler.node(node, compiler.contacts)
 
 
@@ -244,7 +124,7 @@ class _Scope:
 class _SqlCompiler:
     def __init__(
         self,
-        dialect: type[SqlDialect],
+        dialect: Backend,
         tables: Tables,
         catalog: Catalog,
         persona_pks: Mapping[str, int],
@@ -375,7 +255,7 @@ def event_counts(
     The same events `compile_sql` counts; engines that evaluate criteria
     outside the store (Flink) get these numbers in their snapshot.
     """
-    compiler = _SqlCompiler(DIALECTS[dialect], tables, catalog, {}, as_of)
+    compiler = _SqlCompiler(get_backend(dialect), tables, catalog, {}, as_of)
     lo, hi = compiler.window(node.days)
     if node.event == "read":
         r = tables.reads.alias("r")

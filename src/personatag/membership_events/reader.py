@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, select
 
 from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL
 from personatag.errors import NotFoundError
-from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.store.ids import decode_ids
 
 log = logging.getLogger(__name__)
 
@@ -56,48 +56,35 @@ class _Observation:
     running: frozenset[tuple[int, str]]  # (pid, xid) of this database's writers just after
 
 
-# Writers of this database that hold a transaction id (have written something).
-# Other databases of the cluster are left out: their transactions cannot hold
-# one of our seqs. Each read is its own transaction: PostgreSQL keeps one view
-# of pg_stat_activity per transaction.
-_WRITERS = text(
-    "SELECT pid, backend_xid::text FROM pg_stat_activity "
-    "WHERE datname = current_database() AND backend_xid IS NOT NULL "
-    "AND pid <> pg_backend_pid()"
-)
-
-
-def _writers(conn: Connection) -> frozenset[tuple[int, str]]:
-    found = frozenset((int(pid), str(xid)) for pid, xid in conn.execute(_WRITERS))
+def _writers(conn: Connection, store: Store) -> frozenset[tuple[int, str]]:
+    # Each read is its own transaction: PostgreSQL keeps one view of
+    # pg_stat_activity per transaction.
+    found = store.backend.running_writers(conn)
     conn.rollback()
     return found
 
 
-def _observe(conn: Connection) -> _Observation:
+def _observe(conn: Connection, store: Store) -> _Observation:
     # The sequence first, then the writers: a transaction that had taken a seq
     # up to last_seq is either finished or listed as running.
-    last = conn.execute(
-        text(
-            "SELECT pg_sequence_last_value("
-            "pg_get_serial_sequence('membership_log', 'seq')::regclass)"
-        )
-    ).scalar()
+    last = store.backend.serial_last_value(conn, "membership_log", "seq")
     conn.rollback()
-    return _Observation(int(last or 0), _writers(conn))
+    return _Observation(last, _writers(conn, store))
 
 
-def _still_running(conn: Connection, running: frozenset[tuple[int, str]]) -> bool:
-    return bool(running) and bool(running & _writers(conn))
+def _still_running(conn: Connection, store: Store, running: frozenset[tuple[int, str]]) -> bool:
+    return bool(running) and bool(running & _writers(conn, store))
 
 
 class Horizon:
     """The highest seq below which no membership-log entry can still appear.
 
-    SQLite has one writer at a time, so every seq it shows is settled. On
-    PostgreSQL an observation (the sequence's last value, then this database's
-    transactions that have written something) settles once those transactions
-    have ended; a Horizon remembers its oldest unsettled observation, so a
-    long-lived reader (the webhook worker) advances while writers overlap.
+    SQLite has one writer at a time, so every seq it shows is settled (its
+    backend lists no running writers). On PostgreSQL an observation (the
+    sequence's last value, then this database's transactions that have written
+    something) settles once those transactions have ended; a Horizon remembers
+    its oldest unsettled observation, so a long-lived reader (the webhook
+    worker) advances while writers overlap.
     Every writer of the log writes memberships or pins first, so a transaction
     holding a seq is always listed.
     """
@@ -109,19 +96,14 @@ class Horizon:
 
     def current(self) -> int:
         """The settled seq now (never less than before)."""
-        if self.store.dialect != "postgresql":
-            log_ = self.store.tables.membership_log
-            with self.store.read() as conn:
-                self._settled = max(
-                    self._settled, int(conn.scalar(select(func.max(log_.c.seq))) or 0)
-                )
-            return self._settled
         with self.store.engine.connect() as conn:
-            if self._pending is not None and not _still_running(conn, self._pending.running):
+            if self._pending is not None and not _still_running(
+                conn, self.store, self._pending.running
+            ):
                 self._settled = max(self._settled, self._pending.last_seq)
                 self._pending = None
-            now = _observe(conn)
-            if not _still_running(conn, now.running):
+            now = _observe(conn, self.store)
+            if not _still_running(conn, self.store, now.running):
                 self._settled = max(self._settled, now.last_seq)
                 self._pending = None
             elif self._pending is None:

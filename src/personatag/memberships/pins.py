@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, select
 
+from personatag.definitions import watch
 from personatag.definitions.personas import get_persona
 from personatag.domain import SOURCE_MANUAL, PinKind, utcnow
 from personatag.errors import NotFoundError
@@ -47,7 +48,7 @@ def _pin_kind(conn: Connection, store: Store, persona_pk: int, cpk: int) -> str 
 def _pin_out_lifted(conn: Connection, store: Store, persona_pk: int, cpk: int) -> None:
     """Rules apply to the contact again: the ongoing criteria tagging the persona
     re-evaluate it at the stream's next step (a full evaluation would tag it now)."""
-    feed.record_moved(conn, store, feed.KIND_PIN, persona_pk, [cpk])
+    watch.record_moved(conn, store, feed.KIND_PIN, persona_pk, [cpk])
 
 
 def pin(

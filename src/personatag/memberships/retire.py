@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from personatag.config import Settings
-from personatag.definitions import criteria
+from personatag.definitions import criteria, watch
 from personatag.domain import utcnow
 from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store
@@ -24,7 +24,7 @@ def remove_memberships(
     writer.decide(holders, persona_pk, criterion_pk, True, members, ())
     outcome = writer.flush(conn, reason=reason)
     # Moved outside a step: the persona(...) criteria reading it re-check those contacts.
-    feed.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited])
+    watch.record_moved(conn, store, feed.KIND_PERSONA, persona_pk, [c for _, c in outcome.exited])
     rc = store.tables.stream_rechecks
     conn.execute(rc.delete().where(rc.c.criterion_pk == criterion_pk))
     return len(outcome.exited)

@@ -122,7 +122,7 @@ class FeedService:
     def _build_apart(self) -> bool:
         """Whether a background build goes to a separate process: a big store
         that another process can open (not an in-memory SQLite database)."""
-        if self.store.dialect == "sqlite" and not self.store.is_shared_file:
+        if not self.store.shared:
             return False
         with self.store.read() as conn:
             top = conn.scalar(select(func.max(self.store.tables.contacts.c.pk)))

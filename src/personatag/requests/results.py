@@ -19,12 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from isal import igzip
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 
 from personatag.buckets import Bucket
 from personatag.memberships.apply import BulkChanges
-from personatag.memberships.log import decode_ids
 from personatag.store import Store
+from personatag.store.ids import decode_ids
 from personatag.tagging.contact_lists import FailedRow
 
 
@@ -39,23 +39,10 @@ def _csv_field(value: str) -> str:
 
 
 # A chunk of contact pks becomes its ids in one statement, so 10M changes never
-# become 10M Python rows. On SQLite the ids come NUL-separated (an id never
-# holds NUL: imports refuse it), so one str.replace makes the CSV lines; ids
-# with a comma, quote or line break are quoted like the csv module does.
-_IDS_SQL = {
-    "sqlite": (
-        "SELECT group_concat(c.id, char(0)) FROM (SELECT value AS pk FROM json_each(:pks)) "
-        "AS t JOIN contacts AS c ON c.pk = t.pk"
-    ),
-    # PostgreSQL text cannot hold NUL: quote in SQL, one line per id.
-    "postgresql": (
-        "SELECT string_agg(CASE WHEN strpos(c.id, ',') > 0 OR strpos(c.id, '\"') > 0 "
-        "OR strpos(c.id, chr(10)) > 0 OR strpos(c.id, chr(13)) > 0 "
-        "THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END || :suffix, chr(10) "
-        "ORDER BY c.pk) "
-        "FROM unnest(CAST(:pks AS bigint[])) AS t(pk) JOIN contacts AS c ON c.pk = t.pk"
-    ),
-}
+# become 10M Python rows. Where the store's text can hold NUL (SQLite) the ids
+# come NUL-separated, so one str.replace makes the CSV lines; ids with a comma,
+# quote or line break are quoted like the csv module does. Elsewhere the store
+# quotes them and returns the lines.
 _CHUNK = 500_000
 _SPECIAL = (",", '"', "\n", "\r")
 
@@ -75,13 +62,12 @@ def _lines_from_ids(ids: str, suffix: str) -> str:
 
 
 def _member_of(store: Store, chunk: list[int], suffix: str) -> bytes:
-    param: Any = json.dumps(chunk) if store.dialect == "sqlite" else chunk
+    backend = store.backend
     with store.read() as conn:
-        block = conn.execute(text(_IDS_SQL[store.dialect]), {"pks": param, "suffix": suffix})
-        ids = block.scalar()
+        ids = backend.contact_id_lines(conn, chunk, suffix)
     if not ids:
         return b""
-    if store.dialect == "sqlite":
+    if backend.id_lines_nul_separated:
         return _member(_lines_from_ids(ids, suffix))
     return _member(ids + "\n")
 

@@ -5,7 +5,7 @@ transaction, so a change is in the feed exactly when it is in the store. A
 row names one contact, or a batch of them (an import batch) as a packed id
 block. Memberships moved outside the stream (pins, ad hoc requests, a retired
 criterion) are recorded too, as KIND_PERSONA / KIND_PIN rows, when a live
-ongoing criterion is concerned (`record_moved`). Rows are read back in seq
+ongoing criterion is concerned (definitions.watch.record_moved). Rows are read back in seq
 order by the stream processor.
 """
 
@@ -20,6 +20,7 @@ from sqlalchemy import Connection, func, select
 
 from personatag.domain import utcnow
 from personatag.store import Store
+from personatag.store.ids import decode_ids, encode_ids
 
 KIND_CONTACT = "contact"
 KIND_READ = "read"
@@ -86,51 +87,8 @@ def record(
     else:
         import numpy as np
 
-        from personatag.store.idblock import encode_ids
-
         values["pks"] = encode_ids(np.asarray(unique, dtype=np.int64))
     conn.execute(store.tables.changes.insert().values(**values))
-
-
-def watched(conn: Connection, store: Store, kind: str, persona_pk: int) -> str | None:
-    """The key of persona `persona_pk` when a live (active or building) ongoing
-    criterion reads it (KIND_PERSONA) or tags it (KIND_PIN); else None, and a
-    move of its memberships needs no change in the feed."""
-    import json
-
-    from personatag.criteria import from_json, references
-    from personatag.domain import Mode
-    from personatag.engines.local.stream import ongoing as og
-
-    t = store.tables
-    c = t.criteria
-    live = (c.c.mode == Mode.ONGOING.value) & c.c.status.in_((og.ACTIVE, og.BUILDING))
-    key = conn.scalar(select(t.personas.c.key).where(t.personas.c.pk == persona_pk))
-    if key is None:
-        return None
-    if kind == KIND_PIN:
-        found = conn.scalar(select(c.c.pk).where(live, c.c.persona_pk == persona_pk).limit(1))
-        return key if found is not None else None
-    # Only criteria whose AST holds a persona(...) test are parsed.
-    for ast in conn.scalars(select(c.c.ast).where(live, c.c.ast.contains('"persona"'))):
-        try:
-            if key in references(from_json(json.loads(ast))).personas:
-                return str(key)
-        except Exception:  # noqa: S112 - a criterion broken by a schema change reads nothing
-            continue
-    return None
-
-
-def record_moved(conn: Connection, store: Store, kind: str, persona_pk: int, pks: Any) -> bool:
-    """Tell the stream that persona `persona_pk` moved outside it for contacts
-    `pks` (an iterable of pks, or a callable returning them, called only when
-    needed): one feed row of `kind` (KIND_PERSONA or KIND_PIN), only when a live
-    ongoing criterion reads (tags) the persona. Returns whether a row was written."""
-    key = watched(conn, store, kind, persona_pk)
-    if key is None:
-        return False
-    record(conn, store, kind, pks() if callable(pks) else pks, [key])
-    return True
 
 
 def record_each(
@@ -168,8 +126,6 @@ def read(conn: Connection, store: Store, after: int, limit: int) -> list[Change]
         if r.contact_pk is not None:
             pks: Sequence[int] = (int(r.contact_pk),)
         else:
-            from personatag.store.idblock import decode_ids
-
             pks = decode_ids(r.pks).tolist()
         fields = None if r.fields is None else frozenset(r.fields.split(","))
         out.append(Change(int(r.seq), r.at, r.kind, pks, fields))

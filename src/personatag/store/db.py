@@ -9,71 +9,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from personatag.domain import STANDARD_CONTACT_FIELDS, Catalog, FieldType, fold_case
+from personatag.domain import STANDARD_CONTACT_FIELDS, Catalog, FieldType
 from personatag.errors import ConfigError, PersonatagError
+from personatag.store.backends import Backend, backend_for_url, get_backend
+from personatag.store.backends.base import LOCK_SPACE_FEED, LOCK_SPACE_PERSONA
 from personatag.store.schema import Tables, build_tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# First key of PostgreSQL advisory locks on personas ("PT" in ASCII).
-_LOCK_SPACE_PERSONA = 0x5054
-_LOCK_SPACE_FEED = 0x5046
 
 
-# How long a SQLite writer waits for another one's lock before it fails.
-_SQLITE_BUSY_MS = 60_000
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy (the "begin" hook below) own transaction boundaries.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            f"busy_timeout={_SQLITE_BUSY_MS}",
-            "case_sensitive_like=ON",
-            "cache_size=-131072",
-            "temp_store=FILE",
-        ):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
-        dbapi_conn.create_function("pt_fold", 1, _fold_or_null, deterministic=True)
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the lock up front: a deferred transaction that later
-        # upgrades to a writer can fail with SQLITE_BUSY without waiting.
-        mode = "IMMEDIATE" if conn.get_execution_options().get("pt_write") else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _fold_or_null(value: object) -> object:
-    return fold_case(value) if isinstance(value, str) else value
-
-
-def normalise_url(url: str) -> str:
-    """Accept postgresql:// and postgres:// as the psycopg 3 driver."""
+def _parse(url: str) -> URL:
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise ConfigError(
             f"invalid store URL {url!r}: expected sqlite:///PATH or "
             "postgresql+psycopg://USER@HOST:PORT/DB"
         ) from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(
-            f"unsupported store {parsed.get_backend_name()!r} in PERSONATAG_STORE_URL: "
-            "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
-        )
-    return parsed.render_as_string(hide_password=False)
+
+
+def normalise_url(url: str) -> str:
+    """Accept postgresql:// and postgres:// as the psycopg 3 driver."""
+    parsed = _parse(url)
+    return backend_for_url(parsed).normalise_url(parsed).render_as_string(hide_password=False)
 
 
 def create_store_engine(url: str, *, create: bool = False) -> Engine:
@@ -82,17 +44,8 @@ def create_store_engine(url: str, *, create: bool = False) -> Engine:
     Its errors never carry the statement's parameters (`hide_parameters`): they
     can hold password and token hashes, webhook secrets and contact data, and
     error messages end up in logs."""
-    url = normalise_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if create and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, hide_parameters=True
-        )
-        _sqlite_setup(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    parsed = make_url(normalise_url(url))
+    return backend_for_url(parsed).create_engine(parsed, create=create)
 
 
 @functools.cache
@@ -106,7 +59,9 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.dialect = engine.dialect.name
+        self.backend: Backend = get_backend(engine.dialect.name)
+        # The database's name, for compilers that keep their own dialect tables.
+        self.dialect = self.backend.name
         self._tables: Tables | None = None
         self._lock = threading.Lock()
 
@@ -121,8 +76,12 @@ class Store:
     @property
     def is_shared_file(self) -> bool:
         """SQLite on a file: every connection sees the same database."""
-        db = self.engine.url.database
-        return self.dialect == "sqlite" and bool(db) and db != ":memory:"
+        return self.backend.local_file(self.engine.url) is not None
+
+    @property
+    def shared(self) -> bool:
+        """Other processes can open this same database (not in-memory SQLite)."""
+        return self.backend.shared(self.engine.url)
 
     def refresh(self) -> None:
         """Forget cached table descriptions (after declaring an attribute)."""
@@ -161,30 +120,17 @@ class Store:
         """A write transaction that fails (OperationalError) instead of waiting
         much more than `wait_s` for a lock another transaction holds: for
         writes that may be skipped, which must not wait out a long job."""
-        with self.engine.connect() as conn:
-            wait_ms = max(int(wait_s * 1000), 1)
-            if self.dialect == "sqlite":
-                raw: Any = conn.connection.dbapi_connection
-                raw.execute(f"PRAGMA busy_timeout={wait_ms}")
-                try:
-                    conn = conn.execution_options(pt_write=True)
-                    with conn.begin():
-                        yield conn
-                finally:
-                    raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-            else:
-                conn = conn.execution_options(pt_write=True)
-                with conn.begin():
-                    conn.execute(
-                        text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{wait_ms}"}
-                    )
-                    yield conn
+        with (
+            self.engine.connect() as conn,
+            self.backend.write_briefly(conn, max(int(wait_s * 1000), 1)) as conn,
+        ):
+            yield conn
 
     @property
     def one_writer(self) -> bool:
         """Only one write transaction at a time across connections (SQLite):
         while a job's own write transaction is open, nothing else can write."""
-        return self.dialect == "sqlite"
+        return self.backend.one_writer
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -201,9 +147,7 @@ class Store:
         even on 100M reads.
         """
         with self.write() as conn:
-            if self.dialect == "sqlite":
-                conn.exec_driver_sql("PRAGMA analysis_limit=1000")
-            conn.exec_driver_sql("ANALYZE")
+            self.backend.analyze(conn)
 
     def lock_persona(self, conn: Connection, persona_pk: int) -> None:
         """Serialise writers of one persona's memberships until `conn` commits.
@@ -220,12 +164,7 @@ class Store:
         """lock_persona for several personas, in one global order (ascending pk):
         two transactions that lock overlapping sets in their own orders would
         deadlock. Locking a persona again later in the transaction is free."""
-        if self.dialect == "postgresql":
-            for pk in sorted(set(persona_pks)):
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:space, :key)"),
-                    {"space": _LOCK_SPACE_PERSONA, "key": pk},
-                )
+        self.backend.lock_all(conn, LOCK_SPACE_PERSONA, list(persona_pks))
 
     def lock_feed(self, conn: Connection) -> None:
         """Serialise writers of the change feed until `conn` commits.
@@ -234,11 +173,7 @@ class Store:
         become visible in order: on PostgreSQL a later seq could otherwise
         commit before an earlier one. SQLite has one writer already.
         """
-        if self.dialect == "postgresql":
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(:space, :key)"),
-                {"space": _LOCK_SPACE_FEED, "key": 0},
-            )
+        self.backend.lock(conn, LOCK_SPACE_FEED, 0)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -293,9 +228,9 @@ def open_store(url: str, *, create: bool = False) -> Store:
     Without create, a store that is missing or behind raises a PersonatagError
     that says to run `personatag init`.
     """
-    parsed = make_url(url)
-    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    on_disk = bool(path) and path != ":memory:" and not str(path).startswith("file:")
+    parsed = _parse(url)
+    path = backend_for_url(parsed).local_file(parsed)
+    on_disk = path is not None and not path.startswith("file:")
     if not create and on_disk and not Path(str(path)).exists():
         # Opening it would create an empty file; say what to do instead.
         raise PersonatagError(f"there is no store at {path}: run `personatag init`")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ColumnElement, Connection, MetaData, Table, select, text
+from sqlalchemy import BigInteger, Column, ColumnElement, Connection, MetaData, Table, select
 
 from personatag.store import Store
+from personatag.store.backends import get_backend
 
 # Temp tables are private to their connection, and a connection works on one
 # request at a time: fixed names (and Table objects) let SQLAlchemy reuse its
@@ -38,6 +39,7 @@ class TempPks:
     """A temp table of contact pks on one connection; drop() when done."""
 
     def __init__(self, conn: Connection, name: str = "pt_pks") -> None:
+        self.backend = get_backend(conn.dialect.name)
         self.table = fresh(conn, temp_table(name, Column("pk", BigInteger, primary_key=True)))
 
     def fill(self, conn: Connection, query: Any) -> int:
@@ -46,9 +48,7 @@ class TempPks:
             self.table.insert().from_select(["pk"], query),
             execution_options={"preserve_rowcount": True},
         ).rowcount
-        if conn.dialect.name == "postgresql":
-            # Temp tables are never auto-analysed: give the planner real sizes.
-            conn.execute(text(f"ANALYZE {self.table.name}"))
+        self.backend.analyze_temp(conn, self.table)
         return int(n)
 
     def contains(self, pk: ColumnElement[Any]) -> ColumnElement[bool]:

@@ -6,8 +6,8 @@ nothing about the work itself: its transaction rolled back, and running it
 again on a fresh connection can succeed. Everything else (a constraint, bad
 SQL, a missing table) fails the same way again and is not retried.
 
-Which driver errors mean what differs between SQLite and PostgreSQL; the
-tables below hold that difference, as data.
+Which driver errors mean what differs between SQLite and PostgreSQL; each
+backend holds its table of them, as data (store/backends/).
 """
 
 from __future__ import annotations
@@ -20,28 +20,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
+from personatag.store.backends import backend_names, get_backend
+from personatag.store.backends.base import BUSY, CONNECTION_LOST, DEADLOCK, SERIALIZATION
+
+__all__ = ["BUSY", "CONNECTION_LOST", "DEADLOCK", "SERIALIZATION", "Transient", "transient"]
+
 log = logging.getLogger(__name__)
-
-CONNECTION_LOST = "connection lost"
-SERIALIZATION = "serialization failure"
-DEADLOCK = "deadlock"
-BUSY = "database busy"
-
-# PostgreSQL SQLSTATE codes (and classes, by their first two characters).
-_PG_STATES = {
-    "40001": SERIALIZATION,  # serialization_failure
-    "40P01": DEADLOCK,  # deadlock_detected
-    "57P01": CONNECTION_LOST,  # admin_shutdown: pg_terminate_backend, a fast shutdown
-    "57P02": CONNECTION_LOST,  # crash_shutdown
-    "57P03": CONNECTION_LOST,  # cannot_connect_now: starting up or shutting down
-}
-_PG_CLASSES = {"08": CONNECTION_LOST}  # connection_exception and its codes
-# A statement run after an earlier one failed in the same transaction: the
-# earlier failure is the one that counts (see root_error).
-_PG_CONSEQUENCES = {"25P02"}  # in_failed_sql_transaction
-
-# SQLite primary result codes (the low byte of an extended code).
-_SQLITE_CODES = {5: BUSY, 6: BUSY}  # SQLITE_BUSY, SQLITE_LOCKED
 
 
 @dataclass(frozen=True)
@@ -74,7 +58,7 @@ def _is_consequence(exc: BaseException) -> bool:
     if isinstance(exc, PendingRollbackError):
         return True
     orig = getattr(exc, "orig", None)
-    return getattr(orig, "sqlstate", None) in _PG_CONSEQUENCES
+    return orig is not None and any(get_backend(n).is_consequence(orig) for n in backend_names())
 
 
 def root_error(exc: BaseException) -> BaseException:
@@ -96,23 +80,12 @@ def _classify(err: BaseException) -> Transient | None:
         return None
     orig = err.orig
     message = _first_line(orig)
-    state = getattr(orig, "sqlstate", None)
-    if isinstance(state, str):
-        kind = _PG_STATES.get(state) or _PG_CLASSES.get(state[:2])
-        if kind is not None:
-            return Transient(kind, message)
-    code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(code, int) and (code & 0xFF) in _SQLITE_CODES:
-        return Transient(_SQLITE_CODES[code & 0xFF], message)
+    if orig is not None:
+        for name in backend_names():
+            kind = get_backend(name).transient_kind(orig)
+            if kind is not None:
+                return Transient(kind, message)
     if err.connection_invalidated:
-        return Transient(CONNECTION_LOST, message)
-    # psycopg reports a refused, reset or closed connection with no SQLSTATE.
-    driver = type(orig)
-    if (
-        state is None
-        and driver.__module__.startswith("psycopg")
-        and driver.__name__ in ("OperationalError", "InterfaceError")
-    ):
         return Transient(CONNECTION_LOST, message)
     return None
 

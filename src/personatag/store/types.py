@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, Dialect, Text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from personatag.store.backends import get_backend
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -53,16 +54,12 @@ class StringList(TypeDecorator[list[str]]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.ARRAY(Text()))
-        return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(get_backend(dialect.name).list_type())
 
     def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        if dialect.name == "postgresql":
-            return list(value)
-        return json.dumps(list(value), ensure_ascii=False, separators=(",", ":"))
+        return get_backend(dialect.name).bind_list(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> list[str] | None:
         if value is None:

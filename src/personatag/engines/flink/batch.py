@@ -42,11 +42,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
-    BigInteger,
     Column,
     ColumnElement,
     Connection,
-    Integer,
     or_,
     select,
     text,
@@ -102,26 +100,16 @@ class _PksMatch(Match):
             # scans, with no temp table to fill.
             pk = store.tables.contacts.c.pk
             return or_(*(pk.between(lo, hi) for lo, hi in runs))
-        # INTEGER PRIMARY KEY is SQLite's rowid: no separate index to fill.
-        pk_type = Integer if store.dialect == "sqlite" else BigInteger
+        b = store.backend
         table = fresh(
-            conn, temp_table(f"pt_flink_{store.dialect}", Column("pk", pk_type, primary_key=True))
+            conn, temp_table(f"pt_flink_{b.name}", Column("pk", b.temp_pk_type, primary_key=True))
         )
         self._table = table
+        insert = text(f"INSERT INTO {table.name} (pk) {b.int_rows_sql('pks')}")
         for start in range(0, len(pks), _LOAD_CHUNK):
             chunk = pks[start : start + _LOAD_CHUNK]
-            if store.dialect == "sqlite":
-                conn.execute(
-                    text(f"INSERT INTO {table.name} (pk) SELECT value FROM json_each(:pks)"),  # noqa: S608 - our temp table
-                    {"pks": json.dumps(chunk.tolist())},
-                )
-            else:
-                conn.execute(
-                    text(f"INSERT INTO {table.name} (pk) SELECT unnest(CAST(:pks AS bigint[]))"),
-                    {"pks": chunk.tolist()},
-                )
-        if store.dialect == "postgresql":
-            conn.execute(text(f"ANALYZE {table.name}"))
+            conn.execute(insert, {"pks": b.bind_ints(chunk.tolist())})
+        b.analyze_temp(conn, table)
         return store.tables.contacts.c.pk.in_(select(table.c.pk))
 
     def close(self, conn: Connection) -> None:

@@ -9,9 +9,8 @@ snapshot of its key. The key hashes the columns, the store, the as-of time
 when aggregates depend on it, and the data versions of every table the
 columns come from, so an unchanged store reuses its snapshot.
 
-The JSON is built by the store itself (SQLite json_object, PostgreSQL
-json_build_object), a chunk of contacts per statement, so 10M contacts never
-become 10M Python rows.
+The JSON is built by the store itself (its backend's json_object), a chunk
+of contacts per statement, so 10M contacts never become 10M Python rows.
 """
 
 from __future__ import annotations
@@ -33,13 +32,9 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
-    Text,
-    case,
-    cast,
     exists,
     func,
     literal,
-    literal_column,
     select,
 )
 
@@ -47,7 +42,7 @@ from personatag.buckets import Bucket
 from personatag.criteria.ast import to_json
 from personatag.criteria.to_flink import FlinkQuery, SnapshotColumn
 from personatag.criteria.to_sql import event_counts
-from personatag.domain import Catalog, FieldType, utcnow
+from personatag.domain import Catalog, utcnow
 from personatag.store import Store, versions
 from personatag.store.matchset import fresh, temp_table
 from personatag.store.types import to_micros
@@ -119,20 +114,14 @@ class _Rows:
         persona_pks: dict[str, int],
     ) -> None:
         self.store = store
-        self.sqlite = store.dialect == "sqlite"
+        self.backend = store.backend
         self.c = store.tables.contacts
         self.joins: list[tuple[Any, ColumnElement[Any]]] = []
         self.temps: list[Any] = []
         pairs: list[ColumnElement[Any]] = [literal("pk"), self.c.c.pk]
         for col in query.columns:
             pairs += [literal(col.name), self.value(conn, col, catalog, persona_pks, query)]
-        build = func.json_object if self.sqlite else func.json_build_object
-        self.row = build(*pairs)
-
-    def _json_bool(self, test: ColumnElement[Any]) -> ColumnElement[Any]:
-        if not self.sqlite:
-            return test
-        return case((test, func.json("true")), else_=func.json("false"))
+        self.row = self.backend.json_object(*pairs)
 
     def value(
         self,
@@ -147,20 +136,14 @@ class _Rows:
             if col.column is None:
                 raise TypeError(f"snapshot column {col.name} lacks column")
             column = c[col.column]
-            if self.sqlite and col.field_type is FieldType.LIST:
-                return func.json(column)
-            if self.sqlite and col.field_type is FieldType.BOOL:
-                return case(
-                    (column.is_(None), None),
-                    (column != 0, func.json("true")),
-                    else_=func.json("false"),
-                )
-            return column
+            if col.field_type is None:
+                return column
+            return self.backend.json_field(column, col.field_type)
         if col.kind == "folded":
             if col.column is None:
                 raise TypeError(f"snapshot column {col.name} lacks column")
             column = c[col.column]
-            return func.pt_fold(column) if self.sqlite else func.lower(column)
+            return self.backend.fold(column)
         if col.kind == "persona":
             if col.persona is None:
                 raise TypeError(f"snapshot column {col.name} lacks persona")
@@ -168,7 +151,7 @@ class _Rows:
             held = exists().where(
                 m.c.persona_pk == persona_pks[col.persona], m.c.contact_pk == c.pk
             )
-            return self._json_bool(held)
+            return self.backend.json_bool(held)
         if col.count is None:
             raise TypeError(f"snapshot column {col.name} lacks count")
         counts = event_counts(
@@ -195,11 +178,11 @@ class _Rows:
         source: Any = self.c
         for table, on in self.joins:
             source = source.outerjoin(table, on)
-        if self.sqlite:
-            agg = func.group_concat(self.row, literal_column("char(10)"))
-        else:
-            agg = func.string_agg(cast(self.row, Text), literal("\n"))
-        stmt = select(agg).select_from(source).where(self.c.c.pk > lo, self.c.c.pk <= hi)
+        stmt = (
+            select(self.backend.lines(self.row))
+            .select_from(source)
+            .where(self.c.c.pk > lo, self.c.c.pk <= hi)
+        )
         return conn.execute(stmt).scalar() or ""
 
     def drop(self, conn: Connection) -> None:

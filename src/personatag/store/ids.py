@@ -1,10 +1,9 @@
-"""Packed blocks of contact pks: the bulk entries of the membership log and the
-multi-contact changes of the change feed store their ids this way.
+"""The id block: a set of contact pks as compact bytes.
 
-The pks are stored sorted, delta-encoded in the narrowest unsigned width that
-fits, then zlib-compressed: 10M consecutive contacts take about 10 KB, 10M
-scattered over 20M about 4 MB, and a block decodes back into a sorted array
-(answer "is C in it" with a binary search).
+A block stores the pks sorted, delta-encoded in the narrowest unsigned width
+that fits, then zlib-compressed: 10M consecutive contacts take about 10 KB,
+10M scattered over 20M about 4 MB. Bulk entries of the membership log and
+batch rows of the change feed hold their pks this way.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def encode_ids(ids: np.ndarray) -> bytes:
 
 
 def decode_ids(blob: bytes) -> np.ndarray:
-    """The sorted int64 ids of a block made by `encode_ids`."""
+    """Compact bytes -> the sorted int64 ids (ValueError if not an id block)."""
     import numpy as np  # only bulk changes need it; keeps CLI start-up light
 
     if blob[:4] != _MAGIC:

@@ -1,0 +1,416 @@
+"""PostgreSQL: the production store, many writers, bulk writes by COPY."""
+
+# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.bulk)
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Table,
+    Text,
+    any_,
+    cast,
+    func,
+    literal,
+    text,
+)
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.types import TypeEngine
+
+from personatag.domain import FieldType
+from personatag.store.backends.base import (
+    CONNECTION_LOST,
+    DEADLOCK,
+    LOCK_SPACE_LEASE,
+    SERIALIZATION,
+    Backend,
+    Col,
+    Cond,
+    ListOp,
+    Slice,
+    bind,
+)
+from personatag.store.bulk import BulkWriter, Row
+from personatag.store.leases import Lease
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# SQLSTATE codes (and classes, by their first two characters) worth a second try.
+_TRANSIENT_STATES = {
+    "40001": SERIALIZATION,  # serialization_failure
+    "40P01": DEADLOCK,  # deadlock_detected
+    "57P01": CONNECTION_LOST,  # admin_shutdown: pg_terminate_backend, a fast shutdown
+    "57P02": CONNECTION_LOST,  # crash_shutdown
+    "57P03": CONNECTION_LOST,  # cannot_connect_now: starting up or shutting down
+}
+_TRANSIENT_CLASSES = {"08": CONNECTION_LOST}  # connection_exception and its codes
+# A statement run after an earlier one failed in the same transaction.
+_CONSEQUENCES = {"25P02"}  # in_failed_sql_transaction
+# Contact ids of a list of pks as CSV lines: text cannot hold NUL, so the
+# quoting is done here, one line per id.
+_ID_LINES = (
+    "SELECT string_agg(CASE WHEN strpos(c.id, ',') > 0 OR strpos(c.id, '\"') > 0 "
+    "OR strpos(c.id, chr(10)) > 0 OR strpos(c.id, chr(13)) > 0 "
+    "THEN '\"' || replace(c.id, '\"', '\"\"') || '\"' ELSE c.id END || :suffix, chr(10) "
+    "ORDER BY c.pk) "
+    "FROM unnest(CAST(:pks AS bigint[])) AS t(pk) JOIN contacts AS c ON c.pk = t.pk"
+)
+
+
+def _contains(col: Col, values: list[str], name: str) -> Cond:
+    return bind(name, values[0], Text()) == any_(col)
+
+
+def _array(name: str, values: list[str]) -> BindParameter[Any]:
+    return bind(name, values, postgresql.ARRAY(Text()))
+
+
+def _contains_any(col: Col, values: list[str], name: str) -> Cond:
+    return col.bool_op("&&")(_array(name, values))
+
+
+def _contains_all(col: Col, values: list[str], name: str) -> Cond:
+    return col.bool_op("@>")(_array(name, values))
+
+
+_WRITERS = text(
+    "SELECT pid, backend_xid::text FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xid IS NOT NULL "
+    "AND pid <> pg_backend_pid()"
+)
+
+
+class PostgreSQLBackend(Backend):
+    name = "postgresql"
+    schemes = ("postgresql", "postgres")
+    driver = "postgresql+psycopg"
+    one_writer = False
+    temp_pk_type = BigInteger
+    id_lines_nul_separated = False
+    ORDER_COLLATION = "C"
+    LIKE_ESCAPE = ""  # backslash is LIKE's default escape on PostgreSQL
+    SLICES: ClassVar[Mapping[str, Slice]] = {
+        "prefix": lambda col, n: func.left(col, n),
+        "suffix": lambda col, n: func.right(col, n),
+    }
+    LIST_OPS: ClassVar[Mapping[str, ListOp]] = {
+        "contains": _contains,
+        "contains_any": _contains_any,
+        "contains_all": _contains_all,
+    }
+
+    def create_engine(self, url: URL, *, create: bool = False) -> Engine:
+        return sa_create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+    def connect_timeout_args(self, timeout_s: float) -> dict[str, Any]:
+        return {"connect_timeout": timeout_s}
+
+    @contextmanager
+    def write_briefly(self, conn: Connection, wait_ms: int) -> Iterator[Connection]:
+        conn = conn.execution_options(pt_write=True)
+        with conn.begin():
+            conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{wait_ms}"})
+            yield conn
+
+    def analyze_temp(self, conn: Connection, table: Table) -> None:
+        # Temp tables are never auto-analysed.
+        conn.execute(text(f"ANALYZE {table.name}"))
+
+    def lock(self, conn: Connection, space: int, key: int) -> None:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": space, "key": key}
+        )
+
+    def running_writers(self, conn: Connection) -> frozenset[tuple[int, str]]:
+        # Writers of this database that hold a transaction id (have written
+        # something). Other databases of the cluster are left out: their
+        # transactions cannot hold one of our serials.
+        return frozenset((int(pid), str(xid)) for pid, xid in conn.execute(_WRITERS))
+
+    def serial_last_value(self, conn: Connection, table: str, column: str) -> int:
+        last = conn.execute(
+            text("SELECT pg_sequence_last_value(pg_get_serial_sequence(:t, :c)::regclass)"),
+            {"t": table, "c": column},
+        ).scalar()
+        return int(last or 0)
+
+    def try_lease(self, engine: Engine, name: str) -> Lease | None:
+        # A session advisory lock on a connection kept for the lease.
+        key = zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.scalar(
+                text("SELECT pg_try_advisory_lock(:space, :key)"),
+                {"space": LOCK_SPACE_LEASE, "key": key},
+            )
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return None
+        return _SessionLease(name, conn, key)
+
+    def list_type(self) -> TypeEngine[Any]:
+        return postgresql.ARRAY(Text())
+
+    def bind_list(self, values: Sequence[str]) -> Any:
+        return list(values)
+
+    def bind_ints(self, values: Sequence[int]) -> Any:
+        return list(values)
+
+    def int_rows_sql(self, param: str) -> str:
+        return f"SELECT unnest(CAST(:{param} AS bigint[])) AS pk"
+
+    def json_object(self, *pairs: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.json_build_object(*pairs)
+
+    def json_bool(self, test: ColumnElement[Any]) -> ColumnElement[Any]:
+        return test
+
+    def json_field(self, column: ColumnElement[Any], field_type: FieldType) -> ColumnElement[Any]:
+        return column  # text[] and boolean are JSON arrays and booleans already
+
+    def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.lower(column)  # folds like fold_case under the C.UTF-8 ctype
+
+    def id_list(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.string_agg(cast(column, Text), literal(","))
+
+    def lines(self, row: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.string_agg(cast(row, Text), literal("\n"))
+
+    def contact_id_lines(self, conn: Connection, pks: Sequence[int], suffix: str) -> str | None:
+        return conn.execute(
+            text(_ID_LINES), {"pks": self.bind_ints(pks), "suffix": suffix}
+        ).scalar()
+
+    def bulk_writer(self, conn: Connection) -> BulkWriter:
+        return PostgresBulk(conn)
+
+    def transient_kind(self, orig: BaseException) -> str | None:
+        state = getattr(orig, "sqlstate", None)
+        if isinstance(state, str):
+            return _TRANSIENT_STATES.get(state) or _TRANSIENT_CLASSES.get(state[:2])
+        # psycopg reports a refused, reset or closed connection with no SQLSTATE.
+        driver = type(orig)
+        if (
+            state is None
+            and driver.__module__.startswith("psycopg")
+            and driver.__name__ in ("OperationalError", "InterfaceError")
+        ):
+            return CONNECTION_LOST
+        return None
+
+    def is_consequence(self, orig: BaseException) -> bool:
+        return getattr(orig, "sqlstate", None) in _CONSEQUENCES
+
+
+class _SessionLease(Lease):
+    """A lease held as a session advisory lock on its own connection."""
+
+    def __init__(self, name: str, conn: Connection, key: int) -> None:
+        super().__init__(name)
+        self._conn: Connection | None = conn
+        self._key = key
+
+    def held(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            return bool(
+                self._conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND pid = pg_backend_pid() AND classid = :space AND objid = :key "
+                        "AND objsubid = 2"
+                    ),
+                    {"space": LOCK_SPACE_LEASE, "key": self._key},
+                )
+            )
+        except Exception:  # the session ended: the lock went with it
+            self.release()
+            return False
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # a dead session has let it go already
+            conn.execute(
+                text("SELECT pg_advisory_unlock(:space, :key)"),
+                {"space": LOCK_SPACE_LEASE, "key": self._key},
+            )
+        with contextlib.suppress(Exception):
+            conn.invalidate()  # never back to the pool holding a session lock
+            conn.close()
+
+
+class PostgresBulk(BulkWriter):
+    _stage_seq = itertools.count(1)
+
+    def upsert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        t = self._quote(table.name)
+        with self._stage(table, columns, rows) as stage:
+            cur = self._driver().cursor()
+            try:
+                cur.execute(f"SELECT count(*) FROM {stage} s JOIN {t} ON {t}.id = s.id")
+                existing = int(cur.fetchone()[0])
+                updates = [c for c in columns if c != "id"]
+                on_conflict = (
+                    "DO UPDATE SET "
+                    + ", ".join(f"{self._quote(c)} = EXCLUDED.{self._quote(c)}" for c in updates)
+                    if updates
+                    else "DO NOTHING"
+                )
+                names = self._names(columns)
+                cur.execute(
+                    f"INSERT INTO {t} ({names}) SELECT {names} FROM {stage} "
+                    f"ON CONFLICT (id) {on_conflict}"
+                )
+            finally:
+                cur.close()
+        return len(rows) - existing, existing
+
+    def insert(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        skip_conflicts: bool = False,
+    ) -> int:
+        if not rows:
+            return 0
+        if not skip_conflicts:
+            self._copy(self._quote(table.name), columns, self._encode(table, columns, rows))
+            return len(rows)
+        names = self._names(columns)
+        with self._stage(table, columns, rows) as stage:
+            cur = self._driver().cursor()
+            try:
+                cur.execute(
+                    f"INSERT INTO {self._quote(table.name)} ({names}) "
+                    f"SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"
+                )
+                return int(cur.rowcount)
+            finally:
+                cur.close()
+
+    def insert_int_arrays(
+        self, table: Table, columns: Sequence[str], arrays: Sequence[npt.NDArray[np.int64]]
+    ) -> int:
+        n = len(arrays[0]) if arrays else 0
+        if n == 0:
+            return 0
+        import numpy as np  # bulk loads only; keeps opening a store light
+
+        # Binary COPY built with numpy: per row a field count, then per field
+        # its byte length and big-endian int64 value.
+        fields: list[tuple[str, str]] = [("count", ">i2")]
+        for i in range(len(columns)):
+            fields += [(f"len{i}", ">i4"), (f"val{i}", ">i8")]
+        buf = np.empty(n, dtype=np.dtype(fields))
+        buf["count"] = len(columns)
+        for i, arr in enumerate(arrays):
+            buf[f"len{i}"] = 8
+            buf[f"val{i}"] = arr
+        header = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+        trailer = b"\xff\xff"
+        cur = self._driver().cursor()
+        try:
+            target = f"{self._quote(table.name)} ({self._names(columns)})"
+            with cur.copy(f"COPY {target} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(header)
+                copy.write(buf.tobytes())
+                copy.write(trailer)
+        finally:
+            cur.close()
+        return n
+
+    def lookup_pks(self, table: Table, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        cur = self._driver().cursor()
+        try:
+            cur.execute(
+                f"SELECT id, pk FROM {self._quote(table.name)} WHERE id = ANY(%s)",
+                (list(ids),),
+            )
+            return {i: int(pk) for i, pk in cur.fetchall()}
+        finally:
+            cur.close()
+
+    def sync_sequence(self, table: Table) -> None:
+        cur = self._driver().cursor()
+        try:
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, 'pk'), "
+                f"(SELECT coalesce(max(pk), 0) + 1 FROM {self._quote(table.name)}), false)",
+                (table.name,),
+            )
+        finally:
+            cur.close()
+
+    def _copy(self, target: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        cur = self._driver().cursor()
+        try:
+            with cur.copy(f"COPY {target} ({self._names(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cur.close()
+
+    def _stage(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> _Stage:
+        """A temporary table shaped like `columns` of `table`, filled by COPY."""
+        return _Stage(self, table, columns, rows)
+
+
+class _Stage:
+    def __init__(
+        self, writer: PostgresBulk, table: Table, columns: Sequence[str], rows: Sequence[Row]
+    ) -> None:
+        self.writer = writer
+        self.table = table
+        self.columns = columns
+        self.rows = rows
+        self.name = writer._quote(f"pt_stage_{next(PostgresBulk._stage_seq)}")
+
+    def __enter__(self) -> str:
+        w = self.writer
+        cur = w._driver().cursor()
+        try:
+            cur.execute(
+                f"CREATE TEMP TABLE {self.name} ON COMMIT DROP AS "
+                f"SELECT {w._names(self.columns)} FROM {w._quote(self.table.name)} WITH NO DATA"
+            )
+        finally:
+            cur.close()
+        w._copy(self.name, self.columns, w._encode(self.table, self.columns, self.rows))
+        return self.name
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            return  # the transaction is failing; ON COMMIT DROP / rollback cleans up
+        cur = self.writer._driver().cursor()
+        try:
+            cur.execute(f"DROP TABLE IF EXISTS {self.name}")
+        finally:
+            cur.close()

@@ -1,0 +1,331 @@
+"""SQLite: the embedded store, one file (WAL), one writer at a time."""
+
+# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.bulk)
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    case,
+    cast,
+    event,
+    exists,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
+
+from personatag.domain import FieldType, fold_case
+from personatag.store.backends.base import BUSY, Backend, Col, Cond, ListOp, Slice, bind
+from personatag.store.bulk import BulkWriter, Row
+from personatag.store.leases import Lease, try_file_lease
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# How long a SQLite writer waits for another one's lock before it fails.
+BUSY_MS = 60_000
+_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+    f"busy_timeout={BUSY_MS}",
+    "case_sensitive_like=ON",
+    "cache_size=-131072",
+    "temp_store=FILE",
+)
+# Writers take the lock up front: a deferred transaction that later upgrades
+# to a writer can fail with SQLITE_BUSY without waiting.
+_BEGIN = {True: "BEGIN IMMEDIATE", False: "BEGIN DEFERRED"}
+# Primary result codes (the low byte of an extended code) worth a second try.
+_TRANSIENT_CODES = {5: BUSY, 6: BUSY}  # SQLITE_BUSY, SQLITE_LOCKED
+# Contact ids of a list of pks, NUL-separated (an id never holds NUL: imports
+# refuse it), so one str.replace makes the CSV lines.
+_ID_LINES = (
+    "SELECT group_concat(c.id, char(0)) FROM (SELECT value AS pk FROM json_each(:pks)) "
+    "AS t JOIN contacts AS c ON c.pk = t.pk"
+)
+
+
+def _fold_or_null(value: object) -> object:
+    return fold_case(value) if isinstance(value, str) else value
+
+
+def _fold(col: Col) -> Col:
+    # pt_fold (domain.fold_case, registered on every connection above) is a
+    # Python call per row; SQLite's lower() folds ASCII alike, in C, ~5x
+    # faster. A string is ASCII when it has as many characters as bytes (a NUL
+    # makes it shorter: such rare strings take pt_fold too, which is exact).
+    ascii_only = func.length(col) == func.length(cast(col, LargeBinary()))
+    return case((ascii_only, func.lower(col)), else_=func.pt_fold(col))
+
+
+def _list_null(col: Col, test: Cond) -> Cond:
+    # json_each(NULL) has no rows, which would make the test FALSE, not UNKNOWN.
+    return type_coerce(case((col.is_(None), null()), else_=test), Boolean())
+
+
+def _json_values(col: Col) -> Any:
+    return func.json_each(col).table_valued("value").alias("je")
+
+
+def _contains(col: Col, values: list[str], name: str) -> Cond:
+    je = _json_values(col)
+    test = exists(select(je.c.value).where(je.c.value == bind(name, values[0], Text())))
+    return _list_null(col, test)
+
+
+def _contains_any(col: Col, values: list[str], name: str) -> Cond:
+    je = _json_values(col)
+    binds = [bind(name, v, Text()) for v in values]
+    return _list_null(col, exists(select(je.c.value).where(je.c.value.in_(binds))))
+
+
+def _contains_all(col: Col, values: list[str], name: str) -> Cond:
+    je = _json_values(col)
+    wanted = sorted(set(values))
+    binds = [bind(name, v, Text()) for v in wanted]
+    found = select(func.count(je.c.value.distinct())).where(je.c.value.in_(binds)).scalar_subquery()
+    return _list_null(col, found == bind(f"{name}_n", len(wanted), Integer()))
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+    schemes = ("sqlite",)
+    driver = "sqlite"
+    one_writer = True
+    temp_pk_type = Integer  # INTEGER PRIMARY KEY is the rowid: no index to fill
+    id_lines_nul_separated = True
+    SLICES: ClassVar[Mapping[str, Slice]] = {
+        "prefix": lambda col, n: func.substr(col, 1, n),
+        "suffix": lambda col, n: func.substr(col, -n),
+    }
+    LIST_OPS: ClassVar[Mapping[str, ListOp]] = {
+        "contains": _contains,
+        "contains_any": _contains_any,
+        "contains_all": _contains_all,
+    }
+
+    def create_engine(self, url: URL, *, create: bool = False) -> Engine:
+        path = self.local_file(url)
+        if create and path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa_create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60}, hide_parameters=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy (the "begin" hook below) own transaction boundaries.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            for pragma in _PRAGMAS:
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
+            dbapi_conn.create_function("pt_fold", 1, _fold_or_null, deterministic=True)
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(_BEGIN[bool(conn.get_execution_options().get("pt_write"))])
+
+        return engine
+
+    def local_file(self, url: URL) -> str | None:
+        db = url.database
+        return db if db and db != ":memory:" else None
+
+    def shared(self, url: URL) -> bool:
+        return self.local_file(url) is not None
+
+    def connect_timeout_args(self, timeout_s: float) -> dict[str, Any]:
+        return {"timeout": timeout_s}
+
+    @contextmanager
+    def write_briefly(self, conn: Connection, wait_ms: int) -> Iterator[Connection]:
+        raw: Any = conn.connection.dbapi_connection
+        raw.execute(f"PRAGMA busy_timeout={wait_ms}")
+        try:
+            conn = conn.execution_options(pt_write=True)
+            with conn.begin():
+                yield conn
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+
+    def analyze(self, conn: Connection) -> None:
+        # Sampled statistics: milliseconds even on 100M reads.
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+
+    def analyze_temp(self, conn: Connection, table: Table) -> None:
+        return None  # only PostgreSQL's planner needs it: autovacuum never sees temp tables
+
+    # One writer at a time already: Store.write() holds the only write lock.
+    def lock(self, conn: Connection, space: int, key: int) -> None:
+        return None
+
+    def lock_all(self, conn: Connection, space: int, keys: Sequence[int]) -> None:
+        return None
+
+    def running_writers(self, conn: Connection) -> frozenset[tuple[int, str]]:
+        return frozenset()
+
+    def serial_last_value(self, conn: Connection, table: str, column: str) -> int:
+        # The only writer commits before anyone else reads: the largest value shown.
+        q = conn.dialect.identifier_preparer.quote
+        return int(conn.exec_driver_sql(f"SELECT max({q(column)}) FROM {q(table)}").scalar() or 0)
+
+    def try_lease(self, engine: Engine, name: str) -> Lease | None:
+        # One machine: an exclusive lock on a file beside the database.
+        db = self.local_file(engine.url)
+        if db is None:
+            return Lease(name)  # an in-memory store: nobody else can reach it
+        return try_file_lease(f"{db}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lease", name)
+
+    def list_type(self) -> TypeEngine[Any]:
+        return Text()
+
+    def bind_list(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+    def bind_ints(self, values: Sequence[int]) -> Any:
+        return json.dumps(list(values))
+
+    def int_rows_sql(self, param: str) -> str:
+        return f"SELECT value AS pk FROM json_each(:{param})"
+
+    def json_object(self, *pairs: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.json_object(*pairs)
+
+    def json_bool(self, test: ColumnElement[Any]) -> ColumnElement[Any]:
+        return case((test, func.json("true")), else_=func.json("false"))
+
+    def json_field(self, column: ColumnElement[Any], field_type: FieldType) -> ColumnElement[Any]:
+        if field_type is FieldType.LIST:
+            return func.json(column)  # JSON text, else it would be a string
+        if field_type is FieldType.BOOL:
+            return case(
+                (column.is_(None), None),
+                (column != 0, func.json("true")),
+                else_=func.json("false"),
+            )
+        return column
+
+    def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return _fold(column)
+
+    def id_list(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.group_concat(column, literal(","))
+
+    def nul_list(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        # As a BLOB: the bytes as stored (UTF-8), no decoding into a str and back.
+        return cast(func.group_concat(column, func.char(0)), LargeBinary)
+
+    def lines(self, row: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.group_concat(row, literal_column("char(10)"))
+
+    def contact_id_lines(self, conn: Connection, pks: Sequence[int], suffix: str) -> str | None:
+        return conn.execute(text(_ID_LINES), {"pks": self.bind_ints(pks)}).scalar()
+
+    def bulk_writer(self, conn: Connection) -> BulkWriter:
+        return SQLiteBulk(conn)
+
+    def transient_kind(self, orig: BaseException) -> str | None:
+        code = getattr(orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return _TRANSIENT_CODES.get(code & 0xFF)
+        return None
+
+
+class SQLiteBulk(BulkWriter):
+    def upsert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        key = list(columns).index("id")
+        existing = self.lookup_pks(table, [r[key] for r in rows])
+        updates = [c for c in columns if c != "id"]
+        on_conflict = (
+            "DO UPDATE SET "
+            + ", ".join(f"{self._quote(c)} = excluded.{self._quote(c)}" for c in updates)
+            if updates
+            else "DO NOTHING"
+        )
+        sql = (
+            f"INSERT INTO {self._quote(table.name)} ({self._names(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (id) {on_conflict}"
+        )
+        self._executemany(sql, self._encode(table, columns, rows))
+        return len(rows) - len(existing), len(existing)
+
+    def insert(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        skip_conflicts: bool = False,
+    ) -> int:
+        if not rows:
+            return 0
+        sql = (
+            f"INSERT INTO {self._quote(table.name)} ({self._names(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+            + (" ON CONFLICT DO NOTHING" if skip_conflicts else "")
+        )
+        return self._executemany(sql, self._encode(table, columns, rows))
+
+    def insert_int_arrays(
+        self, table: Table, columns: Sequence[str], arrays: Sequence[npt.NDArray[np.int64]]
+    ) -> int:
+        sql = (
+            f"INSERT INTO {self._quote(table.name)} ({self._names(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+        return self._executemany(sql, list(zip(*(a.tolist() for a in arrays), strict=True)))
+
+    def lookup_pks(self, table: Table, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        # One JSON parameter instead of thousands of placeholders.
+        sql = (
+            f"SELECT id, pk FROM {self._quote(table.name)} "
+            "WHERE id IN (SELECT value FROM json_each(?))"
+        )
+        cur = self._driver().cursor()
+        try:
+            cur.execute(sql, (json.dumps(list(ids), ensure_ascii=False),))
+            return {i: int(pk) for i, pk in cur.fetchall()}
+        finally:
+            cur.close()
+
+    def sync_sequence(self, table: Table) -> None:
+        # An INTEGER PRIMARY KEY continues from max(pk) by itself.
+        return None
+
+    def _executemany(self, sql: str, rows: Sequence[Row]) -> int:
+        cur = self._driver().cursor()
+        try:
+            cur.executemany(sql, rows)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
