@@ -22,6 +22,7 @@ from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream import rechecks
 from personatag.engines.local.stream.evaluate import evaluate_set
 from personatag.engines.local.stream.inputs import changes_between
+from personatag.memberships import rules
 from personatag.memberships.rows import Holders, Outcome, Writer
 from personatag.metrics import Metrics
 from personatag.store import Store
@@ -90,7 +91,9 @@ def reconcile(
         holders = Holders.load_persona(conn, store, crit.persona_pk)
         current = {c for (_, c), s in holders.sources.items() if crit.pk in s}
         missing = {
-            c for c in full - current - pending if (crit.persona_pk, c) not in holders.pinned_out
+            c
+            for c in full - current - pending
+            if rules.may_gain((crit.persona_pk, c) in holders.pinned_out)
         }
         extra = (current - full - pending) if crit.exit_remove else set()
         outcome = Outcome()
