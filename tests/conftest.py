@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +31,12 @@ def _one_writer_of_memberships() -> Iterator[None]:
     """Fail a test during which anything but personatag.memberships wrote
     memberships, pins or the membership log (see tests/memberships/guard.py)."""
     yield
-    found = guard.take()
+    found = Counter(map(str, guard.take()))
     if found:
         pytest.fail(
             "memberships, pins or the membership log written outside "
-            "personatag.memberships:\n  " + "\n  ".join(map(str, found)),
+            "personatag.memberships:\n  "
+            + "\n  ".join(f"{v} (x{n})" if n > 1 else v for v, n in found.items()),
             pytrace=False,
         )
 

@@ -33,6 +33,7 @@ from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
+from tests.memberships.guard import outside_writes
 
 CONTACTS = ("c0", "c1", "c2")
 PUBS = (("p0", "Energy"), ("p1", "Energy"), ("p2", "Energy"), ("p3", "Credit"))
@@ -104,7 +105,7 @@ scenario = st.fixed_dictionaries(
 
 def _reset(store: Store) -> None:
     """Every table empty: each example starts from a fresh store."""
-    with store.write() as conn:
+    with store.write() as conn, outside_writes():
         for table in reversed(store.tables.contacts.metadata.sorted_tables):
             conn.execute(table.delete())
 
