@@ -250,7 +250,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("heartbeat_at", UTCTimestamp),
         # The engine's own id for the job (a Flink JobID), once it has one.
         Column("engine_ref", Text),
-        # What the job does now and how far it is (JSON, see pipeline/progress.py).
+        # What the job does now and how far it is (JSON, see jobs/progress.py).
         Column("progress", Text),
         Index("ix_jobs_request", "request_pk"),
         Index("ix_jobs_status", "status"),

@@ -22,8 +22,8 @@ from sqlalchemy.types import TypeEngine
 from personatag.domain import FieldType
 
 if TYPE_CHECKING:
-    from personatag.store.bulk import BulkWriter
-    from personatag.store.leases import Lease
+    from personatag.store.backends.bulk import BulkWriter
+    from personatag.store.backends.leases import Lease
 
 # First keys of PostgreSQL advisory locks, one space per kind of thing locked
 # (two ASCII letters each): advisory locks of different kinds never collide.

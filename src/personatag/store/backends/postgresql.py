@@ -1,6 +1,6 @@
 """PostgreSQL: the production store, many writers, bulk writes by COPY."""
 
-# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.bulk)
+# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.backends.bulk)
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ from personatag.store.backends.base import (
     Slice,
     bind,
 )
-from personatag.store.bulk import BulkWriter, Row
-from personatag.store.leases import Lease
+from personatag.store.backends.bulk import BulkWriter, Row
+from personatag.store.backends.leases import Lease
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,6 +1,6 @@
 """SQLite: the embedded store, one file (WAL), one writer at a time."""
 
-# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.bulk)
+# ruff: noqa: S608  - SQL text here joins quoted schema identifiers only (see store.backends.bulk)
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from sqlalchemy.types import TypeEngine
 
 from personatag.domain import FieldType, fold_case
 from personatag.store.backends.base import BUSY, Backend, Col, Cond, ListOp, Slice, bind
-from personatag.store.bulk import BulkWriter, Row
-from personatag.store.leases import Lease, try_file_lease
+from personatag.store.backends.bulk import BulkWriter, Row
+from personatag.store.backends.leases import Lease, try_file_lease
 
 if TYPE_CHECKING:
     import numpy as np
