@@ -51,7 +51,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
@@ -60,7 +60,7 @@ from personatag.engines.local.stream.inputs import chunks
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.generate.run import generate
 from personatag.generate.vocab import FIRM_TYPES, REGIONS, SECTORS
-from personatag.memberships.rows import Holders, Writer, executemany
+from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed, open_store
 
 GOAL_RATE = 20_000
@@ -313,10 +313,13 @@ def write_floor(
     took = time.perf_counter() - t0
     with store.write() as conn:  # undo: the store is as it was
         if new:
-            executemany(
-                conn,
-                "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
-                sorted(new),
+            conn.execute(
+                m.delete().where(
+                    m.c.persona_pk == bindparam("p"),
+                    m.c.contact_pk == bindparam("c"),
+                    m.c.source == bindparam("s"),
+                ),
+                [{"p": p, "c": c, "s": s} for p, c, s in sorted(new)],
             )
         if gone:  # an empty list would insert one row of defaults
             conn.execute(

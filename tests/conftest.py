@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +14,31 @@ from sqlalchemy.engine import make_url
 
 from personatag.store import Store, open_store
 from personatag.store.db import migrate
+from tests.memberships import guard
 from tests.s3server import s3_endpoint  # noqa: F401 - a fixture for every test module
 
 PG_URL = os.environ.get(
     "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    guard.install()
+
+
+@pytest.fixture(autouse=True)
+def _one_writer_of_memberships() -> Iterator[None]:
+    """Fail a test during which anything but personatag.memberships wrote
+    memberships, pins or the membership log (see tests/memberships/guard.py)."""
+    yield
+    found = Counter(map(str, guard.take()))
+    if found:
+        pytest.fail(
+            "memberships, pins or the membership log written outside "
+            "personatag.memberships:\n  "
+            + "\n  ".join(f"{v} (x{n})" if n > 1 else v for v, n in found.items()),
+            pytrace=False,
+        )
 
 
 def _admin_engine():  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -229,8 +230,14 @@ class Settings(BaseSettings):
     @field_validator("stream_engine")
     @classmethod
     def _stream_engine(cls, value: str) -> str:
-        if value not in ("local", "flink"):
-            raise ValueError(f"unknown stream engine {value!r}: use local or flink")
+        # The built-ins, or the name of an installed engine plugin (whether it
+        # streams is checked by the engine registry when the stream starts).
+        if value in ("local", "flink"):
+            return value
+        plugins = {ep.name for ep in entry_points(group="personatag.engines")}
+        if value not in plugins:
+            names = ["local", "flink", *sorted(plugins - {"local", "flink"})]
+            raise ValueError(f"unknown stream engine {value!r}: use {' or '.join(names)}")
         return value
 
     @field_validator("metrics_port", "port", "flink_rest_port")

@@ -20,6 +20,7 @@ from personatag.store import Store, open_store
 from tests.conftest import drop_pg, new_pg_url
 from tests.events.conftest import tag
 from tests.helpers import NOW, add_contacts, population
+from tests.memberships.guard import outside_writes
 
 FIELDS = ["seq", "at", "persona", "contact_id", "change", "source", "criterion", "request_id"]
 
@@ -134,7 +135,10 @@ def test_a_change_still_committing_holds_back_later_ones(pg_pop: Store) -> None:
         tx = slow.begin()
         ctx = LogContext(NOW, 1, SOURCE_MANUAL, None, None, "slow", None)
         # Like every writer: something else first, then the log (pk 4: c0003).
-        slow.execute(t.pins.insert().values(persona_pk=1, contact_pk=4, kind="in", created_at=NOW))
+        with outside_writes():  # a writer's first statement, held open
+            slow.execute(
+                t.pins.insert().values(persona_pk=1, contact_pk=4, kind="in", created_at=NOW)
+            )
         log_one(slow, pop, ctx, "enter", 4)  # takes seq before+1, not committed
         pin(pop, "cio", "c0002", PinKind.IN)  # seq before+2, committed
         assert horizon.current() == before

@@ -14,6 +14,7 @@ from personatag.recommend import FeedModel, Rules
 from personatag.recommend.model import learned_freshness
 from personatag.store import Store
 from tests.helpers import NOW, add_contacts
+from tests.memberships.guard import outside_writes
 
 H = timedelta(hours=1)
 D = timedelta(days=1)
@@ -67,7 +68,7 @@ def model(store: Store) -> FeedModel:
         ]
         conn.execute(t.reads.insert(), rows)
     energy = add_persona(store, "energy", name="Energy Readers", category="interest")
-    with store.write() as conn:
+    with store.write() as conn, outside_writes():  # memberships as given, no rules
         conn.execute(
             t.memberships.insert(),
             [{"persona_pk": energy.pk, "contact_pk": c, "source": 0, "since": NOW} for c in (1, 3)],

@@ -11,14 +11,10 @@ from personatag.criteria import CriteriaError, parse
 from personatag.criteria.to_flink import compile_flink, like_to_regex, quote_string
 from personatag.criteria.to_python import like_matcher
 from personatag.domain import Catalog
-from personatag.engines.flink.batch import (
-    FlinkJobFailed,
-    _runs,
-    parse_pks,
-    root_cause,
-    task_progress,
-)
+from personatag.engines.flink.batch import _runs, parse_pks
+from personatag.engines.flink.jobs import FlinkJobFailed, root_cause
 from personatag.engines.flink.programs.batch_job import statements
+from personatag.engines.flink.watchdog import task_progress
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 CATALOG = Catalog.standard(frozenset({"cio"}))
@@ -181,7 +177,7 @@ class _Overview:
 
 
 def test_watchdog_troubles_accumulate_until_the_bound() -> None:
-    from personatag.engines.flink.batch import Watchdog
+    from personatag.engines.flink.watchdog import Watchdog
 
     now = [0.0]
     rest = _Overview()
@@ -200,7 +196,7 @@ def test_watchdog_troubles_accumulate_until_the_bound() -> None:
 
 
 def test_watchdog_progress_resets_the_clock() -> None:
-    from personatag.engines.flink.batch import Watchdog
+    from personatag.engines.flink.watchdog import Watchdog
 
     now = [0.0]
     dog = Watchdog(_Overview(), 20.0, clock=lambda: now[0])  # type: ignore[arg-type]

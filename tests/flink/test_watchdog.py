@@ -157,7 +157,7 @@ def run_with(
 def test_a_paused_task_manager_fails_the_job_within_the_bound(
     env: tuple[Store, Buckets, Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="personatag.engines.flink.batch")
+    caplog.set_level(logging.WARNING, logger="personatag.engines.flink.watchdog")
     before = sum(stalls(r) for r in ("no_progress", "unreachable", "no_task_managers"))
     result, took = run_with(env, "paused", "pause", caplog)
     assert result["status"] == "failed", result

@@ -7,8 +7,9 @@ import time
 
 from sqlalchemy import text
 
-from personatag.definitions.criteria import add_criterion, edit_criterion, set_ongoing_status
+from personatag.definitions.criteria import add_criterion, edit_criterion
 from personatag.definitions.personas import add_persona
+from personatag.memberships.retire import set_ongoing_status
 from personatag.store import Store
 from tests.helpers import add_contacts, population
 

@@ -68,7 +68,7 @@ def test_a_cascade_leaves_no_membership_the_log_says_was_removed(store: Store) -
     assert log_of(store, "s3") == []
     assert log_of(store, "s0")[-1] == ("x1", "exit")
     assert log_of(store, "s5")[-1] == ("x1", "exit")
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         assert p.reconcile(crit, repair=False) == {"missing": 0, "extra": 0, "offset": 1}
     # And back: s0 and s3 enter in the same step, s5 stays without a new log line.
     set_contact(store, "x1", {"seniority": "6"})
@@ -147,5 +147,5 @@ def test_a_swap_in_moves_the_persona_criteria_that_read_its_persona(store: Store
     assert members(store, "s0") == {"x1", "x2"}
     assert members(store, "s3") == {"x2"}
     assert members(store, "s5") == {"x1", "x2"}
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         assert p.reconcile(crit, repair=False)["missing"] == 0

@@ -23,7 +23,9 @@ from personatag.config import Settings
 from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.engines.local.stream import ongoing
-from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor, evaluate_set
+from personatag.engines.local.stream.evaluate import evaluate_set
+from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.store import Store, changefeed, open_store
 from tests.helpers import add_contacts, population
 

@@ -28,10 +28,12 @@ from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream.processor import StreamProcessor, evaluate_set
+from personatag.engines.local.stream.evaluate import evaluate_set
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
+from tests.memberships.guard import outside_writes
 
 CONTACTS = ("c0", "c1", "c2")
 PUBS = (("p0", "Energy"), ("p1", "Energy"), ("p2", "Energy"), ("p3", "Credit"))
@@ -103,7 +105,7 @@ scenario = st.fixed_dictionaries(
 
 def _reset(store: Store) -> None:
     """Every table empty: each example starts from a fresh store."""
-    with store.write() as conn:
+    with store.write() as conn, outside_writes():
         for table in reversed(store.tables.contacts.metadata.sorted_tables):
             conn.execute(table.delete())
 
@@ -201,7 +203,7 @@ def _run(store: Store, sc: dict[str, Any]) -> None:
     batch = 1 if sc.get("set_based") else 20_000
     p = StreamProcessor(store, Settings(stream_reconcile_s=0, stream_set_based_contacts=batch))
     p.catch_up()
-    criteria = p._criteria().criteria
+    criteria = p.criteria().criteria
     assert len(criteria) == len(CRITERIA)
     clock = utcnow()
     assert _drift(store, criteria, clock) == []

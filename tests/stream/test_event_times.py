@@ -21,7 +21,8 @@ from personatag.engines.flink.programs.stream_job import (
     compile_generation,
     evaluate_work,
 )
-from personatag.engines.local.stream.processor import StreamProcessor, evaluate_set
+from personatag.engines.local.stream.evaluate import evaluate_set
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.store import Store
 from tests.helpers import add_contacts
 from tests.stream.test_processor import SETTINGS, members
@@ -64,7 +65,7 @@ def test_reads_stamped_after_the_steps_as_of_are_counted_when_their_time_comes(
     assert members(store, "r3") == set()
     p.step(now=ahead)
     assert members(store, "r3") == {"x1"}
-    crit = p._criteria().criteria[0]
+    crit = p.criteria().criteria[0]
     assert p.reconcile(crit, repair=False, now=ahead)["missing"] == 0
 
 
@@ -112,7 +113,7 @@ def test_three_reads_at_one_instant_count_three_in_the_stream_and_sql(
     assert members(store, "r3") == members(store, "e3") == {"x1"}
     with store.read() as conn:
         catalog = store.catalog(conn)
-        for crit in p._criteria().criteria:
+        for crit in p.criteria().criteria:
             assert evaluate_set(conn, store, crit, catalog, t0).tolist() == [1]
     # They leave the window together, 30 days on: one re-check, then out.
     rc = store.tables.stream_rechecks

@@ -4,10 +4,10 @@ carried through the persona(...) criteria reading them at the next step
 
 from __future__ import annotations
 
-from personatag.definitions.criteria import set_ongoing_status
 from personatag.domain import Action, PinKind
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.memberships.pins import pin, unpin
+from personatag.memberships.retire import set_ongoing_status
 from personatag.store import Store, changefeed
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts
@@ -35,7 +35,7 @@ def _setup(store: Store) -> StreamProcessor:
 def _settled(p: StreamProcessor) -> None:
     """One step, then no drift anywhere (nothing left for reconciliation)."""
     p.step()
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         drift = p.reconcile(crit, repair=False)
         assert (drift["missing"], drift["extra"]) == (0, 0), crit.label
 

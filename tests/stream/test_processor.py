@@ -11,17 +11,20 @@ from sqlalchemy import func, select
 from personatag.config import Settings
 from personatag.contacts import add_events, set_contact
 from personatag.criteria.to_python import EvalInput
-from personatag.definitions.criteria import add_criterion, edit_criterion, set_ongoing_status
+from personatag.definitions.criteria import add_criterion, edit_criterion
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action, PinKind, utcnow
 from personatag.engines.local.stream import ongoing
+from personatag.engines.local.stream.evaluate import Evaluated
 from personatag.engines.local.stream.inputs import grouped
-from personatag.engines.local.stream.processor import Evaluated, StreamProcessor
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.importer import import_file
 from personatag.memberships.pins import pin
+from personatag.memberships.retire import set_ongoing_status
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts, population
+from tests.memberships.guard import outside_writes
 
 SETTINGS = Settings(stream_reconcile_s=0)
 
@@ -296,7 +299,7 @@ def test_contacts_are_read_back_by_the_personas_their_changes_touch(pop: Store) 
     assert "c0048" in members(pop, "emea-senior")
     assert {f"c{i:04d}" for i in range(5)} <= members(pop, "energy")
     assert "c0003" in members(pop, "senior")
-    for crit in p._criteria().criteria:
+    for crit in p.criteria().criteria:
         report = p.reconcile(crit, repair=False)
         assert (crit.name, report["missing"], report["extra"]) == (crit.name, 0, 0)
 
@@ -342,7 +345,7 @@ def test_reconciliation_repairs_drift(pop: Store) -> None:
     p = StreamProcessor(pop, SETTINGS)
     p.catch_up()
     t = pop.tables
-    with pop.write() as conn:  # drift: a row lost, a row that should not be there
+    with pop.write() as conn, outside_writes():  # drift: a row lost, one too many
         pk = criterion_pk(pop, "emea")
         c0 = conn.scalar(select(t.contacts.c.pk).where(t.contacts.c.id == "c0000"))
         c1 = conn.scalar(select(t.contacts.c.pk).where(t.contacts.c.id == "c0001"))
@@ -353,7 +356,7 @@ def test_reconciliation_repairs_drift(pop: Store) -> None:
                 persona_pk=persona, contact_pk=c1, source=pk, since=utcnow(), criterion_pk=pk
             )
         )
-    crit = p._criteria().by_pk[pk]
+    crit = p.criteria().by_pk[pk]
     assert p.reconcile(crit, repair=False)["missing"] == 1
     report = p.reconcile(crit)
     assert (report["missing"], report["extra"]) == (1, 1)

@@ -15,14 +15,17 @@ from personatag.config import Settings
 from personatag.contacts import set_contact
 from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
-from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
+from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.engines.local.stream.standby import lease_name
+from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.store import Store
 from personatag.store.leases import try_lease
 from tests.helpers import add_contacts, population, terminate_other_backends
 from tests.stream.test_processor import log_of, members
 from tests.test_cli import CLI
 
+# The processor, its parts and the standby lease log under these names.
+STREAM_LOGGERS = ("personatag.engines.local.stream", "personatag.streaming")
 SETTINGS = Settings(stream_reconcile_s=0, stream_poll_s=0.02)
 
 
@@ -86,7 +89,7 @@ def test_a_second_processor_waits_as_a_standby_and_takes_over(
         second.stop()
         first.stop()
     assert members(store, "emea-senior") == backfilled | {"c0001", "c0002", "c0003", "c0005"}
-    records = [r for r in caplog.records if r.name.startswith("personatag.engines.local.stream")]
+    records = [r for r in caplog.records if r.name.startswith(STREAM_LOGGERS)]
     assert [r for r in records if r.levelno >= logging.ERROR] == []
     standby = [r for r in records if "standby" in r.getMessage()]
     assert len(standby) == 1 and standby[0].levelno == logging.WARNING
@@ -147,7 +150,7 @@ def test_a_processor_steps_on_after_its_sessions_are_terminated(
         wait_for(lambda: members(store, "senior") == expected, "every change applied")
     finally:
         running.stop()
-    records = [r for r in caplog.records if r.name.startswith("personatag.engines.local.stream")]
+    records = [r for r in caplog.records if r.name.startswith(STREAM_LOGGERS)]
     assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
     assert not [r for r in records if "standby" in r.getMessage()]
     entries = log_of(store, "senior")

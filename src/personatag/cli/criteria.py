@@ -86,7 +86,7 @@ def criterion_edit(
 
 
 def _criterion_status(name: str, action: str, as_json: bool) -> None:
-    from personatag.definitions.criteria import set_ongoing_status
+    from personatag.memberships.retire import set_ongoing_status
 
     c = set_ongoing_status(store(), name, action, actor=actor())
     if as_json:

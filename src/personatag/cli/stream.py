@@ -71,8 +71,9 @@ def stream(
     s = settings()
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
-        from personatag.engines.local.stream.processor import OFFSET_NAME, StreamProcessor
+        from personatag.engines.local.stream.processor import StreamProcessor
         from personatag.engines.local.stream.standby import lease_name
+        from personatag.engines.local.stream.status import OFFSET_NAME
         from personatag.errors import PersonatagError
         from personatag.store.leases import try_lease
 
@@ -123,7 +124,7 @@ def stream(
 @app.command("status")
 def stream_status(as_json: JsonOpt = False) -> None:
     """Where the stream is: offset, lag, re-checks, errors, last reconciliations."""
-    from personatag.engines.local.stream.processor import status
+    from personatag.engines.local.stream.status import status
 
     data = status(store())
     if as_json:

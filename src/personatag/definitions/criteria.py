@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,9 @@ STATUS_ACTIVE = "active"
 STATUS_BUILDING = "building"
 STATUS_PAUSED = "paused"
 STATUS_RETIRED = "retired"
+
+# (conn, store, criterion pk, persona pk, reason) -> contacts that left the persona
+RemoveMemberships = Callable[[Connection, Store, int, int, str], int]
 
 
 @dataclass(frozen=True)
@@ -222,17 +226,24 @@ def edit_criterion(
 
 
 def set_ongoing_status(
-    store: Store, name: str, action: str, *, actor: str | None = None, source: str = "cli"
+    store: Store,
+    name: str,
+    action: str,
+    *,
+    actor: str | None = None,
+    source: str = "cli",
+    remove_memberships: RemoveMemberships | None = None,
 ) -> Criterion:
     """Pause, resume or retire the live version of ongoing criterion `name`.
 
     pause: the stream stops evaluating it; its memberships stay as they are.
     resume: it is rebuilt (backfilled and swapped in) so it catches up.
-    retire: its memberships are removed (exits logged where no other source
-    holds the persona) and the stream forgets it.
+    retire: `remove_memberships` removes each retired version's memberships in
+    the same transaction, and the stream forgets it. Memberships are written
+    only by personatag.memberships: callers use
+    `personatag.memberships.retire.set_ongoing_status`, which passes it.
     """
     from personatag import audit_log
-    from personatag.memberships.retire import remove_memberships
 
     c = store.tables.criteria
     wanted = {
@@ -253,6 +264,8 @@ def set_ongoing_status(
             raise ConflictError(f"criterion {name!r} has no version to {action} ({states})")
         target = live[-1]
         if action == "retire":
+            if remove_memberships is None:
+                raise ValueError("retiring a criterion needs its memberships' remover")
             # Versions may name different personas: take them all, in the one
             # global order, before removing any (see Store.lock_personas).
             store.lock_personas(conn, [v.persona_pk for v in live])

@@ -16,8 +16,7 @@ from sqlalchemy import Connection, select
 from personatag.criteria import from_json, references
 from personatag.definitions.criteria import STATUS_ACTIVE, STATUS_BUILDING
 from personatag.domain import Mode
-from personatag.store import Store
-from personatag.store import changefeed as feed
+from personatag.store import Store, changefeed
 
 
 def watched(conn: Connection, store: Store, kind: str, persona_pk: int) -> str | None:
@@ -30,7 +29,7 @@ def watched(conn: Connection, store: Store, kind: str, persona_pk: int) -> str |
     key = conn.scalar(select(t.personas.c.key).where(t.personas.c.pk == persona_pk))
     if key is None:
         return None
-    if kind == feed.KIND_PIN:
+    if kind == changefeed.KIND_PIN:
         found = conn.scalar(select(c.c.pk).where(live, c.c.persona_pk == persona_pk).limit(1))
         return key if found is not None else None
     # Only criteria whose AST holds a persona(...) test are parsed.
@@ -51,5 +50,5 @@ def record_moved(conn: Connection, store: Store, kind: str, persona_pk: int, pks
     key = watched(conn, store, kind, persona_pk)
     if key is None:
         return False
-    feed.record(conn, store, kind, pks() if callable(pks) else pks, [key])
+    changefeed.record(conn, store, kind, pks() if callable(pks) else pks, [key])
     return True

@@ -1,6 +1,7 @@
-"""The engine interface: given a request, say which contacts match.
+"""The engine interfaces: a batch engine says which contacts a request matches;
+a stream engine keeps ongoing criteria true as the change feed moves.
 
-An engine computes outside any store transaction (a remote engine may take
+A batch engine computes outside any store transaction (a remote engine may take
 minutes; holding SQLite's write lock meanwhile would stall everyone), then
 hands the applier a condition over the contacts table that is valid inside the
 applier's transaction.
@@ -8,6 +9,7 @@ applier's transaction.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from sqlalchemy import ColumnElement, Connection
 from personatag.config import Settings, load_settings
 from personatag.domain import Catalog
 from personatag.engines.control import JobControl
+from personatag.metrics import Metrics
+from personatag.service import Service
 from personatag.store import Store
 
 
@@ -64,7 +68,9 @@ class Match(ABC):
         """Release anything condition() created (temp tables, staged files)."""
 
 
-class Engine(ABC):
+class BatchEngine(ABC):
+    """Computes the match of one ad hoc request (see the module doc)."""
+
     name: ClassVar[str]
 
     def __init__(self, store: Store, settings: Settings | None = None) -> None:
@@ -74,3 +80,36 @@ class Engine(ABC):
     @abstractmethod
     def compute(self, spec: MatchSpec) -> Match:
         """Do the engine's work for `spec` (outside store transactions)."""
+
+
+# The batch engine's name before stream engines had a base of their own.
+Engine = BatchEngine
+
+
+class StreamEngine(Service, ABC):
+    """Keeps ongoing criteria true as the change feed moves: a service whose
+    round (`cycle`) steps the feed.
+
+    The registry builds one as `cls(store, settings, metrics)` (settings None:
+    from the environment; metrics None: the process's); the process starts it
+    as a service (`start`/`stop`), or calls `run` on a thread of its own.
+    """
+
+    @abstractmethod
+    def __init__(
+        self, store: Store, settings: Settings | None = None, metrics: Metrics | None = None
+    ) -> None:
+        """Take the store and what the engine works with (the constructor the
+        registry calls)."""
+
+    @abstractmethod
+    def cycle(self) -> float:
+        """One step of the change feed; returns the seconds to wait before the
+        next (failures are retried by the service loop with its backoff)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the change feed until `stop` is set."""
+        self.loop(stop)
+
+    def close(self) -> None:
+        """Release what the engine started outside this process (a Flink job)."""

@@ -4,8 +4,9 @@ Set-based: every step is one SQL statement over the matched contacts, so a
 10M-contact request never loops over contacts in Python. Runs inside the
 caller's write transaction, so a failure leaves memberships as they were.
 Idempotent: a contact that already holds the persona is counted as `already`
-and not written again. Pins win: a pinned-out contact is never tagged, a
-pinned-in contact is never untagged.
+and not written again. Pins win (rules.py): a pinned-out contact is never
+tagged, a pinned-in contact is never untagged; the log says enter or exit only
+for contacts whose persona changes as a whole.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from sqlalchemy import (
     select,
 )
 
-from personatag.domain import SOURCE_ADHOC, SOURCE_MANUAL, Action, Change, PinKind
+from personatag.domain import SOURCE_ADHOC, Action, Change, PinKind
+from personatag.memberships import rules
 from personatag.memberships.log import IdCapture, LogContext, log_from_select
 from personatag.store import Store
 
@@ -127,16 +129,6 @@ def apply_adhoc(
     return _untag(conn, store, condition, ctx, dry_run, bulk_threshold, bulk)
 
 
-def _members(store: Store, persona_pk: int) -> Any:
-    m = store.tables.memberships
-    return select(m.c.contact_pk).where(m.c.persona_pk == persona_pk)
-
-
-def _pinned(store: Store, persona_pk: int, kind: PinKind) -> Any:
-    p = store.tables.pins
-    return select(p.c.contact_pk).where(p.c.persona_pk == persona_pk, p.c.kind == kind.value)
-
-
 def _tag(
     conn: Connection,
     store: Store,
@@ -151,15 +143,17 @@ def _tag(
     t = store.tables
     c, m = t.contacts, t.memberships
     p = ctx.persona_pk
-    # These two are driven by the (usually small) member and pin sets.
+    # Contacts that hold the persona already (through any source) do not enter;
+    # pinned-out ones gain no source. These two counts are driven by the
+    # (usually small) member and pin sets.
     if known_pks is not None:
         # The match is a set of pks in a temp table: SQLite would scan it all
         # to probe the (often empty) members; walk the members instead.
-        already = _count_held(conn, store, _members(store, p), condition)
-        pinned = _count_held(conn, store, _pinned(store, p, PinKind.OUT), condition)
+        already = _count_held(conn, store, rules.members(t, p), condition)
+        pinned = _count_held(conn, store, rules.pinned(t, p, PinKind.OUT), condition)
     else:
-        already = _count(conn, store, and_(condition, c.c.pk.in_(_members(store, p))))
-        pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.OUT))))
+        already = _count(conn, store, and_(condition, c.c.pk.in_(rules.members(t, p))))
+        pinned = _count(conn, store, and_(condition, c.c.pk.in_(rules.pinned(t, p, PinKind.OUT))))
     enter = condition
     # Skip per-contact probes that cannot exclude anyone: on a first run this
     # keeps the insert as cheap as a hand-written INSERT ... SELECT.
@@ -169,7 +163,7 @@ def _tag(
             not_(exists().where(m.c.persona_pk == p, m.c.contact_pk == c.c.pk)),
         )
     if pinned:
-        enter = and_(enter, c.c.pk.not_in(_pinned(store, p, PinKind.OUT)))
+        enter = and_(enter, c.c.pk.not_in(rules.pinned(t, p, PinKind.OUT)))
     if dry_run:
         tagged = _count(conn, store, enter)
         return ApplyCounts(
@@ -267,11 +261,13 @@ def _untag(
     c, m = t.contacts, t.memberships
     p = ctx.persona_pk
     matched = _count(conn, store, condition)
-    pinned = _count(conn, store, and_(condition, c.c.pk.in_(_pinned(store, p, PinKind.IN))))
+    pinned = _count(conn, store, and_(condition, c.c.pk.in_(rules.pinned(t, p, PinKind.IN))))
+    # Those who hold the persona through no pin-in: after the delete below they
+    # hold it through no source (a pin-in's row stays), so they exit.
     leaving = select(c.c.pk).where(
         condition,
-        c.c.pk.in_(_members(store, p)),
-        c.c.pk.not_in(_pinned(store, p, PinKind.IN)),
+        c.c.pk.in_(rules.members(t, p)),
+        c.c.pk.not_in(rules.pinned(t, p, PinKind.IN)),
     )
     untagged = int(conn.scalar(select(func.count()).select_from(leaving.subquery())) or 0)
     already = matched - untagged - pinned
@@ -286,7 +282,7 @@ def _untag(
     conn.execute(
         m.delete().where(
             m.c.persona_pk == p,
-            m.c.source != SOURCE_MANUAL,
+            rules.removable_by_rules(t),
             m.c.contact_pk.in_(matched_pks),
         )
     )

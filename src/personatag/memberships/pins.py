@@ -1,13 +1,19 @@
-"""Manual pins: include or exclude one contact for one persona; rules never override."""
+"""Manual pins: include or exclude one contact for one persona; rules never override.
+
+A pin-in is a source of its own (a SOURCE_MANUAL membership row that only pins
+remove); a pin-out removes every source and keeps rules from adding one. The
+log says enter or exit when the persona as a whole moves (rules.py).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from personatag.definitions import watch
 from personatag.definitions.personas import get_persona
-from personatag.domain import SOURCE_MANUAL, Change, PinKind, utcnow
+from personatag.domain import SOURCE_MANUAL, PinKind, utcnow
 from personatag.errors import NotFoundError
+from personatag.memberships import rules
 from personatag.memberships.log import LogContext, log_one
 from personatag.store import Store, changefeed
 
@@ -22,8 +28,15 @@ def contact_pk(conn: Connection, store: Store, contact_id: str) -> int:
 
 def _holds(conn: Connection, store: Store, persona_pk: int, cpk: int) -> bool:
     m = store.tables.memberships
-    query = select(func.count()).where(m.c.persona_pk == persona_pk, m.c.contact_pk == cpk)
-    return bool(conn.scalar(query))
+    query = select(m.c.source).where(m.c.persona_pk == persona_pk, m.c.contact_pk == cpk)
+    return rules.holds(set(conn.scalars(query)))
+
+
+def _log(conn: Connection, store: Store, ctx: LogContext, cpk: int, before: bool) -> None:
+    """Log what the pin did to the persona as a whole, if anything."""
+    change = rules.logged(before, _holds(conn, store, ctx.persona_pk, cpk))
+    if change is not None:
+        log_one(conn, store, ctx, change.value, cpk)
 
 
 def _pin_kind(conn: Connection, store: Store, persona_pk: int, cpk: int) -> str | None:
@@ -85,14 +98,12 @@ def pin(
                     persona_pk=persona.pk, contact_pk=cpk, source=SOURCE_MANUAL, since=now
                 )
             )
-            if not held:
-                log_one(conn, store, ctx, Change.ENTER.value, cpk)
+            _log(conn, store, ctx, cpk, held)
             if before == PinKind.OUT.value:
                 _pin_out_lifted(conn, store, persona.pk, cpk)
         else:
             conn.execute(m.delete().where(m.c.persona_pk == persona.pk, m.c.contact_pk == cpk))
-            if held:
-                log_one(conn, store, ctx, Change.EXIT.value, cpk)
+            _log(conn, store, ctx, cpk, held)
         return {
             "persona": persona_key,
             "contact": contact_id,
@@ -126,9 +137,8 @@ def unpin(
                     m.c.source == SOURCE_MANUAL,
                 )
             )
-            if not _holds(conn, store, persona.pk, cpk):
-                ctx = LogContext(now, persona.pk, SOURCE_MANUAL, None, None, actor, "unpin")
-                log_one(conn, store, ctx, Change.EXIT.value, cpk)
+            ctx = LogContext(now, persona.pk, SOURCE_MANUAL, None, None, actor, "unpin")
+            _log(conn, store, ctx, cpk, True)
         else:
             _pin_out_lifted(conn, store, persona.pk, cpk)
         holds = _holds(conn, store, persona.pk, cpk)

@@ -1,10 +1,11 @@
-"""Removing every membership an ongoing criterion holds (retiring it)."""
+"""Retiring an ongoing criterion: every membership it holds is removed."""
 
 from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from personatag.definitions import watch
+from personatag.config import Settings
+from personatag.definitions import criteria, watch
 from personatag.domain import utcnow
 from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed
@@ -15,8 +16,6 @@ def remove_memberships(
 ) -> int:
     """Delete criterion `criterion_pk`'s rows; log exits where nothing else holds the
     persona. Returns the number of contacts that left the persona."""
-    from personatag.config import Settings
-
     store.lock_persona(conn, persona_pk)
     holders = Holders.load_persona(conn, store, persona_pk)
     members = sorted(c for (_, c), s in holders.sources.items() if criterion_pk in s)
@@ -30,3 +29,15 @@ def remove_memberships(
     rc = store.tables.stream_rechecks
     conn.execute(rc.delete().where(rc.c.criterion_pk == criterion_pk))
     return len(outcome.exited)
+
+
+def set_ongoing_status(
+    store: Store, name: str, action: str, *, actor: str | None = None, source: str = "cli"
+) -> criteria.Criterion:
+    """Pause, resume or retire the live version of ongoing criterion `name`
+    (see definitions.criteria.set_ongoing_status). Retiring removes the
+    memberships of every version it retires, in the same transaction, with
+    exits logged where no other source holds the persona."""
+    return criteria.set_ongoing_status(
+        store, name, action, actor=actor, source=source, remove_memberships=remove_memberships
+    )

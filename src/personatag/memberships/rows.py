@@ -9,50 +9,76 @@ criterion, `evaluated` contacts were checked and `matched` ones hold it:
 - with exit policy `remove`, an evaluated contact that no longer matches
   loses the criterion's row; the log says `exit` only if no other source
   (another criterion, an ad hoc request, a pin-in) still holds the persona.
+
+(The rules themselves are in rules.py.) The writes run as statements compiled
+from the table definitions once and executed row-wise on the driver: at stream
+rates SQLAlchemy's per-row parameter handling would cost more than the writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, bindparam, select
 
 from personatag.domain import Change, PinKind
-from personatag.engines.local.stream.inputs import chunks, grouped
+from personatag.memberships import rules
+from personatag.memberships.log import insert_bulk_entry
 from personatag.store import Store
-from personatag.store.types import to_micros
+from personatag.store.rowwise import (
+    Prepared,
+    bound,
+    chunks,
+    fetch_tuples,
+    grouped,
+    once_per_table,
+)
+from personatag.store.schema import Tables
+
+_LOG_COLUMNS = (
+    "at",
+    "persona_pk",
+    "contact_pk",
+    "change",
+    "source",
+    "request_pk",
+    "criterion_pk",
+    "actor",
+    "reason",
+)
 
 
-def executemany(conn: Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
-    """Run `sql` (with ? placeholders) once per row on the driver's cursor."""
-    if conn.dialect.paramstyle in ("format", "pyformat"):
-        sql = sql.replace("?", "%s")
-    conn.exec_driver_sql(sql, rows)
+@dataclass(frozen=True)
+class _Statements:
+    """The writer's statements, compiled once per dialect (see store.rowwise)."""
+
+    add: Prepared
+    remove: Prepared
+    log: Prepared
 
 
-def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
-    """Run `query` on the driver's cursor, in `conn`'s transaction, and return
-    plain tuples: building a Row per result costs more than the read itself when
-    a batch reads hundreds of thousands of rows. No result types are applied, so
-    only for columns the driver already returns as wanted (integers). The raw
-    cursor does not begin a transaction by itself: run something through
-    `conn` first (as every caller does) when it must read inside one."""
-    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.construct_params()
-    args: Any = (
-        tuple(params[name] for name in compiled.positiontup or ())
-        if compiled.positional
-        else params
-    )
-    cur = conn.connection.cursor()
-    try:
-        cur.execute(str(compiled), args)
-        return list(cur.fetchall())
-    finally:
-        cur.close()
+def _statements(tables: Tables) -> _Statements:
+    m = tables.memberships
+
+    def build() -> _Statements:
+        return _Statements(
+            add=Prepared(
+                m.insert(), ("persona_pk", "contact_pk", "source", "since", "criterion_pk")
+            ),
+            remove=Prepared(
+                m.delete().where(
+                    m.c.persona_pk == bindparam("persona_pk"),
+                    m.c.contact_pk == bindparam("contact_pk"),
+                    m.c.source == bindparam("source"),
+                ),
+                ("persona_pk", "contact_pk", "source"),
+            ),
+            log=Prepared(tables.membership_log.insert(), _LOG_COLUMNS),
+        )
+
+    return once_per_table(m, "memberships.rows", build)
 
 
 @dataclass
@@ -133,7 +159,7 @@ class Writer:
         self.bulk_threshold = bulk_threshold
         # Rows to add and remove, by (persona pk, contact pk, source): a row added
         # and removed again before the flush is neither (flushing removes first).
-        self.inserts: dict[tuple[int, int, int], dict[str, object]] = {}
+        self.inserts: dict[tuple[int, int, int], None] = {}
         self.deletes: dict[tuple[int, int, int], None] = {}
         # (persona_pk, change, criterion_pk, contact_pk), in the order they happened
         self.logs: list[tuple[int, str, int, int]] = []
@@ -148,89 +174,55 @@ class Writer:
         evaluated: Iterable[int],
         matched: Collection[int],
     ) -> list[int]:
-        """Apply one criterion's answers; returns the contacts whose persona changed."""
+        """Apply one criterion's answers (rules.answer); returns the contacts
+        whose persona changed as a whole."""
         changed: list[int] = []
+        sources = holders.sources
         for cpk in evaluated:
             key = (persona_pk, cpk)
-            srcs = holders.sources.get(key)
-            has = srcs is not None and criterion_pk in srcs
-            if cpk in matched:
-                if has or key in holders.pinned_out:
-                    continue
-                if srcs is None:
-                    srcs = holders.sources[key] = set()
-                if not srcs:
-                    self._log(persona_pk, Change.ENTER.value, criterion_pk, cpk)
-                    self.outcome.entered.append(key)
-                    changed.append(cpk)
-                srcs.add(criterion_pk)
-                row = (persona_pk, cpk, criterion_pk)
+            srcs = sources.get(key)
+            had = srcs is not None and criterion_pk in srcs
+            hit = cpk in matched
+            if hit == had or not (hit or exit_remove):
+                continue  # an answer that moves no source (most of them)
+            if srcs is None:
+                srcs = set()
+            change = rules.answer(srcs, criterion_pk, hit, exit_remove, key in holders.pinned_out)
+            if srcs and key not in sources:
+                sources[key] = srcs
+            if change is not None:
+                self.logs.append((persona_pk, change.value, criterion_pk, cpk))
+                moved = self.outcome.entered if change is Change.ENTER else self.outcome.exited
+                moved.append(key)
+                changed.append(cpk)
+            row = (persona_pk, cpk, criterion_pk)
+            if criterion_pk in srcs:
                 if row in self.deletes:
                     del self.deletes[row]  # still stored: keep it
-                    continue
-                self.inserts[row] = {
-                    "persona_pk": persona_pk,
-                    "contact_pk": cpk,
-                    "source": criterion_pk,
-                    "since": self.at,
-                    "request_pk": None,
-                    "criterion_pk": criterion_pk,
-                }
-            elif has and exit_remove and srcs is not None:
-                srcs.discard(criterion_pk)
-                if not srcs:
-                    self._log(persona_pk, Change.EXIT.value, criterion_pk, cpk)
-                    self.outcome.exited.append(key)
-                    changed.append(cpk)
-                row = (persona_pk, cpk, criterion_pk)
-                if self.inserts.pop(row, None) is None:
+                else:
+                    self.inserts[row] = None
+            elif had:
+                if row in self.inserts:
+                    del self.inserts[row]  # never stored: nothing to remove
+                else:
                     self.deletes[row] = None
         return changed
 
-    def _log(self, persona_pk: int, change: str, criterion_pk: int, cpk: int) -> None:
-        self.logs.append((persona_pk, change, criterion_pk, cpk))
-
-    def _log_row(
-        self, persona_pk: int, change: str, criterion_pk: int, reason: str | None, cpk: int | None
-    ) -> dict[str, object]:
-        if reason is None:
-            label = self.labels.get(criterion_pk, f"criterion pk {criterion_pk}")
-            reason = f"matches {label}" if change == Change.ENTER.value else f"left {label}"
-        return {
-            "at": self.at,
-            "persona_pk": persona_pk,
-            "contact_pk": cpk,
-            "change": change,
-            "source": criterion_pk,
-            "request_pk": None,
-            "criterion_pk": criterion_pk,
-            "actor": None,
-            "reason": reason,
-        }
+    def _reason(self, change: str, criterion_pk: int, reason: str | None) -> str:
+        if reason is not None:
+            return reason
+        label = self.labels.get(criterion_pk, f"criterion pk {criterion_pk}")
+        return f"matches {label}" if change == Change.ENTER.value else f"left {label}"
 
     def flush(self, conn: Connection, reason: str | None = None) -> Outcome:
         """Write everything; `reason` (default: what the criterion did) goes in the log."""
         t = self.store.tables
-        log = t.membership_log
-        if self.deletes:
-            executemany(
-                conn,
-                "DELETE FROM memberships WHERE persona_pk = ? AND contact_pk = ? AND source = ?",
-                list(self.deletes),
-            )
-        if self.inserts:
-            # Straight to the driver: SQLAlchemy's per-row parameter processing
-            # costs more than the insert itself at stream rates.
-            since = to_micros(self.at)
-            executemany(
-                conn,
-                "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
-                "criterion_pk) VALUES (?, ?, ?, ?, NULL, ?)",
-                [
-                    (r["persona_pk"], r["contact_pk"], r["source"], since, r["criterion_pk"])
-                    for r in self.inserts.values()
-                ],
-            )
+        statements = _statements(t)
+        # Every row shares one moment: its type's conversion runs once, not per row.
+        since = bound(conn, t.memberships.c.since, self.at)
+        at = bound(conn, t.membership_log.c.at, self.at)
+        statements.remove.executemany(conn, list(self.deletes))
+        statements.add.executemany(conn, [(p, c, s, since, s) for p, c, s in self.inserts])
         # Large and each contact once: one compact entry per persona, change and
         # criterion. Otherwise row by row, in the order the changes happened.
         groups: dict[tuple[int, str, int], list[int]] = {}
@@ -239,49 +231,35 @@ class Writer:
         ) == len(self.logs):
             for persona_pk, change, criterion_pk, cpk in self.logs:
                 groups.setdefault((persona_pk, change, criterion_pk), []).append(cpk)
-        single: list[dict[str, object]] = []
-        for persona_pk, change, criterion_pk, cpk in [] if groups else self.logs:
-            single.append(self._log_row(persona_pk, change, criterion_pk, reason, cpk))
+        single = [] if groups else self.logs
         for (persona_pk, change, criterion_pk), pks in groups.items():
             if len(pks) <= self.bulk_threshold:
-                single.extend(
-                    self._log_row(persona_pk, change, criterion_pk, reason, cpk) for cpk in pks
-                )
+                single.extend((persona_pk, change, criterion_pk, cpk) for cpk in pks)
                 continue
             import numpy as np
 
-            from personatag.store.ids import encode_ids
-
-            ids = np.unique(np.asarray(pks, dtype=np.int64))
-            conn.execute(
-                log.insert().values(
-                    **self._log_row(persona_pk, change, criterion_pk, reason, None),
-                    bulk_count=len(ids),
-                    bulk_ids=encode_ids(ids),
-                    bulk_min=int(ids[0]),
-                    bulk_max=int(ids[-1]),
-                )
-            )
-        if single:
-            executemany(
+            insert_bulk_entry(
                 conn,
-                "INSERT INTO membership_log (at, persona_pk, contact_pk, change, source, "
-                "request_pk, criterion_pk, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        to_micros(r["at"]),  # type: ignore[arg-type]
-                        r["persona_pk"],
-                        r["contact_pk"],
-                        r["change"],
-                        r["source"],
-                        r["request_pk"],
-                        r["criterion_pk"],
-                        r["actor"],
-                        r["reason"],
-                    )
-                    for r in single
-                ],
+                self.store,
+                {
+                    "at": self.at,
+                    "persona_pk": persona_pk,
+                    "change": change,
+                    "source": criterion_pk,
+                    "request_pk": None,
+                    "criterion_pk": criterion_pk,
+                    "actor": None,
+                    "reason": self._reason(change, criterion_pk, reason),
+                },
+                np.unique(np.asarray(pks, dtype=np.int64)),
             )
+        statements.log.executemany(
+            conn,
+            [
+                (at, p, cpk, change, crit, None, crit, None, self._reason(change, crit, reason))
+                for p, change, crit, cpk in single
+            ],
+        )
         self.outcome.rows_added = len(self.inserts)
         self.outcome.rows_removed = len(self.deletes)
         return self.outcome

@@ -10,14 +10,10 @@ from personatag.store import Store
 
 
 def stream_target(store: Store, settings: Settings, metrics: Metrics | None = None) -> Service:
-    """The configured stream engine's processor (local processor or Flink job)."""
-    if settings.stream_engine == "flink":
-        from personatag.engines.flink.stream import FlinkStream
+    """The configured stream engine, looked up in the engine registry (a service)."""
+    from personatag.engines import get_stream_engine
 
-        return FlinkStream(store, settings, metrics)
-    from personatag.engines.local.stream.processor import StreamProcessor
-
-    return StreamProcessor(store, settings, metrics)
+    return get_stream_engine(settings.stream_engine, store, settings, metrics)
 
 
 def services(

@@ -10,6 +10,7 @@ from sqlalchemy import and_, func, select
 from personatag.criteria import compile_criterion, compile_sql
 from personatag.definitions.personas import get_persona, persona_pks
 from personatag.domain import PinKind, check_as_of, utcnow
+from personatag.memberships import rules
 from personatag.store import Store
 from personatag.store.matchset import is_heavy, materialize
 
@@ -32,7 +33,7 @@ def preview(
     would enter.
     """
     t = store.tables
-    c, m, pins = t.contacts, t.memberships, t.pins
+    c = t.contacts
     as_of = check_as_of(as_of or utcnow())
     with store.read() as conn:
         catalog = store.catalog(conn)
@@ -62,13 +63,9 @@ def preview(
             result = {"count": total, "sample": sample, "would_enter": total, "would_exit": 0}
         else:
             p = get_persona(conn, store, persona).pk
-            members = select(m.c.contact_pk).where(m.c.persona_pk == p)
-            pinned = {
-                kind: select(pins.c.contact_pk).where(
-                    pins.c.persona_pk == p, pins.c.kind == kind.value
-                )
-                for kind in PinKind
-            }
+            # The writers' rules (memberships.rules), counted instead of applied.
+            members = rules.members(t, p)
+            pinned = {kind: rules.pinned(t, p, kind) for kind in PinKind}
             # Driven by the member and pin sets, not by another scan of everyone.
             not_pinned_in = c.c.pk.not_in(pinned[PinKind.IN])
             held_and_matched = count(and_(cond, c.c.pk.in_(members)))

@@ -299,7 +299,7 @@ def monitoring_page(request: Request) -> HTMLResponse:
         "slots_available": info.get("slots_available"),
         "jobs_running": (info.get("jobs") or {}).get("running", 0),
     }
-    from personatag.engines.local.stream.processor import status as stream_status
+    from personatag.engines.local.stream.status import status as stream_status
     from personatag.metrics import default_metrics
 
     stream = stream_status(store)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import subprocess
 import tempfile
 import time
@@ -34,7 +33,6 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +50,23 @@ from sqlalchemy import (
 
 from personatag.buckets import Bucket, open_buckets
 from personatag.criteria.to_flink import compile_flink
-from personatag.engines.base import Engine, Match, MatchSpec
+from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.engines.control import JobStopped
 from personatag.engines.flink.deploy import fetch_active
 from personatag.engines.flink.deploy.layout import PROPERTIES_FILE, read_properties
+from personatag.engines.flink.jobs import (
+    JOB_ID_RE,
+    FlinkJobFailed,
+    client_env,
+    client_error,
+    root_cause,
+)
 from personatag.engines.flink.programs.batch_job import SPEC_FORMAT
 from personatag.engines.flink.runtime import home as flink_home
 from personatag.engines.flink.runtime import submitter
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.flink.snapshot import export_snapshot
-from personatag.errors import PersonatagError
+from personatag.engines.flink.watchdog import Watchdog, task_progress
 from personatag.files import atomic_write
 from personatag.metrics import default_metrics
 from personatag.store import Store
@@ -70,13 +75,8 @@ from personatag.store.matchset import fresh, temp_table
 log = logging.getLogger(__name__)
 
 RUNS_PREFIX = "runs/"
-_JOB_ID_RE = re.compile(r"(?:PERSONATAG_FLINK_JOB_ID=|JobID )([0-9a-f]{32})")
 _ENDED = {"FINISHED", "FAILED", "CANCELED"}
 _LOAD_CHUNK = 1_000_000
-
-
-class FlinkJobFailed(PersonatagError):
-    """The Flink job failed, stalled or could not be submitted."""
 
 
 # ---- the match: pks Flink found, loaded into a temp table ------------------------
@@ -162,137 +162,10 @@ def parse_pks(data: bytes) -> npt.NDArray[np.int64]:
     return pks
 
 
-# ---- the cluster: checks and the stall watchdog -----------------------------------
-
-
-@dataclass
-class Watchdog:
-    """Decides when a job on the cluster has stalled: it fails the job after
-    `bound` seconds without a way forward (no answer, no task manager, no free
-    slot while waiting to start, no progress while running)."""
-
-    rest: FlinkRest
-    bound: float
-    clock: Callable[[], float] = time.monotonic
-
-    def __post_init__(self) -> None:
-        # When each kind of trouble began; cleared only by that check passing,
-        # so a failing cluster check and a stuck job never reset each other.
-        self._cluster_since: float | None = None
-        self._job_since: float | None = None
-        self._progress: tuple[Any, ...] | None = None
-        self.metrics = default_metrics()
-
-    def _trouble(self, scope: str, reason: str, message: str) -> None:
-        now = self.clock()
-        if scope == "cluster":
-            if self._cluster_since is None:
-                self._cluster_since = now
-            first = self._cluster_since
-        else:
-            if self._job_since is None:
-                self._job_since = now
-            first = self._job_since
-        if now - first >= self.bound:
-            self.metrics.flink_stalls.labels(reason=reason).inc()
-            log.warning("flink stall (%s): %s", reason, message)
-            raise FlinkJobFailed(f"{message} for {self.bound:g} s (stall watchdog)")
-
-    def cluster(self, *, need_slot: bool) -> dict[str, Any] | None:
-        """Check /overview; returns it when the cluster can take (or run) a job."""
-        try:
-            overview = self.rest.overview()
-        except (FlinkUnreachable, FlinkRestError) as exc:
-            self.metrics.flink_cluster_up.set(0)
-            self._trouble("cluster", "unreachable", f"the Flink cluster does not answer ({exc})")
-            return None
-        self.metrics.flink_slots_available.set(overview.get("slots-available", 0))
-        if not overview.get("taskmanagers"):
-            self.metrics.flink_cluster_up.set(0)
-            self._trouble(
-                "cluster",
-                "no_task_managers",
-                f"the Flink cluster at {self.rest.base_url} has no task managers",
-            )
-            return None
-        self.metrics.flink_cluster_up.set(1)
-        if need_slot and not overview.get("slots-available"):
-            self._trouble(
-                "cluster",
-                "no_slots",
-                f"no free task slot on the Flink cluster ({overview.get('slots-total', 0)} "
-                f"slots, {overview.get('jobs-running', 0)} jobs running)",
-            )
-            return None
-        self._cluster_since = None
-        return overview
-
-    def job(self, info: dict[str, Any]) -> None:
-        """Check a running job moves: its tasks get deployed and count records."""
-        vertices = info.get("vertices", [])
-        waiting = [v for v in vertices if v.get("status") in ("CREATED", "SCHEDULED", "DEPLOYING")]
-        if info.get("state") in ("CREATED", "INITIALIZING") or (
-            waiting and len(waiting) == len(vertices)
-        ):
-            self._progress = None
-            self._trouble(
-                "job", "no_slots", f"Flink job {info.get('jid')} got no task slots to start on"
-            )
-            return
-        progress = tuple(
-            (
-                v.get("status"),
-                *(
-                    v.get("metrics", {}).get(k)
-                    for k in ("read-bytes", "write-bytes", "read-records", "write-records")
-                ),
-                v.get("tasks", {}).get("FINISHED"),
-            )
-            for v in vertices
-        )
-        if progress != self._progress:
-            self._progress = progress
-            self._job_since = None
-            return
-        self._trouble("job", "no_progress", f"Flink job {info.get('jid')} shows no progress")
-
-
-def task_progress(info: dict[str, Any]) -> tuple[int, int] | None:
-    """(finished, all) subtasks of a Flink job, from its /jobs/:jid details;
-    None while it lists none.
-
-    Not records: Flink's vertex record counts are records passed between
-    tasks, so a job chained into one task (read, filter, write) counts none,
-    and the records left to read are not known to it.
-    """
-    finished = total = 0
-    for vertex in info.get("vertices") or []:
-        tasks = vertex.get("tasks") or {}
-        parallelism = vertex.get("parallelism")
-        total += parallelism if isinstance(parallelism, int) else sum(tasks.values())
-        finished += int(tasks.get("FINISHED", 0))
-    return (finished, total) if total else None
-
-
-def root_cause(exceptions: dict[str, Any]) -> str:
-    """The first useful line of a job's root exception (/jobs/:jid/exceptions)."""
-    trace = exceptions.get("root-exception") or ""
-    entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
-    if not trace and entries:
-        trace = entries[0].get("stacktrace") or entries[0].get("exceptionName") or ""
-    lines = [line.strip() for line in trace.splitlines() if line.strip()]
-    causes = [line for line in lines if line.startswith("Caused by:")]
-    line = causes[-1][len("Caused by:") :].strip() if causes else (lines[0] if lines else "")
-    if "AskTimeoutException" in line and "/taskmanager" in line:
-        # An RPC to a task manager went unanswered: the process is hung or paused.
-        line = f"a TaskManager stopped answering (RPC timed out): {line}"
-    return line[:500] or "no exception reported"
-
-
 # ---- the engine ---------------------------------------------------------------------
 
 
-class FlinkEngine(Engine):
+class FlinkEngine(BatchEngine):
     name = "flink"
 
     def __init__(self, store: Store, settings: Any = None) -> None:
@@ -407,14 +280,6 @@ class FlinkEngine(Engine):
             atomic_write(path, bundle)
         return path
 
-    def _client_env(self, home: flink_home.FlinkHome) -> dict[str, str]:
-        conf = (self.settings.data_dir / "flink" / "conf").resolve()
-        log_dir = (self.settings.data_dir / "flink" / "log").resolve()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if not (conf / "config.yaml").exists():
-            conf = home.home / "conf"
-        return home.env(conf_dir=conf, log_dir=log_dir)
-
     def submit(
         self,
         run_spec: dict[str, Any],
@@ -448,7 +313,7 @@ class FlinkEngine(Engine):
                     cmd,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=self._client_env(home),
+                    env=client_env(self.settings, home),
                     cwd=tmp,
                     start_new_session=True,
                 )
@@ -470,9 +335,9 @@ class FlinkEngine(Engine):
                         client.kill()
                         client.wait()
             output = out_path.read_text(errors="replace")
-        found = _JOB_ID_RE.search(output)
+        found = JOB_ID_RE.search(output)
         if client.returncode != 0 or found is None:
-            raise FlinkJobFailed(f"flink run failed: {_client_error(output)}")
+            raise FlinkJobFailed(f"flink run failed: {client_error(output)}")
         return found.group(1)
 
     def _submit_warm(
@@ -529,7 +394,7 @@ class FlinkEngine(Engine):
         jid = reply.get("job_id")
         if not isinstance(jid, str):
             raise FlinkJobFailed(
-                f"flink job submission failed: {_client_error(str(reply.get('error')))}"
+                f"flink job submission failed: {client_error(str(reply.get('error')))}"
             )
         log.info(
             "submitted flink job %s through the warm submitter in %.2f s",
@@ -622,12 +487,3 @@ class FlinkEngine(Engine):
         if not parts:
             return np.empty(0, dtype=np.int64)
         return np.concatenate(parts)
-
-
-def _client_error(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for marker in ("Caused by:", "Error:", "Exception:"):
-        found = [line for line in lines if marker in line and not line.startswith("at ")]
-        if found:
-            return found[-1][:500]
-    return (lines[-1] if lines else "no output")[:500]

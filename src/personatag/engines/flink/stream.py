@@ -46,13 +46,15 @@ from personatag.config import Settings
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import Catalog, utcnow
 from personatag.engines.flink import codec
-from personatag.engines.flink.batch import _JOB_ID_RE, _client_error, root_cause
 from personatag.engines.flink.deploy.bundle import ZIP_TIME, default_package_dir, read_package
+from personatag.engines.flink.jobs import JOB_ID_RE, client_env, client_error, root_cause
 from personatag.engines.flink.programs.stream_job import SPEC_FORMAT
 from personatag.engines.flink.runtime import home as flink_home
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream.processor import OFFSET_NAME, Evaluated, StreamProcessor
+from personatag.engines.local.stream.evaluate import Evaluated
+from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.errors import ConfigError, PersonatagError
 from personatag.files import atomic_write
 from personatag.metrics import Metrics
@@ -469,11 +471,6 @@ class FlinkStream(StreamProcessor):
     def _submit(self, spec: dict[str, Any], bundle: Path) -> str:
         home = flink_home.locate(self.settings)
         target = self.rest.base_url.split("://", 1)[-1]
-        conf = (self.settings.data_dir / "flink" / "conf").resolve()
-        log_dir = (self.settings.data_dir / "flink" / "log").resolve()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if not (conf / "config.yaml").exists():
-            conf = home.home / "conf"
         with tempfile.TemporaryDirectory(prefix="personatag-stream-") as tmp:
             spec_path = Path(tmp) / "stream.json"
             spec_path.write_text(json.dumps(spec))
@@ -490,7 +487,7 @@ class FlinkStream(StreamProcessor):
                     cmd,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    env=home.env(conf_dir=conf, log_dir=log_dir),
+                    env=client_env(self.settings, home),
                     cwd=tmp,
                     timeout=allowed,
                     check=False,
@@ -500,10 +497,10 @@ class FlinkStream(StreamProcessor):
                     f"the Flink client did not finish submitting the stream job in {allowed:.0f} s"
                 ) from None
         output = done.stdout.decode(errors="replace")
-        found = _JOB_ID_RE.search(output)
+        found = JOB_ID_RE.search(output)
         if done.returncode != 0 or found is None:
             raise FlinkStreamError(
-                f"submitting the flink stream job failed: {_client_error(output)}"
+                f"submitting the flink stream job failed: {client_error(output)}"
             )
         return found.group(1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, Connection
 
 from personatag.criteria import compile_sql
-from personatag.engines.base import Engine, Match, MatchSpec
+from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.store import Store
 
 
@@ -26,7 +26,7 @@ class _SqlMatch(Match):
         )
 
 
-class LocalEngine(Engine):
+class LocalEngine(BatchEngine):
     name = "local"
 
     def compute(self, spec: MatchSpec) -> Match:

@@ -109,7 +109,7 @@ def _audit(store: Store, who: Principal, action: str, target: str, detail: dict[
 
 
 def _lifecycle(name: str, action: str, store: Store, who: Principal) -> Any:
-    from personatag.definitions.criteria import set_ongoing_status
+    from personatag.memberships.retire import set_ongoing_status
 
     c = set_ongoing_status(store, name, action, actor=who.user.username, source="api")
     return criterion_public(c)

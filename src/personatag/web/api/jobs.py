@@ -73,7 +73,7 @@ def job_cancel(ref: JobRef, store: StoreDep, who: CurrentUser) -> JobPublic:
 @router.get("/stream", response_model=StreamStatus, **role("viewer"))
 def stream_status(store: StoreDep) -> dict[str, Any]:
     """The stream processor: feed offset and lag, re-checks, errors, reconciliations."""
-    from personatag.engines.local.stream.processor import status as current
+    from personatag.engines.local.stream.status import status as current
 
     return current(store)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from personatag.engines.local.stream import ongoing as og
+from personatag.memberships import rules
 from personatag.memberships.rows import Holders
 
 MAX_PASSES = 8
@@ -51,20 +52,23 @@ def held(
     keys: Mapping[int, str],
     pinned_out: set[tuple[int, int]],
 ) -> frozenset[str]:
-    """The persona keys `contact` holds once its answers are applied, with the
-    same rules as the writer: a match adds the criterion's source unless the
-    contact is pinned out, a non-match under `--exit remove` drops it; a persona
-    is held while any source holds it."""
+    """The persona keys `contact` holds once its answers are applied, by the
+    writer's rules (memberships.rules)."""
     sources = {p: set(s) for p, s in contact.stored.items()}
     for crit_pk, matched in contact.answers.items():
         crit = by_pk[crit_pk]
         p = crit.persona_pk
-        if matched:
-            if (p, contact.pk) not in pinned_out:
-                sources.setdefault(p, set()).add(crit_pk)
-        elif crit.exit_remove and p in sources:
-            sources[p].discard(crit_pk)
-    return frozenset(keys[p] for p, s in sources.items() if s and p in keys) | contact.outside
+        rules.answer(
+            sources.setdefault(p, set()),
+            crit_pk,
+            matched,
+            crit.exit_remove,
+            (p, contact.pk) in pinned_out,
+        )
+    return (
+        frozenset(keys[p] for p, s in sources.items() if rules.holds(s) and p in keys)
+        | contact.outside
+    )
 
 
 def settle(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,41 +11,23 @@ from sqlalchemy import Connection, select
 
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
-from personatag.store import Store, versions
+from personatag.store import Store, changefeed, versions
+from personatag.store.rowwise import chunks, grouped
 
-CHUNK = 2000  # contact pks per IN list
-
-
-def chunks(pks: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
-    for i in range(0, len(pks), size):
-        yield pks[i : i + size]
+__all__ = ["Needs", "Publications", "changes_between", "chunks", "grouped", "load_inputs"]
 
 
-def grouped(
-    wanted: Mapping[int, Collection[int]], min_group: int = 50
-) -> list[tuple[list[int], list[int]]]:
-    """Plan the reads of per-contact keys (contact pk -> the personas or criteria
-    wanted for it) as (keys, contacts) pairs, both sorted: contacts wanting the
-    same keys are read together, so a batch whose changes each touch a few
-    dozen criteria does not read back every row its contacts have. Groups of
-    fewer than `min_group` contacts are read together with the union of their
-    keys (a query per handful of contacts costs more than the extra rows)."""
-    groups: dict[frozenset[int], list[int]] = {}
-    for cpk, keys in wanted.items():
-        if keys:
-            groups.setdefault(frozenset(keys), []).append(cpk)
-    out: list[tuple[list[int], list[int]]] = []
-    rest_keys: set[int] = set()
-    rest: list[int] = []
-    for keys, cpks in groups.items():
-        if len(cpks) >= min_group:
-            out.append((sorted(keys), sorted(cpks)))
-        else:
-            rest_keys |= keys
-            rest += cpks
-    if rest:
-        out.append((sorted(rest_keys), sorted(rest)))
-    return out
+def changes_between(
+    conn: Connection, store: Store, after: int, upto: int
+) -> Iterator[changefeed.Change]:
+    """The feed's changes after seq `after` up to seq `upto`, read in pages."""
+    while after < upto:
+        batch = changefeed.read(conn, store, after, 10_000)
+        batch = [ch for ch in batch if ch.seq <= upto]
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
 
 
 @dataclass(frozen=True)

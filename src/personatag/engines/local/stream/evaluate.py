@@ -1,0 +1,226 @@
+"""Evaluating ongoing criteria for a batch: per contact, set-based, and settled.
+
+Per contact (the usual step): each changed contact's touched criteria run on
+its loaded input (`evaluate_batch`); a criterion whose top-level guard fails
+is answered "no match" without running (`prune`). Set-based (an import: many
+changed contacts): each criterion runs once in the store (`evaluate_set_based`).
+Then persona(...) criteria are settled in memory (`settle`, see cascade.py)
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from personatag.criteria.to_python import EvalInput
+from personatag.criteria.to_sql import compile_sql
+from personatag.definitions.personas import persona_pks
+from personatag.domain import Catalog
+from personatag.engines.local.stream import cascade, rechecks
+from personatag.engines.local.stream import ongoing as og
+from personatag.engines.local.stream.inputs import Needs, Publications, load_inputs
+from personatag.memberships.log import fetch_ids
+from personatag.memberships.rows import Holders
+from personatag.store import Store
+
+
+@dataclass
+class Evaluated:
+    """The answers of one batch: what was evaluated, what matched, re-check times."""
+
+    inputs: dict[int, EvalInput]
+    evaluated: list[tuple[int, int]]  # (contact pk, criterion pk)
+    matched: set[tuple[int, int]]
+    due: dict[tuple[int, int], datetime | None]  # (criterion pk, contact pk) -> next re-check
+    errors: list[tuple[int, int, str]]  # (criterion pk, contact pk, message)
+    # (contact pk, criterion pk) answered "no match" without evaluating (see prune)
+    unmatched: list[tuple[int, int]] = field(default_factory=list)
+
+
+def prune(
+    work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
+) -> tuple[dict[int, set[int]], list[tuple[int, int]]]:
+    """Split (contact, criterion) pairs into those to evaluate and those whose
+    guard fails (`region = "EMEA" and ...` for an AMER contact): a failed top-level
+    conjunct means the criterion is not true, so their answer is known without
+    evaluating them. They are still answered (not matched): a membership held
+    through such a criterion exits like any other non-match. Contacts without an
+    input (deleted) are dropped."""
+    out: dict[int, set[int]] = {}
+    failed: list[tuple[int, int]] = []
+    by_pk = index.by_pk
+    for cpk, crits in work.items():
+        inp = inputs.get(cpk)
+        if inp is None:
+            continue
+        row = inp.contact
+        keep = set()
+        for pk in crits:
+            guard = by_pk[pk].guard
+            if guard is None or row.get(guard[0]) in guard[1]:
+                keep.add(pk)
+            else:
+                failed.append((cpk, pk))
+        if keep:
+            out[cpk] = keep
+    return out, failed
+
+
+def evaluate_set(
+    conn: Connection, store: Store, crit: og.Ongoing, catalog: Catalog, as_of: datetime
+) -> Any:
+    """Every contact pk `crit` matches now, evaluated set-based in the store."""
+    c = store.tables.contacts
+    cond = compile_sql(
+        crit.node,
+        tables=store.tables,
+        catalog=catalog,
+        persona_pks=persona_pks(conn, store),
+        as_of=as_of,
+        dialect=store.dialect,
+    )
+    return fetch_ids(conn, store, select(c.c.pk).where(cond))
+
+
+def needs(crits: Iterable[og.Ongoing], index: og.Index) -> Needs:
+    """What evaluating `crits` reads (with the persona(...) criteria a settle may run)."""
+    chosen = list(crits)
+    if any(c.personas for c in index.criteria):
+        chosen += [c for c in index.criteria if c.personas]
+    return Needs(
+        read_days=max((c.read_days for c in chosen), default=0),
+        login_days=max((c.login_days for c in chosen), default=0),
+        personas=any(c.personas for c in chosen),
+    )
+
+
+def evaluate_batch(
+    work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
+) -> Evaluated:
+    """Evaluate each contact's criteria on its loaded input, in process (contacts
+    without an input are gone and skipped)."""
+    out = Evaluated(inputs, [], set(), {}, [])
+    for cpk, crits in work.items():
+        inp = inputs.get(cpk)
+        if inp is None:
+            continue
+        for crit_pk in crits:
+            eval_one(index.by_pk[crit_pk], cpk, inp, out)
+    return out
+
+
+def eval_one(crit: og.Ongoing, cpk: int, inp: EvalInput, out: Evaluated) -> None:
+    """Answer one (contact, criterion) pair into `out`; an exception becomes an error."""
+    try:
+        hit = crit.evaluate(inp) is True
+        due = crit.next_due(inp, hit) if crit.windows else None
+    except Exception as exc:  # one bad evaluation must not stop the stream
+        out.errors.append((crit.pk, cpk, f"{type(exc).__name__}: {exc}"))
+        return
+    out.evaluated.append((cpk, crit.pk))
+    if hit:
+        out.matched.add((cpk, crit.pk))
+    if crit.windows:
+        out.due[(crit.pk, cpk)] = due
+
+
+def evaluate_set_based(
+    store: Store, work: dict[int, set[int]], index: og.Index, now: datetime
+) -> Evaluated:
+    """Many contacts changed (an import): each criterion runs once in the store."""
+    by_crit: dict[int, list[int]] = {}
+    for cpk, crits in work.items():
+        for p in crits:
+            by_crit.setdefault(p, []).append(cpk)
+    out = Evaluated({}, [], set(), {}, [])
+    ahead: dict[str, set[int]] = {}  # event or field -> contacts with a moment after now
+    with store.read() as conn:
+        catalog = store.catalog(conn)
+        for crit_pk, cpks in by_crit.items():
+            crit = index.by_pk[crit_pk]
+            try:
+                hits = set(evaluate_set(conn, store, crit, catalog, now).tolist())
+            except Exception as exc:
+                out.errors.append((crit_pk, 0, f"{type(exc).__name__}: {exc}"))
+                continue
+            future: set[int] = set()
+            if crit.windows and crit.falls_only:
+                for name, _ in crit.windows:
+                    if name not in ahead:
+                        ahead[name] = rechecks.moving(conn, store, catalog, name, now, sorted(work))
+                    future |= ahead[name]
+            for cpk in cpks:
+                out.evaluated.append((cpk, crit_pk))
+                if cpk in hits:
+                    out.matched.add((cpk, crit_pk))
+                    if crit.windows:
+                        # The exact re-check time comes from a per-contact evaluation.
+                        out.due[(crit_pk, cpk)] = now
+                elif crit.windows and (not crit.falls_only or cpk in future):
+                    out.due[(crit_pk, cpk)] = now
+    return out
+
+
+def settle(
+    conn: Connection,
+    store: Store,
+    pubs: Publications,
+    index: og.Index,
+    holders: Holders,
+    answers: dict[int, dict[int, bool]],
+    covered: set[int],
+    ev: Evaluated,
+    keys: dict[int, str],
+    now: datetime,
+) -> None:
+    """Bring each contact's persona(...) answers to where a full evaluation of
+    the same data would be (see cascade.py), before anything is written."""
+    order = index.persona_order
+    covered_keys = {keys[p] for p in covered if p in keys}
+    stored = cascade.contacts_of(holders, answers, covered)
+    # Personas no criterion reads can move without anything to settle (a bulk
+    # tag moving s0 enters many contacts into s3, which nobody reads).
+    read: frozenset[str] = frozenset().union(*(c.personas for c in order))
+    contacts: dict[int, cascade.Contact] = {}
+    lacking: list[int] = []
+    for cpk, mine in answers.items():
+        inp = ev.inputs.get(cpk)
+        outside = frozenset() if inp is None else inp.personas - covered_keys
+        c = cascade.Contact(cpk, stored[cpk], outside, mine)
+        start = cascade.held(cascade.Contact(cpk, c.stored, outside), index.by_pk, keys, set())
+        if (cascade.held(c, index.by_pk, keys, holders.pinned_out) ^ start) & read:
+            contacts[cpk] = c  # personas it moves in this step are read
+            if inp is None:
+                lacking.append(cpk)
+    if not contacts:
+        return
+    if lacking:  # evaluated set-based: load what the persona criteria read
+        loaded = load_inputs(conn, store, sorted(lacking), needs(order, index), now, pubs, keys)
+        ev.inputs.update(loaded)
+        for cpk in lacking:
+            inp = loaded.get(cpk)
+            if inp is None:
+                contacts.pop(cpk)
+            else:
+                contacts[cpk].outside = inp.personas - covered_keys
+
+    def evaluate(crit: og.Ongoing, cpk: int, personas: frozenset[str]) -> bool | None:
+        inp = dataclasses.replace(ev.inputs[cpk], personas=personas, memo={})
+        sub = Evaluated({}, [], set(), {}, [])
+        eval_one(crit, cpk, inp, sub)
+        ev.errors.extend(sub.errors)
+        ev.due.update(sub.due)
+        ev.evaluated.extend(sub.evaluated)
+        return bool(sub.matched) if sub.evaluated else None
+
+    circle = "persona(...) criteria read each other in a circle that never settles"
+    for cpk, c in contacts.items():
+        if not cascade.settle(c, order, index.by_pk, keys, holders.pinned_out, evaluate):
+            first = next((x.pk for x in order if x.pk in c.answers), order[0].pk)
+            ev.errors.append((first, cpk, circle))

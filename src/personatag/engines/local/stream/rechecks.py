@@ -1,0 +1,173 @@
+"""Time-window re-checks: when time alone can change a criterion's answer.
+
+A window criterion (`count(reads in 30d) >= 3`, `last_login within 7d`) can
+change its answer for a contact with no change to that contact. Each
+evaluation stores the exact next moment it could (`Ongoing.next_due`) in
+`stream_rechecks`; the step picks the due pairs up beside the feed, so nobody
+is swept on a timer. Written in the step's transaction, with its offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, bindparam, select
+
+from personatag.definitions.personas import persona_pks
+from personatag.domain import Catalog
+from personatag.engines.local.stream import ongoing as og
+from personatag.memberships.rows import Outcome
+from personatag.store import Store
+from personatag.store.rowwise import (
+    Prepared,
+    bound,
+    chunks,
+    fetch_tuples,
+    grouped,
+    once_per_table,
+    to_driver,
+)
+from personatag.store.schema import Tables
+
+
+def _statements(tables: Tables) -> tuple[Prepared, Prepared]:
+    """(delete one pair, insert one pair with its due time), compiled once."""
+    rc = tables.stream_rechecks
+
+    def build() -> tuple[Prepared, Prepared]:
+        drop = rc.delete().where(
+            rc.c.criterion_pk == bindparam("criterion_pk"),
+            rc.c.contact_pk == bindparam("contact_pk"),
+        )
+        return (
+            Prepared(drop, ("criterion_pk", "contact_pk")),
+            Prepared(rc.insert(), ("criterion_pk", "contact_pk", "due_at")),
+        )
+
+    return once_per_table(rc, "stream.rechecks", build)
+
+
+def due(conn: Connection, store: Store, now: datetime, limit: int) -> list[tuple[int, int]]:
+    """Up to `limit` (criterion pk, contact pk) pairs whose re-check is due at `now`."""
+    rc = store.tables.stream_rechecks
+    rows = conn.execute(
+        select(rc.c.criterion_pk, rc.c.contact_pk)
+        .where(rc.c.due_at <= now)
+        .order_by(rc.c.due_at)
+        .limit(limit)
+    ).all()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def write(
+    conn: Connection,
+    store: Store,
+    done: list[tuple[int, int]],
+    next_due: Mapping[tuple[int, int], datetime | None],
+) -> None:
+    """Store the next re-check of every evaluated window pair (`next_due`; the
+    `done` pairs were due and have none unless it says so); write only what
+    changed (most pairs have none before and none after)."""
+    rc = store.tables.stream_rechecks
+    wanted: dict[tuple[int, int], datetime | None] = {pair: None for pair in done}
+    wanted.update(next_due)
+    if not wanted:
+        return
+    per_contact: dict[int, set[int]] = {}
+    for c, k in wanted:
+        per_contact.setdefault(k, set()).add(c)
+    # Compared as stored (microseconds; fetch_tuples converts nothing).
+    have: dict[tuple[int, int], int] = {}
+    for crits, contacts in grouped(per_contact):
+        for part in chunks(contacts):
+            q = select(rc.c.criterion_pk, rc.c.contact_pk, rc.c.due_at).where(
+                rc.c.criterion_pk.in_(crits), rc.c.contact_pk.in_(part)
+            )
+            for c, k, at in fetch_tuples(conn, q):
+                have[(c, k)] = at
+    stored = to_driver(conn, rc.c.due_at)
+    want_us = {pair: None if at is None else stored(at) for pair, at in wanted.items()}
+    drop = [pair for pair, at in want_us.items() if pair in have and have[pair] != at]
+    add = [
+        (c, k, at) for (c, k), at in want_us.items() if at is not None and have.get((c, k)) != at
+    ]
+    dropping, adding = _statements(store.tables)
+    dropping.executemany(conn, drop)
+    adding.executemany(conn, add)
+
+
+def recheck_readers(
+    conn: Connection, store: Store, index: og.Index, outcome: Outcome, now: datetime
+) -> None:
+    """Personas moved outside a step (a swap, a repair): the persona(...)
+    criteria reading them get a re-check now, so the next step settles
+    their cascade for those contacts as it would a change's."""
+    if not index.by_persona or not (outcome.entered or outcome.exited):
+        return
+    keys = {pk: key for key, pk in persona_pks(conn, store).items()}
+    pairs = sorted(
+        {
+            (crit.pk, cpk)
+            for ppk, cpk in outcome.entered + outcome.exited
+            for crit in index.by_persona.get(keys.get(ppk, ""), ())
+        }
+    )
+    if not pairs:
+        return
+    dropping, adding = _statements(store.tables)
+    dropping.executemany(conn, pairs)
+    at = bound(conn, store.tables.stream_rechecks.c.due_at, now)
+    adding.executemany(conn, [(c, k, at) for c, k in pairs])
+
+
+def schedule_swapped(
+    conn: Connection, store: Store, crit: og.Ongoing, matched: set[int], now: datetime
+) -> None:
+    """A window criterion just swapped in: its members, and those time alone can
+    bring in (events or timestamps after now; with `count(...) < k` also those
+    in the window), get their exact re-check time from a first evaluation."""
+    rc = store.tables.stream_rechecks
+    conn.execute(rc.delete().where(rc.c.criterion_pk == crit.pk))
+    recheck = set(matched)
+    catalog = store.catalog(conn)
+    for name, days in crit.windows:
+        since = now if crit.falls_only else now - timedelta(days=days)
+        recheck |= moving(conn, store, catalog, name, since)
+    if recheck:
+        conn.execute(
+            rc.insert(),
+            [{"criterion_pk": crit.pk, "contact_pk": c, "due_at": now} for c in sorted(recheck)],
+        )
+
+
+def drop_criterion(conn: Connection, store: Store, crit_pk: int) -> None:
+    """Forget every re-check of a criterion (superseded)."""
+    rc = store.tables.stream_rechecks
+    conn.execute(rc.delete().where(rc.c.criterion_pk == crit_pk))
+
+
+def moving(
+    conn: Connection,
+    store: Store,
+    catalog: Catalog,
+    name: str,
+    since: datetime,
+    cpks: list[int] | None = None,
+) -> set[int]:
+    """Contacts (of `cpks`, or all) with a read or login (`name`), or a value
+    of the timestamp field `name`, after `since`."""
+    t = store.tables
+    if name == og.EVENT_READ:
+        who, at = t.reads.c.contact_pk, t.reads.c.read_at
+    elif name == og.EVENT_LOGIN:
+        who, at = t.logins.c.contact_pk, t.logins.c.login_at
+    else:
+        who, at = t.contacts.c.pk, t.contacts.c[catalog.column_for(name)]
+    q = select(who).where(at > since).distinct()
+    if cpks is None:
+        return {int(c) for c in conn.scalars(q)}
+    found: set[int] = set()
+    for part in chunks(cpks):
+        found.update(int(c) for c in conn.scalars(q.where(who.in_(part))))
+    return found
