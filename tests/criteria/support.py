@@ -35,6 +35,7 @@ from personatag.criteria.ast import (
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import STANDARD_CONTACT_FIELDS, Catalog, FieldType
 from personatag.store import Store
+from tests.memberships.guard import outside_writes
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 
@@ -325,10 +326,13 @@ def load(store: Store, pop: Population) -> None:
                 for key, pk in PERSONAS.items()
             ],
         )
-        conn.execute(
-            insert(t.memberships),
-            [
-                {"persona_pk": p, "contact_pk": c, "source": 0, "since": AS_OF}
-                for p, c in pop.memberships
-            ],
-        )
+        # Random memberships as fixture data for persona(...) (no rule made
+        # them): the test's own write, past the one-writer guard on purpose.
+        with outside_writes():
+            conn.execute(
+                insert(t.memberships),
+                [
+                    {"persona_pk": p, "contact_pk": c, "source": 0, "since": AS_OF}
+                    for p, c in pop.memberships
+                ],
+            )
