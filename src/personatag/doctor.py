@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import os
 import shutil
 import socket
@@ -19,8 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -393,12 +390,11 @@ def flink_tmp_dirs(settings: Settings, timeout: float = REST_TIMEOUT_S) -> list[
 
     A cluster at PERSONATAG_FLINK_URL that does not say gets the JVM default.
     """
-    url = rest_url(settings) + "/jobmanager/config"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - settings URL
-            entries = json.loads(resp.read())
+        with FlinkRest(rest_url(settings), timeout=timeout) as rest:
+            entries = rest.get("/jobmanager/config")
         value = next((e.get("value") for e in entries if e.get("key") == "io.tmp.dirs"), None)
-    except (OSError, urllib.error.URLError, ValueError, AttributeError, TypeError):
+    except (OSError, FlinkUnreachable, FlinkRestError, ValueError, AttributeError, TypeError):
         value = None
     if not value:
         if not settings.flink_url:

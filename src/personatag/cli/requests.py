@@ -91,8 +91,13 @@ def dispatcher(
             )
         return
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        d.request_stop()  # ends the dispatcher's wait at once, not at its next poll
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     s = settings()
     port = s.metrics_port if metrics_port is None else metrics_port
     served = start_metrics_server(port, s.metrics_host)
