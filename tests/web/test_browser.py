@@ -322,3 +322,30 @@ def test_the_api_page_keeps_to_its_content_security_policy(browser: object, serv
     page.wait_for_load_state("load")
     assert not [e for e in errors if "Content Security Policy" in e], errors
     context.close()
+
+
+def test_the_api_page_works_without_internet(browser: object, server: str) -> None:
+    """Issue 19 item 7: `/api/v1/docs` loaded Swagger UI from a CDN, so on a
+    machine without internet it was a blank page. Every request that leaves
+    the server is refused here, as it would be offline; the page still
+    renders the API from files served by personatag itself."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_local(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(server) or url.startswith("data:"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    page.route("**/*", only_local)
+    page.goto(f"{server}/api/v1/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+    assert page.inner_text(".swagger-ui .info .title").startswith("personatag")
+    # The operations are listed (the document was fetched and rendered).
+    assert page.locator(".opblock").count() > 10
+    assert outside == []
+    context.close()

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from sqlalchemy import text
 
 from personatag.buckets import AREAS
 from personatag.doctor import check_bucket
+from personatag.errors import NotFoundError
 from personatag.metrics import render
 from personatag.store.db import HEAD_REVISION, is_current
 from personatag.web.api.deps import AppContext, ContextDep
@@ -73,13 +82,36 @@ def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
+# Swagger UI's files come with the package (web/static/vendor/swagger-ui, with
+# its licence and source), so the page works on a machine without internet;
+# these two are all it loads.
+_SWAGGER_UI = Path(__file__).resolve().parent.parent / "static" / "vendor" / "swagger-ui"
+_DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+}
+
+
 @router.get(f"{PREFIX}/docs", include_in_schema=False, **role("public"))
 def docs() -> HTMLResponse:
     page = get_swagger_ui_html(
         openapi_url=f"{PREFIX}/openapi.json",
         title="personatag API",
-        swagger_favicon_url="data:,",  # no request to a third party for an icon
+        swagger_js_url=f"{PREFIX}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{PREFIX}/docs/assets/swagger-ui.css",
+        swagger_favicon_url="data:,",  # no request for an icon
     )
     # The workbench's policy would block Swagger UI's scripts: this page gets its own.
     page.headers["content-security-policy"] = docs_csp(bytes(page.body).decode())
     return page
+
+
+@router.get(f"{PREFIX}/docs/assets/{{name}}", include_in_schema=False, **role("public"))
+def docs_asset(name: str) -> Response:
+    """One of Swagger UI's files, from the installed package (cached a day)."""
+    media_type = _DOCS_ASSETS.get(name)
+    if media_type is None:
+        raise NotFoundError(f"no API page asset {name!r}")
+    return FileResponse(
+        _SWAGGER_UI / name, media_type=media_type, headers={"cache-control": "max-age=86400"}
+    )
