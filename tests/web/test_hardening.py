@@ -42,7 +42,7 @@ def test_every_answer_carries_the_browser_security_headers(api: Api) -> None:
     answers = {
         "login page": c.get("/login"),
         "page without a session (401)": c.get("/personas"),
-        "static js": c.get("/static/app.js"),
+        "static js": c.get("/static/js/core.js"),
         "static css": c.get("/static/app.css"),
         "api": c.get(f"{API}/me", headers=api.headers("viewer")),
         "api 401": c.get(f"{API}/me"),

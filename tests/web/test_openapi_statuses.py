@@ -102,7 +102,7 @@ def test_405_names_every_method_of_the_path(api: Api) -> None:
         ("PUT", "/api/v1/contacts/c1", "GET, PATCH"),
         ("GET", "/api/v1/feed/evaluations/x/cancel", "POST"),
         ("POST", "/healthz", "GET"),
-        ("POST", "/static/app.js", "GET, HEAD"),
+        ("POST", "/static/js/core.js", "GET, HEAD"),
     ):
         r = api.client.request(method, path, headers=admin)
         assert r.status_code == 405, (method, path, r.text)
