@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.test_browser import browser, login, server, shot
+from tests.web.browser import browser, login, server, shot
 
 __all__ = ["browser", "server"]  # the fixtures, shared with the other browser flows
 
