@@ -24,6 +24,10 @@ function sampleHtml(part) {
   return links + more;
 }
 
+// +N / −N, coloured only when something moves.
+const plus = (n) => n ? `<span class="add">+${PT.num(n)}</span>` : "+0";
+const minus = (n) => n ? `<span class="del-num">−${PT.num(n)}</span>` : "−0";
+
 function stat(label, value, unit, id) {
   return `<div class="stat"${id ? ` id="${id}"` : ""}><div class="label">${esc(label)}</div><div class="value">${value}<span class="unit">${esc(unit)}</span></div></div>`;
 }
@@ -51,8 +55,8 @@ function diffHtml(d) {
     <div class="stats">
       ${stat(`${oldName} matches`, PT.num(m.old_count), "contacts")}
       ${stat(`${newName} matches`, PT.num(m.new_count), "contacts")}
-      ${stat(`caught by ${newName} only`, `<span class="add">+${PT.num(m.gained.count)}</span>`, "contacts", "diff-gained")}
-      ${stat(`caught by ${oldName} only`, `<span class="del-num">−${PT.num(m.lost.count)}</span>`, "contacts", "diff-lost")}
+      ${stat(`caught by ${newName} only`, plus(m.gained.count), "contacts", "diff-gained")}
+      ${stat(`caught by ${oldName} only`, minus(m.lost.count), "contacts", "diff-lost")}
       ${enter}${exit}
     </div>
     ${why}
@@ -111,6 +115,9 @@ function initEdit(name) {
     const r = await api("POST", critUrl(name, "/diff"), fields());
     if (!r.ok) { out.innerHTML = ""; status.textContent = errorText(r); status.className = "status error"; PT.report(r); return; }
     out.innerHTML = diffHtml(r.data);
+    const d = r.data;
+    const same = d.text.every((x) => x.op === "same") && ["persona", "action", "mode", "exit"].every((k) => d.old[k] === d.new[k]);
+    if (same) { status.textContent = `nothing to save: the edit is the same as version ${d.old.version}`; status.className = "status warn"; return; }
     save.disabled = false;
   });
   save.addEventListener("click", async () => {
@@ -181,8 +188,9 @@ function initLifecycle(name) {
 // -- the stream's progress on the newest version ------------------------------------------
 function progressHtml(p) {
   const since = PT.time(p.since, true);
-  const swap = p.swap ? `<p id="crit-swap">Swapped in ${PT.time(p.swap.at, true)}: ${PT.num(p.swap.members)} members `
-    + `(<span class="add">+${PT.num(p.swap.entered)}</span> entered, <span class="del-num">−${PT.num(p.swap.exited)}</span> exited)`
+  // The swap of the live version (a paused or retired one's is in the history).
+  const swap = p.swap && p.state === "active" ? `<p id="crit-swap">Swapped in ${PT.time(p.swap.at, true)}: ${PT.num(p.swap.members)} members `
+    + `(${plus(p.swap.entered)} entered, ${minus(p.swap.exited)} exited)`
     + `${p.swap.replaces ? `, replacing ${esc(p.swap.replaces)}` : ""}.</p>` : "";
   let head;
   if (p.state === "building") {
