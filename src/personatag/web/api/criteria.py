@@ -153,7 +153,7 @@ def criterion_diff(
     by_version = {c.version: c for c in found}
     new = found[-1].version if new is None else new
     old = max(new - 1, 1) if old is None else old
-    for which, v in (("from", old), ("to", new)):
+    for which, v in (("to", new), ("from", old)):
         if v not in by_version:
             have = ", ".join(str(c.version) for c in found)
             raise ApiError(
