@@ -32,6 +32,38 @@ function stat(label, value, unit, id) {
   return `<div class="stat"${id ? ` id="${id}"` : ""}><div class="label">${esc(label)}</div><div class="value">${value}<span class="unit">${esc(unit)}</span></div></div>`;
 }
 
+// Criterion text, highlighted: keywords, fields, strings and numbers; a long
+// text breaks before its top-level and / or. The characters stay the same
+// (only whitespace before a break becomes a newline).
+const KEYWORDS = new Set(["and", "or", "not", "in", "is", "null", "between", "contains", "contains_any",
+  "contains_all", "starts_with", "ends_with", "like", "ilike", "within", "count", "where", "persona", "true", "false", "date"]);
+const TOKEN = /"(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|\s+|\w+|[^\w\s]/gu;
+
+function prettyExpr(text, breakLong) {
+  const tokens = text.match(TOKEN) || [];
+  const long = breakLong && text.length > 80;
+  let depth = 0, out = "";
+  tokens.forEach((t, i) => {
+    if (t === "(") depth += 1;
+    if (t === ")") depth = Math.max(0, depth - 1);
+    const next = tokens[i + 1];
+    if (/^\s+$/.test(t)) { out += long && depth === 0 && (next === "and" || next === "or") ? "\n" : t; return; }
+    let cls = "";
+    if (t[0] === '"' || t[0] === "'") cls = "tok-str";
+    else if (/^\d/.test(t)) cls = "tok-num";
+    else if (KEYWORDS.has(t)) cls = "tok-kw";
+    else if (/^\w+$/.test(t)) cls = "tok-field";
+    out += cls ? `<span class="${cls}">${esc(t)}</span>` : esc(t);
+  });
+  return out;
+}
+
+function prettyAll() {
+  const main = el("crit-expr");
+  if (main) main.innerHTML = prettyExpr(main.textContent, true);
+  document.querySelectorAll("#versions code.expr, #criteria-table code.expr").forEach((c) => { c.innerHTML = prettyExpr(c.textContent, false); });
+}
+
 // A diff answer (GET or POST /criteria/{name}/diff) as HTML.
 function diffHtml(d) {
   const oldName = d.old.version ? `v${d.old.version}` : "draft";
@@ -203,8 +235,10 @@ function progressHtml(p) {
   else if (p.state === "paused") head = `<p class="warn">v${p.version} is paused since ${since}: the stream skips it; its members stay. Resume rebuilds it.</p>`;
   else if (p.state === "retired") head = `<p class="muted">Retired ${since}: its memberships were removed.</p>`;
   else head = `<p>v${p.version} is ${esc(p.state)} since ${since}.</p>`;
-  const lag = p.stream ? `<p class="muted small">Stream lag: ${PT.num(p.stream.lag_changes)} changes, ${PT.seconds(p.stream.lag_seconds)}; `
-    + `last step ${PT.time(p.stream.updated_at, true)}.</p>` : "";
+  const changes = (n) => `${PT.num(n)} change${n === 1 ? "" : "s"}`;
+  const lag = !p.stream ? ""
+    : p.stream.updated_at ? `<p class="muted small">Stream lag: ${changes(p.stream.lag_changes)}, ${PT.seconds(p.stream.lag_seconds)}; last step ${PT.time(p.stream.updated_at, true)}.</p>`
+    : `<p class="muted small">The stream has not stepped yet (${changes(p.stream.lag_changes)} waiting): it runs in <code>personatag serve</code> or <code>personatag stream</code>.</p>`;
   const err = p.error ? `<p class="error">Last backfill failed: ${esc(p.error)} (the stream tries again).</p>` : "";
   return head + err + lag + swap;
 }
@@ -215,18 +249,23 @@ function initProgress(name) {
   let wasBuilding = null;
   const tick = async () => {
     const r = await api("GET", critUrl(name, "/progress"));
-    if (!r.ok) { box.innerHTML = `<p class="error">${esc(errorText(r))}</p>`; return; }
+    if (!r.ok) {
+      box.innerHTML = `<p class="error">${esc(errorText(r))}</p>`;
+      if (wasBuilding) setTimeout(tick, 3000);  // keep following through a passing failure
+      return;
+    }
     const p = r.data;
-    box.innerHTML = progressHtml(p);
-    box.dataset.state = p.state;
-    const badge = el("crit-state");
-    if (badge) { badge.textContent = p.state; badge.className = `badge state-${p.state}`; }
     if (wasBuilding && !p.building) {
-      // Swapped in: the history and the buttons change with it.
+      // Swapped in (or paused meanwhile): the history and the buttons change
+      // with it, so the page is drawn again rather than patched.
       sessionStorage.setItem(CRIT_TOAST, `${name} v${p.version} is ${p.state}`);
       location.reload();
       return;
     }
+    box.innerHTML = progressHtml(p);
+    box.dataset.state = p.state;
+    const badge = el("crit-state");
+    if (badge) { badge.textContent = p.state; badge.className = `badge state-${p.state}`; }
     wasBuilding = p.building;
     if (p.building) setTimeout(tick, 1500);
   };
@@ -234,6 +273,7 @@ function initProgress(name) {
 }
 
 PT.ready(() => {
+  prettyAll();
   const root = el("criterion");
   if (!root) return;
   const said = sessionStorage.getItem(CRIT_TOAST);
