@@ -135,3 +135,26 @@ def test_viewers_read_but_cannot_change(api: Api) -> None:
         assert r.status_code == 403
     r = api.client.put(f"{API}/criteria/emea-chiefs", json={"expr": "1 = 1"}, headers=viewer)
     assert r.status_code == 403
+
+
+def test_pages_list_empty_state_and_missing_criterion(api: Api) -> None:
+    viewer = api.headers("viewer")
+    page = api.client.get("/criteria", headers=viewer)
+    assert page.status_code == 200
+    assert "No criteria yet" in page.text and 'href="/criteria/new"' in page.text
+    _make(api)
+    page = api.client.get("/criteria?mode=ongoing", headers=viewer)
+    assert "No criterion matches these filters (1 in all)" in page.text
+    page = api.client.get("/criteria?persona=emea&q=chiefs", headers=viewer)
+    assert 'data-criterion="emea-chiefs"' in page.text
+    page = api.client.get("/criteria/emea-chiefs", headers=viewer)
+    assert page.status_code == 200 and 'id="crit-edit"' not in page.text  # no controls
+    page = api.client.get("/criteria/emea-chiefs", headers=api.headers("editor"))
+    assert 'id="crit-edit"' in page.text and 'id="crit-run"' in page.text
+    page = api.client.get("/criteria/nope", headers=viewer)
+    assert page.status_code == 404 and "There is no criterion named “nope”" in page.text
+    # the builder's edit link loads the criterion; an unknown one is a 404 page
+    page = api.client.get("/criteria/new?criterion=emea-chiefs", headers=viewer)
+    assert page.status_code == 200 and "region = &#34;EMEA&#34;" in page.text
+    page = api.client.get("/criteria/new?criterion=nope", headers=viewer)
+    assert page.status_code == 404
