@@ -146,3 +146,48 @@ def criterion_show(name: str, as_json: JsonOpt = False) -> None:
             f"{c.label} {iso(c.created_at)} by {c.created_by}: {c.action.value} {c.persona_key} "
             f"({c.mode.value}, exit {c.exit_policy.value}) {c.expr}"
         )
+
+
+@app.command("diff")
+def criterion_diff(
+    name: str,
+    from_: Annotated[
+        int | None, typer.Option("--from", help="Older version (default: the one before --to).")
+    ] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Newer version (default: the newest).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two versions: the text, and whom each catches now (what --to would move)."""
+    from personatag.definitions.criteria import criterion_versions
+    from personatag.errors import NotFoundError
+    from personatag.tagging import versions as vs
+
+    st = store()
+    with st.read() as conn:
+        found = {c.version: c for c in criterion_versions(conn, st, name)}
+    new = max(found) if to is None else to
+    old = max(new - 1, 1) if from_ is None else from_
+    for v in (new, old):
+        if v not in found:
+            have = ", ".join(map(str, sorted(found)))
+            raise NotFoundError(f"criterion {name!r} has no version {v} (it has {have})")
+    text = vs.text_diff(found[old].expr, found[new].expr)
+    m = vs.membership_diff(st, vs.Side.of(found[old]), vs.Side.of(found[new]))
+    if as_json:
+        emit({"name": name, "from": old, "to": new, "text": text, "membership": m})
+        return
+    marks = {"same": "{}", "del": "[-{}-]", "add": "{{+{}+}}"}
+    typer.echo(
+        f"{name}@{old} -> {name}@{new}: " + "".join(marks[p["op"]].format(p["text"]) for p in text)
+    )
+    typer.echo(
+        f"matches now: {m['old_count']:,} -> {m['new_count']:,} "
+        f"(+{m['gained']['count']:,} only @{new}, -{m['lost']['count']:,} only @{old})"
+    )
+    moves = [f"would enter: {m['would_enter']:,}"] if m["would_enter"] is not None else []
+    if m["would_exit"] is not None:
+        moves.append(f"would exit: {m['would_exit']:,}")
+    if moves:
+        typer.echo(", ".join(moves))

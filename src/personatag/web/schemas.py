@@ -204,6 +204,100 @@ class CriterionVersions(BaseModel):
     versions: list[CriterionPublic]
 
 
+class CriterionEvent(BaseModel):
+    at: str
+    action: str = Field(description="add, edit, pause, resume, retire, backfill, swap")
+    actor: str | None
+    source: str
+    detail: dict[str, Any] | None
+
+
+class CriterionVersion(CriterionPublic):
+    state: str = Field(
+        description="the status, except `backfilling` for a building version whose "
+        "backfill the stream has started"
+    )
+    events: list[CriterionEvent]
+
+
+class CriterionHistory(BaseModel):
+    name: str
+    versions: list[CriterionVersion] = Field(description="oldest first")
+
+
+class DiffSide(BaseModel):
+    version: int | None = Field(description="null for a draft")
+    persona: str
+    expr: str
+    action: str
+    mode: str
+    exit: str
+
+
+class DiffText(BaseModel):
+    op: Literal["same", "del", "add"]
+    text: str
+
+
+class DiffPart(BaseModel):
+    count: int
+    sample: list[str] = Field(description="contact ids")
+
+
+class DiffMembership(BaseModel):
+    old_count: int = Field(description="contacts the older side matches now")
+    new_count: int = Field(description="contacts the newer side matches now")
+    gained: DiffPart = Field(description="matched by the newer side only")
+    lost: DiffPart = Field(description="matched by the older side only")
+    would_enter: int | None = Field(
+        description="as the preview counts it; null where the action adds nobody (untag)"
+    )
+    would_exit: int | None = Field(
+        description="as the preview counts it; null where the action cannot remove anyone "
+        "(tag ad hoc, ongoing with exit keep)"
+    )
+
+
+class CriterionDiff(BaseModel):
+    name: str
+    old: DiffSide
+    new: DiffSide
+    text: list[DiffText] = Field(description="token by token: same, del (old only), add")
+    membership: DiffMembership
+
+
+class CriterionDraft(Input):
+    """An unsaved version, compared with a stored one (`from`: default the newest).
+    Omitted fields are taken from that version, as an edit would."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: StrictInt | None = Field(None, alias="from", ge=1)
+    persona: Name | None = Field(None, json_schema_extra=KEY_DOC)
+    expr: Text | None = None
+    action: Literal["tag", "untag"] | None = None
+    mode: Literal["adhoc", "ongoing"] | None = None
+    exit: Literal["keep", "remove"] | None = None
+    sample: StrictInt = Field(10, ge=0, le=100)
+
+
+class CriterionProgress(BaseModel):
+    name: str
+    version: int = Field(description="the newest version")
+    mode: str
+    status: str
+    state: str = Field(description="active, building, backfilling, paused, retired, superseded")
+    since: datetime | str = Field(description="when it reached this state")
+    building: bool = Field(description="on its way in: building or backfilling")
+    swap: dict[str, Any] | None = Field(
+        description="the newest version's swap: at, replaces, members, entered, exited"
+    )
+    ahead: list[str] = Field(description="versions the stream builds first (one at a time)")
+    error: str | None = Field(description="the newest backfill error of this version")
+    stream: dict[str, Any] | None = Field(
+        description="while building: the stream's lag_changes, lag_seconds, updated_at"
+    )
+
+
 class ValidateRequest(Input):
     expr: Text
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from personatag.audit_log import record_now
@@ -18,6 +19,7 @@ from personatag.definitions.criteria import (
 )
 from personatag.domain import parse_timestamp
 from personatag.store import Store
+from personatag.tagging import versions as vs
 from personatag.tagging.preview import preview
 from personatag.web.api.deps import StoreDep
 from personatag.web.api.personas import criterion_public
@@ -26,6 +28,10 @@ from personatag.web.errors import ApiError
 from personatag.web.schemas import (
     MAX_EXPR_CHARS,
     CriterionCreate,
+    CriterionDiff,
+    CriterionDraft,
+    CriterionHistory,
+    CriterionProgress,
     CriterionPublic,
     CriterionUpdate,
     CriterionVersions,
@@ -100,6 +106,108 @@ def criterion_edit(name: str, body: CriterionUpdate, store: StoreDep, who: Curre
     )
     _audit(store, who, "criterion.edit", c.name, {"version": c.version, "expr": c.expr})
     return criterion_public(c)
+
+
+@router.get(
+    "/criteria/{name}/versions", response_model=CriterionHistory, **role("viewer", errors=(404,))
+)
+def criterion_history(name: str, store: StoreDep) -> dict[str, Any]:
+    """Every version, oldest first, with its text, who made it and when, its state
+    (`backfilling` for a building version the stream has started on) and its
+    lifecycle events (added, edited, paused, resumed, retired, backfill, swap)."""
+    return {
+        "name": name,
+        "versions": [
+            {
+                **criterion_public(h["criterion"]).model_dump(),
+                "state": h["state"],
+                "events": h["events"],
+            }
+            for h in vs.history(store, name)
+        ],
+    }
+
+
+@router.get(
+    "/criteria/{name}/progress", response_model=CriterionProgress, **role("viewer", errors=(404,))
+)
+def criterion_progress(name: str, store: StoreDep) -> dict[str, Any]:
+    """Where the newest version is: its state and since when; while building, what
+    the stream builds first, its lag and a backfill error; the swap once done."""
+    return vs.progress(store, name)
+
+
+@router.get("/criteria/{name}/diff", response_model=CriterionDiff, **role("viewer", errors=(404,)))
+def criterion_diff(
+    name: str,
+    store: StoreDep,
+    old: Annotated[int | None, Query(alias="from", ge=1, le=2**31 - 1)] = None,
+    new: Annotated[int | None, Query(alias="to", ge=1, le=2**31 - 1)] = None,
+    sample: Annotated[int, Query(ge=0, le=100)] = 10,
+) -> dict[str, Any]:
+    """Two stored versions compared: the text token by token, and membership now
+    (whom each catches, who only one catches, and what `to` would move as the
+    preview counts it). Defaults: `to` the newest version, `from` the one before."""
+    with store.read() as conn:
+        found = criterion_versions(conn, store, name)
+    by_version = {c.version: c for c in found}
+    new = found[-1].version if new is None else new
+    old = max(new - 1, 1) if old is None else old
+    for which, v in (("to", new), ("from", old)):
+        if v not in by_version:
+            have = ", ".join(str(c.version) for c in found)
+            raise ApiError(
+                404,
+                "not_found",
+                f"criterion {name!r} has no version {v} (it has {have})",
+                field=which,
+            )
+    return _diff(store, name, vs.Side.of(by_version[old]), vs.Side.of(by_version[new]), sample)
+
+
+@router.post("/criteria/{name}/diff", response_model=CriterionDiff, **role("viewer", errors=(404,)))
+def criterion_diff_draft(name: str, body: CriterionDraft, store: StoreDep) -> dict[str, Any]:
+    """An unsaved edit compared with a stored version (`from`, default the newest),
+    as `GET .../diff` compares two stored ones; nothing is stored. Omitted fields
+    are the stored version's, as `PUT /criteria/{name}` would keep them."""
+    with store.read() as conn:
+        base = get_criterion(conn, store, name, body.from_)
+    if body.mode == "ongoing" and (body.action or base.action.value) != "tag":
+        raise ApiError(
+            422, "invalid_input", "an ongoing criterion tags: use action tag", field="action"
+        )
+    draft = vs.Side(
+        persona=body.persona or base.persona_key,
+        expr=body.expr if body.expr is not None else base.expr,
+        action=body.action or base.action.value,
+        mode=body.mode or base.mode.value,
+        exit_policy=body.exit or base.exit_policy.value,
+    )
+    return _diff(store, name, vs.Side.of(base), draft, body.sample)
+
+
+def _diff(store: Store, name: str, old: vs.Side, new: vs.Side, sample: int) -> dict[str, Any]:
+    def side(s: vs.Side) -> dict[str, Any]:
+        return {
+            "version": s.version,
+            "persona": s.persona,
+            "expr": s.expr,
+            "action": s.action,
+            "mode": s.mode,
+            "exit": s.exit_policy,
+        }
+
+    # The draft's text as it would be stored (canonical), so the text diff shows
+    # only what the person changed, not spacing the store would drop anyway.
+    if new.version is None:
+        new = replace(new, expr=compile_criterion(new.expr, store.catalog()).text)
+    return {
+        "name": name,
+        "old": side(old),
+        "new": side(new),
+        "text": vs.text_diff(old.expr, new.expr),
+        "membership": vs.membership_diff(store, old, new, sample_size=sample),
+    }
 
 
 def _audit(store: Store, who: Principal, action: str, target: str, detail: dict[str, Any]) -> None:

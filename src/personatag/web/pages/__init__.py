@@ -16,6 +16,7 @@ from personatag.web.pages import (
     admin,
     builder,
     contacts,
+    criteria,
     feed,
     home,
     monitoring,
@@ -24,7 +25,8 @@ from personatag.web.pages import (
 )
 from personatag.web.pages.common import HERE, Denied
 
-ROUTERS = (home, personas, builder, requests, contacts, feed, admin, monitoring)
+# builder before criteria: /criteria/new is the builder, /criteria/{name} a criterion.
+ROUTERS = (home, personas, builder, criteria, requests, contacts, feed, admin, monitoring)
 
 
 def install(app: FastAPI) -> None:

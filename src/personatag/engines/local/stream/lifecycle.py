@@ -74,6 +74,9 @@ class Lifecycle:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.backfill: Backfill | None = None
+        # Versions whose backfill start is in the audit log (a retry after a
+        # failed backfill is not announced again).
+        self._announced: set[int] = set()
 
     @property
     def idle(self) -> bool:
@@ -113,6 +116,20 @@ class Lifecycle:
         self.backfill = bf
         bf.thread.start()
         log.info("backfilling %s from feed seq %d", crit.label, head)
+        if crit.pk not in self._announced:
+            self._announced.add(crit.pk)
+            from personatag import audit_log
+
+            # What the workbench shows as the version's progress: building, then
+            # backfilling from here, then swapped in (criterion.swap).
+            audit_log.record_now(
+                host.store,
+                actor=None,
+                action="criterion.backfill",
+                target=crit.label,
+                detail={"from_seq": head},
+                source="stream",
+            )
         progress.messages.append(f"backfill of {crit.label} started")
         return progress
 
