@@ -404,7 +404,8 @@ def set_role(
         row = _user_row(conn, store, username)
         if row.role != role:
             if role != "admin":
-                _check_not_last_admin(conn, store, row, f"make {row.username!r} a {role}")
+                article = "an" if role[0] in "aeiou" else "a"
+                _check_not_last_admin(conn, store, row, f"make {row.username!r} {article} {role}")
             u = store.tables.users
             conn.execute(u.update().where(u.c.pk == row.pk).values(role=role))
             record(

@@ -18,6 +18,15 @@ from personatag.web.pages.common import chip, ctx, declare, page_user, render
 router = APIRouter(include_in_schema=False)
 
 AUDIT_PAGE = 50
+SESSION_ACTIONS = ("login", "login.*", "logout")
+# What an event without detail did, in words.
+SUMMARIES = {
+    "user.password": "new password set; their web sessions ended",
+    "user.enable": "can log in again",
+    "persona.archive": "archived",
+    "persona.restore": "restored",
+    "logout": "logged out",
+}
 # Offered in the action filter; any other action can be typed (`user.*` takes a family).
 AUDIT_ACTIONS = (
     "persona.*",
@@ -96,6 +105,8 @@ def audit_row(event: dict[str, Any]) -> AuditRow:
     label = {"token_id": "token", "tokens_revoked": "tokens revoked", "first_admin": "first admin"}
     for key, value in detail.items():
         row.details.append((label.get(key, key.replace("_", " ")), _value(key, value)))
+    if row.before is None and not row.details and event["action"] in SUMMARIES:
+        row.details.append(("", Markup("{}").format(SUMMARIES[event["action"]])))
     return row
 
 
@@ -122,6 +133,7 @@ def audit_page(
     since: str | None = None,
     until: str | None = None,
     before: str | None = None,
+    logins: str | None = None,
 ) -> HTMLResponse:
     who = page_user(request, "admin")
     problems = []
@@ -142,6 +154,8 @@ def audit_page(
         if until_day is None
         else datetime.combine(until_day + timedelta(days=1), time(), UTC),
         before_seq=before_seq,
+        # Logins are many and change nothing: shown on request, or when asked for by name.
+        exclude_actions=() if logins or (action or "").strip() else SESSION_ACTIONS,
         limit=AUDIT_PAGE + 1,
     )
     more = len(events) > AUDIT_PAGE
@@ -152,6 +166,7 @@ def audit_page(
         "target": target or "",
         "since": since or "",
         "until": until or "",
+        "logins": "on" if logins else "",
     }
     kept = {k: v for k, v in filters.items() if v}
     older = events[-1]["seq"] if more and events else None

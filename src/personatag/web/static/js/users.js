@@ -38,10 +38,14 @@ async function changeRole(tr) {
     const self = tr.dataset.me === "true";
     const body = `<p><strong>${esc(name)}</strong> will no longer manage users or see the audit log.`
       + (self ? " That is you: you lose this page as soon as you confirm." : "") + "</p>";
-    if (!(await PT.confirm(`Make ${name} ${to === "editor" ? "an" : "a"} ${to}?`, body, `Make ${to}`))) return;
+    if (!(await PT.confirm(`Make ${name} ${to === "editor" ? "an" : "a"} ${to}?`, body, `Make ${to}`))) {
+      tr.querySelector(".user-role").value = from;
+      return;
+    }
   }
   const r = await api("PUT", userPath(name, "/role"), { role: to });
   if (PT.report(r)) usersReload(`${name} is now ${r.data.role}`);
+  else tr.querySelector(".user-role").value = from;
 }
 
 async function disableUser(tr) {
