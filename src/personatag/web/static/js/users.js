@@ -10,12 +10,12 @@ function usersReload(message) {
 }
 
 // A secret (a new password or token), shown once with a copy button; resolves when closed.
-function showSecret(title, intro, secret) {
+function showSecret(title, intro, secret, id = "secret-value") {
   return new Promise((resolve) => {
     const d = document.createElement("dialog");
     d.className = "confirm secret";
     d.innerHTML = `<form method="dialog"><h2>${esc(title)}</h2><p>${intro}</p>`
-      + `<div class="secret-box"><code id="secret-value">${esc(secret)}</code> <button type="button" class="secondary small" id="secret-copy">Copy</button></div>`
+      + `<div class="secret-box"><code id="${esc(id)}" class="secret-value">${esc(secret)}</code> <button type="button" class="secondary small" id="secret-copy">Copy</button></div>`
       + `<p class="muted small">It is shown only this once: it is not stored, only its hash is.</p>`
       + `<div class="row end"><button value="ok" class="primary" id="secret-done">Done</button></div></form>`;
     document.body.append(d);
@@ -104,7 +104,7 @@ function initUsers() {
     if (days) body.expires_days = Number(days);
     const r = await api("POST", userPath(f.get("username"), "/tokens"), body);
     if (!PT.report(r)) return;
-    await showSecret(`API token for ${r.data.info.username}`, "Use it as <code>Authorization: Bearer …</code> or <code>PERSONATAG_TOKEN</code>:", r.data.token);
+    await showSecret(`API token for ${r.data.info.username}`, "Use it as <code>Authorization: Bearer …</code> or <code>PERSONATAG_TOKEN</code>:", r.data.token, "new-token");
     usersReload(`token ${r.data.info.name} created`);
   });
 
