@@ -547,6 +547,7 @@ def test_ensure_first_admin(store: Store) -> None:
     assert [(e["action"], e["target"], e["detail"]) for e in ev] == [
         ("user.create", "admin", {"first_admin": True, "role": "admin"})
     ]
+    assert ev[0]["actor"] == "system"  # never anonymous
 
 
 def test_no_first_admin_once_anyone_exists(store: Store) -> None:

@@ -120,3 +120,10 @@ def test_action_prefix_is_literal(store: Store) -> None:
     record_now(store, actor="a", action="user_x.create", target=None)
     record_now(store, actor="a", action="userAx.create", target=None)
     assert [e["action"] for e in list_events(store, action="user_x.*")] == ["user_x.create"]
+
+
+def test_exclude_actions(events: Store) -> None:
+    got = list_events(events, exclude_actions=("login.*", "token.create"))
+    assert [e["action"] for e in got] == ["pin.add", "persona.add", "user.role", "user.create"]
+    got = list_events(events, actor="bob", exclude_actions=("login.*",))
+    assert [e["action"] for e in got] == ["pin.add", "persona.add"]

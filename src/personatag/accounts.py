@@ -72,6 +72,12 @@ class User:
     role: str
     created_at: datetime
     disabled: bool
+    # A session login or an API token's use (recorded at most once a minute).
+    last_login_at: datetime | None = None
+
+
+class DisabledUserError(ConflictError):
+    """The password is right but the user is disabled."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,7 @@ def _to_user(row: Any) -> User:
         role=row.role,
         created_at=row.created_at,
         disabled=row.disabled_at is not None,
+        last_login_at=row.last_login_at,
     )
 
 
@@ -397,7 +404,8 @@ def set_role(
         row = _user_row(conn, store, username)
         if row.role != role:
             if role != "admin":
-                _check_not_last_admin(conn, store, row, f"make {row.username!r} a {role}")
+                article = "an" if role[0] in "aeiou" else "a"
+                _check_not_last_admin(conn, store, row, f"make {row.username!r} {article} {role}")
             u = store.tables.users
             conn.execute(u.update().where(u.c.pk == row.pk).values(role=role))
             record(
@@ -435,6 +443,14 @@ def set_password(
             target=row.username,
             source=source,
         )
+
+
+def reset_password(store: Store, username: str, *, actor: str | None, source: str = "cli") -> str:
+    """Give a user a new generated password and end their web sessions; the
+    password is returned once and only its hash is stored."""
+    password = generate_password()
+    set_password(store, username, password, actor=actor, source=source)
+    return password
 
 
 def disable_user(store: Store, username: str, *, actor: str | None, source: str = "cli") -> User:
@@ -481,12 +497,16 @@ def enable_user(store: Store, username: str, *, actor: str | None, source: str =
         return _to_user(_user_row(conn, store, username))
 
 
-def authenticate(store: Store, username: str, password: str) -> User | None:
+def authenticate(
+    store: Store, username: str, password: str, *, tell_disabled: bool = False
+) -> User | None:
     """The user when the password is right and the user is active, else None.
 
     Unknown, disabled and malformed names cost the same hash work as a wrong
     password, so timing does not tell which names exist. A right password stored
-    under an older scheme (scrypt) or weaker parameters is rehashed.
+    under an older scheme (scrypt) or weaker parameters is rehashed. With
+    `tell_disabled`, the right password of a disabled user raises
+    DisabledUserError (whoever knows the password may know that).
     """
     if len(password) > PASSWORD_MAX:
         password = ""
@@ -496,6 +516,10 @@ def authenticate(store: Store, username: str, password: str) -> User | None:
         with store.read() as conn:
             row = conn.execute(select(u).where(u.c.username == username.lower())).first()
     ok = verify_password(password, row.password_hash if row is not None else _DUMMY_HASH)
+    if row is not None and ok and row.disabled_at is not None and tell_disabled:
+        raise DisabledUserError(
+            f"user {row.username!r} is disabled: ask an admin to enable it again"
+        )
     if row is None or not ok or row.disabled_at is not None:
         return None
     if password_needs_rehash(row.password_hash):
@@ -518,7 +542,7 @@ def _rehash(store: Store, row: Row[Any], password: str) -> None:
 
 
 def ensure_first_admin(
-    store: Store, *, username: str = "admin", source: str = "cli"
+    store: Store, *, username: str = "admin", actor: str = "system", source: str = "cli"
 ) -> tuple[str, str] | None:
     """When the store has no user at all, create an admin with a generated
     password and return (username, password), once; otherwise None.
@@ -537,11 +561,11 @@ def ensure_first_admin(
             _lock_accounts(conn, store)
             if conn.scalar(select(func.count()).select_from(u)):
                 return None
-            _insert_user(conn, store, name, password_hash, "admin", None)
+            _insert_user(conn, store, name, password_hash, "admin", actor)
             record(
                 conn,
                 store,
-                actor=None,
+                actor=actor,
                 action="user.create",
                 target=name,
                 detail={"role": "admin", "first_admin": True},
@@ -555,18 +579,20 @@ def ensure_first_admin(
 # -- API tokens --------------------------------------------------------------
 
 
-def _touch(store: Store, statement: Executable) -> None:
+def _touch(store: Store, *statements: Executable) -> None:
     """Write a last-use time, best effort: on SQLite, skipped when the write
     lock is not free within a moment (a long tag holds it for minutes), so
     checking a token or session never waits for it; the next use tries again.
     """
     if not store.one_writer:
         with store.write() as conn:
-            conn.execute(statement)
+            for statement in statements:
+                conn.execute(statement)
         return
     try:
         with store.write_briefly(_TOUCH_WAIT_S) as conn:
-            conn.execute(statement)
+            for statement in statements:
+                conn.execute(statement)
     except OperationalError as exc:
         if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
             raise
@@ -684,7 +710,11 @@ def verify_token(store: Store, token: str) -> User | None:
     ):
         return None
     if row.last_used_at is None or now - row.last_used_at >= TOUCH_INTERVAL:
-        _touch(store, t.update().where(t.c.pk == row.token_pk).values(last_used_at=now))
+        _touch(
+            store,
+            t.update().where(t.c.pk == row.token_pk).values(last_used_at=now),
+            u.update().where(u.c.pk == row.pk).values(last_login_at=now),
+        )
     return _to_user(row)
 
 
@@ -726,7 +756,7 @@ def revoke_token(
 
 
 def create_session(store: Store, user: User, *, ttl_s: float = 12 * 3600) -> tuple[str, str]:
-    """Start a web session: (session token, CSRF token). The session expires
+    """Start a web session (the user's last login): (session token, CSRF token). The session expires
     after `ttl_s` seconds without use, and at the latest 7 days (or ttl_s, if
     longer) after it started. Expired sessions of anyone are deleted here."""
     if not ttl_s > 0:
@@ -751,6 +781,7 @@ def create_session(store: Store, user: User, *, ttl_s: float = 12 * 3600) -> tup
                 last_seen_at=now,
             )
         )
+        conn.execute(u.update().where(u.c.pk == user.pk).values(last_login_at=now))
     return token, csrf
 
 

@@ -74,6 +74,12 @@ def record_now(
         record(conn, store, actor=actor, action=action, target=target, detail=detail, source=source)
 
 
+def _matches(column: Any, action: str) -> Any:
+    if action.endswith(".*"):
+        return column.startswith(action[:-1], autoescape=True)
+    return column == action
+
+
 def list_events(
     store: Store,
     *,
@@ -84,12 +90,14 @@ def list_events(
     until: datetime | None = None,
     limit: int = 100,
     before_seq: int | None = None,
+    exclude_actions: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Events newest first, each `{seq, at, actor, action, target, detail, source}`.
 
     Filters are exact matches, except that an `action` ending in `.*` matches
     every action with that prefix (`user.*`). `since` is inclusive, `until`
     exclusive. Page back with `before_seq` = the smallest `seq` seen.
+    `exclude_actions` leaves out actions, in the same syntax as `action`.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise InputError(f"invalid limit {limit}: use 1 to {MAX_LIMIT}")
@@ -98,10 +106,9 @@ def list_events(
     if actor is not None:
         query = query.where(e.c.actor == actor)
     if action is not None:
-        if action.endswith(".*"):
-            query = query.where(e.c.action.startswith(action[:-1], autoescape=True))
-        else:
-            query = query.where(e.c.action == action)
+        query = query.where(_matches(e.c.action, action))
+    for excluded in exclude_actions:
+        query = query.where(~_matches(e.c.action, excluded))
     if target is not None:
         query = query.where(e.c.target == target)
     if since is not None:

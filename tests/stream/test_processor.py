@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from personatag.audit_log import list_events
 from personatag.config import Settings
 from personatag.contacts import add_events, set_contact
 from personatag.criteria.to_python import EvalInput
@@ -208,6 +209,8 @@ def test_edit_builds_beside_the_old_version_and_swaps(pop: Store) -> None:
     set_contact(pop, "c0001", {"region": "EMEA", "seniority": "9"})
     done = p.catch_up()
     assert any("emea@2 swapped in" in line for line in done.lifecycle)
+    swaps = list_events(pop, action="criterion.swap")
+    assert swaps and {(e["actor"], e["source"]) for e in swaps} == {("stream", "stream")}
     new_members = members(pop, "emea-senior")
     assert new_members == {c for c in old_members if int(c[1:]) % 10 >= 5} | {"c0001"}
     # Contacts in both versions were handed over: no exit and re-enter.

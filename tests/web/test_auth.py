@@ -114,6 +114,10 @@ def test_revoked_tokens_and_disabled_users_are_shut_out(api: Api) -> None:
     assert r.json()["disabled"] is True
     assert api.client.get(f"{API}/me", headers=api.headers("viewer")).status_code == 401
     r = api.client.post(f"{API}/login", json={"username": "viewer", "password": PASSWORD})
+    # The right password learns that the account is disabled; a wrong one learns nothing.
+    assert r.status_code == 403 and r.json()["error"]["code"] == "user_disabled"
+    assert "disabled" in r.json()["error"]["message"]
+    r = api.client.post(f"{API}/login", json={"username": "viewer", "password": PASSWORD + "x"})
     assert r.status_code == 401
 
 

@@ -42,6 +42,7 @@ def _user_json(u: User) -> dict[str, Any]:
         "role": u.role,
         "created_at": iso(u.created_at),
         "disabled": u.disabled,
+        "last_login_at": iso(u.last_login_at),
     }
 
 
@@ -113,7 +114,10 @@ def user_list(as_json: JsonOpt = False) -> None:
         return
     for u in users:
         state = "  disabled" if u.disabled else ""
-        typer.echo(f"{u.username:<24} {u.role:<7} created {iso(u.created_at)}{state}")
+        login = iso(u.last_login_at) or "never"
+        typer.echo(
+            f"{u.username:<24} {u.role:<7} created {iso(u.created_at)}, last login {login}{state}"
+        )
 
 
 @user_app.command("role")

@@ -39,7 +39,23 @@ def settings() -> Settings:
 
 
 def actor() -> str:
-    return settings().actor or os.environ.get("USER") or getpass.getuser()
+    """Who the audit log names for a change made here: the `actor` setting
+    (PERSONATAG_ACTOR), else the OS user; never empty."""
+    configured = (settings().actor or "").strip()
+    if configured:
+        return configured
+    try:
+        user = os.environ.get("USER", "").strip() or getpass.getuser()
+    except (OSError, KeyError):  # no USER and a uid without a passwd entry (containers)
+        user = ""
+    return user or f"uid-{os.getuid()}"
+
+
+def audit(action: str, target: str | None, detail: dict[str, Any] | None = None) -> None:
+    """Record a change this command made in the audit log, by actor(), source `cli`."""
+    from personatag.audit_log import record_now
+
+    record_now(store(), actor=actor(), action=action, target=target, detail=detail)
 
 
 def store(*, create: bool = False) -> Store:

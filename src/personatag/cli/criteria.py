@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from personatag.cli.common import JsonOpt, actor, emit, store
+from personatag.cli.common import JsonOpt, actor, audit, emit, store
 from personatag.times import iso
 
 app = typer.Typer(help="Create, edit and list criteria (versioned).", no_args_is_help=True)
@@ -50,6 +50,7 @@ def criterion_add(
         exit_policy=exit_,
         actor=actor(),
     )
+    audit("criterion.add", c.name, {"version": c.version, "expr": c.expr})
     if as_json:
         emit(_criterion_json(c))
     else:
@@ -79,6 +80,7 @@ def criterion_edit(
         exit_policy=exit_,
         actor=actor(),
     )
+    audit("criterion.edit", c.name, {"version": c.version, "expr": c.expr})
     if as_json:
         emit(_criterion_json(c))
     else:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from personatag.cli.common import JsonOpt, actor, as_of_option, emit, settings, store
+from personatag.cli.common import JsonOpt, actor, as_of_option, audit, emit, settings, store
 from personatag.errors import InputError
 
 # Commands at the top level (joined into the root app without a name).
@@ -36,6 +36,7 @@ def attribute_add(
     from personatag.definitions.attributes import add_attribute
 
     add_attribute(store(), name, type_, description=description, actor=actor())
+    audit("attribute.add", name, {"type": type_, "description": description})
     typer.echo(f"attribute {name} ({type_}) added")
 
 

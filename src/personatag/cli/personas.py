@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import select
 
-from personatag.cli.common import JsonOpt, actor, emit, store
+from personatag.cli.common import JsonOpt, actor, audit, emit, store
 from personatag.times import iso
 
 app = typer.Typer(help="Create, list and inspect personas.", no_args_is_help=True)
@@ -28,6 +28,7 @@ def persona_add(
     p = add_persona(
         store(), key, name=name, category=category, description=description, actor=actor()
     )
+    audit("persona.add", p.key, {"name": p.name, "category": p.category})
     typer.echo(f"persona {p.key} added")
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from personatag.cli.client import open_client
-from personatag.cli.common import JsonOpt, actor, as_of_option, emit, settings, store
+from personatag.cli.common import JsonOpt, actor, as_of_option, audit, emit, settings, store
 from personatag.domain import Action, JobStatus, PinKind
 from personatag.errors import InputError
 
@@ -151,6 +151,7 @@ def pin(
         raise InputError("give exactly one of --in or --out")
     kind = PinKind.IN if pin_in else PinKind.OUT
     result = run_pin(store(), persona, contact_id, kind, actor=actor(), reason=reason)
+    audit("pin", contact_id, {"persona": persona, "kind": kind.value, "reason": reason})
     if as_json:
         emit(result)
     else:
@@ -167,6 +168,7 @@ def unpin(
     from personatag.memberships.pins import unpin as run_unpin
 
     result = run_unpin(store(), persona, contact_id, actor=actor())
+    audit("unpin", contact_id, {"persona": persona})
     if as_json:
         emit(result)
     else:

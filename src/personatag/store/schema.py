@@ -291,6 +291,8 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("created_by", Text),
         Column("disabled_at", UTCTimestamp),
         Column("password_changed_at", UTCTimestamp, nullable=False),
+        # A session login, or an API token's use (written at most once a minute).
+        Column("last_login_at", UTCTimestamp),
     )
     api_tokens = Table(
         "api_tokens",

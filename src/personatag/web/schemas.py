@@ -87,6 +87,12 @@ class UserPublic(BaseModel):
     role: str
     created_at: datetime
     disabled: bool
+    last_login_at: datetime | None = None
+
+
+class PasswordReset(BaseModel):
+    user: UserPublic
+    password: str
 
 
 class LoginResponse(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from personatag import accounts
 from personatag.audit_log import record_now
+from personatag.errors import ConflictError
 from personatag.web.api.deps import StoreDep
 from personatag.web.auth import (
     SESSION_COOKIE,
@@ -28,6 +29,7 @@ from personatag.web.schemas import (
     LoginRequest,
     LoginResponse,
     Me,
+    PasswordReset,
     RoleUpdate,
     TokenCreate,
     TokenCreated,
@@ -56,6 +58,7 @@ def user_public(u: accounts.User) -> dict[str, Any]:
         "role": u.role,
         "created_at": u.created_at,
         "disabled": u.disabled,
+        "last_login_at": u.last_login_at,
     }
 
 
@@ -89,6 +92,7 @@ _TOO_MANY = {
         "public",
         responses={
             401: {"model": ErrorResponse, "description": "wrong user name or password"},
+            403: {"model": ErrorResponse, "description": "the user is disabled"},
             429: {"model": ErrorResponse, "description": "too many failed attempts"},
         },
     ),
@@ -114,7 +118,19 @@ def login(
             f"{_TOO_MANY[kind].format(name=body.username)}: try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
-    user = accounts.authenticate(store, body.username, body.password)
+    try:
+        user = accounts.authenticate(store, body.username, body.password, tell_disabled=True)
+    except accounts.DisabledUserError as exc:
+        limiter.failed(key)
+        record_now(
+            store,
+            actor=None,
+            action="login.disabled",
+            target=body.username.lower()[:64],
+            detail={"client": key[1]},
+            source="api",
+        )
+        raise ApiError(403, "user_disabled", str(exc)) from None
     if user is None:
         limiter.failed(key)
         record_now(
@@ -137,7 +153,8 @@ def login(
         source="api",
     )
     set_session_cookie(request, response, token)
-    return {"csrf_token": csrf, "user": user_public(user)}
+    # Read again: the session's start is the user's last login.
+    return {"csrf_token": csrf, "user": user_public(accounts.get_user(store, user.username))}
 
 
 @router.post("/logout", status_code=204, **role("public"))
@@ -190,9 +207,29 @@ def user_role(
 
 @router.post("/users/{username}/disable", response_model=UserPublic, **role("admin", errors=(409,)))
 def user_disable(username: UserName, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
-    """Disable a user: no more logins, tokens revoked, sessions ended (idempotent)."""
+    """Disable a user: no more logins, tokens revoked, sessions ended (idempotent).
+    Refused for yourself and for the last active admin."""
+    if username.lower() == who.user.username:
+        raise ConflictError(
+            f"you cannot disable yourself ({who.user.username!r}): ask another admin"
+        )
     user = accounts.disable_user(store, username, actor=who.user.username, source="api")
     return user_public(user)
+
+
+@router.post("/users/{username}/enable", response_model=UserPublic, **role("admin"))
+def user_enable(username: UserName, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
+    """Let a disabled user log in again (idempotent); revoked tokens stay revoked."""
+    user = accounts.enable_user(store, username, actor=who.user.username, source="api")
+    return user_public(user)
+
+
+@router.post("/users/{username}/password-reset", response_model=PasswordReset, **role("admin"))
+def user_password_reset(username: UserName, store: StoreDep, who: CurrentUser) -> dict[str, Any]:
+    """Give the user a new generated password, in this answer only (only its hash
+    is stored); the user's web sessions end, API tokens stay valid."""
+    password = accounts.reset_password(store, username, actor=who.user.username, source="api")
+    return {"user": user_public(accounts.get_user(store, username)), "password": password}
 
 
 @router.get("/users/{username}/tokens", response_model=TokenList, **role("admin"))

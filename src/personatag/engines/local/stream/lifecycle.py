@@ -178,7 +178,7 @@ def swap(host: Host, bf: Backfill, progress: Progress, now: datetime, index: og.
         audit_log.record(
             conn,
             store,
-            actor=None,
+            actor="stream",
             action="criterion.swap",
             target=new.label,
             detail={
