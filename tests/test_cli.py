@@ -51,8 +51,16 @@ def test_contracts(cli: CLI, tmp_path: Path) -> None:
     cli("init")
     cli("persona", "add", "emea", "--name", "EMEA readers", "--category", "region")
     p = cli.json("preview", "--expr", 'region = "EMEA"', "--persona", "emea", "--json")
-    assert set(p) == {"count", "sample", "would_enter", "would_exit"}
-    assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, 0)
+    assert set(p) == {
+        "count",
+        "sample",
+        "would_enter",
+        "would_exit",
+        "count_ignoring_case",
+        "hint",
+    }
+    # a tag removes nobody: no would_exit at all
+    assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, None)
     assert p["sample"][:2] == ["c0000", "c0004"]
     out = cli.json("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--json")
     for key in ("request_id", "status", "matched", "tagged", "untagged", "already", "failed"):

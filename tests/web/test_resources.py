@@ -99,7 +99,9 @@ def test_preview(api: Api) -> None:
         "count": 10,
         "sample": ["c0000", "c0004", "c0008"],
         "would_enter": 10,
-        "would_exit": 0,
+        "would_exit": None,
+        "count_ignoring_case": None,
+        "hint": None,
     }
     crit = {"name": "amer", "persona": "emea", "expr": 'region = "AMER"'}
     c.post(f"{API}/criteria", json=crit, headers=api.headers("editor"))
