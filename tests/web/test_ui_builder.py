@@ -108,6 +108,13 @@ def test_build_visually_save_and_save_a_new_version(browser: object, server: str
     expect(page.locator("#persona")).to_have_attribute("aria-invalid", "true")
     assert sent == []
     page.select_option("#persona", "emea-cio")
+    # what the ongoing criterion would do once swapped in (nobody holds emea-cio yet)
+    expect(page.locator("#save-effect")).to_contain_text("would enter")
+    expect(page.locator("#save-effect")).to_contain_text("0 contacts would exit")
+    page.select_option("#save-exit", "keep")
+    expect(page.locator("#save-effect")).to_contain_text("nobody leaves")
+    page.select_option("#save-exit", "remove")
+    expect(page.locator("#save-effect")).to_contain_text("would exit")
     screenshots(page, "builder-save-form")
     page.click("#save-criterion")
     expect(page.locator(".toast-ok")).to_contain_text("Saved emea-senior version 1")

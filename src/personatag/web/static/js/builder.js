@@ -79,6 +79,22 @@ async function preview() {
   out.classList.remove("loading");
   if (!r.ok) { out.innerHTML = `<p class="error">${esc(errorText(r))}</p>`; return; }
   showPreview(r.data);
+  ongoingEffect(seq);
+}
+
+// What saving as an ongoing criterion would do now: it tags, and with exit
+// policy `remove` members who do not match leave.
+async function ongoingEffect(seq) {
+  const box = el("save-effect");
+  if (!box) return;
+  if (el("save-mode").value !== "ongoing" || !persona() || !el("expr").value.trim()) { box.hidden = true; return; }
+  const exit = el("save-exit").value;
+  const r = await api("POST", "/preview", { ...previewBody("tag"), sample: 0, mode: "ongoing", exit });
+  if (seq !== previewSeq || !r.ok) return;
+  const d = r.data;
+  box.innerHTML = `Once swapped in: <strong>${contacts(d.would_enter)}</strong> would enter`
+    + (d.would_exit === null ? "; nobody leaves (exit: keep)" : `, <strong>${contacts(d.would_exit)}</strong> would exit`) + ".";
+  box.hidden = false;
 }
 
 function needPersona() {
@@ -170,8 +186,9 @@ function initSave() {
   const form = el("save-form");
   if (!form) return; // viewers do not save
   form.addEventListener("submit", saveCriterion);
-  el("save-mode").addEventListener("change", saveFormFollowsMode);
-  el("save-exit").addEventListener("change", saveFormFollowsMode);
+  const followAndCount = () => { saveFormFollowsMode(); ongoingEffect(previewSeq); };
+  el("save-mode").addEventListener("change", followAndCount);
+  el("save-exit").addEventListener("change", followAndCount);
   el("persona").addEventListener("change", saveFormFollowsMode);
   el("save-name").addEventListener("input", () => el("save-name").removeAttribute("aria-invalid"));
   saveFormFollowsMode();
@@ -564,12 +581,12 @@ function initBuilder() {
   initTree();
   // Live: validate as you type; the tree follows a valid text; once the typing
   // pauses, preview too.
-  const fromText = async () => {
+  const fromText = async (now) => {
     const seq = ++vb.seq;
     const checked = await validate();
     if (seq !== vb.seq) return;
     treeFromText(checked);
-    if (checked) livePreview();
+    if (checked) { if (now === true) preview(); else livePreview(); }
   };
   expr.addEventListener("input", debounce(fromText, 250));
   const refresh = async () => { if (await validate()) preview(); };
@@ -581,7 +598,7 @@ function initBuilder() {
     else PT.toast(`Nothing sent: ${el("expr-status").textContent || "write a criterion first"}`, "error");
   });
   initSave();
-  if (expr.value.trim()) fromText();
+  if (expr.value.trim()) fromText(true); // a criterion opened to edit: preview at once
 }
 
 PT.ready(initBuilder);
