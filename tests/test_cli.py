@@ -58,6 +58,7 @@ def test_contracts(cli: CLI, tmp_path: Path) -> None:
         "would_exit",
         "count_ignoring_case",
         "hint",
+        "suggestion",
     }
     # a tag removes nobody: no would_exit at all
     assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, None)

@@ -186,15 +186,18 @@ def test_preview_hints_at_case(pop: Store) -> None:
     p = preview(pop, 'region = "emea"', as_of=NOW)
     assert (p["count"], p["count_ignoring_case"]) == (0, 10)
     assert p["hint"] == "0 match; 10 would match ignoring case — use ilike"
+    assert p["suggestion"] == 'region ilike "emea"'
     p = preview(pop, 'region in ("emea", "amer") and seniority >= 0', as_of=NOW)
     assert (p["count"], p["count_ignoring_case"]) == (0, 20)
+    assert p["suggestion"] == '(region ilike "emea" or region ilike "amer") and seniority >= 0'
     p = preview(pop, 'job_title = "cio" and (region = "emea" or seniority > 100)', as_of=NOW)
     assert p["count_ignoring_case"] == 2  # c0000 and c0020: EMEA CIOs
     # a match, a miss under any case, and no string compare give no hint
     for expr in ('region = "EMEA"', 'region = "nowhere"', "seniority > 100"):
         p = preview(pop, expr, as_of=NOW)
         assert p["hint"] is None, expr
-    assert preview(pop, 'region = "nowhere"', as_of=NOW)["count_ignoring_case"] == 0
+    nowhere = preview(pop, 'region = "nowhere"', as_of=NOW)
+    assert (nowhere["count_ignoring_case"], nowhere["suggestion"]) == (0, None)
     # `%` and `_` would be wildcards in an ilike: such values stay exact
     assert preview(pop, 'region = "eme_"', as_of=NOW)["count_ignoring_case"] is None
 

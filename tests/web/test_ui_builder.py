@@ -251,6 +251,11 @@ def test_a_case_mismatch_is_hinted(browser: object, server: str) -> None:
     # a viewer has no save form
     expect(page.locator("#save-form")).to_have_count(0)
     screenshots(page, "builder-case-hint-viewer")
+    # one click rewrites the compare
+    page.click("#use-suggestion")
+    expect(page.locator("#expr")).to_have_value('region ilike "emea" and seniority >= 0')
+    expect(page.locator("#preview-count")).to_contain_text(f"{folded:,} match")
+    expect(page.locator("#tree .vb-op").first).to_have_value("ilike")
     page.fill("#expr", 'region = "EMEA"')
     expect(page.locator("#preview-count")).not_to_contain_text(re.compile(r"^0 match"))
     expect(hint).to_have_count(0)

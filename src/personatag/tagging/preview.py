@@ -26,8 +26,9 @@ def preview(
     mode: Mode | str = Mode.ADHOC,
     exit_policy: ExitPolicy | str = ExitPolicy.KEEP,
 ) -> dict[str, Any]:
-    """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case", "hint"}
-    for `expr` at `as_of`, as `action` (in `mode`, with `exit_policy`) would apply it.
+    """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case", "hint",
+    "suggestion"} for `expr` at `as_of`, as `action` (in `mode`, with `exit_policy`)
+    would apply it.
 
     would_enter: matched contacts that do not hold the persona and are not pinned
     out (what a tag adds); None for an untag, which adds nobody. would_exit: who
@@ -37,9 +38,10 @@ def preview(
     other tag, which removes nobody. Without a persona nobody holds it: everyone
     matched would enter, nobody would exit.
 
-    count_ignoring_case and hint: only when nothing matches and the criterion
-    compares strings with `=` or `in`: how many would match with those compares
-    ignoring case, and a sentence saying so; otherwise None.
+    count_ignoring_case, hint and suggestion: only when nothing matches and the
+    criterion compares strings with `=` or `in`: how many would match with those
+    compares ignoring case, a sentence saying so and (when some would) that
+    criterion's text; otherwise None.
     """
     act, md, ex = Action(action), Mode(mode), ExitPolicy(exit_policy)
     can_enter = act is Action.TAG
@@ -91,9 +93,9 @@ def preview(
                     leave = count(and_(c.c.pk.in_(members), not_pinned_in)) - staying_matched
         if held is not None:
             held.drop(conn)
-        folded = None
+        folded, suggestion = None, None
         if total == 0:
-            folded = _count_ignoring_case(conn, store, compiled.json, pks, as_of)
+            folded, suggestion = _count_ignoring_case(conn, store, compiled.json, pks, as_of)
     return {
         "count": total,
         "sample": sample,
@@ -101,22 +103,24 @@ def preview(
         "would_exit": leave if can_exit else None,
         "count_ignoring_case": folded,
         "hint": (f"0 match; {folded:,} would match ignoring case — use ilike" if folded else None),
+        "suggestion": suggestion if folded else None,
     }
 
 
 def _count_ignoring_case(
     conn: Connection, store: Store, document: dict[str, Any], pks: Any, as_of: datetime
-) -> int | None:
-    """How many match once every string `=` / `in` ignores case (as `ilike` does);
-    None when the criterion has no such compare or the folded form is refused."""
+) -> tuple[int | None, str | None]:
+    """How many match once every string `=` / `in` ignores case (as `ilike` does),
+    and that criterion's text; None, None when the criterion has no such compare or
+    the folded form is refused."""
     folded, changed = _fold(document["expr"])
     if not changed:
-        return None
+        return None, None
     catalog = store.catalog(conn)
     try:
         compiled = compile_criterion({"version": JSON_VERSION, "expr": folded}, catalog)
     except CriteriaError:  # over a limit (e.g. a long `in` list as many ilikes)
-        return None
+        return None, None
     cond = compile_sql(
         compiled.ast,
         tables=store.tables,
@@ -126,7 +130,7 @@ def _count_ignoring_case(
         dialect=store.dialect,
     )
     c = store.tables.contacts
-    return int(conn.scalar(select(func.count()).select_from(c).where(cond)) or 0)
+    return int(conn.scalar(select(func.count()).select_from(c).where(cond)) or 0), compiled.text
 
 
 def _literal(value: Any) -> bool:

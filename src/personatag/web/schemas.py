@@ -299,6 +299,9 @@ class PreviewResponse(BaseModel):
         "ignoring case; else null",
     )
     hint: str | None = Field(None, description="a sentence on count_ignoring_case; else null")
+    suggestion: str | None = Field(
+        None, description="when count_ignoring_case > 0: the criterion with those compares as ilike"
+    )
 
 
 # -- requests and jobs -------------------------------------------------------

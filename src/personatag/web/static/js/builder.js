@@ -56,7 +56,12 @@ function effectHtml(d) {
     if (d.would_exit !== null) stats.push(stat("preview-exit", "would exit", d.would_exit, "exit"));
     html += `<div class="stats preview-stats">${stats.join("")}</div>`;
   }
-  if (d.hint) html += `<p id="preview-hint" class="hint" role="note">${esc(d.hint)}</p>`;
+  if (d.hint) {
+    const fix = d.suggestion
+      ? ` <button type="button" class="small secondary" id="use-suggestion" data-expr="${esc(d.suggestion)}">Use ilike</button>`
+      : "";
+    html += `<p class="hint" role="note"><span id="preview-hint">${esc(d.hint)}</span>${fix}</p>`;
+  }
   if (d.sample.length) {
     html += `<p class="sample"><span class="muted small">sample</span> ${d.sample.map(contactChip).join("")}`
       + (d.count > d.sample.length ? ` <span class="muted small">and ${PT.num(d.count - d.sample.length)} more</span>` : "") + "</p>";
@@ -596,6 +601,14 @@ function initBuilder() {
   el("submit-request").addEventListener("click", async () => {
     if (await validate()) submitRequest();
     else PT.toast(`Nothing sent: ${el("expr-status").textContent || "write a criterion first"}`, "error");
+  });
+  // The case hint's fix: the same criterion with its string compares as ilike.
+  el("preview-out").addEventListener("click", (ev) => {
+    const b = ev.target.closest("#use-suggestion");
+    if (!b) return;
+    expr.value = b.dataset.expr;
+    fromText(true);
+    expr.focus();
   });
   initSave();
   if (expr.value.trim()) fromText(true); // a criterion opened to edit: preview at once
