@@ -170,7 +170,8 @@ async function saveCriterion(ev) {
   if (!(await validate())) { PT.toast(`Fix the criterion first: ${el("expr-status").textContent || "it is empty"}`, "error"); return; }
   const body = {
     persona: persona(), expr: el("expr").value, action: el("save-action").value,
-    mode: el("save-mode").value, exit: el("save-mode").value === "ongoing" ? el("save-exit").value : "keep",
+    // An ad hoc criterion's exit policy is not used; an edit keeps what it had.
+    mode: el("save-mode").value, exit: el("save-exit").value,
   };
   const button = el("save-criterion");
   button.disabled = true;
