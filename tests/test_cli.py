@@ -51,9 +51,24 @@ def test_contracts(cli: CLI, tmp_path: Path) -> None:
     cli("init")
     cli("persona", "add", "emea", "--name", "EMEA readers", "--category", "region")
     p = cli.json("preview", "--expr", 'region = "EMEA"', "--persona", "emea", "--json")
-    assert set(p) == {"count", "sample", "would_enter", "would_exit"}
-    assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, 0)
+    assert set(p) == {
+        "count",
+        "sample",
+        "would_enter",
+        "would_exit",
+        "count_ignoring_case",
+        "hint",
+        "suggestion",
+    }
+    # a tag removes nobody: no would_exit at all
+    assert (p["count"], p["would_enter"], p["would_exit"]) == (10, 10, None)
     assert p["sample"][:2] == ["c0000", "c0004"]
+    # the text form shows only what the action can do, and a case hint
+    text = cli("preview", "--expr", 'region = "emea"', "--persona", "emea").stdout
+    assert text.splitlines()[0] == "matches: 0  would enter: 0"
+    assert "hint: 0 match; 10 would match ignoring case — use ilike" in text
+    text = cli("preview", "--expr", 'region = "EMEA"', "--persona", "emea", "--action", "untag")
+    assert text.stdout.splitlines()[0] == "matches: 10  would exit: 0"
     out = cli.json("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--json")
     for key in ("request_id", "status", "matched", "tagged", "untagged", "already", "failed"):
         assert key in out

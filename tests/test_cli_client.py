@@ -105,11 +105,12 @@ def test_jobs_calls(tmp_path: Path) -> None:
 
 def test_preview_sends_only_given_fields(tmp_path: Path) -> None:
     result = {"count": 2, "sample": ["c1", "c2"], "would_enter": 1, "would_exit": 0}
-    seen, handler = _recording([httpx.Response(200, json=result)] * 2)
+    seen, handler = _recording([httpx.Response(200, json=result)] * 3)
     with _remote(tmp_path, handler) as c:
         assert c.preview('region = "EMEA"', persona=None, as_of=None, sample=10) == result
         c.preview("x = 1", persona="emea", as_of="2026-01-01T00:00:00Z", sample=0)
-    assert [r.url.path for r in seen] == ["/api/v1/preview"] * 2
+        c.preview("x = 1", persona=None, as_of=None, sample=1, action="untag")
+    assert [r.url.path for r in seen] == ["/api/v1/preview"] * 3
     assert seen[0].headers["content-type"] == "application/json"
     assert json.loads(seen[0].content) == {"expr": 'region = "EMEA"', "sample": 10}
     assert json.loads(seen[1].content) == {
@@ -118,6 +119,7 @@ def test_preview_sends_only_given_fields(tmp_path: Path) -> None:
         "as_of": "2026-01-01T00:00:00Z",
         "sample": 0,
     }
+    assert json.loads(seen[2].content) == {"expr": "x = 1", "sample": 1, "action": "untag"}
 
 
 def test_submit_json_and_csv(tmp_path: Path) -> None:

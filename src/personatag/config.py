@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Failed logins allowed within login_window_s seconds before `POST /login`
     # answers 429: per user name from one client address, per user name from
     # any address, per client address for any user names, and over all.
+    # The workbench asks for confirmation before a tag or untag request that
+    # would change more contacts than this (0: before every request).
+    confirm_threshold: int = 1_000
     login_window_s: float = 300.0
     login_max_failures: int = 5
     login_max_failures_account: int = 20
@@ -278,6 +281,13 @@ class Settings(BaseSettings):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("confirm_threshold")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
         return value
 
     @field_validator("server_url")

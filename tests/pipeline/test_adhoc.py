@@ -169,7 +169,37 @@ def test_preview_enter_exit(pop: Store) -> None:
     assert p["count"] == 10
     assert p["sample"] == ["c0000", "c0004", "c0008"]
     assert p["would_enter"] == 9  # c0000 already holds it
-    assert p["would_exit"] == 1  # c0001; c0002 is pinned in
+    assert p["would_exit"] is None  # an ad hoc tag removes nobody
+    ongoing = preview(pop, 'region = "EMEA"', persona="emea", mode="ongoing", exit_policy="remove")
+    assert (ongoing["would_enter"], ongoing["would_exit"]) == (9, 1)  # c0001; c0002 pinned in
+    kept = preview(pop, 'region = "EMEA"', persona="emea", mode="ongoing", exit_policy="keep")
+    assert kept["would_exit"] is None
+    # an untag adds nobody and removes the matched members that are not pinned in
+    pin(pop, "emea", "c0004", PinKind.IN)
+    untag = preview(pop, "seniority < 5", persona="emea", action="untag")
+    # c0000 and c0001 would leave; c0002 and c0004 are pinned in
+    assert (untag["count"], untag["would_enter"], untag["would_exit"]) == (20, None, 2)
+
+
+def test_preview_hints_at_case(pop: Store) -> None:
+    """A string = or in that finds nothing but would match ignoring case says so."""
+    p = preview(pop, 'region = "emea"', as_of=NOW)
+    assert (p["count"], p["count_ignoring_case"]) == (0, 10)
+    assert p["hint"] == "0 match; 10 would match ignoring case — use ilike"
+    assert p["suggestion"] == 'region ilike "emea"'
+    p = preview(pop, 'region in ("emea", "amer") and seniority >= 0', as_of=NOW)
+    assert (p["count"], p["count_ignoring_case"]) == (0, 20)
+    assert p["suggestion"] == '(region ilike "emea" or region ilike "amer") and seniority >= 0'
+    p = preview(pop, 'job_title = "cio" and (region = "emea" or seniority > 100)', as_of=NOW)
+    assert p["count_ignoring_case"] == 2  # c0000 and c0020: EMEA CIOs
+    # a match, a miss under any case, and no string compare give no hint
+    for expr in ('region = "EMEA"', 'region = "nowhere"', "seniority > 100"):
+        p = preview(pop, expr, as_of=NOW)
+        assert p["hint"] is None, expr
+    nowhere = preview(pop, 'region = "nowhere"', as_of=NOW)
+    assert (nowhere["count_ignoring_case"], nowhere["suggestion"]) == (0, None)
+    # `%` and `_` would be wildcards in an ilike: such values stay exact
+    assert preview(pop, 'region = "eme_"', as_of=NOW)["count_ignoring_case"] is None
 
 
 def test_id_codec_roundtrip() -> None:

@@ -36,6 +36,7 @@ def test_editor_builds_previews_submits_and_finds_the_contact(browser: object, s
     count.wait_for()  # the preview follows the typing, no click needed
     assert re.search(r"\d+ match", count.inner_text())
     shot(page, "03-preview")
+    page.select_option("#persona", "emea-cio")  # no default: a persona is chosen
     page.click("#submit-request")
     submitted = page.locator("#submit-status a")
     submitted.wait_for()

@@ -99,8 +99,24 @@ def test_preview(api: Api) -> None:
         "count": 10,
         "sample": ["c0000", "c0004", "c0008"],
         "would_enter": 10,
-        "would_exit": 0,
+        "would_exit": None,
+        "count_ignoring_case": None,
+        "hint": None,
+        "suggestion": None,
     }
+    # an untag adds nobody; the stored criterion's action is the default
+    body = {"expr": 'region = "EMEA"', "persona": "emea", "action": "untag"}
+    r = c.post(f"{API}/preview", json=body, headers=viewer)
+    assert (r.json()["would_enter"], r.json()["would_exit"]) == (None, 0)
+    crit = {"name": "emea-off", "persona": "emea", "expr": 'region = "EMEA"', "action": "untag"}
+    assert c.post(f"{API}/criteria", json=crit, headers=api.headers("editor")).status_code == 201
+    r = c.post(f"{API}/preview", json={"criterion": "emea-off"}, headers=viewer)
+    assert (r.json()["would_enter"], r.json()["would_exit"]) == (None, 0)
+    r = c.post(f"{API}/preview", json={"criterion": "emea-off", "action": "tag"}, headers=viewer)
+    assert (r.json()["would_enter"], r.json()["would_exit"]) == (10, None)
+    r = c.post(f"{API}/preview", json={"expr": 'region = "emea"'}, headers=viewer)
+    assert r.json()["hint"] == "0 match; 10 would match ignoring case — use ilike"
+    assert r.json()["suggestion"] == 'region ilike "emea"'
     crit = {"name": "amer", "persona": "emea", "expr": 'region = "AMER"'}
     c.post(f"{API}/criteria", json=crit, headers=api.headers("editor"))
     r = c.post(f"{API}/preview", json={"criterion": "amer", "as_of": "2026-06-30"}, headers=viewer)

@@ -63,9 +63,18 @@ class Client(ABC):
 
     @abstractmethod
     def preview(
-        self, expr: str, *, persona: str | None, as_of: str | None, sample: int
+        self,
+        expr: str,
+        *,
+        persona: str | None,
+        as_of: str | None,
+        sample: int,
+        action: str = "tag",
+        mode: str = "adhoc",
+        exit_policy: str = "keep",
     ) -> dict[str, Any]:
-        """{"count", "sample", "would_enter", "would_exit"}; `as_of` is ISO-8601 text."""
+        """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case",
+        "hint"} (see tagging.preview); `as_of` is ISO-8601 text."""
 
     @abstractmethod
     def submit(self, file: Path, *, wait: bool, timeout: float) -> dict[str, Any]:
@@ -149,12 +158,27 @@ class LocalClient(Client):
         return cancel_job(self._st(), ref).as_json()
 
     def preview(
-        self, expr: str, *, persona: str | None, as_of: str | None, sample: int
+        self,
+        expr: str,
+        *,
+        persona: str | None,
+        as_of: str | None,
+        sample: int,
+        action: str = "tag",
+        mode: str = "adhoc",
+        exit_policy: str = "keep",
     ) -> dict[str, Any]:
         from personatag.tagging.preview import preview as run_preview
 
         return run_preview(
-            self._st(), expr, persona=persona, as_of=as_of_option(as_of), sample_size=sample
+            self._st(),
+            expr,
+            persona=persona,
+            as_of=as_of_option(as_of),
+            sample_size=sample,
+            action=action,
+            mode=mode,
+            exit_policy=exit_policy,
         )
 
     def submit(self, file: Path, *, wait: bool, timeout: float) -> dict[str, Any]:
@@ -235,9 +259,26 @@ class RemoteClient(Client):
         return job
 
     def preview(
-        self, expr: str, *, persona: str | None, as_of: str | None, sample: int
+        self,
+        expr: str,
+        *,
+        persona: str | None,
+        as_of: str | None,
+        sample: int,
+        action: str = "tag",
+        mode: str = "adhoc",
+        exit_policy: str = "keep",
     ) -> dict[str, Any]:
-        body = {"expr": expr, "persona": persona, "as_of": as_of, "sample": sample}
+        body = {
+            "expr": expr,
+            "persona": persona,
+            "as_of": as_of,
+            "sample": sample,
+            # Defaults are left out, so a server without these fields still answers.
+            "action": None if action == "tag" else action,
+            "mode": None if mode == "adhoc" else mode,
+            "exit": None if exit_policy == "keep" else exit_policy,
+        }
         result: dict[str, Any] = self._call(
             "POST", "/api/v1/preview", body={k: v for k, v in body.items() if v is not None}
         )

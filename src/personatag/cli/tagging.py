@@ -9,7 +9,7 @@ import typer
 
 from personatag.cli.client import open_client
 from personatag.cli.common import JsonOpt, actor, as_of_option, audit, emit, settings, store
-from personatag.domain import Action, JobStatus, PinKind
+from personatag.domain import Action, ExitPolicy, JobStatus, Mode, PinKind
 from personatag.errors import InputError
 
 # Commands at the top level (joined into the root app without a name).
@@ -24,19 +24,38 @@ def preview(
     ] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="ISO-8601 (default: now).")] = None,
     sample: Annotated[int, typer.Option(min=0, help="How many sample ids.")] = 10,
+    action: Annotated[
+        Action, typer.Option(help="Count as this action would apply it.")
+    ] = Action.TAG,
+    mode: Annotated[Mode, typer.Option(help="adhoc, or ongoing (with --exit).")] = Mode.ADHOC,
+    exit_policy: Annotated[
+        ExitPolicy, typer.Option("--exit", help="An ongoing criterion's exit policy.")
+    ] = ExitPolicy.KEEP,
     as_json: JsonOpt = False,
 ) -> None:
     """Count whom a criterion catches now, with a sample and enter/exit counts."""
     with open_client(settings()) as client:
-        result = client.preview(expr, persona=persona, as_of=as_of, sample=sample)
+        result = client.preview(
+            expr,
+            persona=persona,
+            as_of=as_of,
+            sample=sample,
+            action=action.value,
+            mode=mode.value,
+            exit_policy=exit_policy.value,
+        )
     if as_json:
         emit(result)
         return
-    typer.echo(
-        f"matches: {result['count']:,}  would enter: {result['would_enter']:,}  "
-        f"would exit: {result['would_exit']:,}"
-    )
+    # An action that cannot add (or remove) anyone has no such count to print.
+    parts = [f"matches: {result['count']:,}"]
+    for key, label in (("would_enter", "would enter"), ("would_exit", "would exit")):
+        if result[key] is not None:
+            parts.append(f"{label}: {result[key]:,}")
+    typer.echo("  ".join(parts))
     typer.echo("sample: " + ", ".join(result["sample"]))
+    if result.get("hint"):
+        typer.echo(f"hint: {result['hint']}")
 
 
 def _run(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Connection, and_, func, select
 
-from personatag.criteria import compile_criterion, compile_sql
+from personatag.criteria import JSON_VERSION, CriteriaError, compile_criterion, compile_sql
 from personatag.definitions.personas import get_persona, persona_pks
-from personatag.domain import PinKind, check_as_of, utcnow
+from personatag.domain import Action, ExitPolicy, Mode, PinKind, check_as_of, utcnow
 from personatag.memberships import rules
 from personatag.store import Store
 from personatag.store.matchset import is_heavy, materialize
@@ -22,27 +22,42 @@ def preview(
     persona: str | None = None,
     as_of: datetime | None = None,
     sample_size: int = 10,
+    action: Action | str = Action.TAG,
+    mode: Mode | str = Mode.ADHOC,
+    exit_policy: ExitPolicy | str = ExitPolicy.KEEP,
 ) -> dict[str, Any]:
-    """{"count", "sample", "would_enter", "would_exit"} for `expr` at `as_of`.
+    """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case", "hint",
+    "suggestion"} for `expr` at `as_of`, as `action` (in `mode`, with `exit_policy`)
+    would apply it.
 
-    would_enter: matched contacts that do not hold the persona and are not
-    pinned out (what `tag` would add). would_exit: members that do not match
-    and are not pinned in (who would leave if the criterion alone defined the
-    persona, as an ongoing criterion with exit=remove does; an ad hoc `tag`
-    never removes anyone). Without a persona nobody holds it: everyone matched
-    would enter.
+    would_enter: matched contacts that do not hold the persona and are not pinned
+    out (what a tag adds); None for an untag, which adds nobody. would_exit: who
+    would leave. An untag removes matched members that are not pinned in; an
+    ongoing tag with exit policy `remove` drops members that do not match and are
+    not pinned in (as if the criterion alone defined the persona); None for any
+    other tag, which removes nobody. Without a persona nobody holds it: everyone
+    matched would enter, nobody would exit.
+
+    count_ignoring_case, hint and suggestion: only when nothing matches and the
+    criterion compares strings with `=` or `in`: how many would match with those
+    compares ignoring case, a sentence saying so and (when some would) that
+    criterion's text; otherwise None.
     """
+    act, md, ex = Action(action), Mode(mode), ExitPolicy(exit_policy)
+    can_enter = act is Action.TAG
+    can_exit = act is Action.UNTAG or (md is Mode.ONGOING and ex is ExitPolicy.REMOVE)
     t = store.tables
     c = t.contacts
     as_of = check_as_of(as_of or utcnow())
     with store.read() as conn:
         catalog = store.catalog(conn)
         compiled = compile_criterion(expr, catalog)
+        pks = persona_pks(conn, store)
         cond = compile_sql(
             compiled.ast,
             tables=t,
             catalog=catalog,
-            persona_pks=persona_pks(conn, store),
+            persona_pks=pks,
             as_of=as_of,
             dialect=store.dialect,
         )
@@ -59,25 +74,93 @@ def preview(
 
         total = count(cond)
         sample = list(conn.scalars(select(c.c.id).where(cond).order_by(c.c.pk).limit(sample_size)))
-        if persona is None:
-            result = {"count": total, "sample": sample, "would_enter": total, "would_exit": 0}
-        else:
+        enter, leave = total, 0
+        if persona is not None:
             p = get_persona(conn, store, persona).pk
             # The writers' rules (memberships.rules), counted instead of applied.
             members = rules.members(t, p)
             pinned = {kind: rules.pinned(t, p, kind) for kind in PinKind}
             # Driven by the member and pin sets, not by another scan of everyone.
             not_pinned_in = c.c.pk.not_in(pinned[PinKind.IN])
-            held_and_matched = count(and_(cond, c.c.pk.in_(members)))
-            blocked = count(and_(cond, c.c.pk.in_(pinned[PinKind.OUT])))
-            staying_members = count(and_(c.c.pk.in_(members), not_pinned_in))
             staying_matched = count(and_(cond, c.c.pk.in_(members), not_pinned_in))
-            result = {
-                "count": total,
-                "sample": sample,
-                "would_enter": total - held_and_matched - blocked,
-                "would_exit": staying_members - staying_matched,
-            }
+            if act is Action.UNTAG:
+                leave = staying_matched
+            else:
+                held_and_matched = count(and_(cond, c.c.pk.in_(members)))
+                blocked = count(and_(cond, c.c.pk.in_(pinned[PinKind.OUT])))
+                enter = total - held_and_matched - blocked
+                if can_exit:
+                    leave = count(and_(c.c.pk.in_(members), not_pinned_in)) - staying_matched
         if held is not None:
             held.drop(conn)
-        return result
+        folded, suggestion = None, None
+        if total == 0:
+            folded, suggestion = _count_ignoring_case(conn, store, compiled.json, pks, as_of)
+    return {
+        "count": total,
+        "sample": sample,
+        "would_enter": enter if can_enter else None,
+        "would_exit": leave if can_exit else None,
+        "count_ignoring_case": folded,
+        "hint": (f"0 match; {folded:,} would match ignoring case — use ilike" if folded else None),
+        "suggestion": suggestion if folded else None,
+    }
+
+
+def _count_ignoring_case(
+    conn: Connection, store: Store, document: dict[str, Any], pks: Any, as_of: datetime
+) -> tuple[int | None, str | None]:
+    """How many match once every string `=` / `in` ignores case (as `ilike` does),
+    and that criterion's text; None, None when the criterion has no such compare or
+    the folded form is refused."""
+    folded, changed = _fold(document["expr"])
+    if not changed:
+        return None, None
+    catalog = store.catalog(conn)
+    try:
+        compiled = compile_criterion({"version": JSON_VERSION, "expr": folded}, catalog)
+    except CriteriaError:  # over a limit (e.g. a long `in` list as many ilikes)
+        return None, None
+    cond = compile_sql(
+        compiled.ast,
+        tables=store.tables,
+        catalog=catalog,
+        persona_pks=pks,
+        as_of=as_of,
+        dialect=store.dialect,
+    )
+    c = store.tables.contacts
+    return int(conn.scalar(select(func.count()).select_from(c).where(cond)) or 0), compiled.text
+
+
+def _literal(value: Any) -> bool:
+    """A string `ilike` matches exactly up to case: no `%` or `_` wildcard in it."""
+    return isinstance(value, str) and "%" not in value and "_" not in value
+
+
+def _fold(node: Any) -> tuple[Any, bool]:
+    """The JSON-form node with string `=` and `in` as `ilike`; whether any changed.
+    (A value with `%` or `_` stays as it is: as a pattern it would match more.)"""
+    if not isinstance(node, dict):
+        return node, False
+    op = node.get("op")
+    if op == "=" and _literal(node.get("value")):
+        return {"op": "ilike", "field": node["field"], "value": node["value"]}, True
+    if op == "in" and any(_literal(v) for v in node["values"]):
+        args = [
+            {"op": "ilike", "field": node["field"], "value": v}
+            if _literal(v)
+            else {"op": "=", "field": node["field"], "value": v}
+            for v in node["values"]
+        ]
+        return (args[0] if len(args) == 1 else {"op": "or", "args": args}), True
+    out, changed = dict(node), False
+    for key in ("arg", "where"):
+        if key in node:
+            out[key], hit = _fold(node[key])
+            changed |= hit
+    if "args" in node:
+        folded = [_fold(a) for a in node["args"]]
+        out["args"] = [f for f, _ in folded]
+        changed |= any(hit for _, hit in folded)
+    return out, changed

@@ -365,6 +365,16 @@ class PreviewRequest(Input):
         json_schema_extra={"format": "date-time"},
     )
     sample: StrictInt = Field(10, ge=0, le=1000)
+    action: Literal["tag", "untag"] | None = Field(
+        None, description="what would be applied (default: the criterion's, else tag)"
+    )
+    mode: Literal["adhoc", "ongoing"] | None = Field(
+        None, description="default: the criterion's, else adhoc"
+    )
+    exit: Literal["keep", "remove"] | None = Field(
+        None,
+        description="an ongoing criterion's exit policy (default: the criterion's, else keep)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PreviewRequest:
@@ -376,8 +386,22 @@ class PreviewRequest(Input):
 class PreviewResponse(BaseModel):
     count: int
     sample: list[str]
-    would_enter: int
-    would_exit: int
+    would_enter: int | None = Field(
+        description="who would gain the persona; null for an untag (it adds nobody)"
+    )
+    would_exit: int | None = Field(
+        description="who would lose the persona; null when the action removes nobody "
+        "(a tag, unless ongoing with exit remove)"
+    )
+    count_ignoring_case: int | None = Field(
+        None,
+        description="when nothing matches: how many would match with string = and in "
+        "ignoring case; else null",
+    )
+    hint: str | None = Field(None, description="a sentence on count_ignoring_case; else null")
+    suggestion: str | None = Field(
+        None, description="when count_ignoring_case > 0: the criterion with those compares as ilike"
+    )
 
 
 # -- requests and jobs -------------------------------------------------------

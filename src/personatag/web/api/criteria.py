@@ -309,10 +309,14 @@ def preview_run(body: PreviewRequest, store: StoreDep) -> Any:
     """Whom an expression (or a stored criterion's newest version) catches now, with a
     sample and how many would enter or leave the persona; nothing is written."""
     expr, persona = body.expr, body.persona
+    action, mode, exit_policy = body.action or "tag", body.mode or "adhoc", body.exit or "keep"
     if body.criterion is not None:
         with store.read() as conn:
             c = get_criterion(conn, store, body.criterion)
         expr, persona = c.expr, persona or c.persona_key
+        action = body.action or c.action.value
+        mode = body.mode or c.mode.value
+        exit_policy = body.exit or c.exit_policy.value
     as_of = None
     if body.as_of is not None:
         try:
@@ -325,4 +329,13 @@ def preview_run(body: PreviewRequest, store: StoreDep) -> Any:
                 field="as_of",
             ) from None
     assert expr is not None  # noqa: S101 - PreviewRequest requires expr or criterion
-    return preview(store, expr, persona=persona, as_of=as_of, sample_size=body.sample)
+    return preview(
+        store,
+        expr,
+        persona=persona,
+        as_of=as_of,
+        sample_size=body.sample,
+        action=action,
+        mode=mode,
+        exit_policy=exit_policy,
+    )

@@ -14,13 +14,15 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/criteria/new", **declare("viewer"))
 def builder_page(request: Request, expr: str = "", criterion: str = "") -> HTMLResponse:
+    """The builder; with `criterion=NAME` it starts from that criterion's newest
+    version, and saving adds a version."""
     from personatag.definitions.criteria import get_criterion
     from personatag.definitions.personas import list_personas
     from personatag.errors import NotFoundError
 
     who = page_user(request, "viewer")
     store = ctx(request).store
-    loaded = None
+    editing = None
     with store.read() as conn:
         personas = [p for p, _ in list_personas(conn, store)]
         catalog = store.catalog(conn)
@@ -29,10 +31,9 @@ def builder_page(request: Request, expr: str = "", criterion: str = "") -> HTMLR
                 c = get_criterion(conn, store, criterion)
             except NotFoundError:
                 return not_found(
-                    request, who, f"There is no criterion named “{criterion}” to edit."
+                    request, who, f"There is no criterion named {criterion!r} to edit."
                 )
-            # `?criterion=NAME` (a criterion's "edit" link): its newest version.
-            loaded = {
+            editing = {
                 "name": c.name,
                 "persona": c.persona_key,
                 "action": c.action.value,
@@ -53,6 +54,7 @@ def builder_page(request: Request, expr: str = "", criterion: str = "") -> HTMLR
         personas=personas,
         fields=typed(catalog.contact_fields),
         publication_fields=typed(catalog.publication_fields),
-        expr=expr or (loaded["expr"] if loaded else ""),
-        criterion=loaded,
+        expr=expr,
+        criterion=editing,
+        confirm_threshold=ctx(request).settings.confirm_threshold,
     )

@@ -1,4 +1,5 @@
-// The criterion builder: validate as you type, preview, submit, and the visual tree.
+// The criterion builder: validate as you type, preview, submit (confirmed above a
+// threshold), save as a criterion, and the visual tree.
 "use strict";
 
 // -- criterion builder ------------------------------------------------------------
@@ -25,22 +26,178 @@ async function validate() {
   return false;
 }
 
-async function preview() {
-  const out = el("preview-out");
-  out.textContent = "…";
-  const r = await api("POST", "/preview", { persona: el("persona").value, expr: el("expr").value });
-  if (!r.ok) { out.innerHTML = `<p class="error">${esc(errorText(r))}</p>`; return; }
-  const d = r.data;
-  out.innerHTML = `<p id="preview-count"><strong>${d.count.toLocaleString()}</strong> match · would enter ${d.would_enter.toLocaleString()} · would exit ${d.would_exit.toLocaleString()}</p>`
-    + `<p class="muted">sample: ${d.sample.map((s) => `<a href="/contacts?id=${encodeURIComponent(s)}">${esc(s)}</a>`).join(", ")}</p>`;
+// -- preview, and what a request will do ---------------------------------------------
+const persona = () => el("persona").value;
+const threshold = () => Number(el("builder").dataset.confirmThreshold || 0);
+const contactChip = (id) => `<a class="chip contact-chip" href="/contacts?id=${encodeURIComponent(id)}">${esc(id)}</a>`;
+const contacts = (n) => `${PT.num(n)} contact${n === 1 ? "" : "s"}`;
+let previewSeq = 0;
+
+function previewBody(action) {
+  const body = { expr: el("expr").value, action, sample: 12 };
+  if (persona()) body.persona = persona();
+  return body;
 }
 
+function stat(id, label, n, kind) {
+  return `<div class="stat ${kind}" id="${id}"><div class="label">${esc(label)}</div>`
+    + `<div class="value">${PT.num(n)} <span class="unit">contacts</span></div></div>`;
+}
+
+// What the preview says the action does. would_enter is null for an untag and
+// would_exit null for a tag (neither can do the other), so only what can happen shows.
+function effectHtml(d) {
+  let html = `<p id="preview-count" class="preview-count"><strong>${PT.num(d.count)}</strong> match now</p>`;
+  if (!persona()) {
+    html += '<p class="muted small">Choose a persona to see who would enter or leave it.</p>';
+  } else {
+    const stats = [];
+    if (d.would_enter !== null) stats.push(stat("preview-enter", "would enter", d.would_enter, "enter"));
+    if (d.would_exit !== null) stats.push(stat("preview-exit", "would exit", d.would_exit, "exit"));
+    html += `<div class="stats preview-stats">${stats.join("")}</div>`;
+  }
+  if (d.hint) {
+    const fix = d.suggestion
+      ? ` <button type="button" class="small secondary" id="use-suggestion" data-expr="${esc(d.suggestion)}">Use ilike</button>`
+      : "";
+    html += `<p class="hint" role="note"><span id="preview-hint">${esc(d.hint)}</span>${fix}</p>`;
+  }
+  if (d.sample.length) {
+    html += `<p class="sample"><span class="muted small">sample</span> ${d.sample.map(contactChip).join("")}`
+      + (d.count > d.sample.length ? ` <span class="muted small">and ${PT.num(d.count - d.sample.length)} more</span>` : "") + "</p>";
+  }
+  return html;
+}
+
+function showPreview(d) {
+  const out = el("preview-out");
+  out.innerHTML = effectHtml(d);
+  out.dataset.action = el("action").value;
+}
+
+async function preview() {
+  const seq = ++previewSeq;
+  const out = el("preview-out");
+  out.classList.add("loading");
+  const r = await api("POST", "/preview", previewBody(el("action").value));
+  if (seq !== previewSeq) return; // a newer preview was asked for
+  out.classList.remove("loading");
+  if (!r.ok) { out.innerHTML = `<p class="error">${esc(errorText(r))}</p>`; return; }
+  showPreview(r.data);
+  ongoingEffect(seq);
+}
+
+// What saving as an ongoing criterion would do now: it tags, and with exit
+// policy `remove` members who do not match leave.
+async function ongoingEffect(seq) {
+  const box = el("save-effect");
+  if (!box) return;
+  if (el("save-mode").value !== "ongoing" || !persona() || !el("expr").value.trim()) { box.hidden = true; return; }
+  const exit = el("save-exit").value;
+  const r = await api("POST", "/preview", { ...previewBody("tag"), sample: 0, mode: "ongoing", exit });
+  if (seq !== previewSeq || !r.ok) return;
+  const d = r.data;
+  box.innerHTML = `Once swapped in: <strong>${contacts(d.would_enter)}</strong> would enter`
+    + (d.would_exit === null ? "; nobody leaves (exit: keep)" : `, <strong>${contacts(d.would_exit)}</strong> would exit`) + ".";
+  box.hidden = false;
+}
+
+function needPersona() {
+  const field = el("persona");
+  field.setAttribute("aria-invalid", "true");
+  field.focus();
+  PT.toast("Choose a persona first: the field has no default", "error");
+}
+
+// A tag or untag first shows what it will do (a fresh preview); above the threshold
+// the person confirms, and cancelling sends nothing. A dry run changes nothing.
 async function submitRequest() {
   const status = el("submit-status");
-  const body = { version: 1, persona: el("persona").value, action: el("action").value, expr: el("expr").value, dry_run: el("dry-run").checked };
+  status.textContent = ""; status.className = "status";
+  if (!persona()) { needPersona(); return; }
+  const action = el("action").value, dryRun = el("dry-run").checked;
+  const p = await api("POST", "/preview", previewBody(action));
+  if (!p.ok) { PT.toast(errorText(p), "error"); return; }
+  ++previewSeq; showPreview(p.data);
+  const changes = action === "tag" ? p.data.would_enter : p.data.would_exit;
+  const limit = threshold();
+  if (!dryRun && (limit === 0 || changes > limit)) {
+    const verb = action === "tag" ? "Tag" : "Untag";
+    const body = `<p>${verb}ging <strong>${esc(persona())}</strong> ${action === "tag" ? "adds it to" : "removes it from"} `
+      + `<strong>${contacts(changes)}</strong>${limit ? `, more than the ${PT.num(limit)} that need a confirmation` : ""}.</p>`
+      + `<div class="confirm-effect">${effectHtml(p.data).replace(/ id="[^"]*"/g, "")}</div>`
+      + '<p class="muted small">Cancel and tick “dry run” to count without changing anything.</p>';
+    const ok = await PT.confirm(`${verb} ${contacts(changes)}?`, body, `${verb} ${contacts(changes)}`);
+    if (!ok) {
+      status.textContent = "cancelled: nothing was sent"; status.className = "status muted";
+      return;
+    }
+  }
+  const body = { version: 1, persona: persona(), action, expr: el("expr").value, dry_run: dryRun };
   const r = await api("POST", "/requests", body);
-  if (!r.ok) { status.textContent = errorText(r); status.className = "status error"; return; }
-  status.innerHTML = `submitted <a href="/requests">${esc(r.data.request_id)}</a>`; status.className = "status ok";
+  if (!r.ok) { status.textContent = errorText(r); status.className = "status error"; PT.toast(errorText(r), "error"); return; }
+  const id = r.data.request_id;
+  status.innerHTML = `submitted <a href="/requests">${esc(id)}</a>`; status.className = "status ok";
+  const what = action === "tag" ? `up to ${contacts(changes)} enter` : `up to ${contacts(changes)} leave`;
+  PT.toast(dryRun ? `Dry run ${id} submitted: it counts, nothing changes` : `Request ${id} submitted: ${what} ${persona()}`, "ok");
+}
+
+// -- save as criterion -----------------------------------------------------------------
+const editing = () => JSON.parse(el("builder").dataset.criterion || "null");
+
+function saveFormFollowsMode() {
+  const ongoing = el("save-mode").value === "ongoing";
+  const action = el("save-action");
+  // An ongoing criterion tags; leaving is its exit policy. An ad hoc one has no exit.
+  action.querySelector('option[value="untag"]').disabled = ongoing;
+  if (ongoing) action.value = "tag";
+  el("save-exit").disabled = !ongoing;
+  el("save-help").textContent = ongoing
+    ? `Ongoing: the stream builds it over everyone, then keeps ${persona() || "the persona"} in step as contacts change: `
+      + `whoever starts matching enters; whoever stops matching ${el("save-exit").value === "remove" ? "leaves" : "keeps it"}.`
+    : "Ad hoc: saved to run when you choose (from its page or a request), as often as you like; it never removes on its own.";
+}
+
+async function saveCriterion(ev) {
+  ev.preventDefault();
+  const was = editing();
+  const name = el("save-name").value.trim();
+  if (!was && !name) {
+    el("save-name").setAttribute("aria-invalid", "true"); el("save-name").focus();
+    PT.toast("Give the criterion a name", "error"); return;
+  }
+  if (!persona()) { needPersona(); return; }
+  if (!(await validate())) { PT.toast(`Fix the criterion first: ${el("expr-status").textContent || "it is empty"}`, "error"); return; }
+  const body = {
+    persona: persona(), expr: el("expr").value, action: el("save-action").value,
+    // An ad hoc criterion's exit policy is not used; an edit keeps what it had.
+    mode: el("save-mode").value, exit: el("save-exit").value,
+  };
+  const button = el("save-criterion");
+  button.disabled = true;
+  const r = was
+    ? await api("PUT", `/criteria/${encodeURIComponent(was.name)}`, body)
+    : await api("POST", "/criteria", { name, ...body });
+  button.disabled = false;
+  if (!PT.report(r)) {
+    if (r.data && r.data.error && r.data.error.field === "name") el("save-name").setAttribute("aria-invalid", "true");
+    return;
+  }
+  PT.toast(`Saved ${r.data.name} version ${r.data.version}`, "ok");
+  // Let the toast be read, then open the criterion's page.
+  setTimeout(() => window.location.assign(`/criteria/${encodeURIComponent(r.data.name)}`), 800);
+}
+
+function initSave() {
+  const form = el("save-form");
+  if (!form) return; // viewers do not save
+  form.addEventListener("submit", saveCriterion);
+  const followAndCount = () => { saveFormFollowsMode(); ongoingEffect(previewSeq); };
+  el("save-mode").addEventListener("change", followAndCount);
+  el("save-exit").addEventListener("change", followAndCount);
+  el("persona").addEventListener("change", saveFormFollowsMode);
+  el("save-name").addEventListener("input", () => el("save-name").removeAttribute("aria-invalid"));
+  saveFormFollowsMode();
 }
 
 // The visual builder edits a tree of the same criterion as the text: the server turns
@@ -430,18 +587,32 @@ function initBuilder() {
   initTree();
   // Live: validate as you type; the tree follows a valid text; once the typing
   // pauses, preview too.
-  const fromText = async () => {
+  const fromText = async (now) => {
     const seq = ++vb.seq;
     const checked = await validate();
     if (seq !== vb.seq) return;
     treeFromText(checked);
-    if (checked) livePreview();
+    if (checked) { if (now === true) preview(); else livePreview(); }
   };
   expr.addEventListener("input", debounce(fromText, 250));
-  el("persona").addEventListener("change", async () => { if (await validate()) preview(); });
-  el("preview").addEventListener("click", async () => { if (await validate()) preview(); });
-  el("submit-request").addEventListener("click", async () => { if (await validate()) submitRequest(); });
-  if (expr.value.trim()) fromText();
+  const refresh = async () => { if (await validate()) preview(); };
+  el("persona").addEventListener("change", () => { el("persona").removeAttribute("aria-invalid"); refresh(); });
+  el("action").addEventListener("change", refresh);
+  el("preview").addEventListener("click", refresh);
+  el("submit-request").addEventListener("click", async () => {
+    if (await validate()) submitRequest();
+    else PT.toast(`Nothing sent: ${el("expr-status").textContent || "write a criterion first"}`, "error");
+  });
+  // The case hint's fix: the same criterion with its string compares as ilike.
+  el("preview-out").addEventListener("click", (ev) => {
+    const b = ev.target.closest("#use-suggestion");
+    if (!b) return;
+    expr.value = b.dataset.expr;
+    fromText(true);
+    expr.focus();
+  });
+  initSave();
+  if (expr.value.trim()) fromText(true); // a criterion opened to edit: preview at once
 }
 
 PT.ready(initBuilder);
