@@ -147,8 +147,9 @@ def run() -> None:
         say(f"\nthe reading feed of {sample_id} (top 3):")
         _feed_demo(store, settings, sample_id, say)
     say(
-        "\ntry: .venv/bin/personatag persona list   |   .venv/bin/personatag contact show "
-        f"{sample_id or 'c00000001'}   |   .venv/bin/personatag jobs list"
+        "\nin a second terminal while the workbench runs, try: .venv/bin/personatag persona list"
+        f"   |   .venv/bin/personatag contact show {sample_id or 'c00000001'}"
+        "   |   .venv/bin/personatag jobs list   (README.md's tour goes further)"
     )
     store.dispose()
 
