@@ -24,7 +24,7 @@ TEST_FLINK_ENV := PERSONATAG_DATA_DIR=$(TEST_FLINK_DIR) PERSONATAG_FLINK_REST_PO
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then echo "creating $(VENV) (a Python virtual environment)"; \
 	  $(PYTHON) -m venv $(VENV); fi
-	@echo "installing personatag and its runtime packages into $(VENV) (about a minute)..."
+	@echo "installing personatag and its runtime packages into $(VENV) (a minute or two)..."
 	@$(PIP) -e .
 	@touch $(STAMP)
 
