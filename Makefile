@@ -3,7 +3,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: the demo needs personatag and its runtime packages only; the
+# checks add the test and lint tools (the `dev` and `postgresql` extras).
+STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 # Apache Flink (PyPI's apache-flink carries a whole Flink distribution) lives in
 # its own venv: it pins pyarrow/pandas/beam versions the app does not need.
@@ -18,10 +22,16 @@ TEST_FLINK_ENV := PERSONATAG_DATA_DIR=$(TEST_FLINK_DIR) PERSONATAG_FLINK_REST_PO
 .PHONY: demo test lint fmt unit bench clean flink-venv flink-up flink-down
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgresql]'
-	touch $(STAMP)
+	@if [ ! -x $(BIN)/python ]; then echo "creating $(VENV) (a Python virtual environment)"; \
+	  $(PYTHON) -m venv $(VENV); fi
+	@echo "installing personatag and its runtime packages into $(VENV) (a minute or two)..."
+	@$(PIP) -e .
+	@touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	@echo "installing the test and lint tools into $(VENV) (.[dev,postgresql])..."
+	@$(PIP) -e '.[dev,postgresql]'
+	@touch $(DEV_STAMP)
 
 $(FLINK_STAMP):
 	$(PYTHON) -m venv $(FLINK_VENV)
@@ -40,24 +50,24 @@ flink-down: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m personatag.demo
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-fmt: $(STAMP)
+fmt: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
 # The test cluster is stopped afterwards, pass or fail: nothing keeps running.
-unit: $(STAMP) flink-up
+unit: $(DEV_STAMP) flink-up
 	PERSONATAG_TEST_PG_URL=$(PG_URL) PERSONATAG_TEST_FLINK_URL=http://127.0.0.1:$(TEST_FLINK_PORT) \
 	PERSONATAG_FLINK_PYTHON=$(CURDIR)/$(FLINK_VENV)/bin/python $(BIN)/pytest -n 2 $(PYTEST_ARGS); \
 	rc=$$?; $(TEST_FLINK_ENV) $(BIN)/personatag flink stop >/dev/null || true; exit $$rc
 
 test: lint unit
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/adhoc.py
 
 clean:

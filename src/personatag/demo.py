@@ -2,16 +2,18 @@
 
 Creates the store under PERSONATAG_DATA_DIR (./personatag-data), generates a
 100k-contact population (once; reused on later runs), defines a handful of
-personas with criteria, previews and tags them on the local engine, and prints
-a short summary.
+personas with criteria, previews and tags them on the local engine, prints a
+short summary, then serves the workbench. The admin's password is kept in the
+data folder (`demo-admin-password`), so a second run prints the same one.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -20,13 +22,19 @@ from personatag.contacts import show_contact
 from personatag.definitions.criteria import add_criterion, get_criterion
 from personatag.definitions.personas import add_persona, list_personas
 from personatag.domain import Action
-from personatag.errors import PersonatagError
+from personatag.errors import NotFoundError, PersonatagError
 from personatag.store import Store, open_store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from personatag.tagging.preview import preview
 
 CONTACTS = 100_000
 SEED = 7
+# The contact the demo explains, and the README's tour too: with seed 7 a CIO in
+# EMEA who reads Energy and Healthcare research (README.md's tour and
+# tests/test_readme_tour.py name it as well).
+SAMPLE_CONTACT = "c00000120"
+# Where the demo keeps the admin's password, in the data folder (owner-only).
+KEPT_LOGIN = "demo-admin-password"
 
 # key, name, category, criterion
 PERSONAS = [
@@ -117,17 +125,7 @@ def run() -> None:
     for persona, members in rows:
         say(f"  {persona.category:<12} {persona.key:<16} {members:>8,}  {persona.name}")
 
-    with store.read() as conn:
-        pk = conn.scalar(
-            select(t.memberships.c.contact_pk)
-            .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
-            .where(t.personas.c.key == "emea-energy-cio")
-            .order_by(t.memberships.c.contact_pk)
-            .limit(1)
-        )
-        sample_id = (
-            conn.scalar(select(t.contacts.c.id).where(t.contacts.c.pk == pk)) if pk else None
-        )
+    sample_id = _sample_contact(store)
     if sample_id:
         shown = show_contact(store, sample_id)
         a = shown["attributes"]
@@ -149,10 +147,30 @@ def run() -> None:
         say(f"\nthe reading feed of {sample_id} (top 3):")
         _feed_demo(store, settings, sample_id, say)
     say(
-        "\ntry: .venv/bin/personatag persona list   |   .venv/bin/personatag contact show "
-        f"{sample_id or 'c00000001'}   |   .venv/bin/personatag jobs list"
+        "\nin a second terminal while the workbench runs, try: .venv/bin/personatag persona list"
+        f"   |   .venv/bin/personatag contact show {sample_id or 'c00000001'}"
+        "   |   .venv/bin/personatag jobs list   (README.md's tour goes further)"
     )
     store.dispose()
+
+
+def _sample_contact(store: Store) -> str | None:
+    """SAMPLE_CONTACT when it holds a persona, else the first EMEA energy CIO
+    (a store generated with another size or seed), else None."""
+    t = store.tables
+    holds = select(t.memberships.c.contact_pk).where(t.memberships.c.contact_pk == t.contacts.c.pk)
+    sample = select(t.contacts.c.id).where(t.contacts.c.id == SAMPLE_CONTACT, holds.exists())
+    with store.read() as conn:
+        if conn.scalar(sample):
+            return SAMPLE_CONTACT
+        pk = conn.scalar(
+            select(t.memberships.c.contact_pk)
+            .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
+            .where(t.personas.c.key == "emea-energy-cio")
+            .order_by(t.memberships.c.contact_pk)
+            .limit(1)
+        )
+        return conn.scalar(select(t.contacts.c.id).where(t.contacts.c.pk == pk)) if pk else None
 
 
 def _pipeline_demo(store: Store, settings: Settings, say: Callable[[str], None]) -> None:
@@ -254,21 +272,48 @@ def _feed_demo(
         say(f"  {item['id']:<12} {item['score']:.2f}  {item['title']}  ({item['reason']})")
 
 
-def admin_credentials(settings: Any) -> tuple[str, str]:
-    """The first admin: created on a new store, else given a fresh password (a demo
-    store is a playground; a real deployment uses `personatag user password`)."""
+def admin_login(settings: Settings) -> str:
+    """How to log in as the admin, as a line to print. A new store gets a
+    generated admin; later runs print the password kept in the data folder. One
+    that no longer works (changed since, with `personatag user password` or in
+    the workbench) is left alone; with none kept, the admin gets a new one and
+    the line says so."""
     from personatag import accounts
 
+    kept = settings.data_dir / KEPT_LOGIN
     store = open_store(settings.resolved_store_url)
     try:
         first = accounts.ensure_first_admin(store)
         if first is not None:
-            return first
+            _keep(kept, first[1])
+            return f"log in as {first[0]} with password {first[1]} (kept in {kept})"
+        saved = kept.read_text().strip() if kept.is_file() else ""
+        if saved and accounts.authenticate(store, "admin", saved) is not None:
+            return f"log in as admin with password {saved} (the same as before; kept in {kept})"
+        if saved:
+            return (
+                f"log in as admin with the password you set: the one in {kept} no longer "
+                "works (a new one: .venv/bin/personatag user password admin)"
+            )
         password = accounts.generate_password()
-        accounts.set_password(store, "admin", password, actor="demo")
-        return "admin", password
+        try:
+            accounts.set_password(store, "admin", password, actor="demo")
+        except NotFoundError:
+            accounts.create_user(store, "admin", password, "admin", actor="demo")
+        _keep(kept, password)
+        return (
+            f"log in as admin with a NEW password, {password}: no earlier one was kept "
+            f"(kept now in {kept})"
+        )
     finally:
         store.dispose()
+
+
+def _keep(path: Path, password: str) -> None:
+    # Owner-only from the start: the password is never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
 
 
 def main() -> None:
@@ -277,8 +322,7 @@ def main() -> None:
         from personatag import serve
 
         settings = load_settings()
-        user, password = admin_credentials(settings)
-        say(f"\nthe workbench: log in as {user} with password {password}")
+        say(f"\nthe workbench: {admin_login(settings)}")
         say("(Ctrl-C stops the server)")
         serve.run(settings, echo=say)
     except PersonatagError as exc:

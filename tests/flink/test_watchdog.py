@@ -100,13 +100,21 @@ def stalls(reason: str) -> float:
     return value or 0.0
 
 
-def drop(buckets: Buckets, request_id: str, persona: str, engine: str, expr: str) -> None:
+def drop(
+    buckets: Buckets,
+    request_id: str,
+    persona: str,
+    engine: str,
+    expr: str,
+    as_of: str | None = None,
+) -> None:
     body = {
         "version": 1,
         "request_id": request_id,
         "persona": persona,
         "engine": engine,
         "expr": expr,
+        "as_of": as_of,
     }
     buckets["requests"].put(f"{request_id}.json", json.dumps(body).encode())
 
@@ -231,33 +239,91 @@ def test_the_deadline_cancels_the_flink_job(env: tuple[Store, Buckets, Settings]
     assert rest.job(ref)["state"] == "CANCELED"
 
 
+def task_span(rest: FlinkRest, jid: str) -> tuple[int, int]:
+    """(first task deployed, last task ended) of a finished Flink job, in ms.
+
+    A vertex's start-time is when its first subtask was deployed, which needs a
+    slot; the job's own start-time is its submission, slot or not."""
+    vertices = rest.job(jid)["vertices"]
+    starts = [v["start-time"] for v in vertices if v["start-time"] > 0]
+    ends = [v["end-time"] for v in vertices if v["end-time"] > 0]
+    assert starts and len(ends) == len(vertices), vertices
+    return min(starts), max(ends)
+
+
+def run_dispatcher(d: Dispatcher) -> threading.Thread:
+    def work() -> None:
+        d.scan()
+        d.drain()
+        d.close()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_several_flink_jobs_run_at_once(env: tuple[Store, Buckets, Settings]) -> None:
-    """Two workers run two Flink requests on the cluster's two slots at once."""
+    """Two workers run two Flink requests on the cluster's two slots at once.
+
+    Left alone, the two jobs reach the cluster seconds apart (each request
+    exports its own snapshot, and the warm submitter submits one job at a time)
+    and each runs about a second, so they need not overlap. The task manager is
+    therefore paused until both jobs are on the cluster: released, the two
+    jobs can only run side by side if the dispatcher submitted both while
+    neither had finished and the cluster gives each a slot of its own. Their
+    tasks' deploy and end times then overlap; with one slot the second job's
+    tasks would start after the first's ended. A first run of the same
+    requests (fixed as-of) writes their snapshots and warms the submitter, so
+    the pause lasts two submissions, well within Flink's heartbeat timeout."""
     store, buckets, settings = env
+    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
+    as_of = "2026-06-30T12:00:00Z"
     exprs = {
         "par-a": f'region = "EMEA" and seniority >= 2 or {SLOW}',
         "par-b": f'count(login, 60d) >= 3 or firm_type = "Hedge Fund" or {SLOW}',
     }
     for key, expr in exprs.items():
         add_persona(store, key, name=key, category="test", actor="test")
-        drop(buckets, key, key, "flink", expr)
-    d = Dispatcher(store, buckets, settings, workers=2)
-    d.scan()
-    d.drain()
-    d.close()
-    rest = FlinkRest(f"http://127.0.0.1:{PORT}")
-    spans = []
+        drop(buckets, f"{key}-warm", key, "flink", expr, as_of)
+    run_dispatcher(Dispatcher(store, buckets, settings, workers=2)).join(300)
+    for key in exprs:
+        assert summary(buckets, f"{key}-warm", 5)["status"] == "succeeded"
+
+    known = {j["jid"] for j in rest.jobs_overview()}
+    # Below the cluster's heartbeat timeout, after which a paused task manager is lost.
+    hold_s = cluster.HEARTBEAT_TIMEOUT_MS / 1000 - 3
+    tm = task_manager_pid(settings)
+    os.kill(tm, signal.SIGSTOP)
+    paused = time.monotonic()
+    try:
+        for key, expr in exprs.items():
+            drop(buckets, key, key, "flink", expr, as_of)
+        worker = run_dispatcher(Dispatcher(store, buckets, settings, workers=2))
+        on_cluster: list[dict] = []
+        while len(on_cluster) < 2 and time.monotonic() - paused < hold_s:
+            time.sleep(0.1)
+            on_cluster = [j for j in rest.jobs_overview() if j["jid"] not in known]
+        waiting = [j for j in on_cluster if j["state"] not in cluster.TERMINAL_JOB_STATES]
+    finally:
+        os.kill(tm, signal.SIGCONT)
+    assert len(waiting) == 2, (
+        f"the dispatcher did not have both Flink jobs on the cluster within {hold_s:g} s: "
+        f"{on_cluster}"
+    )
+    worker.join(300)
+    assert not worker.is_alive(), "the dispatcher did not finish the two requests"
+    spans = {}
+    t = store.tables
     for key in exprs:
         result = summary(buckets, key, 5)
         assert result["status"] == "succeeded", result
-        t = store.tables
         with store.read() as conn:
             ref = conn.scalar(
                 select(t.jobs.c.engine_ref)
                 .join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
                 .where(t.requests.c.request_id == key)
             )
-        info = rest.job(str(ref))
-        spans.append((info["start-time"], info["end-time"]))
-    (a0, a1), (b0, b1) = spans
-    assert a0 < b1 and b0 < a1, f"the two Flink jobs did not overlap: {spans}"
+        assert ref in {j["jid"] for j in waiting}, (ref, waiting)
+        spans[key] = task_span(rest, str(ref))
+    (a0, a1), (b0, b1) = spans.values()
+    assert a0 < b1 and b0 < a1, f"the two Flink jobs' tasks did not run at once: {spans}"
