@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from personatag.cli.common import as_of_option
+from personatag.cli.common import actor, as_of_option
 from personatag.config import Settings
 from personatag.domain import JobStatus
 from personatag.errors import (
@@ -158,11 +158,13 @@ class LocalClient(Client):
         )
 
     def submit(self, file: Path, *, wait: bool, timeout: float) -> dict[str, Any]:
+        from personatag.jobs.submissions import CLI, Submitter
         from personatag.requests.submit import submit_file, wait_for_result
 
         data = _read(file)
         b = self._buckets()
-        answer = submit_file(b, data, name=file.name)
+        submitter = Submitter(actor(), CLI)
+        answer = submit_file(b, data, name=file.name, store=self._st(), submitter=submitter)
         if wait:
             answer = wait_for_result(b, self._st(), answer, timeout=timeout)
         return answer
@@ -206,6 +208,8 @@ class RemoteClient(Client):
             headers={
                 "Authorization": f"Bearer {settings.token.get_secret_value()}",
                 "Accept": "application/json",
+                # Requests it submits show as from the CLI (see web/api/requests.py).
+                "X-Personatag-Client": "cli",
             },
             timeout=httpx.Timeout(timeout),
             follow_redirects=True,
