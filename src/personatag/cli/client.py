@@ -54,6 +54,11 @@ class Client(ABC):
         """Newest jobs first, optionally only those with `status`."""
 
     @abstractmethod
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        """{"requests": [...], "total", "limit", "offset"}: requests newest first,
+        with their newest job, that match `filters` (GET /api/v1/requests's)."""
+
+    @abstractmethod
     def get_job(self, ref: str) -> dict[str, Any]:
         """A job by its number, or the newest job of a request id."""
 
@@ -137,6 +142,29 @@ class LocalClient(Client):
         from personatag.jobs.repository import list_jobs
 
         return [j.as_json() for j in list_jobs(self._st(), status=status, limit=limit)]
+
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        from personatag.jobs.repository import RequestFilter, list_requests
+
+        found, total = list_requests(
+            self._st(), RequestFilter(**filters), limit=limit, offset=offset
+        )
+        return {
+            "requests": [
+                {
+                    "request_id": info.request_id,
+                    "status": job.status,
+                    "job": job.as_json(),
+                    "summary": None,
+                    "error": None,
+                    "request": info.model_dump(),
+                }
+                for info, job in found
+            ],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
 
     def get_job(self, ref: str) -> dict[str, Any]:
         from personatag.jobs.repository import get_job
@@ -228,6 +256,15 @@ class RemoteClient(Client):
     def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         params = {"status": status, "limit": limit} if status is not None else {"limit": limit}
         found: list[dict[str, Any]] = self._call("GET", "/api/v1/jobs", params=params)["jobs"]
+        return found
+
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        if isinstance(params.get("dry_run"), bool):
+            params["dry_run"] = "true" if params["dry_run"] else "false"
+        found: dict[str, Any] = self._call(
+            "GET", "/api/v1/requests", params=params | {"limit": limit, "offset": offset}
+        )
         return found
 
     def get_job(self, ref: str) -> dict[str, Any]:

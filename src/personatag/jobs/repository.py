@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, or_, select
 
+from personatag.definitions.personas import persona_pks
 from personatag.domain import Action, JobStatus, utcnow
+from personatag.engines import engine_names
 from personatag.errors import ConflictError, InputError, NotFoundError
 from personatag.jobs.submissions import VIA
 from personatag.jobs.views import JobPublic, RequestInfo
@@ -295,7 +297,7 @@ def _spec_names(column: Any, name: str, value: str) -> Any:
     return column.like(f"%{pattern}%", escape="\\")
 
 
-def _check_filter(f: RequestFilter) -> None:
+def _check_filter(store: Store, f: RequestFilter) -> None:
     if f.status is not None and f.status not in set(JobStatus):
         raise InputError(
             f"status: unknown job status {f.status!r}: use one of {', '.join(JobStatus)}"
@@ -304,6 +306,12 @@ def _check_filter(f: RequestFilter) -> None:
         raise InputError(f"source: unknown source {f.source!r}: use one of {', '.join(VIA)}")
     if f.action is not None and f.action not in set(Action):
         raise InputError(f"action: unknown action {f.action!r}: use one of {', '.join(Action)}")
+    if f.engine is not None and f.engine not in (known := engine_names()):
+        raise InputError(f"engine: unknown engine {f.engine!r}: use one of {', '.join(known)}")
+    if f.persona is not None:
+        with store.read() as conn:
+            if f.persona not in persona_pks(conn, store):
+                raise InputError(f"persona: unknown persona {f.persona!r}")
 
 
 def list_requests(
@@ -311,7 +319,7 @@ def list_requests(
 ) -> tuple[list[tuple[RequestInfo, JobPublic]], int]:
     """Requests that match `f`, newest first, each with its newest job; and how
     many match in all (for paging with `limit` and `offset`)."""
-    _check_filter(f)
+    _check_filter(store, f)
     t = store.tables
     r, j = t.requests, t.jobs
     newest = select(j.c.request_pk, func.max(j.c.pk).label("job_pk")).group_by(j.c.request_pk)

@@ -67,7 +67,7 @@ function requestRow(item) {
   const took = live && j.started_at ? `<span class="muted">${PT.seconds(Math.max(0, (Date.now() - Date.parse(j.started_at)) / 1000))}…</span>` : PT.seconds(j.seconds);
   const who = (r.submitted_by ? esc(r.submitted_by) : '<span class="muted">unknown</span>') + (r.token ? ` <span class="muted small">token “${esc(r.token)}”</span>` : "");
   const progress = live ? `<div class="progress small">${progressHtml(j)}</div>` : "";
-  return `<tr data-request="${esc(item.request_id)}" data-job="${esc(j.id)}" data-status="${esc(j.status)}">`
+  return `<tr data-request="${esc(item.request_id)}" data-job="${esc(j.id)}" data-status="${esc(j.status)}" data-phase="${esc((j.progress && j.progress.phase) || "")}">`
     + `<td class="nowrap"><a href="/jobs/${encodeURIComponent(j.id)}">#${esc(j.id)}</a> ${PT.id(item.request_id, 12)}</td>`
     + `<td class="nowrap">${personas.length ? PT.chip(personas[0]) : "-"}${more}</td>`
     + `<td>${esc((r.actions || []).join(", ") || "-")}</td>`
