@@ -113,6 +113,47 @@ def test_submit_find_filter_and_open_the_job(browser: object, server: str) -> No
     assert "command line" in page.locator("#job-files").inner_text()
 
 
+def test_csv_upload_lists_the_rows_it_cannot_use(browser: object, server: str) -> None:
+    page = login(browser, server, "erin")
+    page.goto(f"{server}/requests")
+    bad = (
+        b"contact_id,persona,action\n"
+        b"c00000001,emea-cio,tag\n,emea-cio,tag\nc00000002,emea-cio,retag\n"
+    )
+    page.set_input_files(
+        "#upload-form input[type=file]",
+        files=[{"name": "bad-list.csv", "mimeType": "text/csv", "buffer": bad}],
+    )
+    page.click("#upload-form button[type=submit]")
+    rows = page.locator("#upload-out table.upload-errors tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == 2
+    assert rows.nth(0).locator("td").first.inner_text() == "3"
+    assert "2 row(s) cannot be used" in page.locator("#upload-out p.error").inner_text()
+    page.locator(".toast-error").wait_for()
+    shot(page, "requests-upload-errors")
+    good = b"contact_id,persona,action\nc00000001,emea-cio,tag\n"
+    page.set_input_files(
+        "#upload-form input[type=file]",
+        files=[{"name": "good-list.csv", "mimeType": "text/csv", "buffer": good}],
+    )
+    page.click("#upload-form button[type=submit]")
+    page.locator("#upload-out p.ok").wait_for()
+    row = page.locator('tr[data-request="good-list"]')
+    row.wait_for(timeout=60_000)
+    assert row.locator("td.source-cell").inner_text() == "workbench"
+    assert row.locator("td.who-cell").inner_text() == "erin"
+
+
+def test_a_viewer_sees_no_upload_and_no_cancel(browser: object, server: str) -> None:
+    page = login(browser, server, "vic")
+    page.goto(f"{server}/requests")
+    page.locator("#requests-table tbody tr").first.wait_for()
+    assert page.locator("#upload-form").count() == 0
+    page.goto(f"{server}/jobs/cli-1")
+    assert page.locator("#job-cancel").count() == 0
+
+
 def test_a_missing_job_is_a_404_page(browser: object, server: str) -> None:
     page = login(browser, server, "vic")
     for ref in ("999999", "no-such-request", "bad%20id!", "9" * 30):
