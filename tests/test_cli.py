@@ -200,3 +200,38 @@ def test_bad_input_is_one_line_with_its_position(
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: {says}"), proc.stderr
     assert proc.stderr.count("\n") == 1 and "unexpected" not in proc.stderr
+
+
+def test_requests_list_filters_and_says_where_each_came_from(cli: CLI) -> None:
+    cli("init")
+    cli("persona", "add", "emea", "--name", "EMEA readers", "--category", "region")
+    cli("tag", "--persona", "emea", "--expr", 'region = "EMEA"', "--request-id", "r-1")
+    cli(
+        "untag",
+        "--persona",
+        "emea",
+        "--expr",
+        'region = "EMEA"',
+        "--request-id",
+        "r-2",
+        "--dry-run",
+    )
+    listed = cli.json("requests", "list", "--json")
+    assert listed["total"] == 2
+    assert [
+        (x["request_id"], x["request"]["source"], x["request"]["submitted_by"])
+        for x in listed["requests"]
+    ] == [
+        ("r-2", "cli", "tester"),
+        ("r-1", "cli", "tester"),
+    ]
+    assert [
+        x["request_id"] for x in cli.json("requests", "list", "--dry-run", "--json")["requests"]
+    ] == ["r-2"]
+    only = cli.json("requests", "list", "--action", "tag", "--who", "tester", "--json")
+    assert [x["request_id"] for x in only["requests"]] == ["r-1"]
+    assert cli.json("requests", "list", "--source", "workbench", "--json")["requests"] == []
+    text = cli("requests", "list", "--limit", "1").stdout
+    assert "r-2" in text and "by tester via cli" in text and "1-1 of 2 requests" in text
+    bad = cli("requests", "list", "--source", "fax", ok=False)
+    assert bad.returncode == 1 and "unknown source 'fax'" in bad.stderr

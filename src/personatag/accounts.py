@@ -824,3 +824,11 @@ def end_session(store: Store, token: str) -> None:
     s = store.tables.web_sessions
     with store.write() as conn:
         conn.execute(s.delete().where(s.c.token_hash == _sha256(token)))
+
+
+def token_name(store: Store, token: str) -> str | None:
+    """The name of the API token `token` (as its user gave it), None when unknown."""
+    t = store.tables.api_tokens
+    with store.read() as conn:
+        name = conn.scalar(select(t.c.name).where(t.c.token_hash == _sha256(token)))
+    return None if name is None else str(name)

@@ -42,11 +42,10 @@ def test_editor_builds_previews_submits_and_finds_the_contact(browser: object, s
     submitted.wait_for()
     request_id = submitted.inner_text()
     page.goto(f"{server}/requests")
-    row = page.locator(f'tr[data-request="{request_id}"] td.status-succeeded')
+    row = page.locator(f'tr[data-request="{request_id}"][data-status="succeeded"]')
     row.wait_for(timeout=60_000)
-    # its Progress cell says "done" once the result files are written
-    progress = page.locator(f'tr[data-request="{request_id}"] td.progress')
-    progress.filter(has_text=re.compile(r"^done$")).wait_for(timeout=60_000)
+    # its phase is "done" once the result files are written
+    page.locator(f'tr[data-request="{request_id}"][data-phase="done"]').wait_for(timeout=60_000)
     shot(page, "04-request-succeeded")
     # a contact the request tagged, from the preview sample
     page.goto(f"{server}/criteria/new?expr=" + 'region = "EMEA" and job_title ilike "%chief%"')

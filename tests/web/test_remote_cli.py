@@ -127,6 +127,12 @@ def test_commands_go_to_the_server(server: Server, tmp_path: Path) -> None:
     shown = _json(server.run("jobs", "show", "remote-2", "--json"))
     assert shown == json.loads(server.local("jobs", "show", "remote-2", "--json").stdout)
     assert isinstance(shown, dict) and shown["submitted_by"] == "ed"
+    # Submitted by the CLI, through the API with ed's token named "cli".
+    assert (shown["source"], shown["token"]) == ("cli", "cli")
+    from_cli = _json(server.run("requests", "list", "--source", "cli", "--json"))
+    assert isinstance(from_cli, dict) and "remote-2" in {
+        r["request_id"] for r in from_cli["requests"]
+    }
 
     text = server.run("status")
     assert text.returncode == 0 and text.stdout.startswith("queued ")

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from personatag.cli.common import as_of_option
+from personatag.cli.common import actor, as_of_option
 from personatag.config import Settings
 from personatag.domain import JobStatus
 from personatag.errors import (
@@ -52,6 +52,11 @@ class Client(ABC):
     @abstractmethod
     def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest jobs first, optionally only those with `status`."""
+
+    @abstractmethod
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        """{"requests": [...], "total", "limit", "offset"}: requests newest first,
+        with their newest job, that match `filters` (GET /api/v1/requests's)."""
 
     @abstractmethod
     def get_job(self, ref: str) -> dict[str, Any]:
@@ -147,6 +152,29 @@ class LocalClient(Client):
 
         return [j.as_json() for j in list_jobs(self._st(), status=status, limit=limit)]
 
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        from personatag.jobs.repository import RequestFilter, list_requests
+
+        found, total = list_requests(
+            self._st(), RequestFilter(**filters), limit=limit, offset=offset
+        )
+        return {
+            "requests": [
+                {
+                    "request_id": info.request_id,
+                    "status": job.status,
+                    "job": job.as_json(),
+                    "summary": None,
+                    "error": None,
+                    "request": info.model_dump(),
+                }
+                for info, job in found
+            ],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
     def get_job(self, ref: str) -> dict[str, Any]:
         from personatag.jobs.repository import get_job
 
@@ -182,11 +210,13 @@ class LocalClient(Client):
         )
 
     def submit(self, file: Path, *, wait: bool, timeout: float) -> dict[str, Any]:
+        from personatag.jobs.submissions import CLI, Submitter
         from personatag.requests.submit import submit_file, wait_for_result
 
         data = _read(file)
         b = self._buckets()
-        answer = submit_file(b, data, name=file.name)
+        submitter = Submitter(actor(), CLI)
+        answer = submit_file(b, data, name=file.name, store=self._st(), submitter=submitter)
         if wait:
             answer = wait_for_result(b, self._st(), answer, timeout=timeout)
         return answer
@@ -230,6 +260,8 @@ class RemoteClient(Client):
             headers={
                 "Authorization": f"Bearer {settings.token.get_secret_value()}",
                 "Accept": "application/json",
+                # Requests it submits show as from the CLI (see web/api/requests.py).
+                "X-Personatag-Client": "cli",
             },
             timeout=httpx.Timeout(timeout),
             follow_redirects=True,
@@ -248,6 +280,15 @@ class RemoteClient(Client):
     def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         params = {"status": status, "limit": limit} if status is not None else {"limit": limit}
         found: list[dict[str, Any]] = self._call("GET", "/api/v1/jobs", params=params)["jobs"]
+        return found
+
+    def list_requests(self, filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        if isinstance(params.get("dry_run"), bool):
+            params["dry_run"] = "true" if params["dry_run"] else "false"
+        found: dict[str, Any] = self._call(
+            "GET", "/api/v1/requests", params=params | {"limit": limit, "offset": offset}
+        )
         return found
 
     def get_job(self, ref: str) -> dict[str, Any]:

@@ -14,6 +14,63 @@ from personatag.domain import JobStatus
 
 # Commands at the top level (joined into the root app without a name).
 app = typer.Typer()
+requests_app = typer.Typer(
+    help="List requests: who submitted them, from where.", no_args_is_help=True
+)
+
+
+@requests_app.command("list")
+def requests_list(
+    persona: Annotated[
+        str | None, typer.Option(help="Only requests that name this persona.")
+    ] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action: tag or untag.")] = None,
+    engine: Annotated[str | None, typer.Option(help="Only this engine.")] = None,
+    dry_run: Annotated[
+        bool | None,
+        typer.Option("--dry-run/--no-dry-run", help="Only dry runs, or only real runs."),
+    ] = None,
+    who: Annotated[str | None, typer.Option(help="Only requests submitted by this user.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Only from here: workbench, api, cli or file.")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only with this (newest job's) status.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (paging).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List requests, newest first, with who submitted each, from where, and its newest job."""
+    filters = {
+        "persona": persona,
+        "action": action,
+        "engine": engine,
+        "dry_run": dry_run,
+        "who": who,
+        "source": source,
+        "status": status,
+    }
+    with open_client(settings()) as client:
+        found = client.list_requests(filters, limit, offset)
+    if as_json:
+        emit(found)
+        return
+    for item in found["requests"]:
+        r, j = item["request"], item["job"]
+        c = j["counts"] or {}
+        changed = c.get("tagged", 0) + c.get("untagged", 0)
+        typer.echo(
+            f"{j['id']:>6} {item['request_id']:<36} {item['status']:<10} "
+            f"{','.join(r['personas']):<20} {','.join(r['actions']):<10} {r['engine']:<6} "
+            f"{'dry-run ' if r['dry_run'] else ''}by {r['submitted_by'] or '-'} "
+            f"via {r['source'] or '-'}: matched {c.get('matched', 0):,}, changed {changed:,}"
+        )
+    shown = len(found["requests"])
+    if shown:
+        typer.echo(f"{offset + 1:,}-{offset + shown:,} of {found['total']:,} requests")
+    else:
+        typer.echo(f"no requests (of {found['total']:,} that match)")
 
 
 @app.command()

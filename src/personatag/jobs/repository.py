@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, or_, select
 
-from personatag.domain import JobStatus, utcnow
+from personatag.definitions.personas import persona_pks
+from personatag.domain import Action, JobStatus, utcnow
+from personatag.engines import engine_names
 from personatag.errors import ConflictError, InputError, NotFoundError
-from personatag.jobs.views import JobPublic
+from personatag.jobs.submissions import VIA
+from personatag.jobs.views import JobPublic, RequestInfo
 from personatag.store import Store
 
 #: Job states by what they say, in JobStatus order (tuples: usable in SQL IN).
@@ -51,10 +55,13 @@ def open_request(
     bundle_version: str | None = None,
     progress: dict[str, Any] | None = None,
     also: Callable[[Connection], None] | None = None,
+    submitted_via: str | None = None,
+    submitted_token: str | None = None,
 ) -> tuple[int, int, dict[str, Any] | None]:
     """Record a request (once per request id) and a new job for it (`status`:
     running, or queued), in one write transaction; `also` writes in it too.
-    `progress`: a running job's first progress figure.
+    `progress`: a running job's first progress figure. `submitted_via` and
+    `submitted_token`: how it was submitted (see jobs/submissions.py).
 
     Returns (request pk, job pk, previous result). The request id is an
     idempotency key: when a job of this request already succeeded (or was
@@ -103,6 +110,8 @@ def open_request(
                     dry_run=dry_run,
                     spec=json.dumps(spec, sort_keys=True),
                     created_at=now,
+                    submitted_via=submitted_via,
+                    submitted_token=submitted_token,
                 )
                 .returning(t.requests.c.pk)
             )
@@ -199,9 +208,15 @@ def note_results(conn: Connection, store: Store, job_pk: int, error: str | None)
 
 def _jobs_query(store: Store) -> Any:
     t = store.tables
+    r = t.requests
     return select(
-        t.jobs, t.requests.c.request_id, t.requests.c.submitted_by, t.requests.c.dry_run
-    ).join(t.requests, t.requests.c.pk == t.jobs.c.request_pk)
+        t.jobs,
+        r.c.request_id,
+        r.c.submitted_by,
+        r.c.submitted_via,
+        r.c.submitted_token,
+        r.c.dry_run,
+    ).join(r, r.c.pk == t.jobs.c.request_pk)
 
 
 def list_jobs(store: Store, *, status: str | None = None, limit: int = 50) -> list[JobPublic]:
@@ -257,3 +272,111 @@ def cancel_job(store: Store, ref: str) -> JobPublic:
         else:
             raise ConflictError(f"job {job.id} is {job.status}: nothing to cancel")
     return get_job(store, str(job.id))
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    """What `list_requests` keeps: each given field must match (None: any)."""
+
+    persona: str | None = None  # a persona key the request names (any of its items)
+    action: str | None = None  # `tag` or `untag` (any of its items)
+    engine: str | None = None
+    dry_run: bool | None = None
+    who: str | None = None  # submitted_by
+    source: str | None = None  # one of jobs.submissions.VIA
+    status: str | None = None  # its newest job's status
+
+
+def _spec_names(column: Any, name: str, value: str) -> Any:
+    """`column` (a request's spec, JSON written with sort_keys) names `value`
+    under `name`, in its own fields or an item's. Text compares the same on
+    every store; a quote inside an expression is escaped in the JSON, so the
+    text of a criterion cannot match."""
+    text = json.dumps({name: value})[1:-1]  # '"persona": "emea-cio"'
+    pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"%{pattern}%", escape="\\")
+
+
+def _check_filter(store: Store, f: RequestFilter) -> None:
+    if f.status is not None and f.status not in set(JobStatus):
+        raise InputError(
+            f"status: unknown job status {f.status!r}: use one of {', '.join(JobStatus)}"
+        )
+    if f.source is not None and f.source not in VIA:
+        raise InputError(f"source: unknown source {f.source!r}: use one of {', '.join(VIA)}")
+    if f.action is not None and f.action not in set(Action):
+        raise InputError(f"action: unknown action {f.action!r}: use one of {', '.join(Action)}")
+    if f.engine is not None and f.engine not in (known := engine_names()):
+        raise InputError(f"engine: unknown engine {f.engine!r}: use one of {', '.join(known)}")
+    if f.persona is not None:
+        with store.read() as conn:
+            if f.persona not in persona_pks(conn, store):
+                raise InputError(f"persona: unknown persona {f.persona!r}")
+
+
+def list_requests(
+    store: Store, f: RequestFilter, *, limit: int = 50, offset: int = 0
+) -> tuple[list[tuple[RequestInfo, JobPublic]], int]:
+    """Requests that match `f`, newest first, each with its newest job; and how
+    many match in all (for paging with `limit` and `offset`)."""
+    _check_filter(store, f)
+    t = store.tables
+    r, j = t.requests, t.jobs
+    newest = select(j.c.request_pk, func.max(j.c.pk).label("job_pk")).group_by(j.c.request_pk)
+    latest = newest.subquery()
+    conditions: list[Any] = []
+    if f.persona is not None:
+        conditions.append(_spec_names(r.c.spec, "persona", f.persona))
+    if f.action is not None:
+        conditions.append(or_(r.c.action == f.action, _spec_names(r.c.spec, "action", f.action)))
+    if f.engine is not None:
+        conditions.append(r.c.engine == f.engine)
+    if f.dry_run is not None:
+        conditions.append(r.c.dry_run == f.dry_run)
+    if f.who is not None:
+        conditions.append(r.c.submitted_by == f.who)
+    if f.source is not None:
+        conditions.append(r.c.submitted_via == f.source)
+    if f.status is not None:
+        conditions.append(j.c.status == f.status)
+    joined = r.join(latest, latest.c.request_pk == r.c.pk).join(j, j.c.pk == latest.c.job_pk)
+    query = (
+        select(
+            j,
+            r.c.request_id,
+            r.c.submitted_by,
+            r.c.submitted_via,
+            r.c.submitted_token,
+            r.c.dry_run,
+            r.c.spec,
+            r.c.created_at,
+            r.c.as_of,
+            r.c.engine.label("request_engine"),
+        )
+        .select_from(joined)
+        .where(*conditions)
+    )
+    counted = select(func.count()).select_from(joined).where(*conditions)
+    with store.read() as conn:
+        total = int(conn.scalar(counted) or 0)
+        rows = conn.execute(query.order_by(r.c.pk.desc()).limit(limit).offset(offset)).all()
+    return [(RequestInfo.from_row(row), JobPublic.from_row(row)) for row in rows], total
+
+
+def get_request(store: Store, request_id: str) -> RequestInfo | None:
+    """What request `request_id` asked for, who submitted it and how; None if unknown."""
+    r = store.tables.requests
+    query = select(
+        r.c.request_id,
+        r.c.submitted_by,
+        r.c.submitted_via,
+        r.c.submitted_token,
+        r.c.dry_run,
+        r.c.spec,
+        r.c.created_at,
+        r.c.as_of,
+        r.c.engine.label("request_engine"),
+    ).where(r.c.request_id == request_id)
+    with store.read() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else RequestInfo.from_row(row)

@@ -44,6 +44,7 @@ from personatag.engines.flink.deploy import active_bundle, scan_artifacts
 from personatag.errors import PersonatagError
 from personatag.jobs import repository as jobs
 from personatag.jobs.progress import DONE, Progress
+from personatag.jobs.submissions import submission_of
 from personatag.logs import request_context
 from personatag.metrics import Metrics, default_metrics
 from personatag.requests.files import RequestFile, check_size, parse_request
@@ -536,16 +537,19 @@ class Dispatcher(Service):
             )
             self._refuse(key, request.request_id, summary, row_failures)
             return None
+        submitter = submission_of(self.store, key, named=request.submitted_by)
         job_request = JobRequest(
             request_id=request.request_id,
             plan=plan,
             as_of=as_of,
             engine=request.engine,
             dry_run=request.dry_run,
-            submitted_by=request.submitted_by,
+            submitted_by=submitter.who,
             source=key,
             format=request.format,
             row_failures=tuple(row_failures),
+            via=submitter.via,
+            token=submitter.token,
         )
         # Read before the write transaction; a record that cannot be read fails
         # the job once it is recorded (below), like any failure after that.

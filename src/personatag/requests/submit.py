@@ -10,13 +10,23 @@ from sqlalchemy import select
 
 from personatag.buckets import Buckets
 from personatag.errors import PersonatagError
+from personatag.jobs.submissions import Submitter, record_submission
 from personatag.requests.files import detect_format, parse_request, request_to_json
 from personatag.requests.reporting import RESULTS_FAILED
 from personatag.store import Store
 
 
-def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
+def submit_file(
+    buckets: Buckets,
+    data: bytes,
+    *,
+    name: str,
+    store: Store | None = None,
+    submitter: Submitter | None = None,
+) -> dict[str, Any]:
     """Validate `data` (a request file called `name`) and store it for the dispatcher.
+    With `store` and `submitter`, who submitted it is recorded first (without,
+    the request shows as a file dropped into the bucket).
 
     A JSON request without a request_id gets one (written into the stored
     file); a CSV request's id is its file name. Submitting a request id again
@@ -38,6 +48,8 @@ def submit_file(buckets: Buckets, data: bytes, *, name: str) -> dict[str, Any]:
         # A CSV file's name is its request id: another file of it goes in a folder.
         rid = req.request_id
         key = f"{rid}.{n}.json" if ext == "json" else f"{rid}.{n}/{rid}.csv"
+    if store is not None and submitter is not None:
+        record_submission(store, key, req.request_id, submitter)
     requests.put(key, body)
     return {"request_id": req.request_id, "key": key}
 

@@ -59,6 +59,7 @@ class Tables:
     requests: Table
     jobs: Table
     request_files: Table
+    request_submissions: Table
     data_versions: Table
     users: Table
     api_tokens: Table
@@ -229,6 +230,24 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("dry_run", Boolean(create_constraint=False), nullable=False),
         Column("spec", Text, nullable=False),
         Column("created_at", UTCTimestamp, nullable=False),
+        # Where it was submitted (workbench, api, cli, file) and, through the
+        # API with a token, the token's name.
+        Column("submitted_via", Text),
+        Column("submitted_token", Text),
+        Index("ix_requests_submitted_by", "submitted_by"),
+    )
+    # Who put a file in the requests bucket and how (the API, `personatag
+    # submit`), by its key: the dispatcher reads it when it records the
+    # request. A file without a row was dropped into the bucket directly.
+    request_submissions = Table(
+        "request_submissions",
+        md,
+        Column("key", Text, primary_key=True),
+        Column("request_id", Text, nullable=False),
+        Column("submitted_by", Text),
+        Column("submitted_via", Text, nullable=False),
+        Column("submitted_token", Text),
+        Column("submitted_at", UTCTimestamp, nullable=False),
     )
     jobs = Table(
         "jobs",
@@ -479,4 +498,5 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         requests=requests,
         jobs=jobs,
         request_files=request_files,
+        request_submissions=request_submissions,
     )

@@ -14,6 +14,7 @@ from personatag.domain import Action, check_as_of, utcnow
 from personatag.engines import get_engine
 from personatag.errors import InputError
 from personatag.jobs import repository as jobs
+from personatag.jobs.submissions import CLI
 from personatag.store import Store
 from personatag.tagging.contact_lists import read_contact_ids
 from personatag.tagging.outcome import AdhocResult, RequestFailed
@@ -38,6 +39,7 @@ class AdhocRequest:
     actor: str | None = None
     request_id: str | None = None
     engine: str = "local"
+    via: str = CLI
 
 
 def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResult:
@@ -63,6 +65,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
         dry_run=req.dry_run,
         submitted_by=req.actor,
         contacts_file=str(req.contacts_file) if req.contacts_file else None,
+        via=req.via,
     )
     runner = JobRunner(store, settings)
     job = runner.open(request)

@@ -61,6 +61,7 @@ class JobRequest:
 
     `source` and `format` name the request file it came from; a request from
     the command line has neither, one item, and the `contacts_file` it read.
+    `via` and `token`: how it was submitted (jobs/submissions.py).
     """
 
     request_id: str
@@ -73,6 +74,8 @@ class JobRequest:
     format: str | None = None
     contacts_file: str | None = None
     row_failures: tuple[FailedRow, ...] = ()
+    via: str | None = None
+    token: str | None = None
 
     def spec(self) -> dict[str, Any]:
         """What is recorded with the request; a request id that comes again must
@@ -226,6 +229,8 @@ class JobRunner:
             bundle_version=bundle_version,
             progress=progress,
             also=also,
+            submitted_via=request.via,
+            submitted_token=request.token,
         )
         if previous is not None:  # the same request id ran to completion before
             return AdhocResult.from_json(previous)

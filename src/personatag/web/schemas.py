@@ -19,7 +19,7 @@ from pydantic import (
 
 from personatag.criteria.limits import MAX_TEXT_CHARS
 from personatag.domain import JobStatus
-from personatag.jobs.views import JobPublic
+from personatag.jobs.views import JobPublic, RequestInfo
 from personatag.schemas import KEY_PATTERN, REQUEST_ID_PATTERN
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
@@ -429,6 +429,9 @@ class RequestView(BaseModel):
         None,
         description="the request finished but its result files could not be written yet "
         "(a dispatcher keeps trying): why",
+    )
+    request: RequestInfo | None = Field(
+        None, description="what it asked for, who submitted it and how (once a dispatcher ran it)"
     )
 
 

@@ -14,15 +14,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from personatag import accounts
 from personatag.audit_log import record_now
 from personatag.buckets import Buckets
 from personatag.config import Settings
 from personatag.domain import JobStatus
 from personatag.errors import NotFoundError, PersonatagError
-from personatag.jobs.repository import get_job, list_jobs
+from personatag.jobs.repository import RequestFilter, get_job, get_request, list_requests
+from personatag.jobs.submissions import API, CLI, VIA, WORKBENCH, Submitter
 from personatag.jobs.views import JobPublic
 from personatag.requests.files import check_size, detect_format, parse_request
 from personatag.requests.reporting import RESULTS_FAILED
@@ -49,6 +51,9 @@ Timeout = Annotated[float, Query(gt=0, le=600, description="seconds to wait with
 
 class RequestList(BaseModel):
     requests: list[RequestView]
+    total: int = Field(description="how many requests match the filters")
+    limit: int
+    offset: int
 
 
 def _request_body_doc() -> dict[str, Any]:
@@ -66,10 +71,25 @@ def _as_caller(data: bytes, name: str, who: Principal) -> bytes:
     return json.dumps(obj).encode()
 
 
+#: The header the CLI sends, so its requests show as submitted from the CLI.
+CLIENT_HEADER = "X-Personatag-Client"
+
+
+def submitter_of(request: Request, store: Store, who: Principal) -> Submitter:
+    """How `who` submits: from the workbench (a browser session), the CLI (a
+    token, with the CLI's header) or the API (any other token)."""
+    if who.via != "token":
+        return Submitter(who.user.username, WORKBENCH)
+    _, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    via = CLI if request.headers.get(CLIENT_HEADER, "").lower() == "cli" else API
+    return Submitter(who.user.username, via, accounts.token_name(store, token.strip()))
+
+
 async def _submit(
     data: bytes,
     name: str,
     *,
+    request: Request,
     store: Store,
     buckets: Buckets,
     settings: Settings,
@@ -94,8 +114,14 @@ async def _submit(
             f"{name}: {len(rows)} row(s) cannot be used; fix them and upload again",
             rows=rows,
         )
+    submitter = await run_in_threadpool(submitter_of, request, store, who)
     submitted = await run_in_threadpool(
-        submit_file, buckets, _as_caller(data, name, who), name=name
+        submit_file,
+        buckets,
+        _as_caller(data, name, who),
+        name=name,
+        store=store,
+        submitter=submitter,
     )
     await run_in_threadpool(
         record_now,
@@ -150,6 +176,7 @@ async def request_submit(
     return await _submit(
         data,
         "request.json",
+        request=request,
         store=store,
         buckets=buckets,
         settings=settings,
@@ -164,6 +191,7 @@ async def request_submit(
     "/requests/upload", status_code=202, response_model=Submitted, **role("editor", responses=_RAN)
 )
 async def request_upload(
+    request: Request,
     response: Response,
     store: StoreDep,
     buckets: BucketsDep,
@@ -190,6 +218,7 @@ async def request_upload(
     return await _submit(
         data,
         name,
+        request=request,
         store=store,
         buckets=buckets,
         settings=settings,
@@ -218,24 +247,51 @@ def _job_of(store: Store, request_id: str) -> JobPublic | None:
     return job if job.request_id == request_id else None
 
 
+SOURCE_DOC: dict[str, Any] = {"enum": list(VIA)}
+
+
 @router.get("/requests", response_model=RequestList, **role("viewer"))
 def requests_list(
     store: StoreDep,
+    persona: Annotated[
+        str | None, Query(max_length=64, description="requests that name this persona")
+    ] = None,
+    action: Annotated[Literal["tag", "untag"] | None, Query()] = None,
+    engine: Annotated[str | None, Query(max_length=64, description="a batch engine's name")] = None,
+    dry_run: Annotated[bool | None, Query()] = None,
+    who: Annotated[str | None, Query(max_length=128, description="submitted by this user")] = None,
+    source: Annotated[
+        str | None,
+        Query(
+            max_length=20,
+            json_schema_extra=SOURCE_DOC,
+            description="submitted from the workbench, the api (a token), the cli or a file",
+        ),
+    ] = None,
     status: Annotated[str | None, Query(max_length=20, json_schema_extra=JOB_STATUS_DOC)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    """Requests with their newest job, newest first (requests refused before they
-    became a job are only in the results bucket)."""
-    seen: dict[str, dict[str, Any]] = {}
-    for job in list_jobs(store, status=status, limit=limit):
-        if job.request_id not in seen:
-            seen[job.request_id] = {
-                "request_id": job.request_id,
+    """Requests with their newest job, newest first, filtered (each filter given
+    must match) and paged (`total` counts every match). Requests refused before
+    they became a job are only in the results bucket."""
+    wanted = RequestFilter(persona, action, engine, dry_run, who, source, status)
+    found, total = list_requests(store, wanted, limit=limit, offset=offset)
+    return {
+        "requests": [
+            {
+                "request_id": info.request_id,
                 "status": job.status,
                 "job": job,
                 "summary": None,
+                "request": info,
             }
-    return {"requests": list(seen.values())}
+            for info, job in found
+        ],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
 @router.get("/requests/{request_id}", response_model=RequestView, **role("viewer"))
@@ -264,6 +320,7 @@ def request_show(request_id: RequestId, store: StoreDep, buckets: BucketsDep) ->
         "job": job,
         "summary": summary,
         "error": missing,
+        "request": get_request(store, request_id),
     }
 
 
