@@ -22,6 +22,7 @@ from personatag.importer.values import TEXT_PARSERS, BadValue, check_text, json_
 from personatag.memberships.log import log_for_contact
 from personatag.memberships.pins import contact_pk
 from personatag.store import Store, changefeed, versions
+from personatag.store.backends.base import search_key
 from personatag.times import iso_any
 
 
@@ -281,3 +282,98 @@ def add_events(
             changefeed.record(conn, store, changefeed.KIND_CONTACT, [cpk], ["last_login_at"])
             versions.bump(conn, t, ["logins", "contacts"])
     return {"reads": added_reads, "logins": added_logins}
+
+
+#: How deep contact search pages: beyond it, narrow the query.
+SEARCH_MAX_OFFSET = 10_000
+SEARCH_MAX_LIMIT = 100
+
+
+def search_contacts(
+    store: Store, query: str, *, limit: int = 20, offset: int = 0
+) -> dict[str, Any]:
+    """Contacts whose id is `query` (trimmed, any case), or whose first name,
+    last name, "first last", email or firm starts with it (any case).
+
+    Id matches come first, then names, emails and firms, each in alphabetical
+    order; a contact is listed once. Every branch is one range of a
+    `search_key` index, so a page costs about offset + limit index rows.
+    Returns {"query", "items", "limit", "offset", "next_offset" (None: last page)}.
+    """
+    words = query.split()
+    text = " ".join(words)
+    if not text:
+        raise InputError("q: give a contact id, a name, an email or a firm, e.g. q=smith")
+    if len(text) > 200:
+        raise InputError("q: at most 200 characters")
+    try:
+        check_text(text)
+    except BadValue as exc:
+        raise InputError(f"q: {exc}") from None
+    if not 1 <= limit <= SEARCH_MAX_LIMIT:
+        raise InputError(f"limit: between 1 and {SEARCH_MAX_LIMIT}, got {limit}")
+    if not 0 <= offset <= SEARCH_MAX_OFFSET:
+        raise InputError(
+            f"offset: between 0 and {SEARCH_MAX_OFFSET:,}, got {offset}: narrow the query"
+        )
+    backend = store.backend
+    folded = backend.search_fold(text)
+    c = store.tables.contacts
+    branches: list[tuple[str, Any, Any]] = [
+        ("id", search_key(c.c.id) == folded, c.c.pk),
+        ("name", backend.prefix_match(c.c.first_name, folded), search_key(c.c.first_name)),
+        ("name", backend.prefix_match(c.c.last_name, folded), search_key(c.c.last_name)),
+    ]
+    if len(words) > 1:
+        first, rest = folded.split(" ", 1)
+        branches.append(
+            (
+                "name",
+                (search_key(c.c.first_name) == first) & backend.prefix_match(c.c.last_name, rest),
+                search_key(c.c.last_name),
+            )
+        )
+    branches += [
+        ("email", backend.prefix_match(c.c.email, folded), search_key(c.c.email)),
+        ("firm", backend.prefix_match(c.c.firm, folded), search_key(c.c.firm)),
+    ]
+    need = offset + limit + 1
+    found: dict[int, dict[str, Any]] = {}
+    columns = (c.c.pk, c.c.id, c.c.first_name, c.c.last_name, c.c.email, c.c.firm, c.c.region)
+    with store.read() as conn:
+        for matched, where, key in branches:
+            if len(found) >= need:
+                break
+            rows = conn.execute(
+                select(*columns).where(where).order_by(key, c.c.pk).limit(need + len(found))
+            )
+            for r in rows:
+                if r.pk not in found and len(found) < need:
+                    found[r.pk] = {
+                        "id": r.id,
+                        "name": " ".join(p for p in (r.first_name, r.last_name) if p),
+                        "email": r.email,
+                        "firm": r.firm,
+                        "region": r.region,
+                        "matched": matched,
+                        "personas": [],
+                    }
+        page = dict(list(found.items())[offset : offset + limit])
+        if page:
+            t = store.tables
+            held = conn.execute(
+                select(t.memberships.c.contact_pk, t.personas.c.key)
+                .distinct()
+                .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
+                .where(t.memberships.c.contact_pk.in_(list(page)))
+                .order_by(t.personas.c.key)
+            )
+            for contact, persona in held:
+                page[contact]["personas"].append(persona)
+    return {
+        "query": text,
+        "items": list(page.values()),
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if len(found) > offset + limit else None,
+    }
