@@ -61,6 +61,8 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 func.coalesce(requests.c.submitted_by, pins_t.c.created_by).label("submitted_by"),
                 crit.c.name,
                 crit.c.version,
+                crit.c.expr,
+                crit.c.mode,
             )
             .outerjoin(requests, requests.c.pk == m.c.request_pk)
             .outerjoin(crit, crit.c.pk == m.c.criterion_pk)
@@ -85,6 +87,9 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                     "since": iso_any(r.since),
                     "request_id": r.request_id,
                     "criterion": f"{r.name}@{r.version}" if r.name else None,
+                    "criterion_name": r.name,
+                    "criterion_text": r.expr,
+                    "criterion_mode": r.mode,
                     "by": r.submitted_by,
                 }
             )
@@ -105,12 +110,13 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 req_id = conn.scalar(
                     select(requests.c.request_id).where(requests.c.pk == e["request_pk"])
                 )
-            criterion = None
+            criterion = criterion_name = None
             if e["criterion_pk"] is not None:
                 cr = conn.execute(
                     select(crit.c.name, crit.c.version).where(crit.c.pk == e["criterion_pk"])
                 ).first()
                 criterion = f"{cr.name}@{cr.version}" if cr else None
+                criterion_name = cr.name if cr else None
             log.append(
                 {
                     "at": iso_any(e["at"]),
@@ -119,6 +125,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                     "source": _source_name(e["source"]),
                     "request_id": req_id,
                     "criterion": criterion,
+                    "criterion_name": criterion_name,
                     "by": e["actor"],
                     "reason": e["reason"],
                     "bulk": e["bulk_count"] is not None,
@@ -131,6 +138,37 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             "pins": pins,
             "log": log,
         }
+
+
+def recent_activity(store: Store, contact_id: str, *, limit: int = 10) -> dict[str, Any]:
+    """The contact's newest reads (with the report's id and title) and logins,
+    and how many of each it has in all."""
+    t = store.tables
+    r, p, lg = t.reads, t.publications, t.logins
+    with store.read() as conn:
+        cpk = contact_pk(conn, store, contact_id)
+        reads = [
+            {"at": iso_any(row.read_at), "publication": row.id, "title": row.title}
+            for row in conn.execute(
+                select(r.c.read_at, p.c.id, p.c.title)
+                .join(p, p.c.pk == r.c.publication_pk)
+                .where(r.c.contact_pk == cpk)
+                .order_by(r.c.read_at.desc())
+                .limit(limit)
+            )
+        ]
+        logins = [
+            iso_any(at)
+            for at in conn.scalars(
+                select(lg.c.login_at)
+                .where(lg.c.contact_pk == cpk)
+                .order_by(lg.c.login_at.desc())
+                .limit(limit)
+            )
+        ]
+        n_reads = conn.scalar(select(func.count()).where(r.c.contact_pk == cpk))
+        n_logins = conn.scalar(select(func.count()).where(lg.c.contact_pk == cpk))
+    return {"reads": reads, "logins": logins, "n_reads": n_reads, "n_logins": n_logins}
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
