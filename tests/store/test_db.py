@@ -110,7 +110,7 @@ def test_contact_search_indexes(store: Store) -> None:
                     "SELECT indexdef FROM pg_indexes WHERE indexname = %(name)s",
                     {"name": f"ix_contacts_search_{field}"},
                 ).one()
-                assert f'(lower({field}) COLLATE "C")' in definition
+                assert f'(lower({field}) COLLATE "C", pk)' in definition
                 conn.exec_driver_sql("SET enable_seqscan = off")
                 plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
                 assert f"ix_contacts_search_{field}" in plan and "Sort" not in plan, plan

@@ -100,9 +100,10 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("last_login_at", UTCTimestamp),
         *(Column(CUSTOM_COLUMN_PREFIX + name, sql_type(ft)) for name, ft in custom),
     )
-    # Contact search: the id folded (exact), name, email and firm (prefix).
+    # Contact search: the id folded (exact), name, email and firm (prefix); pk
+    # after the key gives a page in (key, pk) order straight from the index.
     for field in SEARCH_FIELDS:
-        Index(f"ix_contacts_search_{field}", search_key(contacts.c[field]))
+        Index(f"ix_contacts_search_{field}", search_key(contacts.c[field]), contacts.c.pk)
     publications = Table(
         "publications",
         md,

@@ -21,7 +21,9 @@ FIELDS = ("id", "first_name", "last_name", "email", "firm")
 def upgrade() -> None:
     get_backend(op.get_bind().dialect.name)  # loads how this database spells search_key
     for field in FIELDS:
-        op.create_index(f"ix_contacts_search_{field}", "contacts", [search_key(column(field))])
+        op.create_index(
+            f"ix_contacts_search_{field}", "contacts", [search_key(column(field)), column("pk")]
+        )
 
 
 def downgrade() -> None:
