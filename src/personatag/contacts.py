@@ -357,20 +357,18 @@ def search_contacts(
     backend = store.backend
     folded = backend.search_fold(text)
     c = store.tables.contacts
+    # (what matched, condition, order before pk): one index range each
     branches: list[tuple[str, Any, Any]] = [
-        ("id", search_key(c.c.id) == folded, c.c.pk),
+        ("id", search_key(c.c.id) == folded, None),
         ("name", backend.prefix_match(c.c.first_name, folded), search_key(c.c.first_name)),
         ("name", backend.prefix_match(c.c.last_name, folded), search_key(c.c.last_name)),
     ]
     if len(words) > 1:
         first, rest = folded.split(" ", 1)
-        branches.append(
-            (
-                "name",
-                (search_key(c.c.first_name) == first) & backend.prefix_match(c.c.last_name, rest),
-                search_key(c.c.last_name),
-            )
-        )
+        # first name equal: pk order is the index's (SQLite sorts if asked for
+        # the key too), and one first name's range is short to filter
+        both = (search_key(c.c.first_name) == first) & backend.prefix_match(c.c.last_name, rest)
+        branches.append(("name", both, None))
     branches += [
         ("email", backend.prefix_match(c.c.email, folded), search_key(c.c.email)),
         ("firm", backend.prefix_match(c.c.firm, folded), search_key(c.c.firm)),
@@ -383,7 +381,10 @@ def search_contacts(
             if len(found) >= need:
                 break
             rows = conn.execute(
-                select(*columns).where(where).order_by(key, c.c.pk).limit(need + len(found))
+                select(*columns)
+                .where(where)
+                .order_by(*(() if key is None else (key,)), c.c.pk)
+                .limit(need + len(found))
             )
             for r in rows:
                 if r.pk not in found and len(found) < need:
