@@ -88,6 +88,12 @@ def test_contracts(cli: CLI, tmp_path: Path) -> None:
     assert shown["personas"][0]["sources"][0]["request_id"] == out["request_id"]
     assert shown["log"][0]["by"] == "tester"
     assert " enter emea by tester: " in cli("contact", "show", "c0004").stdout
+    found = cli.json("contact", "search", " C0004 ", "--json")
+    assert [(h["id"], h["matched"], h["personas"]) for h in found["items"]] == [
+        ("c0004", "id", ["emea"])
+    ]
+    assert cli("contact", "search", "c0004").stdout.startswith("c0004 ")
+    assert "no contact matches 'nobody'" in cli("contact", "search", "nobody").stdout
     # An ongoing criterion's entry has no actor: the text says what did it, not "by None".
     cli("persona", "add", "senior", "--name", "Senior", "--category", "seniority")
     cli("criterion", "add", "senior", "--persona", "senior", "--expr", "seniority >= 4")
@@ -134,6 +140,7 @@ def test_criteria_versions_and_attributes(cli: CLI) -> None:
         (("preview", "--expr", 'regoin = "EMEA"'), "did you mean 'region'"),
         (("preview", "--expr", "seniority > 1", "--as-of", "yesterday"), "invalid --as-of"),
         (("contact", "show", "zzz"), "unknown contact 'zzz'"),
+        (("contact", "search", "x", "--limit", "0"), "limit: between 1 and 100"),
         (("pin", "x", "c0001"), "exactly one of --in or --out"),
         (("preview", "--expr", "last_login_at within 9d", "--as-of", "0001-01-01"), "out of range"),
         (("preview", "--expr", "seniority > 1", "--sample", "-1"), "'--sample'"),

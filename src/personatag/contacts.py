@@ -22,6 +22,7 @@ from personatag.importer.values import TEXT_PARSERS, BadValue, check_text, json_
 from personatag.memberships.log import log_for_contact
 from personatag.memberships.pins import contact_pk
 from personatag.store import Store, changefeed, versions
+from personatag.store.backends.base import search_key
 from personatag.times import iso_any
 
 
@@ -60,6 +61,8 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 func.coalesce(requests.c.submitted_by, pins_t.c.created_by).label("submitted_by"),
                 crit.c.name,
                 crit.c.version,
+                crit.c.expr,
+                crit.c.mode,
             )
             .outerjoin(requests, requests.c.pk == m.c.request_pk)
             .outerjoin(crit, crit.c.pk == m.c.criterion_pk)
@@ -84,6 +87,9 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                     "since": iso_any(r.since),
                     "request_id": r.request_id,
                     "criterion": f"{r.name}@{r.version}" if r.name else None,
+                    "criterion_name": r.name,
+                    "criterion_text": r.expr,
+                    "criterion_mode": r.mode,
                     "by": r.submitted_by,
                 }
             )
@@ -104,12 +110,13 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                 req_id = conn.scalar(
                     select(requests.c.request_id).where(requests.c.pk == e["request_pk"])
                 )
-            criterion = None
+            criterion = criterion_name = None
             if e["criterion_pk"] is not None:
                 cr = conn.execute(
                     select(crit.c.name, crit.c.version).where(crit.c.pk == e["criterion_pk"])
                 ).first()
                 criterion = f"{cr.name}@{cr.version}" if cr else None
+                criterion_name = cr.name if cr else None
             log.append(
                 {
                     "at": iso_any(e["at"]),
@@ -118,6 +125,7 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
                     "source": _source_name(e["source"]),
                     "request_id": req_id,
                     "criterion": criterion,
+                    "criterion_name": criterion_name,
                     "by": e["actor"],
                     "reason": e["reason"],
                     "bulk": e["bulk_count"] is not None,
@@ -130,6 +138,37 @@ def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[
             "pins": pins,
             "log": log,
         }
+
+
+def recent_activity(store: Store, contact_id: str, *, limit: int = 10) -> dict[str, Any]:
+    """The contact's newest reads (with the report's id and title) and logins,
+    and how many of each it has in all."""
+    t = store.tables
+    r, p, lg = t.reads, t.publications, t.logins
+    with store.read() as conn:
+        cpk = contact_pk(conn, store, contact_id)
+        reads = [
+            {"at": iso_any(row.read_at), "publication": row.id, "title": row.title}
+            for row in conn.execute(
+                select(r.c.read_at, p.c.id, p.c.title)
+                .join(p, p.c.pk == r.c.publication_pk)
+                .where(r.c.contact_pk == cpk)
+                .order_by(r.c.read_at.desc())
+                .limit(limit)
+            )
+        ]
+        logins = [
+            iso_any(at)
+            for at in conn.scalars(
+                select(lg.c.login_at)
+                .where(lg.c.contact_pk == cpk)
+                .order_by(lg.c.login_at.desc())
+                .limit(limit)
+            )
+        ]
+        n_reads = conn.scalar(select(func.count()).where(r.c.contact_pk == cpk))
+        n_logins = conn.scalar(select(func.count()).where(lg.c.contact_pk == cpk))
+    return {"reads": reads, "logins": logins, "n_reads": n_reads, "n_logins": n_logins}
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -281,3 +320,99 @@ def add_events(
             changefeed.record(conn, store, changefeed.KIND_CONTACT, [cpk], ["last_login_at"])
             versions.bump(conn, t, ["logins", "contacts"])
     return {"reads": added_reads, "logins": added_logins}
+
+
+#: How deep contact search pages: beyond it, narrow the query.
+SEARCH_MAX_OFFSET = 10_000
+SEARCH_MAX_LIMIT = 100
+
+
+def search_contacts(
+    store: Store, query: str, *, limit: int = 20, offset: int = 0
+) -> dict[str, Any]:
+    """Contacts whose id is `query` (trimmed, any case), or whose first name,
+    last name, "first last", email or firm starts with it (any case).
+
+    Id matches come first, then names, emails and firms, each in alphabetical
+    order; a contact is listed once. Every branch is one range of a
+    `search_key` index, so a page costs about offset + limit index rows.
+    Returns {"query", "items", "limit", "offset", "next_offset" (None: last page)}.
+    """
+    words = query.split()
+    text = " ".join(words)
+    if not text:
+        raise InputError("q: give a contact id, a name, an email or a firm, e.g. q=smith")
+    if len(text) > 200:
+        raise InputError("q: at most 200 characters")
+    try:
+        check_text(text)
+    except BadValue as exc:
+        raise InputError(f"q: {exc}") from None
+    if not 1 <= limit <= SEARCH_MAX_LIMIT:
+        raise InputError(f"limit: between 1 and {SEARCH_MAX_LIMIT}, got {limit}")
+    if not 0 <= offset <= SEARCH_MAX_OFFSET:
+        raise InputError(
+            f"offset: between 0 and {SEARCH_MAX_OFFSET:,}, got {offset}: narrow the query"
+        )
+    backend = store.backend
+    folded = backend.search_fold(text)
+    c = store.tables.contacts
+    # (what matched, condition, order before pk): one index range each
+    branches: list[tuple[str, Any, Any]] = [
+        ("id", search_key(c.c.id) == folded, None),
+        ("name", backend.prefix_match(c.c.first_name, folded), search_key(c.c.first_name)),
+        ("name", backend.prefix_match(c.c.last_name, folded), search_key(c.c.last_name)),
+    ]
+    if len(words) > 1:
+        first, rest = folded.split(" ", 1)
+        # first name equal: pk order is the index's (SQLite sorts if asked for
+        # the key too), and one first name's range is short to filter
+        both = (search_key(c.c.first_name) == first) & backend.prefix_match(c.c.last_name, rest)
+        branches.append(("name", both, None))
+    branches += [
+        ("email", backend.prefix_match(c.c.email, folded), search_key(c.c.email)),
+        ("firm", backend.prefix_match(c.c.firm, folded), search_key(c.c.firm)),
+    ]
+    need = offset + limit + 1
+    found: dict[int, dict[str, Any]] = {}
+    columns = (c.c.pk, c.c.id, c.c.first_name, c.c.last_name, c.c.email, c.c.firm, c.c.region)
+    with store.read() as conn:
+        for matched, where, key in branches:
+            if len(found) >= need:
+                break
+            rows = conn.execute(
+                select(*columns)
+                .where(where)
+                .order_by(*(() if key is None else (key,)), c.c.pk)
+                .limit(need + len(found))
+            )
+            for r in rows:
+                if r.pk not in found and len(found) < need:
+                    found[r.pk] = {
+                        "id": r.id,
+                        "name": " ".join(p for p in (r.first_name, r.last_name) if p),
+                        "email": r.email,
+                        "firm": r.firm,
+                        "region": r.region,
+                        "matched": matched,
+                        "personas": [],
+                    }
+        page = dict(list(found.items())[offset : offset + limit])
+        if page:
+            t = store.tables
+            held = conn.execute(
+                select(t.memberships.c.contact_pk, t.personas.c.key)
+                .distinct()
+                .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
+                .where(t.memberships.c.contact_pk.in_(list(page)))
+                .order_by(t.personas.c.key)
+            )
+            for contact, persona in held:
+                page[contact]["personas"].append(persona)
+    return {
+        "query": text,
+        "items": list(page.values()),
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if len(found) > offset + limit else None,
+    }

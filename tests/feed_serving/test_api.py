@@ -41,7 +41,7 @@ def test_feed_shape_and_errors(api: Api) -> None:
     assert body["contact"] == "c0001" and body["as_of"].endswith("Z")
     assert len(body["items"]) == 3
     assert set(body["items"][0]) == {
-        "id", "title", "score", "reason", "series", "sector", "published_at"
+        "id", "title", "score", "reason", "series", "sector", "published_at", "rules"
     }  # fmt: skip
     assert api.client.get(f"{API}/contacts/c0001/feed").status_code == 401
 

@@ -29,7 +29,7 @@ def test_only_unread_reports_published_before_as_of(store: Store) -> None:
     assert set(ids(feed)) == {f"p{i:02d}" for i in range(1, 13)} - {"p01", "p05"}
     assert set(feed) == {"contact", "as_of", "items"}
     assert set(feed["items"][0]) == {
-        "id", "title", "score", "reason", "series", "sector", "published_at"
+        "id", "title", "score", "reason", "series", "sector", "published_at", "rules"
     }  # fmt: skip
     scores = [item["score"] for item in feed["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -73,9 +73,14 @@ def test_rules_apply_on_the_next_request_for_holders_only(store: Store) -> None:
 
 def test_boost_and_cap(store: Store) -> None:
     build_world(store)
-    add_rule(store, "treas", "boost", expr='series = "Credit Monthly"', weight=50, actor="t")
+    boost = add_rule(
+        store, "treas", "boost", expr='series = "Credit Monthly"', weight=50, actor="t"
+    )
     top = feed_for(store, "c0002", k=4)["items"]
     assert [i["series"] for i in top] == ["Credit Monthly"] * 4
+    named = {"id": boost.id, "persona": "treas", "kind": "boost", "weight": 50.0}
+    assert all(i["rules"] == [{**named, "expr": boost.expr}] for i in top)
+    assert all(i["rules"] == [] for i in feed_for(store, "c0003", k=4)["items"])  # not a holder
     add_rule(store, "treas", "cap", cap=1, actor="t")
     capped = feed_for(store, "c0002", k=10)["items"]
     assert capped[0]["series"] == "Credit Monthly"
@@ -88,6 +93,8 @@ def test_a_pin_comes_first_until_it_expires(store: Store) -> None:
     feed = feed_for(store, "c0002", k=3)
     assert feed["items"][0]["id"] == "p12"
     assert feed["items"][0]["reason"] == "pinned for Corporate Treasurers"
+    assert [r["kind"] for r in feed["items"][0]["rules"]] == ["pin"]
+    assert all(i["rules"] == [] for i in feed["items"][1:])
     assert "p12" not in ids(feed_for(store, "c0003", k=3))  # only holders see the pin
     time.sleep(1.6)
     assert "p12" not in ids(feed_for(store, "c0002", k=3))

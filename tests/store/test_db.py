@@ -12,6 +12,7 @@ from personatag.domain import FieldType
 from personatag.errors import ConfigError, ConflictError, InputError, PersonatagError
 from personatag.store import Store, open_store
 from personatag.store.db import HEAD_REVISION, is_current, migrate, migration_head
+from personatag.store.schema import SEARCH_FIELDS
 
 
 def test_head_constant_matches_migrations() -> None:
@@ -77,7 +78,42 @@ def test_schema_description_matches_migrations(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), build_tables().metadata)
     # Types are compared loosely (UTCTimestamp is a BIGINT, StringList TEXT/text[]).
-    assert [d for d in diff if d[0] != "modify_type"] == []
+    # Alembic cannot compare the contact search indexes (SQLite reflects no
+    # expression index; PostgreSQL's COLLATE is reflected apart from the
+    # expression): test_contact_search_indexes checks them instead.
+    searched = {f"ix_contacts_search_{f}" for f in SEARCH_FIELDS}
+    assert [
+        d
+        for d in diff
+        if d[0] != "modify_type" and not (d[0].endswith("_index") and d[1].name in searched)
+    ] == []
+
+
+def test_contact_search_indexes(store: Store) -> None:
+    from sqlalchemy import select
+
+    from personatag.store.backends.base import search_key
+
+    c = store.tables.contacts
+    with store.engine.connect() as conn:
+        for field in SEARCH_FIELDS:
+            query = select(c.c.pk).where(store.backend.prefix_match(c.c[field], "ab"))
+            query = query.order_by(search_key(c.c[field])).limit(5)
+            compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+            if store.backend.name == "sqlite":
+                plan = " ".join(
+                    str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+                )
+                assert f"USING INDEX ix_contacts_search_{field}" in plan, plan
+            else:
+                (definition,) = conn.exec_driver_sql(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = %(name)s",
+                    {"name": f"ix_contacts_search_{field}"},
+                ).one()
+                assert f'(lower({field}) COLLATE "C", pk)' in definition
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+                assert f"ix_contacts_search_{field}" in plan and "Sort" not in plan, plan
 
 
 def test_opening_a_missing_sqlite_store_says_init_and_creates_nothing(tmp_path: Path) -> None:

@@ -72,6 +72,38 @@ def contact_add_login(
         typer.echo(f"{contact_id}: {result['logins']} login recorded")
 
 
+@app.command("search")
+def contact_search(
+    query: Annotated[
+        str,
+        typer.Argument(
+            help="A contact id (whole, any case), or the start of a name, email or firm."
+        ),
+    ],
+    limit: Annotated[int, typer.Option(help="At most this many (1-100).")] = 20,
+    offset: Annotated[int, typer.Option(help="Skip this many (paging; at most 10,000).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find contacts: id matches first, then names, emails and firms by prefix."""
+    from personatag.contacts import search_contacts
+
+    result = search_contacts(store(), query, limit=limit, offset=offset)
+    if as_json:
+        emit(result)
+        return
+    if not result["items"]:
+        typer.echo(f"no contact matches {result['query']!r}")
+        return
+    for hit in result["items"]:
+        personas = ",".join(hit["personas"]) or "-"
+        typer.echo(
+            f"{hit['id']:<14} {hit['name'] or '-':<28} {hit['email'] or '-':<36} "
+            f"{hit['firm'] or '-':<28} {hit['region'] or '-':<6} {personas}"
+        )
+    if result["next_offset"] is not None:
+        typer.echo(f"more: --offset {result['next_offset']}")
+
+
 @app.command("show")
 def contact_show(contact_id: str, as_json: JsonOpt = False) -> None:
     """Show a contact: attributes, personas with source and since, recent history."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 from personatag.errors import InputError
 from personatag.generate.population import (
@@ -118,21 +119,25 @@ def generate(
         versions.bump(conn, tables, ["publications"])
     say(f"publications {len(pubs.ids):,}")
 
-    # Secondary indexes on reads would take inserts in random order (they are
-    # written in contact order): build them once at the end instead.
-    indexes = [ix for ix in tables.reads.indexes if not ix.unique]
+    # Secondary indexes on reads and the contact search indexes would take
+    # inserts in random order (rows are written in contact order): build them
+    # once at the end instead.
+    indexes = [ix for ix in tables.reads.indexes if not ix.unique] + [
+        ix for ix in tables.contacts.indexes if str(ix.name).startswith("ix_contacts_search_")
+    ]
     with store.write() as conn:
         for ix in indexes:
-            ix.drop(conn, checkfirst=True)
+            # IF EXISTS, not checkfirst: SQLite reflects no expression index
+            conn.execute(DropIndex(ix, if_exists=True))
     try:
         reads, logins = _write_chunks(
             store, contacts, seed, end_s, firms, pubs, cells, say, started, persona_share
         )
     finally:
-        say("indexing reads ...")
+        say("indexing reads and contacts ...")
         with store.write() as conn:
             for ix in indexes:
-                ix.create(conn, checkfirst=True)
+                conn.execute(CreateIndex(ix, if_not_exists=True))
     with store.write() as conn:
         bulk_writer(conn).sync_sequence(tables.contacts)
     store.analyze()

@@ -44,6 +44,7 @@ from personatag.config import Settings
 from personatag.domain import check_as_of, utcnow
 from personatag.errors import InputError, NotFoundError
 from personatag.recommend.baselines import BASELINE_KEYS, BASELINES, RANKER_KEYS
+from personatag.recommend.explain import rules_behind
 from personatag.recommend.model import FeedModel, Item
 from personatag.recommend.rules import rules_for_model
 from personatag.store import Store, open_store, versions
@@ -290,7 +291,8 @@ def feed_for(
     ranker: str = "ours",
 ) -> dict[str, Any]:
     """`{"contact", "as_of", "items": [{"id", "title", "score", "reason", "series",
-    "sector", "published_at"}]}`: the contact's top `k` reports, best first.
+    "sector", "published_at", "rules"}]}`: the contact's top `k` reports, best
+    first; "rules" names the feed rules that moved each (recommend.explain).
 
     Only reports published before as_of and not read by the contact at or
     before it are eligible. `as_of` None means now (the serving model's time,
@@ -348,11 +350,21 @@ def feed_for(
                 )
             )
         }
+    shown = [
+        i
+        for i in items
+        if (row := rows.get(i.publication_pk)) is not None
+        and row.published_at is not None
+        and row.published_at < effective
+    ][:k]
+    behind = (
+        rules_behind(store, int(contact_pk), [i.publication_pk for i in shown], effective)
+        if ranker == "ours"
+        else {}
+    )
     out = []
-    for item in items:
-        row = rows.get(item.publication_pk)
-        if row is None or row.published_at is None or row.published_at >= effective:
-            continue
+    for item in shown:
+        row = rows[item.publication_pk]
         out.append(
             {
                 "id": row.id,
@@ -362,10 +374,9 @@ def feed_for(
                 "series": row.series,
                 "sector": row.sector,
                 "published_at": iso(row.published_at),
+                "rules": behind.get(item.publication_pk, []),
             }
         )
-        if len(out) == k:
-            break
     answer: dict[str, Any] = {"contact": contact_id, "as_of": iso(effective), "items": out}
     if ranker != "ours":
         answer["ranker"] = ranker

@@ -24,9 +24,12 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeEngine
 
 from personatag.domain import CUSTOM_COLUMN_PREFIX, FieldType
+from personatag.store.backends.base import search_key
 from personatag.store.types import StringList, UTCTimestamp
 
 # SQLite only aliases the rowid for exactly "INTEGER PRIMARY KEY".
+#: Contact columns with a `search_key` index (see contacts_search).
+SEARCH_FIELDS = ("id", "first_name", "last_name", "email", "firm")
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -98,6 +101,10 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("last_login_at", UTCTimestamp),
         *(Column(CUSTOM_COLUMN_PREFIX + name, sql_type(ft)) for name, ft in custom),
     )
+    # Contact search: the id folded (exact), name, email and firm (prefix); pk
+    # after the key gives a page in (key, pk) order straight from the index.
+    for field in SEARCH_FIELDS:
+        Index(f"ix_contacts_search_{field}", search_key(contacts.c[field]), contacts.c.pk)
     publications = Table(
         "publications",
         md,

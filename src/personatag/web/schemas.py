@@ -459,6 +459,24 @@ class PinResult(BaseModel):
     holds: bool
 
 
+class ContactHit(BaseModel):
+    id: str
+    name: str
+    email: str | None
+    firm: str | None
+    region: str | None
+    matched: str = Field(description="what the query matched: id, name, email or firm")
+    personas: list[str]
+
+
+class ContactSearch(BaseModel):
+    query: str = Field(description="the query, trimmed")
+    items: list[ContactHit]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="the next page's offset; null on the last page")
+
+
 class ContactView(BaseModel):
     id: str
     attributes: dict[str, Any]

@@ -14,12 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam
+from sqlalchemy import Connection, Engine, Table, Text, bindparam
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
-from personatag.domain import FieldType
+from personatag.domain import FieldType, fold_case
 
 if TYPE_CHECKING:
     from personatag.store.backends.bulk import BulkWriter
@@ -50,6 +53,35 @@ Slice = Callable[[Col, BindParameter[Any]], Col]
 def bind(name: str, value: Any, type_: TypeEngine[Any]) -> BindParameter[Any]:
     """A typed bound parameter, unique within its statement."""
     return bindparam(name, value, type_=type_, unique=True)
+
+
+class search_key(FunctionElement[str]):
+    """`lower(text)` ordered by code point: what contact search indexes and
+    compares against (the query folded by `Backend.search_fold`). A backend
+    whose default collation is not code-point order compiles it with one that
+    is, so a prefix is one index range and the index gives the order."""
+
+    name = "search_key"
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(search_key)
+def _search_key(element: search_key, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with
+    `prefix`, in code-point order (None: there is none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are not characters
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
 
 
 class Backend(ABC):
@@ -184,6 +216,18 @@ class Backend(ABC):
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         """The SQL expression that implements domain.fold_case on `column`
         (NULL stays NULL)."""
+
+    def search_fold(self, text: str) -> str:
+        """`text` folded the way `search_key` folds a column in this database."""
+        return fold_case(text)
+
+    def prefix_match(self, column: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
+        """`search_key(column)` starts with `prefix` (already folded), as one
+        range over an index of `search_key(column)`."""
+        key = search_key(column)
+        upper = prefix_upper_bound(prefix)
+        low = key >= bindparam(None, prefix, type_=Text())
+        return low if upper is None else low & (key < bindparam(None, upper, type_=Text()))
 
     # -- aggregating ------------------------------------------------------
 

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeEngine
 
@@ -42,6 +44,7 @@ from personatag.store.backends.base import (
     ListOp,
     Slice,
     bind,
+    search_key,
 )
 from personatag.store.backends.bulk import BulkWriter, Row
 from personatag.store.backends.leases import Lease
@@ -93,6 +96,13 @@ _WRITERS = text(
     "WHERE datname = current_database() AND backend_xid IS NOT NULL "
     "AND pid <> pg_backend_pid()"
 )
+
+
+@compiles(search_key, "postgresql")
+def _search_key(element: search_key, compiler: SQLCompiler, **kw: Any) -> str:
+    # lower() folds by the column's collation; its result is put in "C" order
+    # so a prefix is one range of the index (what text_pattern_ops gives LIKE).
+    return f'lower({compiler.process(element.clauses, **kw)}) COLLATE "C"'
 
 
 class PostgreSQLBackend(Backend):

@@ -68,6 +68,9 @@ _ID_LINES = (
 )
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _fold_or_null(value: object) -> object:
     return fold_case(value) if isinstance(value, str) else value
 
@@ -233,6 +236,11 @@ class SQLiteBackend(Backend):
 
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return _fold(column)
+
+    def search_fold(self, text: str) -> str:
+        # search_key is SQLite's lower(), which folds ASCII letters only (an
+        # index cannot call pt_fold: every reader of the file would need it).
+        return text.translate(_ASCII_LOWER)
 
     def id_list(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return func.group_concat(column, literal(","))

@@ -1,13 +1,21 @@
-"""/contacts: show one contact (viewer); update it, add its events, pin and unpin (editor)."""
+"""/contacts: search contacts and show one (viewer); update one, add its events,
+pin and unpin (editor)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from personatag.audit_log import record_now
-from personatag.contacts import add_events, set_contact, show_contact
+from personatag.contacts import (
+    SEARCH_MAX_LIMIT,
+    SEARCH_MAX_OFFSET,
+    add_events,
+    search_contacts,
+    set_contact,
+    show_contact,
+)
 from personatag.domain import PinKind, utcnow
 from personatag.errors import InputError
 from personatag.memberships.pins import pin, unpin
@@ -16,6 +24,7 @@ from personatag.web.auth import CurrentUser, role
 from personatag.web.schemas import (
     ContactEvents,
     ContactEventsAdded,
+    ContactSearch,
     ContactUpdate,
     ContactUpdated,
     ContactView,
@@ -24,6 +33,25 @@ from personatag.web.schemas import (
 )
 
 router = APIRouter(tags=["contacts"])
+
+
+@router.get("/contacts", response_model=ContactSearch, **role("viewer"))
+def contact_search(
+    store: StoreDep,
+    q: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"\S",
+            description="a contact id (exact, any case), or the start of a name, email or firm",
+        ),
+    ],
+    limit: Annotated[int, Query(ge=1, le=SEARCH_MAX_LIMIT)] = 20,
+    offset: Annotated[int, Query(ge=0, le=SEARCH_MAX_OFFSET)] = 0,
+) -> Any:
+    """Find contacts: id matches first, then names, emails and firms by prefix."""
+    return search_contacts(store, q, limit=limit, offset=offset)
 
 
 @router.get("/contacts/{contact_id}", response_model=ContactView, **role("viewer"))

@@ -28,6 +28,14 @@ from personatag.web.schemas import Time
 router = APIRouter(tags=["feed"])
 
 
+class FeedItemRule(BaseModel):
+    id: int
+    persona: str
+    kind: str = Field(description="boost (weight), filter (passed) or pin")
+    expr: str | None
+    weight: float | None
+
+
 class FeedItem(BaseModel):
     id: str
     title: str | None
@@ -36,6 +44,10 @@ class FeedItem(BaseModel):
     series: str | None
     sector: str | None
     published_at: str | None
+    rules: list[FeedItemRule] = Field(
+        default_factory=list,
+        description="the feed rules of the contact's personas that moved it (served ranking)",
+    )
 
 
 class FeedView(BaseModel):
