@@ -44,8 +44,8 @@ def stream_glance(store: Any, settings: Any) -> dict[str, Any]:
 @router.get("/", **declare("viewer"))
 def home(request: Request) -> HTMLResponse:
     from personatag.jobs import stats
-    from personatag.web.api.flink import cluster_view
     from personatag.web.api.monitoring import persona_sizes
+    from personatag.web.pages.monitoring import flink_for_page
 
     who = page_user(request, "viewer")
     app_ctx = ctx(request)
@@ -61,5 +61,5 @@ def home(request: Request) -> HTMLResponse:
         recent=stats.recent_requests(store, RECENT_REQUESTS),
         jobs=stats.jobs_now(store),
         stream=stream_glance(store, app_ctx.settings),
-        flink=cluster_view(app_ctx.settings),
+        flink=flink_for_page(request),
     )

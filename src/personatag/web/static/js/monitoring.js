@@ -13,6 +13,8 @@ const MON = {
     return hour ? `${text} ${hour}` : text;
   },
   sum(values) { return values.reduce((a, b) => a + (b || 0), 0); },
+  // Counts are whole: no "3.5 jobs" on the axis.
+  whole(chart) { if (chart) { chart.options.scales.y.ticks.precision = 0; chart.update(); } },
   failed(id, r) { MON.caption(id, `Could not load: ${errorText(r)}`); PT.toast(errorText(r), "error"); },
 };
 
@@ -49,12 +51,12 @@ async function monJobs(days) {
   const outcomes = [
     ["succeeded", "#16a34a"], ["partial", "#ca8a04"], ["failed", "#dc2626"], ["cancelled", "#6b7280"],
   ];
-  PT.chart("chart-jobs", {
+  MON.whole(PT.chart("chart-jobs", {
     type: "bar", labels, unit: "jobs/day", stacked: true,
     series: outcomes.map(([k, color]) => ({ label: k, data: rows.map((d) => d[k]), color })),
-  });
+  }));
   PT.chart("chart-durations", {
-    labels, unit: "seconds",
+    type: "bar", labels, unit: "seconds",
     series: [
       { label: "mean run time", data: rows.map((d) => d.mean_seconds) },
       { label: "longest run time", data: rows.map((d) => d.max_seconds) },
@@ -78,14 +80,14 @@ async function monRequests(days) {
   if (!r.ok) { MON.failed("requests", r); return; }
   const rows = byHour ? r.data.hours : r.data.days;
   const key = byHour ? "hour" : "day";
-  PT.chart("chart-requests", {
+  MON.whole(PT.chart("chart-requests", {
     type: "bar", labels: rows.map((d) => MON.dayLabel(d[key])), unit: byHour ? "requests/hour" : "requests/day",
     series: [
       { label: "tag or untag", data: rows.map((d) => d.requests - d.dry_runs) },
       { label: "dry run", data: rows.map((d) => d.dry_runs) },
     ],
     stacked: true,
-  });
+  }));
   const total = MON.sum(rows.map((d) => d.requests));
   MON.caption("requests", total ? `${PT.num(total)} requests.` : "No requests in this span — build a criterion and submit it.");
 }
@@ -94,13 +96,13 @@ async function monMoves(days) {
   const r = await api("GET", `/monitoring/memberships-daily?days=${days}`);
   if (!r.ok) { MON.failed("moves", r); return; }
   const rows = r.data.days;
-  PT.chart("chart-moves", {
+  MON.whole(PT.chart("chart-moves", {
     type: "bar", labels: rows.map((d) => MON.dayLabel(d.day)), unit: "contacts/day",
     series: [
       { label: "entered", data: rows.map((d) => d.entered), color: "#16a34a" },
       { label: "exited", data: rows.map((d) => d.exited), color: "#dc2626" },
     ],
-  });
+  }));
   const entered = MON.sum(rows.map((d) => d.entered)), exited = MON.sum(rows.map((d) => d.exited));
   MON.caption("moves", entered + exited
     ? `${PT.num(entered)} entered, ${PT.num(exited)} exited.`
@@ -111,10 +113,10 @@ async function monSizes() {
   const r = await api("GET", "/monitoring/persona-sizes");
   if (!r.ok) { MON.failed("sizes", r); return; }
   const rows = r.data.personas;
-  PT.chart("chart-sizes", {
+  MON.whole(PT.chart("chart-sizes", {
     type: "bar", labels: rows.map((p) => p.key), unit: "contacts",
     series: [{ label: "members", data: rows.map((p) => p.members) }],
-  });
+  }));
   MON.caption("sizes", rows.length ? `${PT.num(rows.length)} personas.` : "No personas yet — create one on the Personas page.");
 }
 
