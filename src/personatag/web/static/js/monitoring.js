@@ -15,6 +15,8 @@ const MON = {
   sum(values) { return values.reduce((a, b) => a + (b || 0), 0); },
   // Counts are whole: no "3.5 jobs" on the axis.
   whole(chart) { if (chart) { chart.options.scales.y.ticks.precision = 0; chart.update(); } },
+  // Times along the x axis: a few, not one per sample.
+  fewTimes(chart) { if (chart) { chart.options.scales.x.ticks.maxTicksLimit = 6; chart.update(); } },
   failed(id, r) { MON.caption(id, `Could not load: ${errorText(r)}`); PT.toast(errorText(r), "error"); },
 };
 
@@ -23,14 +25,14 @@ async function monStream() {
   if (!r.ok) { MON.failed("stream-lag", r); return; }
   const samples = r.data.samples;
   const labels = samples.map((s) => new Date(s.at).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
-  PT.chart("chart-stream-lag", {
+  MON.fewTimes(PT.chart("chart-stream-lag", {
     labels, unit: "seconds",
     series: [{ label: "lag (age of the oldest unread change)", data: samples.map((s) => s.lag_seconds) }],
-  });
-  PT.chart("chart-stream-rate", {
+  }));
+  MON.fewTimes(PT.chart("chart-stream-rate", {
     labels, unit: "changes/s",
     series: [{ label: "changes consumed", data: samples.map((s) => s.changes_per_s) }],
-  });
+  }));
   if (!samples.length) {
     const why = "No samples in the last 24 h — the stream processor stores one every "
       + `${r.data.sample_s} s while it runs (inside \`personatag serve\` or \`personatag stream\`).`;
