@@ -10,6 +10,7 @@ test-artifacts/screenshots/.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -257,3 +258,34 @@ def test_cluster_page_says_why_flink_is_not_reachable(
     assert page.locator("#cluster-reason code").inner_text() == "personatag flink start"
     assert api["reachable"] is False and api["reason"].replace("`", "") == reason
     both_widths(page, "ui-monitoring-04-cluster-down")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PERSONATAG_TEST_FLINK_URL"),
+    reason="PERSONATAG_TEST_FLINK_URL is not set (`make test` starts a local cluster)",
+)
+def test_cluster_page_with_the_test_cluster(
+    browser: object, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from personatag.engines.flink.runtime.rest import FlinkRest
+
+    flink = os.environ["PERSONATAG_TEST_FLINK_URL"]
+    data = tmp_path_factory.mktemp("cluster")
+    with start_server(data, contacts=50, env_extra={"PERSONATAG_FLINK_URL": flink}) as url:
+        page = login(browser, url, "vic")
+        page.get_by_role("link", name="Flink cluster", exact=True).click()
+        page.wait_for_url(re.compile(r".*/cluster$"))
+        assert page.locator("#cluster-reachable").inner_text() == "reachable"
+        with FlinkRest(flink) as rest:
+            overview = rest.overview()
+            tms = rest.taskmanagers()
+        assert page.locator("#cluster-tms").inner_text() == str(len(tms))
+        slots = page.locator("#cluster-slots").inner_text()
+        assert slots.startswith(f"{overview['slots-available']}") and "of" in slots
+        rows = page.locator("#cluster-taskmanagers tbody tr")
+        assert rows.count() == len(tms)
+        assert "GiB" in rows.first.inner_text()
+        assert page.locator("#flink-dashboard").get_attribute("href") == "/flink/"
+        both_widths(page, "ui-monitoring-05-cluster-up")
+        page.click("#flink-dashboard")
+        page.wait_for_url(re.compile(r".*/flink/.*"))
