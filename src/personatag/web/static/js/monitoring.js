@@ -16,7 +16,11 @@ const MON = {
   // Counts are whole: no "3.5 jobs" on the axis.
   whole(chart) { if (chart) { chart.options.scales.y.ticks.precision = 0; chart.update(); } },
   // Times along the x axis: a few, not one per sample.
-  fewTimes(chart) { if (chart) { chart.options.scales.x.ticks.maxTicksLimit = 6; chart.update(); } },
+  fewTimes(chart) {
+    if (!chart) return;
+    chart.options.scales.x.ticks.maxTicksLimit = chart.canvas.clientWidth < 500 ? 4 : 7;
+    chart.update();
+  },
   failed(id, r) { MON.caption(id, `Could not load: ${errorText(r)}`); PT.toast(errorText(r), "error"); },
 };
 
@@ -24,7 +28,7 @@ async function monStream() {
   const r = await api("GET", "/monitoring/stream-history?hours=24");
   if (!r.ok) { MON.failed("stream-lag", r); return; }
   const samples = r.data.samples;
-  const labels = samples.map((s) => new Date(s.at).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
+  const labels = samples.map((s) => new Date(s.at).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }));
   MON.fewTimes(PT.chart("chart-stream-lag", {
     labels, unit: "seconds",
     series: [{ label: "lag (age of the oldest unread change)", data: samples.map((s) => s.lag_seconds) }],
