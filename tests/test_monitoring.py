@@ -6,8 +6,11 @@ not answer (and, with the test cluster, what it runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -221,7 +224,7 @@ def test_persona_sizes_are_the_memberships(
 
 
 def test_the_stream_keeps_a_bounded_history(
-    store: Store, settings: Settings, client: TestClient
+    store: Store, store_url: str, settings: Settings, client: TestClient
 ) -> None:
     add_contacts(store, population(20))
     add_persona(store, "emea", name="EMEA", category="region")
@@ -270,6 +273,25 @@ def test_the_stream_keeps_a_bounded_history(
         round(r.changes / r.span_s, 3) for r in rows
     ]
     assert got["samples"][-1]["offset"] == got["samples"][-1]["head"]  # caught up
+
+    # The CLI says the same.
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PERSONATAG_")},
+        "PERSONATAG_STORE_URL": store_url,
+        "PERSONATAG_DATA_DIR": str(settings.data_dir),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "personatag.cli", "stream", "history", "--hours", "1", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    shown = json.loads(done.stdout)
+    assert [s["changes_per_s"] for s in shown["samples"]] == [
+        s["changes_per_s"] for s in got["samples"]
+    ]
 
 
 def test_gauges_sample_no_more_often_than_asked(store: Store) -> None:

@@ -6,7 +6,7 @@ first, zeros on quiet days, so what a chart draws is what the store holds.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -158,19 +158,10 @@ def persona_sizes_route(store: StoreDep) -> dict[str, Any]:
 
 
 def stream_health(store: Store, settings: Settings, hours: int = 24) -> dict[str, Any]:
-    """The stream's samples of the last `hours`, and whether it runs: a
-    processor stores a sample every `stream_sample_s`, so none for well over
-    that means none runs."""
-    from personatag.engines.local.stream.status import history, last_sample_at
+    """The stream's samples of the last `hours`, and whether it runs."""
+    from personatag.engines.local.stream.status import health
 
-    last = last_sample_at(store)
-    quiet = timedelta(seconds=settings.stream_sample_s * 2.5 + 5)
-    return {
-        "running": last is not None and utcnow() - last <= quiet,
-        "sample_s": settings.stream_sample_s,
-        "last_sample_at": last,
-        "samples": history(store, utcnow() - timedelta(hours=hours)),
-    }
+    return health(store, settings.stream_sample_s, hours)
 
 
 @router.get("/stream-history", response_model=StreamHistory, **role("viewer"))

@@ -207,3 +207,17 @@ def last_sample_at(store: Store, name: str = OFFSET_NAME) -> datetime | None:
     with store.read() as conn:
         found: datetime | None = conn.scalar(select(func.max(ss.c.at)).where(ss.c.name == name))
     return found
+
+
+def health(store: Store, sample_s: float, hours: float = 24.0) -> dict[str, Any]:
+    """The samples of the last `hours` and whether a processor runs: one stores
+    a sample every `sample_s` seconds (PERSONATAG_STREAM_SAMPLE_S), so none for
+    2.5 intervals (plus 5 s) means none runs."""
+    last = last_sample_at(store)
+    quiet = timedelta(seconds=sample_s * 2.5 + 5)
+    return {
+        "running": last is not None and utcnow() - last <= quiet,
+        "sample_s": sample_s,
+        "last_sample_at": last,
+        "samples": history(store, utcnow() - timedelta(hours=hours)),
+    }
