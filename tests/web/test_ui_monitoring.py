@@ -148,6 +148,9 @@ def test_monitoring_charts_are_fed_what_the_store_holds(
 ) -> None:
     url, data = busy
     page = login(browser, url, "vic")
+    errors: list[str] = []  # the charts keep to the CSP and run without a script error
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.get_by_role("link", name="Monitoring", exact=True).first.click()
     page.wait_for_url(re.compile(r".*/monitoring$"))
     page.locator("body[data-charts-ready]").wait_for()
@@ -238,6 +241,7 @@ def test_monitoring_charts_are_fed_what_the_store_holds(
     # A shorter span re-feeds the daily charts.
     page.select_option("#mon-days", "7")
     fed_when(page, "chart-jobs", lambda f: len(f["labels"]) == 7)
+    assert not errors, errors
     both_widths(page, "ui-monitoring-03-monitoring")
 
 
