@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     stream_recheck_batch: int = 5_000
     stream_reconcile_s: float = 3600.0
     stream_engine: str = "local"
+    # Seconds between the samples of the stream's lag and throughput kept in
+    # the store (the monitoring charts), and days they are kept.
+    stream_sample_s: float = 30.0
+    stream_sample_keep_days: float = 7.0
     # The flink stream engine: seconds a batch (or a rules generation, or the
     # job's start) may take before the step fails and is retried, the job's
     # checkpoint interval (its results become visible at each checkpoint) and
@@ -182,6 +186,8 @@ class Settings(BaseSettings):
         "webhook_backoff_max_s",
         "webhook_interval_s",
         "stream_poll_s",
+        "stream_sample_s",
+        "stream_sample_keep_days",
         "stream_flink_timeout_s",
         "stream_flink_checkpoint_s",
         "stream_flink_monitor_s",

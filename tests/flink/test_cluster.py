@@ -126,12 +126,12 @@ def test_cli_status_of_a_cluster_that_is_down(tmp_path: Path, flink_python: Path
     st = json.loads(done.stdout)
     assert (st["reachable"], st["managed"], st["task_managers"]) == (False, False, [])
     assert "does not answer" in st["error"]
+    why = "nothing listens on 127.0.0.1:18740 — start it with `personatag flink start`"
+    assert st["reason"] == why
 
     text = run_cli(["flink", "status"], env)
     assert text.returncode == 3
-    assert text.stdout.splitlines() == [
-        f"flink cluster http://127.0.0.1:18740: down ({st['error']})"
-    ]
+    assert text.stdout.splitlines() == [f"flink cluster http://127.0.0.1:18740: down: {why}"]
 
     stopped = run_cli(["flink", "stop", "--json"], env)
     assert stopped.returncode == 0, stopped.stderr

@@ -54,7 +54,7 @@ def test_every_answer_carries_the_browser_security_headers(api: Api) -> None:
     }
     c.post(f"{API}/login", json={"username": "viewer", "password": PASSWORD})
     answers["page"] = c.get("/personas")
-    answers["redirect"] = c.get("/", follow_redirects=False)
+    answers["dashboard"] = c.get("/", follow_redirects=False)
     for what, r in answers.items():
         _assert_browser_headers(r, what)
 

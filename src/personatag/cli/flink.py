@@ -71,7 +71,8 @@ def flink_status(as_json: JsonOpt = False) -> None:
     if as_json:
         emit(st)
     elif not st["reachable"]:
-        typer.echo(f"flink cluster {st['url']}: down ({st.get('error', 'no answer')})")
+        why = st.get("reason") or st.get("error") or "no answer"
+        typer.echo(f"flink cluster {st['url']}: down: {why}")
     else:
         owner = f"supervisor pid {st['supervisor_pid']}" if st["managed"] else "not managed here"
         j = st["jobs"]

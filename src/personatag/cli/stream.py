@@ -151,6 +151,27 @@ def stream_status(as_json: JsonOpt = False) -> None:
             )
 
 
+@app.command("history")
+def stream_history(
+    hours: Annotated[float, typer.Option(min=0.01, help="How many hours back.")] = 24.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The stream's lag and changes/s over time, from the samples its processor stores."""
+    from personatag.engines.local.stream.status import health
+
+    data = health(store(), settings().stream_sample_s, hours)
+    if as_json:
+        emit(data)
+        return
+    state = "running" if data["running"] else "not running"
+    typer.echo(f"stream {state}, last sample {iso_any(data['last_sample_at']) or 'never'}")
+    for s in data["samples"]:
+        typer.echo(
+            f"  {iso_any(s['at'])}  lag {s['lag_changes']} changes, {s['lag_seconds']} s"
+            f"  {s['changes_per_s']} changes/s"
+        )
+
+
 @app.command("reconcile")
 def stream_reconcile(
     name: Annotated[str | None, typer.Argument(help="One criterion (default: all active).")] = None,

@@ -73,6 +73,7 @@ class Tables:
     stream_rechecks: Table
     stream_errors: Table
     reconciliations: Table
+    stream_samples: Table
     webhooks: Table
     webhook_dead_letters: Table
     feed_rules: Table
@@ -418,6 +419,25 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("extra", BigInteger, nullable=False),
         Column("repaired", Boolean(create_constraint=False), nullable=False),
     )
+    # The stream's lag and throughput over time, a sample every
+    # PERSONATAG_STREAM_SAMPLE_S (kept PERSONATAG_STREAM_SAMPLE_KEEP_DAYS): the
+    # offset alone says where the stream is, not how it got there. `changes`
+    # feed rows were consumed in the `span_s` seconds before `at`.
+    stream_samples = Table(
+        "stream_samples",
+        md,
+        Column("seq", PK, primary_key=True, autoincrement=True),
+        Column("name", Text, nullable=False),
+        Column("at", UTCTimestamp, nullable=False),
+        Column("offset_seq", BigInteger, nullable=False),
+        Column("head", BigInteger, nullable=False),
+        Column("lag_changes", BigInteger, nullable=False),
+        Column("lag_seconds", Float, nullable=False),
+        Column("changes", BigInteger, nullable=False),
+        Column("evaluations", BigInteger, nullable=False),
+        Column("span_s", Float, nullable=False),
+        Index("ix_stream_samples_name_at", "name", "at"),
+    )
     webhooks = Table(
         "webhooks",
         md,
@@ -485,6 +505,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         stream_rechecks=stream_rechecks,
         stream_errors=stream_errors,
         reconciliations=reconciliations,
+        stream_samples=stream_samples,
         webhooks=webhooks,
         webhook_dead_letters=webhook_dead_letters,
         users=users,

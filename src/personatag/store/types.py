@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Dialect, Text
+from sqlalchemy import BigInteger, ColumnElement, Dialect, Text, type_coerce
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from personatag.store.backends import get_backend
@@ -68,3 +68,19 @@ class StringList(TypeDecorator[list[str]]):
             return value
         loaded = json.loads(value)
         return [str(v) for v in loaded]
+
+
+DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+
+
+def time_bucket(column: ColumnElement[Any], size_us: int) -> ColumnElement[int]:
+    """The number of the UTC day (`DAY_US`) or hour (`HOUR_US`) a timestamp
+    column falls in, counted from the epoch: integer division of the stored
+    microseconds, the same SQL on every store (a grouping key for per-day
+    figures). `bucket_start(n, size_us)` turns it back into a time."""
+    return type_coerce(column, BigInteger()) // size_us
+
+
+def bucket_start(number: int, size_us: int) -> datetime:
+    return from_micros(int(number) * size_us)

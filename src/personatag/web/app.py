@@ -21,15 +21,28 @@ from personatag.web import errors, pages
 from personatag.web.api import accounts, admin, contacts, criteria, jobs, personas, requests, system
 from personatag.web.api import events as events_api
 from personatag.web.api import feed as feed_api
+from personatag.web.api import flink as flink_api
+from personatag.web.api import monitoring as monitoring_api
 from personatag.web.api.deps import AppContext
-from personatag.web.api.flink import flink_mount
 from personatag.web.auth import ERRORS, PUBLIC, SESSION_COOKIE, LoginLimiter
 from personatag.web.security import SecurityHeaders, trust_proxies
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-ROUTERS = (personas, criteria, requests, jobs, contacts, accounts, admin, events_api, feed_api)
+ROUTERS = (
+    personas,
+    criteria,
+    requests,
+    jobs,
+    contacts,
+    accounts,
+    admin,
+    events_api,
+    feed_api,
+    monitoring_api,
+    flink_api,
+)
 
 
 # Seconds the app's shutdown waits for each of its services (running jobs roll back).
@@ -86,7 +99,7 @@ def create_app(
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)
     pages.install(app)
-    mount = flink_mount(ctx)
+    mount = flink_api.flink_mount(ctx)
     if mount is not None:
         app.router.routes.append(mount)
 

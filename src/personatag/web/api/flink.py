@@ -1,4 +1,5 @@
-"""/flink/: the Flink dashboard and REST API, read-only, for any logged-in user.
+"""/flink/: the Flink dashboard and REST API, read-only, for any logged-in user;
+and /api/v1/flink/cluster: the cluster at a glance (the Flink cluster page).
 
 The proxy (`personatag.engines.flink.runtime.proxy.read_only_proxy`) is a WSGI app; it is
 bridged with a2wsgi when installed, else Starlette's WSGIMiddleware while
@@ -13,16 +14,90 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from personatag.config import Settings
-from personatag.web.api.deps import AppContext
-from personatag.web.auth import RoleMount, check_role, principal_of
+from personatag.web.api.deps import AppContext, SettingsDep
+from personatag.web.auth import RoleMount, check_role, principal_of, role
 from personatag.web.errors import ApiError, error_response
 
 PATH = "/flink"
+
+router = APIRouter(tags=["flink"])
+
+
+class TaskManager(BaseModel):
+    id: str | None
+    slots_total: int
+    slots_free: int
+    memory_bytes: int | None = Field(description="configured process memory, bytes")
+    cpu_cores: int | None
+    last_heartbeat: str | None = Field(description="UTC time of its last heartbeat")
+
+
+class FlinkJob(BaseModel):
+    id: str | None
+    name: str | None
+    state: str | None
+    start_time: str | None
+    end_time: str | None = None
+    duration_ms: int | None
+
+
+class ClusterView(BaseModel):
+    url: str
+    reachable: bool
+    reason: str | None = Field(
+        None, description="why it does not answer, in words, with what to do"
+    )
+    error: str | None = Field(None, description="the error as the REST client saw it")
+    managed: bool = Field(description="a supervisor of this data dir runs it")
+    flink_version: str | None = None
+    slots_total: int
+    slots_available: int
+    jobs: dict[str, int] = Field(description="jobs running, finished, failed, cancelled")
+    task_managers: list[TaskManager]
+    running_jobs: list[FlinkJob]
+    recent_jobs: list[FlinkJob] = Field(default_factory=list, description="ended, newest first")
+    dashboard: str | None = Field(description="the read-only dashboard proxy, when configured")
+
+
+def cluster_view(settings: Settings) -> dict[str, Any]:
+    """The cluster's status (engines.flink.runtime.cluster.status); a cluster
+    that answers with an error counts as not reachable, with that error."""
+    from personatag.engines.flink.runtime.cluster import status
+    from personatag.engines.flink.runtime.home import rest_url
+    from personatag.errors import PersonatagError
+
+    try:
+        info = status(settings)
+    except PersonatagError as exc:
+        url = rest_url(settings)
+        info = {
+            "url": url,
+            "reachable": False,
+            "managed": False,
+            "reason": f"the cluster at {url} answered with an error: {exc}",
+            "error": str(exc),
+            "slots_total": 0,
+            "slots_available": 0,
+            "jobs": {},
+            "task_managers": [],
+            "running_jobs": [],
+        }
+    info["dashboard"] = PATH + "/" if flink_upstream(settings) is not None else None
+    return info
+
+
+@router.get("/flink/cluster", response_model=ClusterView, **role("viewer"))
+async def flink_cluster(settings: SettingsDep) -> dict[str, Any]:
+    """The Flink cluster: reachable or not (and why), task managers, slots,
+    running and recently ended jobs, and the read-only dashboard's address."""
+    return await run_in_threadpool(cluster_view, settings)
 
 
 def flink_upstream(settings: Settings) -> str | None:

@@ -1,70 +1,71 @@
-"""Monitoring: jobs, the stream and the Flink cluster."""
+"""Monitoring (jobs, the stream, requests and memberships as charts over time)
+and the Flink cluster page."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup, escape
 
-from personatag.errors import PersonatagError
 from personatag.web.pages.common import ctx, declare, page_user, render
 
 router = APIRouter(include_in_schema=False)
 
 
+def code_ticks(text: Any) -> Markup:
+    """Text whose `backticked` parts (commands, settings) are shown as code."""
+    parts = str(text or "").split("`")
+    return Markup("").join(
+        Markup("<code>{}</code>").format(part) if i % 2 else escape(part)
+        for i, part in enumerate(parts)
+    )
+
+
+def flink_for_page(request: Request) -> dict[str, Any]:
+    """The cluster's status, with why it does not answer as HTML (`why`)."""
+    from personatag.web.api.flink import cluster_view
+
+    info = cluster_view(ctx(request).settings)
+    info["why"] = code_ticks(info.get("reason") or info.get("error") or "no answer")
+    return info
+
+
 @router.get("/monitoring", **declare("viewer"))
 def monitoring_page(request: Request) -> HTMLResponse:
-    from personatag.domain import JobStatus
-    from personatag.engines.flink.runtime import cluster
-    from personatag.jobs.repository import list_jobs
+    """The charts are drawn by static/js/monitoring.js from /api/v1/monitoring/*;
+    the figures of the moment are rendered here."""
+    from personatag.engines.local.stream.status import status as stream_status
+    from personatag.jobs import stats
+    from personatag.web.api.monitoring import stream_health
 
     who = page_user(request, "viewer")
     app_ctx = ctx(request)
     store = app_ctx.store
-    recent = [j.as_json() for j in list_jobs(store, limit=20)]
-    ended = [j for j in recent if JobStatus(j["status"]).ended]
-    failed = sum(1 for j in ended if j["status"] in (JobStatus.FAILED, JobStatus.CANCELLED))
-    status = {
-        "queued": len(list_jobs(store, status=JobStatus.QUEUED, limit=1000)),
-        "running": len(list_jobs(store, status=JobStatus.RUNNING, limit=1000)),
-        "recent": recent,
-        "failure_rate": failed / len(ended) if ended else 0.0,
-    }
-    try:
-        info = cluster.status(app_ctx.settings)
-    except PersonatagError as exc:
-        info = {"reachable": False, "url": "-", "error": str(exc)}
-    flink = {
-        "reachable": info.get("reachable"),
-        "url": info.get("url"),
-        "error": info.get("error"),
-        "task_managers": len(info.get("task_managers") or []),
-        "slots_total": info.get("slots_total"),
-        "slots_available": info.get("slots_available"),
-        "jobs_running": (info.get("jobs") or {}).get("running", 0),
-    }
-    from personatag.engines.local.stream.status import status as stream_status
-    from personatag.metrics import default_metrics
-
     stream = stream_status(store)
-    registry = default_metrics().registry
-
-    def sample(name: str, **labels: str) -> float:
-        return registry.get_sample_value(name, labels or None) or 0.0
-
-    stream["rates"] = {
-        "changes": sample("personatag_stream_changes_per_second"),
-        "evaluations": sample("personatag_stream_evaluations_per_second"),
-        "entered": sample("personatag_stream_memberships_changed_total", change="enter"),
-        "exited": sample("personatag_stream_memberships_changed_total", change="exit"),
-        "repairs": sample("personatag_reconciliation_repairs_total"),
-    }
+    health = stream_health(store, app_ctx.settings, hours=1)
+    last = health["samples"][-1] if health["samples"] else None
+    stream["running"] = health["running"]
+    stream["last_sample_at"] = health["last_sample_at"]
+    stream["changes_per_s"] = last["changes_per_s"] if last else None
+    stream["evaluations_per_s"] = last["evaluations_per_s"] if last else None
     return render(
         request,
         "monitoring.html",
         who,
         title="Monitoring",
-        status=status,
-        flink=flink,
+        jobs=stats.jobs_now(store),
+        flink=flink_for_page(request),
         stream=stream,
+        sample_s=app_ctx.settings.stream_sample_s,
         store_kind=store.dialect,
     )
+
+
+@router.get("/cluster", **declare("viewer"))
+def cluster_page(request: Request) -> HTMLResponse:
+    """The Flink cluster: reachable or not (and why), task managers, slots, jobs."""
+    who = page_user(request, "viewer")
+    info = flink_for_page(request)
+    return render(request, "cluster.html", who, title="Flink cluster", flink=info)

@@ -598,12 +598,17 @@ def _iso_ms(ms: Any) -> str | None:
     return iso(datetime.fromtimestamp(ms / 1000, UTC), "milliseconds")
 
 
+STATUS_TIMEOUT_S = 5.0  # seconds `status` waits for each REST answer
+RECENT_JOBS = 10  # ended jobs `status` lists, newest first
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """The cluster at a glance; `reachable` is false (not an error) when it does not answer.
 
     Works for a remote cluster (PERSONATAG_FLINK_URL) too; `managed` says whether
-    a supervisor of this data dir runs it. Raises FlinkRestError when the
-    cluster answers with an error.
+    a supervisor of this data dir runs it; when it does not answer, `reason`
+    says why in words and what to do. Raises FlinkRestError when the cluster
+    answers with an error.
     """
     url = rest_url(settings)
     out: dict[str, Any] = {
@@ -624,14 +629,17 @@ def status(settings: Settings) -> dict[str, Any]:
         out["supervisor_pid"] = pid
         if pid is not None:
             out["processes"] = _children(layout)
-    rest = FlinkRest(url, timeout=5.0)
+    rest = FlinkRest(url, timeout=STATUS_TIMEOUT_S)
     try:
         ov = rest.overview()
         tms = rest.taskmanagers()
         jobs = rest.jobs_overview()
     except FlinkUnreachable as exc:
         out["error"] = str(exc)
+        out["reason"] = unreachable_reason(settings, url, exc.kind)
         return out
+    finally:
+        rest.close()
     out["reachable"] = True
     out["flink_version"] = ov.get("flink-version")
     out["slots_total"] = ov.get("slots-total", 0)
@@ -648,6 +656,8 @@ def status(settings: Settings) -> dict[str, Any]:
             "slots_total": tm.get("slotsNumber", 0),
             "slots_free": tm.get("freeSlots", 0),
             "last_heartbeat": _iso_ms(tm.get("timeSinceLastHeartbeat")),
+            "memory_bytes": _memory(tm),
+            "cpu_cores": (tm.get("hardware") or {}).get("cpuCores"),
         }
         for tm in tms
     ]
@@ -662,4 +672,47 @@ def status(settings: Settings) -> dict[str, Any]:
         for j in jobs
         if j.get("state") not in TERMINAL_JOB_STATES
     ]
+    ended = sorted(
+        (j for j in jobs if j.get("state") in TERMINAL_JOB_STATES),
+        key=lambda j: j.get("start-time") or 0,
+        reverse=True,
+    )
+    out["recent_jobs"] = [
+        {
+            "id": j.get("jid"),
+            "name": j.get("name"),
+            "state": j.get("state"),
+            "start_time": _iso_ms(j.get("start-time")),
+            "end_time": _iso_ms(j.get("end-time")),
+            "duration_ms": j.get("duration"),
+        }
+        for j in ended[:RECENT_JOBS]
+    ]
     return out
+
+
+def _memory(tm: dict[str, Any]) -> int | None:
+    """A task manager's memory in bytes: its configured process size, else the
+    machine's physical memory."""
+    configured = (tm.get("memoryConfiguration") or {}).get("totalProcessMemory")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    physical = (tm.get("hardware") or {}).get("physicalMemory")
+    return physical if isinstance(physical, int) and physical > 0 else None
+
+
+def unreachable_reason(settings: Settings, url: str, kind: str) -> str:
+    """Why the cluster at `url` does not answer, in words, with what to do."""
+    address = url.split("://", 1)[-1].rstrip("/")
+    if settings.flink_url:
+        fix = "check that the cluster runs and that PERSONATAG_FLINK_URL names it"
+    else:
+        fix = "start it with `personatag flink start`"
+    if kind == "refused":
+        return f"nothing listens on {address} — {fix}"
+    if kind == "timeout":
+        return f"{address} did not answer within {STATUS_TIMEOUT_S:.0f} s — {fix}"
+    if kind == "dns":
+        host = address.rsplit(":", 1)[0]
+        return f"the host name {host} is unknown — check PERSONATAG_FLINK_URL"
+    return f"{address} does not answer — {fix}"

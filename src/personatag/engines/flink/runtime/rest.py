@@ -16,7 +16,28 @@ from personatag.errors import PersonatagError
 
 
 class FlinkUnreachable(PersonatagError):
-    """The cluster's REST API did not answer (down, wrong URL, timed out)."""
+    """The cluster's REST API did not answer (down, wrong URL, timed out).
+
+    `kind` says why in one word: `refused` (nothing listens at the address),
+    `timeout` (no answer in time), `dns` (the host name is unknown) or `other`.
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _unreachable_kind(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    text = str(exc).lower()
+    if "refused" in text:
+        return "refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "dns"
+    if "temporary failure in name resolution" in text:
+        return "dns"
+    return "other"
 
 
 class FlinkRestError(PersonatagError):
@@ -75,7 +96,8 @@ class FlinkRest:
         except (httpx.TransportError, httpx.TooManyRedirects, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             raise FlinkUnreachable(
-                f"the Flink cluster at {self.base_url} does not answer ({reason})"
+                f"the Flink cluster at {self.base_url} does not answer ({reason})",
+                _unreachable_kind(exc),
             ) from None
         if resp.is_error or resp.is_redirect:
             detail = resp.content.decode(errors="replace")[:500]

@@ -109,7 +109,13 @@ class StreamProcessor(StreamEngine):
         self._index_key: Any = None
         self.lifecycle = Lifecycle(self)
         self._rounds = Rounds()
-        self._gauges = Gauges(store, self.metrics)
+        self._gauges = Gauges(
+            store,
+            self.metrics,
+            name=name,
+            sample_s=self.settings.stream_sample_s,
+            keep_days=self.settings.stream_sample_keep_days,
+        )
 
     # ---- the loop -------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Where the stream is: the processor's gauges, and `status` for the CLI and API."""
+"""Where the stream is: the processor's gauges, `status` for the CLI and API,
+and its lag and throughput over time (`history`, from the samples the gauges
+keep in stream_samples)."""
 
 from __future__ import annotations
 
 import collections
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,16 +18,35 @@ from personatag.store import Store, changefeed
 
 OFFSET_NAME = "stream"
 RATE_WINDOW_S = 10.0  # seconds of recent steps the change and evaluation rates cover
+SAMPLE_S = 30.0  # default seconds between stored samples (PERSONATAG_STREAM_SAMPLE_S)
+SAMPLE_KEEP_DAYS = 7.0  # default days samples are kept (PERSONATAG_STREAM_SAMPLE_KEEP_DAYS)
 
 
 class Gauges:
-    """The stream's rates, latency and lag in the metrics, updated by each step."""
+    """The stream's rates, latency and lag in the metrics, updated by each step;
+    every `sample_s` seconds also a row in stream_samples (samples older than
+    `keep_days` are deleted then), so the lag and throughput have a history
+    that outlives the process."""
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        name: str = OFFSET_NAME,
+        sample_s: float = SAMPLE_S,
+        keep_days: float = SAMPLE_KEEP_DAYS,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.name = name
+        self.sample_s = sample_s
+        self.keep = timedelta(days=keep_days)
         # (monotonic time, changes, evaluations) of recent steps, for the rates
         self._recent: collections.deque[tuple[float, int, int]] = collections.deque()
+        # Changes and evaluations since the last stored sample, and when it was.
+        self._since_sample = [0, 0]
+        self._sampled_at: float | None = None
 
     def rates(self, changes: int, evaluations: int) -> None:
         now = time.monotonic()
@@ -40,6 +61,8 @@ class Gauges:
     def record(self, change_times: list[datetime], evaluations: int, offset: int) -> None:
         """A step consumed changes written at `change_times` and stands at `offset`."""
         self.rates(len(change_times), evaluations)
+        self._since_sample[0] += len(change_times)
+        self._since_sample[1] += evaluations
         self.metrics.record_stream_changes(changes=len(change_times))
         if change_times:
             lag = (utcnow() - change_times[-1]).total_seconds()
@@ -55,6 +78,35 @@ class Gauges:
             waiting = int(conn.scalar(select(func.count()).select_from(rc)) or 0)
         seconds = 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
         self.metrics.set_stream_lag(head - offset, seconds, waiting)
+        self.sample(offset, head, seconds)
+
+    def sample(self, offset: int, head: int, lag_seconds: float) -> None:
+        """Store a sample when `sample_s` seconds passed since the last one (the
+        first step stores one at once: it marks the process's start)."""
+        now = time.monotonic()
+        if self._sampled_at is not None and now - self._sampled_at < self.sample_s:
+            return
+        span = self.sample_s if self._sampled_at is None else now - self._sampled_at
+        changes, evaluations = self._since_sample
+        at = utcnow()
+        ss = self.store.tables.stream_samples
+        with self.store.write() as conn:
+            conn.execute(
+                ss.insert().values(
+                    name=self.name,
+                    at=at,
+                    offset_seq=offset,
+                    head=head,
+                    lag_changes=head - offset,
+                    lag_seconds=round(lag_seconds, 3),
+                    changes=changes,
+                    evaluations=evaluations,
+                    span_s=round(span, 3),
+                )
+            )
+            conn.execute(ss.delete().where(ss.c.name == self.name, ss.c.at < at - self.keep))
+        self._sampled_at = now
+        self._since_sample = [0, 0]
 
 
 def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
@@ -114,4 +166,58 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
         "recent_errors": last_errors,
         "criteria": crits,
         "reconciliations": last_rec,
+    }
+
+
+def history(
+    store: Store, since: datetime, name: str = OFFSET_NAME, limit: int = 2_000
+) -> list[dict[str, Any]]:
+    """The stored samples taken at or after `since`, oldest first (at most the
+    newest `limit`): lag in changes and seconds, and the changes and evaluations
+    per second over the interval each sample closes."""
+    ss = store.tables.stream_samples
+    query = (
+        select(ss)
+        .where(ss.c.name == name, ss.c.at >= since)
+        .order_by(ss.c.at.desc(), ss.c.seq.desc())
+        .limit(limit)
+    )
+    with store.read() as conn:
+        rows = list(conn.execute(query))
+    return [
+        {
+            "at": r.at,
+            "offset": r.offset_seq,
+            "head": r.head,
+            "lag_changes": r.lag_changes,
+            "lag_seconds": r.lag_seconds,
+            "changes": r.changes,
+            "span_s": r.span_s,
+            "changes_per_s": round(r.changes / r.span_s, 3) if r.span_s > 0 else 0.0,
+            "evaluations_per_s": round(r.evaluations / r.span_s, 3) if r.span_s > 0 else 0.0,
+        }
+        for r in reversed(rows)
+    ]
+
+
+def last_sample_at(store: Store, name: str = OFFSET_NAME) -> datetime | None:
+    """When the stream processor last stored a sample (it does every
+    PERSONATAG_STREAM_SAMPLE_S while it runs): None if it never did."""
+    ss = store.tables.stream_samples
+    with store.read() as conn:
+        found: datetime | None = conn.scalar(select(func.max(ss.c.at)).where(ss.c.name == name))
+    return found
+
+
+def health(store: Store, sample_s: float, hours: float = 24.0) -> dict[str, Any]:
+    """The samples of the last `hours` and whether a processor runs: one stores
+    a sample every `sample_s` seconds (PERSONATAG_STREAM_SAMPLE_S), so none for
+    2.5 intervals (plus 5 s) means none runs."""
+    last = last_sample_at(store)
+    quiet = timedelta(seconds=sample_s * 2.5 + 5)
+    return {
+        "running": last is not None and utcnow() - last <= quiet,
+        "sample_s": sample_s,
+        "last_sample_at": last,
+        "samples": history(store, utcnow() - timedelta(hours=hours)),
     }
