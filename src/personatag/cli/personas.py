@@ -139,6 +139,38 @@ def persona_members(
                 out.write(cid + "\n")
 
 
+@app.command("edit")
+def persona_edit(
+    key: str,
+    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
+    category: Annotated[str | None, typer.Option(help="New category.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description ('' clears it).")] = None,
+) -> None:
+    """Change a persona's name, category or description (the key stays)."""
+    from personatag.definitions.personas import KEEP, edit_persona
+
+    if name is None and category is None and description is None:
+        raise typer.BadParameter("give at least one of --name, --category, --description")
+    edit_persona(
+        store(),
+        key,
+        name=name,
+        category=category,
+        description=KEEP if description is None else description,
+        actor=actor(),
+    )
+    typer.echo(f"persona {key} edited")
+
+
+@app.command("restore")
+def persona_restore(key: str) -> None:
+    """Restore an archived persona: tagging into it is allowed again."""
+    from personatag.definitions.personas import restore_persona
+
+    restore_persona(store(), key, actor=actor())
+    typer.echo(f"persona {key} restored")
+
+
 @app.command("archive")
 def persona_archive(key: str) -> None:
     """Archive a persona: no more tagging; its members and history are kept."""
