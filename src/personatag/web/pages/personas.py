@@ -15,7 +15,8 @@ from personatag.web.pages.common import ctx, declare, not_found, page_user, rend
 
 router = APIRouter(include_in_schema=False)
 
-MEMBERS_PER_PAGE = 50
+MEMBERS_PER_PAGE = 25
+RECENT_CHANGES = 20
 
 
 def _criterion(c: Any) -> dict[str, Any]:
@@ -104,9 +105,10 @@ def persona_page(
             )
             since = persona_view.since_of(conn, store, p.pk, [m["id"] for m in members])
             pins_total, pins = persona_view.pins_of(conn, store, p.pk)
-            changes = persona_view.recent_changes(conn, store, p.pk)
+            changes = persona_view.recent_changes(conn, store, p.pk, limit=RECENT_CHANGES)
     except NotFoundError:
-        return not_found(request, who, f"There is no persona {key!r}: see the Personas page.")
+        message = f"There is no persona {key!r}. The Personas page lists them all, archived too."
+        return not_found(request, who, message)
     for m in members:
         m["since"] = since.get(m["id"])
     return render(

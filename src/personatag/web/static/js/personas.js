@@ -111,13 +111,30 @@ async function loadSizeHistory() {
   const r = await api("GET", `/personas/${encodeURIComponent(key)}/size-history?days=${days}`);
   if (!r.ok) { PT.toast(errorText(r), "error"); return; }
   const h = r.data;
-  PT.chart(canvas, { type: "line", labels: h.days, series: [{ label: "members", data: h.size }], unit: "contacts" });
-  PT.chart("moves-chart", {
-    type: "bar", labels: h.days, unit: "contacts",
-    series: [{ label: "entered", data: h.entered, color: "#16a34a" }, { label: "exited", data: h.exited, color: "#dc2626" }],
-  });
+  const charts = [
+    PT.chart(canvas, { type: "line", labels: h.days, series: [{ label: "members", data: h.size }], unit: "contacts" }),
+    PT.chart("moves-chart", {
+      type: "bar", labels: h.days, unit: "contacts",
+      series: [{ label: "entered", data: h.entered, color: "#16a34a" }, { label: "exited", data: h.exited, color: "#dc2626" }],
+    }),
+  ];
+  for (const chart of charts) tidyAxes(chart);
   const sum = (a) => a.reduce((x, y) => x + y, 0);
   el("persona-moves").innerHTML = `+${PT.num(sum(h.entered))} / −${PT.num(sum(h.exited))}<span class="unit">contacts</span>`;
+  el("size-quiet").hidden = sum(h.entered) + sum(h.exited) + Math.max(0, ...h.size) > 0;
+  el("size-quiet-days").textContent = PT.num(h.days.length);
+}
+
+// Whole contacts on the value axis; days as "Sep 7" (the labels fed stay ISO days).
+function tidyAxes(chart) {
+  if (!chart) return;
+  chart.options.scales.y.ticks.precision = 0;
+  chart.options.scales.x.ticks.callback = function (value) {
+    const day = this.getLabelForValue(value);
+    const d = new Date(`${day}T00:00:00Z`);
+    return Number.isNaN(d.getTime()) ? day : d.toLocaleDateString(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+  };
+  chart.update();
 }
 
 function initSizeChart() {
