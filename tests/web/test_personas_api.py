@@ -201,3 +201,44 @@ def test_members_csv_streams_every_member(both: Api) -> None:
     assert ada["first_name"] == "'=Ada"  # no formula for a spreadsheet to run
     header = ["id", "first_name", "last_name", "email", "job_title", "firm", "region"]
     assert list(rows[0]) == header
+
+
+def test_members_search_by_id_or_name_prefix(both: Api) -> None:
+    c, viewer = both.client, both.headers("viewer")
+    tag(both.store, "emea", 'region = "EMEA" or job_title = "CIO"')
+    url = f"{API}/personas/emea/members"
+
+    def found(q: str) -> list[str]:
+        r = c.get(url, params={"q": q}, headers=viewer)
+        assert r.status_code == 200, r.text
+        return list(r.json()["members"])
+
+    assert found("=ada") == ["c0005"]  # first name, any case
+    assert found("  LOVE ") == ["c0005"]  # last name, trimmed
+    assert found("=Ada Lov") == ["c0005"]  # "first last"
+    assert found("gra") == []  # Grace Hopper (c0006) holds no persona
+    assert found("C000") == ["c0000", "c0004", "c0005", "c0008"]  # id prefix
+    assert found("%") == [] and found("_") == []  # no wildcards
+    r = c.get(url, params={"q": "x" * 201}, headers=viewer)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "q"
+
+
+def test_size_history_window_edges(both: Api) -> None:
+    from personatag.memberships.persona_view import size_history
+
+    store = both.store
+    tag(store, "emea", 'region = "EMEA"', bulk=1)  # one bulk entry of 10, today
+    today = utcnow().date()
+    with store.read() as conn:
+        later = size_history(conn, store, 1, 3, today=today + timedelta(days=5))
+        earlier = size_history(conn, store, 1, 3, today=today - timedelta(days=1))
+        one = size_history(conn, store, 1, 1)
+    # before the window: the start size; after `today`: counted on the last day
+    assert later.size == [10, 10, 10] and later.entered == [0, 0, 0]
+    assert earlier.size == [0, 0, 10] and earlier.entered == [0, 0, 10]
+    assert one.as_json() == {
+        "days": [today.isoformat()],
+        "size": [10],
+        "entered": [10],
+        "exited": [0],
+    }

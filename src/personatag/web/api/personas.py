@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from personatag.audit_log import record_now
 from personatag.definitions.archive import archive_persona
@@ -106,23 +105,22 @@ def persona_members(
     after: Annotated[
         str | None, Query(max_length=1000, description="the last id of the previous page")
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=persona_view.MAX_QUERY_CHARS,
+            description="only members whose id, first name, last name or full name "
+            "starts with this (ignoring case)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Member contact ids in id order, a page at a time (keyset: stable while tagging runs)."""
-    t = store.tables
     with store.read() as conn:
         p = get_persona(conn, store, key)
-        held = select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == p.pk)
-        query = (
-            select(t.contacts.c.id)
-            .where(t.contacts.c.pk.in_(held))
-            .order_by(t.contacts.c.id)
-            .limit(limit + 1)
+        rows, next_after = persona_view.members_page(
+            conn, store, p.pk, q=q, after=after, limit=limit
         )
-        if after is not None:
-            query = query.where(t.contacts.c.id > after)
-        ids = list(conn.scalars(query))
-    more = len(ids) > limit
-    return {"members": ids[:limit], "next_after": ids[limit - 1] if more else None}
+    return {"members": [r["id"] for r in rows], "next_after": next_after}
 
 
 @router.post(
