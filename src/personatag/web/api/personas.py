@@ -199,22 +199,18 @@ def persona_size_history(
         return persona_view.size_history(conn, store, p.pk, days).as_json()
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = frozenset("=+-@\t\r")
 CSV_BATCH = 1000  # rows per chunk sent
 
 
-def _cell(value: Any) -> str:
-    # A spreadsheet would run a cell starting like a formula: quote it.
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 def _csv_chunks(rows: Iterator[tuple[Any, ...]]) -> Iterator[bytes]:
+    """CSV text in chunks of CSV_BATCH rows. A spreadsheet would run a cell
+    starting like a formula: such cells get a leading `'`."""
     buffer = io.StringIO()
     out = csv.writer(buffer, lineterminator="\n")
     out.writerow(persona_view.MEMBER_COLUMNS)
     for n, row in enumerate(rows, 1):
-        out.writerow([_cell(v) for v in row])
+        out.writerow(["'" + v if v and v[0] in _FORMULA_START else v for v in row])
         if n % CSV_BATCH == 0:
             yield buffer.getvalue().encode()
             buffer.seek(0)
