@@ -242,3 +242,23 @@ def test_size_history_window_edges(both: Api) -> None:
         "entered": [10],
         "exited": [0],
     }
+
+
+def test_pages_show_controls_by_role_and_say_what_is_missing(both: Api) -> None:
+    c, editor, viewer = both.client, both.headers("editor"), both.headers("viewer")
+    tag(both.store, "emea", 'region = "EMEA"')
+    page = c.get("/personas/emea", headers=editor)
+    assert page.status_code == 200
+    assert 'data-archive="emea"' in page.text and 'id="persona-edit"' in page.text
+    assert page.text.count('tr data-member="') == 10 and 'id="size-chart"' in page.text
+    shown = c.get("/personas/emea", headers=viewer).text
+    assert "data-archive" not in shown and "persona-edit" not in shown
+    assert 'tr data-member="c0004"' in shown  # everything else is there
+    assert "persona-new" not in c.get("/personas", headers=viewer).text
+    searched = c.get("/personas/emea", params={"q": "c0004"}, headers=viewer).text
+    assert searched.count('tr data-member="') == 1
+    missing = c.get("/personas/nope", headers=viewer)
+    assert missing.status_code == 404 and "There is no persona &#39;nope&#39;" in missing.text
+    assert c.post(f"{API}/personas/emea/archive", headers=editor).is_success
+    listed = c.get("/personas", headers=editor).text
+    assert "No active personas — create one" in listed and 'data-restore="emea"' in listed
