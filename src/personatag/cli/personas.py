@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from personatag.cli.common import JsonOpt, actor, emit, store
 from personatag.times import iso
@@ -111,24 +112,14 @@ def persona_members(
 ) -> None:
     """List the ids of the contacts holding a persona (streamed)."""
     from personatag.definitions.personas import get_persona
+    from personatag.memberships.persona_view import iter_members
 
     st = store()
-    t = st.tables
     with st.read() as conn:
         p = get_persona(conn, st, key)
-        query = (
-            select(t.contacts.c.id)
-            .where(
-                t.contacts.c.pk.in_(
-                    select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == p.pk)
-                )
-            )
-            .order_by(t.contacts.c.id)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        ids = conn.execution_options(yield_per=10_000).scalars(query)
-        out = sys.stdout
+    out = sys.stdout
+    with contextlib.closing(iter_members(st, p.pk)) as rows:
+        ids = (row[0] for row in (rows if limit is None else itertools.islice(rows, limit)))
         if as_json:
             out.write('{"members": [')
             for i, cid in enumerate(ids):

@@ -5,7 +5,7 @@ the size per day from the membership log. Read-only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -219,7 +219,9 @@ def members_page(
     return rows[:limit], rows[limit - 1]["id"] if more else None
 
 
-def iter_members(store: Store, persona_pk: int, *, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
+def iter_members(
+    store: Store, persona_pk: int, *, batch: int = 5000
+) -> Generator[tuple[Any, ...], None, None]:
     """Every member's MEMBER_COLUMNS in id order, read through one cursor in
     batches (memory stays flat for a persona of millions). One read
     transaction: the rows are the members at its start."""
