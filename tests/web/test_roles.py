@@ -98,7 +98,7 @@ def test_the_openapi_document_shows_each_role(api: Api) -> None:
     assert roles["POST /api/v1/criteria"] == "editor"
     assert roles["POST /api/v1/criteria/validate"] == "viewer"
     assert roles["POST /api/v1/criteria/render"] == "viewer"
-    assert roles["POST /api/v1/personas"] == "admin"
+    assert roles["POST /api/v1/personas"] == "editor"
     assert roles["GET /api/v1/audit"] == "admin"
     assert roles["POST /api/v1/login"] == "public"
     assert doc["paths"]["/api/v1/personas"]["get"]["security"] == [{"bearer": []}, {"session": []}]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from personatag.cli.common import JsonOpt, actor, audit, emit, store
 from personatag.times import iso
@@ -112,24 +113,14 @@ def persona_members(
 ) -> None:
     """List the ids of the contacts holding a persona (streamed)."""
     from personatag.definitions.personas import get_persona
+    from personatag.memberships.persona_view import iter_members
 
     st = store()
-    t = st.tables
     with st.read() as conn:
         p = get_persona(conn, st, key)
-        query = (
-            select(t.contacts.c.id)
-            .where(
-                t.contacts.c.pk.in_(
-                    select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == p.pk)
-                )
-            )
-            .order_by(t.contacts.c.id)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        ids = conn.execution_options(yield_per=10_000).scalars(query)
-        out = sys.stdout
+    out = sys.stdout
+    with contextlib.closing(iter_members(st, p.pk)) as rows:
+        ids = (row[0] for row in (rows if limit is None else itertools.islice(rows, limit)))
         if as_json:
             out.write('{"members": [')
             for i, cid in enumerate(ids):
@@ -138,6 +129,38 @@ def persona_members(
         else:
             for cid in ids:
                 out.write(cid + "\n")
+
+
+@app.command("edit")
+def persona_edit(
+    key: str,
+    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
+    category: Annotated[str | None, typer.Option(help="New category.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description ('' clears it).")] = None,
+) -> None:
+    """Change a persona's name, category or description (the key stays)."""
+    from personatag.definitions.personas import KEEP, edit_persona
+
+    if name is None and category is None and description is None:
+        raise typer.BadParameter("give at least one of --name, --category, --description")
+    edit_persona(
+        store(),
+        key,
+        name=name,
+        category=category,
+        description=KEEP if description is None else description,
+        actor=actor(),
+    )
+    typer.echo(f"persona {key} edited")
+
+
+@app.command("restore")
+def persona_restore(key: str) -> None:
+    """Restore an archived persona: tagging into it is allowed again."""
+    from personatag.definitions.personas import restore_persona
+
+    restore_persona(store(), key, actor=actor())
+    typer.echo(f"persona {key} restored")
 
 
 @app.command("archive")

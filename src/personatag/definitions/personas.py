@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from personatag import audit_log
 from personatag.domain import PERSONA_KEY_RE, utcnow
 from personatag.errors import ConflictError, InputError, NotFoundError
 from personatag.store.db import Store
+
+# Keep the description as it is (edit_persona's default; None clears it).
+KEEP: Any = object()
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,77 @@ def add_persona(
                 created_at=utcnow(),
                 created_by=actor,
             )
+        )
+        return get_persona(conn, store, key)
+
+
+def edit_persona(
+    store: Store,
+    key: str,
+    *,
+    name: str | None = None,
+    category: str | None = None,
+    description: str | None = KEEP,
+    actor: str | None = None,
+    source: str = "cli",
+) -> Persona:
+    """Change a persona's name, category or description (the key never changes).
+
+    None keeps the name or category; `description` is kept unless given (None
+    or blank text clears it). An archived persona can be edited too. Audited as
+    `persona.edit` with the old and new values of what changed; a call that
+    changes nothing writes nothing.
+    """
+    p = store.tables.personas
+    with store.write() as conn:
+        old = get_persona(conn, store, key)
+        new: dict[str, str | None] = {}
+        if name is not None:
+            if not name.strip():
+                raise InputError("a persona's name cannot be empty")
+            new["name"] = name.strip()
+        if category is not None:
+            if not category.strip():
+                raise InputError("a persona's category cannot be empty")
+            new["category"] = category.strip()
+        if description is not KEEP:
+            new["description"] = (description or "").strip() or None
+        changed = {k: v for k, v in new.items() if getattr(old, k) != v}
+        if not changed:
+            return old
+        conn.execute(p.update().where(p.c.pk == old.pk).values(**changed))
+        detail = {k: {"from": getattr(old, k), "to": v} for k, v in changed.items()}
+        audit_log.record(
+            conn,
+            store,
+            actor=actor,
+            action="persona.edit",
+            target=key,
+            detail=detail,
+            source=source,
+        )
+        return get_persona(conn, store, key)
+
+
+def restore_persona(
+    store: Store, key: str, *, actor: str | None = None, source: str = "cli"
+) -> Persona:
+    """Bring an archived persona back: tagging into it is allowed again. Its
+    members and history were kept while archived. Audited as `persona.restore`."""
+    p = store.tables.personas
+    with store.write() as conn:
+        persona = get_persona(conn, store, key)
+        if persona.archived_at is None:
+            raise ConflictError(f"persona {key!r} is not archived: nothing to restore")
+        conn.execute(p.update().where(p.c.pk == persona.pk).values(archived_at=None))
+        audit_log.record(
+            conn,
+            store,
+            actor=actor,
+            action="persona.restore",
+            target=key,
+            detail={"archived_at": persona.archived_at},
+            source=source,
         )
         return get_persona(conn, store, key)
 

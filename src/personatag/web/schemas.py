@@ -153,6 +153,14 @@ class PersonaCreate(Input):
     description: str | None = Field(None, max_length=2000)
 
 
+class PersonaUpdate(Input):
+    """Omitted fields are kept; `description: null` (or blank) clears it."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    category: str | None = Field(None, min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=2000)
+
+
 class PersonaPublic(BaseModel):
     key: str
     name: str
@@ -179,6 +187,13 @@ class CriterionPublic(BaseModel):
 
 class PersonaDetail(PersonaPublic):
     criteria: list[CriterionPublic]
+
+
+class SizeHistory(BaseModel):
+    days: list[str] = Field(description="UTC days, oldest first (YYYY-MM-DD)")
+    size: list[int] = Field(description="contacts holding the persona at the end of each day")
+    entered: list[int] = Field(description="contacts that entered during each day")
+    exited: list[int] = Field(description="contacts that exited during each day")
 
 
 class MembersPage(BaseModel):
