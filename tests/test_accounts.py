@@ -635,7 +635,10 @@ def test_cli(tmp_path: Path) -> None:
     cli = CLI(tmp_path)
     cli("init")
     alice = cli.json("user", "add", "Alice", "--role", "admin", "--json")
-    assert set(alice) == {"username", "role", "created_at", "disabled", "password"}
+    assert set(alice) == {
+        "username", "role", "created_at", "disabled", "password", "last_login_at"
+    }  # fmt: skip
+    assert alice["last_login_at"] is None
     assert (alice["username"], alice["role"], alice["disabled"]) == ("alice", "admin", False)
     assert alice["created_at"].endswith("Z") and len(alice["password"]) == 20
     bob = cli.json("user", "add", "bob", "--role", "editor", "--password-stdin", "--json", stdin=PW)
@@ -650,7 +653,7 @@ def test_cli(tmp_path: Path) -> None:
         ("bob", "editor"),
         ("carol", "viewer"),
     ]
-    assert set(users[0]) == {"username", "role", "created_at", "disabled"}
+    assert set(users[0]) == {"username", "role", "created_at", "disabled", "last_login_at"}
 
     tok = cli.json("token", "create", "bob", "--name", "ci", "--expires-days", "7", "--json")
     assert set(tok) == {

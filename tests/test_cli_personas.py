@@ -35,5 +35,7 @@ def test_edit_and_restore(cli: CLI, store_url: str) -> None:
         events = list_events(store, target="emea")
     finally:
         store.dispose()
-    assert [e["action"] for e in events] == ["persona.restore", "persona.edit", "persona.edit"]
+    assert [e["action"] for e in events] == [
+        "persona.restore", "persona.edit", "persona.edit", "persona.add"
+    ]  # fmt: skip
     assert all(e["actor"] == "tester" and e["source"] == "cli" for e in events)

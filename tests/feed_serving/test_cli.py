@@ -20,8 +20,9 @@ def test_feed_and_rules_from_the_command_line(store_url: str, tmp_path: Path) ->
     assert set(feed) == {"contact", "as_of", "items"} and feed["contact"] == "c0001"
     assert len(feed["items"]) == 3
     assert set(feed["items"][0]) == {
-        "id", "title", "score", "reason", "series", "sector", "published_at"
+        "id", "title", "score", "reason", "series", "sector", "published_at", "rules"
     }  # fmt: skip
+    assert all(isinstance(i["rules"], list) for i in feed["items"])
     assert not {"p01", "p05", "pfuture"} & {i["id"] for i in feed["items"]}
     # A baseline for comparison: same eligibility, its own reasons, no rules.
     b3 = cli.json("feed", "c0001", "--k", "3", "--ranker", "b3", "--json")

@@ -202,7 +202,9 @@ def test_mass_tag_asks_first_and_untag_shows_who_leaves(browser: object, server:
     assert len(sent) == 1 and '"action":"tag"' in sent[0]
     expect(page.locator(".toast-ok")).to_contain_text(f"Request {request_id} submitted")
     page.goto(f"{server}/requests")
-    page.locator(f'tr[data-request="{request_id}"] td.status-succeeded').wait_for(timeout=60_000)
+    page.locator(f'tr[data-request="{request_id}"][data-status="succeeded"]').wait_for(
+        timeout=60_000
+    )
 
     # An untag shows who would leave (and never who would enter); over the
     # threshold it asks too.

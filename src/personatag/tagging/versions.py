@@ -23,9 +23,8 @@ from sqlalchemy import and_, func, or_, select
 
 from personatag.criteria import compile_criterion, compile_sql
 from personatag.definitions.criteria import STATUS_BUILDING, Criterion, criterion_versions
-from personatag.definitions.personas import get_persona, persona_pks
-from personatag.domain import PinKind, utcnow
-from personatag.memberships import rules
+from personatag.definitions.personas import persona_pks
+from personatag.domain import utcnow
 from personatag.store import Store
 from personatag.store.matchset import TempPks
 from personatag.tagging.preview import preview
@@ -86,15 +85,6 @@ class Side:
             version=c.version,
         )
 
-    @property
-    def can_enter(self) -> bool:
-        return self.action == "tag"
-
-    @property
-    def can_exit(self) -> bool:
-        """Whether running or installing this side can remove anyone from the persona."""
-        return self.action == "untag" or (self.mode == "ongoing" and self.exit_policy == "remove")
-
 
 def membership_diff(store: Store, old: Side, new: Side, *, sample_size: int = 10) -> dict[str, Any]:
     """Whom `old` and `new` catch now, and what `new` would move (see the module doc).
@@ -137,27 +127,21 @@ def membership_diff(store: Store, old: Side, new: Side, *, sample_size: int = 10
             "gained": part(and_(b, ~a)),
             "lost": part(and_(a, ~b)),
         }
-        untagged = None
-        if new.action == "untag":
-            # An untag removes the members it matches, except a pin-in's (pins win).
-            p = get_persona(conn, store, new.persona).pk
-            untagged = count(
-                and_(
-                    b,
-                    c.c.pk.in_(rules.members(t, p)),
-                    c.c.pk.not_in(rules.pinned(t, p, PinKind.IN)),
-                )
-            )
         for h in held:
             h.drop(conn)
-    counted = preview(store, new.expr, persona=new.persona, as_of=now, sample_size=0)
-    result["would_enter"] = counted["would_enter"] if new.can_enter else None
-    if not new.can_exit:
-        result["would_exit"] = None
-    elif untagged is not None:
-        result["would_exit"] = untagged
-    else:
-        result["would_exit"] = counted["would_exit"]
+    # The preview applies the writers' rules (pins win) for the new side's action.
+    counted = preview(
+        store,
+        new.expr,
+        persona=new.persona,
+        as_of=now,
+        sample_size=0,
+        action=new.action,
+        mode=new.mode,
+        exit_policy=new.exit_policy,
+    )
+    result["would_enter"] = counted["would_enter"]
+    result["would_exit"] = counted["would_exit"]
     return result
 
 
