@@ -274,6 +274,18 @@ def test_a_store_behind_the_code_says_init(tmp_path: Path) -> None:
     assert check.fix == "run `personatag init`"
 
 
+def test_a_store_migrated_by_a_later_personatag_says_upgrade(tmp_path: Path) -> None:
+    # Revision names are not numbers (0009_users): any unknown one is "newer".
+    settings = _settings(tmp_path)
+    open_store(settings.resolved_store_url, create=True).dispose()
+    with sqlite3.connect(settings.data_dir / "store.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0010_later'")
+    check = check_store(settings)
+    assert check.status == "fail"
+    assert "revision 0010_later, newer than this personatag" in check.detail
+    assert check.fix == "upgrade personatag to the version that migrated this store"
+
+
 def test_a_store_that_does_not_answer_names_the_setting(tmp_path: Path) -> None:
     url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
     check = check_store(_settings(tmp_path, store_url=url))

@@ -214,6 +214,17 @@ def migration_head() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def known_revision(revision: str) -> bool:
+    """Whether `revision` is one of this code's migrations (a store at an unknown
+    one was migrated by a later personatag)."""
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
+    except Exception:  # alembic raises its own error for an unknown revision
+        return False
+
+
 def is_current(engine: Engine) -> bool:
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
