@@ -1,0 +1,339 @@
+"""Attribute predicates over one table's columns (contacts, or publications
+inside `count(read where ...)`), as truth masks with SQL's three values.
+
+A `Tri` holds where a predicate is TRUE and where it is FALSE; UNKNOWN is
+neither. Most predicates are known on every row, so one of the two masks is
+left out (None: the complement of the other) and `not` only swaps the two.
+String predicates run once per distinct dictionary value and are gathered
+through the codes.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from personatag.criteria.ast import (
+    COMPARATORS,
+    Between,
+    Compare,
+    Contains,
+    In,
+    IsNull,
+    Node,
+    StringMatch,
+    Timestamp,
+    Value,
+    Within,
+)
+from personatag.criteria.errors import CriteriaError
+from personatag.criteria.to_python import like_matcher
+from personatag.domain import FieldType, fold_case
+from personatag.engines.columnar.frame import Array, Column, Frame, Table
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_US = 86_400 * 1_000_000
+INT64_LIMIT = 2**63
+# At most this many matching dictionary codes are tested with ==; more go
+# through a lookup table gathered by the codes.
+FEW_CODES = 3
+
+
+def micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch of a UTC-aware datetime."""
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Tri:
+    """Where a predicate is TRUE (`t`) and FALSE (`f`); None: the other's complement."""
+
+    t: Array | None
+    f: Array | None
+
+    @property
+    def known(self) -> bool:
+        """True when no row is UNKNOWN."""
+        return self.t is None or self.f is None
+
+    def true(self) -> Array:
+        if self.t is not None:
+            return self.t
+        f: Array = self.f
+        return ~f
+
+    def false(self) -> Array:
+        if self.f is not None:
+            return self.f
+        t: Array = self.t
+        return ~t
+
+    def negate(self) -> Tri:
+        return Tri(self.f, self.t)
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One evaluation: the frame, the table predicates read, and as_of in microseconds."""
+
+    frame: Frame
+    table: Table
+    scope: str  # "contacts" or "publications", for messages
+    as_of: int
+    memo: dict[Hashable, Any] = field(default_factory=dict)
+    # ~nulls per column, computed at most once per evaluation
+    present: dict[int, Array] = field(default_factory=dict)
+
+    def column(self, name: str) -> Column:
+        column = self.table.columns.get(name)
+        if column is None:
+            raise CriteriaError(
+                f"field '{name}' is not in the columnar copy's {self.scope}"
+                " (is the copy up to date with the store's schema?)"
+            )
+        return column
+
+    def not_null(self, column: Column) -> Array:
+        mask = self.present.get(id(column))
+        if mask is None:
+            mask = self.present[id(column)] = ~np.asarray(column.nulls, dtype=bool)
+        return mask
+
+    def with_nulls(self, column: Column, pred: Array) -> Tri:
+        """`pred` where the value is present, UNKNOWN where it is NULL."""
+        if column.nulls is None:
+            return Tri(pred, None)
+        present = self.not_null(column)
+        t = pred & present
+        return Tri(t, present ^ t)
+
+
+Leaf: TypeAlias = Callable[[Ctx], Tri]
+
+
+# ---- per-dictionary tables ------------------------------------------------------
+
+
+class _TableCache:
+    """The last dictionary a string predicate ran on and its result per code."""
+
+    __slots__ = ("ref", "result")
+
+    def __init__(self) -> None:
+        self.ref: weakref.ref[Any] | None = None
+        self.result: Array | None = None
+
+    def get(self, dictionary: Array, test: Callable[[str], bool]) -> Array:
+        if self.ref is not None and self.ref() is dictionary and self.result is not None:
+            return self.result
+        result = np.fromiter((bool(test(s)) for s in dictionary), dtype=bool, count=len(dictionary))
+        self.ref, self.result = weakref.ref(dictionary), result
+        return result
+
+
+def _gather(codes: Array, table: Array) -> Array:
+    """table[codes] for codes >= 0, False for -1 (NULL)."""
+    hits = np.flatnonzero(table)
+    if len(hits) == 0:
+        return np.zeros(len(codes), dtype=bool)
+    if len(hits) == len(table):
+        return codes >= 0
+    if len(hits) <= FEW_CODES:
+        out = codes == hits[0]
+        for code in hits[1:]:
+            out |= codes == code
+        return out
+    return np.append(table, False)[codes]
+
+
+def _string_leaf(name: str, test: Callable[[str], bool]) -> Leaf:
+    cache = _TableCache()
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        pred = _gather(column.values, cache.get(column.dictionary, test))
+        return ctx.with_nulls(column, pred)
+
+    return leaf
+
+
+# ---- numbers, booleans, timestamps ------------------------------------------------
+
+
+def _scalar(kind: FieldType, value: Value) -> Any:
+    if isinstance(value, Timestamp):
+        return micros(value.value)
+    return value.value
+
+
+def _ordered(values: Array, op: str, v: Any, kind: FieldType) -> Array:
+    """`values op v`, exact for an int column against a fractional or huge float."""
+    if kind in (FieldType.INT, FieldType.TIMESTAMP) and isinstance(v, float):
+        if v >= INT64_LIMIT or v < -INT64_LIMIT:
+            below = v > 0  # every int64 lies below v
+            holds = op in ("<", "<=", "!=") if below else op in (">", ">=", "!=")
+            return np.full(len(values), holds, dtype=bool)
+        if v.is_integer():
+            v = int(v)
+        elif op in ("=", "!="):
+            return np.full(len(values), op == "!=", dtype=bool)
+        elif op in ("<", "<="):
+            return values <= math.floor(v)
+        else:
+            return values >= math.ceil(v)
+    return np.asarray(COMPARATORS[op](values, v), dtype=bool)
+
+
+def compare_leaf(node: Compare, kind: FieldType) -> Leaf:
+    name, op = node.field.name, node.op
+    if kind == FieldType.STRING:
+        text = str(node.value.value)
+        cmp = COMPARATORS[op]
+        return _string_leaf(name, lambda s: bool(cmp(s, text)))
+    v = _scalar(kind, node.value)
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        return ctx.with_nulls(column, _ordered(column.values, op, v, kind))
+
+    return leaf
+
+
+def between_leaf(node: Between, kind: FieldType) -> Leaf:
+    name = node.field.name
+    if kind == FieldType.STRING:
+        lo_s, hi_s = str(node.low.value), str(node.high.value)
+        return _string_leaf(name, lambda s: lo_s <= s <= hi_s)
+    lo, hi = _scalar(kind, node.low), _scalar(kind, node.high)
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        values = column.values
+        pred = _ordered(values, ">=", lo, kind)
+        pred &= _ordered(values, "<=", hi, kind)
+        return ctx.with_nulls(column, pred)
+
+    return leaf
+
+
+def in_leaf(node: In, kind: FieldType) -> Leaf:
+    name, negated = node.field.name, node.negated
+    if kind == FieldType.STRING:
+        options = frozenset(str(v.value) for v in node.values)
+        if negated:
+            return _string_leaf(name, lambda s: s not in options)
+        return _string_leaf(name, lambda s: s in options)
+    scalars = [_scalar(kind, v) for v in node.values]
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        pred = _ordered(column.values, "=", scalars[0], kind)
+        for v in scalars[1:]:
+            pred |= _ordered(column.values, "=", v, kind)
+        return ctx.with_nulls(column, ~pred if negated else pred)
+
+    return leaf
+
+
+def contains_leaf(node: Contains) -> Leaf:
+    name, op = node.field.name, node.op
+    wanted = sorted(frozenset(str(v.value) for v in node.values))
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        dictionary, items, offsets = column.dictionary, column.items, column.offsets
+        n = ctx.table.n
+        codes = _codes_of(dictionary, wanted)
+        if op == "contains_all":
+            if len(codes) < len(wanted):  # a wanted string no row holds
+                pred = np.zeros(n, dtype=bool)
+            else:
+                pred = _holds_any(items, offsets, codes[:1])
+                for code in codes[1:]:
+                    pred &= _holds_any(items, offsets, [code])
+        else:
+            pred = _holds_any(items, offsets, codes)
+        return ctx.with_nulls(column, pred)
+
+    return leaf
+
+
+def _codes_of(dictionary: Array, wanted: list[str]) -> list[int]:
+    index = {s: i for i, s in enumerate(dictionary) if s in wanted} if len(wanted) else {}
+    return [index[s] for s in wanted if s in index]
+
+
+def _holds_any(items: Array, offsets: Array, codes: list[int]) -> Array:
+    """Per row: whether any of its items is one of `codes`."""
+    n = len(offsets) - 1
+    if not codes:
+        return np.zeros(n, dtype=bool)
+    hit = np.isin(items, np.asarray(codes, dtype=items.dtype))
+    running = np.concatenate(([0], np.cumsum(hit, dtype=np.int64)))
+    return running[offsets[1:]] > running[offsets[:-1]]
+
+
+def string_match_leaf(node: StringMatch) -> Leaf:
+    name, op, text = node.field.name, node.op, node.pattern.value
+    test: Callable[[str], bool]
+    if op == "starts_with":
+        test = lambda s: s.startswith(text)  # noqa: E731
+    elif op == "ends_with":
+        test = lambda s: s.endswith(text)  # noqa: E731
+    elif op == "like":
+        test = like_matcher(text)
+    else:
+        folded = like_matcher(fold_case(text))
+        test = lambda s: folded(fold_case(s))  # noqa: E731
+    return _string_leaf(name, test)
+
+
+def is_null_leaf(node: IsNull) -> Leaf:
+    name, negated = node.field.name, node.negated
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        n = ctx.table.n
+        nulls = np.zeros(n, dtype=bool) if column.nulls is None else column.nulls.copy()
+        return Tri(None, nulls) if negated else Tri(nulls, None)
+
+    return leaf
+
+
+def within_leaf(node: Within) -> Leaf:
+    name, span = node.field.name, node.days * DAY_US
+
+    def leaf(ctx: Ctx) -> Tri:
+        column = ctx.column(name)
+        values = column.values
+        pred = values > ctx.as_of - span
+        pred &= values <= ctx.as_of
+        return ctx.with_nulls(column, pred)
+
+    return leaf
+
+
+def attribute_leaf(node: Node, kind: FieldType) -> Leaf:
+    """The leaf for an attribute predicate on a field of type `kind`."""
+    match node:
+        case Compare():
+            return compare_leaf(node, kind)
+        case Between():
+            return between_leaf(node, kind)
+        case In():
+            return in_leaf(node, kind)
+        case Contains():
+            return contains_leaf(node)
+        case StringMatch():
+            return string_match_leaf(node)
+        case IsNull():
+            return is_null_leaf(node)
+        case Within():
+            return within_leaf(node)
+    raise TypeError(f"not an attribute predicate: {node!r}")  # pragma: no cover
