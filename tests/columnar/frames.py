@@ -20,6 +20,7 @@ from personatag.domain import Catalog, FieldType
 from personatag.engines.columnar.frame import Column, Events, Frame, Table
 from personatag.store import Store
 from personatag.store.types import to_micros
+from tests.criteria.support import CATALOG, PERSONAS, Population
 
 _DTYPES = {FieldType.INT: np.int64, FieldType.FLOAT: np.float64, FieldType.BOOL: bool}
 
@@ -59,7 +60,7 @@ _ZERO: Mapping[FieldType, Any] = {FieldType.INT: 0, FieldType.FLOAT: 0.0, FieldT
 
 def table(pks: Sequence[int], fields: Mapping[str, FieldType], rows: Sequence[Any]) -> Table:
     """A Table from rows (mappings of field name -> value) in pk order."""
-    columns = {name: column(kind, [r[name] for r in rows]) for name, kind in fields.items()}
+    columns = {name: column(kind, [r.get(name) for r in rows]) for name, kind in fields.items()}
     return Table(np.array(pks, dtype=np.int64), columns)
 
 
@@ -118,6 +119,44 @@ def frame_from_store(
         return np.array(pks, dtype=np.uint32)
 
     return Frame(people, pubs, read_events, login_events, personas)
+
+
+def frame_from_population(
+    pop: Population,
+    catalog: Catalog = CATALOG,
+    *,
+    spacing: int = 1,
+    split: bool = False,
+    bitmaps: bool = True,
+) -> Frame:
+    """The criteria tests' population as a Frame, without a store; contact `i`
+    (1-based) gets pk `spacing * i` (spacing > 1: pks that are not dense)."""
+    pks = [spacing * i for i in range(1, len(pop.contacts) + 1)]
+    people = table(pks, catalog.contact_fields, pop.contacts)
+    pubs = table([p["pk"] for p in pop.publications], catalog.publication_fields, pop.publications)
+    pub_row = {p["pk"]: i for i, p in enumerate(pop.publications)}
+    reads = _events(
+        np.array([c - 1 for c, _, _ in pop.reads], dtype=np.int32),
+        [at for _, at, _ in pop.reads],
+        np.array([pub_row[p] for _, _, p in pop.reads], dtype=np.int32),
+        split,
+    )
+    logins = _events(
+        np.array([c - 1 for c, _ in pop.logins], dtype=np.int32),
+        [at for _, at in pop.logins],
+        None,
+        split,
+    )
+    keys = {pk: key for key, pk in PERSONAS.items()}
+    sets: dict[str, list[int]] = {}
+    for persona_pk, contact_pk in pop.memberships:
+        sets.setdefault(keys[persona_pk], []).append(spacing * contact_pk)
+
+    def personas(key: str) -> Any:
+        members = sorted(sets.get(key, []))
+        return BitMap(members) if bitmaps else np.array(members, dtype=np.int64)
+
+    return Frame(people, pubs, reads, logins, personas)
 
 
 def _events(

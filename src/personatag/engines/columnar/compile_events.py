@@ -115,8 +115,8 @@ def pks_to_mask(frame: Frame, pks: Any) -> Array:
     if n == 0 or len(pks) == 0:
         return mask
     first, last = int(pk[0]), int(pk[-1])
-    a, b = np.searchsorted(pks, [first, last], side="left")
-    b = b + int(b < len(pks) and int(pks[b]) == last)
+    a = np.searchsorted(pks, first, side="left")
+    b = np.searchsorted(pks, last, side="right")
     inside = pks[a:b].astype(np.int64)
     if last - first == n - 1:  # dense pks: the row is the pk's offset
         mask[inside - first] = True
