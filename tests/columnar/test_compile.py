@@ -16,6 +16,7 @@ from personatag.criteria import compile_python, parse, to_text
 from personatag.criteria.ast import Node, Not
 from personatag.criteria.errors import CriteriaError
 from personatag.domain import Catalog, FieldType
+from personatag.engines.columnar import compile_events
 from personatag.engines.columnar.compile import compile_columnar, evaluate, frame_catalog
 from personatag.engines.columnar.frame import Frame, Table
 from tests.columnar.frames import frame_from_population
@@ -205,3 +206,16 @@ def test_personas_need_persona_sets_and_as_of_a_time_zone() -> None:
         evaluate(parse('persona("cio")'), bare, AS_OF, CATALOG)
     with pytest.raises(ValueError, match="timezone-aware"):
         evaluate(parse("seniority > 1"), frame, AS_OF.replace(tzinfo=None), CATALOG)
+
+
+def test_window_scans_agree_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compile_events, "CHUNK", 3)
+    counts = [(c, e) for c, e in KNOWN if c.startswith("count(")]
+    for split in (False, True):
+        frame = frame_from_population(EDGES, split=split)
+        for criterion, expected in counts:
+            assert numpy_ids(frame, parse(criterion)) == expected, criterion
+        pop = population(7, 40)
+        frame = frame_from_population(pop, split=split)
+        for criterion, _ in counts:
+            assert_agree(pop, frame, parse(criterion))

@@ -27,7 +27,14 @@ from personatag.engines.columnar.compile_events import (
     persona_set,
     pks_to_mask,
 )
-from personatag.engines.columnar.compile_values import Ctx, Leaf, Tri, attribute_leaf, micros
+from personatag.engines.columnar.compile_values import (
+    Ctx,
+    Leaf,
+    Masks,
+    Tri,
+    attribute_leaf,
+    micros,
+)
 from personatag.engines.columnar.frame import Array, Frame
 
 __all__ = ["ColumnarPlan", "compile_columnar", "evaluate", "frame_catalog"]
@@ -39,12 +46,13 @@ class ColumnarPlan:
     def __init__(self, node: Node, root: Leaf) -> None:
         self.node = node
         self._root = root
+        self._masks = Masks()
 
     def truth(self, frame: Frame, as_of: datetime) -> Tri:
         """Where the criterion is TRUE and where FALSE (UNKNOWN: neither)."""
         if as_of.tzinfo is None:
             raise ValueError("as_of must be a timezone-aware datetime")
-        ctx = Ctx(frame, frame.contacts, "contacts", micros(as_of))
+        ctx = Ctx(frame, frame.contacts, "contacts", micros(as_of), self._masks)
         return self._root(ctx)
 
     def __call__(self, frame: Frame, as_of: datetime) -> Array:
@@ -172,7 +180,7 @@ class _Compiler:
         leaf = self.node(where, dict(self.catalog.publication_fields))
 
         def publications(ctx: Ctx) -> Array:
-            inner = Ctx(ctx.frame, ctx.frame.publications, "publications", ctx.as_of)
+            inner = Ctx(ctx.frame, ctx.frame.publications, "publications", ctx.as_of, ctx.masks)
             return leaf(inner).true()
 
         return publications
@@ -207,15 +215,19 @@ class _Compiler:
 def _and(parts: list[Leaf]) -> Leaf:
     def and_(ctx: Ctx) -> Tri:
         results = [part(ctx) for part in parts]
-        t = results[0].true().copy()
-        for r in results[1:]:
+        t = np.logical_and(results[0].true(), results[1].true())
+        for r in results[2:]:
             t &= r.true()
         if all(r.known for r in results):
             return Tri(t, None)
-        f = results[0].false().copy()
-        for r in results[1:]:
-            f |= r.false()
-        return Tri(t, f)
+
+        def false() -> Array:
+            f = np.logical_or(results[0].false(), results[1].false())
+            for r in results[2:]:
+                f |= r.false()
+            return f
+
+        return Tri(t, false)
 
     return and_
 

@@ -22,6 +22,8 @@ from personatag.criteria.errors import CriteriaError
 from personatag.engines.columnar.compile_values import DAY_US, Ctx, Leaf, Tri
 from personatag.engines.columnar.frame import Array, Events, Frame
 
+CHUNK = 1 << 22  # events per step of a window scan
+
 # publication rows -> whether a read of that publication counts
 PublicationFilter: TypeAlias = Callable[[Ctx], Array]
 
@@ -74,21 +76,31 @@ def event_counts(ctx: Ctx, event: str, days: int, where: PublicationFilter | Non
 def _segment_rows(segment: Events, lo: int, hi: int, publications: Array | None) -> Array:
     """The contact rows of the segment's counted events in (lo, hi]."""
     if segment.sorted:
-        a, b = np.searchsorted(segment.at, [lo, hi], side="right")
-        rows = segment.row[a:b]
-        keep = None if segment.live is None else segment.live[a:b]
-        pubs = segment.publication[a:b] if segment.publication is not None else None
+        a, b = (int(i) for i in np.searchsorted(segment.at, [lo, hi], side="right"))
+        if segment.live is None and publications is None:
+            return segment.row[a:b]
     else:
-        at = segment.at
-        keep = at > lo
-        keep &= at <= hi
+        a, b = 0, len(segment.at)
+    # In chunks: the masks and the gathers' index copies stay small and in cache.
+    parts = []
+    for start in range(a, b, CHUNK):
+        stop = min(start + CHUNK, b)
+        keep: Array | None = None
+        if not segment.sorted:
+            at = segment.at[start:stop]
+            keep = at > lo
+            keep &= at <= hi
         if segment.live is not None:
-            keep &= segment.live
-        rows, pubs = segment.row, segment.publication
-    if publications is not None:
-        passes = publications[pubs]
-        keep = passes if keep is None else keep & passes
-    return rows if keep is None else rows[keep]
+            live = segment.live[start:stop]
+            keep = live if keep is None else keep & live
+        if publications is not None and segment.publication is not None:
+            passes = publications[segment.publication[start:stop]]
+            keep = passes if keep is None else keep & passes
+        rows = segment.row[start:stop]
+        parts.append(rows if keep is None else rows[keep])
+    if not parts:
+        return segment.row[:0]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 # ---- personas -----------------------------------------------------------------------
@@ -115,15 +127,27 @@ def pks_to_mask(frame: Frame, pks: Any) -> Array:
     if n == 0 or len(pks) == 0:
         return mask
     first, last = int(pk[0]), int(pk[-1])
-    a = np.searchsorted(pks, first, side="left")
-    b = np.searchsorted(pks, last, side="right")
+    a, b = _bound(pks, first, "left"), _bound(pks, last, "right")
     inside = pks[a:b].astype(np.int64)
     if last - first == n - 1:  # dense pks: the row is the pk's offset
-        mask[inside - first] = True
+        if first:
+            inside -= first
+        mask[inside] = True
         return mask
     rows = np.searchsorted(pk, inside)
     mask[rows[pk[rows] == inside]] = True
     return mask
+
+
+def _bound(values: Array, x: int, side: Any) -> int:
+    """np.searchsorted for one int, in the array's own dtype (a Python int
+    would turn a uint32 array into an int64 copy first)."""
+    info = np.iinfo(values.dtype)
+    if x < info.min:
+        return 0
+    if x > info.max:
+        return len(values)
+    return int(np.searchsorted(values, values.dtype.type(x), side=side))
 
 
 def persona_leaf(key: str) -> Leaf:

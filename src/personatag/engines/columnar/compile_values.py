@@ -50,32 +50,62 @@ def micros(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Tri:
-    """Where a predicate is TRUE (`t`) and FALSE (`f`); None: the other's complement."""
+# A mask, or how to compute it when asked (most evaluations never ask for FALSE).
+Side: TypeAlias = "Array | Callable[[], Array] | None"
 
-    t: Array | None
-    f: Array | None
+
+class Tri:
+    """Where a predicate is TRUE and where it is FALSE (UNKNOWN: neither).
+
+    Each side is a mask, a function computing it on first use, or None (the
+    complement of the other side: no row is UNKNOWN).
+    """
+
+    __slots__ = ("_f", "_t")
+
+    def __init__(self, t: Side, f: Side) -> None:
+        self._t, self._f = t, f
 
     @property
     def known(self) -> bool:
         """True when no row is UNKNOWN."""
-        return self.t is None or self.f is None
+        return self._t is None or self._f is None
 
     def true(self) -> Array:
-        if self.t is not None:
-            return self.t
-        f: Array = self.f
-        return ~f
+        t = self._t
+        if t is None:
+            return ~self.false()
+        if callable(t):
+            t = self._t = t()
+        return t
 
     def false(self) -> Array:
-        if self.f is not None:
-            return self.f
-        t: Array = self.t
-        return ~t
+        f = self._f
+        if f is None:
+            return ~self.true()
+        if callable(f):
+            f = self._f = f()
+        return f
 
     def negate(self) -> Tri:
-        return Tri(self.f, self.t)
+        return Tri(self._f, self._t)
+
+
+class Masks:
+    """~nulls per column, kept across evaluations while the column lives."""
+
+    def __init__(self) -> None:
+        self._present: dict[int, tuple[weakref.ref[Any], Array]] = {}
+
+    def present(self, nulls: Array) -> Array:
+        got = self._present.get(id(nulls))
+        if got is not None and got[0]() is nulls:
+            return got[1]
+        mask = ~np.asarray(nulls, dtype=bool)
+        live = {k: v for k, v in self._present.items() if v[0]() is not None}
+        live[id(nulls)] = (weakref.ref(nulls), mask)
+        self._present = live
+        return mask
 
 
 @dataclass(slots=True)
@@ -86,9 +116,8 @@ class Ctx:
     table: Table
     scope: str  # "contacts" or "publications", for messages
     as_of: int
+    masks: Masks = field(default_factory=Masks)
     memo: dict[Hashable, Any] = field(default_factory=dict)
-    # ~nulls per column, computed at most once per evaluation
-    present: dict[int, Array] = field(default_factory=dict)
 
     def column(self, name: str) -> Column:
         column = self.table.columns.get(name)
@@ -99,19 +128,19 @@ class Ctx:
             )
         return column
 
-    def not_null(self, column: Column) -> Array:
-        mask = self.present.get(id(column))
-        if mask is None:
-            mask = self.present[id(column)] = ~np.asarray(column.nulls, dtype=bool)
-        return mask
+    def with_nulls(self, column: Column, pred: Array, *, false_on_null: bool = False) -> Tri:
+        """`pred` where the value is present, UNKNOWN where it is NULL.
 
-    def with_nulls(self, column: Column, pred: Array) -> Tri:
-        """`pred` where the value is present, UNKNOWN where it is NULL."""
+        `pred` must be the caller's own (it is changed in place);
+        `false_on_null`: it is already False on every NULL.
+        """
         if column.nulls is None:
             return Tri(pred, None)
-        present = self.not_null(column)
-        t = pred & present
-        return Tri(t, present ^ t)
+        present = self.masks.present(column.nulls)
+        if not false_on_null:
+            pred &= present
+        # FALSE: present and not TRUE; TRUE lies inside present
+        return Tri(pred, lambda: present ^ pred)
 
 
 Leaf: TypeAlias = Callable[[Ctx], Tri]
@@ -139,15 +168,22 @@ class _TableCache:
 
 def _gather(codes: Array, table: Array) -> Array:
     """table[codes] for codes >= 0, False for -1 (NULL)."""
+    code = codes.dtype.type
     hits = np.flatnonzero(table)
+    misses = np.flatnonzero(~table)
     if len(hits) == 0:
         return np.zeros(len(codes), dtype=bool)
-    if len(hits) == len(table):
+    if len(misses) == 0:
         return codes >= 0
     if len(hits) <= FEW_CODES:
-        out = codes == hits[0]
-        for code in hits[1:]:
-            out |= codes == code
+        out = codes == code(hits[0])
+        for h in hits[1:]:
+            out |= codes == code(h)
+        return out
+    if len(misses) <= FEW_CODES:
+        out = codes >= 0
+        for m in misses:
+            out &= codes != code(m)
         return out
     return np.append(table, False)[codes]
 
@@ -158,7 +194,7 @@ def _string_leaf(name: str, test: Callable[[str], bool]) -> Leaf:
     def leaf(ctx: Ctx) -> Tri:
         column = ctx.column(name)
         pred = _gather(column.values, cache.get(column.dictionary, test))
-        return ctx.with_nulls(column, pred)
+        return ctx.with_nulls(column, pred, false_on_null=True)
 
     return leaf
 
