@@ -150,19 +150,20 @@ Leaf: TypeAlias = Callable[[Ctx], Tri]
 
 
 class _TableCache:
-    """The last dictionary a string predicate ran on and its result per code."""
+    """The last dictionary a string predicate ran on and its result per code
+    (one attribute, replaced whole: safe when threads share a plan)."""
 
-    __slots__ = ("ref", "result")
+    __slots__ = ("last",)
 
     def __init__(self) -> None:
-        self.ref: weakref.ref[Any] | None = None
-        self.result: Array | None = None
+        self.last: tuple[weakref.ref[Any], Array] | None = None
 
     def get(self, dictionary: Array, test: Callable[[str], bool]) -> Array:
-        if self.ref is not None and self.ref() is dictionary and self.result is not None:
-            return self.result
+        last = self.last
+        if last is not None and last[0]() is dictionary:
+            return last[1]
         result = np.fromiter((bool(test(s)) for s in dictionary), dtype=bool, count=len(dictionary))
-        self.ref, self.result = weakref.ref(dictionary), result
+        self.last = (weakref.ref(dictionary), result)
         return result
 
 
