@@ -5,7 +5,7 @@ node kind and edge, and the errors a caller can meet."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -26,20 +26,23 @@ US = timedelta(microseconds=1)
 DAY = timedelta(days=1)
 
 
-def numpy_ids(frame: Frame, node: Node, catalog: Catalog = CATALOG) -> set[str]:
-    mask = compile_columnar(node, catalog)(frame, AS_OF)
+def numpy_ids(
+    frame: Frame, node: Node, catalog: Catalog = CATALOG, as_of: datetime = AS_OF
+) -> set[str]:
+    mask = compile_columnar(node, catalog)(frame, as_of)
     ids = frame.contacts.columns["id"]
     return {str(s) for s in ids.dictionary[ids.values[mask]]}
 
 
-def python_ids(pop: Population, node: Node) -> set[str]:
+def python_ids(pop: Population, node: Node, as_of: datetime = AS_OF) -> set[str]:
     fn = compile_python(node, CATALOG)
-    return {cid for cid, inp in pop.inputs(AS_OF).items() if fn(inp) is True}
+    return {cid for cid, inp in pop.inputs(as_of).items() if fn(inp) is True}
 
 
-def assert_agree(pop: Population, frame: Frame, node: Node) -> None:
+def assert_agree(pop: Population, frame: Frame, node: Node, as_of: datetime = AS_OF) -> None:
     for candidate in (node, Not(node)):
-        got, expected = numpy_ids(frame, candidate), python_ids(pop, candidate)
+        got = numpy_ids(frame, candidate, as_of=as_of)
+        expected = python_ids(pop, candidate, as_of)
         assert got == expected, (
             f"numpy disagrees with Python on: {to_text(candidate)}\n"
             f"only in numpy: {sorted(got - expected)}\nonly in Python: {sorted(expected - got)}"
@@ -47,7 +50,7 @@ def assert_agree(pop: Population, frame: Frame, node: Node) -> None:
 
 
 @settings(
-    max_examples=300,
+    max_examples=600,
     derandomize=True,
     deadline=None,
     database=None,
@@ -59,14 +62,16 @@ def assert_agree(pop: Population, frame: Frame, node: Node) -> None:
     spacing=st.sampled_from([1, 7]),
     split=st.booleans(),
     bitmaps=st.booleans(),
+    # a day earlier, events 1, 7, 30, 91 days old sit on the window edges
+    as_of=st.sampled_from([AS_OF, AS_OF - DAY, AS_OF + DAY / 2]),
     node=criteria(),
 )
 def test_random_populations_agree_with_python(
-    seed: int, size: int, spacing: int, split: bool, bitmaps: bool, node: Node
+    seed: int, size: int, spacing: int, split: bool, bitmaps: bool, as_of: datetime, node: Node
 ) -> None:
     pop = population(seed, size)
     frame = frame_from_population(pop, spacing=spacing, split=split, bitmaps=bitmaps)
-    assert_agree(pop, frame, node)
+    assert_agree(pop, frame, node, as_of)
 
 
 # ---- fixed cases with known answers --------------------------------------------------------

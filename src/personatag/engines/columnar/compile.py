@@ -106,6 +106,16 @@ def _persona_only(node: Node) -> bool:
     return False
 
 
+def _group_personas(args: tuple[Node, ...], join: type[And] | type[Or]) -> list[Node]:
+    """The args of an and / or with its persona-algebra args joined into one
+    (and / or are associative and commutative in three-valued logic too), so
+    they meet as bitmaps and become one mask."""
+    sets = [a for a in args if _persona_only(a)]
+    if len(sets) < 2:
+        return list(args)
+    return [join(tuple(sets)), *(a for a in args if not _persona_only(a))]
+
+
 def _set_expr(node: Node) -> _SetExpr:
     """None at evaluation when a persona set is not a BitMap (masks then)."""
     match node:
@@ -165,9 +175,9 @@ class _Compiler:
             return self.persona_algebra(node)
         match node:
             case And(args):
-                return _and([self.node(a, fields) for a in args])
+                return _and([self.node(a, fields) for a in _group_personas(args, And)])
             case Or(args):
-                return _or([self.node(a, fields) for a in args])
+                return _or([self.node(a, fields) for a in _group_personas(args, Or)])
             case Not(arg):
                 return _negated(self.node(arg, fields))
             case Count(where=where):
