@@ -18,7 +18,7 @@ from personatag.criteria.errors import CriteriaError
 from personatag.domain import Catalog, FieldType
 from personatag.engines.columnar import compile_events
 from personatag.engines.columnar.compile import compile_columnar, evaluate, frame_catalog
-from personatag.engines.columnar.frame import Frame, Table
+from personatag.engines.columnar.frame import Events, Frame, Table
 from tests.columnar.frames import frame_from_population
 from tests.criteria.support import AS_OF, CATALOG, Population, criteria, population
 
@@ -224,3 +224,12 @@ def test_window_scans_agree_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> 
         frame = frame_from_population(pop, split=split)
         for criterion, _ in counts:
             assert_agree(pop, frame, parse(criterion))
+
+
+def test_a_read_segment_without_publications_cannot_be_filtered() -> None:
+    frame = frame_from_population(EDGES)
+    reads = tuple(Events(s.row, s.at, None, s.live, s.sorted) for s in frame.reads)
+    bare = Frame(frame.contacts, frame.publications, reads, frame.logins, frame.personas)
+    assert numpy_ids(bare, parse("count(read, 90d) = 6")) == {"a"}
+    with pytest.raises(ValueError, match="no publication rows"):
+        numpy_ids(bare, parse("count(read where sector is null, 90d) >= 1"))

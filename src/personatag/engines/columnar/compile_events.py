@@ -34,6 +34,8 @@ def count_leaf(node: Count, where: PublicationFilter | None) -> Leaf:
 
     def leaf(ctx: Ctx) -> Tri:
         n = ctx.table.n
+        if node.op in (">=", "<") and k == 0:  # every count is >= 0: nothing to count
+            return Tri(np.full(n, node.op == ">=", dtype=bool), None)
         counts = ctx.memo.get(key)
         if counts is None:
             counts = ctx.memo[key] = event_counts(ctx, node.event, node.days, where)
@@ -60,6 +62,11 @@ def event_counts(ctx: Ctx, event: str, days: int, where: PublicationFilter | Non
             return _NONE
         if publications.all():
             publications = None
+    if publications is not None and any(s.publication is None for s in segments):
+        raise ValueError(
+            "a read segment of the columnar frame has no publication rows:"
+            " count(read where ...) cannot filter it"
+        )
     total: Array | None = None
     for segment in segments:
         rows = _segment_rows(segment, lo, hi, publications)
@@ -93,8 +100,9 @@ def _segment_rows(segment: Events, lo: int, hi: int, publications: Array | None)
         if segment.live is not None:
             live = segment.live[start:stop]
             keep = live if keep is None else keep & live
-        if publications is not None and segment.publication is not None:
-            passes = publications[segment.publication[start:stop]]
+        if publications is not None:
+            pubs: Array = segment.publication
+            passes = publications[pubs[start:stop]]
             keep = passes if keep is None else keep & passes
         rows = segment.row[start:stop]
         parts.append(rows if keep is None else rows[keep])
