@@ -311,9 +311,12 @@ def _holds_any(items: Array, offsets: Array, codes: list[int]) -> Array:
     n = len(offsets) - 1
     if not codes:
         return np.zeros(n, dtype=bool)
-    hit = np.isin(items, np.asarray(codes, dtype=items.dtype))
-    running = np.concatenate(([0], np.cumsum(hit, dtype=np.int64)))
-    return running[offsets[1:]] > running[offsets[:-1]]
+    at = np.flatnonzero(np.isin(items, np.asarray(codes, dtype=items.dtype)))
+    # the row holding item `i` is the last whose offset is <= i (empty rows skipped)
+    rows = np.searchsorted(offsets, at, side="right") - 1
+    out = np.zeros(n, dtype=bool)
+    out[rows] = True
+    return out
 
 
 def string_match_leaf(node: StringMatch) -> Leaf:
