@@ -13,14 +13,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from personatag.criteria import compile_python, parse, to_text
-from personatag.criteria.ast import Node, Not
+from personatag.criteria.ast import Node, Not, Persona
 from personatag.criteria.errors import CriteriaError
-from personatag.domain import Catalog, FieldType
+from personatag.domain import Catalog, FieldType, fold_case
 from personatag.engines.columnar import compile_events
 from personatag.engines.columnar.compile import compile_columnar, evaluate, frame_catalog
+from personatag.engines.columnar.compile_values import fold
 from personatag.engines.columnar.frame import Events, Frame, Table
 from tests.columnar.frames import frame_from_population
-from tests.criteria.support import AS_OF, CATALOG, Population, criteria, population
+from tests.criteria.support import (
+    AS_OF,
+    CATALOG,
+    STRINGS,
+    Population,
+    _boolean_tree,
+    criteria,
+    population,
+)
 
 US = timedelta(microseconds=1)
 DAY = timedelta(days=1)
@@ -233,3 +242,30 @@ def test_a_read_segment_without_publications_cannot_be_filtered() -> None:
     assert numpy_ids(bare, parse("count(read, 90d) = 6")) == {"a"}
     with pytest.raises(ValueError, match="no publication rows"):
         numpy_ids(bare, parse("count(read where sector is null, 90d) >= 1"))
+
+
+@given(st.text(max_size=8) | st.sampled_from(STRINGS) | st.text("AZaz@._-ÄßİΣ", max_size=8))
+def test_fold_is_fold_case(value: str) -> None:
+    assert fold(value) == fold_case(value)
+
+
+PERSONA_TREES = _boolean_tree(
+    st.sampled_from(sorted(CATALOG.personas)).map(Persona)
+    | st.sampled_from(["seniority > 2", "tags is null"]).map(parse),
+    8,
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    seed=st.integers(0, 2**32),
+    spacing=st.sampled_from([1, 7]),
+    bitmaps=st.booleans(),
+    node=PERSONA_TREES,
+)
+def test_persona_algebra_agrees_with_python(
+    seed: int, spacing: int, bitmaps: bool, node: Node
+) -> None:
+    pop = population(seed, 30)
+    frame = frame_from_population(pop, spacing=spacing, bitmaps=bitmaps)
+    assert_agree(pop, frame, node)
