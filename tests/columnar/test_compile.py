@@ -269,3 +269,12 @@ def test_persona_algebra_agrees_with_python(
     pop = population(seed, 30)
     frame = frame_from_population(pop, spacing=spacing, bitmaps=bitmaps)
     assert_agree(pop, frame, node)
+
+
+def test_a_column_of_another_type_is_named() -> None:
+    frame = frame_from_population(EDGES)
+    columns = dict(frame.contacts.columns)
+    columns["desk"] = columns["seniority"]
+    odd = Frame(Table(frame.contacts.pk, columns), frame.publications, personas=frame.personas)
+    with pytest.raises(CriteriaError, match="field 'desk' is int in the columnar copy's contacts"):
+        compile_columnar(parse('desk = "a"'), CATALOG)(odd, AS_OF)

@@ -365,7 +365,24 @@ def within_leaf(node: Within) -> Leaf:
 
 
 def attribute_leaf(node: Node, kind: FieldType) -> Leaf:
-    """The leaf for an attribute predicate on a field of type `kind`."""
+    """The leaf for an attribute predicate on a field the catalog types `kind`;
+    a frame whose column has another type is an error, not a wrong answer."""
+    leaf = _typed_leaf(node, kind)
+    name: str = getattr(node, "field").name  # noqa: B009 - every attribute predicate has one
+
+    def checked(ctx: Ctx) -> Tri:
+        held = ctx.column(name).kind
+        if held != kind:
+            raise CriteriaError(
+                f"field '{name}' is {held} in the columnar copy's {ctx.scope} but {kind}"
+                " in the catalog (is the copy up to date with the store's schema?)"
+            )
+        return leaf(ctx)
+
+    return checked
+
+
+def _typed_leaf(node: Node, kind: FieldType) -> Leaf:
     match node:
         case Compare():
             return compare_leaf(node, kind)
