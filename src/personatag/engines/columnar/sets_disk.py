@@ -72,7 +72,11 @@ def read_persona(path: Path) -> tuple[BitMap, dict[int, list[int]]]:
     raw = path.read_bytes()
     if raw[:4] != _MAGIC:
         raise ValueError(f"{path.name}: not a persona set file")
+    if len(raw) < 20:
+        raise ValueError(f"{path.name}: truncated")
     n_bitmap, n_days = struct.unpack("<QQ", raw[4:20])
+    if len(raw) < 20 + n_bitmap:
+        raise ValueError(f"{path.name}: truncated")
     bitmap = BitMap.deserialize(raw[20 : 20 + n_bitmap])
     triples = np.frombuffer(raw[20 + n_bitmap :], dtype=np.int64)
     if len(triples) != 3 * n_days:
