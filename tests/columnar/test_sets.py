@@ -220,3 +220,46 @@ def test_bad_keys(pop: Store) -> None:
         persona_stats(sets, ["a", "a"])
     with pytest.raises(InputError, match="days"):
         history(sets, "a", 0)
+
+
+def test_one_catch_up_over_many_mixed_entries(pop: Store, tmp_path: Path) -> None:
+    """Singles and bulk entries of the same contacts, in and out again, read
+    in one catch-up: the last entry of each contact wins, in seq order."""
+    sets = PersonaSets(pop, sets_folder(tmp_path)).refresh()
+    tag(pop, "a", 'region = "EMEA"')  # singles
+    tag(pop, "a", "seniority >= 0", BULK, untag=True)  # a bulk exit of the same
+    pin(pop, "a", "c0004", PinKind.IN)  # a single enter after it
+    tag(pop, "a", "seniority >= 6", BULK)  # a bulk enter
+    tag(pop, "a", "seniority = 7")  # nothing: already held
+    tag(pop, "a", "seniority = 9", untag=True)  # singles out
+    unpin(pop, "a", "c0004")  # c0004 (seniority 4) leaves
+    same(pop, sets, "a")
+    assert len(sets.get("a")) == 12  # seniority 6 to 8
+    with pop.read() as conn:
+        want = persona_view.size_history(conn, pop, sets.info("a").pk, 2).as_json()
+    assert history(sets, "a", 2) == want
+
+
+def test_apply_entries_last_entry_per_contact_wins() -> None:
+    import numpy as np
+
+    from personatag.engines.columnar.sets_apply import Held, apply_entries
+    from personatag.store.ids import encode_ids
+
+    day = 86_400_000_000
+    rows = np.array(
+        [  # seq, at, persona, contact, enter, bulk_count
+            [1, day, 1, 5, 1, 0],
+            [2, day, 1, 5, 0, 0],
+            [3, day, 1, 6, 1, 0],
+            [4, 2 * day, 1, -1, 1, 3],  # 5, 6, 7 in bulk
+            [5, 2 * day, 1, 7, 0, 0],
+            [6, 2 * day, 2, 7, 1, 0],
+        ],
+        dtype=np.int64,
+    )
+    personas: dict[int, Held] = {}
+    touched = apply_entries(personas, rows, {4: encode_ids(np.array([5, 6, 7]))})
+    assert touched == {1, 2}
+    assert list(personas[1].bitmap) == [5, 6] and list(personas[2].bitmap) == [7]
+    assert personas[1].days == {1: [2, 1], 2: [3, 1]}

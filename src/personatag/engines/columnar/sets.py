@@ -30,7 +30,6 @@ lock, readers a shared one.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import logging
@@ -48,17 +47,15 @@ from sqlalchemy import BigInteger, Connection, case, func, select, type_coerce
 
 from personatag.domain import Change
 from personatag.engines.columnar import sets_disk as disk
+from personatag.engines.columnar.sets_apply import DAY_US, Held, apply_entries, to_bitmap
 from personatag.engines.columnar.sets_log import Horizon, fingerprint
-from personatag.errors import InputError, NotFoundError
+from personatag.errors import NotFoundError
 from personatag.files import atomic_write
 from personatag.store import Store
-from personatag.store.ids import decode_ids
 
 log = logging.getLogger(__name__)
 
-DAY_US = 86_400_000_000  # log times are microseconds since the epoch
 ENTRY_CHUNK = 50_000  # log entries read per statement while catching up
-MAX_PK = 2**32 - 1  # a BitMap holds 32-bit values
 
 EMPTY = FrozenBitMap()
 
@@ -66,16 +63,6 @@ EMPTY = FrozenBitMap()
 def sets_folder(data_dir: Path) -> Path:
     """Where the persona sets of a data directory live."""
     return data_dir / "columnar" / "sets"
-
-
-def to_bitmap(ids: Any) -> BitMap:
-    """Sorted or unsorted integer pks (numpy or a sequence) as a BitMap."""
-    a = np.asarray(ids, dtype=np.int64)
-    if len(a) and (int(a.min()) < 0 or int(a.max()) > MAX_PK):
-        raise InputError(f"contact pk out of range for a persona set: {int(a.max())}")
-    buf = array.array("I")
-    buf.frombytes(a.astype(np.uint32).tobytes())
-    return BitMap(buf)
 
 
 # -- what the state is made of ------------------------------------------------------
@@ -87,14 +74,6 @@ class PersonaInfo:
     key: str
     name: str
     archived: bool
-
-
-@dataclass
-class _Persona:
-    bitmap: BitMap
-    days: dict[int, list[int]]  # UTC day number -> [entered, exited]
-    frozen: FrozenBitMap | None = None
-    file: str | None = None  # its file on disk while unchanged since
 
 
 def _at(lg: Any) -> Any:
@@ -126,7 +105,7 @@ class PersonaSets:
         self._lock = threading.RLock()
         self._horizon = Horizon(store)
         self._loaded = False
-        self._personas: dict[int, _Persona] = {}
+        self._personas: dict[int, Held] = {}
         self._info: dict[str, PersonaInfo] = {}
         self.settled = 0
         self._applied: set[int] = set()
@@ -221,7 +200,9 @@ class PersonaSets:
                 lg.c.seq == seq
             )
         ).first()
-        return None if row is None else fingerprint(row)
+        if row is None:
+            return None
+        return fingerprint(row.at, row.persona_pk, row.change, row.contact_pk, row.bulk_count)
 
     def _still_valid(self) -> bool:
         if self.last_seq == 0:
@@ -234,14 +215,14 @@ class PersonaSets:
         settled = self._horizon.wait(0, self.settle_wait_s)
         t = self.store.tables
         m, lg = t.memberships, t.membership_log
-        personas: dict[int, _Persona] = {}
+        personas: dict[int, Held] = {}
         with self.store.read() as conn:
             query = select(m.c.persona_pk, self.store.backend.id_list(m.c.contact_pk)).group_by(
                 m.c.persona_pk
             )
             for persona_pk, text in conn.execute(query):
                 ids = np.fromstring(text or "", dtype=np.int64, sep=",")
-                personas[int(persona_pk)] = _Persona(to_bitmap(ids), {})
+                personas[int(persona_pk)] = Held(to_bitmap(ids), {})
         with self.store.read() as conn:
             day = type_coerce(lg.c.at, BigInteger()) // DAY_US
             weight = func.coalesce(lg.c.bulk_count, 1)
@@ -256,7 +237,7 @@ class PersonaSets:
                 .group_by(lg.c.persona_pk, day)
             )
             for persona_pk, d, entered, exited in conn.execute(counts):
-                p = personas.setdefault(int(persona_pk), _Persona(BitMap(), {}))
+                p = personas.setdefault(int(persona_pk), Held(BitMap(), {}))
                 p.days[int(d)] = [int(entered or 0), int(exited or 0)]
             last = conn.scalar(select(func.max(lg.c.seq)).where(lg.c.seq <= settled))
             self.last_seq = int(last or 0)
@@ -284,70 +265,48 @@ class PersonaSets:
         lg = self.store.tables.membership_log
         after = self.settled
         touched: set[int] = set()
+        query = select(
+            lg.c.seq,
+            _at(lg),
+            lg.c.persona_pk,
+            func.coalesce(lg.c.contact_pk, -1),
+            case((lg.c.change == Change.ENTER.value, 1), else_=0),
+            func.coalesce(lg.c.bulk_count, 0),
+        ).order_by(lg.c.seq)
         while True:
             with self.store.read() as conn:
-                rows = conn.execute(
-                    select(
-                        lg.c.seq,
-                        _at(lg),
-                        lg.c.persona_pk,
-                        lg.c.contact_pk,
-                        lg.c.change,
-                        lg.c.bulk_count,
-                    )
-                    .where(lg.c.seq > after)
-                    .order_by(lg.c.seq)
-                    .limit(ENTRY_CHUNK)
-                ).all()
-                todo = [r for r in rows if int(r.seq) not in self._applied]
-                bulk_seqs = [int(r.seq) for r in todo if r.bulk_count is not None]
+                got = conn.execute(query.where(lg.c.seq > after).limit(ENTRY_CHUNK)).all()
+                rows = np.array(got, dtype=np.int64).reshape(-1, 6)
+                if self._applied and len(rows):
+                    rows = rows[~np.isin(rows[:, 0], np.fromiter(self._applied, np.int64))]
+                bulk_seqs = rows[rows[:, 5] > 0, 0].tolist()
                 blobs: dict[int, bytes] = {}
                 if bulk_seqs:
                     for seq, blob in conn.execute(
                         select(lg.c.seq, lg.c.bulk_ids).where(lg.c.seq.in_(bulk_seqs))
                     ):
                         blobs[int(seq)] = bytes(blob or b"")
-            for r in todo:
-                self._apply(r, blobs.get(int(r.seq)))
-                touched.add(int(r.persona_pk))
-            if todo:
-                newest = todo[-1]
-                if int(newest.seq) > self.last_seq:
-                    self.last_seq = int(newest.seq)
-                    self._last_print = fingerprint(newest)
-            if len(rows) < ENTRY_CHUNK:
+            touched |= apply_entries(self._personas, rows, blobs)
+            self._applied.update(rows[:, 0].tolist())
+            if len(rows) and int(rows[-1, 0]) > self.last_seq:
+                seq, at, persona, contact, enter, bulk = (int(v) for v in rows[-1])
+                self.last_seq = seq
+                self._last_print = fingerprint(
+                    at,
+                    persona,
+                    Change.ENTER.value if enter else Change.EXIT.value,
+                    None if bulk else contact,
+                    bulk or None,
+                )
+            if len(got) < ENTRY_CHUNK:
                 break
-            after = int(rows[-1].seq)
+            after = int(got[-1][0])
         self._applied = {s for s in self._applied if s > settled}
         self.settled = max(self.settled, settled)
         for pk in touched:
             self._personas[pk].frozen = None
             self._personas[pk].file = None
         self._dirty |= touched
-
-    def _apply(self, row: Any, blob: bytes | None) -> None:
-        pk = int(row.persona_pk)
-        p = self._personas.get(pk)
-        if p is None:
-            p = self._personas[pk] = _Persona(BitMap(), {})
-        enter = row.change == Change.ENTER.value
-        if blob is not None:
-            ids = to_bitmap(decode_ids(blob))
-            weight = len(ids)
-            if enter:
-                p.bitmap |= ids
-            else:
-                p.bitmap -= ids
-        else:
-            weight = 1
-            contact = int(row.contact_pk)
-            if enter:
-                p.bitmap.add(contact)
-            else:
-                p.bitmap.discard(contact)
-        counts = p.days.setdefault(int(row.at) // DAY_US, [0, 0])
-        counts[0 if enter else 1] += weight
-        self._applied.add(int(row.seq))
 
     # -- on disk -------------------------------------------------------------------
 
@@ -363,7 +322,7 @@ class PersonaSets:
                 personas = {}
                 for pk, name in manifest["personas"].items():
                     bitmap, days = disk.read_persona(self.folder / name)
-                    personas[int(pk)] = _Persona(bitmap, days, file=name)
+                    personas[int(pk)] = Held(bitmap, days, file=name)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("persona sets: unreadable copy on disk (%s); rebuilding", exc)
             return False

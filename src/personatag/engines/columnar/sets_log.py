@@ -4,7 +4,6 @@ and what identifies one of its entries."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -57,7 +56,9 @@ class Horizon:
         return settled
 
 
-def fingerprint(row: Any) -> str:
+def fingerprint(
+    at: int, persona_pk: int, change: str, contact_pk: int | None, bulk_count: int | None
+) -> str:
     """What identifies a log entry (with its seq): a log that holds another
     entry under the same seq is not the log the sets were read from."""
-    return f"{int(row.at)}:{row.persona_pk}:{row.change}:{row.contact_pk}:{row.bulk_count}"
+    return f"{int(at)}:{int(persona_pk)}:{change}:{contact_pk}:{bulk_count}"
