@@ -43,7 +43,18 @@ from typing import Any
 
 import numpy as np
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import BigInteger, Connection, case, func, select, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
 
 from personatag.domain import Change
 from personatag.engines.columnar import sets_disk as disk
@@ -55,7 +66,7 @@ from personatag.store import Store
 
 log = logging.getLogger(__name__)
 
-ENTRY_CHUNK = 50_000  # log entries read per statement while catching up
+ENTRY_CHUNK = 200_000  # log entries read per statement while catching up
 
 EMPTY = FrozenBitMap()
 
@@ -265,20 +276,39 @@ class PersonaSets:
         lg = self.store.tables.membership_log
         after = self.settled
         touched: set[int] = set()
-        query = select(
+        # Six integers per entry, as one comma-separated string per chunk: far
+        # cheaper than a row per entry through the driver (as fetch_ids does).
+        parts = [
             lg.c.seq,
-            _at(lg),
+            type_coerce(lg.c.at, BigInteger()),
             lg.c.persona_pk,
             func.coalesce(lg.c.contact_pk, -1),
             case((lg.c.change == Change.ENTER.value, 1), else_=0),
             func.coalesce(lg.c.bulk_count, 0),
-        ).order_by(lg.c.seq)
+        ]
+        joined: ColumnElement[str] = cast(parts[0], Text)
+        for part in parts[1:]:
+            joined = joined + literal(",") + cast(part, Text)
+        # Entries applied by earlier catch-ups above what had settled then;
+        # this one reads each seq once.
+        seen = np.fromiter(self._applied, np.int64, len(self._applied))
         while True:
             with self.store.read() as conn:
-                got = conn.execute(query.where(lg.c.seq > after).limit(ENTRY_CHUNK)).all()
-                rows = np.array(got, dtype=np.int64).reshape(-1, 6)
-                if self._applied and len(rows):
-                    rows = rows[~np.isin(rows[:, 0], np.fromiter(self._applied, np.int64))]
+                chunk = (
+                    select(lg.c.seq.label("seq"), joined.label("entry"))
+                    .where(lg.c.seq > after)
+                    .order_by(lg.c.seq)
+                    .limit(ENTRY_CHUNK)
+                    .subquery()
+                )
+                text = conn.scalar(select(self.store.backend.id_list(chunk.c.entry)))
+                rows = np.fromstring(text or "", dtype=np.int64, sep=",").reshape(-1, 6)
+                rows = rows[np.argsort(rows[:, 0], kind="stable")]
+                got = len(rows)
+                if got:
+                    after = int(rows[-1, 0])
+                if len(seen) and len(rows):
+                    rows = rows[~np.isin(rows[:, 0], seen)]
                 bulk_seqs = rows[rows[:, 5] > 0, 0].tolist()
                 blobs: dict[int, bytes] = {}
                 if bulk_seqs:
@@ -287,7 +317,7 @@ class PersonaSets:
                     ):
                         blobs[int(seq)] = bytes(blob or b"")
             touched |= apply_entries(self._personas, rows, blobs)
-            self._applied.update(rows[:, 0].tolist())
+            self._applied.update(rows[rows[:, 0] > settled, 0].tolist())
             if len(rows) and int(rows[-1, 0]) > self.last_seq:
                 seq, at, persona, contact, enter, bulk = (int(v) for v in rows[-1])
                 self.last_seq = seq
@@ -298,9 +328,8 @@ class PersonaSets:
                     None if bulk else contact,
                     bulk or None,
                 )
-            if len(got) < ENTRY_CHUNK:
+            if got < ENTRY_CHUNK:
                 break
-            after = int(got[-1][0])
         self._applied = {s for s in self._applied if s > settled}
         self.settled = max(self.settled, settled)
         for pk in touched:
