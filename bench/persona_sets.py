@@ -43,7 +43,8 @@ from sqlalchemy import text
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
 from personatag.domain import Action
-from personatag.engines.columnar.sets import PersonaSets, sets_folder, to_bitmap
+from personatag.engines.columnar.sets import PersonaSets, sets_folder
+from personatag.engines.columnar.sets_apply import to_bitmap
 from personatag.engines.columnar.sets_stats import history, pair
 from personatag.memberships import persona_view
 from personatag.store import open_store

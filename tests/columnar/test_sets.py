@@ -243,7 +243,8 @@ def test_one_catch_up_over_many_mixed_entries(pop: Store, tmp_path: Path) -> Non
 def test_apply_entries_last_entry_per_contact_wins() -> None:
     import numpy as np
 
-    from personatag.engines.columnar.sets_apply import Held, apply_entries
+    from personatag.engines.columnar.sets_apply import apply_entries
+    from personatag.engines.columnar.sets_disk import Held
     from personatag.store.ids import encode_ids
 
     day = 86_400_000_000

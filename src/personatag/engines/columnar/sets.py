@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import (
     BigInteger,
@@ -58,7 +57,7 @@ from sqlalchemy import (
 
 from personatag.domain import Change
 from personatag.engines.columnar import sets_disk as disk
-from personatag.engines.columnar.sets_apply import DAY_US, Held, apply_entries, to_bitmap
+from personatag.engines.columnar.sets_disk import DAY_US, Held
 from personatag.engines.columnar.sets_log import Horizon, fingerprint
 from personatag.errors import NotFoundError
 from personatag.files import atomic_write
@@ -222,6 +221,10 @@ class PersonaSets:
             return self._print_of(conn, self.last_seq) == self._last_print
 
     def _rebuild(self) -> None:
+        import numpy as np
+
+        from personatag.engines.columnar.sets_apply import to_bitmap
+
         started = time.perf_counter()
         settled = self._horizon.wait(0, self.settle_wait_s)
         t = self.store.tables
@@ -291,7 +294,7 @@ class PersonaSets:
             joined = joined + literal(",") + cast(part, Text)
         # Entries applied by earlier catch-ups above what had settled then;
         # this one reads each seq once.
-        seen = np.fromiter(self._applied, np.int64, len(self._applied))
+        seen: Any = None
         while True:
             with self.store.read() as conn:
                 chunk = (
@@ -302,7 +305,15 @@ class PersonaSets:
                     .subquery()
                 )
                 text = conn.scalar(select(self.store.backend.id_list(chunk.c.entry)))
-                rows = np.fromstring(text or "", dtype=np.int64, sep=",").reshape(-1, 6)
+                if not text:
+                    break  # nothing new: numpy is not even imported
+                import numpy as np
+
+                from personatag.engines.columnar.sets_apply import apply_entries
+
+                if seen is None:
+                    seen = np.fromiter(self._applied, np.int64, len(self._applied))
+                rows = np.fromstring(text, dtype=np.int64, sep=",").reshape(-1, 6)
                 rows = rows[np.argsort(rows[:, 0], kind="stable")]
                 got = len(rows)
                 if got:
@@ -445,5 +456,4 @@ __all__: Sequence[str] = (
     "current_sets",
     "persona_sets",
     "sets_folder",
-    "to_bitmap",
 )

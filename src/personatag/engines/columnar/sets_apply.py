@@ -12,29 +12,17 @@ difference per persona instead of a Python call per entry.
 from __future__ import annotations
 
 import array
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyroaring import BitMap, FrozenBitMap
+from pyroaring import BitMap
 
+from personatag.engines.columnar.sets_disk import DAY_US, Held
 from personatag.errors import InputError
 from personatag.store.ids import decode_ids
 
-DAY_US = 86_400_000_000  # log times are microseconds since the epoch
 MAX_PK = 2**32 - 1  # a BitMap holds 32-bit values
 SEQ, AT, PERSONA, CONTACT, ENTER, BULK = range(6)
-
-
-@dataclass
-class Held:
-    """One persona: its holders, its (entered, exited) per UTC day number, a
-    frozen copy handed out until it changes, and its file while unchanged."""
-
-    bitmap: BitMap
-    days: dict[int, list[int]] = field(default_factory=dict)
-    frozen: FrozenBitMap | None = None
-    file: str | None = None
 
 
 def to_bitmap(ids: Any) -> BitMap:

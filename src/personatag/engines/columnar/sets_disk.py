@@ -1,8 +1,10 @@
-"""The persona sets on disk: one file per persona and a manifest naming them.
+"""The persona sets on disk: one file per persona and a manifest naming them
+(and what one persona holds in memory, `Held`).
 
 A persona's file is `PTS1`, the sizes of its two parts (little-endian
 uint64), the bitmap as pyroaring serializes it (the portable Roaring format),
-then its (day, entered, exited) triples as int64. Files are written whole and
+then its (day, entered, exited) triples as int64. No numpy here: a new
+process that finds the sets current loads them without it. Files are written whole and
 renamed into place (personatag.files), under an exclusive lock of `.lock`;
 readers hold it shared, so a reader never finds a file named by the manifest
 already removed.
@@ -10,24 +12,37 @@ already removed.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import json
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pyroaring import BitMap
+from pyroaring import BitMap, FrozenBitMap
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+DAY_US = 86_400_000_000  # log times are microseconds since the epoch
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 _MAGIC = b"PTS1"
+
+
+@dataclass
+class Held:
+    """One persona: its holders, its (entered, exited) per UTC day number, a
+    frozen copy handed out until it changes, and its file while unchanged."""
+
+    bitmap: BitMap
+    days: dict[int, list[int]] = field(default_factory=dict)
+    frozen: FrozenBitMap | None = None
+    file: str | None = None
 
 
 @contextlib.contextmanager
@@ -61,10 +76,10 @@ def persona_bytes(bitmap: BitMap, days: dict[int, list[int]]) -> bytes:
     compact = bitmap.copy()
     compact.run_optimize()
     data = compact.serialize()
-    triples = np.array([(d, e, x) for d, (e, x) in sorted(days.items())], dtype=np.int64).reshape(
-        -1, 3
-    )
-    return _MAGIC + struct.pack("<QQ", len(data), len(triples)) + data + triples.tobytes()
+    triples = array.array("q")
+    for d, (e, x) in sorted(days.items()):
+        triples.extend((d, e, x))
+    return _MAGIC + struct.pack("<QQ", len(data), len(days)) + data + triples.tobytes()
 
 
 def read_persona(path: Path) -> tuple[BitMap, dict[int, list[int]]]:
@@ -78,7 +93,9 @@ def read_persona(path: Path) -> tuple[BitMap, dict[int, list[int]]]:
     if len(raw) < 20 + n_bitmap:
         raise ValueError(f"{path.name}: truncated")
     bitmap = BitMap.deserialize(raw[20 : 20 + n_bitmap])
-    triples = np.frombuffer(raw[20 + n_bitmap :], dtype=np.int64)
-    if len(triples) != 3 * n_days:
+    triples = array.array("q")
+    rest = raw[20 + n_bitmap :]
+    if len(rest) != 24 * n_days:
         raise ValueError(f"{path.name}: truncated")
-    return bitmap, {int(d): [int(e), int(x)] for d, e, x in triples.reshape(-1, 3)}
+    triples.frombytes(rest)
+    return bitmap, {triples[i]: [triples[i + 1], triples[i + 2]] for i in range(0, len(triples), 3)}
