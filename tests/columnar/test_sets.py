@@ -264,3 +264,30 @@ def test_apply_entries_last_entry_per_contact_wins() -> None:
     assert touched == {1, 2}
     assert list(personas[1].bitmap) == [5, 6] and list(personas[2].bitmap) == [7]
     assert personas[1].days == {1: [2, 1], 2: [3, 1]}
+
+
+def test_an_entry_that_commits_after_a_later_one_is_applied(pg_store: Store) -> None:
+    """PostgreSQL hands out seqs at insert and shows them at commit: an entry
+    whose transaction is still open when a later seq is read is applied once
+    it commits, and only once."""
+    from personatag.domain import utcnow
+    from personatag.memberships.log import LogContext, log_one
+
+    store = pg_store
+    add_contacts(store, population(4))
+    for key in ("a", "b"):
+        add_persona(store, key, name=key.upper(), category="test")
+    sets = PersonaSets(store, None, settle_wait_s=0.2).refresh()
+    b_pk = sets.info("b").pk
+    ctx = LogContext(utcnow(), b_pk, 0, None, None, "test", "late")
+    with store.engine.connect() as late:
+        with late.begin():
+            log_one(late, store, ctx, "enter", 3)  # takes a seq, not yet visible
+            pin(store, "a", "c0001", PinKind.IN)  # a later seq, committed first
+            sets.refresh()
+            assert list(sets.get("a")) == [2] and len(sets.get("b")) == 0
+        sets.refresh()  # the late one is visible now
+        assert list(sets.get("b")) == [3]
+        sets.refresh()
+        assert list(sets.get("b")) == [3]
+        assert sum(e for e, _ in sets.daily("b").values()) == 1  # counted once
