@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from personatag.cli.common import JsonOpt, actor, audit, emit, store
+from personatag.cli.common import JsonOpt, actor, audit, emit, settings, store
 from personatag.times import iso
 
 app = typer.Typer(help="Create, list and inspect personas.", no_args_is_help=True)
@@ -129,6 +129,48 @@ def persona_members(
         else:
             for cid in ids:
                 out.write(cid + "\n")
+
+
+@app.command("stats")
+def persona_stats(
+    keys: Annotated[list[str], typer.Argument(help="One or more persona keys.")],
+    as_json: JsonOpt = False,
+    days: Annotated[
+        int, typer.Option(min=0, max=3660, help="Also the size per UTC day over this many days.")
+    ] = 0,
+) -> None:
+    """Sizes and overlaps of personas (A and B, A not B, A or B, the pairwise
+    matrix) from the persona sets, and with --days the size over time."""
+    from personatag.engines.columnar.sets import current_sets
+    from personatag.engines.columnar.sets_stats import persona_stats as compute
+    from personatag.errors import NotFoundError
+
+    try:
+        data = compute(current_sets(store(), settings().data_dir), keys, days=days)
+    except NotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        emit(data)
+        return
+    width = max(len(k) for k in keys)
+    for p in data["personas"]:
+        typer.echo(f"{p['key']:<{width}}  {p['size']:>12,}  {p['name']}")
+    for pr in data["pairs"]:
+        a, b = pr["a"], pr["b"]
+        typer.echo(
+            f"{a} and {b}: {pr['both']:,}  {a} not {b}: {pr['a_not_b']:,}  "
+            f"{b} not {a}: {pr['b_not_a']:,}  {a} or {b}: {pr['either']:,}  "
+            f"jaccard: {pr['jaccard']:.3f}"
+        )
+    if len(keys) > 2:
+        typer.echo(f"in all {len(keys)}: {data['all']:,}  in any: {data['any']:,}")
+    history = data["history"]
+    if history:
+        typer.echo("day         " + "  ".join(f"{k:>12}" for k in keys))
+        for i, day in enumerate(history["days"]):
+            sizes = "  ".join(f"{history['size'][k][i]:>12,}" for k in keys)
+            typer.echo(f"{day}  {sizes}")
 
 
 @app.command("edit")

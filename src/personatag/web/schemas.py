@@ -196,6 +196,42 @@ class SizeHistory(BaseModel):
     exited: list[int] = Field(description="contacts that exited during each day")
 
 
+class PersonaSize(BaseModel):
+    key: str
+    name: str
+    size: int = Field(description="contacts holding the persona now")
+
+
+class PersonaPair(BaseModel):
+    a: str
+    b: str
+    both: int = Field(description="contacts holding a and b")
+    a_not_b: int = Field(description="contacts holding a but not b")
+    b_not_a: int = Field(description="contacts holding b but not a")
+    either: int = Field(description="contacts holding a or b")
+    jaccard: float = Field(description="both / either (0 when both are empty)")
+
+
+class PersonaStatsHistory(BaseModel):
+    days: list[str] = Field(description="UTC days, oldest first (YYYY-MM-DD)")
+    size: dict[str, list[int]] = Field(description="per key: the size at the end of each day")
+    entered: dict[str, list[int]] = Field(description="per key: contacts that entered each day")
+    exited: dict[str, list[int]] = Field(description="per key: contacts that exited each day")
+
+
+class PersonaStats(BaseModel):
+    personas: list[PersonaSize]
+    all: int = Field(description="contacts holding every persona given")
+    any: int = Field(description="contacts holding at least one of them")
+    pairs: list[PersonaPair] = Field(description="every pair, in the order given")
+    matrix: list[list[int]] = Field(
+        description="pairwise intersection sizes in the order given; sizes on the diagonal"
+    )
+    history: PersonaStatsHistory | None = Field(description="with days > 0, else null")
+    log_seq: int = Field(description="the membership-log seq the answer reflects")
+    took_ms: float = Field(description="time spent on the figures after catching up")
+
+
 class MembersPage(BaseModel):
     members: list[str]
     next_after: str | None = Field(description="pass as `after` for the next page; null: done")

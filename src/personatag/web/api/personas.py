@@ -1,4 +1,5 @@
-"""/personas: list, show, members, members as CSV, size history (viewer);
+"""/personas: list, show, members, members as CSV, size history, and
+/persona-stats: sizes and overlaps from the persona sets (viewer);
 create, edit, archive and restore (editor)."""
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from personatag.definitions.personas import (
     member_count,
     restore_persona,
 )
+from personatag.engines.columnar.sets import current_sets
+from personatag.engines.columnar.sets_stats import MAX_KEYS
+from personatag.engines.columnar.sets_stats import persona_stats as compute_stats
 from personatag.errors import InputError
 from personatag.memberships import persona_view
-from personatag.web.api.deps import StoreDep
+from personatag.web.api.deps import SettingsDep, StoreDep
 from personatag.web.auth import CurrentUser, role
 from personatag.web.schemas import (
     CriterionPublic,
@@ -35,6 +39,7 @@ from personatag.web.schemas import (
     PersonaCreate,
     PersonaDetail,
     PersonaPublic,
+    PersonaStats,
     PersonaUpdate,
     SizeHistory,
 )
@@ -197,6 +202,25 @@ def persona_size_history(
     with store.read() as conn:
         p = get_persona(conn, store, key)
         return persona_view.size_history(conn, store, p.pk, days).as_json()
+
+
+@router.get("/persona-stats", response_model=PersonaStats, **role("viewer", errors=(404,)))
+def persona_stats(
+    store: StoreDep,
+    settings: SettingsDep,
+    key: Annotated[
+        list[str],
+        Query(min_length=1, max_length=MAX_KEYS, description="persona keys, one or more"),
+    ],
+    days: Annotated[
+        int, Query(ge=0, le=persona_view.MAX_DAYS, description="size per UTC day (0: none)")
+    ] = 0,
+) -> dict[str, Any]:
+    """Sizes and overlaps of one or more personas (both, a not b, either, the
+    pairwise matrix) and, with `days`, their size over time: from the persona
+    sets, brought up to date with the membership log first. 404 names an
+    unknown key."""
+    return compute_stats(current_sets(store, settings.data_dir), key, days=days)
 
 
 _FORMULA_START = frozenset("=+-@\t\r")

@@ -47,6 +47,20 @@ def _persona(p: Any, members: int, criteria: list[Any]) -> dict[str, Any]:
     }
 
 
+def _other_personas(conn: Any, store: Any, pk: int) -> list[dict[str, str]]:
+    """The other active personas by key, for the overlap picker."""
+    from sqlalchemy import select
+
+    t = store.tables.personas
+    query = (
+        select(t.c.key, t.c.name)
+        .where(t.c.pk != pk, t.c.archived_at.is_(None))
+        .order_by(t.c.key)
+        .limit(1000)
+    )
+    return [{"key": k, "name": n} for k, n in conn.execute(query)]
+
+
 @router.get("/personas", **declare("viewer"))
 def personas_page(request: Request) -> HTMLResponse:
     from personatag.definitions.criteria import list_criteria
@@ -106,6 +120,7 @@ def persona_page(
             since = persona_view.since_of(conn, store, p.pk, [m["id"] for m in members])
             pins_total, pins = persona_view.pins_of(conn, store, p.pk)
             changes = persona_view.recent_changes(conn, store, p.pk, limit=RECENT_CHANGES)
+            others = _other_personas(conn, store, p.pk)
     except NotFoundError:
         message = f"There is no persona {key!r}. The Personas page lists them all, archived too."
         return not_found(request, who, message)
@@ -124,5 +139,6 @@ def persona_page(
         pins=pins,
         pins_total=pins_total,
         changes=changes,
+        others=others,
         can_edit=accounts.role_at_least(who.user.role, "editor"),
     )

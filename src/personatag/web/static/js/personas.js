@@ -1,4 +1,4 @@
-// Personas: create, edit, archive and restore (editors), and a persona's size chart.
+// Personas: create, edit, archive and restore (editors), and a persona's size and overlap charts.
 "use strict";
 
 function personaRow(key) {
@@ -108,9 +108,11 @@ async function loadSizeHistory() {
   if (!canvas) return;
   const key = canvas.dataset.key;
   const days = el("size-days").value;
-  const r = await api("GET", `/personas/${encodeURIComponent(key)}/size-history?days=${days}`);
+  // From the persona sets' per-day counts (the same figures as /size-history).
+  const r = await api("GET", `/persona-stats?key=${encodeURIComponent(key)}&days=${days}`);
   if (!r.ok) { PT.toast(errorText(r), "error"); return; }
-  const h = r.data;
+  const s = r.data.history;
+  const h = { days: s.days, size: s.size[key], entered: s.entered[key], exited: s.exited[key] };
   const charts = [
     PT.chart(canvas, { type: "line", labels: h.days, series: [{ label: "members", data: h.size }], unit: "contacts" }),
     PT.chart("moves-chart", {
@@ -144,7 +146,43 @@ function initSizeChart() {
   return loadSizeHistory();
 }
 
+// Overlap with another persona: this only, both, the other only (one stacked bar).
+async function loadOverlap() {
+  const select = el("overlap-with");
+  const key = select.dataset.key;
+  const other = select.value;
+  const out = el("overlap-figures");
+  if (!other) { out.textContent = "Choose a persona to see how many contacts hold both."; return; }
+  const r = await api("GET", `/persona-stats?key=${encodeURIComponent(key)}&key=${encodeURIComponent(other)}`);
+  if (!r.ok) { PT.toast(errorText(r), "error"); return; }
+  const p = r.data.pairs[0];
+  const chart = PT.chart("overlap-chart", {
+    type: "bar", labels: [""], unit: "contacts", stacked: true,
+    series: [
+      { label: `${key} only`, data: [p.a_not_b], color: "#2563eb" },
+      { label: "both", data: [p.both], color: "#9333ea" },
+      { label: `${other} only`, data: [p.b_not_a], color: "#ea580c" },
+    ],
+  });
+  if (chart) {
+    chart.options.indexAxis = "y";
+    chart.options.scales = { x: { stacked: true, beginAtZero: true, ticks: { precision: 0 } }, y: { stacked: true } };
+    chart.options.plugins.tooltip.callbacks.label = (c) => `${c.dataset.label}: ${PT.num(c.parsed.x)} contacts`;
+    chart.update();
+  }
+  out.innerHTML = `<strong>${PT.num(p.both)}</strong> hold both · ${PT.chip(key)} not ${PT.chip(other)}: ${PT.num(p.a_not_b)}`
+    + ` · ${PT.chip(other)} not ${PT.chip(key)}: ${PT.num(p.b_not_a)} · either: ${PT.num(p.either)}`
+    + ` · Jaccard ${p.jaccard.toFixed(3)} <span class="muted small">(${r.data.took_ms} ms)</span>`;
+}
+
+function initOverlap() {
+  const select = el("overlap-with");
+  if (!select) return;
+  select.addEventListener("change", loadOverlap);
+}
+
 PT.ready(initPersonaCreate);
 PT.ready(initPersonaEdit);
 PT.ready(initPersonaArchive);
 PT.ready(initSizeChart);
+PT.ready(initOverlap);
