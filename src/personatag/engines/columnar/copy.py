@@ -1,0 +1,339 @@
+"""The columnar copy: contacts, publications, reads and logins as arrays under
+`<data_dir>/columnar/`, brought up to date from the change feed before each
+evaluation (`open_frame`).
+
+On disk: immutable folders of memory-mapped .npy files (segment.py), a base
+(written by a build or a compaction; events sorted by time) and at most one
+delta (the rows of contacts changed since, re-read from the store), named by
+`MANIFEST.json`, which is replaced atomically. Writers (build, persist,
+compaction) hold an flock on `lock`; readers take none. The manifest records
+the store's identity, the feed seq the files reflect and that feed row's
+time, the contact fields and the publications' data version: any mismatch
+with the store (another store, a restored backup, a pruned feed, a new
+attribute) rebuilds the copy. See docs/architecture.md, "Columnar copy".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, func, select
+
+from personatag.config import Settings
+from personatag.engines.columnar import load
+from personatag.engines.columnar.delta import Delta, catch_up, frame_of, read_delta, write_delta
+from personatag.engines.columnar.frame import Frame
+from personatag.engines.columnar.patch import NotAppendable
+from personatag.engines.columnar.segment import read_meta, read_table, write_meta, write_table
+from personatag.files import atomic_write
+from personatag.store import Store, changefeed, versions
+
+FORMAT = 1
+FOLDER = "columnar"
+MANIFEST = "MANIFEST.json"
+IDENTITY = "store_identity"  # a data_versions row: a random id per store
+# Persist the delta once this many feed rows (or contacts) were caught up
+# since the manifest; compact into a new base when the delta holds this share
+# of the contacts or of the events.
+PERSIST_CHANGES = 2_000
+COMPACT_SHARE = 0.05
+
+
+class CopyOutdated(Exception):
+    """The files do not belong to (this state of) the store: rebuild."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    identity: int | None
+    head: int
+    oldest: int  # smallest seq kept (0: feed empty)
+    offset_at: int | None  # time (µs) of the feed row at the manifest's offset
+    fields: list[list[str]]
+    publications_version: int
+
+
+def folder_of(settings: Settings) -> Path:
+    return Path(settings.data_dir) / FOLDER
+
+
+def _fields(store: Store, conn: Connection) -> list[list[str]]:
+    return [[name, kind.value] for name, kind in store.catalog(conn).contact_fields.items()]
+
+
+def _seq_at(conn: Connection, store: Store, seq: int) -> int | None:
+    ch = store.tables.changes
+    from personatag.store.types import to_micros
+
+    at = conn.scalar(select(ch.c.at).where(ch.c.seq == seq))
+    return None if at is None else to_micros(at)
+
+
+def _probe(conn: Connection, store: Store, offset: int) -> Probe:
+    ch = store.tables.changes
+    found = versions.current(conn, store.tables, [IDENTITY, "publications"])
+    return Probe(
+        identity=found[IDENTITY] or None,
+        head=changefeed.head(conn, store),
+        oldest=int(conn.scalar(select(func.min(ch.c.seq))) or 0),
+        offset_at=_seq_at(conn, store, offset) if offset else None,
+        fields=_fields(store, conn),
+        publications_version=found["publications"],
+    )
+
+
+def store_identity(store: Store) -> int:
+    """The store's random identity, created on first use (kept in data_versions)."""
+    dv = store.tables.data_versions
+    with store.read() as conn:
+        found = versions.current(conn, store.tables, [IDENTITY])[IDENTITY]
+    if found:
+        return found
+    with store.write() as conn:
+        found = versions.current(conn, store.tables, [IDENTITY])[IDENTITY]
+        if not found:
+            found = secrets.randbelow(2**62) + 1
+            conn.execute(dv.insert().values(name=IDENTITY, version=found))
+    return found
+
+
+def check(manifest: Any, probe: Probe) -> None:
+    """Raise CopyOutdated when the files cannot be brought up to date from the feed."""
+    offset = int(manifest["offset"])
+    if manifest.get("format") != FORMAT:
+        raise CopyOutdated("the copy's format changed")
+    if probe.identity is None or manifest["store"] != probe.identity:
+        raise CopyOutdated("the copy belongs to another store")
+    if offset > probe.head:
+        raise CopyOutdated("the copy is ahead of the store's change feed (a restored store?)")
+    if offset and probe.offset_at != manifest["offset_at"]:
+        raise CopyOutdated("the feed row the copy reflects differs (a restored store?)")
+    if probe.oldest and probe.oldest > offset + 1 and probe.head > offset:
+        raise CopyOutdated("the feed was pruned past the copy's offset")
+    if manifest["fields"] != probe.fields:
+        raise CopyOutdated("the contact fields changed")
+
+
+@contextlib.contextmanager
+def writing(folder: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the copy's write lock (False when `wait` is False and it is taken)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(folder: Path) -> Any | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _publish(folder: Path, manifest: Any) -> None:
+    """Replace the manifest; drop folders neither it nor the previous one names
+    (a reader may still be opening those)."""
+    previous = read_manifest(folder)
+    atomic_write(folder / MANIFEST, json.dumps(manifest))
+    keep = {manifest["base"], manifest.get("delta")}
+    if previous is not None:
+        keep |= {previous["base"], previous.get("delta")}
+    for path in folder.iterdir():
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _new_folder(folder: Path, prefix: str) -> Path:
+    path = folder / f"{prefix}-{secrets.token_hex(6)}"
+    path.mkdir()
+    return path
+
+
+def write_base(folder: Path, frame: Frame, fields: list[list[str]]) -> str:
+    """Write `frame` (its live events, sorted by time) as a new base folder."""
+    from personatag.domain import PUBLICATION_FIELDS, FieldType
+    from personatag.engines.columnar.segment import write_arrays
+
+    path = _new_folder(folder, "base")
+    kinds = {name: FieldType(kind) for name, kind in fields}
+    meta: dict[str, Any] = {
+        "contacts": write_table(path, "contacts", frame.contacts, kinds),
+        "publications": write_table(path, "publications", frame.publications, PUBLICATION_FIELDS),
+    }
+    for name, segments in (("reads", frame.reads), ("logins", frame.logins)):
+        parts: dict[str, list[Any]] = {"row": [], "at": [], "publication": []}
+        for seg in segments:
+            live = slice(None) if seg.live is None else np.asarray(seg.live)
+            parts["row"].append(np.asarray(seg.row)[live])
+            parts["at"].append(np.asarray(seg.at)[live])
+            if seg.publication is not None:
+                parts["publication"].append(np.asarray(seg.publication)[live])
+        at = np.concatenate(parts["at"]) if parts["at"] else np.zeros(0, np.int64)
+        order = np.argsort(at, kind="stable")
+        arrays = {
+            "row": (np.concatenate(parts["row"]) if parts["row"] else at)[order].astype(np.int32),
+            "at": at[order].astype(np.int64),
+            "publication": (
+                np.concatenate(parts["publication"])[order].astype(np.int32)
+                if name == "reads"
+                else None
+            ),
+        }
+        meta[name] = write_arrays(path, name, arrays)
+    write_meta(path, meta)
+    return path.name
+
+
+def build(store: Store, folder: Path) -> tuple[Any, Frame]:
+    """Build the copy from the store (caller holds the lock); (manifest, frame)."""
+    identity = store_identity(store)
+    with store.read() as conn:
+        head = changefeed.head(conn, store)
+        fields = _fields(store, conn)
+        pubs_version = versions.current(conn, store.tables, ["publications"])["publications"]
+        frame = load.full_frame(conn, store, fields)
+        offset_at = _seq_at(conn, store, head) if head else None
+    base = write_base(folder, frame, fields)
+    manifest = {
+        "format": FORMAT,
+        "store": identity,
+        "base": base,
+        "delta": None,
+        "offset": head,
+        "offset_at": offset_at,
+        "fields": fields,
+        "publications_version": pubs_version,
+    }
+    _publish(folder, manifest)
+    return manifest, replace(open_base(folder, manifest), offset=head)
+
+
+def open_base(folder: Path, manifest: Any) -> Frame:
+    """The manifest's base and delta as a Frame (no catch-up)."""
+    path = folder / manifest["base"]
+    meta = read_meta(path)
+    delta = read_delta(folder / manifest["delta"]) if manifest.get("delta") else Delta.empty()
+    contacts = read_table(path, "contacts", meta["contacts"])
+    pubs = read_table(path, "publications", meta["publications"])
+    return frame_of(path, meta, contacts, pubs, delta, int(manifest["offset"]))
+
+
+# In-process state: the manifest text a process last opened, with the delta it
+# has caught up since (so a long-running process reads only new feed rows).
+_CACHE: dict[Path, tuple[str, Delta, int, int | None, int]] = {}
+
+
+def open_frame(store: Store, settings: Settings) -> Frame:
+    """The columnar copy, up to date with every committed change (`personas` None)."""
+    folder = folder_of(settings).resolve()
+    for _attempt in range(5):
+        try:
+            return _open(store, folder)
+        except FileNotFoundError:  # a compaction removed files under us: read again
+            _CACHE.pop(folder, None)
+    return _open(store, folder)
+
+
+def _rebuild(store: Store, folder: Path) -> Frame:
+    with writing(folder):
+        manifest = read_manifest(folder)
+        if manifest is not None:  # another process may have rebuilt meanwhile
+            with store.read() as conn:
+                probe = _probe(conn, store, int(manifest["offset"]))
+            with contextlib.suppress(CopyOutdated):
+                check(manifest, probe)
+                return _open(store, folder, rebuilt=True)
+        _CACHE.pop(folder, None)
+        return build(store, folder)[1]
+
+
+def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
+    text = None
+    with contextlib.suppress(FileNotFoundError):
+        text = (folder / MANIFEST).read_text()
+    if text is None:
+        return _rebuild(store, folder)
+    manifest = json.loads(text)
+    cached = _CACHE.get(folder)
+    if cached is not None and cached[0] == text:
+        _, delta, offset, offset_at, pubs_version = cached
+    else:
+        delta = read_delta(folder / manifest["delta"]) if manifest.get("delta") else Delta.empty()
+        offset, offset_at = int(manifest["offset"]), manifest["offset_at"]
+        pubs_version = int(manifest["publications_version"])
+    with store.read() as conn:
+        probe = _probe(conn, store, offset)
+        try:
+            check({**manifest, "offset": offset, "offset_at": offset_at}, probe)
+        except CopyOutdated:
+            if rebuilt:
+                raise
+            _CACHE.pop(folder, None)
+            return _rebuild(store, folder)
+        fields = manifest["fields"]
+        if probe.head > offset or probe.publications_version != pubs_version:
+            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head)
+            offset_at = _seq_at(conn, store, offset) if offset else None
+            if probe.publications_version != pubs_version:
+                delta = replace(delta, publications=load.publications(conn, store))
+                pubs_version = probe.publications_version
+    _CACHE[folder] = (text, delta, offset, offset_at, pubs_version)
+    path = folder / manifest["base"]
+    meta = read_meta(path)
+    contacts = read_table(path, "contacts", meta["contacts"])
+    pubs = read_table(path, "publications", meta["publications"])
+    try:
+        frame = frame_of(path, meta, contacts, pubs, delta, offset)
+    except NotAppendable:
+        if rebuilt:
+            raise
+        _CACHE.pop(folder, None)
+        with writing(folder):
+            return build(store, folder)[1]
+    state = {**manifest, "offset": offset, "offset_at": offset_at}
+    state["publications_version"] = pubs_version
+    if offset - int(manifest["offset"]) >= PERSIST_CHANGES or delta.size >= PERSIST_CHANGES:
+        _persist(folder, text, state, frame, delta)
+    return frame
+
+
+def _persist(folder: Path, text: str, state: Any, frame: Frame, delta: Delta) -> None:
+    """Write the delta (or, when large, a new base) and publish it; skipped when
+    another process holds the lock or moved the manifest on."""
+    with writing(folder, wait=False) as mine:
+        if not mine or (folder / MANIFEST).read_text() != text:
+            return
+        n = max(frame.contacts.n, 1)
+        events = sum(len(s.at) for s in frame.reads) + sum(len(s.at) for s in frame.logins)
+        if delta.contacts.n > COMPACT_SHARE * n or delta.events > COMPACT_SHARE * max(events, 1):
+            manifest = {**state, "base": write_base(folder, frame, state["fields"]), "delta": None}
+            new_delta = Delta.empty()
+        else:
+            path = _new_folder(folder, "delta")
+            write_delta(path, delta)
+            manifest = {**state, "delta": path.name}
+            new_delta = delta
+        _publish(folder, manifest)
+        _CACHE[folder] = (
+            json.dumps(manifest),
+            new_delta,
+            int(state["offset"]),
+            state["offset_at"],
+            int(state["publications_version"]),
+        )

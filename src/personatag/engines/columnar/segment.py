@@ -1,0 +1,152 @@
+"""A folder of arrays on disk: tables (pk and columns) and event arrays as
+.npy files, opened memory-mapped (`mmap_mode='r'`), so opening costs a few
+system calls per file and pages load when a criterion touches them.
+
+A string dictionary is one UTF-8 text of its strings separated by NUL (split
+in C at open), or JSON when a string holds a NUL. `meta.json` lists what the
+folder holds; it is written last, so a folder without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personatag.domain import FieldType
+from personatag.engines.columnar.frame import Array, Column, Table
+from personatag.files import atomic_write
+
+META = "meta.json"
+
+
+def _at(stem: Path, suffix: str) -> Path:
+    return stem.parent / f"{stem.name}.{suffix}"
+
+
+def _save(path: Path, array: Array) -> None:
+    with open(path, "wb") as out:
+        np.save(out, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _load(path: Path) -> Array:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _save_dictionary(stem: Path, dictionary: Array) -> None:
+    words = [str(s) for s in dictionary]
+    if any("\x00" in w for w in words):
+        _at(stem, "dict.json").write_text(json.dumps(words))
+    else:
+        _at(stem, "dict.txt").write_bytes("\x00".join(words).encode())
+
+
+def _load_dictionary(stem: Path, size: int) -> Array:
+    out = np.empty(size, dtype=object)
+    if size == 0:
+        return out
+    text = _at(stem, "dict.txt")
+    if text.exists():
+        out[:] = text.read_bytes().decode().split("\x00")
+    else:
+        out[:] = json.loads(_at(stem, "dict.json").read_text())
+    return out
+
+
+def write_table(folder: Path, name: str, table: Table, fields: Mapping[str, FieldType]) -> Any:
+    """Write `table` as `name`.* files; the meta entry describing it."""
+    _save(folder / f"{name}.pk.npy", np.asarray(table.pk, dtype=np.int64))
+    described = []
+    for i, (field, kind) in enumerate(fields.items()):
+        col = table.columns[field]
+        stem = folder / f"{name}.{i}"
+        parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
+        parts["items"] = col.items
+        for part, array in parts.items():
+            if array is not None:
+                _save(_at(stem, f"{part}.npy"), array)
+        size = 0
+        if col.dictionary is not None:
+            size = len(col.dictionary)
+            _save_dictionary(stem, col.dictionary)
+        described.append([field, kind.value, col.nulls is not None, size])
+    return {"n": len(table.pk), "fields": described}
+
+
+class LazyColumns(Mapping[str, Column]):
+    """Columns by field name, each made on first access and then kept."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], Column]]) -> None:
+        self._makers = dict(makers)
+        self._made: dict[str, Column] = {}
+
+    def __getitem__(self, key: str) -> Column:
+        col = self._made.get(key)
+        if col is None:
+            col = self._made[key] = self._makers[key]()
+        return col
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
+def read_column(folder: Path, name: str, index: int, entry: list[Any]) -> Column:
+    _field, kind_name, has_nulls, size = entry
+    kind = FieldType(kind_name)
+    stem = folder / f"{name}.{index}"
+
+    def part(p: str) -> Array:
+        return _load(_at(stem, f"{p}.npy"))
+
+    nulls = part("nulls") if has_nulls else None
+    if kind is FieldType.LIST:
+        return Column(
+            kind,
+            np.empty(0, dtype=np.int32),
+            nulls,
+            dictionary=_load_dictionary(stem, size),
+            offsets=part("offsets"),
+            items=part("items"),
+        )
+    dictionary = _load_dictionary(stem, size) if kind is FieldType.STRING else None
+    return Column(kind, part("values"), nulls, dictionary=dictionary)
+
+
+def read_table(folder: Path, name: str, meta: Any) -> Table:
+    """The table `name` of `folder`, memory-mapped, its columns made lazily."""
+    makers: dict[str, Callable[[], Column]] = {}
+    for i, entry in enumerate(meta["fields"]):
+
+        def make(i: int = i, entry: list[Any] = entry) -> Column:
+            return read_column(folder, name, i, entry)
+
+        makers[entry[0]] = make
+    return Table(_load(folder / f"{name}.pk.npy"), LazyColumns(makers))
+
+
+def write_arrays(folder: Path, name: str, arrays: Mapping[str, Array | None]) -> list[str]:
+    """Write each array as `name.KEY.npy`; the keys written."""
+    keys = []
+    for key, array in arrays.items():
+        if array is not None:
+            _save(folder / f"{name}.{key}.npy", array)
+            keys.append(key)
+    return keys
+
+
+def read_arrays(folder: Path, name: str, keys: list[str]) -> dict[str, Array]:
+    return {key: _load(folder / f"{name}.{key}.npy") for key in keys}
+
+
+def write_meta(folder: Path, meta: Any) -> None:
+    atomic_write(folder / META, json.dumps(meta))
+
+
+def read_meta(folder: Path) -> Any:
+    return json.loads((folder / META).read_text())
