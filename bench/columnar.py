@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench.arrays import contact_columns
 
+from arrays import contact_columns  # bench/arrays.py, beside this script
 from personatag import accounts
 from personatag.config import Settings, load_settings
 from personatag.store import open_store

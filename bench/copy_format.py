@@ -37,7 +37,7 @@ FORMATS = ("npy-time", "npy-contact", "duckdb")
 
 
 def export(db: Path, out: Path) -> None:
-    from bench.arrays import contact_columns, reads
+    from arrays import contact_columns, reads  # bench/arrays.py, beside this script
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
