@@ -233,16 +233,19 @@ def _logged_enters(store: Store) -> set[int]:
     return out
 
 
-@pytest.mark.parametrize("expr", ["seniority >= 0", 'region = "EMEA"'])
-def test_bulk_log_matches_memberships_on_both_audit_paths(
+@pytest.mark.parametrize("expr", ["seniority >= 0", "seniority >= 3", 'region = "EMEA"'])
+def test_bulk_log_matches_memberships_on_every_audit_path(
     pop: Store, expr: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # seniority >= 0 matches 100%: on SQLite the ids are captured on a second
-    # connection during the insert; region = "EMEA" (25%) reads them back after.
+    # seniority >= 0 matches everyone: the persona's new rows are one run of
+    # consecutive pks, known from two seeks. seniority >= 3 matches 70%: on
+    # SQLite the ids are captured on a second connection during the insert;
+    # region = "EMEA" (25%) reads them back after.
     caplog.set_level("DEBUG", logger="personatag.memberships.apply")
     out = run(pop, Settings(bulk_log_threshold=2), persona="emea", action=Action.TAG, expr=expr)
     captured = "captured on a second connection" in caplog.text
-    assert captured == (pop.dialect == "sqlite" and expr.startswith("seniority"))
+    assert captured == (pop.dialect == "sqlite" and expr == "seniority >= 3")
+    assert ("one run of consecutive pks" in caplog.text) == (expr == "seniority >= 0")
     t = pop.tables
     with pop.read() as conn:
         held = set(conn.scalars(select(t.memberships.c.contact_pk)))

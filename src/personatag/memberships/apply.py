@@ -65,6 +65,9 @@ CAPTURE_SHARE = 0.3
 # With a changes file to build as well (the dispatcher), the captured scan
 # also spares a pk -> contact id lookup per changed contact afterwards.
 CAPTURE_SHARE_WITH_CHANGES = 0.05
+# A write that adds at least this many rows refreshes the planner's statistics
+# of memberships (sampled: milliseconds), which lookups by contact rely on.
+STATISTICS_ROWS = 1_000
 
 
 def _sampled_share(
@@ -85,6 +88,20 @@ def _sampled_share(
         select(func.count(), func.count().filter(where)).select_from(c).where(sample)
     ).one()
     return hits / total if total else 0.0
+
+
+def _one_run(conn: Connection, store: Store, persona_pk: int, rows: int) -> Any:
+    """The contact pks of a persona's `rows` rows (one source each) when they
+    are consecutive, from its smallest and largest (two primary-key seeks);
+    else None."""
+    m = store.tables.memberships
+    lo = conn.scalar(select(func.min(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
+    hi = conn.scalar(select(func.max(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
+    if lo is None or hi is None or hi - lo + 1 != rows:
+        return None
+    import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
+    return np.arange(lo, hi + 1, dtype=np.int64)
 
 
 def _count(conn: Connection, store: Store, where: ColumnElement[bool]) -> int:
@@ -183,12 +200,21 @@ def _tag(
     known = known_pks if known_pks is not None and not already and not pinned else None
     if known is not None and bulk is not None and len(known) > bulk_threshold:
         bulk.start(Change.ENTER.value, known)
-    if (
+    # A persona without rows: afterwards all its rows are this request's, and
+    # when they are one run of consecutive pks (everyone matched), two seeks
+    # give the log its ids instead of a read of every row.
+    empty = (
         known is None
-        and portable
-        and store.is_shared_file
-        and _sampled_share(conn, store, enter)
-        >= (CAPTURE_SHARE if bulk is None else CAPTURE_SHARE_WITH_CHANGES)
+        and not already
+        and conn.scalar(select(m.c.contact_pk).where(m.c.persona_pk == p).limit(1)) is None
+    )
+    share = None
+    if known is None and portable and store.is_shared_file:
+        share = _sampled_share(conn, store, enter)
+    if (
+        share is not None
+        and not (empty and bulk is None and share == 1.0)
+        and share >= (CAPTURE_SHARE if bulk is None else CAPTURE_SHARE_WITH_CHANGES)
     ):
         # With a changes file to build, the same scan also returns the contact
         # ids, so its lines need no second lookup per pk.
@@ -210,12 +236,19 @@ def _tag(
         if capture is not None:
             capture.abandon()
         raise
+    if tagged >= STATISTICS_ROWS:
+        # Lookups by contact depend on them (SQLite: schema.py, memberships).
+        store.backend.analyze_skip_scan(conn, m)
     entered = select(m.c.contact_pk).where(
         m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
     )
     ids = capture.result() if capture is not None else None
     if known is not None and tagged == len(known):
         ids = known
+    if ids is None and empty and tagged > bulk_threshold:
+        ids = _one_run(conn, store, p, tagged)
+        if ids is not None:
+            log.debug("audit ids are one run of consecutive pks")
     logged = log_from_select(
         conn,
         store,

@@ -133,7 +133,7 @@ def _parse_ids(text: str | None) -> np.ndarray:
 
     if not text:
         return np.empty(0, dtype=np.int64)
-    return np.array(np.fromstring(text, dtype=np.int64, sep=","), dtype=np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")  # a new array, no copy needed
 
 
 def _fetch_ids_labels(

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, bindparam, select
 
 from personatag.domain import Change, PinKind
 from personatag.memberships import rules
+from personatag.memberships.apply import STATISTICS_ROWS
 from personatag.memberships.log import insert_bulk_entry
 from personatag.store import Store
 from personatag.store.rowwise import (
@@ -223,6 +224,9 @@ class Writer:
         at = bound(conn, t.membership_log.c.at, self.at)
         statements.remove.executemany(conn, list(self.deletes))
         statements.add.executemany(conn, [(p, c, s, since, s) for p, c, s in self.inserts])
+        if len(self.inserts) >= STATISTICS_ROWS:
+            # Lookups by contact depend on them (SQLite: schema.py, memberships).
+            self.store.backend.analyze_skip_scan(conn, t.memberships)
         # Large and each contact once: one compact entry per persona, change and
         # criterion. Otherwise row by row, in the order the changes happened.
         groups: dict[tuple[int, str, int], list[int]] = {}

@@ -182,7 +182,11 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("since", UTCTimestamp, nullable=False),
         Column("request_pk", BigInteger),
         Column("criterion_pk", BigInteger),
-        Index("ix_memberships_contact", "contact_pk"),
+        # By contact: PostgreSQL seeks this index. SQLite has none (a second
+        # b-tree of every row doubled the cost of a large tag): it skip-scans
+        # the primary key, one seek per persona, which its planner chooses
+        # from the statistics the writer keeps (memberships/stats.py).
+        Index("ix_memberships_contact", "contact_pk").ddl_if(dialect="postgresql"),
         sqlite_with_rowid=False,
     )
     pins = Table(

@@ -151,6 +151,12 @@ class Backend(ABC):
         """Refresh the planner's statistics."""
         conn.exec_driver_sql("ANALYZE")
 
+    def analyze_skip_scan(self, conn: Connection, table: Table) -> None:
+        """Keep the statistics that let the planner seek `table` by the second
+        column of its primary key (skip-scan), where no index serves it. Only
+        SQLite needs them: PostgreSQL indexes such columns."""
+        return None
+
     @abstractmethod
     def analyze_temp(self, conn: Connection, table: Table) -> None:
         """Give the planner the real size of a freshly filled temp table."""

@@ -1,0 +1,227 @@
+"""`personatag tag` of N contacts (all match) vs the cost of writing the pairs at all.
+
+    python bench/tag_write.py --contacts 10000000 [--stores sqlite,postgresql]
+
+The anchor is one hand-written INSERT ... SELECT of the N (persona, contact)
+pairs into a bare two-column table (`WITHOUT ROWID` on SQLite, a primary key
+on PostgreSQL) in the same store, measured in the same run, alternating with
+the product. Beside it: the same INSERT into the product's memberships table
+(what its table design costs), and `personatag tag --json` as a user runs it
+in a new process (request record, compile, apply, the membership log complete,
+job record; plus interpreter start-up and imports). Prints best-of-R times and
+the ratio tag / anchor (goal <= 1.5) and checks the log after every run.
+
+The store is filled SQL-side once and kept under --workdir (default
+/work/data/write, or $TMPDIR), so later runs at the same size start at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adhoc import FILL_PG, FILL_SQLITE, PG_ADMIN
+from personatag.definitions.personas import add_persona
+from personatag.domain import utcnow
+from personatag.store import open_store
+from personatag.store.types import to_micros
+
+EXPR = "id is not null"
+
+
+def store_url(kind: str, n: int, workdir: Path) -> tuple[str, bool]:
+    """The store's URL and whether it must be filled."""
+    if kind == "sqlite":
+        path = workdir / f"tag_write_{n}.db"
+        return f"sqlite:///{path}", not path.exists()
+    name = f"pt_tag_write_{n}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        fresh = not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if fresh:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), fresh
+
+
+def reset(engine: Engine, kind: str) -> None:
+    with engine.begin() as conn:
+        if kind == "postgresql":
+            conn.execute(text("TRUNCATE memberships, membership_log, changes"))
+            conn.execute(text("DROP TABLE IF EXISTS bare_pairs"))
+        else:
+            conn.execute(text("DELETE FROM memberships"))
+            conn.execute(text("DELETE FROM membership_log"))
+            conn.execute(text("DELETE FROM changes"))
+            conn.execute(text("DROP TABLE IF EXISTS bare_pairs"))
+    if kind == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE memberships"))
+    else:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def run_sql(engine: Engine, statements: list[str], params: dict[str, object]) -> float:
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        conn = conn.execution_options(pt_write=True)
+        with conn.begin():
+            for s in statements:
+                conn.execute(text(s), params)
+    return time.perf_counter() - start
+
+
+def anchor(engine: Engine, kind: str, persona_pk: int) -> float:
+    rowid = " WITHOUT ROWID" if kind == "sqlite" else ""
+    return run_sql(
+        engine,
+        [
+            "CREATE TABLE bare_pairs (persona_pk BIGINT NOT NULL, contact_pk BIGINT NOT NULL, "
+            f"PRIMARY KEY (persona_pk, contact_pk)){rowid}",
+            "INSERT INTO bare_pairs (persona_pk, contact_pk) SELECT :p, pk FROM contacts "
+            "WHERE id IS NOT NULL",
+        ],
+        {"p": persona_pk},
+    )
+
+
+def product_table(engine: Engine, persona_pk: int) -> float:
+    return run_sql(
+        engine,
+        [
+            "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
+            "criterion_pk) SELECT :p, pk, 0, :t, NULL, NULL FROM contacts WHERE id IS NOT NULL"
+        ],
+        {"p": persona_pk, "t": to_micros(utcnow())},
+    )
+
+
+def cli_tag(url: str, workdir: Path) -> tuple[float, dict[str, object]]:
+    env = {**os.environ, "PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(workdir)}
+    env.pop("PERSONATAG_TEST_PG_URL", None)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "personatag.cli",
+            "tag",
+            "--persona",
+            "bench",
+            "--expr",
+            EXPR,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"personatag tag failed: {proc.stderr}")
+    out: dict[str, object] = json.loads(proc.stdout)
+    return elapsed, out
+
+
+def check_log(engine: Engine, n: int) -> None:
+    """Every membership has its enter in the log (a row, or inside a bulk entry)."""
+    with engine.connect() as conn:
+        logged = int(
+            conn.scalar(
+                text(
+                    "SELECT coalesce(sum(coalesce(bulk_count, 1)), 0) FROM membership_log "
+                    "WHERE change = 'enter'"
+                )
+            )
+            or 0
+        )
+        held = int(conn.scalar(text("SELECT count(DISTINCT contact_pk) FROM memberships")) or 0)
+    if logged != held or held != n:
+        raise SystemExit(f"membership log incomplete: {logged} logged, {held} held, {n} expected")
+
+
+def bench(kind: str, n: int, repeats: int, workdir: Path) -> dict[str, object]:
+    url, fresh = store_url(kind, n, workdir)
+    store = open_store(url, create=True)
+    if fresh:
+        t0 = time.perf_counter()
+        with store.write() as conn:
+            conn.execute(
+                text(FILL_SQLITE if kind == "sqlite" else FILL_PG),
+                {"n": n, "t": to_micros(utcnow())},
+            )
+        if kind == "postgresql":
+            with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                c.execute(text("VACUUM ANALYZE contacts"))
+        print(f"[{kind}] filled {n:,} contacts in {time.perf_counter() - t0:.1f}s", flush=True)
+    with store.read() as conn:
+        pk = conn.scalar(text("SELECT pk FROM personas WHERE key = 'bench'"))
+    if pk is None:
+        pk = add_persona(store, "bench", name="Bench", category="bench").pk
+    persona_pk = int(pk)
+    anchors: list[float] = []
+    products: list[float] = []
+    tags: list[float] = []
+    for _ in range(repeats):
+        reset(store.engine, kind)
+        anchors.append(anchor(store.engine, kind, persona_pk))
+        reset(store.engine, kind)
+        products.append(product_table(store.engine, persona_pk))
+        reset(store.engine, kind)
+        elapsed, out = cli_tag(url, workdir)
+        tags.append(elapsed)
+        check_log(store.engine, n)
+        print(
+            f"[{kind}] anchor {anchors[-1]:.2f}s  memberships table {products[-1]:.2f}s  "
+            f"tag {elapsed:.2f}s  ({out['tagged']} tagged)",
+            flush=True,
+        )
+    reset(store.engine, kind)
+    store.dispose()
+    a = min(anchors)
+    return {
+        "store": kind,
+        "contacts": n,
+        "anchor_s": round(a, 2),
+        "memberships_insert_s": round(min(products), 2),
+        "tag_s": round(min(tags), 2),
+        "memberships_insert_ratio": round(min(products) / a, 2),
+        "tag_ratio": round(min(tags) / a, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contacts", type=int, default=1_000_000)
+    ap.add_argument("--stores", default="sqlite")
+    ap.add_argument("--repeats", type=int, default=2)
+    default_dir = "/work/data/write" if Path("/work/data").is_dir() else None
+    ap.add_argument("--workdir", default=default_dir or tempfile.gettempdir())
+    args = ap.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [bench(kind, args.contacts, args.repeats, workdir) for kind in args.stores.split(",")]
+    print("\nstore       contacts   anchor_s  memberships_s  ratio   tag_s  ratio (goal <= 1.5)")
+    for r in rows:
+        print(
+            f"{r['store']:<11} {r['contacts']:>9,} {r['anchor_s']:>9} "
+            f"{r['memberships_insert_s']:>14} {r['memberships_insert_ratio']:>6} "
+            f"{r['tag_s']:>7} {r['tag_ratio']:>6}"
+        )
+
+
+if __name__ == "__main__":
+    main()
