@@ -4,13 +4,15 @@ well-typed criteria, and a seeded population that loads into a real store."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 
+from personatag.criteria import compile_python, compile_sql
 from personatag.criteria.ast import (
     COMPARE_OPS,
     And,
@@ -336,3 +338,19 @@ def load(store: Store, pop: Population) -> None:
                     for p, c in pop.memberships
                 ],
             )
+
+
+def sql_ids(store: Store, node: Node) -> set[str]:
+    """The ids the SQL compiler matches on `store` at AS_OF."""
+    t = store.tables
+    expr = compile_sql(
+        node, tables=t, catalog=CATALOG, persona_pks=PERSONAS, as_of=AS_OF, dialect=store.dialect
+    )
+    with store.read() as conn:
+        return set(conn.scalars(select(t.contacts.c.id).where(expr)))
+
+
+def python_ids(node: Node, inputs: Mapping[str, EvalInput]) -> set[str]:
+    """The ids the Python evaluator matches among `inputs`."""
+    fn = compile_python(node, CATALOG)
+    return {cid for cid, inp in inputs.items() if fn(inp) is True}
