@@ -18,9 +18,6 @@ The store is filled SQL-side once and kept under --workdir (default
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adhoc import FILL_PG, FILL_SQLITE, PG_ADMIN
+from adhoc import FILL_PG, FILL_SQLITE, PG_ADMIN, run_cli
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.store import open_store
@@ -109,30 +106,8 @@ def product_table(engine: Engine, persona_pk: int) -> float:
 
 
 def cli_tag(url: str, workdir: Path) -> tuple[float, dict[str, object]]:
-    env = {**os.environ, "PERSONATAG_STORE_URL": url, "PERSONATAG_DATA_DIR": str(workdir)}
-    env.pop("PERSONATAG_TEST_PG_URL", None)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "personatag.cli",
-            "tag",
-            "--persona",
-            "bench",
-            "--expr",
-            EXPR,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"personatag tag failed: {proc.stderr}")
-    out: dict[str, object] = json.loads(proc.stdout)
+    """`personatag tag` of everyone to the bench persona, in a new process (adhoc's runner)."""
+    elapsed, out, _rss = run_cli(url, workdir, EXPR, "bench")
     return elapsed, out
 
 
