@@ -246,7 +246,9 @@ function progressHtml(p) {
 function initProgress(name) {
   const box = el("crit-progress");
   if (!box) return;
-  let wasBuilding = null;
+  // Drawn while building: a swap that happens before the first poll still
+  // redraws the page (its history and buttons), as one seen later does.
+  let wasBuilding = box.dataset.renderedBuilding === "true" ? true : null;
   const tick = async () => {
     const r = await api("GET", critUrl(name, "/progress"));
     if (!r.ok) {
