@@ -132,7 +132,7 @@ def store_part(workdir: Path, n: int, log_rows: int, repeat: int) -> None:
         conn.execute(text(FILL), {"n": 2 * n, "t": t_micros})
     store.analyze()
     add_persona(store, "half", name="Every other contact", category="bench")
-    folder = sets_folder(workdir)
+    folder = sets_folder(workdir, store)
     sets = PersonaSets(store, folder).refresh()
     print(f"== 2. catch-up after a {n:,}-contact tag (every other of {2 * n:,}; SQLite)")
     t = time.perf_counter()

@@ -17,6 +17,17 @@ from personatag.errors import ConfigError
 ENV_PREFIX = "PERSONATAG_"
 
 
+def _engine_name(value: str, kind: str, builtins: tuple[str, ...]) -> str:
+    """`value` when it names a built-in engine or an installed engine plugin."""
+    if value in builtins:
+        return value
+    plugins = {ep.name for ep in entry_points(group="personatag.engines")}
+    if value not in plugins:
+        names = [*builtins, *sorted(plugins - set(builtins))]
+        raise ValueError(f"unknown {kind} engine {value!r}: use {' or '.join(names)}")
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting personatag reads. Unknown PERSONATAG_* variables are errors."""
 
@@ -109,6 +120,11 @@ class Settings(BaseSettings):
     stream_recheck_batch: int = 5_000
     stream_reconcile_s: float = 3600.0
     stream_engine: str = "local"
+    # The engine of previews and of ad hoc tag and untag requests that name
+    # none (columnar: numpy over the columnar copy under data_dir/columnar;
+    # local: SQL in the store; flink: a batch job on the cluster, ad hoc
+    # requests only).
+    batch_engine: str = "columnar"
     # Seconds between the samples of the stream's lag and throughput kept in
     # the store (the monitoring charts), and days they are kept.
     stream_sample_s: float = 30.0
@@ -241,13 +257,12 @@ class Settings(BaseSettings):
     def _stream_engine(cls, value: str) -> str:
         # The built-ins, or the name of an installed engine plugin (whether it
         # streams is checked by the engine registry when the stream starts).
-        if value in ("local", "flink"):
-            return value
-        plugins = {ep.name for ep in entry_points(group="personatag.engines")}
-        if value not in plugins:
-            names = ["local", "flink", *sorted(plugins - {"local", "flink"})]
-            raise ValueError(f"unknown stream engine {value!r}: use {' or '.join(names)}")
-        return value
+        return _engine_name(value, "stream", ("local", "flink"))
+
+    @field_validator("batch_engine")
+    @classmethod
+    def _batch_engine(cls, value: str) -> str:
+        return _engine_name(value, "batch", ("columnar", "local", "flink"))
 
     @field_validator("metrics_port", "port", "flink_rest_port")
     @classmethod

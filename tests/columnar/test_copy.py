@@ -58,7 +58,7 @@ def test_generate_builds_an_exact_copy(populated: Store, tmp_path: Path) -> None
     assert frame.personas is None
     assert all(seg.sorted for seg in frame.reads)
     assert_exact(frame, populated)
-    fresh_process(copy.folder_of(s))
+    fresh_process(copy.folder_of(s, populated))
     assert_exact(open_frame(populated, s), populated)  # opened from disk
 
 
@@ -74,7 +74,7 @@ def test_contact_set_is_seen_by_the_next_open(
     set_contact(populated, "c00000003", {"region": ""})
     set_contact(populated, "new-2", {"job_title": "CIO"}, create=True)
     assert_exact(open_frame(populated, s), populated)
-    fresh_process(copy.folder_of(s))
+    fresh_process(copy.folder_of(s, populated))
     assert_exact(open_frame(populated, s), populated)
 
 
@@ -89,7 +89,7 @@ def test_reads_and_logins(populated: Store, tmp_path: Path, persist_mode: str) -
     )
     assert_exact(open_frame(populated, s), populated)
     add_events(populated, "c00000011", logins=[END - timedelta(days=400)])
-    fresh_process(copy.folder_of(s))
+    fresh_process(copy.folder_of(s, populated))
     assert_exact(open_frame(populated, s), populated)
     add_events(populated, "c00000010", reads=[("p000003", END)])
     assert_exact(open_frame(populated, s), populated)
@@ -117,7 +117,7 @@ def test_import_of_contacts_publications_and_reads(
     import_file(store, "reads", tmp_path / "r.csv")
     import_file(store, "logins", tmp_path / "l.csv")
     assert_exact(open_frame(store, s), store)
-    fresh_process(copy.folder_of(s))
+    fresh_process(copy.folder_of(s, store))
     assert_exact(open_frame(store, s), store)
 
 
@@ -133,14 +133,21 @@ def test_a_new_custom_attribute_rebuilds(populated: Store, tmp_path: Path) -> No
     assert_exact(frame, populated)
 
 
-def test_another_store_rebuilds(populated: Store, tmp_path: Path) -> None:
+def test_another_store_rebuilds(
+    populated: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = settings_for(populated, tmp_path)
     open_frame(populated, s)
+    first = copy.folder_of(s, populated)
     other = open_store(f"sqlite:///{tmp_path / 'other.db'}", create=True)
     try:
         generate(other, contacts=30, seed=9, end=END)
         s2 = Settings(data_dir=s.data_dir, store_url=str(other.engine.url))
-        fresh_process(copy.folder_of(s))
+        # Each store has a folder of its own; a database replaced at the same
+        # URL finds the old one's copy there, and rebuilds it.
+        assert copy.folder_of(s2, other) != first
+        monkeypatch.setattr(copy, "folder_of", lambda settings, store: first)
+        fresh_process(first)
         assert_exact(open_frame(other, s2), other)
     finally:
         other.dispose()
@@ -173,7 +180,7 @@ def test_a_store_restored_from_backup_rebuilds(tmp_path: Path) -> None:
         store = open_store(f"sqlite:///{db}")
         for i in range(3):
             set_contact(store, f"c0000000{i + 6}", {"region": f"y{i}"})
-        fresh_process(copy.folder_of(s))
+        fresh_process(copy.folder_of(s, store))
         assert_exact(open_frame(store, s), store)
     finally:
         store.dispose()
@@ -222,7 +229,7 @@ def test_kill_9_between_commit_and_update(populated: Store, tmp_path: Path, wher
         [sys.executable, "-c", SCRIPT, url, str(s.data_dir), where], env=env, check=False
     )
     assert done.returncode == -signal.SIGKILL
-    fresh_process(copy.folder_of(s))
+    fresh_process(copy.folder_of(s, populated))
     assert_exact(open_frame(populated, s), populated)
     set_contact(populated, "c00000030", {"region": "later"})
     assert_exact(open_frame(populated, s), populated)

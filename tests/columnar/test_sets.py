@@ -63,7 +63,7 @@ def pop(store: Store) -> Store:
 
 
 def test_sets_follow_every_writer(pop: Store, tmp_path: Path) -> None:
-    sets = PersonaSets(pop, sets_folder(tmp_path))
+    sets = PersonaSets(pop, sets_folder(tmp_path, pop))
     same(pop, sets, "a", "b", "c")
     assert len(sets.get("a")) == 0
     tag(pop, "a", 'region = "EMEA"')  # a row per contact
@@ -93,7 +93,7 @@ def test_sets_follow_the_stream(pop: Store, tmp_path: Path) -> None:
         pop, "oc", persona="c", expr='region = "EMEA" and seniority >= 5',
         mode="ongoing", exit_policy="remove",
     )  # fmt: skip
-    sets = PersonaSets(pop, sets_folder(tmp_path))
+    sets = PersonaSets(pop, sets_folder(tmp_path, pop))
     sets.refresh()
     p = StreamProcessor(pop, BULK)
     p.catch_up()  # the backfill swaps in: a bulk enter
@@ -109,7 +109,7 @@ def test_sets_follow_the_stream(pop: Store, tmp_path: Path) -> None:
 
 
 def test_a_new_process_loads_from_disk_and_catches_up(pop: Store, tmp_path: Path) -> None:
-    folder = sets_folder(tmp_path)
+    folder = sets_folder(tmp_path, pop)
     first = PersonaSets(pop, folder)
     tag(pop, "a", 'region = "EMEA"', BULK)
     first.refresh()  # the first refresh saves
@@ -127,7 +127,7 @@ def test_a_new_process_loads_from_disk_and_catches_up(pop: Store, tmp_path: Path
 
 
 def test_a_copy_ahead_of_the_log_or_of_another_store_is_rebuilt(pop: Store, tmp_path: Path) -> None:
-    folder = sets_folder(tmp_path)
+    folder = sets_folder(tmp_path, pop)
     tag(pop, "a", 'region = "EMEA"')
     PersonaSets(pop, folder).refresh()
     manifest = json.loads((folder / sets_disk.MANIFEST).read_text())
@@ -170,14 +170,14 @@ def test_a_store_restored_from_a_backup_is_noticed(tmp_path: Path) -> None:
     shutil.copy(db, tmp_path / "backup.db")
     store = open_store(f"sqlite:///{db}")
     tag(store, "a", 'region = "AMER"')
-    PersonaSets(store, sets_folder(tmp_path)).refresh()
+    PersonaSets(store, sets_folder(tmp_path, store)).refresh()
     store.dispose()
     shutil.copy(tmp_path / "backup.db", db)
     for suffix in ("-wal", "-shm"):
         (tmp_path / f"store.db{suffix}").unlink(missing_ok=True)
     store = open_store(f"sqlite:///{db}")
     try:
-        sets = PersonaSets(store, sets_folder(tmp_path))
+        sets = PersonaSets(store, sets_folder(tmp_path, store))
         same(store, sets, "a")
         assert len(sets.get("a")) == 10 and sets.rebuilds == 1
     finally:
@@ -225,7 +225,7 @@ def test_bad_keys(pop: Store) -> None:
 def test_one_catch_up_over_many_mixed_entries(pop: Store, tmp_path: Path) -> None:
     """Singles and bulk entries of the same contacts, in and out again, read
     in one catch-up: the last entry of each contact wins, in seq order."""
-    sets = PersonaSets(pop, sets_folder(tmp_path)).refresh()
+    sets = PersonaSets(pop, sets_folder(tmp_path, pop)).refresh()
     tag(pop, "a", 'region = "EMEA"')  # singles
     tag(pop, "a", "seniority >= 0", BULK, untag=True)  # a bulk exit of the same
     pin(pop, "a", "c0004", PinKind.IN)  # a single enter after it

@@ -49,7 +49,7 @@ def test_cli_stats(cli: CLI, tmp_path: Path) -> None:
     assert len(out["history"]["days"]) == 7
     text = cli("persona", "stats", "emea", "senior").stdout
     assert "emea and senior: 0" in text and "senior" in text.splitlines()[1]
-    assert (tmp_path / "columnar" / "sets" / "manifest.json").exists()
+    assert list((tmp_path / "columnar").glob("*/sets/manifest.json"))
     proc = cli("persona", "stats", "emea", "nope", ok=False)
     assert proc.returncode == 2
     assert "unknown persona 'nope'" in proc.stderr and "Traceback" not in proc.stderr

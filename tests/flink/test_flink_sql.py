@@ -11,10 +11,11 @@ from personatag.criteria import CriteriaError, parse
 from personatag.criteria.to_flink import compile_flink, like_to_regex, quote_string
 from personatag.criteria.to_python import like_matcher
 from personatag.domain import Catalog
-from personatag.engines.flink.batch import _runs, parse_pks
+from personatag.engines.flink.batch import parse_pks
 from personatag.engines.flink.jobs import FlinkJobFailed, root_cause
 from personatag.engines.flink.programs.batch_job import statements
 from personatag.engines.flink.watchdog import task_progress
+from personatag.engines.pks import runs as _runs
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 CATALOG = Catalog.standard(frozenset({"cio"}))

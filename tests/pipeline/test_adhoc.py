@@ -233,19 +233,23 @@ def _logged_enters(store: Store) -> set[int]:
     return out
 
 
+@pytest.mark.parametrize("engine", ["local", "columnar"])
 @pytest.mark.parametrize("expr", ["seniority >= 0", "seniority >= 3", 'region = "EMEA"'])
 def test_bulk_log_matches_memberships_on_every_audit_path(
-    pop: Store, expr: str, caplog: pytest.LogCaptureFixture
+    pop: Store, expr: str, engine: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    # seniority >= 0 matches everyone: the persona's new rows are one run of
-    # consecutive pks, known from two seeks. seniority >= 3 matches 70%: on
-    # SQLite the ids are captured on a second connection during the insert;
-    # region = "EMEA" (25%) reads them back after.
+    # On the local engine (SQL: no pks known ahead), seniority >= 0 matches
+    # everyone: the persona's new rows are one run of consecutive pks, known
+    # from two seeks. seniority >= 3 matches 70%: on SQLite the ids are
+    # captured on a second connection during the insert; region = "EMEA"
+    # (25%) reads them back after. The columnar engine knows the pks ahead.
     caplog.set_level("DEBUG", logger="personatag.memberships.apply")
-    out = run(pop, Settings(bulk_log_threshold=2), persona="emea", action=Action.TAG, expr=expr)
+    settings = Settings(bulk_log_threshold=2, data_dir=tmp_path / "data")
+    out = run(pop, settings, persona="emea", action=Action.TAG, expr=expr, engine=engine)
     captured = "captured on a second connection" in caplog.text
-    assert captured == (pop.dialect == "sqlite" and expr == "seniority >= 3")
-    assert ("one run of consecutive pks" in caplog.text) == (expr == "seniority >= 0")
+    local = engine == "local"
+    assert captured == (local and pop.dialect == "sqlite" and expr == "seniority >= 3")
+    assert ("one run of consecutive pks" in caplog.text) == (local and expr == "seniority >= 0")
     t = pop.tables
     with pop.read() as conn:
         held = set(conn.scalars(select(t.memberships.c.contact_pk)))

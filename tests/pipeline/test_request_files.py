@@ -50,7 +50,7 @@ def test_json_defaults_with_an_expression() -> None:
     assert req == RequestFile(
         request_id="r-1",
         submitted_by=None,
-        engine="local",
+        engine=None,  # the dispatcher's batch_engine
         dry_run=False,
         as_of=None,
         items=(RequestItem(persona="cio", action=Action.TAG, expr='job_title = "CIO"'),),
@@ -481,7 +481,7 @@ def test_csv_groups_by_persona_and_action_in_first_seen_order() -> None:
     assert req == RequestFile(
         request_id="batch-42",
         submitted_by=None,
-        engine="local",
+        engine=None,
         dry_run=False,
         as_of=None,
         items=(
@@ -708,7 +708,6 @@ def test_request_to_json_canonical_form() -> None:
         "submitted_by": None,
         "persona": "p",
         "action": "tag",
-        "engine": "local",
         "dry_run": False,
         "expr": "x",
         "as_of": "2026-06-30T12:00:00+00:00",

@@ -110,6 +110,7 @@ def test_a_job_whose_connections_are_terminated_mid_transaction_finishes_exactly
             as_of=now,
             dry_run=False,
             actor="ana",
+            engine_name="local",
             progress=progress,
             changes=changes,
         )

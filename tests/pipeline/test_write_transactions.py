@@ -101,13 +101,18 @@ def test_a_request_file_takes_six_write_transactions(
     ],
 )
 def test_a_command_line_request_takes_three_write_transactions(
-    pop: Store, writes: Callable[[Callable[[], Any]], int], item: Item, dry_run: bool, expected: int
+    pop: Store,
+    writes: Callable[[Callable[[], Any]], int],
+    item: Item,
+    dry_run: bool,
+    expected: int,
+    tmp_path: Path,
 ) -> None:
     """The request with its job (running at once, `evaluating` when there is a
     criterion to compute), the `applying` phase, and the memberships with the
     job's outcome and `done` (a dry run: the outcome and `done`)."""
-    runner = JobRunner(pop, Settings(), progress_s=LONG)
-    request = JobRequest("cli", resolve(pop, [item]), utcnow(), dry_run=dry_run)
+    runner = JobRunner(pop, Settings(data_dir=tmp_path), progress_s=LONG)
+    request = JobRequest("cli", resolve(pop, [item]), utcnow(), "columnar", dry_run=dry_run)
 
     def run() -> None:
         job = runner.open(request)

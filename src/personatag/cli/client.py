@@ -77,6 +77,7 @@ class Client(ABC):
         action: str = "tag",
         mode: str = "adhoc",
         exit_policy: str = "keep",
+        engine: str | None = None,
     ) -> dict[str, Any]:
         """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case",
         "hint"} (see tagging.preview); `as_of` is ISO-8601 text."""
@@ -195,6 +196,7 @@ class LocalClient(Client):
         action: str = "tag",
         mode: str = "adhoc",
         exit_policy: str = "keep",
+        engine: str | None = None,
     ) -> dict[str, Any]:
         from personatag.tagging.preview import preview as run_preview
 
@@ -207,6 +209,8 @@ class LocalClient(Client):
             action=action,
             mode=mode,
             exit_policy=exit_policy,
+            engine=engine,
+            settings=self.settings,
         )
 
     def submit(self, file: Path, *, wait: bool, timeout: float) -> dict[str, Any]:
@@ -309,6 +313,7 @@ class RemoteClient(Client):
         action: str = "tag",
         mode: str = "adhoc",
         exit_policy: str = "keep",
+        engine: str | None = None,
     ) -> dict[str, Any]:
         body = {
             "expr": expr,
@@ -319,6 +324,7 @@ class RemoteClient(Client):
             "action": None if action == "tag" else action,
             "mode": None if mode == "adhoc" else mode,
             "exit": None if exit_policy == "keep" else exit_policy,
+            "engine": engine,
         }
         result: dict[str, Any] = self._call(
             "POST", "/api/v1/preview", body={k: v for k, v in body.items() if v is not None}

@@ -31,6 +31,13 @@ def preview(
     exit_policy: Annotated[
         ExitPolicy, typer.Option("--exit", help="An ongoing criterion's exit policy.")
     ] = ExitPolicy.KEEP,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="columnar (numpy over the columnar copy) or local (SQL in the store); "
+            "default: the batch_engine setting."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count whom a criterion catches now, with a sample and enter/exit counts."""
@@ -43,6 +50,7 @@ def preview(
             action=action.value,
             mode=mode.value,
             exit_policy=exit_policy.value,
+            engine=engine,
         )
     if as_json:
         emit(result)
@@ -66,7 +74,7 @@ def _run(
     contacts: Path | None,
     as_of: str | None,
     dry_run: bool,
-    engine: str,
+    engine: str | None,
     request_id: str | None,
     as_json: bool,
 ) -> None:
@@ -118,7 +126,13 @@ ContactsOpt = Annotated[
 ]
 AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="ISO-8601 (default: now).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Count only; change nothing.")]
-EngineOpt = Annotated[str, typer.Option(help="Engine that computes the matches.")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Engine that computes the matches: columnar, local (SQL in the store), flink, "
+        "or a plugin's (default: the batch_engine setting, columnar)."
+    ),
+]
 RequestIdOpt = Annotated[str | None, typer.Option(help="Idempotency key (default: generated).")]
 
 
@@ -130,7 +144,7 @@ def _adhoc_command(action: Action, doc: str) -> Any:
         contacts: ContactsOpt = None,
         as_of: AsOfOpt = None,
         dry_run: DryRunOpt = False,
-        engine: EngineOpt = "local",
+        engine: EngineOpt = None,
         request_id: RequestIdOpt = None,
         as_json: JsonOpt = False,
     ) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 BUILTIN: dict[str, str] = {
     "local": "personatag.engines.local.plugin:plugin",
     "flink": "personatag.engines.flink.plugin:plugin",
+    "columnar": "personatag.engines.columnar.plugin:plugin",
 }
 
 # Engines registered in this process (tests, an application embedding personatag).

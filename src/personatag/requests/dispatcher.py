@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -409,8 +410,8 @@ class Dispatcher(Service):
             # A file without its own request id takes it from its name, by the
             # same rule as `submit` (so reading it again names the same request);
             # a name that is no request id is refused, never folded into one.
-            request = parse_request(
-                bucket.get(key), name=key, max_bytes=max_bytes, id_from_name=True
+            request = self._with_engine(
+                parse_request(bucket.get(key), name=key, max_bytes=max_bytes, id_from_name=True)
             )
         except PersonatagError as exc:
             request_id = request_id_for_key(key)
@@ -419,6 +420,13 @@ class Dispatcher(Service):
             return None
         parsed.append(request)
         return self._queue(key, request, started)
+
+    def _with_engine(self, request: RequestFile) -> RequestFile:
+        """`request` with its engine named: a file that names none runs on this
+        dispatcher's batch_engine setting."""
+        if request.engine is not None:
+            return request
+        return dataclasses.replace(request, engine=self.settings.batch_engine)
 
     def _let_go(self, key: str, why: str) -> None:
         """Give up this dispatcher's claim on `key` (no outcome recorded), so that
@@ -542,7 +550,7 @@ class Dispatcher(Service):
             request_id=request.request_id,
             plan=plan,
             as_of=as_of,
-            engine=request.engine,
+            engine=request.engine or self.settings.batch_engine,
             dry_run=request.dry_run,
             submitted_by=submitter.who,
             source=key,
@@ -681,7 +689,7 @@ class Dispatcher(Service):
         )
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
-            request.engine,
+            request.engine or self.settings.batch_engine,
             seconds,
             tagged=counts.get("tagged", 0),
             untagged=counts.get("untagged", 0),
@@ -928,11 +936,13 @@ class Dispatcher(Service):
             if row.job_pk is None:
                 return self._prepare_safely(key)
             try:
-                request = parse_request(
-                    self.buckets["requests"].get(key),
-                    name=key,
-                    max_bytes=self.settings.max_request_bytes,
-                    id_from_name=True,
+                request = self._with_engine(
+                    parse_request(
+                        self.buckets["requests"].get(key),
+                        name=key,
+                        max_bytes=self.settings.max_request_bytes,
+                        id_from_name=True,
+                    )
                 )
                 self._report_recorded(key, request, job_pk=row.job_pk)
             except PersonatagError as exc:  # the file is gone or unreadable: try later

@@ -122,7 +122,7 @@ class RequestFile:
 
     request_id: str
     submitted_by: str | None
-    engine: str
+    engine: str | None  # None: the batch_engine setting of the dispatcher that runs it
     dry_run: bool
     as_of: datetime | None
     items: tuple[RequestItem, ...]  # JSON: one; CSV: one per (persona, action), first seen first
@@ -394,7 +394,10 @@ def request_to_json(req: RequestFile) -> dict[str, Any]:
     }
     if item.persona is not None:
         out["persona"] = item.persona
-    out.update(action=item.action.value, engine=req.engine, dry_run=req.dry_run)
+    out["action"] = item.action.value
+    if req.engine is not None:
+        out["engine"] = req.engine
+    out["dry_run"] = req.dry_run
     if item.criterion is not None:
         out["criterion"] = item.criterion
     if item.expr is not None:
@@ -521,7 +524,7 @@ def _parse_csv(text: str, name: str, request_id: str | None) -> RequestFile:
     return RequestFile(
         request_id=request_id,
         submitted_by=None,
-        engine="local",
+        engine=None,
         dry_run=False,
         as_of=None,
         items=items,

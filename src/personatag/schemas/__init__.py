@@ -137,7 +137,12 @@ class RequestV1(BaseModel):
         description="persona key; may be left out only with criterion",
     )
     action: Literal["tag", "untag"] = Field("tag", description="tag or untag the matches")
-    engine: str = _pattern(NOT_BLANK_PATTERN, default="local", description="engine name")
+    engine: str = _pattern(
+        NOT_BLANK_PATTERN,
+        default=None,
+        description="engine name (local, columnar, flink, or a plugin's); "
+        "absent: the dispatcher's batch_engine setting",
+    )
     dry_run: bool = Field(False, description="count only; change nothing")
     criterion: str | None = _pattern(
         KEY_PATTERN, default=None, description="run the newest version of a criterion"

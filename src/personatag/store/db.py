@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -186,6 +187,7 @@ class StoreUnreachable(PersonatagError):
 # The newest migration; a test checks it against the migrations folder. Kept as
 # a constant so opening a store does not import Alembic (a third of start-up).
 HEAD_REVISION = "0010_memberships_skip_scan"
+STORE_IDENTITY = "store_identity"  # the data_versions row of the identity
 
 
 def _alembic_config(conn: Connection) -> Any:
@@ -205,6 +207,15 @@ def migrate(engine: Engine) -> None:
         conn = conn.execution_options(pt_write=True)
         with conn.begin():
             command.upgrade(_alembic_config(conn), "head")
+            # A random identity per store, written once (copies kept beside the
+            # store, such as the columnar copy, tell its store from another by it).
+            conn.execute(
+                text(
+                    "INSERT INTO data_versions (name, version) SELECT :name, :v "
+                    "WHERE NOT EXISTS (SELECT 1 FROM data_versions WHERE name = :name)"
+                ),
+                {"name": STORE_IDENTITY, "v": secrets.randbelow(2**62) + 1},
+            )
 
 
 def migration_head() -> str | None:

@@ -38,7 +38,7 @@ class AdhocRequest:
     dry_run: bool = False
     actor: str | None = None
     request_id: str | None = None
-    engine: str = "local"
+    engine: str | None = None  # None: the batch_engine setting
     via: str = CLI
 
 
@@ -50,7 +50,8 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
     if req.criterion is None and req.persona is None:
         raise InputError("--persona is required")
     as_of = check_as_of(req.as_of or utcnow())
-    get_engine(req.engine, store, settings)  # an unknown engine fails before anything is recorded
+    engine = req.engine or settings.batch_engine
+    get_engine(engine, store, settings)  # an unknown engine fails before anything is recorded
     ids: list[tuple[int, str]] | None = None
     if req.contacts_file is not None:
         ids = list(read_contact_ids(req.contacts_file))
@@ -61,7 +62,7 @@ def run_adhoc(store: Store, req: AdhocRequest, settings: Settings) -> AdhocResul
         request_id=req.request_id or jobs.new_request_id(),
         plan=resolve(store, [item]),
         as_of=as_of,
-        engine=req.engine,
+        engine=engine,
         dry_run=req.dry_run,
         submitted_by=req.actor,
         contacts_file=str(req.contacts_file) if req.contacts_file else None,

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, and_, func, select
 
+from personatag.config import Settings, load_settings
 from personatag.criteria import JSON_VERSION, CriteriaError, compile_criterion, compile_sql
 from personatag.definitions.personas import get_persona, persona_pks
 from personatag.domain import Action, ExitPolicy, Mode, PinKind, check_as_of, utcnow
+from personatag.errors import InputError
 from personatag.memberships import rules
 from personatag.store import Store
 from personatag.store.matchset import is_heavy, materialize
@@ -25,10 +28,17 @@ def preview(
     action: Action | str = Action.TAG,
     mode: Mode | str = Mode.ADHOC,
     exit_policy: ExitPolicy | str = ExitPolicy.KEEP,
+    engine: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """{"count", "sample", "would_enter", "would_exit", "count_ignoring_case", "hint",
     "suggestion"} for `expr` at `as_of`, as `action` (in `mode`, with `exit_policy`)
     would apply it.
+
+    `engine`: columnar (numpy over the columnar copy, caught up with every
+    committed change first) or local (SQL in the store); None: the
+    batch_engine setting of `settings` (a batch_engine that cannot preview,
+    such as flink, previews on columnar). Both give the same answer.
 
     would_enter: matched contacts that do not hold the persona and are not pinned
     out (what a tag adds); None for an untag, which adds nobody. would_exit: who
@@ -46,9 +56,13 @@ def preview(
     act, md, ex = Action(action), Mode(mode), ExitPolicy(exit_policy)
     can_enter = act is Action.TAG
     can_exit = act is Action.UNTAG or (md is Mode.ONGOING and ex is ExitPolicy.REMOVE)
+    settings = settings if settings is not None else load_settings()
+    on = _preview_engine(engine, settings)
     t = store.tables
     c = t.contacts
     as_of = check_as_of(as_of or utcnow())
+    if on == "columnar":
+        return _columnar(store, settings, expr, persona, as_of, sample_size, act, can_exit)
     with store.read() as conn:
         catalog = store.catalog(conn)
         compiled = compile_criterion(expr, catalog)
@@ -96,15 +110,105 @@ def preview(
         folded, suggestion = None, None
         if total == 0:
             folded, suggestion = _count_ignoring_case(conn, store, compiled.json, pks, as_of)
+    return _answer(
+        total,
+        sample,
+        enter if can_enter else None,
+        leave if can_exit else None,
+        folded,
+        suggestion,
+    )
+
+
+def _answer(
+    total: int,
+    sample: list[str],
+    enter: int | None,
+    leave: int | None,
+    folded: int | None,
+    suggestion: str | None,
+) -> dict[str, Any]:
     return {
         "count": total,
         "sample": sample,
-        "would_enter": enter if can_enter else None,
-        "would_exit": leave if can_exit else None,
+        "would_enter": enter,
+        "would_exit": leave,
         "count_ignoring_case": folded,
         "hint": (f"0 match; {folded:,} would match ignoring case — use ilike" if folded else None),
         "suggestion": suggestion if folded else None,
     }
+
+
+PREVIEW_ENGINES = ("columnar", "local")
+
+
+def _preview_engine(engine: str | None, settings: Settings) -> str:
+    if engine is None:
+        return settings.batch_engine if settings.batch_engine in PREVIEW_ENGINES else "columnar"
+    if engine not in PREVIEW_ENGINES:
+        raise InputError(f"previews run on the columnar or the local engine, not {engine!r}")
+    return engine
+
+
+def _columnar(
+    store: Store,
+    settings: Settings,
+    expr: str,
+    persona: str | None,
+    as_of: datetime,
+    sample_size: int,
+    act: Action,
+    can_exit: bool,
+) -> dict[str, Any]:
+    """The preview on the columnar engine: the match as a mask over the copy's
+    contact rows, counted against the persona's holders (bitmaps) and its pins
+    (read from the store) by the writers' rules, as the SQL path counts them."""
+    from personatag.engines.columnar.batch import current_frame, matched_rows, row_mask
+
+    with store.read() as conn:
+        catalog = store.catalog(conn)
+        compiled = compile_criterion(expr, catalog)
+        p = get_persona(conn, store, persona).pk if persona is not None else None
+    frame = current_frame(store, settings)
+    mask = matched_rows(frame, compiled.ast, catalog, as_of)
+    total = int(np.count_nonzero(mask))
+    first = np.asarray(frame.pk)[np.flatnonzero(mask)[:sample_size]].tolist()
+    enter, leave = total, 0
+    c = store.tables.contacts
+    with store.read() as conn:
+        sample = list(conn.scalars(select(c.c.id).where(c.c.pk.in_(first)).order_by(c.c.pk)))
+        pinned = {
+            kind: np.sort(np.fromiter(conn.scalars(rules.pinned(store.tables, p, kind)), np.int64))
+            for kind in PinKind
+            if p is not None
+        }
+    if p is not None and persona is not None and frame.personas is not None:
+        # The writers' rules (memberships.rules), counted on row masks.
+        members = row_mask(frame, frame.personas(persona))
+        not_pinned_in = ~row_mask(frame, pinned[PinKind.IN])
+        staying_matched = int(np.count_nonzero(mask & members & not_pinned_in))
+        if act is Action.UNTAG:
+            leave = staying_matched
+        else:
+            held_and_matched = int(np.count_nonzero(mask & members))
+            blocked = int(np.count_nonzero(mask & row_mask(frame, pinned[PinKind.OUT])))
+            enter = total - held_and_matched - blocked
+            if can_exit:
+                leave = int(np.count_nonzero(members & not_pinned_in)) - staying_matched
+    folded, suggestion = None, None
+    if total == 0:
+        again = _folded(compiled.json, catalog)
+        if again is not None:
+            folded = int(np.count_nonzero(matched_rows(frame, again.ast, catalog, as_of)))
+            suggestion = again.text
+    return _answer(
+        total,
+        sample,
+        enter if act is Action.TAG else None,
+        leave if can_exit else None,
+        folded,
+        suggestion,
+    )
 
 
 def _count_ignoring_case(
@@ -113,13 +217,9 @@ def _count_ignoring_case(
     """How many match once every string `=` / `in` ignores case (as `ilike` does),
     and that criterion's text; None, None when the criterion has no such compare or
     the folded form is refused."""
-    folded, changed = _fold(document["expr"])
-    if not changed:
-        return None, None
     catalog = store.catalog(conn)
-    try:
-        compiled = compile_criterion({"version": JSON_VERSION, "expr": folded}, catalog)
-    except CriteriaError:  # over a limit (e.g. a long `in` list as many ilikes)
+    compiled = _folded(document, catalog)
+    if compiled is None:
         return None, None
     cond = compile_sql(
         compiled.ast,
@@ -131,6 +231,18 @@ def _count_ignoring_case(
     )
     c = store.tables.contacts
     return int(conn.scalar(select(func.count()).select_from(c).where(cond)) or 0), compiled.text
+
+
+def _folded(document: dict[str, Any], catalog: Any) -> Any:
+    """The criterion with every string `=` / `in` as `ilike`, compiled; None when
+    it has no such compare or the folded form is refused."""
+    folded, changed = _fold(document["expr"])
+    if not changed:
+        return None
+    try:
+        return compile_criterion({"version": JSON_VERSION, "expr": folded}, catalog)
+    except CriteriaError:  # over a limit (e.g. a long `in` list as many ilikes)
+        return None
 
 
 def _literal(value: Any) -> bool:

@@ -67,7 +67,7 @@ class JobRequest:
     request_id: str
     plan: Plan
     as_of: datetime
-    engine: str = "local"
+    engine: str
     dry_run: bool = False
     submitted_by: str | None = None
     source: str | None = None
@@ -260,7 +260,7 @@ def execute(
     as_of: datetime,
     dry_run: bool,
     actor: str | None,
-    engine_name: str = "local",
+    engine_name: str,
     control: JobControl | None = None,
     row_failures: Sequence[FailedRow] = (),
     changes: ChangesBuilder | None = None,

@@ -426,6 +426,11 @@ class PreviewRequest(Input):
         None,
         description="an ongoing criterion's exit policy (default: the criterion's, else keep)",
     )
+    engine: Literal["columnar", "local"] | None = Field(
+        None,
+        description="columnar (numpy over the columnar copy) or local (SQL in the store); "
+        "default: the server's batch_engine setting. Both give the same answer.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PreviewRequest:

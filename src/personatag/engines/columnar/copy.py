@@ -31,16 +31,17 @@ from sqlalchemy import Connection, func, select
 from personatag.config import Settings
 from personatag.engines.columnar import load
 from personatag.engines.columnar.delta import Delta, catch_up, frame_of, read_delta, write_delta
+from personatag.engines.columnar.folders import store_folder
 from personatag.engines.columnar.frame import Frame
 from personatag.engines.columnar.patch import NotAppendable
 from personatag.engines.columnar.segment import read_meta, read_table, write_meta, write_table
 from personatag.files import atomic_write
 from personatag.store import Store, changefeed, versions
+from personatag.store.db import STORE_IDENTITY
 
 FORMAT = 1
-FOLDER = "columnar"
 MANIFEST = "MANIFEST.json"
-IDENTITY = "store_identity"  # a data_versions row: a random id per store
+IDENTITY = STORE_IDENTITY  # a data_versions row: a random id per store
 # Persist the delta once this many feed rows (or contacts) were caught up
 # since the manifest; compact into a new base when the delta holds this share
 # of the contacts or of the events.
@@ -62,8 +63,9 @@ class Probe:
     publications_version: int
 
 
-def folder_of(settings: Settings) -> Path:
-    return Path(settings.data_dir) / FOLDER
+def folder_of(settings: Settings, store: Store) -> Path:
+    """The copy of `store` under the settings' data directory."""
+    return store_folder(settings.data_dir, store)
 
 
 def _fields(store: Store, conn: Connection) -> list[list[str]]:
@@ -92,7 +94,8 @@ def _probe(conn: Connection, store: Store, offset: int) -> Probe:
 
 
 def store_identity(store: Store) -> int:
-    """The store's random identity, created on first use (kept in data_versions)."""
+    """The store's random identity (kept in data_versions; `migrate` writes it,
+    a store migrated before it did gets it here, on first use)."""
     dv = store.tables.data_versions
     with store.read() as conn:
         found = versions.current(conn, store.tables, [IDENTITY])[IDENTITY]
@@ -241,7 +244,7 @@ _CACHE: dict[Path, tuple[str, Delta, int, int | None, int]] = {}
 
 def open_frame(store: Store, settings: Settings) -> Frame:
     """The columnar copy, up to date with every committed change (`personas` None)."""
-    folder = folder_of(settings).resolve()
+    folder = folder_of(settings, store).resolve()
     for _attempt in range(5):
         try:
             return _open(store, folder)

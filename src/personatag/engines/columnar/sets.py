@@ -57,6 +57,7 @@ from sqlalchemy import (
 
 from personatag.domain import Change
 from personatag.engines.columnar import sets_disk as disk
+from personatag.engines.columnar.folders import store_folder
 from personatag.engines.columnar.sets_disk import DAY_US, Held
 from personatag.engines.columnar.sets_log import Horizon, fingerprint
 from personatag.errors import NotFoundError
@@ -70,9 +71,9 @@ ENTRY_CHUNK = 200_000  # log entries read per statement while catching up
 EMPTY = FrozenBitMap()
 
 
-def sets_folder(data_dir: Path) -> Path:
-    """Where the persona sets of a data directory live."""
-    return data_dir / "columnar" / "sets"
+def sets_folder(data_dir: Path, store: Store) -> Path:
+    """Where the persona sets of `store` live under a data directory."""
+    return store_folder(data_dir, store) / "sets"
 
 
 # -- what the state is made of ------------------------------------------------------
@@ -435,7 +436,7 @@ _OPEN_LOCK = threading.Lock()
 def persona_sets(store: Store, data_dir: Path | None) -> PersonaSets:
     """This process's PersonaSets of `store`, kept under `data_dir` (None: in
     memory only), not yet refreshed."""
-    folder = None if data_dir is None else sets_folder(data_dir)
+    folder = None if data_dir is None else sets_folder(data_dir, store)
     key = (store.engine.url.render_as_string(hide_password=False), str(folder))
     with _OPEN_LOCK:
         found = _OPEN.get(key)

@@ -39,12 +39,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
-    Column,
-    ColumnElement,
-    Connection,
-    or_,
-    select,
-    text,
     update,
 )
 
@@ -67,82 +61,15 @@ from personatag.engines.flink.runtime import submitter
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.flink.snapshot import export_snapshot
 from personatag.engines.flink.watchdog import Watchdog, task_progress
+from personatag.engines.pks import PksMatch
 from personatag.files import atomic_write
 from personatag.metrics import default_metrics
 from personatag.store import Store
-from personatag.store.matchset import fresh, temp_table
 
 log = logging.getLogger(__name__)
 
 RUNS_PREFIX = "runs/"
 _ENDED = {"FINISHED", "FAILED", "CANCELED"}
-_LOAD_CHUNK = 1_000_000
-
-
-# ---- the match: pks Flink found, loaded into a temp table ------------------------
-
-
-class _PksMatch(Match):
-    materialized = True
-
-    def __init__(self, pks: npt.NDArray[np.int64]) -> None:
-        self.pks = _sorted_unique(pks)  # in key order: the temp b-tree fills at its end
-        self._table: Any = None
-
-    def known_pks(self) -> npt.NDArray[np.int64]:
-        return self.pks
-
-    def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
-        pks = self.pks
-        runs = _runs(pks)
-        if runs is not None:
-            # A few runs of consecutive pks (large shares often are): pk range
-            # scans, with no temp table to fill.
-            pk = store.tables.contacts.c.pk
-            return or_(*(pk.between(lo, hi) for lo, hi in runs))
-        b = store.backend
-        table = fresh(
-            conn, temp_table(f"pt_flink_{b.name}", Column("pk", b.temp_pk_type, primary_key=True))
-        )
-        self._table = table
-        insert = text(f"INSERT INTO {table.name} (pk) {b.int_rows_sql('pks')}")
-        for start in range(0, len(pks), _LOAD_CHUNK):
-            chunk = pks[start : start + _LOAD_CHUNK]
-            conn.execute(insert, {"pks": b.bind_ints(chunk.tolist())})
-        b.analyze_temp(conn, table)
-        return store.tables.contacts.c.pk.in_(select(table.c.pk))
-
-    def close(self, conn: Connection) -> None:
-        if self._table is not None:
-            self._table.drop(conn, checkfirst=True)
-            self._table = None
-
-
-_MAX_RUNS = 32
-
-
-def _runs(pks: npt.NDArray[np.int64]) -> list[tuple[int, int]] | None:
-    """Sorted unique pks as at most _MAX_RUNS (first, last) runs of consecutive
-    pks, or None when they make more."""
-    if len(pks) == 0:
-        return None
-    breaks = np.flatnonzero(np.diff(pks) != 1)
-    if len(breaks) >= _MAX_RUNS:
-        return None
-    starts = [0, *(breaks + 1).tolist()]
-    ends = [*breaks.tolist(), len(pks) - 1]
-    return [(int(pks[a]), int(pks[b])) for a, b in zip(starts, ends, strict=True)]
-
-
-def _sorted_unique(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    # np.unique hashes in NumPy 2 (10 s for 10M here); a sort and a diff take ~1 s.
-    if len(pks) == 0:
-        return pks
-    ordered = np.sort(pks, kind="stable")
-    keep = np.empty(len(ordered), dtype=bool)
-    keep[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-    return ordered[keep]
 
 
 def parse_pks(data: bytes) -> npt.NDArray[np.int64]:
@@ -176,7 +103,7 @@ class FlinkEngine(BatchEngine):
         pks = self.match_many(
             [spec], control=spec.control, job_pk=spec.job_pk, progress=spec.progress
         )
-        return _PksMatch(pks[0])
+        return PksMatch(pks[0])
 
     def match_many(
         self,

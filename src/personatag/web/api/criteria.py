@@ -21,7 +21,7 @@ from personatag.domain import parse_timestamp
 from personatag.store import Store
 from personatag.tagging import versions as vs
 from personatag.tagging.preview import preview
-from personatag.web.api.deps import StoreDep
+from personatag.web.api.deps import SettingsDep, StoreDep
 from personatag.web.api.personas import criterion_public
 from personatag.web.auth import CurrentUser, Principal, role
 from personatag.web.errors import ApiError
@@ -305,7 +305,7 @@ def _depth(node: Any) -> int:
 
 
 @router.post("/preview", response_model=PreviewResponse, **role("viewer", errors=(404, 409)))
-def preview_run(body: PreviewRequest, store: StoreDep) -> Any:
+def preview_run(body: PreviewRequest, store: StoreDep, settings: SettingsDep) -> Any:
     """Whom an expression (or a stored criterion's newest version) catches now, with a
     sample and how many would enter or leave the persona; nothing is written."""
     expr, persona = body.expr, body.persona
@@ -338,4 +338,6 @@ def preview_run(body: PreviewRequest, store: StoreDep) -> Any:
         action=action,
         mode=mode,
         exit_policy=exit_policy,
+        engine=body.engine,
+        settings=settings,
     )
