@@ -293,6 +293,56 @@ def check_store(settings: Settings) -> Check:
     )
 
 
+def check_columnar(settings: Settings) -> Check:
+    """The columnar copy of the store: built or not, its size beside the
+    store's, how far behind the change feed it was left (every answer catches
+    it up first). Reads only."""
+    import json
+
+    from sqlalchemy.engine import make_url
+
+    from personatag.engines.columnar.copy import MANIFEST
+    from personatag.engines.columnar.folders import folder_size, url_folder
+    from personatag.store import changefeed, open_store
+    from personatag.store.backends import backend_for_url
+    from personatag.store.db import normalise_url
+
+    name = "columnar copy"
+    parsed = make_url(normalise_url(settings.resolved_store_url))
+    folder = url_folder(settings.data_dir, parsed)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return Check(
+            name, "ok", f"not built yet ({folder}): the first preview or columnar tag builds it"
+        )
+    offset = int(json.loads(manifest.read_text())["offset"])
+    size = folder_size(folder)
+    db = backend_for_url(parsed).local_file(parsed)
+    beside = ""
+    if db is not None and Path(db).exists():
+        store_bytes = sum(p.stat().st_size for p in Path(db).parent.glob(Path(db).name + "*"))
+        beside = f" beside the store's {_mib(store_bytes)}"
+    if db is not None and not Path(db).exists():
+        return Check(name, "ok", f"{_mib(size)} at {folder} (no store to compare with)")
+    store = open_store(parsed.render_as_string(hide_password=False))
+    try:
+        with store.read() as conn:
+            head = changefeed.head(conn, store)
+    finally:
+        store.dispose()
+    behind = max(head - offset, 0)
+    return Check(
+        name,
+        "ok",
+        f"{_mib(size)} at {folder}{beside}; saved {behind:,} change{'' if behind == 1 else 's'} "
+        "behind the feed (each answer catches up first)",
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
 # -- buckets ----------------------------------------------------------------------
 
 
@@ -469,6 +519,11 @@ def _probes(settings: Settings) -> list[Probe]:
             "run `personatag flink start`",
         ),
         Probe("store", lambda: check_store(settings), "check PERSONATAG_STORE_URL"),
+        Probe(
+            "columnar copy",
+            lambda: check_columnar(settings),
+            "delete the store's folder under PERSONATAG_DATA_DIR/columnar/ (it is rebuilt)",
+        ),
     ]
     probes += [
         Probe(f"bucket {area}", functools.partial(check_bucket, settings, area), bucket_fix)

@@ -146,3 +146,35 @@ def test_read_your_writes(pop: Store, tmp_path: Path) -> None:
     set_contact(pop, "c00000011", {"region": "Mars"})
     out = tag(pop, s, "target", 'region = "Mars"', "columnar")
     assert out["tagged"] == 2
+
+
+def test_a_copy_of_the_first_layout_is_removed(pop: Store, tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    root = s.data_dir / "columnar"
+    (root / "base-0123").mkdir(parents=True)
+    (root / "sets").mkdir()
+    (root / "MANIFEST.json").write_text("{}")
+    (root / "lock").write_text("")
+    assert preview(pop, "seniority >= 0", settings=s)["count"] > 0
+    assert sorted(p.name for p in root.iterdir()) == [copy_folder_name(pop)]
+
+
+def copy_folder_name(store: Store) -> str:
+    from personatag.engines.columnar.folders import store_key
+
+    return store_key(store)
+
+
+def test_doctor_reports_the_copy(pop: Store, tmp_path: Path) -> None:
+    from personatag.doctor import check_columnar
+
+    s = Settings(data_dir=tmp_path / "data", store_url=pop.engine.url.render_as_string(False))
+    first = check_columnar(s)
+    assert (first.status, "not built yet" in first.detail) == ("ok", True)
+    preview(pop, "seniority >= 0", settings=s)
+    set_contact(pop, "c00000005", {"region": "Mars"})
+    built = check_columnar(s)
+    assert built.status == "ok" and "MiB" in built.detail, built.detail
+    assert "saved 1 change behind the feed" in built.detail, built.detail
+    preview(pop, "seniority >= 0", settings=s)  # caught up; saved only every 2,000 changes
+    assert "saved 1 change behind" in check_columnar(s).detail

@@ -19,6 +19,7 @@ from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.engines.columnar.compile import compile_columnar
 from personatag.engines.columnar.compile_events import pks_to_mask
 from personatag.engines.columnar.copy import folder_of, open_frame
+from personatag.engines.columnar.folders import tidy_old_layout
 from personatag.engines.columnar.frame import Array, Frame
 from personatag.engines.columnar.sets import EMPTY, PersonaSets, current_sets
 from personatag.engines.pks import PksMatch
@@ -52,7 +53,9 @@ def current_frame(store: Store, settings: Settings) -> Frame:
     """The columnar copy of `store`, up to date with every committed change,
     with its persona sets (read on first use)."""
     folder = folder_of(settings, store)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.exists():
+        tidy_old_layout(settings.data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
     with _CATCH_UP:
         frame = open_frame(store, settings)
     return replace(frame, personas=_Personas(store, settings))
