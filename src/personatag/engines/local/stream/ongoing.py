@@ -81,7 +81,6 @@ class Ongoing:
         is a re-check for members and non-members alike."""
         if not self.windows:
             return None
-        now = inp.as_of
         if self.falls_only and not matched:
             # Time can only bring this contact in through what lies ahead.
             best: datetime | None = None
@@ -91,26 +90,39 @@ class Ongoing:
                     best = at
             return best
         best = None
-
-        def consider(at: datetime | None, days: int) -> None:
-            nonlocal best
-            if at is None:
-                return
-            for moment in (at + timedelta(days=days), at):
-                if moment > now and (best is None or moment < best):
-                    best = moment
-
         for name, days in self.windows:
-            if name == EVENT_READ:
-                for _, at in inp.reads:
-                    consider(at, days)
-            elif name == EVENT_LOGIN:
-                for at in inp.logins:
-                    consider(at, days)
-            else:
-                value = inp.contact.get(name)
-                consider(value if isinstance(value, datetime) else None, days)
+            at = _window_moves(inp, name, days)
+            if at is not None and (best is None or at < best):
+                best = at
         return best
+
+
+def _window_moves(inp: EvalInput, name: str, days: int) -> datetime | None:
+    """The first moment after `inp.as_of` at which a read or login (`name`), or
+    the timestamp field `name`, enters or leaves a window of `days` (computed
+    once per input: the criteria evaluated for a contact share a few windows)."""
+    key = ("moves", name, days)
+    memo = inp.memo
+    if key in memo:
+        found: datetime | None = memo[key]
+        return found
+    now = inp.as_of
+    span = timedelta(days=days)
+    times: Iterable[datetime]
+    if name == EVENT_READ:
+        times = (at for _, at in inp.reads)
+    elif name == EVENT_LOGIN:
+        times = inp.logins
+    else:
+        value = inp.contact.get(name)
+        times = (value,) if isinstance(value, datetime) else ()
+    found = None
+    for at in times:
+        for moment in (at + span, at):
+            if moment > now and (found is None or moment < found):
+                found = moment
+    memo[key] = found
+    return found
 
 
 def _first_ahead(inp: EvalInput, name: str) -> datetime | None:
