@@ -11,6 +11,14 @@ in a new process (request record, compile, apply, the membership log complete,
 job record; plus interpreter start-up and imports). Prints best-of-R times and
 the ratio tag / anchor (goal <= 1.5) and checks the log after every run.
 
+On SQLite every statement runs on the calling thread, so the CPU time of the
+anchor (this process) and of the tag (the child process, start-up included)
+are measured too: on a machine shared with other work their ratio moves far
+less than the wall-clock one. `--layouts` also times the same INSERT into
+narrower tables a different memberships layout would write: the key
+`(persona_pk, contact_pk, source)` alone, and that key plus a small reference
+to a per-request row holding `since`, `request_pk` and `criterion_pk`.
+
 The store is filled SQL-side once and kept under --workdir (default
 /work/data/write, or $TMPDIR), so later runs at the same size start at once.
 """
@@ -18,6 +26,7 @@ The store is filled SQL-side once and kept under --workdir (default
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -70,14 +79,24 @@ def reset(engine: Engine, kind: str) -> None:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+# CPU seconds of this process for each run_sql, in call order (see the docstring).
+CPU: list[float] = []
+
+
 def run_sql(engine: Engine, statements: list[str], params: dict[str, object]) -> float:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with engine.connect() as conn:
         conn = conn.execution_options(pt_write=True)
         with conn.begin():
             for s in statements:
                 conn.execute(text(s), params)
+    CPU.append(time.process_time() - cpu)
     return time.perf_counter() - start
+
+
+def child_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def anchor(engine: Engine, kind: str, persona_pk: int) -> float:
@@ -89,6 +108,27 @@ def anchor(engine: Engine, kind: str, persona_pk: int) -> float:
             f"PRIMARY KEY (persona_pk, contact_pk)){rowid}",
             "INSERT INTO bare_pairs (persona_pk, contact_pk) SELECT :p, pk FROM contacts "
             "WHERE id IS NOT NULL",
+        ],
+        {"p": persona_pk},
+    )
+
+
+# Narrower tables a different memberships layout would write (see --layouts).
+LAYOUTS = {
+    "key only": ("source BIGINT NOT NULL", "0"),
+    "key + grant ref": ("source BIGINT NOT NULL, grant_pk BIGINT NOT NULL", "0, 100"),
+}
+
+
+def layout(engine: Engine, kind: str, persona_pk: int, name: str) -> float:
+    cols, values = LAYOUTS[name]
+    rowid = " WITHOUT ROWID" if kind == "sqlite" else ""
+    return run_sql(
+        engine,
+        [
+            "CREATE TABLE bare_pairs (persona_pk BIGINT NOT NULL, contact_pk BIGINT NOT NULL, "
+            f"{cols}, PRIMARY KEY (persona_pk, contact_pk, source)){rowid}",
+            f"INSERT INTO bare_pairs SELECT :p, pk, {values} FROM contacts WHERE id IS NOT NULL",
         ],
         {"p": persona_pk},
     )
@@ -128,7 +168,9 @@ def check_log(engine: Engine, n: int) -> None:
         raise SystemExit(f"membership log incomplete: {logged} logged, {held} held, {n} expected")
 
 
-def bench(kind: str, n: int, repeats: int, workdir: Path) -> dict[str, object]:
+def bench(
+    kind: str, n: int, repeats: int, workdir: Path, layouts: bool = False
+) -> dict[str, object]:
     url, fresh = store_url(kind, n, workdir)
     store = open_store(url, create=True)
     if fresh:
@@ -150,23 +192,39 @@ def bench(kind: str, n: int, repeats: int, workdir: Path) -> dict[str, object]:
     anchors: list[float] = []
     products: list[float] = []
     tags: list[float] = []
+    cpu: dict[str, list[float]] = {"anchor": [], "memberships": [], "tag": []}
+    shapes: dict[str, list[tuple[float, float]]] = {name: [] for name in LAYOUTS} if layouts else {}
     for _ in range(repeats):
         reset(store.engine, kind)
         anchors.append(anchor(store.engine, kind, persona_pk))
+        cpu["anchor"].append(CPU[-1])
         reset(store.engine, kind)
         products.append(product_table(store.engine, persona_pk))
+        cpu["memberships"].append(CPU[-1])
+        for name in shapes:
+            reset(store.engine, kind)
+            shapes[name].append((layout(store.engine, kind, persona_pk, name), CPU[-1]))
         reset(store.engine, kind)
+        before = child_cpu()
         elapsed, out = cli_tag(url, workdir)
+        cpu["tag"].append(child_cpu() - before)
         tags.append(elapsed)
         check_log(store.engine, n)
         print(
             f"[{kind}] anchor {anchors[-1]:.2f}s  memberships table {products[-1]:.2f}s  "
-            f"tag {elapsed:.2f}s  ({out['tagged']} tagged)",
+            f"tag {elapsed:.2f}s  ({out['tagged']} tagged); CPU: anchor {cpu['anchor'][-1]:.2f}s  "
+            f"memberships table {cpu['memberships'][-1]:.2f}s  tag {cpu['tag'][-1]:.2f}s",
             flush=True,
         )
     reset(store.engine, kind)
     store.dispose()
     a = min(anchors)
+    ca = min(cpu["anchor"])
+    local = kind == "sqlite"  # only SQLite runs the statements in this process
+    for name, times in shapes.items():
+        wall = min(w for w, _ in times) / a
+        spent = f", CPU {min(c for _, c in times) / ca:.2f}x" if local else ""
+        print(f"[{kind}] layout {name}: {wall:.2f}x the anchor{spent}", flush=True)
     return {
         "store": kind,
         "contacts": n,
@@ -175,6 +233,8 @@ def bench(kind: str, n: int, repeats: int, workdir: Path) -> dict[str, object]:
         "tag_s": round(min(tags), 2),
         "memberships_insert_ratio": round(min(products) / a, 2),
         "tag_ratio": round(min(tags) / a, 2),
+        "memberships_cpu_ratio": round(min(cpu["memberships"]) / ca, 2) if local else "-",
+        "tag_cpu_ratio": round(min(cpu["tag"]) / ca, 2) if local else "-",
     }
 
 
@@ -183,18 +243,26 @@ def main() -> None:
     ap.add_argument("--contacts", type=int, default=1_000_000)
     ap.add_argument("--stores", default="sqlite")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--layouts", action="store_true", help="also time narrower tables")
     default_dir = "/work/data/write" if Path("/work/data").is_dir() else None
     ap.add_argument("--workdir", default=default_dir or tempfile.gettempdir())
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = [bench(kind, args.contacts, args.repeats, workdir) for kind in args.stores.split(",")]
-    print("\nstore       contacts   anchor_s  memberships_s  ratio   tag_s  ratio (goal <= 1.5)")
+    rows = [
+        bench(kind, args.contacts, args.repeats, workdir, args.layouts)
+        for kind in args.stores.split(",")
+    ]
+    print(
+        "\nstore       contacts   anchor_s  memberships_s  ratio   tag_s  ratio (goal <= 1.5)"
+        "  CPU ratios: memberships  tag"
+    )
     for r in rows:
         print(
             f"{r['store']:<11} {r['contacts']:>9,} {r['anchor_s']:>9} "
             f"{r['memberships_insert_s']:>14} {r['memberships_insert_ratio']:>6} "
-            f"{r['tag_s']:>7} {r['tag_ratio']:>6}"
+            f"{r['tag_s']:>7} {r['tag_ratio']:>6} {r['memberships_cpu_ratio']:>24} "
+            f"{r['tag_cpu_ratio']:>4}"
         )
 
 

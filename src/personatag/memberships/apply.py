@@ -90,18 +90,15 @@ def _sampled_share(
     return hits / total if total else 0.0
 
 
-def _one_run(conn: Connection, store: Store, persona_pk: int, rows: int) -> Any:
-    """The contact pks of a persona's `rows` rows (one source each) when they
-    are consecutive, from its smallest and largest (two primary-key seeks);
-    else None."""
+def _one_run(conn: Connection, store: Store, persona_pk: int, rows: int) -> tuple[int, int] | None:
+    """The smallest and largest contact pk of a persona's `rows` rows (one
+    source each) when those are consecutive pks (two primary-key seeks); else None."""
     m = store.tables.memberships
     lo = conn.scalar(select(func.min(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
     hi = conn.scalar(select(func.max(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
     if lo is None or hi is None or hi - lo + 1 != rows:
         return None
-    import numpy as np  # only bulk changes need it; keeps CLI start-up light
-
-    return np.arange(lo, hi + 1, dtype=np.int64)
+    return int(lo), int(hi)
 
 
 def _count(conn: Connection, store: Store, where: ColumnElement[bool]) -> int:
@@ -245,10 +242,15 @@ def _tag(
     ids = capture.result() if capture is not None else None
     if known is not None and tagged == len(known):
         ids = known
+    run = None
     if ids is None and empty and tagged > bulk_threshold:
-        ids = _one_run(conn, store, p, tagged)
-        if ids is not None:
+        run = _one_run(conn, store, p, tagged)
+        if run is not None:
             log.debug("audit ids are one run of consecutive pks")
+            if bulk is not None:  # a changes file lists the pks themselves
+                import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
+                ids, run = np.arange(run[0], run[1] + 1, dtype=np.int64), None
     logged = log_from_select(
         conn,
         store,
@@ -258,6 +260,7 @@ def _tag(
         count=tagged,
         bulk_threshold=bulk_threshold,
         ids=ids if ids is not None and tagged > bulk_threshold else None,
+        run=run,
     )
     if bulk is not None and logged is not None:
         bulk.confirm(Change.ENTER.value, logged)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Select, literal, select
 
 from personatag.definitions import watch
 from personatag.store import Store, changefeed
-from personatag.store.ids import decode_ids, encode_ids
+from personatag.store.ids import decode_ids, encode_ids, encode_run
 
 if TYPE_CHECKING:
     import numpy as np
@@ -182,11 +182,15 @@ def log_from_select(
     count: int,
     bulk_threshold: int,
     ids: np.ndarray | None = None,
+    run: tuple[int, int] | None = None,
 ) -> np.ndarray | None:
     """Log `change` for every contact pk the query returns (`count` of them).
 
-    `ids`, when given, are those pks already fetched (see IdCapture). Returns
-    the pks of a bulk entry (None when the change was logged row by row).
+    `ids`, when given, are those pks already fetched (see IdCapture); `run`,
+    when given instead, says they are the consecutive pks lo..hi, so a bulk
+    entry is written without building them. Returns the pks of a bulk entry
+    written from `ids` or the query (None when the change was logged row by
+    row, or from `run`).
     """
     if count == 0:
         return None
@@ -217,6 +221,13 @@ def log_from_select(
         conn.execute(log.insert().from_select(cols, src))
         moved(conn, store, ctx.persona_pk, lambda: fetch_ids(conn, store, contact_pks))
         return None
+    if run is not None and ids is None:
+        lo, hi = run
+        if hi - lo + 1 != count:
+            raise RuntimeError(f"audit: {hi - lo + 1} ids for {count} changes; not applying")
+        moved(conn, store, ctx.persona_pk, lambda: _run_ids(lo, hi))
+        _insert_block(conn, store, values, encode_run(lo, hi), count, lo, hi)
+        return None
     if ids is None:
         ids = fetch_ids(conn, store, contact_pks)
     if len(ids) != count:
@@ -231,15 +242,29 @@ def insert_bulk_entry(
 ) -> None:
     """One compact log entry for the contacts `ids` (sorted, unique, at least one);
     `values` holds the other columns (who, why, when; no contact_pk)."""
+    _insert_block(conn, store, values, encode_ids(ids), len(ids), int(ids.min()), int(ids.max()))
+
+
+def _insert_block(
+    conn: Connection,
+    store: Store,
+    values: dict[str, Any],
+    block: bytes,
+    count: int,
+    lo: int,
+    hi: int,
+) -> None:
     conn.execute(
         store.tables.membership_log.insert().values(
-            **values,
-            bulk_count=len(ids),
-            bulk_ids=encode_ids(ids),
-            bulk_min=int(ids.min()),
-            bulk_max=int(ids.max()),
+            **values, bulk_count=count, bulk_ids=block, bulk_min=lo, bulk_max=hi
         )
     )
+
+
+def _run_ids(lo: int, hi: int) -> np.ndarray:
+    import numpy as np  # only bulk changes need it; keeps CLI start-up light
+
+    return np.arange(lo, hi + 1, dtype=np.int64)
 
 
 def moved(conn: Connection, store: Store, persona_pk: int, contact_pks: Any) -> None:
