@@ -98,7 +98,7 @@ def test_pyproject_declares_the_built_ins_as_entry_points() -> None:
 
 def test_unknown_engines_are_named_with_the_choices(store: Store) -> None:
     with pytest.raises(
-        InputError, match="unknown engine 'nope': available engines are flink, local"
+        InputError, match="unknown engine 'nope': available engines are columnar, flink, local"
     ):
         engines.get_engine("nope", store, Settings())
     with pytest.raises(ConfigError, match="unknown stream engine 'nope': use local or flink"):
