@@ -127,14 +127,8 @@ class FeedModel:
     def __init__(self, snap: Snapshot, settings: Settings) -> None:
         from implicit.nearest_neighbours import BM25Recommender
 
-        self.snap = snap
-        self.settings = settings
-        self.as_of = snap.as_of
+        self._setup(snap, settings)
         s = settings
-        self.w_persona = s.feed_weight_persona
-        self.w_coverage = s.feed_weight_coverage
-        self.w_similar = s.feed_weight_similar
-        self.w_fresh = min(1.0, s.feed_weight_fresh)
         n_pub = snap.n_pubs
         x = snap.reads  # contacts x reports, 1.0 per (contact, report) read
 
@@ -152,19 +146,13 @@ class FeedModel:
             x.shape[0], 1
         )
 
-        # Coverage: per facet, a one-hot (reports x values), the catalogue's share
-        # of each value, and each persona's (and everyone's) reading over values.
-        self.onehots: list[tuple[sp.csr_matrix, npt.NDArray[np.int64], float]] = []
+        # Coverage: per facet (one-hots from _setup), the catalogue's share of
+        # each value, and each persona's (and everyone's) reading over values.
         self.base_share: list[F32] = []
         self.persona_mix: list[F32] = []
         self.global_mix: list[F32] = []
-        for name, exponent in FACETS:
-            codes = snap.facet(name)
-            n_val = int(codes.max()) + 1 if len(codes) else 1
-            onehot = sp.csr_matrix(
-                (np.ones(n_pub, np.float32), (np.arange(n_pub), codes)), shape=(n_pub, n_val)
-            )
-            self.onehots.append((onehot, codes, exponent))
+        for onehot, codes, _ in self.onehots:
+            n_val = onehot.shape[1]
             share = np.bincount(codes, minlength=n_val).astype(np.float32) / max(n_pub, 1)
             self.base_share.append(np.maximum(share, 1e-6))
             per_contact = x @ onehot
@@ -192,13 +180,50 @@ class FeedModel:
         sim.setdiag(0.0)
         sim.eliminate_zeros()
         self.similarity: sp.csr_matrix = sim
-        self._pred_cache: dict[Predicate, npt.NDArray[np.bool_]] = {}
-        self._first_read = snap.first_read_matrix()
         self.fresh_curve: F32 | None = (
             learned_freshness(snap, s.feed_fresh_horizon_days)
             if s.feed_freshness == "learned"
             else None
         )
+
+    def _setup(self, snap: Snapshot, settings: Settings) -> None:
+        """What follows from the snapshot and settings alone (cheap, not saved)."""
+        self.snap = snap
+        self.settings = settings
+        self.as_of = snap.as_of
+        self.w_persona = settings.feed_weight_persona
+        self.w_coverage = settings.feed_weight_coverage
+        self.w_similar = settings.feed_weight_similar
+        self.w_fresh = min(1.0, settings.feed_weight_fresh)
+        n_pub = snap.n_pubs
+        # Per facet a one-hot (reports x values), with the codes and the lift's exponent.
+        self.onehots: list[tuple[sp.csr_matrix, npt.NDArray[np.int64], float]] = []
+        for name, exponent in FACETS:
+            codes = snap.facet(name)
+            n_val = int(codes.max()) + 1 if len(codes) else 1
+            onehot = sp.csr_matrix(
+                (np.ones(n_pub, np.float32), (np.arange(n_pub), codes)), shape=(n_pub, n_val)
+            )
+            self.onehots.append((onehot, codes, exponent))
+        self._pred_cache: dict[Predicate, npt.NDArray[np.bool_]] = {}
+        self._first_read = snap.first_read_matrix()
+
+    @classmethod
+    def from_parts(cls, snap: Snapshot, settings: Settings, parts: Mapping[str, Any]) -> FeedModel:
+        """A model from the arrays a build computed (`recommend.saved` keeps them on
+        disk): the same answers as the model they came from, with no build."""
+        model = cls.__new__(cls)
+        model._setup(snap, settings)
+        model.persona_rate = parts["persona_rate"]
+        model.global_rate = parts["global_rate"]
+        model.base_share = list(parts["base_share"])
+        model.persona_mix = list(parts["persona_mix"])
+        model.global_mix = list(parts["global_mix"])
+        model.facet_combos = parts["facet_combos"]
+        model.combo_of_pub = parts["combo_of_pub"]
+        model.similarity = parts["similarity"]
+        model.fresh_curve = parts["fresh_curve"]
+        return model
 
     @classmethod
     def build(cls, store: Store, as_of: datetime, settings: Settings | None = None) -> FeedModel:

@@ -14,6 +14,19 @@
   file or server store) runs in a separate process and only the finished model
   comes back: a build in a thread of the server would hold the interpreter
   lock for tens of seconds and stall every other request meanwhile.
+- The built model is kept on disk (`recommend.saved`, under
+  `<data_dir>/feed-model/`) for stores of `BUILD_APART_CONTACTS` contacts or
+  more that another process can open: a new process (a restarted server, a CLI
+  `feed`) maps the last saved model instead of building one, so it starts in
+  seconds with a few hundred MiB resident instead of building gigabytes. A
+  saved model of another store, other settings or with a damaged file is not
+  trusted: it is built again. A server that opens a saved model which the data
+  has moved past serves it and rebuilds in the background as above; a
+  background build holds the folder's build lock, and none starts while
+  another process holds it (that process's model is picked up from the
+  manifest when it is published). A process that serves nothing (the CLI)
+  uses a saved model whose data versions are current or that is younger than
+  `feed_model_max_age_s`, and otherwise builds (and saves) one itself.
 - Content rules and the contact's personas are read fresh on every request, so
   a rule change or a pin applies on the next request.
 - Eligibility does not trust the model's age: the contact's reads up to as_of
@@ -35,6 +48,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +61,17 @@ from personatag.recommend.baselines import BASELINE_KEYS, BASELINES, RANKER_KEYS
 from personatag.recommend.explain import rules_behind
 from personatag.recommend.model import FeedModel, Item
 from personatag.recommend.rules import rules_for_model
+from personatag.recommend.saved import (
+    Saved,
+    SavedModelRefused,
+    build_lock,
+    building_elsewhere,
+    model_folder,
+    open_saved,
+    read_manifest,
+    save,
+    store_identity,
+)
 from personatag.store import Store, open_store, versions
 from personatag.store.types import to_micros
 from personatag.times import iso
@@ -89,25 +114,49 @@ def data_versions(conn: Connection, store: Store) -> tuple[int, ...]:
     return (*(found[n] for n in VERSIONED), int(log_seq or 0))
 
 
-class FeedService:
-    """The models serving one store in this process (thread-safe)."""
+def _cached_from(saved: Any) -> _Cached:
+    """A saved model as a cache entry, its age counted from when it was built."""
+    age = max(0.0, time.time() - saved.built_at)
+    return _Cached(saved.model, saved.versions, time.monotonic() - age)
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+
+class FeedService:
+    """The models serving one store in this process (thread-safe).
+
+    `folder`: where the built model is kept (recommend.saved), None to keep it
+    in memory only; it is kept there for stores of `keep_from_contacts`
+    contacts or more (smaller ones build in well under a second)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        folder: Path | None = None,
+        keep_from_contacts: int = BUILD_APART_CONTACTS,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.folder = folder
+        self.keep_from_contacts = keep_from_contacts
         self._lock = threading.Lock()  # one build at a time
         self._current: _Cached | None = None
         self._history: OrderedDict[datetime, _Cached] = OrderedDict()
         self._rebuilding = False
+        self._serving = False  # set by warm(): a server, which rebuilds in the background
+        self._saved_name: str | None = None  # the saved model serving, if any
 
     def _build(
         self, as_of: datetime, versions_: tuple[int, ...], *, apart: bool = False
     ) -> _Cached:
         started = time.monotonic()
+        keep = self._keeps()
         if apart:
-            model = _build_in_process(self.store, as_of, self.settings)
+            built = _build_in_process(
+                self.store, as_of, self.settings, self.folder if keep else None, versions_
+            )
         else:
-            model = FeedModel.build(self.store, as_of, self.settings)
+            built = FeedModel.build(self.store, as_of, self.settings)
         where = " in a separate process" if apart else ""
         log.info(
             "feed model as of %s built%s in %.2f s",
@@ -115,16 +164,67 @@ class FeedService:
             where,
             time.monotonic() - started,
         )
-        return _Cached(model, versions_, time.monotonic())
+        if not isinstance(built, FeedModel):  # saved by the build process: map it
+            self._saved_name = built.name
+            return _Cached(built.model, versions_, time.monotonic())
+        if keep and self.folder is not None:
+            self._keep(built, versions_, self.folder)
+        return _Cached(built, versions_, time.monotonic())
+
+    def _keep(self, model: FeedModel, versions_: tuple[int, ...], folder: Path) -> None:
+        """Save `model` for later processes (not when another process is building)."""
+        try:
+            with build_lock(folder) as got:
+                if got:
+                    self._saved_name = save(
+                        model,
+                        folder,
+                        store_id=store_identity(self.store),
+                        versions_=versions_,
+                        settings=self.settings,
+                    )
+        except OSError as exc:
+            log.warning("the feed model could not be saved under %s: %s", folder, exc)
+
+    def _contacts_top(self) -> int:
+        with self.store.read() as conn:
+            top = conn.scalar(select(func.max(self.store.tables.contacts.c.pk)))
+        return int(top or 0)
+
+    def _keeps(self) -> bool:
+        """Whether a model of this store is kept on disk (see the class docstring)."""
+        return (
+            self.folder is not None
+            and self.store.shared
+            and store_identity(self.store) != 0
+            and self._contacts_top() >= self.keep_from_contacts
+        )
 
     def _build_apart(self) -> bool:
         """Whether a background build goes to a separate process: a big store
         that another process can open (not an in-memory SQLite database)."""
         if not self.store.shared:
             return False
-        with self.store.read() as conn:
-            top = conn.scalar(select(func.max(self.store.tables.contacts.c.pk)))
-        return int(top or 0) >= BUILD_APART_CONTACTS
+        return self._contacts_top() >= BUILD_APART_CONTACTS
+
+    def _open_saved(self, *, newer_than: str | None = None) -> _Cached | None:
+        """The saved model of this store, if there is one to trust (and it is not
+        `newer_than`'s own); a refused one is logged and left for a build."""
+        if self.folder is None or not self.store.shared:
+            return None
+        manifest = read_manifest(self.folder)
+        if manifest is None or (newer_than is not None and manifest.get("model") == newer_than):
+            return None
+        try:
+            saved = open_saved(self.folder, store_identity(self.store), self.settings)
+        except SavedModelRefused as exc:
+            log.warning(
+                "the saved feed model under %s is not used (%s): building one", self.folder, exc
+            )
+            return None
+        self._saved_name = saved.name
+        log.info("feed model as of %s opened from %s", iso(saved.model.as_of), self.folder)
+        return _cached_from(saved)
 
     def _stale(self, cached: _Cached, versions_: tuple[int, ...]) -> bool:
         age = time.monotonic() - cached.built
@@ -133,6 +233,9 @@ class FeedService:
     def _rebuild_in_background(self) -> None:
         def run() -> None:
             try:
+                if self.folder is not None and building_elsewhere(self.folder):
+                    log.info("feed model: another process is building it; not building here")
+                    return
                 with self.store.read() as conn:
                     now_versions = data_versions(conn, self.store)
                 cached = self._build(utcnow(), now_versions, apart=self._build_apart())
@@ -152,8 +255,21 @@ class FeedService:
         threading.Thread(target=run, name="feed-model-rebuild", daemon=True).start()
 
     def warm(self) -> None:
-        """Build the model now, in the background (a server calls this at start-up,
-        so the first feed request does not pay for the build)."""
+        """Make the model ready for a server (called at start-up, so the first feed
+        request does not pay for a build): open the saved model if there is one,
+        and build (again) in the background when there is none or it is stale."""
+        self._serving = True
+        if self._current is None:
+            opened = self._open_saved()
+            if opened is not None:
+                with self._lock:
+                    self._current = self._current or opened
+                with self.store.read() as conn:
+                    now_versions = data_versions(conn, self.store)
+                if not self._stale(opened, now_versions):
+                    return
+                if time.monotonic() - opened.built < self.settings.feed_model_rebuild_gap_s:
+                    return
         self._rebuild_in_background()
 
     def current(self, versions_: tuple[int, ...]) -> FeedModel:
@@ -163,10 +279,31 @@ class FeedService:
             deadline = time.monotonic() + WARM_WAIT_S
             while self._rebuilding and self._current is None and time.monotonic() < deadline:
                 time.sleep(0.05)
+        if self._current is None:
+            opened = self._open_saved()
+            if opened is not None:
+                with self._lock:
+                    self._current = self._current or opened
         cached = self._current
         if cached is not None and not self._stale(cached, versions_):
             return cached.model
-        if cached is not None and cached.model.build_seconds >= SYNC_REBUILD_S:
+        if cached is not None and self._saved_name is not None:
+            # Another process may have saved a newer model since.
+            newer = self._open_saved(newer_than=self._saved_name)
+            if newer is not None and newer.built > cached.built:
+                with self._lock:
+                    self._current = cached = newer
+                if not self._stale(cached, versions_):
+                    return cached.model
+        if (
+            cached is not None
+            and not self._serving
+            and self._saved_name is not None
+            and time.monotonic() - cached.built <= self.settings.feed_model_max_age_s
+        ):
+            return cached.model  # a CLI process: the saved model is young enough
+        in_background = self._serving or self._saved_name is None  # a CLI builds right away
+        if cached is not None and in_background and cached.model.build_seconds >= SYNC_REBUILD_S:
             if time.monotonic() - cached.built >= self.settings.feed_model_rebuild_gap_s:
                 self._rebuild_in_background()
             return cached.model
@@ -195,16 +332,27 @@ class FeedService:
         return self.at(as_of, versions_)
 
 
-def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> FeedModel:
+def _build_in_process(
+    store: Store,
+    as_of: datetime,
+    settings: Settings,
+    folder: Path | None = None,
+    versions_: tuple[int, ...] = (),
+) -> FeedModel | Saved:
     """FeedModel.build in a fresh interpreter over the same store (spawned, not
     forked: the server's threads and open connections stay out of it). The child
-    is a daemon: a server that stops does not wait for its build."""
+    is a daemon: a server that stops does not wait for its build.
+
+    With a `folder`, the child saves the model there (holding the build lock)
+    and this process maps the saved files: the model never crosses the pipe,
+    and this process holds only the pages its requests touch. BuildStopped when
+    another process holds the build lock."""
     url = store.engine.url.render_as_string(hide_password=False)
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
         target=_build_and_send,
-        args=(url, as_of, settings, send),
+        args=(url, as_of, settings, send, folder, versions_),
         name="feed-model-build",
         daemon=True,
     )
@@ -215,6 +363,13 @@ def _build_in_process(store: Store, as_of: datetime, settings: Settings) -> Feed
     finally:
         receive.close()
     child.join()
+    if outcome == "busy":
+        raise BuildStopped("another process is building the feed model")
+    if outcome == "saved" and folder is not None:
+        try:
+            return open_saved(folder, store_identity(store), settings)
+        except SavedModelRefused as exc:
+            raise RuntimeError(f"the feed model just saved cannot be opened: {exc}") from None
     if outcome != "ok":
         raise RuntimeError(f"the feed model build process failed: {value}")
     model: FeedModel = value
@@ -239,11 +394,33 @@ def receive_result(receive: Any, child: Any) -> tuple[str, Any]:
     return outcome, value
 
 
-def _build_and_send(url: str, as_of: datetime, settings: Settings, send: Any) -> None:
+def _build_and_send(
+    url: str,
+    as_of: datetime,
+    settings: Settings,
+    send: Any,
+    folder: Path | None = None,
+    versions_: tuple[int, ...] = (),
+) -> None:
     try:
         store = open_store(url)
         try:
-            send.send(("ok", FeedModel.build(store, as_of, settings)))
+            if folder is None:
+                send.send(("ok", FeedModel.build(store, as_of, settings)))
+                return
+            with build_lock(folder) as got:
+                if not got:
+                    send.send(("busy", None))
+                    return
+                model = FeedModel.build(store, as_of, settings)
+                name = save(
+                    model,
+                    folder,
+                    store_id=store_identity(store),
+                    versions_=versions_,
+                    settings=settings,
+                )
+            send.send(("saved", name))
         finally:
             store.dispose()
     except Exception as exc:
@@ -261,7 +438,9 @@ def service_for(store: Store, settings: Settings | None = None) -> FeedService:
     with _SERVICES_LOCK:
         service = _SERVICES.get(store)
         if service is None:
-            service = _SERVICES[store] = FeedService(store, settings or Settings())
+            settings = settings or Settings()
+            folder = model_folder(settings, store) if store.shared else None
+            service = _SERVICES[store] = FeedService(store, settings, folder=folder)
         return service
 
 
