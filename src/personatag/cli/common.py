@@ -16,10 +16,10 @@ import typer
 from personatag.config import Settings, load_settings
 from personatag.domain import parse_timestamp
 from personatag.errors import InputError
-from personatag.store import Store, open_store
 
 if TYPE_CHECKING:
     from personatag.buckets import Buckets
+    from personatag.store import Store
 
 
 class _State:
@@ -59,6 +59,8 @@ def audit(action: str, target: str | None, detail: dict[str, Any] | None = None)
 
 
 def store(*, create: bool = False) -> Store:
+    from personatag.store import open_store
+
     s = settings()
     return open_store(s.resolved_store_url, create=create)
 

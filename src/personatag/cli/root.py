@@ -12,7 +12,6 @@ import sys
 from typing import Annotated
 
 import typer
-from sqlalchemy.exc import DBAPIError
 
 from personatag.cli import (
     accounts,
@@ -84,6 +83,12 @@ def _root(
     configure_logging(logging.DEBUG if debug else logging.WARNING, json=False)
 
 
+def _is_store_error(exc: Exception) -> bool:
+    """A database error (sqlalchemy is imported only by commands that use a store)."""
+    exc_module = sys.modules.get("sqlalchemy.exc")
+    return exc_module is not None and isinstance(exc, exc_module.DBAPIError)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:3] or os.environ.get("PERSONATAG_DEBUG") == "1"
     try:
@@ -104,14 +109,13 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except DBAPIError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: the store failed: {str(exc.orig).strip().splitlines()[0]}", err=True)
-        sys.exit(1)
     except Exception as exc:
         if debug:
             raise
+        if _is_store_error(exc):
+            orig = str(exc.orig).strip().splitlines()[0]  # type: ignore[attr-defined]
+            typer.echo(f"error: the store failed: {orig}", err=True)
+            sys.exit(1)
         typer.echo(
             f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)",
             err=True,

@@ -14,16 +14,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import ColumnElement, Connection
 
 from personatag.config import Settings, load_settings
 from personatag.domain import Catalog
 from personatag.engines.control import JobControl
-from personatag.metrics import Metrics
 from personatag.service import Service
 from personatag.store import Store
+
+if TYPE_CHECKING:  # prometheus_client costs a CLI command ~0.1 s that records nothing
+    from personatag.metrics import Metrics
 
 
 @dataclass(frozen=True)
