@@ -14,11 +14,13 @@ the bench adds a viewer user and a token to it). Then:
     the largest RSS of any child (a model build in a separate process),
     sampled every 0.1 s. The server is stopped once the feed answered and any
     background build it started has ended (or --settle-s passed).
-(b) wall time of new processes, median of --cli-runs: `python -c pass`,
-    `python -c "import sqlalchemy, numpy"` (anchors), and `personatag preview
-    --json` of --expr; the preview's evaluation time measured in one process
-    (warm, median); overhead = preview wall time - evaluation, as a ratio to
-    the anchors. And the biggest cumulative imports of `preview` (-X importtime).
+(b) wall-clock and CPU time of new processes, median of --cli-runs (bytecode
+    cached under --pycache): `python -c pass`, `python -c "import sqlalchemy,
+    numpy"` (anchors), `personatag --help` and `personatag preview --json` of
+    --expr; the preview's evaluation measured in one warm process (median);
+    overhead = preview - evaluation, beside the anchors. CPU time is the
+    steadier figure on a shared machine. And the biggest imports of `preview`
+    (-X importtime).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -167,33 +170,38 @@ def serve_once(env: dict[str, str], token: str, contact: str, settle_s: float) -
     }
 
 
-def wall(cmd: list[str], env: dict[str, str], runs: int) -> float:
-    times = []
+def timed(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, float]:
+    """Median wall-clock and CPU (user + system) seconds of `runs` new processes."""
+    walls, cpus = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def evaluation_s(data_dir: Path, expr: str, runs: int) -> float:
-    """The preview's evaluation in a warm process (what `preview` does after start-up)."""
+def evaluation_s(env: dict[str, str], expr: str, runs: int) -> tuple[float, float]:
+    """The preview's evaluation in a warm process (what `preview` does after
+    start-up): median wall-clock and CPU seconds."""
     code = (
-        "import statistics, sys, time\n"
+        "import statistics, time\n"
         "from personatag.config import load_settings\n"
         "from personatag.cli.client import open_client\n"
-        "s = load_settings()\n"
-        "times = []\n"
-        "with open_client(s) as client:\n"
+        "walls, cpus = [], []\n"
+        "with open_client(load_settings()) as client:\n"
         f"    for _ in range({runs + 1}):\n"
-        "        t0 = time.perf_counter()\n"
+        "        t0, c0 = time.perf_counter(), time.process_time()\n"
         f"        client.preview({expr!r}, persona=None, as_of=None, sample=10)\n"
-        "        times.append(time.perf_counter() - t0)\n"
-        "print(statistics.median(times[1:]))\n"
+        "        walls.append(time.perf_counter() - t0)\n"
+        "        cpus.append(time.process_time() - c0)\n"
+        "print(statistics.median(walls[1:]), statistics.median(cpus[1:]))\n"
     )
-    env = {**os.environ, "PERSONATAG_DATA_DIR": str(data_dir)}
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    return float(out.stdout.decode().strip().splitlines()[-1])
+    wall_s, cpu_s = out.stdout.decode().strip().splitlines()[-1].split()
+    return float(wall_s), float(cpu_s)
 
 
 def import_top(env: dict[str, str], cmd: list[str], n: int = 8) -> list[tuple[float, str]]:
@@ -217,6 +225,7 @@ def main() -> None:
     parser.add_argument("--cli-runs", type=int, default=5)
     parser.add_argument("--settle-s", type=float, default=300.0)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--pycache", type=Path, help="default: <data-dir>/bench-pycache")
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
     env = {**os.environ, "PERSONATAG_DATA_DIR": str(data_dir), "PERSONATAG_METRICS_PORT": "0"}
@@ -247,22 +256,30 @@ def main() -> None:
                 flush=True,
             )
 
+    # Bytecode cached, as for an installed package (this machine's shell sets
+    # PYTHONDONTWRITEBYTECODE, which would recompile every module on every run).
+    cli_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cli_env["PYTHONPYCACHEPREFIX"] = str(args.pycache or data_dir / "bench-pycache")
     py = [sys.executable]
     preview = [*py, "-m", "personatag.cli", "preview", "--json", "--expr", args.expr]
-    bare = wall([*py, "-c", "pass"], env, args.cli_runs)
-    libs = wall([*py, "-c", "import sqlalchemy, numpy"], env, args.cli_runs)
-    wall([*preview], env, 1)  # the columnar copy up to date before timing
-    total = wall(preview, env, args.cli_runs)
-    evaluation = evaluation_s(data_dir, args.expr, args.cli_runs)
-    overhead = total - evaluation
-    print(
-        f"CLI preview --json ({args.expr}): wall {total:.3f} s, evaluation {evaluation:.3f} s, "
-        f"start-up overhead {overhead:.3f} s (goal <= 0.5 s: {overhead / 0.5:.2f}x); anchors: "
-        f"python -c pass {bare:.3f} s ({overhead / bare:.1f}x), import sqlalchemy+numpy "
-        f"{libs:.3f} s ({overhead / libs:.1f}x)",
-        flush=True,
-    )
-    top = import_top(env, preview[1:])
+    timed(preview, cli_env, 2)  # the columnar copy up to date, bytecode written
+    bare = timed([*py, "-c", "pass"], cli_env, args.cli_runs)
+    libs = timed([*py, "-c", "import sqlalchemy, numpy"], cli_env, args.cli_runs)
+    helps = timed([*py, "-m", "personatag.cli", "--help"], cli_env, args.cli_runs)
+    total = timed(preview, cli_env, args.cli_runs)
+    evaluation = evaluation_s(cli_env, args.expr, args.cli_runs)
+    for i, kind in enumerate(("wall-clock", "CPU")):
+        overhead = total[i] - evaluation[i]
+        print(
+            f"CLI preview --json ({args.expr}), {kind}: {total[i]:.3f} s, evaluation "
+            f"{evaluation[i]:.3f} s, start-up overhead {overhead:.3f} s (goal <= 0.5 s: "
+            f"{overhead / 0.5:.2f}x); anchors: python -c pass {bare[i]:.3f} s, import "
+            f"sqlalchemy+numpy {libs[i]:.3f} s (overhead {overhead / libs[i]:.2f}x that); "
+            f"personatag --help {helps[i]:.3f} s",
+            flush=True,
+        )
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} (2 cores)")
+    top = import_top(cli_env, preview[1:])
     print("biggest imports of preview: " + ", ".join(f"{name} {s:.3f} s" for s, name in top))
 
 

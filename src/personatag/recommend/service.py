@@ -145,6 +145,7 @@ class FeedService:
         self._rebuilding = False
         self._serving = False  # set by warm(): a server, which rebuilds in the background
         self._saved_name: str | None = None  # the saved model serving, if any
+        self._refused: str | None = None  # a saved model found not to be trusted
 
     def _build(
         self, as_of: datetime, versions_: tuple[int, ...], *, apart: bool = False
@@ -207,24 +208,33 @@ class FeedService:
             return False
         return self._contacts_top() >= BUILD_APART_CONTACTS
 
-    def _open_saved(self, *, newer_than: str | None = None) -> _Cached | None:
-        """The saved model of this store, if there is one to trust (and it is not
-        `newer_than`'s own); a refused one is logged and left for a build."""
+    def _open_saved(self, *, newer_than: _Cached | None = None) -> tuple[_Cached, str] | None:
+        """The saved model of this store, if there is one to trust (and it was built
+        after `newer_than`); a refused one is logged once and left for a build."""
         if self.folder is None or not self.store.shared:
             return None
         manifest = read_manifest(self.folder)
-        if manifest is None or (newer_than is not None and manifest.get("model") == newer_than):
+        if manifest is None or manifest.get("model") in (self._saved_name, self._refused):
             return None
+        if newer_than is not None:
+            age = time.time() - float(manifest.get("built_at") or 0)
+            if time.monotonic() - age <= newer_than.built:
+                return None
         try:
             saved = open_saved(self.folder, store_identity(self.store), self.settings)
         except SavedModelRefused as exc:
+            self._refused = str(manifest.get("model"))
             log.warning(
                 "the saved feed model under %s is not used (%s): building one", self.folder, exc
             )
             return None
-        self._saved_name = saved.name
         log.info("feed model as of %s opened from %s", iso(saved.model.as_of), self.folder)
-        return _cached_from(saved)
+        return _cached_from(saved), saved.name
+
+    def _adopt(self, opened: tuple[_Cached, str], *, replace: bool = False) -> None:
+        with self._lock:
+            if self._current is None or replace:
+                self._current, self._saved_name = opened
 
     def _stale(self, cached: _Cached, versions_: tuple[int, ...]) -> bool:
         age = time.monotonic() - cached.built
@@ -262,13 +272,13 @@ class FeedService:
         if self._current is None:
             opened = self._open_saved()
             if opened is not None:
-                with self._lock:
-                    self._current = self._current or opened
+                self._adopt(opened)
+                cached = opened[0]
                 with self.store.read() as conn:
                     now_versions = data_versions(conn, self.store)
-                if not self._stale(opened, now_versions):
+                if not self._stale(cached, now_versions):
                     return
-                if time.monotonic() - opened.built < self.settings.feed_model_rebuild_gap_s:
+                if time.monotonic() - cached.built < self.settings.feed_model_rebuild_gap_s:
                     return
         self._rebuild_in_background()
 
@@ -282,17 +292,16 @@ class FeedService:
         if self._current is None:
             opened = self._open_saved()
             if opened is not None:
-                with self._lock:
-                    self._current = self._current or opened
+                self._adopt(opened)
         cached = self._current
         if cached is not None and not self._stale(cached, versions_):
             return cached.model
-        if cached is not None and self._saved_name is not None:
+        if cached is not None:
             # Another process may have saved a newer model since.
-            newer = self._open_saved(newer_than=self._saved_name)
-            if newer is not None and newer.built > cached.built:
-                with self._lock:
-                    self._current = cached = newer
+            newer = self._open_saved(newer_than=cached)
+            if newer is not None:
+                self._adopt(newer, replace=True)
+                cached = newer[0]
                 if not self._stale(cached, versions_):
                     return cached.model
         if (
