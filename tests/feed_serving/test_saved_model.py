@@ -130,3 +130,25 @@ def test_a_separate_build_process_hands_over_files(
     got = svc._current.model
     assert got.snap.reads.indices.base is not None  # a view of the mapped file
     assert ranked(got) == ranked(in_process)
+
+
+def test_a_server_picks_up_the_model_another_process_saved(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not store.shared:
+        pytest.skip("an in-memory store is not kept on disk")
+    from personatag.domain import PinKind
+    from personatag.memberships.pins import pin
+
+    build_world(store)
+    service(store, tmp_path).current(versions(store))
+    server = service(store, tmp_path)
+    server.warm()
+    old = server.current(versions(store))
+    pin(store, "energy", "c0004", PinKind.IN, actor="t")
+    time.sleep(0.01)  # a later build time than the model the server holds
+    newer = service(store, tmp_path, feed_model_max_age_s=0.0).current(versions(store))
+    built = no_builds(monkeypatch)
+    got = server.current(versions(store))
+    assert built == [] and got is not old
+    assert ranked(got) == ranked(newer)
