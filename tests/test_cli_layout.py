@@ -44,3 +44,42 @@ def test_command_modules_import_only_the_shared_helpers() -> None:
 def test_no_imports_after_the_app_is_built() -> None:
     late = [p.name for p in CLI.glob("*.py") if "noqa: E402" in p.read_text()]
     assert not late
+
+
+def test_the_root_names_each_command_with_the_module_that_defines_it() -> None:
+    """root.build_app(command) imports only the module root.TOP_LEVEL / GROUPS
+    name for `command`: those names must be what the modules define."""
+    import importlib
+
+    from typer.main import get_command
+
+    from personatag.cli import root
+
+    for module, names in root.TOP_LEVEL.items():
+        app = importlib.import_module(f"personatag.cli.{module}").app
+        defined = tuple(sorted(get_command(app).commands)) if len(names) > 1 else names
+        assert tuple(sorted(names)) == tuple(sorted(defined)), module
+    whole = get_command(root.app).commands  # type: ignore[attr-defined]
+    for command, full in whole.items():
+        one = get_command(root.build_app(command)).commands  # type: ignore[attr-defined]
+        assert command in one
+        assert one[command].help == full.help
+        assert [p.name for p in one[command].params] == [p.name for p in full.params]
+
+
+def test_running_a_command_imports_only_its_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from personatag.cli import root\n"
+        "root.build_app('preview')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('personatag.cli.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = eval(out.stdout)  # noqa: S307 - a list of module names printed just above
+    # tagging and the helpers it shares (common, client): no other command module.
+    assert set(loaded) - {"personatag.cli.client"} == {
+        "personatag.cli.common", "personatag.cli.root", "personatag.cli.tagging"
+    }  # fmt: skip
