@@ -3,7 +3,10 @@
 Reports: published strictly before `as_of`. Reads: at or before `as_of` (a read
 at `as_of` itself already makes its report ineligible). Memberships: as they
 are when the snapshot is taken (personas are defined by attributes, not time).
-Reads are loaded with one streamed query, as integers (no datetime objects).
+Reads are loaded with one streamed query, as integers (no datetime objects),
+in the reads' key order (contact, time), and reduced to (contact, report)
+pairs part by part: memory holds the pairs (20 bytes each), never every read
+row at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from sqlalchemy import BigInteger, select, type_coerce
+from sqlalchemy import BigInteger, func, select, type_coerce
 
 from personatag.store import Store
 from personatag.store.types import from_micros, to_micros
@@ -105,6 +108,96 @@ def _stream_ints(conn: Any, query: Any, width: int) -> I64:
     return flat.reshape(-1, width)
 
 
+class _Pairs:
+    """(contact, report) read pairs, appended in (row, column) order, with the
+    first and last read time of each: 20 bytes a pair, in arrays sized up
+    front by the count of reads (pages past the pairs written are never
+    touched, so they cost no memory) and grown if more reads arrive."""
+
+    def __init__(self, capacity: int, n_contacts: int) -> None:
+        self.cols = np.empty(capacity, np.int32)
+        self.first = np.empty(capacity, np.int64)
+        self.last = np.empty(capacity, np.int64)
+        self.per_row = np.zeros(n_contacts, np.int64)
+        self.n = 0
+
+    def _room(self, more: int) -> None:
+        if self.n + more <= len(self.cols):
+            return
+        size = max(2 * len(self.cols), self.n + more)
+        for name in ("cols", "first", "last"):
+            old = getattr(self, name)
+            new = np.empty(size, old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def add(self, rows: I64, cols: I64, at: I64, n_cols: int) -> None:
+        """Reads of whole contacts, contacts ascending, each contact's reads by time."""
+        if not len(rows):
+            return
+        key = rows * max(n_cols, 1) + cols
+        order = np.argsort(key, kind="stable")  # stable: each pair's reads stay in time order
+        key, at = key[order], at[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(key)] - 1
+        unique = key[starts]
+        u_row = unique // max(n_cols, 1)
+        n = len(unique)
+        self._room(n)
+        self.cols[self.n : self.n + n] = unique % max(n_cols, 1)
+        self.first[self.n : self.n + n] = at[starts]
+        self.last[self.n : self.n + n] = at[ends]
+        self.n += n
+        rows_here, counts = np.unique(u_row, return_counts=True)
+        self.per_row[rows_here] += counts
+
+
+def _read_matrix(
+    conn: Any, store: Store, as_of_us: int, contact_pk: I64, pub_pk: I64
+) -> tuple[sp.csr_matrix, I64, I64]:
+    """Reads at or before as_of as a (contacts x reports) matrix of ones, with
+    the first and last read time of each pair (aligned with its data).
+
+    The reads are streamed in the primary key's order (contact, time) and
+    reduced to pairs a few thousand contacts at a time, so memory holds the
+    pairs, not every read row and its sort (which took about 110 bytes a read
+    at its peak)."""
+    rc = store.tables.reads.c
+    where = rc.read_at <= as_of_us
+    total = int(conn.scalar(select(func.count()).select_from(store.tables.reads).where(where)) or 0)
+    n_c, n_p = len(contact_pk), len(pub_pk)
+    pairs = _Pairs(total, n_c)
+    query = (
+        select(rc.contact_pk, rc.publication_pk, type_coerce(rc.read_at, BigInteger))
+        .where(where)
+        .order_by(rc.contact_pk, rc.read_at, rc.publication_pk)
+    )
+    result = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(query)
+    carry = np.empty((0, 3), np.int64)
+
+    def add(block: I64) -> None:
+        c_row = np.searchsorted(contact_pk, block[:, 0])
+        p_col = np.searchsorted(pub_pk, block[:, 1])
+        ok = (c_row < n_c) & (p_col < n_p)
+        ok[ok] &= (contact_pk[c_row[ok]] == block[ok, 0]) & (pub_pk[p_col[ok]] == block[ok, 1])
+        pairs.add(c_row[ok], p_col[ok], block[ok, 2], n_p)
+
+    for part in result.partitions():
+        block = np.fromiter(itertools.chain.from_iterable(part), np.int64, 3 * len(part))
+        block = block.reshape(-1, 3)
+        if len(carry):
+            block = np.concatenate([carry, block])
+        # The last contact's reads may go on in the next part: keep them for it.
+        cut = int(np.searchsorted(block[:, 0], block[-1, 0], side="left"))
+        carry = block[cut:]
+        add(block[:cut])
+    add(carry)
+    n = pairs.n
+    indptr = np.r_[0, np.cumsum(pairs.per_row)].astype(np.int64)
+    matrix = sp.csr_matrix((np.ones(n, np.float32), pairs.cols[:n], indptr), shape=(n_c, n_p))
+    return matrix, pairs.first[:n], pairs.last[:n]
+
+
 def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
     """Read the store into arrays as at `as_of` (see the module docstring)."""
     as_of_us = to_micros(as_of)
@@ -126,14 +219,6 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
             .order_by(pc.pk)
         ).all()
         contact_pk = _stream_ints(conn, select(t.contacts.c.pk).order_by(t.contacts.c.pk), 1)
-        rc = t.reads.c
-        reads = _stream_ints(
-            conn,
-            select(rc.contact_pk, rc.publication_pk, type_coerce(rc.read_at, BigInteger)).where(
-                rc.read_at <= as_of_us
-            ),
-            3,
-        )
         personas = conn.execute(
             select(t.personas.c.pk, t.personas.c.key, t.personas.c.name)
             .where(t.personas.c.archived_at.is_(None))
@@ -141,8 +226,9 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
         ).all()
         mc = t.memberships.c
         members = _stream_ints(conn, select(mc.contact_pk, mc.persona_pk).distinct(), 2)
-    contact_pk = contact_pk.ravel()
-    pub_pk = np.array([r[0] for r in pubs], dtype=np.int64)
+        contact_pk = contact_pk.ravel()
+        pub_pk = np.array([r[0] for r in pubs], dtype=np.int64)
+        matrix, read_first, read_last = _read_matrix(conn, store, as_of_us, contact_pk, pub_pk)
     published = np.array([r[1] for r in pubs], dtype=np.int64)
     series, series_names = _codes([r[4] for r in pubs])
     sector, sector_names = _codes([r[5] for r in pubs])
@@ -154,25 +240,7 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
         for r in pubs
     ]  # fmt: skip
 
-    n_c, n_p = len(contact_pk), len(pub_pk)
-    c_row = np.searchsorted(contact_pk, reads[:, 0])
-    p_col = np.searchsorted(pub_pk, reads[:, 1])
-    ok = (c_row < n_c) & (p_col < n_p)
-    ok[ok] &= (contact_pk[c_row[ok]] == reads[ok, 0]) & (pub_pk[p_col[ok]] == reads[ok, 1])
-    c_row, p_col, at = c_row[ok], p_col[ok], reads[ok, 2]
-    del reads
-    key = c_row * max(n_p, 1) + p_col
-    order = np.lexsort((at, key))
-    key, at = key[order], at[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.empty(0, int)
-    ends = np.r_[starts[1:], len(key)] - 1 if len(key) else np.empty(0, int)
-    u_key = key[starts]
-    u_row, u_col = u_key // max(n_p, 1), u_key % max(n_p, 1)
-    indptr = np.r_[0, np.cumsum(np.bincount(u_row, minlength=n_c))].astype(np.int64)
-    matrix = sp.csr_matrix(
-        (np.ones(len(u_key), np.float32), u_col.astype(np.int32), indptr), shape=(n_c, n_p)
-    )
-
+    n_c = len(contact_pk)
     p_keys = [str(p[1]) for p in personas]
     p_pks = np.array([int(p[0]) for p in personas], dtype=np.int64)  # sorted by the query
     m_row = np.searchsorted(contact_pk, members[:, 0])
@@ -200,8 +268,8 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
         pub_rows=rows,
         contact_pk=contact_pk,
         reads=matrix,
-        read_first_us=at[starts],
-        read_last_us=at[ends],
+        read_first_us=read_first,
+        read_last_us=read_last,
         members=member_m,
         persona_keys=p_keys,
         persona_names=[str(p[2]) for p in personas],
