@@ -175,7 +175,7 @@ class FeedModel:
         knn = BM25Recommender(K=int(s.feed_neighbours))
         with warnings.catch_warnings():  # implicit notes its own internal CSR conversion
             warnings.simplefilter("ignore")
-            knn.fit(x.astype(np.float32), show_progress=False)
+            knn.fit(x, show_progress=False)  # float32 already: no copy of the reads
         sim = sp.csr_matrix(knn.similarity, dtype=np.float32)
         sim.setdiag(0.0)
         sim.eliminate_zeros()
