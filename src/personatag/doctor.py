@@ -315,7 +315,17 @@ def check_columnar(settings: Settings) -> Check:
         return Check(
             name, "ok", f"not built yet ({folder}): the first preview or columnar tag builds it"
         )
-    offset = int(json.loads(manifest.read_text())["offset"])
+    try:
+        offset = int(json.loads(manifest.read_text())["offset"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else exc.strerror
+        return Check(
+            name,
+            "fail",
+            f"{manifest} is damaged ({why})",
+            "nothing to do: the next preview or columnar tag rebuilds the copy "
+            f"(or delete {folder} now)",
+        )
     size = folder_size(folder)
     db = backend_for_url(parsed).local_file(parsed)
     beside = ""

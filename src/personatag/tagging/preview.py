@@ -85,10 +85,10 @@ def _local(
     can_exit: bool,
 ) -> dict[str, Any]:
     """The preview on the local engine: SQL in one read transaction."""
-    t = store.tables
-    c = t.contacts
     with store.read() as conn:
         catalog = store.catalog(conn)
+        t = store.tables  # described after the catalog: every attribute it names
+        c = t.contacts
         compiled = compile_criterion(expr, catalog)
         pks = persona_pks(conn, store)
         cond = compile_sql(

@@ -14,6 +14,7 @@ first, without asking anyone.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -95,12 +96,12 @@ class CopyUnavailable(EngineUnavailable):
 
 
 def _unavailable(folder: Path, exc: BaseException) -> CopyUnavailable:
-    if isinstance(exc, PermissionError):
-        why = f"its folder {folder} is not writable ({exc.strerror})"
-        fix = f"make {folder} writable by this user, or set PERSONATAG_DATA_DIR elsewhere"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = f"{folder} cannot be written: no space ({exc.strerror or exc})"
+        fix = "free disk space there (the copy needs about the store's size)"
     elif isinstance(exc, OSError):
         why = f"{folder} cannot be written ({exc.strerror or exc})"
-        fix = "free disk space there (the copy needs about the store's size)"
+        fix = f"make {folder} a folder this user may write, or set PERSONATAG_DATA_DIR elsewhere"
     else:
         why = f"{folder} cannot be read after a rebuild ({type(exc).__name__}: {exc})"
         fix = f"delete {folder} (it is rebuilt on the next preview)"
