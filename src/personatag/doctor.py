@@ -311,6 +311,16 @@ def check_columnar(settings: Settings) -> Check:
     parsed = make_url(normalise_url(settings.resolved_store_url))
     folder = url_folder(settings.data_dir, parsed)
     manifest = folder / MANIFEST
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "a file, not a folder" if not existing.is_dir() else "not writable by this user"
+        return Check(
+            name,
+            "fail",
+            f"{existing} is {what}: the copy cannot be written at {folder} "
+            "(previews and tags run on the local engine, slower)",
+            f"make {existing} a folder this user may write, or set PERSONATAG_DATA_DIR elsewhere",
+        )
     if not manifest.exists():
         return Check(
             name, "ok", f"not built yet ({folder}): the first preview or columnar tag builds it"

@@ -325,3 +325,12 @@ def test_untag_on_a_rebuilt_copy(pop: Store, tmp_path: Path) -> None:  # noqa: F
         assert "warnings" not in out
     assert members(pop, "emea") == members(pop, "senior")
     assert members(pop, "emea")
+
+
+def test_doctor_names_a_copy_that_cannot_be_written(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path / "data")
+    _unwritable(s)
+    check = check_columnar(s)
+    assert check.status == "fail"
+    assert "is a file, not a folder" in check.detail and "local engine" in check.detail
+    assert "PERSONATAG_DATA_DIR" in (check.fix or "")
