@@ -334,3 +334,19 @@ def test_doctor_names_a_copy_that_cannot_be_written(tmp_path: Path) -> None:
     assert check.status == "fail"
     assert "is a file, not a folder" in check.detail and "local engine" in check.detail
     assert "PERSONATAG_DATA_DIR" in (check.fix or "")
+
+
+def test_a_large_sample_reads_the_ids_in_chunks(
+    pop: Store,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A --sample larger than a statement's bound parameters (65,535 on
+    PostgreSQL) is read in chunks: shown here with small chunks."""
+    from personatag.tagging import preview as module
+
+    monkeypatch.setattr(module, "_SAMPLE_CHUNK", 7)
+    s = settings_for(tmp_path)
+    local, col = both(pop, s, "seniority >= 0 or seniority is null", sample_size=400)
+    assert col == local
+    assert len(col["sample"]) == col["count"] == 400

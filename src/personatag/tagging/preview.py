@@ -177,6 +177,7 @@ def _preview_engine(engine: str | None, settings: Settings) -> str:
 # A preview whose reads a concurrent write fell between is taken again, this
 # many times at most (then answered as read, and logged).
 _CONSISTENT_TRIES = 5
+_SAMPLE_CHUNK = 10_000
 
 
 def _columnar(
@@ -214,7 +215,15 @@ def _columnar(
             members = row_mask(frame, frame.personas(persona))
         c = store.tables.contacts
         with store.read() as conn:
-            sample = list(conn.scalars(select(c.c.id).where(c.c.pk.in_(first)).order_by(c.c.pk)))
+            # In chunks: a large --sample must not exceed a statement's bound
+            # parameters (65,535 on PostgreSQL).
+            sample = [
+                cid
+                for i in range(0, len(first), _SAMPLE_CHUNK)
+                for cid in conn.scalars(
+                    select(c.c.id).where(c.c.pk.in_(first[i : i + _SAMPLE_CHUNK])).order_by(c.c.pk)
+                )
+            ]
             pinned = {
                 kind: np.sort(
                     np.fromiter(conn.scalars(rules.pinned(store.tables, p, kind)), np.int64)
