@@ -350,3 +350,25 @@ def test_a_large_sample_reads_the_ids_in_chunks(
     local, col = both(pop, s, "seniority >= 0 or seniority is null", sample_size=400)
     assert col == local
     assert len(col["sample"]) == col["count"] == 400
+
+
+def test_a_request_file_that_fell_back_says_so_in_its_summary(
+    pop: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from personatag.buckets import open_buckets
+    from personatag.requests.dispatcher import Dispatcher
+
+    s = settings_for(tmp_path)
+    _unwritable(s)
+    b = open_buckets(s)
+    body = {"version": 1, "request_id": "f1", "persona": "emea", "action": "tag", "expr": EXPR}
+    b["requests"].put("f1.json", json.dumps(body).encode())
+    d = Dispatcher(pop, b, s, workers=1)
+    assert d.scan() == 1
+    d.drain()
+    d.close()
+    summary = json.loads(b["results"].get("f1/summary.json"))
+    assert summary["status"] == "succeeded" and summary["engine"] == "local"
+    assert "columnar copy cannot be used" in summary["warnings"][0]
+    assert summary["counts"]["tagged"] == len(members(pop, "emea")) > 0
