@@ -372,3 +372,48 @@ def test_a_request_file_that_fell_back_says_so_in_its_summary(
     assert summary["status"] == "succeeded" and summary["engine"] == "local"
     assert "columnar copy cannot be used" in summary["warnings"][0]
     assert summary["counts"]["tagged"] == len(members(pop, "emea")) > 0
+
+
+# local: staying, held and blocked counts; columnar: the pins in, out
+@pytest.mark.parametrize(
+    ("engine", "nth"), [("local", 1), ("local", 2), ("local", 3), ("columnar", 1), ("columnar", 2)]
+)
+def test_a_write_between_the_statements_of_a_preview(
+    pop: Store,  # noqa: F811
+    tmp_path: Path,
+    engine: str,
+    nth: int,
+) -> None:
+    """A pin-out commits right after the nth statement of the preview that
+    reads the holders or the pins: its later statements must not see it
+    (PostgreSQL's READ COMMITTED would: one snapshot per statement), or the
+    contact is counted both held and blocked."""
+    from sqlalchemy import event
+
+    s = settings_for(tmp_path)
+    tag(pop, s, "target", EXPR, "local")
+    t = pop.tables
+    with pop.read() as conn:
+        victim = conn.scalar(
+            select(t.contacts.c.id).where(t.contacts.c.pk == min(members(pop, "target")))
+        )
+    before = preview(pop, EXPR, engine="local", settings=s, persona="target", as_of=END)
+    fired: list[bool] = []
+    seen: list[str] = []
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if fired or not ("memberships" in statement or "pins" in statement):
+            return
+        seen.append(statement)
+        if len(seen) == nth:
+            fired.append(True)
+            pin(pop, "target", victim, PinKind.OUT, actor="t")
+
+    preview(pop, EXPR, engine=engine, settings=s, persona="target", as_of=END)  # warm
+    event.listen(pop.engine, "after_cursor_execute", after)
+    try:
+        got = preview(pop, EXPR, engine=engine, settings=s, persona="target", as_of=END)
+    finally:
+        event.remove(pop.engine, "after_cursor_execute", after)
+    assert fired
+    assert got == before  # every contact matched: held or blocked, none enters

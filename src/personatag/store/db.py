@@ -143,10 +143,16 @@ class Store:
         return self.backend.one_writer
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction with a consistent snapshot."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction. SQLite's (WAL) sees one snapshot; on PostgreSQL
+        each statement sees what committed before it, unless `snapshot` (for
+        answers that add up several statements, such as a preview's counts)."""
+        with self.engine.connect() as conn:
+            level = self.backend.snapshot_isolation
+            if snapshot and level is not None:
+                conn = conn.execution_options(isolation_level=level)
+            with conn.begin():
+                yield conn
 
     def analyze(self) -> None:
         """Refresh the planner's statistics (after bulk loads).

@@ -85,7 +85,7 @@ def _local(
     can_exit: bool,
 ) -> dict[str, Any]:
     """The preview on the local engine: SQL in one read transaction."""
-    with store.read() as conn:
+    with store.read(snapshot=True) as conn:
         catalog = store.catalog(conn)
         t = store.tables  # described after the catalog: every attribute it names
         c = t.contacts
@@ -214,7 +214,7 @@ def _columnar(
         if persona is not None and frame.personas is not None:
             members = row_mask(frame, frame.personas(persona))
         c = store.tables.contacts
-        with store.read() as conn:
+        with store.read(snapshot=True) as conn:
             # In chunks: a large --sample must not exceed a statement's bound
             # parameters (65,535 on PostgreSQL).
             sample = [
