@@ -417,3 +417,21 @@ def test_a_write_between_the_statements_of_a_preview(
         event.remove(pop.engine, "after_cursor_execute", after)
     assert fired
     assert got == before  # every contact matched: held or blocked, none enters
+
+
+def test_an_error_that_is_not_the_copys_does_not_rebuild_it(
+    pop: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Only a file that cannot be read rebuilds the copy (minutes at 10M): any
+    other failure while evaluating is the caller's, and the copy stays."""
+    s = settings_for(tmp_path)
+    folder = built(pop, s)
+    base = manifest(folder)["base"]
+
+    def fails(frame: Any) -> None:
+        raise ValueError("not about files")
+
+    with pytest.raises(ValueError, match="not about files"):
+        batch.with_frame(pop, s, fails)
+    assert manifest(folder)["base"] == base

@@ -32,6 +32,7 @@ from personatag.engines.columnar.compile_events import pks_to_mask
 from personatag.engines.columnar.copy import DAMAGED, CopyOutdated, folder_of, open_frame, rebuild
 from personatag.engines.columnar.folders import tidy_old_layout
 from personatag.engines.columnar.frame import Array, Frame
+from personatag.engines.columnar.segment import DamagedFile
 from personatag.engines.columnar.sets import EMPTY, PersonaSets, Position, current_sets
 from personatag.engines.pks import PksMatch
 from personatag.errors import NotFoundError
@@ -131,14 +132,14 @@ def with_frame(store: Store, settings: Settings, use: Callable[[Frame], T]) -> T
     frame = current_frame(store, settings)
     try:
         return use(frame)
-    except (FileNotFoundError, *DAMAGED) as exc:
+    except (FileNotFoundError, DamagedFile) as exc:
         folder = folder_of(settings, store).resolve()
         log.warning("columnar copy at %s cannot be read (%r); rebuilding it", folder, exc)
         try:
             with _CATCH_UP:
                 fresh = rebuild(store, folder)
             return use(replace(fresh, personas=_Personas(store, settings)))
-        except (OSError, CopyOutdated, *DAMAGED) as again:
+        except (OSError, CopyOutdated, DamagedFile, *DAMAGED) as again:
             raise _unavailable(folder, again) from again
 
 
