@@ -59,12 +59,12 @@ def manifest(folder: Path) -> dict[str, Any]:
 def test_a_damaged_manifest_is_rebuilt(pop: Store, tmp_path: Path, damage: str) -> None:  # noqa: F811
     s = settings_for(tmp_path)
     folder = built(pop, s)
-    batch_before = manifest(folder)["base"]
+    base_before = manifest(folder)["base"]
     (folder / MANIFEST).write_text(damage)
     local, col = both(pop, s)
     assert col == local
-    assert manifest(folder)["base"] != batch_before  # rebuilt, the damaged base dropped
-    assert not (folder / batch_before).exists()
+    assert manifest(folder)["base"] != base_before  # rebuilt, the damaged base dropped
+    assert not (folder / base_before).exists()
 
 
 @pytest.mark.parametrize("how", ["truncated", "missing", "garbage"])
@@ -80,9 +80,10 @@ def test_damaged_or_missing_files_are_rebuilt(
     base = folder / manifest(folder)["base"]
     # region's column files are read lazily, as a criterion evaluates
     region = [name for name, _ in manifest(folder)["fields"]].index("region")
-    path = base / (which if "." in which[:-4] else f"contacts.{region}.{which}")
-    if which == "values":
-        path = base / f"contacts.{region}.values.npy"
+    path = base / {
+        "values": f"contacts.{region}.values.npy",
+        "dict.txt": f"contacts.{region}.dict.txt",
+    }.get(which, which)
     assert path.exists(), sorted(p.name for p in base.iterdir())
     if how == "truncated":
         data = path.read_bytes()
@@ -97,6 +98,7 @@ def test_damaged_or_missing_files_are_rebuilt(
     copy._CACHE.clear()
     local, col = both(pop, s)
     assert col == local
+    assert manifest(folder)["base"] != base.name  # rebuilt
     for expr in ('job_title ilike "%chief%"', "seniority between 2 and 4", 'region = "AMER"'):
         local, col = both(pop, s, expr, persona="emea")
         assert col == local, expr
