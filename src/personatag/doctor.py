@@ -311,11 +311,31 @@ def check_columnar(settings: Settings) -> Check:
     parsed = make_url(normalise_url(settings.resolved_store_url))
     folder = url_folder(settings.data_dir, parsed)
     manifest = folder / MANIFEST
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "a file, not a folder" if not existing.is_dir() else "not writable by this user"
+        return Check(
+            name,
+            "fail",
+            f"{existing} is {what}: the copy cannot be written at {folder} "
+            "(previews and tags run on the local engine, slower)",
+            f"make {existing} a folder this user may write, or set PERSONATAG_DATA_DIR elsewhere",
+        )
     if not manifest.exists():
         return Check(
             name, "ok", f"not built yet ({folder}): the first preview or columnar tag builds it"
         )
-    offset = int(json.loads(manifest.read_text())["offset"])
+    try:
+        offset = int(json.loads(manifest.read_text())["offset"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else exc.strerror
+        return Check(
+            name,
+            "fail",
+            f"{manifest} is damaged ({why})",
+            "nothing to do: the next preview or columnar tag rebuilds the copy "
+            f"(or delete {folder} now)",
+        )
     size = folder_size(folder)
     db = backend_for_url(parsed).local_file(parsed)
     beside = ""

@@ -3,6 +3,7 @@ through the API (PATCH of a contact, its events) is in the next answer."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.web.conftest import API, Api
@@ -56,3 +57,19 @@ def test_an_unknown_engine_is_a_clear_error(api: Api) -> None:
         headers=api.headers("viewer"),
     )
     assert r.status_code == 422 and r.json()["error"]["field"] == "engine"
+
+
+def test_api_previews_when_the_copy_is_damaged_or_cannot_be_written(api: Api) -> None:
+    import shutil
+
+    from personatag.engines.columnar.copy import MANIFEST, folder_of
+
+    body = {"expr": 'region = "EMEA" or seniority >= 3', "persona": "emea"}
+    first = previews(api, body)  # builds the copy
+    folder = folder_of(api.settings, api.store)
+    (folder / MANIFEST).write_text("{ not json")
+    assert previews(api, body) == first  # rebuilt
+    assert json.loads((folder / MANIFEST).read_text())["base"]
+    shutil.rmtree(folder)
+    folder.write_text("in the copy's way")  # cannot be written: the local engine answers
+    assert previews(api, body) == first

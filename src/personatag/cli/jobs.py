@@ -21,7 +21,7 @@ def _job_line(j: dict[str, Any]) -> str:
     c = j["counts"] or {}
     took = f"{j['seconds']}s" if j["seconds"] is not None else "-"
     line = (
-        f"{j['id']:>6} {j['request_id']:<36} {j['status']:<10} {j['engine']:<6} {took:>9} "
+        f"{j['id']:>6} {j['request_id']:<36} {j['status']:<10} {j['engine']:<8} {took:>9} "
         f"tagged {c.get('tagged', 0):,} untagged {c.get('untagged', 0):,} "
         f"failed {c.get('failed', 0):,}"
     )

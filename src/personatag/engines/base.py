@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Connection
 from personatag.config import Settings, load_settings
 from personatag.domain import Catalog
 from personatag.engines.control import JobControl
+from personatag.errors import PersonatagError
 from personatag.service import Service
 from personatag.store import Store
 
@@ -47,6 +48,15 @@ class MatchSpec:
     job_pk: int | None = None
     control: JobControl | None = None
     progress: Callable[[int | None, int | None, str | None], None] | None = None
+
+
+class EngineUnavailable(PersonatagError):
+    """The engine cannot answer now (its own data cannot be read or written),
+    but `fallback` can give the same answer: callers run that engine instead
+    and say why (tagging.fallback). The message says what is wrong and what to
+    do about it."""
+
+    fallback: ClassVar[str] = "local"
 
 
 class Match(ABC):

@@ -187,6 +187,14 @@ def finish_job(
     )
 
 
+def record_engine(store: Store, job_pk: int, engine: str) -> None:
+    """Record the engine that runs a job, when another than asked answered for
+    it (the request keeps the engine it asked for)."""
+    jobs = store.tables.jobs
+    with store.write() as conn:
+        conn.execute(jobs.update().where(jobs.c.pk == job_pk).values(engine=engine))
+
+
 def outcome(store: Store, job_pk: int) -> dict[str, Any] | None:
     """The recorded result of a job that succeeded (or was partial), else None."""
     jobs = store.tables.jobs

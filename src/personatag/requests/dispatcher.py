@@ -689,7 +689,7 @@ class Dispatcher(Service):
         )
         seconds = time.perf_counter() - t0
         self.metrics.record_job(
-            request.engine or self.settings.batch_engine,
+            counts.get("engine") or request.engine or self.settings.batch_engine,
             seconds,
             tagged=counts.get("tagged", 0),
             untagged=counts.get("untagged", 0),
@@ -742,7 +742,10 @@ class Dispatcher(Service):
             "request_id": request_id,
             "status": status,
             "source": key,
-            "engine": req.engine if req else None,
+            # The engine that ran it: another than asked when that one could
+            # not answer (then `warnings` says why).
+            "engine": counts.get("engine") or (req.engine if req else None),
+            "warnings": counts.get("warnings", []),
             "dry_run": req.dry_run if req else None,
             "job": job_pk,
             "counts": base,

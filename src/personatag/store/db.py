@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from personatag.domain import STANDARD_CONTACT_FIELDS, Catalog, FieldType
+from personatag.domain import CUSTOM_COLUMN_PREFIX, STANDARD_CONTACT_FIELDS, Catalog, FieldType
 from personatag.errors import ConfigError, PersonatagError
 from personatag.store.backends import Backend, backend_for_url, get_backend
 from personatag.store.backends.base import LOCK_SPACE_FEED, LOCK_SPACE_PERSONA
@@ -97,8 +97,17 @@ class Store:
             return [(name, FieldType(t)) for name, t in c.execute(query)]
 
     def catalog(self, conn: Connection | None = None) -> Catalog:
+        """The fields criteria may read, as declared now. An attribute declared
+        since the tables were described (by another process) describes them
+        again, so that what the catalog names, `tables` holds."""
         fields: dict[str, FieldType] = dict(STANDARD_CONTACT_FIELDS)
-        fields.update(self.custom_attributes(conn))
+        custom = self.custom_attributes(conn)
+        fields.update(custom)
+        described = self._tables
+        if described is not None and any(
+            CUSTOM_COLUMN_PREFIX + name not in described.contacts.c for name, _ in custom
+        ):
+            self.refresh()
         p = self.tables.personas
         query = select(p.c.key).where(p.c.archived_at.is_(None))
         if conn is None:
@@ -134,10 +143,16 @@ class Store:
         return self.backend.one_writer
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction with a consistent snapshot."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction. SQLite's (WAL) sees one snapshot; on PostgreSQL
+        each statement sees what committed before it, unless `snapshot` (for
+        answers that add up several statements, such as a preview's counts)."""
+        with self.engine.connect() as conn:
+            level = self.backend.snapshot_isolation
+            if snapshot and level is not None:
+                conn = conn.execution_options(isolation_level=level)
+            with conn.begin():
+                yield conn
 
     def analyze(self) -> None:
         """Refresh the planner's statistics (after bulk loads).

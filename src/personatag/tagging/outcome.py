@@ -40,10 +40,14 @@ class AdhocResult:
     failures: list[FailedRow] = field(default_factory=list)
     failed: int = 0  # rows that could not be used (len(failures) on a fresh run)
     items: list[ItemResult] = field(default_factory=list)
+    # Why the job ran on another engine than asked (tagging.fallback), if it
+    # did, and that engine (None: the one asked).
+    warnings: list[str] = field(default_factory=list)
+    engine: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         c = self.counts
-        return {
+        out: dict[str, Any] = {
             "request_id": self.request_id,
             "status": self.status,
             "matched": c.matched,
@@ -54,6 +58,11 @@ class AdhocResult:
             "pinned": c.pinned,
             "dry_run": self.dry_run,
         }
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        if self.engine is not None:
+            out["engine"] = self.engine
+        return out
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> AdhocResult:
@@ -70,6 +79,8 @@ class AdhocResult:
             counts,
             data["dry_run"],
             failed=data["failed"],
+            warnings=list(data.get("warnings") or []),
+            engine=data.get("engine"),
         )
 
 

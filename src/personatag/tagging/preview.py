@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,9 @@ from personatag.errors import InputError
 from personatag.memberships import rules
 from personatag.store import Store
 from personatag.store.matchset import is_heavy, materialize
+from personatag.tagging.fallback import run_on
+
+log = logging.getLogger(__name__)
 
 
 def preview(
@@ -58,13 +62,33 @@ def preview(
     can_exit = act is Action.UNTAG or (md is Mode.ONGOING and ex is ExitPolicy.REMOVE)
     settings = settings if settings is not None else load_settings()
     on = _preview_engine(engine, settings)
-    t = store.tables
-    c = t.contacts
     as_of = check_as_of(as_of or utcnow())
     if on == "columnar":
-        return _columnar(store, settings, expr, persona, as_of, sample_size, act, can_exit)
-    with store.read() as conn:
+
+        def on_engine(name: str) -> dict[str, Any]:
+            if name == "columnar":
+                return _columnar(store, settings, expr, persona, as_of, sample_size, act, can_exit)
+            return _local(store, expr, persona, as_of, sample_size, act, can_enter, can_exit)
+
+        return run_on(on, on_engine, what="the preview").answer
+    return _local(store, expr, persona, as_of, sample_size, act, can_enter, can_exit)
+
+
+def _local(
+    store: Store,
+    expr: str,
+    persona: str | None,
+    as_of: datetime,
+    sample_size: int,
+    act: Action,
+    can_enter: bool,
+    can_exit: bool,
+) -> dict[str, Any]:
+    """The preview on the local engine: SQL in one read transaction."""
+    with store.read(snapshot=True) as conn:
         catalog = store.catalog(conn)
+        t = store.tables  # described after the catalog: every attribute it names
+        c = t.contacts
         compiled = compile_criterion(expr, catalog)
         pks = persona_pks(conn, store)
         cond = compile_sql(
@@ -150,6 +174,12 @@ def _preview_engine(engine: str | None, settings: Settings) -> str:
     return engine
 
 
+# A preview whose reads a concurrent write fell between is taken again, this
+# many times at most (then answered as read, and logged).
+_CONSISTENT_TRIES = 5
+_SAMPLE_CHUNK = 10_000
+
+
 def _columnar(
     store: Store,
     settings: Settings,
@@ -162,53 +192,80 @@ def _columnar(
 ) -> dict[str, Any]:
     """The preview on the columnar engine: the match as a mask over the copy's
     contact rows, counted against the persona's holders (bitmaps) and its pins
-    (read from the store) by the writers' rules, as the SQL path counts them."""
-    from personatag.engines.columnar.batch import current_frame, matched_rows, row_mask
+    (read from the store) by the writers' rules, as the SQL path counts them.
+
+    The pins and the sample's ids are read in one transaction that also checks
+    the copy and the persona sets are the store as it sees it: when a write
+    came in between, the preview is taken again, so its counts are of one
+    moment (as the SQL path's one transaction gives)."""
+    from personatag.engines.columnar.batch import exact_in, matched_rows, row_mask, with_frame
 
     with store.read() as conn:
         catalog = store.catalog(conn)
         compiled = compile_criterion(expr, catalog)
         p = get_persona(conn, store, persona).pk if persona is not None else None
-    frame = current_frame(store, settings)
-    mask = matched_rows(frame, compiled.ast, catalog, as_of)
-    total = int(np.count_nonzero(mask))
-    first = np.asarray(frame.pk)[np.flatnonzero(mask)[:sample_size]].tolist()
-    enter, leave = total, 0
-    c = store.tables.contacts
-    with store.read() as conn:
-        sample = list(conn.scalars(select(c.c.id).where(c.c.pk.in_(first)).order_by(c.c.pk)))
-        pinned = {
-            kind: np.sort(np.fromiter(conn.scalars(rules.pinned(store.tables, p, kind)), np.int64))
-            for kind in PinKind
-            if p is not None
-        }
-    if p is not None and persona is not None and frame.personas is not None:
-        # The writers' rules (memberships.rules), counted on row masks.
-        members = row_mask(frame, frame.personas(persona))
-        not_pinned_in = ~row_mask(frame, pinned[PinKind.IN])
-        staying_matched = int(np.count_nonzero(mask & members & not_pinned_in))
-        if act is Action.UNTAG:
-            leave = staying_matched
-        else:
-            held_and_matched = int(np.count_nonzero(mask & members))
-            blocked = int(np.count_nonzero(mask & row_mask(frame, pinned[PinKind.OUT])))
-            enter = total - held_and_matched - blocked
-            if can_exit:
-                leave = int(np.count_nonzero(members & not_pinned_in)) - staying_matched
-    folded, suggestion = None, None
-    if total == 0:
-        again = _folded(compiled.json, catalog)
-        if again is not None:
-            folded = int(np.count_nonzero(matched_rows(frame, again.ast, catalog, as_of)))
-            suggestion = again.text
-    return _answer(
-        total,
-        sample,
-        enter if act is Action.TAG else None,
-        leave if can_exit else None,
-        folded,
-        suggestion,
-    )
+
+    def answer(frame: Any) -> tuple[dict[str, Any], bool]:
+        mask = matched_rows(frame, compiled.ast, catalog, as_of)
+        total = int(np.count_nonzero(mask))
+        first = np.asarray(frame.pk)[np.flatnonzero(mask)[:sample_size]].tolist()
+        enter, leave = total, 0
+        members = None
+        if persona is not None and frame.personas is not None:
+            members = row_mask(frame, frame.personas(persona))
+        c = store.tables.contacts
+        with store.read(snapshot=True) as conn:
+            # In chunks: a large --sample must not exceed a statement's bound
+            # parameters (65,535 on PostgreSQL).
+            sample = [
+                cid
+                for i in range(0, len(first), _SAMPLE_CHUNK)
+                for cid in conn.scalars(
+                    select(c.c.id).where(c.c.pk.in_(first[i : i + _SAMPLE_CHUNK])).order_by(c.c.pk)
+                )
+            ]
+            pinned = {
+                kind: np.sort(
+                    np.fromiter(conn.scalars(rules.pinned(store.tables, p, kind)), np.int64)
+                )
+                for kind in PinKind
+                if p is not None
+            }
+            exact = exact_in(frame, store, conn)
+        if p is not None and members is not None:
+            # The writers' rules (memberships.rules), counted on row masks.
+            not_pinned_in = ~row_mask(frame, pinned[PinKind.IN])
+            staying_matched = int(np.count_nonzero(mask & members & not_pinned_in))
+            if act is Action.UNTAG:
+                leave = staying_matched
+            else:
+                held_and_matched = int(np.count_nonzero(mask & members))
+                blocked = int(np.count_nonzero(mask & row_mask(frame, pinned[PinKind.OUT])))
+                enter = total - held_and_matched - blocked
+                if can_exit:
+                    leave = int(np.count_nonzero(members & not_pinned_in)) - staying_matched
+        folded, suggestion = None, None
+        if total == 0:
+            again = _folded(compiled.json, catalog)
+            if again is not None:
+                folded = int(np.count_nonzero(matched_rows(frame, again.ast, catalog, as_of)))
+                suggestion = again.text
+        result = _answer(
+            total,
+            sample,
+            enter if act is Action.TAG else None,
+            leave if can_exit else None,
+            folded,
+            suggestion,
+        )
+        return result, exact
+
+    for _attempt in range(_CONSISTENT_TRIES):
+        result, exact = with_frame(store, settings, answer)
+        if exact:
+            return result
+    log.info("preview: the store kept changing while it was read; answered as last read")
+    return result
 
 
 def _count_ignoring_case(

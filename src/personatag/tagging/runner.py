@@ -43,6 +43,7 @@ from personatag.store.matchset import TempPks, is_heavy, materialize
 from personatag.store.transient import retrying
 from personatag.tagging.changes import ChangesBuilder
 from personatag.tagging.contact_lists import FailedRow, LoadedList
+from personatag.tagging.fallback import Ran, run_on
 from personatag.tagging.outcome import (
     AdhocResult,
     ItemResult,
@@ -304,6 +305,8 @@ def execute(
             raise got
         engine = got
         matches: list[Match | None] = []
+        warnings: list[str] = []
+        ran_on: str | None = None  # the fallback engine that answered, if one did
         evaluated = 0
         for r in plan.items:
             control.check()
@@ -318,7 +321,21 @@ def execute(
                     control=control,
                     progress=progress.reporter(),
                 )
-            matches.append(None if spec is None else compute_within(engine, spec, control))
+            if spec is None:
+                matches.append(None)
+            else:
+                ran = _compute(store, settings, engine, spec, control, request_id)
+                matches.append(ran.answer)
+                if ran.warning is not None:
+                    # Later items go to the engine that answered; the job
+                    # records which ran it, and why.
+                    engine = get_engine(ran.engine, store, settings)
+                    warnings.append(ran.warning)
+                    ran_on = ran.engine
+                    retrying(
+                        lambda _: jobs.record_engine(store, job_pk, ran_on),  # noqa: B023
+                        what=f"request {request_id}",
+                    )
             if spec is not None:
                 evaluated += 1
                 progress.count(evaluated, computed, "items")
@@ -348,6 +365,8 @@ def execute(
                 row_failures=row_failures,
                 changes=changes,
                 then=then,
+                warnings=warnings,
+                engine=ran_on,
             )
 
         # One transaction applies the request and records its outcome: when
@@ -391,6 +410,8 @@ def _apply_all(
     row_failures: Sequence[FailedRow],
     changes: ChangesBuilder | None,
     then: str | None,
+    warnings: Sequence[str] = (),
+    engine: str | None = None,
 ) -> AdhocResult:
     """Apply every item and record the job's outcome (and its phase `then`),
     in one transaction."""
@@ -427,6 +448,8 @@ def _apply_all(
             failures,
             failed=len(failures),
             items=results,
+            warnings=list(warnings),
+            engine=engine,
         )
         # The outcome commits with the memberships; a job that was ended
         # meanwhile (taken over, cancelled) must not apply: roll back.
@@ -436,6 +459,23 @@ def _apply_all(
             if then is not None:
                 progress.phase_in(conn, then)
     return result
+
+
+def _compute(
+    store: Store,
+    settings: Settings,
+    engine: Engine,
+    spec: MatchSpec,
+    control: JobControl,
+    request_id: str,
+) -> Ran[Match]:
+    """One item's match on `engine`, or on its fallback when it cannot answer."""
+
+    def on(name: str) -> Match:
+        chosen = engine if name == engine.name else get_engine(name, store, settings)
+        return compute_within(chosen, spec, control)
+
+    return run_on(engine.name, on, what=f"request {request_id}")
 
 
 def compute_within(engine: Engine, spec: MatchSpec, control: JobControl) -> Match:

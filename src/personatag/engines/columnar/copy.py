@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -39,8 +40,17 @@ from personatag.files import atomic_write
 from personatag.store import Store, changefeed, versions
 from personatag.store.db import STORE_IDENTITY
 
+log = logging.getLogger(__name__)
+
 FORMAT = 1
 MANIFEST = "MANIFEST.json"
+# What a manifest must name; one without them is damaged (rebuilt).
+_MANIFEST_KEYS = frozenset(
+    {"format", "store", "base", "offset", "offset_at", "fields", "publications_version"}
+)
+# What reading damaged files raises: a truncated or foreign .npy (ValueError),
+# a meta.json that is not JSON or lacks a key.
+DAMAGED = (ValueError, KeyError, TypeError, IndexError)
 IDENTITY = STORE_IDENTITY  # a data_versions row: a random id per store
 # Persist the delta once this many feed rows (or contacts) were caught up
 # since the manifest; compact into a new base when the delta holds this share
@@ -143,10 +153,23 @@ def writing(folder: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def read_manifest(folder: Path) -> Any | None:
+    """The manifest; None when there is none or it is damaged (then rebuilt)."""
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        return parse_manifest((folder / MANIFEST).read_text(), folder)
     except FileNotFoundError:
         return None
+
+
+def parse_manifest(text: str, folder: Path) -> Any | None:
+    """The manifest in `text`; None (logged) when it is not JSON or lacks a key."""
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or not manifest.keys() >= _MANIFEST_KEYS:
+        log.warning("columnar copy: %s is damaged; rebuilding the copy", folder / MANIFEST)
+        return None
+    return manifest
 
 
 def _publish(folder: Path, manifest: Any) -> None:
@@ -169,11 +192,21 @@ def _new_folder(folder: Path, prefix: str) -> Path:
 
 
 def write_base(folder: Path, frame: Frame, fields: list[list[str]]) -> str:
-    """Write `frame` (its live events, sorted by time) as a new base folder."""
+    """Write `frame` (its live events, sorted by time) as a new base folder
+    (removed again when writing fails: a full disk keeps no half copy)."""
+    path = _new_folder(folder, "base")
+    try:
+        _write_base(path, frame, fields)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path.name
+
+
+def _write_base(path: Path, frame: Frame, fields: list[list[str]]) -> None:
     from personatag.domain import PUBLICATION_FIELDS, FieldType
     from personatag.engines.columnar.segment import write_arrays
 
-    path = _new_folder(folder, "base")
     kinds = {name: FieldType(kind) for name, kind in fields}
     meta: dict[str, Any] = {
         "contacts": write_table(path, "contacts", frame.contacts, kinds),
@@ -200,7 +233,6 @@ def write_base(folder: Path, frame: Frame, fields: list[list[str]]) -> str:
         }
         meta[name] = write_arrays(path, name, arrays)
     write_meta(path, meta)
-    return path.name
 
 
 def build(store: Store, folder: Path) -> tuple[Any, Frame]:
@@ -243,14 +275,29 @@ _CACHE: dict[Path, tuple[str, Delta, int, int | None, int]] = {}
 
 
 def open_frame(store: Store, settings: Settings) -> Frame:
-    """The columnar copy, up to date with every committed change (`personas` None)."""
+    """The columnar copy, up to date with every committed change (`personas` None).
+    Files that cannot be read (truncated, missing, damaged) are rebuilt; an
+    OSError from rebuilding (unwritable folder, full disk) is the caller's."""
     folder = folder_of(settings, store).resolve()
+    why: BaseException | None = None
     for _attempt in range(5):
         try:
             return _open(store, folder)
-        except FileNotFoundError:  # a compaction removed files under us: read again
+        except FileNotFoundError as exc:  # a compaction removed files under us: read again
             _CACHE.pop(folder, None)
-    return _open(store, folder)
+            why = exc
+        except DAMAGED as exc:
+            why = exc
+            break
+    log.warning("columnar copy at %s cannot be read (%s); rebuilding it", folder, why)
+    return rebuild(store, folder)
+
+
+def rebuild(store: Store, folder: Path) -> Frame:
+    """Build the copy again from the store, whatever the files hold."""
+    _CACHE.pop(folder, None)
+    with writing(folder):
+        return build(store, folder)[1]
 
 
 def _rebuild(store: Store, folder: Path) -> Frame:
@@ -270,9 +317,11 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
     text = None
     with contextlib.suppress(FileNotFoundError):
         text = (folder / MANIFEST).read_text()
-    if text is None:
+    manifest = None if text is None else parse_manifest(text, folder)
+    if manifest is None or text is None:
+        if rebuilt:
+            raise CopyOutdated(f"{folder / MANIFEST} is missing or damaged")
         return _rebuild(store, folder)
-    manifest = json.loads(text)
     cached = _CACHE.get(folder)
     if cached is not None and cached[0] == text:
         _, delta, offset, offset_at, pubs_version = cached
@@ -312,7 +361,10 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
     state = {**manifest, "offset": offset, "offset_at": offset_at}
     state["publications_version"] = pubs_version
     if offset - int(manifest["offset"]) >= PERSIST_CHANGES or delta.size >= PERSIST_CHANGES:
-        _persist(folder, text, state, frame, delta)
+        try:
+            _persist(folder, text, state, frame, delta)
+        except OSError as exc:  # the frame is exact in memory: saving it can wait
+            log.warning("columnar copy: cannot save the caught-up copy in %s (%s)", folder, exc)
     return frame
 
 

@@ -76,8 +76,14 @@ def write_table(folder: Path, name: str, table: Table, fields: Mapping[str, Fiel
     return {"n": len(table.pk), "fields": described}
 
 
+class DamagedFile(Exception):
+    """A column's files cannot be read (truncated, foreign, missing): the copy
+    must be rebuilt."""
+
+
 class LazyColumns(Mapping[str, Column]):
-    """Columns by field name, each made on first access and then kept."""
+    """Columns by field name, each made on first access and then kept
+    (DamagedFile when its files cannot be read)."""
 
     def __init__(self, makers: Mapping[str, Callable[[], Column]]) -> None:
         self._makers = dict(makers)
@@ -86,7 +92,11 @@ class LazyColumns(Mapping[str, Column]):
     def __getitem__(self, key: str) -> Column:
         col = self._made.get(key)
         if col is None:
-            col = self._made[key] = self._makers[key]()
+            make = self._makers[key]
+            try:
+                col = self._made[key] = make()
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                raise DamagedFile(f"column {key!r}: {type(exc).__name__}: {exc}") from exc
         return col
 
     def __iter__(self) -> Iterator[str]:

@@ -70,6 +70,9 @@ ENTRY_CHUNK = 200_000  # log entries read per statement while catching up
 
 EMPTY = FrozenBitMap()
 
+# (settled, the seqs above it applied): see PersonaSets.position.
+Position = tuple[int, frozenset[int]]
+
 
 def sets_folder(data_dir: Path, store: Store) -> Path:
     """Where the persona sets of `store` live under a data directory."""
@@ -167,6 +170,24 @@ class PersonaSets:
             return p.frozen
 
     __call__ = get
+
+    def position(self) -> Position:
+        """Where the sets are in the log: every seq at or below the first is
+        applied, and above it exactly the seqs of the second."""
+        with self._lock:
+            return (self.settled, frozenset(self._applied))
+
+    def get_at(self, key: str) -> tuple[FrozenBitMap, Position]:
+        """get(key) and the position it reflects, read together."""
+        with self._lock:
+            return self.get(key), self.position()
+
+    def covers(self, conn: Connection, position: Position) -> bool:
+        """Whether the sets at `position` hold the membership log exactly as
+        `conn`'s transaction sees it (no entry there they have not applied)."""
+        settled, applied = position
+        lg = self.store.tables.membership_log
+        return set(conn.scalars(select(lg.c.seq).where(lg.c.seq > settled))) == applied
 
     def by_pk(self, persona_pk: int) -> FrozenBitMap:
         with self._lock:
@@ -385,7 +406,11 @@ class PersonaSets:
             return
         now = time.monotonic()
         if self._saved_at is None or now - self._saved_at >= self.save_every_s:
-            self._save()
+            try:
+                self._save()
+            except OSError as exc:  # exact in memory: a later refresh saves again
+                self._saved_at = now
+                log.warning("persona sets: cannot save to %s (%s)", self.folder, exc)
 
     def _save(self) -> None:
         if self.folder is None:
@@ -454,6 +479,7 @@ __all__: Sequence[str] = (
     "EMPTY",
     "PersonaInfo",
     "PersonaSets",
+    "Position",
     "current_sets",
     "persona_sets",
     "sets_folder",

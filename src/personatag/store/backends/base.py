@@ -101,6 +101,9 @@ class Backend(ABC):
     #: `contact_id_lines` returns NUL-separated ids for the caller to turn
     #: into CSV lines (True), or the finished lines (False: text cannot hold NUL).
     id_lines_nul_separated: ClassVar[bool]
+    #: The isolation level under which every statement of a read transaction
+    #: sees one snapshot (None: the backend's read transactions already do).
+    snapshot_isolation: ClassVar[str | None] = None
 
     # -- the SQL dialect table (criteria compile through it) --------------
     #: Collation for <, <=, >, >=, between on strings (code-point order).

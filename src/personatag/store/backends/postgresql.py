@@ -112,6 +112,9 @@ class PostgreSQLBackend(Backend):
     one_writer = False
     temp_pk_type = BigInteger
     id_lines_nul_separated = False
+    # READ COMMITTED (the default) takes a snapshot per statement. A read-only
+    # REPEATABLE READ transaction never fails to serialize.
+    snapshot_isolation = "REPEATABLE READ"
     ORDER_COLLATION = "C"
     LIKE_ESCAPE = ""  # backslash is LIKE's default escape on PostgreSQL
     SLICES: ClassVar[Mapping[str, Slice]] = {
