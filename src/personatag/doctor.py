@@ -518,6 +518,12 @@ class Probe:
 
 
 def _probes(settings: Settings) -> list[Probe]:
+    # The probes run on threads: what they import lazily is imported here
+    # first, since two threads importing one package at once can each see it
+    # half initialised ("cannot import name ... partially initialized module").
+    import sqlalchemy.engine  # noqa: F401
+
+    import personatag.store.db  # noqa: F401
     from personatag.buckets import AREAS
 
     bucket_fix = _bucket_fix(settings, "the bucket area")
