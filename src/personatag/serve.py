@@ -16,11 +16,15 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from personatag.config import Settings
 from personatag.errors import ConfigError
 from personatag.logs import RedactSecrets
 from personatag.service import Service, stop_all
+
+if TYPE_CHECKING:
+    from personatag.engines.base import BatchEngine
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,13 @@ def bind(host: str, port: int) -> socket.socket:
             "with --host/--port or PERSONATAG_HOST/PERSONATAG_PORT (port 0 picks a free one)"
         ) from None
     return sock
+
+
+def _warm(engine: BatchEngine) -> None:
+    try:
+        engine.warm()
+    except Exception:  # the first answer prepares it instead; the server serves on
+        logging.getLogger(__name__).exception("preparing the %s engine failed", engine.name)
 
 
 def run(
@@ -102,6 +113,12 @@ def run(
         from personatag.recommend.service import service_for
 
         service_for(store, settings).warm()
+        # So is the batch engine's data (the columnar copy): previews asked for
+        # meanwhile are answered by the local engine.
+        from personatag.engines import get_engine
+
+        batch = get_engine(settings.batch_engine, store, settings)
+        threading.Thread(target=_warm, args=(batch,), name="batch-engine-warm", daemon=True).start()
         shown = f"[{host}]" if ":" in host else host
         base = f"http://{shown}:{sock.getsockname()[1]}"
         echo(f"workbench at {base}/ (API at {base}/api/v1, docs at {base}/api/v1/docs)")

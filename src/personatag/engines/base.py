@@ -93,6 +93,12 @@ class BatchEngine(ABC):
     def compute(self, spec: MatchSpec) -> Match:
         """Do the engine's work for `spec` (outside store transactions)."""
 
+    def warm(self) -> None:
+        """Prepare what the first answer needs (a server calls it at start-up,
+        on a thread of its own); answers given meanwhile stay exact. Nothing to
+        do by default."""
+        return None
+
 
 # The batch engine's name before stream engines had a base of their own.
 Engine = BatchEngine

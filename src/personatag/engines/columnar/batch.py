@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing as mp
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +31,15 @@ from personatag.domain import Catalog
 from personatag.engines.base import BatchEngine, EngineUnavailable, Match, MatchSpec
 from personatag.engines.columnar.compile import compile_columnar
 from personatag.engines.columnar.compile_events import pks_to_mask
-from personatag.engines.columnar.copy import DAMAGED, CopyOutdated, folder_of, open_frame, rebuild
+from personatag.engines.columnar.copy import (
+    DAMAGED,
+    FORMAT,
+    CopyOutdated,
+    folder_of,
+    open_frame,
+    read_manifest,
+    rebuild,
+)
 from personatag.engines.columnar.folders import tidy_old_layout
 from personatag.engines.columnar.frame import Array, Frame
 from personatag.engines.columnar.segment import DamagedFile
@@ -45,6 +55,10 @@ T = TypeVar("T")
 # One catch-up of a copy at a time in a process (the API previews on threads):
 # a second caller then finds it caught up.
 _CATCH_UP = threading.Lock()
+# Set (to its start, time.monotonic()) while a server builds the copy in the
+# background (`warm`): previews and jobs meanwhile run on the local engine
+# instead of waiting minutes for the build.
+_BUILDING: dict[Path, float] = {}
 
 
 class _Personas:
@@ -114,6 +128,12 @@ def current_frame(store: Store, settings: Settings) -> Frame:
     with its persona sets (read on first use). CopyUnavailable when it can be
     neither read nor rebuilt."""
     folder = folder_of(settings, store)
+    started = _BUILDING.get(folder.resolve())
+    if started is not None:
+        raise CopyUnavailable(
+            f"the columnar copy is being built ({time.monotonic() - started:.0f} s so far; "
+            "started with the server): the local engine answers until it is ready"
+        )
     try:
         if not folder.exists():
             tidy_old_layout(settings.data_dir)
@@ -154,8 +174,65 @@ def row_mask(frame: Frame, pks: Any) -> Array:
     return pks_to_mask(frame, pks)
 
 
+def needs_build(store: Store, settings: Settings) -> bool:
+    """Whether the next answer would build the copy from scratch (none yet,
+    or one of another format): not a catch-up, which takes a moment."""
+    manifest = read_manifest(folder_of(settings, store))
+    return not isinstance(manifest, dict) or manifest.get("format") != FORMAT
+
+
+def _build_child(url: str, settings: Settings) -> None:
+    from personatag.store import open_store
+
+    store = open_store(url)
+    try:
+        current_frame(store, settings)
+    finally:
+        store.dispose()
+
+
+def warm(store: Store, settings: Settings) -> None:
+    """Build the copy in a process of its own when there is none yet (a
+    server's start-up), so the server's memory stays its own and its first
+    previews need not wait: they run on the local engine until the copy is
+    saved (current_frame's CopyUnavailable). A copy that only needs a catch-up
+    is left to the first answer."""
+    if not needs_build(store, settings):
+        return
+    folder = folder_of(settings, store).resolve()
+    url = store.engine.url.render_as_string(hide_password=False)
+    # Spawned, not forked: the server's threads and connections stay out of it.
+    child = mp.get_context("spawn").Process(
+        target=_build_child, args=(url, settings), name="columnar-copy-build", daemon=True
+    )
+    started = time.monotonic()
+    log.info("building the columnar copy at %s in the background", folder)
+    _BUILDING[folder] = started
+    try:
+        child.start()
+        child.join()
+    finally:
+        _BUILDING.pop(folder, None)
+    took = time.monotonic() - started
+    if child.exitcode == 0:
+        log.info("columnar copy at %s built in %.1f s", folder, took)
+    elif child.exitcode is not None and child.exitcode < 0:  # the server stopping
+        log.info("building the columnar copy at %s stopped by signal %d", folder, -child.exitcode)
+    else:
+        log.warning(
+            "building the columnar copy at %s failed (exit code %s after %.1f s): "
+            "the first preview builds it again",
+            folder,
+            child.exitcode,
+            took,
+        )
+
+
 class ColumnarEngine(BatchEngine):
     name = "columnar"
+
+    def warm(self) -> None:
+        warm(self.store, self.settings)
 
     def compute(self, spec: MatchSpec) -> Match:
         def match(frame: Frame) -> Array:
