@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     s = Settings(data_dir=args.data_dir)
     store = open_store(s.resolved_store_url)
-    folder = copy.folder_of(s)
+    folder = copy.folder_of(s, store)
     t = time.perf_counter()
     with copy.writing(folder):
         copy.build(store, folder)
