@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import BigInteger, ColumnElement, Connection, and_, func, select, type_coerce
 
 from personatag.store.backends import get_backend
 from personatag.store.backends.columns import BulkReadError, IntColumn
 
-__all__ = ["BulkReadError", "IntColumn", "read_int_columns"]
+Array = Any
+
+__all__ = ["BulkReadError", "IntColumn", "parse_id_list", "read_int_columns"]
 
 ROWS_PER_CHUNK = 1_000_000
 
@@ -65,3 +68,11 @@ def read_int_columns(
         step = step * 8 if got == 0 else max(1, min(step * 8, step * rows_per_chunk // got))
         start = stop + 1
     return [IntColumn.concat([p[i] for p in parts]) for i in range(len(columns))]
+
+
+def parse_id_list(text: str | bytes | None) -> Array:
+    """int64 values of a `Backend.id_list` aggregate (None: none)."""
+    if not text:
+        return np.zeros(0, dtype=np.int64)
+    raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    return np.fromstring(raw, dtype=np.int64, sep=",")

@@ -39,7 +39,8 @@ from personatag.files import atomic_write
 from personatag.store import Store, changefeed, versions
 from personatag.store.db import STORE_IDENTITY
 
-FORMAT = 1
+# 2: a delta holds per-field patches; reads and logins are written per kind.
+FORMAT = 2
 MANIFEST = "MANIFEST.json"
 IDENTITY = STORE_IDENTITY  # a data_versions row: a random id per store
 # Persist the delta once this many feed rows (or contacts) were caught up
@@ -168,18 +169,66 @@ def _new_folder(folder: Path, prefix: str) -> Path:
     return path
 
 
-def write_base(folder: Path, frame: Frame, fields: list[list[str]]) -> str:
-    """Write `frame` (its live events, sorted by time) as a new base folder."""
+@dataclass(frozen=True)
+class Reuse:
+    """What a compaction can hard-link from the old base instead of writing."""
+
+    path: Path
+    meta: Any
+    fields: frozenset[str]  # contact fields whose rows are all as in the old base
+    pk: bool  # no contact was added
+    publications: bool
+    events: frozenset[str]  # event kinds with no change
+
+
+def unchanged(base: Path, delta: Delta) -> Reuse:
+    """What of the base at `base` `delta` leaves as it is."""
+    meta = read_meta(base)
+    names = frozenset(entry[0] for entry in meta["contacts"]["fields"])
+    return Reuse(
+        path=base,
+        meta=meta,
+        fields=frozenset() if delta.contacts.n else names - set(delta.patches),
+        pk=delta.contacts.n == 0,
+        publications=delta.publications is None,
+        events=frozenset(k for k in ("reads", "logins") if not len(delta.pks[k])),
+    )
+
+
+def write_base(
+    folder: Path, frame: Frame, fields: list[list[str]], reuse: Reuse | None = None
+) -> str:
+    """Write `frame` (its live events, sorted by time) as a new base folder,
+    hard-linking from `reuse` the files a compaction leaves unchanged."""
     from personatag.domain import PUBLICATION_FIELDS, FieldType
-    from personatag.engines.columnar.segment import write_arrays
+    from personatag.engines.columnar.segment import link_files, write_arrays
 
     path = _new_folder(folder, "base")
     kinds = {name: FieldType(kind) for name, kind in fields}
-    meta: dict[str, Any] = {
-        "contacts": write_table(path, "contacts", frame.contacts, kinds),
-        "publications": write_table(path, "publications", frame.publications, PUBLICATION_FIELDS),
-    }
+    meta: dict[str, Any] = {}
+    if reuse is not None and reuse.pk:
+        same = {
+            name: entry
+            for entry in reuse.meta["contacts"]["fields"]
+            if (name := entry[0]) in reuse.fields
+        }
+        meta["contacts"] = write_table(
+            path, "contacts", frame.contacts, kinds, reuse=(reuse.path, same)
+        )
+    else:
+        meta["contacts"] = write_table(path, "contacts", frame.contacts, kinds)
+    if reuse is not None and reuse.publications:
+        link_files(reuse.path, path, "publications.")
+        meta["publications"] = reuse.meta["publications"]
+    else:
+        meta["publications"] = write_table(
+            path, "publications", frame.publications, PUBLICATION_FIELDS
+        )
     for name, segments in (("reads", frame.reads), ("logins", frame.logins)):
+        if reuse is not None and name in reuse.events:
+            link_files(reuse.path, path, f"{name}.")
+            meta[name] = reuse.meta[name]
+            continue
         parts: dict[str, list[Any]] = {"row": [], "at": [], "publication": []}
         for seg in segments:
             live = slice(None) if seg.live is None else np.asarray(seg.live)
@@ -291,7 +340,9 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
             return _rebuild(store, folder)
         fields = manifest["fields"]
         if probe.head > offset or probe.publications_version != pubs_version:
-            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head)
+            base = folder / manifest["base"]
+            base_pk = read_table(base, "contacts", read_meta(base)["contacts"]).pk
+            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head, base_pk)
             offset_at = _seq_at(conn, store, offset) if offset else None
             if probe.publications_version != pubs_version:
                 delta = replace(delta, publications=load.publications(conn, store))
@@ -324,8 +375,11 @@ def _persist(folder: Path, text: str, state: Any, frame: Frame, delta: Delta) ->
             return
         n = max(frame.contacts.n, 1)
         events = sum(len(s.at) for s in frame.reads) + sum(len(s.at) for s in frame.logins)
-        if delta.contacts.n > COMPACT_SHARE * n or delta.events > COMPACT_SHARE * max(events, 1):
-            manifest = {**state, "base": write_base(folder, frame, state["fields"]), "delta": None}
+        changed = delta.contacts.n + delta.patched
+        if changed > COMPACT_SHARE * n or delta.events > COMPACT_SHARE * max(events, 1):
+            reuse = unchanged(folder / state["base"], delta)
+            base = write_base(folder, frame, state["fields"], reuse)
+            manifest = {**state, "base": base, "delta": None}
             new_delta = Delta.empty()
         else:
             path = _new_folder(folder, "delta")

@@ -10,6 +10,8 @@ folder holds; it is written last, so a folder without it is incomplete.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,11 +58,39 @@ def _load_dictionary(stem: Path, size: int) -> Array:
     return out
 
 
-def write_table(folder: Path, name: str, table: Table, fields: Mapping[str, FieldType]) -> Any:
-    """Write `table` as `name`.* files; the meta entry describing it."""
-    _save(folder / f"{name}.pk.npy", np.asarray(table.pk, dtype=np.int64))
+def link_files(source: Path, target: Path, prefix: str) -> None:
+    """Hard-link the files of `source` whose names start with `prefix` into
+    `target` (copied where a link cannot be made): files are never changed
+    in place, so two folders can share them."""
+    for path in source.iterdir():
+        if path.name.startswith(prefix) and path.is_file():
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copyfile(path, target / path.name)
+
+
+def write_table(
+    folder: Path,
+    name: str,
+    table: Table,
+    fields: Mapping[str, FieldType],
+    reuse: tuple[Path, Mapping[str, list[Any]]] | None = None,
+) -> Any:
+    """Write `table` as `name`.* files; the meta entry describing it. With
+    `reuse` (a folder holding the same table with the same pks and fields,
+    and the meta entries of its fields whose values are unchanged) those
+    fields' files are hard-linked, not written."""
+    if reuse is not None:
+        link_files(reuse[0], folder, f"{name}.pk.")
+    else:
+        _save(folder / f"{name}.pk.npy", np.asarray(table.pk, dtype=np.int64))
     described = []
     for i, (field, kind) in enumerate(fields.items()):
+        if reuse is not None and field in reuse[1]:
+            link_files(reuse[0], folder, f"{name}.{i}.")
+            described.append(reuse[1][field])
+            continue
         col = table.columns[field]
         stem = folder / f"{name}.{i}"
         parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
