@@ -31,6 +31,10 @@ OPEN = (
 )
 
 
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -46,7 +50,7 @@ def main() -> None:
     t = time.perf_counter()
     with copy.writing(folder):
         copy.build(store, folder)
-    print(f"build {time.perf_counter() - t:.1f} s")
+    print(f"build {time.perf_counter() - t:.1f} s, peak RSS so far {peak_mib():.0f} MiB")
     store_bytes = sum(
         size(p) if p.is_dir() else p.stat().st_size for p in args.data_dir.glob("store.db*")
     )
@@ -73,7 +77,7 @@ def main() -> None:
     t = time.perf_counter()
     frame = copy.open_frame(store, s)
     print(f"catch-up after {n:,} changes {time.perf_counter() - t:.2f} s (offset {frame.offset})")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS {peak_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ columnar copy cheap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from personatag.store.backends.columns import BulkReadError, IntColumn
 
 Array = Any
 
-__all__ = ["BulkReadError", "IntColumn", "parse_id_list", "read_int_columns"]
+__all__ = ["BulkReadError", "IntColumn", "iter_int_columns", "parse_id_list", "read_int_columns"]
 
 ROWS_PER_CHUNK = 1_000_000
 
@@ -44,16 +44,34 @@ def read_int_columns(
     the table's clustering key) rows are read one key range at a time; the
     range adapts so a chunk holds about `rows_per_chunk` rows. `where` may
     bind integers only."""
+    parts = list(
+        iter_int_columns(conn, columns, where=where, key=key, rows_per_chunk=rows_per_chunk)
+    )
+    if not parts:
+        return [IntColumn.empty() for _ in columns]
+    return [IntColumn.concat([p[i] for p in parts]) for i in range(len(columns))]
+
+
+def iter_int_columns(
+    conn: Connection,
+    columns: Sequence[ColumnElement[Any]],
+    *,
+    where: ColumnElement[bool] | None = None,
+    key: ColumnElement[Any] | None = None,
+    rows_per_chunk: int = ROWS_PER_CHUNK,
+) -> Iterator[list[IntColumn]]:
+    """read_int_columns() a chunk at a time (one chunk without `key`), so a
+    caller can make each chunk smaller before the next arrives."""
     backend = get_backend(conn.dialect.name)
     nullable = [_nullable(c) for c in columns]
     if key is None:
-        return backend.int_columns(conn, columns, where, nullable)
+        yield backend.int_columns(conn, columns, where, nullable)
+        return
     bounds = select(func.min(key), func.max(key))
     low, high = conn.execute(bounds if where is None else bounds.where(where)).one()
     if low is None:
-        return [IntColumn.empty() for _ in columns]
+        return
     int_key = type_coerce(key, BigInteger())
-    parts: list[list[IntColumn]] = []
     start, high = int(low), int(high)
     step = max(1, rows_per_chunk // 16)
     while start <= high:
@@ -62,12 +80,11 @@ def read_int_columns(
         chunk = backend.int_columns(
             conn, columns, in_range if where is None else and_(where, in_range), nullable
         )
-        parts.append(chunk)
+        yield chunk
         got = len(chunk[0]) if chunk else 0
         # Aim the next range at `rows_per_chunk` rows, growing at most 8-fold.
         step = step * 8 if got == 0 else max(1, min(step * 8, step * rows_per_chunk // got))
         start = stop + 1
-    return [IntColumn.concat([p[i] for p in parts]) for i in range(len(columns))]
 
 
 def parse_id_list(text: str | bytes | None) -> Array:

@@ -253,19 +253,37 @@ def write_base(
 
 
 def build(store: Store, folder: Path) -> tuple[Any, Frame]:
-    """Build the copy from the store (caller holds the lock); (manifest, frame)."""
+    """Build the copy from the store (caller holds the lock); (manifest, frame).
+
+    Table by table: each is read, written and let go before the next, so
+    the peak is the contacts or one kind of events, not all of them."""
+    from personatag.domain import PUBLICATION_FIELDS, FieldType
+    from personatag.engines.columnar.segment import write_arrays
+
     identity = store_identity(store)
+    path = _new_folder(folder, "base")
+    meta: dict[str, Any] = {}
     with store.read() as conn:
         head = changefeed.head(conn, store)
         fields = _fields(store, conn)
         pubs_version = versions.current(conn, store.tables, ["publications"])["publications"]
-        frame = load.full_frame(conn, store, fields)
         offset_at = _seq_at(conn, store, head) if head else None
-    base = write_base(folder, frame, fields)
+        kinds = {name: FieldType(kind) for name, kind in fields}
+        table = load.contacts(conn, store, kinds)
+        meta["contacts"] = write_table(path, "contacts", table, kinds)
+        contact_pk = np.asarray(table.pk)
+        del table
+        pubs = load.publications(conn, store)
+        meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
+        for kind in ("reads", "logins"):
+            arrays = load.event_rows(conn, store, kind, contact_pk, np.asarray(pubs.pk))
+            meta[kind] = write_arrays(path, kind, arrays)
+            del arrays
+    write_meta(path, meta)
     manifest = {
         "format": FORMAT,
         "store": identity,
-        "base": base,
+        "base": path.name,
         "delta": None,
         "offset": head,
         "offset_at": offset_at,

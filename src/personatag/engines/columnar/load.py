@@ -26,10 +26,10 @@ from personatag.domain import (
     FieldType,
 )
 from personatag.engines.columnar.encode import NUMERIC_DTYPES
-from personatag.engines.columnar.frame import Array, Column, Events, Frame, Table
+from personatag.engines.columnar.frame import Array, Column, Table
 from personatag.engines.columnar.patch import take_column, take_rows
 from personatag.store import Store
-from personatag.store.columns import IntColumn, read_int_columns
+from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
 
 CHUNK = 100_000
 # Fields read by the bulk integer reader (the rest stream as rows).
@@ -222,22 +222,50 @@ def rows_of(pk: Array, wanted: Array) -> Array:
     return np.searchsorted(np.asarray(pk), np.asarray(wanted)).astype(np.int32)
 
 
-def full_frame(conn: Connection, store: Store, fields: list[list[str]]) -> Frame:
-    """Every contact, publication, read and login (events unsorted, one segment)."""
-    kinds = {name: FieldType(kind) for name, kind in fields}
-    table = contacts(conn, store, kinds)
-    pubs = publications(conn, store)
-    reads = events(conn, store, "reads")
-    logins = events(conn, store, "logins")
-    return Frame(
-        contacts=table,
-        publications=pubs,
-        reads=(
-            Events(
-                rows_of(table.pk, reads["contact"]),
-                reads["at"],
-                rows_of(pubs.pk, reads["publication"]),
-            ),
-        ),
-        logins=(Events(rows_of(table.pk, logins["contact"]), logins["at"]),),
-    )
+def event_rows(
+    conn: Connection, store: Store, kind: str, contact_pk: Array, publication_pk: Array
+) -> dict[str, Array]:
+    """Every read (login) as contact rows of `contact_pk` (int32), `at` and for
+    reads publication rows of `publication_pk` (int32), sorted by time. Each
+    chunk is made compact as it arrives (16 bytes a read, not 24). An event
+    whose contact or publication is not in the arrays given (written after
+    they were read, on a store without one snapshot across statements) is
+    left out: it is in the feed after the copy's offset, so catch-up brings it."""
+    t = store.tables.reads if kind == "reads" else store.tables.logins
+    at_col = t.c.read_at if kind == "reads" else t.c.login_at
+    cols: list[Any] = [t.c.contact_pk, at_col]
+    if kind == "reads":
+        cols.append(t.c.publication_pk)
+    contact_pk, publication_pk = np.asarray(contact_pk), np.asarray(publication_pk)
+    parts: dict[str, list[Array]] = {"row": [], "at": [], "publication": []}
+    for chunk in iter_int_columns(conn, cols, key=t.c.contact_pk):
+        ok, row = _rows_found(contact_pk, chunk[0].values)
+        parts["at"].append(chunk[1].values)
+        if kind == "reads":
+            found, pub = _rows_found(publication_pk, chunk[2].values)
+            ok &= found
+            parts["publication"].append(pub)
+        parts["row"].append(row)
+        if not bool(ok.all()):
+            for key in parts:
+                if parts[key]:
+                    parts[key][-1] = parts[key][-1][ok]
+        del chunk
+    at = np.concatenate(parts.pop("at")) if parts["row"] else np.zeros(0, np.int64)
+    order = np.argsort(at, kind="stable")
+    out: dict[str, Array] = {"at": at[order]}
+    del at
+    for key in ("row", "publication"):
+        if kind == "logins" and key == "publication":
+            continue
+        joined = np.concatenate(parts.pop(key)) if len(order) else np.zeros(0, np.int32)
+        out[key] = joined[order]
+    return out
+
+
+def _rows_found(pk: Array, wanted: Array) -> tuple[Array, Array]:
+    """(mask of `wanted` pks present in the ascending `pk`, their rows int32)."""
+    if not len(pk):
+        return np.zeros(len(wanted), np.bool_), np.zeros(len(wanted), np.int32)
+    rows = np.minimum(np.searchsorted(pk, wanted), len(pk) - 1)
+    return pk[rows] == wanted, rows.astype(np.int32)
