@@ -12,12 +12,15 @@ objects. Timestamps are the stored integer microseconds.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import BigInteger, Connection, Select, select, type_coerce
 from sqlalchemy import Table as SqlTable
+from sqlalchemy.types import NullType
 
 from personatag.domain import (
     CUSTOM_COLUMN_PREFIX,
@@ -30,6 +33,7 @@ from personatag.engines.columnar.frame import Array, Column, Table
 from personatag.engines.columnar.patch import take_column, take_rows
 from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
+from personatag.store.types import decode_lists
 
 CHUNK = 100_000
 # Fields read by the bulk integer reader (the rest stream as rows).
@@ -53,7 +57,11 @@ class Encoder:
 
     def add(self, chunk: Sequence[Any]) -> None:
         n = len(chunk)
-        self.nulls.append(np.fromiter((v is None for v in chunk), dtype=np.bool_, count=n))
+        if self.kind is FieldType.LIST:
+            chunk = decode_lists(chunk)
+        self.nulls.append(
+            np.fromiter(map(operator.is_, chunk, itertools.repeat(None)), dtype=np.bool_, count=n)
+        )
         if self.kind in NUMERIC_DTYPES:
             dtype = NUMERIC_DTYPES[self.kind]
             zero = dtype(0)
@@ -61,6 +69,9 @@ class Encoder:
                 np.fromiter((zero if v is None else v for v in chunk), dtype=dtype, count=n)
             )
         elif self.kind is FieldType.STRING:
+            if not bool(self.nulls[-1].any()):
+                self.values.append(self._codes(chunk))
+                return
             codes = np.full(n, -1, dtype=np.int32)
             present = ~self.nulls[-1]
             codes[present] = self._codes(v for v in chunk if v is not None)
@@ -106,8 +117,12 @@ def _columns(table: SqlTable, fields: Mapping[str, FieldType], custom: bool) -> 
     out = []
     for name, kind in fields.items():
         is_custom = custom and name not in STANDARD_CONTACT_FIELDS
-        column = table.c[CUSTOM_COLUMN_PREFIX + name if is_custom else name]
-        out.append(type_coerce(column, BigInteger()) if kind is FieldType.TIMESTAMP else column)
+        column: Any = table.c[CUSTOM_COLUMN_PREFIX + name if is_custom else name]
+        if kind is FieldType.TIMESTAMP:
+            column = type_coerce(column, BigInteger())
+        elif kind is FieldType.LIST:  # as stored: decoded a chunk at a time (decode_lists)
+            column = type_coerce(column, NullType())
+        out.append(column)
     return out
 
 
