@@ -256,9 +256,10 @@ def build(store: Store, folder: Path) -> tuple[Any, Frame]:
     """Build the copy from the store (caller holds the lock); (manifest, frame).
 
     Table by table: each is read, written and let go before the next, so
-    the peak is the contacts or one kind of events, not all of them."""
+    the peak is the contacts or one kind of events, not all of them; events
+    are sorted by time through spill files (spill.py), a bucket at a time."""
     from personatag.domain import PUBLICATION_FIELDS, FieldType
-    from personatag.engines.columnar.segment import write_arrays
+    from personatag.engines.columnar.spill import write_sorted
 
     identity = store_identity(store)
     path = _new_folder(folder, "base")
@@ -276,9 +277,8 @@ def build(store: Store, folder: Path) -> tuple[Any, Frame]:
         pubs = load.publications(conn, store)
         meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
         for kind in ("reads", "logins"):
-            arrays = load.event_rows(conn, store, kind, contact_pk, np.asarray(pubs.pk))
-            meta[kind] = write_arrays(path, kind, arrays)
-            del arrays
+            chunks = load.event_chunks(conn, store, kind, contact_pk, np.asarray(pubs.pk))
+            meta[kind] = write_sorted(path, kind, chunks, load.EVENT_DTYPES[kind])
     write_meta(path, meta)
     manifest = {
         "format": FORMAT,

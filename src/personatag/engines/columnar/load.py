@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -237,45 +237,34 @@ def rows_of(pk: Array, wanted: Array) -> Array:
     return np.searchsorted(np.asarray(pk), np.asarray(wanted)).astype(np.int32)
 
 
-def event_rows(
+def event_chunks(
     conn: Connection, store: Store, kind: str, contact_pk: Array, publication_pk: Array
-) -> dict[str, Array]:
-    """Every read (login) as contact rows of `contact_pk` (int32), `at` and for
-    reads publication rows of `publication_pk` (int32), sorted by time. Each
-    chunk is made compact as it arrives (16 bytes a read, not 24). An event
-    whose contact or publication is not in the arrays given (written after
-    they were read, on a store without one snapshot across statements) is
-    left out: it is in the feed after the copy's offset, so catch-up brings it."""
+) -> Iterator[dict[str, Array]]:
+    """Every read (login) a chunk at a time, in no time order: contact rows of
+    `contact_pk` (`row`, int32), `at` and for reads publication rows of
+    `publication_pk` (`publication`, int32). An event whose contact or
+    publication is not in the arrays given (written after they were read, on
+    a store without one snapshot across statements) is left out: it is in
+    the feed after the copy's offset, so catch-up brings it."""
     t = store.tables.reads if kind == "reads" else store.tables.logins
     at_col = t.c.read_at if kind == "reads" else t.c.login_at
     cols: list[Any] = [t.c.contact_pk, at_col]
     if kind == "reads":
         cols.append(t.c.publication_pk)
     contact_pk, publication_pk = np.asarray(contact_pk), np.asarray(publication_pk)
-    parts: dict[str, list[Array]] = {"row": [], "at": [], "publication": []}
     for chunk in iter_int_columns(conn, cols, key=t.c.contact_pk):
         ok, row = _rows_found(contact_pk, chunk[0].values)
-        parts["at"].append(chunk[1].values)
+        out = {"row": row, "at": chunk[1].values}
         if kind == "reads":
-            found, pub = _rows_found(publication_pk, chunk[2].values)
+            found, out["publication"] = _rows_found(publication_pk, chunk[2].values)
             ok &= found
-            parts["publication"].append(pub)
-        parts["row"].append(row)
-        if not bool(ok.all()):
-            for key in parts:
-                if parts[key]:
-                    parts[key][-1] = parts[key][-1][ok]
-        del chunk
-    at = np.concatenate(parts.pop("at")) if parts["row"] else np.zeros(0, np.int64)
-    order = np.argsort(at, kind="stable")
-    out: dict[str, Array] = {"at": at[order]}
-    del at
-    for key in ("row", "publication"):
-        if kind == "logins" and key == "publication":
-            continue
-        joined = np.concatenate(parts.pop(key)) if len(order) else np.zeros(0, np.int32)
-        out[key] = joined[order]
-    return out
+        yield out if bool(ok.all()) else {key: a[ok] for key, a in out.items()}
+
+
+EVENT_DTYPES: dict[str, dict[str, Any]] = {
+    "reads": {"row": np.int32, "at": np.int64, "publication": np.int32},
+    "logins": {"row": np.int32, "at": np.int64},
+}
 
 
 def _rows_found(pk: Array, wanted: Array) -> tuple[Array, Array]:
