@@ -35,7 +35,9 @@ from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
 from personatag.store.types import decode_lists
 
-CHUNK = 100_000
+# Rows per fetch of the columns read as rows: 20k held 0.1 GiB less at the
+# peak of a 1M-contact build than 100k, at the same speed.
+CHUNK = 20_000
 # Fields read by the bulk integer reader (the rest stream as rows).
 BULK_KINDS = (FieldType.INT, FieldType.TIMESTAMP)
 IN_LIST = 5_000  # pks per `IN (...)`
@@ -181,12 +183,15 @@ def contacts(
     else:
         parts = [read_int_columns(conn, int_cols, where=w) for w in _in_chunks(c.c.pk, pks)]
         got = [IntColumn.concat([p[i] for p in parts]) for i in range(len(int_cols))]
-    order = np.argsort(got[0].values, kind="stable")
-    pk = got[0].values[order]
+    pk = got[0].values
     columns = {
-        name: take_column(_int_column(kind, col), order)
+        name: _int_column(kind, col)
         for (name, kind), col in zip(bulk.items(), got[1:], strict=True)
     }
+    if len(pk) > 1 and not bool(np.all(pk[1:] > pk[:-1])):
+        order = np.argsort(pk, kind="stable")
+        pk = pk[order]
+        columns = {name: take_column(col, order) for name, col in columns.items()}
     if rest:
         query = select(c.c.pk, *_columns(c, rest, custom=True))
         if pks is None:
