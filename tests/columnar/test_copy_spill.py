@@ -76,3 +76,47 @@ def test_a_build_that_spills_is_exact(
     assert sum(len(seg.at) for seg in frame.reads) > 50
     assert all(bool(np.all(np.diff(np.asarray(seg.at)) >= 0)) for seg in frame.reads)
     assert_exact(frame, store)
+
+
+@pytest.mark.parametrize("block", [1, 3, 10**9])
+def test_write_merged_keeps_the_live_events_in_time_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(spill, "MERGE_BLOCK", block)
+    rng = np.random.default_rng(6)
+    (big,) = _chunks(rng, [40], "random")
+    big = {k: v[np.argsort(big["at"], kind="stable")] for k, v in big.items()}
+    big["at"][10:15] = big["at"][10]  # ties across block edges
+    live = rng.random(40) < 0.7
+    (small,) = _chunks(rng, [9], "random")
+    small["at"][:3] = big["at"][10]
+    keys = spill.write_merged(tmp_path, "reads", [(big, live, True), (small, None, False)], DTYPES)
+    got = {k: np.load(tmp_path / f"reads.{k}.npy") for k in keys}
+    assert bool(np.all(got["at"][1:] >= got["at"][:-1]))
+    want = Counter(zip(*(big[k][live].tolist() for k in keys), strict=True)) + Counter(
+        zip(*(small[k].tolist() for k in keys), strict=True)
+    )
+    assert Counter(zip(*(got[k].tolist() for k in keys), strict=True)) == want
+
+
+def test_compaction_merges_in_blocks_exactly(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from personatag.contacts import add_events
+    from personatag.engines.columnar import copy
+
+    monkeypatch.setattr(spill, "MERGE_BLOCK", 17)
+    monkeypatch.setattr(copy, "PERSIST_CHANGES", 1)
+    monkeypatch.setattr(copy, "COMPACT_SHARE", 0.0)
+    generate(store, contacts=40, seed=3, end=END)
+    s = Settings(data_dir=tmp_path / "data", store_url=store.engine.url.render_as_string(False))
+    open_frame(store, s)
+    add_events(store, "c00000007", reads=[("p000001", END)], logins=[END])
+    assert_exact(open_frame(store, s), store)
+    folder = copy.folder_of(s, store)
+    assert copy.read_manifest(folder)["delta"] is None  # compacted into one base
+    copy._CACHE.clear()
+    frame = open_frame(store, s)
+    assert [seg.live is None for seg in frame.reads] == [True]
+    assert all(bool(np.all(np.diff(np.asarray(seg.at)) >= 0)) for seg in frame.reads)
+    assert_exact(frame, store)

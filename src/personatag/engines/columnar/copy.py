@@ -201,7 +201,8 @@ def write_base(
     """Write `frame` (its live events, sorted by time) as a new base folder,
     hard-linking from `reuse` the files a compaction leaves unchanged."""
     from personatag.domain import PUBLICATION_FIELDS, FieldType
-    from personatag.engines.columnar.segment import link_files, write_arrays
+    from personatag.engines.columnar.segment import link_files
+    from personatag.engines.columnar.spill import write_merged
 
     path = _new_folder(folder, "base")
     kinds = {name: FieldType(kind) for name, kind in fields}
@@ -229,27 +230,17 @@ def write_base(
             link_files(reuse.path, path, f"{name}.")
             meta[name] = reuse.meta[name]
             continue
-        parts: dict[str, list[Any]] = {"row": [], "at": [], "publication": []}
-        for seg in segments:
-            live = slice(None) if seg.live is None else np.asarray(seg.live)
-            parts["row"].append(np.asarray(seg.row)[live])
-            parts["at"].append(np.asarray(seg.at)[live])
-            if seg.publication is not None:
-                parts["publication"].append(np.asarray(seg.publication)[live])
-        at = np.concatenate(parts["at"]) if parts["at"] else np.zeros(0, np.int64)
-        order = np.argsort(at, kind="stable")
-        arrays = {
-            "row": (np.concatenate(parts["row"]) if parts["row"] else at)[order].astype(np.int32),
-            "at": at[order].astype(np.int64),
-            "publication": (
-                np.concatenate(parts["publication"])[order].astype(np.int32)
-                if name == "reads"
-                else None
-            ),
-        }
-        meta[name] = write_arrays(path, name, arrays)
+        keys = list(load.EVENT_DTYPES[name])
+        views = [_segment_arrays(seg, keys) for seg in segments]
+        meta[name] = write_merged(path, name, views, load.EVENT_DTYPES[name])
     write_meta(path, meta)
     return path.name
+
+
+def _segment_arrays(seg: Any, keys: list[str]) -> tuple[dict[str, Any], Any, bool]:
+    """(arrays by key, live mask or None, sorted) of one Events segment."""
+    arrays = {"row": seg.row, "at": seg.at, "publication": seg.publication}
+    return {k: arrays[k] for k in keys}, seg.live, bool(seg.sorted)
 
 
 def build(store: Store, folder: Path) -> tuple[Any, Frame]:

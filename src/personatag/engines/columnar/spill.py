@@ -1,5 +1,8 @@
 """Write events sorted by time with bounded memory.
 
+`write_merged` (compaction) merges sorted segments (the old base, its dead
+rows left out, and the delta's events) a block of the largest at a time.
+
 Chunks of events (in contact order, as the store hands them over) are
 appended to one spill file per time bucket; the bucket edges are quantiles of
 the first chunks' times. Then each bucket in turn is read back, sorted and
@@ -94,3 +97,67 @@ def _spill(rec: Array, edges: Array, files: list[IO[bytes]]) -> None:
         lo, hi = int(bounds[b]), int(bounds[b + 1])
         if hi > lo:
             grouped[lo:hi].tofile(files[b])
+
+
+MERGE_BLOCK = 4_000_000  # events of the largest segment merged at a time
+
+
+def write_merged(
+    folder: Path,
+    name: str,
+    segments: list[tuple[dict[str, Array], Array | None, bool]],
+    dtypes: dict[str, Any],
+) -> list[str]:
+    """Write the live events of `segments` ((arrays by key, live mask or
+    None, sorted by `at`) each) sorted by `at` as `name.KEY.npy` files, a
+    block of the largest segment at a time; the keys written. The other
+    segments (a delta's events: small) are held whole."""
+    if not segments:
+        return write_sorted(folder, name, [], dtypes)
+    big = max(range(len(segments)), key=lambda i: len(segments[i][0]["at"]))
+    arrays, live, is_sorted = segments[big]
+    if not is_sorted:  # not the case for a base: sort it all, through spill files
+        return write_sorted(folder, name, (_live(*s) for s in segments), dtypes)
+    small = [_live(*s) for i, s in enumerate(segments) if i != big]
+    rest = {
+        k: np.concatenate([s[k] for s in small]) if small else np.zeros(0, dtypes[k])
+        for k in dtypes
+    }
+    order = np.argsort(rest["at"], kind="stable")
+    rest = {k: np.asarray(v)[order].astype(dtypes[k]) for k, v in rest.items()}
+    n_big = len(arrays["at"])
+    count = (n_big if live is None else int(np.count_nonzero(live))) + len(rest["at"])
+    outs = {key: open(folder / f"{name}.{key}.npy", "wb") for key in dtypes}  # noqa: SIM115
+    try:
+        for key, out in outs.items():
+            _npy_header(out, dtypes[key], count)
+        taken = 0
+        for lo in range(0, max(n_big, 1), MERGE_BLOCK):
+            hi = min(n_big, lo + MERGE_BLOCK)
+            block = {k: np.asarray(arrays[k][lo:hi]) for k in dtypes}
+            if live is not None:
+                keep = np.asarray(live[lo:hi])
+                block = {k: v[keep] for k, v in block.items()}
+            # The smaller segments' events up to this block's last time (all
+            # that are left, after the last block).
+            upto = (
+                len(rest["at"])
+                if hi >= n_big
+                else int(np.searchsorted(rest["at"], arrays["at"][hi - 1], side="right"))
+            )
+            part = {k: np.concatenate([block[k], rest[k][taken:upto]]) for k in dtypes}
+            taken = max(taken, upto)
+            by_time = np.argsort(part["at"], kind="stable")
+            for key, out in outs.items():
+                np.ascontiguousarray(part[key][by_time].astype(dtypes[key])).tofile(out)
+    finally:
+        for out in outs.values():
+            out.close()
+    return list(dtypes)
+
+
+def _live(arrays: dict[str, Array], live: Array | None, _sorted: bool) -> dict[str, Array]:
+    if live is None:
+        return {k: np.asarray(v) for k, v in arrays.items()}
+    keep = np.asarray(live)
+    return {k: np.asarray(v)[keep] for k, v in arrays.items()}
