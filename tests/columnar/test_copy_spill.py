@@ -120,3 +120,30 @@ def test_compaction_merges_in_blocks_exactly(
     assert [seg.live is None for seg in frame.reads] == [True]
     assert all(bool(np.all(np.diff(np.asarray(seg.at)) >= 0)) for seg in frame.reads)
     assert_exact(frame, store)
+
+
+@pytest.mark.parametrize("limit", [0, 5])
+def test_a_build_that_reads_many_valued_columns_alone_is_exact(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """String (and list) columns with more distinct values than the limit are
+    given up in the shared pass and read again one at a time."""
+    from personatag.contacts import set_contact
+    from personatag.engines.columnar import load
+
+    monkeypatch.setattr(load, "HIGH_CARDINALITY", limit)
+    generate(store, contacts=50, seed=12, end=END)
+    set_contact(store, "c00000002", {"region": "", "interests": "", "email": ""})
+    set_contact(store, "late", {"region": "Ångström"}, create=True)
+    encoders: list[load.Encoder] = []
+    real = load.Encoder.__init__
+
+    def spy(self: load.Encoder, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+        encoders.append(self)
+
+    monkeypatch.setattr(load.Encoder, "__init__", spy)
+    s = Settings(data_dir=tmp_path / "data", store_url=store.engine.url.render_as_string(False))
+    frame = open_frame(store, s)
+    assert any(e.dropped for e in encoders)  # the shared pass gave some up
+    assert_exact(frame, store)

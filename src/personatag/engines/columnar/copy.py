@@ -261,10 +261,7 @@ def build(store: Store, folder: Path) -> tuple[Any, Frame]:
         pubs_version = versions.current(conn, store.tables, ["publications"])["publications"]
         offset_at = _seq_at(conn, store, head) if head else None
         kinds = {name: FieldType(kind) for name, kind in fields}
-        table = load.contacts(conn, store, kinds)
-        meta["contacts"] = write_table(path, "contacts", table, kinds)
-        contact_pk = np.asarray(table.pk)
-        del table
+        meta["contacts"], contact_pk = load.write_contacts(conn, store, kinds, path)
         pubs = load.publications(conn, store)
         meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
         for kind in ("reads", "logins"):

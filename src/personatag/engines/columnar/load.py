@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from personatag.domain import (
 from personatag.engines.columnar.encode import NUMERIC_DTYPES
 from personatag.engines.columnar.frame import Array, Column, Table
 from personatag.engines.columnar.patch import take_column, take_rows
+from personatag.engines.columnar.segment import write_column, write_pk
 from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
 from personatag.store.types import decode_lists
@@ -46,8 +48,11 @@ IN_LIST = 5_000  # pks per `IN (...)`
 class Encoder:
     """Builds one Column from chunks of Python values."""
 
-    def __init__(self, kind: FieldType) -> None:
+    def __init__(self, kind: FieldType, limit: int | None = None) -> None:
         self.kind = kind
+        # More distinct strings than `limit`: give up (`dropped`), holding none.
+        self.limit = limit
+        self.dropped = False
         self.index: dict[str, int] = {}
         self.values: list[Array] = []
         self.nulls: list[Array] = []
@@ -58,6 +63,13 @@ class Encoder:
         return np.fromiter((index.setdefault(s, len(index)) for s in strings), dtype=np.int32)
 
     def add(self, chunk: Sequence[Any]) -> None:
+        if not self.dropped:
+            self._add(chunk)
+        if self.limit is not None and len(self.index) > self.limit:
+            self.dropped = True
+            self.index, self.values, self.nulls, self.lengths = {}, [], [], []
+
+    def _add(self, chunk: Sequence[Any]) -> None:
         n = len(chunk)
         if self.kind is FieldType.LIST:
             chunk = decode_lists(chunk)
@@ -146,6 +158,84 @@ def _table(
     if len(pk) and bool(np.any(order != np.arange(len(pk)))):
         return take_rows(Table(pk, columns), order)
     return Table(pk, columns)
+
+
+def _encode_pass(
+    conn: Connection, query: Select[Any], fields: Mapping[str, FieldType], limit: int | None
+) -> tuple[Array, dict[str, Column], list[str]]:
+    """One pass over `query` (pk, then `fields`, ascending pk): (pk, the
+    columns encoded, the fields given up for holding more than `limit`
+    distinct strings)."""
+    encoders = {name: Encoder(kind, limit) for name, kind in fields.items()}
+    pks: list[Array] = []
+    result = conn.execute(query)
+    while rows := result.fetchmany(CHUNK):
+        cols = list(zip(*rows, strict=True))
+        pks.append(np.asarray(cols[0], dtype=np.int64))
+        for enc, values in zip(encoders.values(), cols[1:], strict=True):
+            enc.add(values)
+    pk = np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
+    done = {name: enc.finish() for name, enc in encoders.items() if not enc.dropped}
+    return pk, done, [name for name, enc in encoders.items() if enc.dropped]
+
+
+# A string column with more distinct values than this is given up in the
+# shared pass and read again on its own (build), so the build holds one such
+# dictionary at a time, not all of them.
+HIGH_CARDINALITY = 200_000
+
+
+def write_contacts(
+    conn: Connection, store: Store, fields: Mapping[str, FieldType], folder: Path
+) -> tuple[Any, Array]:
+    """Write every contact as the table `contacts` of `folder`, a column or a
+    few at a time: (its meta entry, the pks). The integer columns and the
+    pks come first (the pk set of the copy); the others in one pass, but a
+    string column of many distinct values in a pass of its own."""
+    c = store.tables.contacts
+    index = {name: i for i, name in enumerate(fields)}
+    bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
+    got = read_int_columns(conn, [c.c.pk, *_columns(c, bulk, custom=True)], key=c.c.pk)
+    pk = got[0].values
+    order = None
+    if len(pk) > 1 and not bool(np.all(pk[1:] > pk[:-1])):
+        order = np.argsort(pk, kind="stable")
+        pk = pk[order]
+    write_pk(folder, "contacts", pk)
+    entries: dict[str, list[Any]] = {}
+    for (name, kind), col in zip(bulk.items(), got[1:], strict=True):
+        column = _int_column(kind, col)
+        column = column if order is None else take_column(column, order)
+        entries[name] = write_column(folder, "contacts", index[name], name, kind, column)
+    del got
+
+    def write_pass(group: Mapping[str, FieldType], limit: int | None) -> list[str]:
+        query = select(c.c.pk, *_columns(c, group, custom=True)).order_by(c.c.pk)
+        their_pk, done, dropped = _encode_pass(conn, query, group, limit)
+        rows = _rows_of_all(pk, their_pk)
+        for name in list(done):
+            col = done.pop(name)
+            col = col if rows is None else take_column(col, rows)
+            entries[name] = write_column(folder, "contacts", index[name], name, fields[name], col)
+        return dropped
+
+    rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
+    if rest:
+        for name in write_pass(rest, HIGH_CARDINALITY):
+            write_pass({name: fields[name]}, None)
+    return {"n": len(pk), "fields": [entries[name] for name in fields]}, pk
+
+
+def _rows_of_all(pk: Array, their_pk: Array) -> Array | None:
+    """Rows of every `pk` in the ascending `their_pk` (None: the same pks).
+    A later statement may see contacts added since the first (left out:
+    catch-up brings them); contacts are never deleted, so none is missing."""
+    if len(pk) == len(their_pk) and bool(np.array_equal(pk, their_pk)):
+        return None
+    rows = np.minimum(np.searchsorted(their_pk, pk), max(len(their_pk) - 1, 0))
+    if len(pk) and (not len(their_pk) or not bool(np.array_equal(their_pk[rows], pk))):
+        raise RuntimeError("a contact disappeared while the columnar copy was built")
+    return rows
 
 
 def _in_chunks(column: Any, pks: Array) -> Iterable[Any]:

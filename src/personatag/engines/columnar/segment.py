@@ -91,19 +91,30 @@ def write_table(
             link_files(reuse[0], folder, f"{name}.{i}.")
             described.append(reuse[1][field])
             continue
-        col = table.columns[field]
-        stem = folder / f"{name}.{i}"
-        parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
-        parts["items"] = col.items
-        for part, array in parts.items():
-            if array is not None:
-                _save(_at(stem, f"{part}.npy"), array)
-        size = 0
-        if col.dictionary is not None:
-            size = len(col.dictionary)
-            _save_dictionary(stem, col.dictionary)
-        described.append([field, kind.value, col.nulls is not None, size])
+        described.append(write_column(folder, name, i, field, kind, table.columns[field]))
     return {"n": len(table.pk), "fields": described}
+
+
+def write_pk(folder: Path, name: str, pk: Array) -> None:
+    """The pk file of table `name` (write_column writes its columns)."""
+    _save(folder / f"{name}.pk.npy", np.asarray(pk, dtype=np.int64))
+
+
+def write_column(
+    folder: Path, name: str, index: int, field: str, kind: FieldType, col: Column
+) -> list[Any]:
+    """Write column number `index` of table `name`; its meta entry."""
+    stem = folder / f"{name}.{index}"
+    parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
+    parts["items"] = col.items
+    for part, array in parts.items():
+        if array is not None:
+            _save(_at(stem, f"{part}.npy"), array)
+    size = 0
+    if col.dictionary is not None:
+        size = len(col.dictionary)
+        _save_dictionary(stem, col.dictionary)
+    return [field, kind.value, col.nulls is not None, size]
 
 
 class LazyColumns(Mapping[str, Column]):
