@@ -10,7 +10,7 @@ import numpy as np
 from personatag.domain import FieldType
 from personatag.engines.columnar.encode import concat, decode, encode, extend, take
 from personatag.engines.columnar.frame import Array, Column, Table
-from personatag.engines.columnar.segment import LazyColumns
+from personatag.engines.columnar.segment import LazyColumns, column_of
 
 
 class NotAppendable(Exception):
@@ -143,7 +143,7 @@ def overlay(base: Table, delta: Table) -> tuple[Table, Array]:
     for name in base.columns:
 
         def make(name: str = name) -> Column:
-            return patch_column(base.columns[name], delta.columns[name], rows, n_total)
+            return patch_column(column_of(base, name), delta.columns[name], rows, n_total)
 
         makers[name] = make
     return Table(np.concatenate([base_pk, new]), LazyColumns(makers)), rows
@@ -171,7 +171,7 @@ def apply_patches(table: Table, patches: Mapping[str, Table]) -> Table:
             raise NotAppendable(f"a patch of {name!r} names a contact the copy does not hold")
 
         def make(name: str = name, patch: Table = patch, rows: Array = rows) -> Column:
-            return patch_column(table.columns[name], patch.columns[name], rows, len(pk))
+            return patch_column(column_of(table, name), patch.columns[name], rows, len(pk))
 
         makers[name] = make
     return Table(pk, LazyColumns(makers))

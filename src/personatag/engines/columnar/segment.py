@@ -91,7 +91,7 @@ def write_table(
             link_files(reuse[0], folder, f"{name}.{i}.")
             described.append(reuse[1][field])
             continue
-        described.append(write_column(folder, name, i, field, kind, table.columns[field]))
+        described.append(write_column(folder, name, i, field, kind, column_of(table, field)))
     return {"n": len(table.pk), "fields": described}
 
 
@@ -130,11 +130,23 @@ class LazyColumns(Mapping[str, Column]):
             col = self._made[key] = self._makers[key]()
         return col
 
+    def peek(self, key: str) -> Column:
+        """The column, made (when it is not yet) without keeping it."""
+        col = self._made.get(key)
+        return self._makers[key]() if col is None else col
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._makers)
 
     def __len__(self) -> int:
         return len(self._makers)
+
+
+def column_of(table: Table, name: str) -> Column:
+    """`table`'s column `name`, not kept by a lazy table that had not made it
+    (a writer or an overlay reads each column once)."""
+    columns = table.columns
+    return columns.peek(name) if isinstance(columns, LazyColumns) else columns[name]
 
 
 def read_column(folder: Path, name: str, index: int, entry: list[Any]) -> Column:
