@@ -1,10 +1,12 @@
 """The columnar copy: build time and size beside the store, a new process's
 open time, catch-up after N single-contact changes, peak RSS.
 
-    python bench/columnar_copy.py DATA_DIR [--changes 100000]
+    python bench/columnar_copy.py DATA_DIR [--changes 100000] [--fields seniority]
 
 DATA_DIR holds a generated store (`personatag generate`); the changes are
-written into it (use a scratch copy).
+written into it (use a scratch copy). Each change names `--fields` (per-field
+catch-up), or no fields with `--fields ''` (whole rows, reads and logins
+re-read, as after `generate`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ OPEN = (
 )
 
 
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -39,14 +45,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--changes", type=int, default=100_000)
+    ap.add_argument("--fields", default="seniority")
     args = ap.parse_args()
     s = Settings(data_dir=args.data_dir)
     store = open_store(s.resolved_store_url)
-    folder = copy.folder_of(s)
+    folder = copy.folder_of(s, store)
     t = time.perf_counter()
     with copy.writing(folder):
         copy.build(store, folder)
-    print(f"build {time.perf_counter() - t:.1f} s")
+    print(f"build {time.perf_counter() - t:.1f} s, peak RSS so far {peak_mib():.0f} MiB")
     store_bytes = sum(
         size(p) if p.is_dir() else p.stat().st_size for p in args.data_dir.glob("store.db*")
     )
@@ -66,14 +73,16 @@ def main() -> None:
         conn.execute(
             text(
                 "INSERT INTO changes (at, kind, contact_pk, n, fields)"
-                " SELECT 0, 'contact', pk, 1, 'seniority' FROM contacts WHERE pk <= :n"
+                " SELECT 0, 'contact', pk, 1, :fields FROM contacts WHERE pk <= :n"
             ),
-            {"n": n},
+            {"n": n, "fields": args.fields or None},
         )
     t = time.perf_counter()
     frame = copy.open_frame(store, s)
-    print(f"catch-up after {n:,} changes {time.perf_counter() - t:.2f} s (offset {frame.offset})")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    what = f"naming {args.fields!r}" if args.fields else "naming no fields"
+    took = time.perf_counter() - t
+    print(f"catch-up after {n:,} changes {what}: {took:.2f} s (offset {frame.offset})")
+    print(f"peak RSS {peak_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from personatag.store.db import STORE_IDENTITY
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: a delta holds per-field patches; reads and logins are written per kind.
+FORMAT = 2
 MANIFEST = "MANIFEST.json"
 # What a manifest must name; one without them is damaged (rebuilt).
 _MANIFEST_KEYS = frozenset(
@@ -191,64 +192,125 @@ def _new_folder(folder: Path, prefix: str) -> Path:
     return path
 
 
-def write_base(folder: Path, frame: Frame, fields: list[list[str]]) -> str:
-    """Write `frame` (its live events, sorted by time) as a new base folder
-    (removed again when writing fails: a full disk keeps no half copy)."""
+@dataclass(frozen=True)
+class Reuse:
+    """What a compaction can hard-link from the old base instead of writing."""
+
+    path: Path
+    meta: Any
+    fields: frozenset[str]  # contact fields whose rows are all as in the old base
+    pk: bool  # no contact was added
+    publications: bool
+    events: frozenset[str]  # event kinds with no change
+
+
+def unchanged(base: Path, delta: Delta) -> Reuse:
+    """What of the base at `base` `delta` leaves as it is."""
+    meta = read_meta(base)
+    names = frozenset(entry[0] for entry in meta["contacts"]["fields"])
+    return Reuse(
+        path=base,
+        meta=meta,
+        fields=frozenset() if delta.contacts.n else names - set(delta.patches),
+        pk=delta.contacts.n == 0,
+        publications=delta.publications is None,
+        events=frozenset(k for k in ("reads", "logins") if not len(delta.pks[k])),
+    )
+
+
+def write_base(
+    folder: Path, frame: Frame, fields: list[list[str]], reuse: Reuse | None = None
+) -> str:
+    """Write `frame` (its live events, sorted by time) as a new base folder,
+    hard-linking from `reuse` the files a compaction leaves unchanged (the
+    folder is removed again when writing fails: a full disk keeps no half
+    copy)."""
     path = _new_folder(folder, "base")
-    try:
-        _write_base(path, frame, fields)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
+    with _removed_on_failure(path):
+        _write_base(path, frame, fields, reuse)
     return path.name
 
 
-def _write_base(path: Path, frame: Frame, fields: list[list[str]]) -> None:
+@contextlib.contextmanager
+def _removed_on_failure(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _write_base(path: Path, frame: Frame, fields: list[list[str]], reuse: Reuse | None) -> None:
     from personatag.domain import PUBLICATION_FIELDS, FieldType
-    from personatag.engines.columnar.segment import write_arrays
+    from personatag.engines.columnar.segment import link_files
+    from personatag.engines.columnar.spill import write_merged
 
     kinds = {name: FieldType(kind) for name, kind in fields}
-    meta: dict[str, Any] = {
-        "contacts": write_table(path, "contacts", frame.contacts, kinds),
-        "publications": write_table(path, "publications", frame.publications, PUBLICATION_FIELDS),
-    }
-    for name, segments in (("reads", frame.reads), ("logins", frame.logins)):
-        parts: dict[str, list[Any]] = {"row": [], "at": [], "publication": []}
-        for seg in segments:
-            live = slice(None) if seg.live is None else np.asarray(seg.live)
-            parts["row"].append(np.asarray(seg.row)[live])
-            parts["at"].append(np.asarray(seg.at)[live])
-            if seg.publication is not None:
-                parts["publication"].append(np.asarray(seg.publication)[live])
-        at = np.concatenate(parts["at"]) if parts["at"] else np.zeros(0, np.int64)
-        order = np.argsort(at, kind="stable")
-        arrays = {
-            "row": (np.concatenate(parts["row"]) if parts["row"] else at)[order].astype(np.int32),
-            "at": at[order].astype(np.int64),
-            "publication": (
-                np.concatenate(parts["publication"])[order].astype(np.int32)
-                if name == "reads"
-                else None
-            ),
+    meta: dict[str, Any] = {}
+    if reuse is not None and reuse.pk:
+        same = {
+            name: entry
+            for entry in reuse.meta["contacts"]["fields"]
+            if (name := entry[0]) in reuse.fields
         }
-        meta[name] = write_arrays(path, name, arrays)
+        meta["contacts"] = write_table(
+            path, "contacts", frame.contacts, kinds, reuse=(reuse.path, same)
+        )
+    else:
+        meta["contacts"] = write_table(path, "contacts", frame.contacts, kinds)
+    if reuse is not None and reuse.publications:
+        link_files(reuse.path, path, "publications.")
+        meta["publications"] = reuse.meta["publications"]
+    else:
+        meta["publications"] = write_table(
+            path, "publications", frame.publications, PUBLICATION_FIELDS
+        )
+    for name, segments in (("reads", frame.reads), ("logins", frame.logins)):
+        if reuse is not None and name in reuse.events:
+            link_files(reuse.path, path, f"{name}.")
+            meta[name] = reuse.meta[name]
+            continue
+        keys = list(load.EVENT_DTYPES[name])
+        views = [_segment_arrays(seg, keys) for seg in segments]
+        meta[name] = write_merged(path, name, views, load.EVENT_DTYPES[name])
     write_meta(path, meta)
 
 
+def _segment_arrays(seg: Any, keys: list[str]) -> tuple[dict[str, Any], Any, bool]:
+    """(arrays by key, live mask or None, sorted) of one Events segment."""
+    arrays = {"row": seg.row, "at": seg.at, "publication": seg.publication}
+    return {k: arrays[k] for k in keys}, seg.live, bool(seg.sorted)
+
+
 def build(store: Store, folder: Path) -> tuple[Any, Frame]:
-    """Build the copy from the store (caller holds the lock); (manifest, frame)."""
+    """Build the copy from the store (caller holds the lock); (manifest, frame).
+
+    Table by table: each is read, written and let go before the next, so
+    the peak is the contacts or one kind of events, not all of them; events
+    are sorted by time through spill files (spill.py), a bucket at a time."""
+    from personatag.domain import PUBLICATION_FIELDS, FieldType
+    from personatag.engines.columnar.spill import write_sorted
+
     identity = store_identity(store)
-    with store.read() as conn:
+    path = _new_folder(folder, "base")
+    meta: dict[str, Any] = {}
+    with _removed_on_failure(path), store.read() as conn:
         head = changefeed.head(conn, store)
         fields = _fields(store, conn)
         pubs_version = versions.current(conn, store.tables, ["publications"])["publications"]
-        frame = load.full_frame(conn, store, fields)
         offset_at = _seq_at(conn, store, head) if head else None
-    base = write_base(folder, frame, fields)
+        kinds = {name: FieldType(kind) for name, kind in fields}
+        meta["contacts"], contact_pk = load.write_contacts(conn, store, kinds, path)
+        pubs = load.publications(conn, store)
+        meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
+        for kind in ("reads", "logins"):
+            chunks = load.event_chunks(conn, store, kind, contact_pk, np.asarray(pubs.pk))
+            meta[kind] = write_sorted(path, kind, chunks, load.EVENT_DTYPES[kind])
+        write_meta(path, meta)
     manifest = {
         "format": FORMAT,
         "store": identity,
-        "base": base,
+        "base": path.name,
         "delta": None,
         "offset": head,
         "offset_at": offset_at,
@@ -340,7 +402,9 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
             return _rebuild(store, folder)
         fields = manifest["fields"]
         if probe.head > offset or probe.publications_version != pubs_version:
-            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head)
+            base = folder / manifest["base"]
+            base_pk = read_table(base, "contacts", read_meta(base)["contacts"]).pk
+            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head, base_pk)
             offset_at = _seq_at(conn, store, offset) if offset else None
             if probe.publications_version != pubs_version:
                 delta = replace(delta, publications=load.publications(conn, store))
@@ -376,8 +440,11 @@ def _persist(folder: Path, text: str, state: Any, frame: Frame, delta: Delta) ->
             return
         n = max(frame.contacts.n, 1)
         events = sum(len(s.at) for s in frame.reads) + sum(len(s.at) for s in frame.logins)
-        if delta.contacts.n > COMPACT_SHARE * n or delta.events > COMPACT_SHARE * max(events, 1):
-            manifest = {**state, "base": write_base(folder, frame, state["fields"]), "delta": None}
+        changed = delta.contacts.n + delta.patched
+        if changed > COMPACT_SHARE * n or delta.events > COMPACT_SHARE * max(events, 1):
+            reuse = unchanged(folder / state["base"], delta)
+            base = write_base(folder, frame, state["fields"], reuse)
+            manifest = {**state, "base": base, "delta": None}
             new_delta = Delta.empty()
         else:
             path = _new_folder(folder, "delta")

@@ -1,15 +1,19 @@
 """The delta: what changed since the base, re-read from the store.
 
-A feed row names contacts. A contact change re-reads their rows; a read
-(login) change re-reads every read (login) of those contacts, and the base's
-events of them are masked dead (`Events.live`), since reads have no key of
-their own to update by. A contact change with no field list (a new contact,
-or every field: `generate`) re-reads their reads and logins too.
+A feed row names contacts. A contact change that names its fields re-reads
+only those fields of those contacts (a per-field patch, `Delta.patches`);
+one that names none (a new contact, `generate`), a contact the copy does not
+hold yet, or a field the copy does not know re-reads the whole row
+(`Delta.contacts`) and the contact's reads and logins too. A read (login)
+change re-reads every read (login) of those contacts, and the base's events
+of them are masked dead (`Events.live`), since reads have no key of their
+own to update by. Patches lie over the whole rows: a whole-row re-read drops
+the contact from every patch, a patch re-read later wins.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,13 @@ from sqlalchemy import Connection, select
 from personatag.domain import PUBLICATION_FIELDS, FieldType
 from personatag.engines.columnar import load
 from personatag.engines.columnar.frame import Array, Events, Frame, Table
-from personatag.engines.columnar.patch import NotAppendable, overlay, upsert_rows
+from personatag.engines.columnar.patch import (
+    NotAppendable,
+    apply_patches,
+    overlay,
+    take_rows,
+    upsert_rows,
+)
 from personatag.engines.columnar.segment import (
     read_arrays,
     read_meta,
@@ -29,6 +39,7 @@ from personatag.engines.columnar.segment import (
     write_table,
 )
 from personatag.store import Store, changefeed
+from personatag.store.columns import parse_id_list
 from personatag.store.ids import decode_ids
 
 FEED_BATCH = 50_000
@@ -49,6 +60,8 @@ class Delta:
     # per event kind: the contacts whose events were re-read, and those events
     pks: dict[str, Array]
     events_of: dict[str, dict[str, Array]]
+    # per field: changed contacts (ascending pk) and that field's new values
+    patches: dict[str, Table] = field(default_factory=dict)
 
     @staticmethod
     def empty() -> Delta:
@@ -60,37 +73,89 @@ class Delta:
         )
 
     @property
+    def patched(self) -> int:
+        """Contacts with a patched field."""
+        if not self.patches:
+            return 0
+        return len(np.unique(np.concatenate([np.asarray(t.pk) for t in self.patches.values()])))
+
+    @property
     def size(self) -> int:
-        return self.contacts.n + sum(len(p) for p in self.pks.values())
+        return self.contacts.n + self.patched + sum(len(p) for p in self.pks.values())
 
     @property
     def events(self) -> int:
         return sum(len(e["at"]) for e in self.events_of.values())
 
 
-def _feed(conn: Connection, store: Store, after: int, head: int) -> dict[str, Any]:
-    """Contacts named by feed rows in (after, head]: by kind, with the contacts
-    whose change names no fields."""
+@dataclass(frozen=True)
+class Named:
+    """The contacts feed rows name, by what changed."""
+
+    rows: Array  # contact changes that name no fields: whole rows, reads and logins
+    fields: dict[str, Array]  # contact changes naming fields, by the fields' text
+    reads: Array
+    logins: Array
+
+
+def _ids(values: list[Array]) -> Array:
+    return np.unique(np.concatenate(values)) if values else np.zeros(0, np.int64)
+
+
+def _feed(conn: Connection, store: Store, after: int, head: int) -> Named:
+    """Contacts named by feed rows in (after, head]. Single-contact rows are
+    grouped in the store (one id list per kind and field list), so 100k of
+    them cost a few rows, not 100k."""
     ch = store.tables.changes
-    named: dict[str, list[Any]] = {"contact": [], "read": [], "login": [], "all": []}
-    query = select(ch.c.seq, ch.c.kind, ch.c.contact_pk, ch.c.pks, ch.c.fields)
-    while after < head:
-        rows = conn.execute(
-            query.where(ch.c.seq > after, ch.c.seq <= head).order_by(ch.c.seq).limit(FEED_BATCH)
-        ).all()
-        if not rows:
-            break
-        for _seq, kind, contact_pk, pks, fields in rows:
-            if kind not in named:
-                continue
-            ids: Any = [contact_pk] if contact_pk is not None else decode_ids(pks)
-            named[kind].append(np.asarray(ids, dtype=np.int64))
-            if kind == changefeed.KIND_CONTACT and fields is None:
-                named["all"].append(np.asarray(ids, dtype=np.int64))
-        after = int(rows[-1][0])
-    return {
-        k: np.unique(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in named.items()
-    }
+    found: dict[tuple[str, str | None], list[Array]] = {}
+    in_range = (ch.c.seq > after) & (ch.c.seq <= head) & ch.c.kind.in_(_KINDS)
+    single = (
+        select(ch.c.kind, ch.c.fields, store.backend.id_list(ch.c.contact_pk))
+        .where(in_range, ch.c.contact_pk.is_not(None))
+        .group_by(ch.c.kind, ch.c.fields)
+    )
+    for kind, fields, ids in conn.execute(single):
+        found.setdefault((kind, fields), []).append(parse_id_list(ids))
+    blocks = select(ch.c.kind, ch.c.fields, ch.c.pks).where(in_range, ch.c.contact_pk.is_(None))
+    for kind, fields, pks in conn.execute(blocks):
+        found.setdefault((kind, fields), []).append(np.asarray(decode_ids(pks), np.int64))
+    by_kind: dict[str, list[Array]] = {k: [] for k in _KINDS}
+    rows: list[Array] = []
+    named_fields: dict[str, list[Array]] = {}
+    for (kind, fields), parts in found.items():
+        by_kind[kind].extend(parts)
+        if kind != changefeed.KIND_CONTACT:
+            continue
+        if fields is None:
+            rows.extend(parts)
+        else:
+            named_fields.setdefault(fields, []).extend(parts)
+    return Named(
+        rows=_ids(rows),
+        fields={k: _ids(v) for k, v in named_fields.items()},
+        reads=_ids(by_kind[changefeed.KIND_READ]),
+        logins=_ids(by_kind[changefeed.KIND_LOGIN]),
+    )
+
+
+_KINDS = (changefeed.KIND_CONTACT, changefeed.KIND_READ, changefeed.KIND_LOGIN)
+
+
+def _known(pks: Array, base_pk: Array, delta: Table) -> Array:
+    """Mask of `pks` the copy holds (in the base or the delta's whole rows)."""
+    out = np.zeros(len(pks), dtype=np.bool_)
+    for have in (np.asarray(base_pk), np.asarray(delta.pk)):
+        if len(have):
+            at = np.minimum(np.searchsorted(have, pks), len(have) - 1)
+            out |= have[at] == pks
+    return out
+
+
+def _without(table: Table, pks: Array) -> Table:
+    if not len(pks) or not table.n:
+        return table
+    keep = ~np.isin(np.asarray(table.pk), pks)
+    return table if bool(keep.all()) else take_rows(table, np.flatnonzero(keep))
 
 
 def catch_up(
@@ -100,20 +165,46 @@ def catch_up(
     delta: Delta,
     offset: int,
     head: int,
+    base_pk: Array,
 ) -> tuple[Delta, int]:
-    """`delta` with the changes of feed rows (offset, head] re-read; (delta, head)."""
+    """`delta` with the changes of feed rows (offset, head] re-read; (delta, head).
+    `base_pk` is the base's contact pks (ascending)."""
     if head <= offset:
         return delta, offset
     named = _feed(conn, store, offset, head)
     kinds = {name: FieldType(kind) for name, kind in fields}
+    # Field-named changes of contacts the copy holds become patches; the rest
+    # re-read whole rows.
+    whole = [named.rows]
+    patch_pks: dict[tuple[str, ...], Array] = {}
+    for text, pks in named.fields.items():
+        names = tuple(sorted(set(text.split(","))))
+        if not names or any(n not in kinds for n in names):
+            whole.append(pks)
+            continue
+        known = _known(pks, base_pk, delta.contacts)
+        whole.append(pks[~known])
+        if bool(known.any()):
+            patch_pks[names] = pks[known]
+    rows = _ids(whole)
     contacts = delta.contacts
-    if len(named["contact"]):
-        fresh = load.contacts(conn, store, kinds, named["contact"])
+    patches = {name: _without(t, rows) for name, t in delta.patches.items()}
+    if len(rows):
+        fresh = load.contacts(conn, store, kinds, rows)
         contacts = fresh if contacts.n == 0 else upsert_rows(contacts, fresh)
+    for names, named_pks in patch_pks.items():
+        wanted = np.setdiff1d(named_pks, rows, assume_unique=True)
+        if not len(wanted):
+            continue
+        fresh = load.contacts(conn, store, {n: kinds[n] for n in names}, wanted)
+        for name in names:
+            one = Table(fresh.pk, {name: fresh.columns[name]})
+            before = patches.get(name)
+            patches[name] = one if before is None or before.n == 0 else upsert_rows(before, one)
     pks = dict(delta.pks)
     events_of = dict(delta.events_of)
-    for kind, feed_kind in (("reads", "read"), ("logins", "login")):
-        wanted = np.union1d(named[feed_kind], named["all"])
+    for kind, changed in (("reads", named.reads), ("logins", named.logins)):
+        wanted = np.union1d(changed, named.rows)
         if not len(wanted):
             continue
         fresh_events = load.events(conn, store, kind, wanted)
@@ -123,7 +214,7 @@ def catch_up(
             key: np.concatenate([np.asarray(old[key])[keep], fresh_events[key]]) for key in old
         }
         pks[kind] = np.union1d(pks[kind], wanted)
-    return Delta(contacts, delta.publications, pks, events_of), head
+    return Delta(contacts, delta.publications, pks, events_of, patches), head
 
 
 def write_delta(path: Path, delta: Delta) -> None:
@@ -137,6 +228,11 @@ def write_delta(path: Path, delta: Delta) -> None:
         )
     for kind in EVENT_KINDS:
         meta[kind] = write_arrays(path, kind, {"pks": delta.pks[kind], **delta.events_of[kind]})
+    meta["patches"] = [
+        [name, f"patch{i}", write_table(path, f"patch{i}", table, {name: table.columns[name].kind})]
+        for i, (name, table) in enumerate(delta.patches.items())
+        if table.n
+    ]
     write_meta(path, meta)
 
 
@@ -154,7 +250,11 @@ def read_delta(path: Path) -> Delta:
         events_of[kind] = arrays
     if contacts is not None:  # the delta is small: make its columns now
         contacts = Table(np.asarray(contacts.pk), dict(contacts.columns.items()))
-    return Delta(contacts or empty.contacts, pubs, pks, events_of)
+    patches = {}
+    for name, stem, entry in meta.get("patches", []):
+        table = read_table(path, stem, entry)
+        patches[name] = Table(np.asarray(table.pk), dict(table.columns.items()))
+    return Delta(contacts or empty.contacts, pubs, pks, events_of, patches)
 
 
 def frame_of(
@@ -163,6 +263,7 @@ def frame_of(
     """The base at `path` (its `contacts` and `pubs` already opened) with
     `delta` laid over it."""
     merged, _rows = overlay(contacts, delta.contacts) if delta.contacts.n else (contacts, None)
+    merged = apply_patches(merged, delta.patches)
     if delta.publications is not None:
         old = np.asarray(pubs.pk)
         new = np.asarray(delta.publications.pk)

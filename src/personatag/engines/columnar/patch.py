@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from personatag.domain import FieldType
 from personatag.engines.columnar.encode import concat, decode, encode, extend, take
 from personatag.engines.columnar.frame import Array, Column, Table
-from personatag.engines.columnar.segment import LazyColumns
+from personatag.engines.columnar.segment import LazyColumns, column_of
 
 
 class NotAppendable(Exception):
@@ -143,7 +143,35 @@ def overlay(base: Table, delta: Table) -> tuple[Table, Array]:
     for name in base.columns:
 
         def make(name: str = name) -> Column:
-            return patch_column(base.columns[name], delta.columns[name], rows, n_total)
+            return patch_column(column_of(base, name), delta.columns[name], rows, n_total)
 
         makers[name] = make
     return Table(np.concatenate([base_pk, new]), LazyColumns(makers)), rows
+
+
+def apply_patches(table: Table, patches: Mapping[str, Table]) -> Table:
+    """`table` with each patched field's rows set from its patch (a table of
+    that one field, ascending pk, every pk in `table`)."""
+    patches = {name: p for name, p in patches.items() if p.n and name in table.columns}
+    if not patches:
+        return table
+    pk = np.asarray(table.pk)
+    makers: dict[str, Callable[[], Column]] = {}
+    for name in table.columns:
+        patch = patches.get(name)
+        if patch is None:
+
+            def same(name: str = name) -> Column:
+                return table.columns[name]
+
+            makers[name] = same
+            continue
+        rows = np.searchsorted(pk, np.asarray(patch.pk))
+        if bool(np.any(rows >= len(pk))) or not np.array_equal(pk[rows], np.asarray(patch.pk)):
+            raise NotAppendable(f"a patch of {name!r} names a contact the copy does not hold")
+
+        def make(name: str = name, patch: Table = patch, rows: Array = rows) -> Column:
+            return patch_column(column_of(table, name), patch.columns[name], rows, len(pk))
+
+        makers[name] = make
+    return Table(pk, LazyColumns(makers))

@@ -10,6 +10,8 @@ folder holds; it is written last, so a folder without it is incomplete.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,29 +58,68 @@ def _load_dictionary(stem: Path, size: int) -> Array:
     return out
 
 
-def write_table(folder: Path, name: str, table: Table, fields: Mapping[str, FieldType]) -> Any:
-    """Write `table` as `name`.* files; the meta entry describing it."""
-    _save(folder / f"{name}.pk.npy", np.asarray(table.pk, dtype=np.int64))
+def link_files(source: Path, target: Path, prefix: str) -> None:
+    """Hard-link the files of `source` whose names start with `prefix` into
+    `target` (copied where a link cannot be made): files are never changed
+    in place, so two folders can share them."""
+    for path in source.iterdir():
+        if path.name.startswith(prefix) and path.is_file():
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copyfile(path, target / path.name)
+
+
+def write_table(
+    folder: Path,
+    name: str,
+    table: Table,
+    fields: Mapping[str, FieldType],
+    reuse: tuple[Path, Mapping[str, list[Any]]] | None = None,
+) -> Any:
+    """Write `table` as `name`.* files; the meta entry describing it. With
+    `reuse` (a folder holding the same table with the same pks and fields,
+    and the meta entries of its fields whose values are unchanged) those
+    fields' files are hard-linked, not written."""
+    if reuse is not None:
+        link_files(reuse[0], folder, f"{name}.pk.")
+    else:
+        _save(folder / f"{name}.pk.npy", np.asarray(table.pk, dtype=np.int64))
     described = []
     for i, (field, kind) in enumerate(fields.items()):
-        col = table.columns[field]
-        stem = folder / f"{name}.{i}"
-        parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
-        parts["items"] = col.items
-        for part, array in parts.items():
-            if array is not None:
-                _save(_at(stem, f"{part}.npy"), array)
-        size = 0
-        if col.dictionary is not None:
-            size = len(col.dictionary)
-            _save_dictionary(stem, col.dictionary)
-        described.append([field, kind.value, col.nulls is not None, size])
+        if reuse is not None and field in reuse[1]:
+            link_files(reuse[0], folder, f"{name}.{i}.")
+            described.append(reuse[1][field])
+            continue
+        described.append(write_column(folder, name, i, field, kind, column_of(table, field)))
     return {"n": len(table.pk), "fields": described}
 
 
 class DamagedFile(Exception):
     """A column's files cannot be read (truncated, foreign, missing): the copy
     must be rebuilt."""
+
+
+def write_pk(folder: Path, name: str, pk: Array) -> None:
+    """The pk file of table `name` (write_column writes its columns)."""
+    _save(folder / f"{name}.pk.npy", np.asarray(pk, dtype=np.int64))
+
+
+def write_column(
+    folder: Path, name: str, index: int, field: str, kind: FieldType, col: Column
+) -> list[Any]:
+    """Write column number `index` of table `name`; its meta entry."""
+    stem = folder / f"{name}.{index}"
+    parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
+    parts["items"] = col.items
+    for part, array in parts.items():
+        if array is not None:
+            _save(_at(stem, f"{part}.npy"), array)
+    size = 0
+    if col.dictionary is not None:
+        size = len(col.dictionary)
+        _save_dictionary(stem, col.dictionary)
+    return [field, kind.value, col.nulls is not None, size]
 
 
 class LazyColumns(Mapping[str, Column]):
@@ -99,11 +140,23 @@ class LazyColumns(Mapping[str, Column]):
                 raise DamagedFile(f"column {key!r}: {type(exc).__name__}: {exc}") from exc
         return col
 
+    def peek(self, key: str) -> Column:
+        """The column, made (when it is not yet) without keeping it."""
+        col = self._made.get(key)
+        return self._makers[key]() if col is None else col
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._makers)
 
     def __len__(self) -> int:
         return len(self._makers)
+
+
+def column_of(table: Table, name: str) -> Column:
+    """`table`'s column `name`, not kept by a lazy table that had not made it
+    (a writer or an overlay reads each column once)."""
+    columns = table.columns
+    return columns.peek(name) if isinstance(columns, LazyColumns) else columns[name]
 
 
 def read_column(folder: Path, name: str, index: int, entry: list[Any]) -> Column:

@@ -26,6 +26,7 @@ from personatag.domain import FieldType, fold_case
 
 if TYPE_CHECKING:
     from personatag.store.backends.bulk import BulkWriter
+    from personatag.store.backends.columns import IntColumn
     from personatag.store.backends.leases import Lease
 
 # First keys of PostgreSQL advisory locks, one space per kind of thing locked
@@ -259,6 +260,21 @@ class Backend(ABC):
         """The ids of contacts `pks`: NUL-separated when `id_lines_nul_separated`,
         else as CSV lines (quoted as the csv module does, each ending with
         `suffix`, joined by line breaks, in pk order). None when none exist."""
+
+    # -- bulk reads -------------------------------------------------------
+
+    @abstractmethod
+    def int_columns(
+        self,
+        conn: Connection,
+        columns: Sequence[ColumnElement[Any]],
+        where: ColumnElement[bool] | None,
+        nullable: Sequence[bool],
+    ) -> list[IntColumn]:
+        """The integer `columns` of the rows `where` selects, as numpy arrays
+        (row i of every column is the same row, in no particular order),
+        without a Python object per value. A column not `nullable` must hold
+        no NULL. `where` may bind integers only. See store.columns."""
 
     # -- bulk writes ------------------------------------------------------
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    select,
     text,
 )
 from sqlalchemy import create_engine as sa_create_engine
@@ -47,6 +48,7 @@ from personatag.store.backends.base import (
     search_key,
 )
 from personatag.store.backends.bulk import BulkWriter, Row
+from personatag.store.backends.columns import IntColumn, parse_pg_copy
 from personatag.store.backends.leases import Lease
 
 if TYPE_CHECKING:
@@ -221,6 +223,34 @@ class PostgreSQLBackend(Backend):
         return conn.execute(
             text(_ID_LINES), {"pks": self.bind_ints(pks), "suffix": suffix}
         ).scalar()
+
+    def int_columns(
+        self,
+        conn: Connection,
+        columns: Sequence[ColumnElement[Any]],
+        where: ColumnElement[bool] | None,
+        nullable: Sequence[bool],
+    ) -> list[IntColumn]:
+        # Binary COPY of fixed-width rows: int8 values (NULL as 0) and, for a
+        # nullable column, a boolean is-NULL flag, so numpy views the whole
+        # stream as one structured array.
+        selected: list[ColumnElement[Any]] = []
+        for column, can_be_null in zip(columns, nullable, strict=True):
+            value = cast(column, BigInteger)
+            selected.append(func.coalesce(value, 0) if can_be_null else value)
+            if can_be_null:
+                selected.append(column.is_(None))
+        query = select(*selected)
+        compiled = (query if where is None else query.where(where)).compile(
+            dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        params = compiled.construct_params()
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        data = bytearray()
+        with cursor.copy(f"COPY ({compiled.string}) TO STDOUT (FORMAT binary)", params) as copy:
+            for block in copy:
+                data += block
+        return parse_pg_copy(data, list(nullable), "an integer column read")
 
     def bulk_writer(self, conn: Connection) -> BulkWriter:
         return PostgresBulk(conn)

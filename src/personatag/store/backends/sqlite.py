@@ -39,6 +39,12 @@ from sqlalchemy.types import TypeEngine
 from personatag.domain import FieldType, fold_case
 from personatag.store.backends.base import BUSY, Backend, Col, Cond, ListOp, Slice, bind
 from personatag.store.backends.bulk import BulkWriter, Row
+from personatag.store.backends.columns import (
+    IntColumn,
+    parse_decimal_list,
+    parse_flags,
+    with_nulls,
+)
 from personatag.store.backends.leases import Lease, try_file_lease
 
 if TYPE_CHECKING:
@@ -264,6 +270,41 @@ class SQLiteBackend(Backend):
 
     def contact_id_lines(self, conn: Connection, pks: Sequence[int], suffix: str) -> str | None:
         return conn.execute(text(_ID_LINES), {"pks": self.bind_ints(pks)}).scalar()
+
+    def int_columns(
+        self,
+        conn: Connection,
+        columns: Sequence[ColumnElement[Any]],
+        where: ColumnElement[bool] | None,
+        nullable: Sequence[bool],
+    ) -> list[IntColumn]:
+        # One text per column (decimal, comma-separated) and one of '0'/'1'
+        # is-NULL flags per nullable column: group_concat skips NULLs, so the
+        # values are coalesced and the flags say which were NULL. Every
+        # aggregate of one statement sees the rows in the same order.
+        aggregates: list[ColumnElement[Any]] = [func.count()]
+        for column, can_be_null in zip(columns, nullable, strict=True):
+            value: ColumnElement[Any] = type_coerce(column, Integer())
+            if can_be_null:
+                value = func.coalesce(value, 0)
+            aggregates.append(type_coerce(func.group_concat(value, literal(",")), Text()))
+            if can_be_null:
+                flag = type_coerce(column, Integer()).is_(None)
+                aggregates.append(type_coerce(func.group_concat(flag, literal("")), Text()))
+        query = select(*aggregates)
+        row = conn.execute(query if where is None else query.where(where)).one()
+        n = int(row[0])
+        out, at = [], 1
+        for i, can_be_null in enumerate(nullable):
+            what = f"column {i + 1}"
+            values = parse_decimal_list(row[at], n, what)
+            at += 1
+            nulls = None
+            if can_be_null:
+                nulls = parse_flags(row[at], n, what)
+                at += 1
+            out.append(with_nulls(values, nulls))
+        return out
 
     def bulk_writer(self, conn: Connection) -> BulkWriter:
         return SQLiteBulk(conn)
