@@ -1,4 +1,5 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never a part.
+And a folder's lock, for the processes that write what it holds.
 
 The data goes to a hidden temp file beside the target (``.NAME.<hex>.part``:
 same folder, so the rename stays on one file system; bucket listings and
@@ -11,6 +12,7 @@ file and leaves the target as it was.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -49,3 +51,21 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace `path` with `data` (text is written as UTF-8) atomically and durably."""
     with atomic_file(path) as out:
         out.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the exclusive lock of `folder` (its file `lock`, created with the
+    folder if need be) across processes; yields False, holding nothing, when
+    `wait` is False and another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -27,7 +27,6 @@ processes sharing a data directory do not build the same model twice at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -44,7 +43,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from personatag.config import Settings
-from personatag.files import atomic_write
+from personatag.files import atomic_write, folder_lock
 from personatag.recommend.model import FACETS, FeedModel
 from personatag.recommend.snapshot import Snapshot
 from personatag.store import Store, versions
@@ -120,17 +119,8 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 def build_lock(folder: Path) -> Iterator[bool]:
     """Hold the folder's build lock: yields False (holding nothing) when another
     process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with folder_lock(folder, wait=False) as mine:
+        yield mine
 
 
 def building_elsewhere(folder: Path) -> bool:

@@ -16,7 +16,6 @@ attribute) rebuilds the copy. See docs/architecture.md, "Columnar copy".
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import secrets
@@ -36,7 +35,7 @@ from personatag.engines.columnar.folders import store_folder
 from personatag.engines.columnar.frame import Frame
 from personatag.engines.columnar.patch import NotAppendable
 from personatag.engines.columnar.segment import read_meta, read_table, write_meta, write_table
-from personatag.files import atomic_write
+from personatag.files import atomic_write, folder_lock
 from personatag.store import Store, changefeed, versions
 from personatag.store.db import STORE_IDENTITY
 
@@ -140,17 +139,8 @@ def check(manifest: Any, probe: Probe) -> None:
 @contextlib.contextmanager
 def writing(folder: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the copy's write lock (False when `wait` is False and it is taken)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with folder_lock(folder, wait) as mine:
+        yield mine
 
 
 def read_manifest(folder: Path) -> Any | None:
