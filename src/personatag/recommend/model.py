@@ -94,14 +94,20 @@ def learned_freshness(
     """
     n_buckets = int(FRESH_MAX_DAYS / FRESH_BUCKET_DAYS)
     pub_age = (snap.as_of_us - snap.pub_published_us) / DAY_US
-    read_age = (snap.read_first_us - snap.pub_published_us[snap.reads.indices]) / DAY_US
-    bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
     # Only count a read in bucket b if its report has been out for all of b.
     exposed_for = np.floor(pub_age / FRESH_BUCKET_DAYS).astype(np.int64)
-    use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[snap.reads.indices])
-    if int(use.sum()) < min_reads:
+    counts = np.zeros(n_buckets, np.int64)
+    for lo in range(0, snap.reads.nnz, WEIGHT_PART):  # by ranges: temporaries of a range
+        cols = snap.reads.indices[lo : lo + WEIGHT_PART]
+        read_age = (
+            snap.read_first_us[lo : lo + WEIGHT_PART] - snap.pub_published_us[cols]
+        ) / DAY_US
+        bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
+        use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[cols])
+        counts += np.bincount(bucket[use], minlength=n_buckets)[:n_buckets]
+    if int(counts.sum()) < min_reads:
         return None
-    reads = np.bincount(bucket[use], minlength=n_buckets)[:n_buckets].astype(np.float64)
+    reads = counts.astype(np.float64)
     ends = (np.arange(n_buckets) + 1) * FRESH_BUCKET_DAYS
     exposed = len(pub_age) - np.searchsorted(np.sort(pub_age), ends, side="left")
     rate = np.where(exposed >= min_reports, reads / np.maximum(exposed, 1), 0.0)
