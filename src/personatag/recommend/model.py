@@ -49,6 +49,8 @@ FACETS = (("series", 0.5), ("sector", 1.0), ("asset", 1.0), ("region", 1.0))
 BATCH = 512
 # Reads whose popularity weight is computed at once (float64 temporaries: 8 bytes each).
 WEIGHT_PART = 1 << 20
+# Contacts whose coverage counts are computed at once.
+CONTACT_PART = 1 << 18
 _PRED_CACHE_MAX = 4096
 
 
@@ -305,6 +307,7 @@ class FeedModel:
         self.global_rate: F32 = np.asarray(decayed.sum(axis=0), dtype=np.float32).ravel() / max(
             x.shape[0], 1
         )
+        del decayed, w  # 4 bytes a read: not kept through the fits below
 
         # Coverage: per facet (one-hots from _setup), the catalogue's share of
         # each value, and each persona's (and everyone's) reading over values.
@@ -315,10 +318,18 @@ class FeedModel:
             n_val = onehot.shape[1]
             share = np.bincount(codes, minlength=n_val).astype(np.float32) / max(n_pub, 1)
             self.base_share.append(np.maximum(share, 1e-6))
-            per_contact = x @ onehot
-            mix = np.asarray((mt @ per_contact).todense(), dtype=np.float32)
+            # Reads per (contact, value), by ranges of contacts: the counts are
+            # integers, summed exactly in float64 (so by ranges or not, the same).
+            mix64 = np.zeros((mt.shape[0], n_val), np.float64)
+            total64 = np.zeros(n_val, np.float64)
+            for r0 in range(0, x.shape[0], CONTACT_PART):
+                per_contact = x[r0 : r0 + CONTACT_PART] @ onehot
+                held = snap.members[r0 : r0 + CONTACT_PART].T.tocsr()
+                mix64 += (held @ per_contact).toarray()
+                total64 += np.asarray(per_contact.sum(axis=0), dtype=np.float64).ravel()
+            mix = mix64.astype(np.float32)
             self.persona_mix.append(mix / np.maximum(mix.sum(axis=1, keepdims=True), 1e-9))
-            total = np.asarray(per_contact.sum(axis=0), dtype=np.float32).ravel()
+            total = total64.astype(np.float32)
             self.global_mix.append(total / max(float(total.sum()), 1e-9))
 
         # Reports share few combinations of facet values: coverage is computed per
