@@ -237,3 +237,33 @@ def test_item_knn_by_parts_equals_whole_fit_and_implicit() -> None:
             ref.setdiag(0.0)
         ref.eliminate_zeros()
         assert _sim_bits(whole) == _sim_bits(ref)
+
+
+def test_model_by_ranges_equals_whole(model: FeedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-read and per-contact steps computed a few reads or contacts at a time
+    give the same model arrays as all at once."""
+    import personatag.recommend.model as model_module
+    from personatag.config import Settings
+
+    monkeypatch.setattr(model_module, "WEIGHT_PART", 2)
+    monkeypatch.setattr(model_module, "CONTACT_PART", 1)
+    monkeypatch.setattr(model_module, "KNN_PART_PAIRS", 1)
+    monkeypatch.setattr(model_module, "KNN_BLOCK_BYTES", 8)
+    settings = Settings(feed_freshness="learned")
+    parts = FeedModel(model.snap, settings)
+    monkeypatch.setattr(model_module, "WEIGHT_PART", 1 << 30)
+    monkeypatch.setattr(model_module, "CONTACT_PART", 1 << 30)
+    whole = FeedModel(model.snap, settings)
+    for name in ("persona_rate", "global_rate"):
+        assert getattr(parts, name).tobytes() == getattr(whole, name).tobytes()
+    for name in ("base_share", "persona_mix", "global_mix"):
+        assert [a.tobytes() for a in getattr(parts, name)] == [
+            a.tobytes() for a in getattr(whole, name)
+        ]
+    assert _sim_bits(parts.similarity) == _sim_bits(whole.similarity)
+    assert model.snap.reads.nnz >= 2
+    fresh = model_module.learned_freshness(model.snap, 7.0, min_reads=1, min_reports=1)
+    monkeypatch.setattr(model_module, "WEIGHT_PART", 1)
+    by_one = model_module.learned_freshness(model.snap, 7.0, min_reads=1, min_reports=1)
+    assert fresh is not None and by_one is not None
+    assert fresh.tobytes() == by_one.tobytes()

@@ -145,8 +145,8 @@ def bm25_item_knn(
     x: sp.csr_matrix,
     k: int,
     *,
-    part_pairs: int = KNN_PART_PAIRS,
-    block_bytes: int = KNN_BLOCK_BYTES,
+    part_pairs: int | None = None,
+    block_bytes: int | None = None,
 ) -> sp.csr_matrix:
     """The BM25-weighted item kNN of `x` (contacts x reports), fitted part by part.
 
@@ -161,6 +161,8 @@ def bm25_item_knn(
     read at its peak); this holds one part's co-read pairs and one block of
     the report x report sums.
     """
+    part_pairs = KNN_PART_PAIRS if part_pairs is None else part_pairs
+    block_bytes = KNN_BLOCK_BYTES if block_bytes is None else block_bytes
     if not x.has_sorted_indices:
         x = x.sorted_indices()
     n_c, n_p = x.shape
