@@ -10,7 +10,8 @@ P  popularity within c's personas: decayed reads of i by members, per member,
    averaged over the personas c holds (everyone's, if c holds none);
 C  coverage: the lift of i's series, sector, asset class and region in c's own
    reads, smoothed towards c's personas' reading (a few pseudo-reads);
-S  item-to-item similarity: c's reads times the BM25 item-kNN matrix (implicit);
+S  item-to-item similarity: c's reads times the BM25 item-kNN matrix (implicit's,
+   fitted part by part: `bm25_item_knn`);
 F  freshness: learned from the reads (how much a report of i's age is read over
    the next feed_fresh_horizon_days, per report, scaled to at most 1; see
    `learned_freshness`), or 0.5 ** (age / feed_half_life_days) when
@@ -21,8 +22,8 @@ so the weights compare like with like. docs/feed.md has the reasoning.
 
 from __future__ import annotations
 
+import itertools
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +47,10 @@ COVERAGE_PRIOR_READS = 4.0
 # Coverage facets and the exponent of each one's lift (series overlaps the others).
 FACETS = (("series", 0.5), ("sector", 1.0), ("asset", 1.0), ("region", 1.0))
 BATCH = 512
+# Reads whose popularity weight is computed at once (float64 temporaries: 8 bytes each).
+WEIGHT_PART = 1 << 20
+# Contacts whose coverage counts are computed at once.
+CONTACT_PART = 1 << 18
 _PRED_CACHE_MAX = 4096
 
 
@@ -91,14 +96,20 @@ def learned_freshness(
     """
     n_buckets = int(FRESH_MAX_DAYS / FRESH_BUCKET_DAYS)
     pub_age = (snap.as_of_us - snap.pub_published_us) / DAY_US
-    read_age = (snap.read_first_us - snap.pub_published_us[snap.reads.indices]) / DAY_US
-    bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
     # Only count a read in bucket b if its report has been out for all of b.
     exposed_for = np.floor(pub_age / FRESH_BUCKET_DAYS).astype(np.int64)
-    use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[snap.reads.indices])
-    if int(use.sum()) < min_reads:
+    counts = np.zeros(n_buckets, np.int64)
+    for lo in range(0, snap.reads.nnz, WEIGHT_PART):  # by ranges: temporaries of a range
+        cols = snap.reads.indices[lo : lo + WEIGHT_PART]
+        read_age = (
+            snap.read_first_us[lo : lo + WEIGHT_PART] - snap.pub_published_us[cols]
+        ) / DAY_US
+        bucket = np.floor(read_age / FRESH_BUCKET_DAYS).astype(np.int64)
+        use = (bucket >= 0) & (bucket < n_buckets) & (bucket < exposed_for[cols])
+        counts += np.bincount(bucket[use], minlength=n_buckets)[:n_buckets]
+    if int(counts.sum()) < min_reads:
         return None
-    reads = np.bincount(bucket[use], minlength=n_buckets)[:n_buckets].astype(np.float64)
+    reads = counts.astype(np.float64)
     ends = (np.arange(n_buckets) + 1) * FRESH_BUCKET_DAYS
     exposed = len(pub_age) - np.searchsorted(np.sort(pub_age), ends, side="left")
     rate = np.where(exposed >= min_reports, reads / np.maximum(exposed, 1), 0.0)
@@ -121,22 +132,175 @@ def _row_max_normalise(m: F32) -> F32:
     return m
 
 
+# The item-kNN fit (`bm25_item_knn`): contacts are taken a part at a time so that
+# a part's co-read pairs number at most KNN_PART_PAIRS, and reports a block at a
+# time so that a block's rows of the item x item sums take at most KNN_BLOCK_BYTES.
+KNN_PART_PAIRS = 500_000
+KNN_BLOCK_BYTES = 64 << 20
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+def bm25_item_knn(
+    x: sp.csr_matrix,
+    k: int,
+    *,
+    part_pairs: int | None = None,
+    block_bytes: int | None = None,
+) -> sp.csr_matrix:
+    """The BM25-weighted item kNN of `x` (contacts x reports), fitted part by part.
+
+    The same matrix as implicit's `BM25Recommender(K=k).fit(x).similarity` cast
+    to float32 with the diagonal and zeros removed, bit for bit: the same BM25
+    weights (same expressions, same dtypes), each pair's sum added in float64
+    in the same order (contacts ascending; `np.add.at` adds in the order given
+    and carries on from the previous part's sums), the same k largest per row
+    including the diagonal, and at a tie on the k-th place the same choice
+    (`_topk_as_implicit`). What differs is memory: implicit holds the weighted
+    reads three times over (coo, csr and its transpose, float64: ~40 bytes a
+    read at its peak); this holds one part's co-read pairs and one block of
+    the report x report sums.
+    """
+    part_pairs = KNN_PART_PAIRS if part_pairs is None else part_pairs
+    block_bytes = KNN_BLOCK_BYTES if block_bytes is None else block_bytes
+    if not x.has_sorted_indices:
+        x = x.sorted_indices()
+    n_c, n_p = x.shape
+    if x.nnz == 0 or k <= 0:
+        return sp.csr_matrix((n_p, n_p), dtype=np.float32)
+    # BM25 as implicit.nearest_neighbours.bm25_weight(x.T): reports are the
+    # documents, contacts the terms.
+    row_sums = np.asarray(x.sum(axis=0)).ravel()
+    length_norm = (1.0 - BM25_B) + BM25_B * row_sums / row_sums.mean()
+    per_contact = np.diff(x.indptr)
+    idf = np.log(float(n_p)) - np.log1p(per_contact)
+
+    block = max(1, min(n_p, block_bytes // (8 * n_p)))
+    # Contact parts: bounds of rows whose co-read pairs (n per contact, squared) fit a part.
+    pairs_upto = np.concatenate([[0], np.cumsum(per_contact.astype(np.int64) ** 2)])
+    bounds = [0]
+    while bounds[-1] < n_c:
+        start = bounds[-1]
+        end = int(np.searchsorted(pairs_upto, pairs_upto[start] + part_pairs, side="right")) - 1
+        bounds.append(min(n_c, max(end, start + 1)))
+    out_rows: list[npt.NDArray[np.int64]] = []
+    out_cols: list[npt.NDArray[np.int64]] = []
+    out_vals: list[npt.NDArray[np.float64]] = []
+    for i0 in range(0, n_p, block):
+        i1 = min(n_p, i0 + block)
+        sums = np.zeros((i1 - i0) * n_p, np.float64)
+        touched = np.zeros((i1 - i0) * n_p, np.bool_)
+        for r0, r1 in itertools.pairwise(bounds):
+            lo, hi = int(x.indptr[r0]), int(x.indptr[r1])
+            if lo == hi:
+                continue
+            cols = x.indices[lo:hi].astype(np.int64)
+            lens = per_contact[r0:r1].astype(np.int64)
+            row_of = np.repeat(np.arange(r0, r1), lens)
+            d = x.data[lo:hi]
+            w = d * (BM25_K1 + 1.0) / (BM25_K1 * length_norm[cols] + d) * idf[row_of]
+            # Each entry in the block paired with every entry of its contact's row.
+            here = np.flatnonzero((cols >= i0) & (cols < i1))
+            if not len(here):
+                continue
+            n_each = lens[row_of[here] - r0]
+            first = (x.indptr[row_of[here]] - lo).astype(np.int64)
+            e = np.repeat(here, n_each)
+            f = np.repeat(first - np.cumsum(n_each) + n_each, n_each) + np.arange(len(e))
+            flat = (cols[e] - i0) * n_p + cols[f]
+            np.add.at(sums, flat, w[e] * w[f])
+            touched[flat] = True
+            del cols, row_of, d, w, here, n_each, first, e, f, flat
+        r, c, v = _topk_as_implicit(x, sums.reshape(-1, n_p), touched.reshape(-1, n_p), i0, k)
+        out_rows.append(r)
+        out_cols.append(c)
+        out_vals.append(v)
+        del sums, touched
+    rows = np.concatenate(out_rows)
+    cols_ = np.concatenate(out_cols)
+    vals = np.concatenate(out_vals).astype(np.float32)
+    keep = (rows != cols_) & (vals != 0)
+    sim = sp.csr_matrix((vals[keep], (rows[keep], cols_[keep])), shape=(n_p, n_p))
+    sim.sort_indices()
+    return sim
+
+
+def _topk_as_implicit(
+    x: sp.csr_matrix,
+    sums: npt.NDArray[np.float64],
+    touched: npt.NDArray[np.bool_],
+    i0: int,
+    k: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The k largest touched sums of each row (rows i0...), as implicit's TopK keeps them.
+
+    Where the k-th largest value ties with one left out, the choice depends on the
+    order implicit visits a row's columns (the reverse of the order they were
+    first reached: the row's contacts ascending, each one's reports ascending)
+    and on its heap: that (rare) row is replayed exactly, in Python.
+    """
+    n_rows, n_p = sums.shape
+    vals = np.where(touched, sums, -np.inf)
+    n_touched = touched.sum(axis=1)
+    if k < n_p:
+        pick = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+    else:
+        pick = np.broadcast_to(np.arange(n_p), (n_rows, n_p))
+    picked = np.take_along_axis(vals, pick, axis=1)
+    rows_out, cols_out, vals_out = [], [], []
+    kth = picked.min(axis=1)
+    n_ge = (vals >= kth[:, None]).sum(axis=1)
+    for r in range(n_rows):
+        m = int(min(k, n_touched[r]))
+        if m == 0:
+            continue
+        if n_ge[r] > k and n_touched[r] > k:  # a tie on the k-th place
+            cols_r = _replay_topk(x, vals[r], i0 + r, k)
+        else:
+            cols_r = pick[r][np.isfinite(picked[r])]
+        rows_out.append(np.full(len(cols_r), i0 + r, np.int64))
+        cols_out.append(np.asarray(cols_r, np.int64))
+        vals_out.append(sums[r, cols_r])
+    if not rows_out:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
+    return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+
+
+def _replay_topk(x: sp.csr_matrix, vals: npt.NDArray[np.float64], item: int, k: int) -> list[int]:
+    import heapq
+
+    readers = np.flatnonzero(x.indices == item)
+    contacts = np.searchsorted(x.indptr, readers, side="right") - 1
+    reached = np.concatenate([x.indices[x.indptr[u] : x.indptr[u + 1]] for u in np.sort(contacts)])
+    _, first = np.unique(reached, return_index=True)
+    order = reached[np.sort(first)][::-1]
+    heap: list[tuple[float, int]] = []
+    for j in order.tolist():
+        score = float(vals[j])
+        if len(heap) < k or score > heap[0][0]:
+            if len(heap) >= k:
+                heapq.heappop(heap)
+            heapq.heappush(heap, (score, j))
+    return [j for _, j in heap]
+
+
 class FeedModel:
     """Everything `recommend` needs, precomputed from the store up to `as_of`."""
 
     def __init__(self, snap: Snapshot, settings: Settings) -> None:
-        from implicit.nearest_neighbours import BM25Recommender
-
         self._setup(snap, settings)
         s = settings
         n_pub = snap.n_pubs
         x = snap.reads  # contacts x reports, 1.0 per (contact, report) read
 
         # Popularity: reads in the window, weighted by their decay, per member.
-        age = (snap.as_of_us - snap.read_last_us) / DAY_US
-        w = np.where(
-            age <= s.feed_popularity_days, 0.5 ** (age / s.feed_popularity_half_life_days), 0.0
-        ).astype(np.float32)
+        # By ranges of reads, so the float64 temporaries are a range's, not every read's.
+        w = np.empty(x.nnz, np.float32)
+        for lo in range(0, x.nnz, WEIGHT_PART):
+            age = (snap.as_of_us - snap.read_last_us[lo : lo + WEIGHT_PART]) / DAY_US
+            w[lo : lo + WEIGHT_PART] = np.where(
+                age <= s.feed_popularity_days, 0.5 ** (age / s.feed_popularity_half_life_days), 0.0
+            )
         decayed = sp.csr_matrix((w, x.indices, x.indptr), shape=x.shape)
         mt = snap.members.T.tocsr()  # personas x contacts
         sizes = np.asarray(snap.members.sum(axis=0)).ravel().astype(np.float32)
@@ -145,6 +309,7 @@ class FeedModel:
         self.global_rate: F32 = np.asarray(decayed.sum(axis=0), dtype=np.float32).ravel() / max(
             x.shape[0], 1
         )
+        del decayed, w  # 4 bytes a read: not kept through the fits below
 
         # Coverage: per facet (one-hots from _setup), the catalogue's share of
         # each value, and each persona's (and everyone's) reading over values.
@@ -155,10 +320,18 @@ class FeedModel:
             n_val = onehot.shape[1]
             share = np.bincount(codes, minlength=n_val).astype(np.float32) / max(n_pub, 1)
             self.base_share.append(np.maximum(share, 1e-6))
-            per_contact = x @ onehot
-            mix = np.asarray((mt @ per_contact).todense(), dtype=np.float32)
+            # Reads per (contact, value), by ranges of contacts: the counts are
+            # integers, summed exactly in float64 (so by ranges or not, the same).
+            mix64 = np.zeros((mt.shape[0], n_val), np.float64)
+            total64 = np.zeros(n_val, np.float64)
+            for r0 in range(0, x.shape[0], CONTACT_PART):
+                per_contact = x[r0 : r0 + CONTACT_PART] @ onehot
+                held = snap.members[r0 : r0 + CONTACT_PART].T.tocsr()
+                mix64 += (held @ per_contact).toarray()
+                total64 += np.asarray(per_contact.sum(axis=0), dtype=np.float64).ravel()
+            mix = mix64.astype(np.float32)
             self.persona_mix.append(mix / np.maximum(mix.sum(axis=1, keepdims=True), 1e-9))
-            total = np.asarray(per_contact.sum(axis=0), dtype=np.float32).ravel()
+            total = total64.astype(np.float32)
             self.global_mix.append(total / max(float(total.sum()), 1e-9))
 
         # Reports share few combinations of facet values: coverage is computed per
@@ -171,14 +344,9 @@ class FeedModel:
         self.facet_combos: npt.NDArray[np.int64] = combos  # facets x combinations
         self.combo_of_pub: npt.NDArray[np.int64] = np.asarray(of_pub).ravel()
 
-        # Item-to-item similarity from readership (BM25-weighted item kNN).
-        knn = BM25Recommender(K=int(s.feed_neighbours))
-        with warnings.catch_warnings():  # implicit notes its own internal CSR conversion
-            warnings.simplefilter("ignore")
-            knn.fit(x, show_progress=False)  # float32 already: no copy of the reads
-        sim = sp.csr_matrix(knn.similarity, dtype=np.float32)
-        sim.setdiag(0.0)
-        sim.eliminate_zeros()
+        # Item-to-item similarity from readership (BM25-weighted item kNN), fitted
+        # part by part (the same matrix as implicit's fit, in far less memory).
+        sim = bm25_item_knn(x, int(s.feed_neighbours))
         self.similarity: sp.csr_matrix = sim
         self.fresh_curve: F32 | None = (
             learned_freshness(snap, s.feed_fresh_horizon_days)
