@@ -1,16 +1,21 @@
-"""Settings: one object, read from PERSONATAG_* environment variables, failing fast."""
+"""Settings: one object, read from PERSONATAG_* environment variables, failing fast.
+
+Settings is a pydantic model that reads its fields from the environment
+(PERSONATAG_<NAME>, the name in any case) under the values it is given, as
+pydantic-settings' BaseSettings does with this configuration (no .env file,
+no secrets folder, no nested or JSON-valued settings). pydantic-settings
+itself is not used: importing it costs a new process a tenth of its start-up
+(it imports asyncio and ssl), for a few lines of work here."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 from personatag.errors import ConfigError
 
@@ -21,6 +26,8 @@ def _engine_name(value: str, kind: str, builtins: tuple[str, ...]) -> str:
     """`value` when it names a built-in engine or an installed engine plugin."""
     if value in builtins:
         return value
+    from importlib.metadata import entry_points  # only for a name that is not built in
+
     plugins = {ep.name for ep in entry_points(group="personatag.engines")}
     if value not in plugins:
         names = [*builtins, *sorted(plugins - set(builtins))]
@@ -28,10 +35,23 @@ def _engine_name(value: str, kind: str, builtins: tuple[str, ...]) -> str:
     return value
 
 
-class Settings(BaseSettings):
-    """Every setting personatag reads. Unknown PERSONATAG_* variables are errors."""
+def _from_env() -> dict[str, str]:
+    """The settings the environment sets: PERSONATAG_<NAME> for each field, the
+    variable's name in any case (when two spellings are set, the later one in
+    the environment wins)."""
+    names = {(ENV_PREFIX + name).lower(): name for name in Settings.model_fields}
+    return {names[k.lower()]: v for k, v in os.environ.items() if k.lower() in names}
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+class Settings(BaseModel):
+    """Every setting personatag reads: the values given, else the environment's
+    (PERSONATAG_<NAME>), else the defaults. Unknown PERSONATAG_* variables are
+    errors (load_settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_from_env(), **values})
 
     data_dir: Path = Path("personatag-data")
     store_url: str | None = None
@@ -361,7 +381,7 @@ def load_settings(**overrides: object) -> Settings:
         valid = ", ".join(ENV_PREFIX + n.upper() for n in Settings.model_fields)
         raise ConfigError(f"unknown setting {names}; valid settings are {valid}")
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"

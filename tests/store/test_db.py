@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,8 +76,19 @@ def test_schema_description_matches_migrations(store: Store) -> None:
 
     from personatag.store.schema import build_tables
 
-    with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), build_tables().metadata)
+    # As a store describes them (its database's options only), and with every
+    # database's options.
+    for dialect in (store.dialect, None):
+        with store.engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn), build_tables(dialect=dialect).metadata
+            )
+        _check_schema_diff(store, diff)
+
+
+def _check_schema_diff(store: Store, diff: list[Any]) -> None:
+    from personatag.store.schema import build_tables
+
     # Types are compared loosely (UTCTimestamp is a BIGINT, StringList TEXT/text[]).
     # Alembic cannot compare the contact search indexes (SQLite reflects no
     # expression index; PostgreSQL's COLLATE is reflected apart from the
@@ -97,6 +109,22 @@ def test_schema_description_matches_migrations(store: Store) -> None:
         if d[0] != "modify_type"
         and not (d[0].endswith("_index") and d[1].name in searched | elsewhere)
     ] == []
+
+
+def test_a_store_describes_its_tables_with_its_own_database_options(store: Store) -> None:
+    """Only the store's database's table and index options (an option of another
+    database would load that database's SQLAlchemy dialect)."""
+    t = store.tables
+    bulk = next(i for i in t.membership_log.indexes if i.name == "ix_membership_log_bulk")
+    assert set(bulk.dialect_kwargs) == {f"{store.dialect}_where"}
+    assert str(bulk.dialect_options[store.dialect]["where"]) == "bulk_count IS NOT NULL"
+    rowid = {"sqlite_with_rowid": False} if store.dialect == "sqlite" else {}
+    for table in (t.reads, t.logins, t.memberships):
+        assert dict(table.dialect_kwargs) == rowid, table.name
+    # Described once, from the attributes the catalog read.
+    assert store.tables is t
+    store.catalog()
+    assert store.tables is t
 
 
 def test_contact_search_indexes(store: Store) -> None:

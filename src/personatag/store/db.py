@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,7 +17,7 @@ from personatag.domain import CUSTOM_COLUMN_PREFIX, STANDARD_CONTACT_FIELDS, Cat
 from personatag.errors import ConfigError, PersonatagError
 from personatag.store.backends import Backend, backend_for_url, get_backend
 from personatag.store.backends.base import LOCK_SPACE_FEED, LOCK_SPACE_PERSONA
-from personatag.store.schema import Tables, build_tables
+from personatag.store.schema import ATTRIBUTE_TYPES, Tables, build_tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,12 +48,6 @@ def create_store_engine(url: str, *, create: bool = False) -> Engine:
     return backend_for_url(parsed).create_engine(parsed, create=create)
 
 
-@functools.cache
-def _base_tables() -> Tables:
-    """The tables without custom attributes (built once: ~8 ms each time)."""
-    return build_tables()
-
-
 class Store:
     """A contact store: an engine plus the table descriptions for its schema."""
 
@@ -68,11 +61,18 @@ class Store:
 
     @property
     def tables(self) -> Tables:
-        if self._tables is None:
-            with self._lock:
-                if self._tables is None:
-                    self._tables = build_tables(self.custom_attributes())
-        return self._tables
+        """The table descriptions, with the custom attributes declared when
+        first asked (built once: every table, for this store's database)."""
+        described = self._tables
+        if described is None:
+            described = self._describe(self.custom_attributes())
+        return described
+
+    def _describe(self, custom: list[tuple[str, FieldType]]) -> Tables:
+        with self._lock:
+            if self._tables is None:
+                self._tables = build_tables(custom, self.dialect)
+            return self._tables
 
     @property
     def is_shared_file(self) -> bool:
@@ -89,8 +89,11 @@ class Store:
         self._tables = None
 
     def custom_attributes(self, conn: Connection | None = None) -> list[tuple[str, FieldType]]:
-        attrs = _base_tables().attributes
-        query = select(attrs.c.name, attrs.c.type).order_by(attrs.c.name)
+        """The declared attributes (name, type) by name; read without the table
+        descriptions, which depend on them."""
+        query = select(ATTRIBUTE_TYPES.c.name, ATTRIBUTE_TYPES.c.type).order_by(
+            ATTRIBUTE_TYPES.c.name
+        )
         if conn is not None:
             return [(name, FieldType(t)) for name, t in conn.execute(query)]
         with self.engine.connect() as c:
@@ -108,7 +111,8 @@ class Store:
             CUSTOM_COLUMN_PREFIX + name not in described.contacts.c for name, _ in custom
         ):
             self.refresh()
-        p = self.tables.personas
+            described = None
+        p = (described if described is not None else self._describe(custom)).personas
         query = select(p.c.key).where(p.c.archived_at.is_(None))
         if conn is None:
             with self.engine.connect() as c:

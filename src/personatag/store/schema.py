@@ -19,6 +19,8 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    column,
+    table,
     text,
 )
 from sqlalchemy.types import TypeEngine
@@ -44,6 +46,11 @@ def sql_type(field_type: FieldType) -> TypeEngine[Any]:
         FieldType.LIST: StringList,
     }
     return factories[field_type]()
+
+
+#: The attributes table's name and type columns: what a store reads to learn
+#: its declared attributes before it describes its tables, which depend on them.
+ATTRIBUTE_TYPES = table("attributes", column("name", Text), column("type", Text))
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,24 @@ class Tables:
     feed_rules: Table
 
 
-def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
-    """Describe every table; `custom` lists declared attributes (name, type)."""
+def build_tables(
+    custom: Iterable[tuple[str, FieldType]] = (), dialect: str | None = None
+) -> Tables:
+    """Describe every table; `custom` lists declared attributes (name, type).
+
+    `dialect` (a backend's name, e.g. a store's `dialect`) keeps only that
+    database's table and index options (`sqlite_*`, `postgresql_*`): SQLAlchemy
+    loads a database's dialect to check its options, so describing the tables
+    of a SQLite store then never loads PostgreSQL's (a tenth of a new
+    process's start-up). None keeps every database's options."""
+
+    def only(**options: Any) -> dict[str, Any]:
+        """The options (named `<database>_<option>`, as SQLAlchemy names them)
+        of `dialect`, or all of them."""
+        if dialect is None:
+            return options
+        return {k: v for k, v in options.items() if k.startswith(dialect + "_")}
+
     md = MetaData()
     contacts = Table(
         "contacts",
@@ -125,14 +148,14 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Column("read_at", UTCTimestamp, primary_key=True),
         Column("publication_pk", BigInteger, primary_key=True),
         Index("ix_reads_publication", "publication_pk", "read_at", "contact_pk"),
-        sqlite_with_rowid=False,
+        **only(sqlite_with_rowid=False),
     )
     logins = Table(
         "logins",
         md,
         Column("contact_pk", BigInteger, primary_key=True),
         Column("login_at", UTCTimestamp, primary_key=True),
-        sqlite_with_rowid=False,
+        **only(sqlite_with_rowid=False),
     )
     attributes = Table(
         "attributes",
@@ -187,7 +210,7 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         # the primary key, one seek per persona, which its planner chooses
         # from the statistics the writer keeps (memberships/stats.py).
         Index("ix_memberships_contact", "contact_pk").ddl_if(dialect="postgresql"),
-        sqlite_with_rowid=False,
+        **only(sqlite_with_rowid=False),
     )
     pins = Table(
         "pins",
@@ -223,8 +246,10 @@ def build_tables(custom: Iterable[tuple[str, FieldType]] = ()) -> Tables:
         Index(
             "ix_membership_log_bulk",
             "seq",
-            sqlite_where=text("bulk_count IS NOT NULL"),
-            postgresql_where=text("bulk_count IS NOT NULL"),
+            **only(
+                sqlite_where=text("bulk_count IS NOT NULL"),
+                postgresql_where=text("bulk_count IS NOT NULL"),
+            ),
         ),
     )
     requests = Table(
