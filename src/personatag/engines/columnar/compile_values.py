@@ -36,6 +36,7 @@ from personatag.criteria.errors import CriteriaError
 from personatag.criteria.to_python import like_matcher
 from personatag.domain import FieldType, fold_case
 from personatag.engines.columnar.frame import Array, Column, Frame, Table
+from personatag.engines.columnar.segment import LazyColumns
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY_US = 86_400 * 1_000_000
@@ -127,6 +128,21 @@ class Ctx:
                 " (is the copy up to date with the store's schema?)"
             )
         return column
+
+    def nulls(self, name: str) -> Array | None:
+        """Column `name`'s NULL mask (None: no NULLs), read without its values
+        where the copy can."""
+        columns = self.table.columns
+        if isinstance(columns, LazyColumns) and name in columns:
+            return columns.nulls(name)
+        return self.column(name).nulls
+
+    def kind(self, name: str) -> FieldType:
+        """Column `name`'s type, read without its values where the copy can."""
+        columns = self.table.columns
+        if isinstance(columns, LazyColumns) and name in columns:
+            return columns.kind(name)
+        return self.column(name).kind
 
     def with_nulls(self, column: Column, pred: Array, *, false_on_null: bool = False) -> Tri:
         """`pred` where the value is present, UNKNOWN where it is NULL.
@@ -343,9 +359,9 @@ def is_null_leaf(node: IsNull) -> Leaf:
     name, negated = node.field.name, node.negated
 
     def leaf(ctx: Ctx) -> Tri:
-        column = ctx.column(name)
+        found = ctx.nulls(name)
         n = ctx.table.n
-        nulls = np.zeros(n, dtype=bool) if column.nulls is None else column.nulls.copy()
+        nulls = np.zeros(n, dtype=bool) if found is None else np.array(found, dtype=bool)
         return Tri(None, nulls) if negated else Tri(nulls, None)
 
     return leaf
@@ -371,7 +387,7 @@ def attribute_leaf(node: Node, kind: FieldType) -> Leaf:
     name: str = getattr(node, "field").name  # noqa: B009 - every attribute predicate has one
 
     def checked(ctx: Ctx) -> Tri:
-        held = ctx.column(name).kind
+        held = ctx.kind(name)
         if held != kind:
             raise CriteriaError(
                 f"field '{name}' is {held} in the columnar copy's {ctx.scope} but {kind}"
