@@ -324,6 +324,10 @@ def open_base(folder: Path, manifest: Any) -> Frame:
 # In-process state: the manifest text a process last opened, with the delta it
 # has caught up since (so a long-running process reads only new feed rows).
 _CACHE: dict[Path, tuple[str, Delta, int, int | None, int]] = {}
+# The frame last opened from that state, kept while nothing changes: the next
+# answer finds its columns made and mapped (and their masks cached) instead of
+# mapping every file again.
+_FRAMES: dict[Path, tuple[tuple[str, int, int], Delta, Frame]] = {}
 
 
 def open_frame(store: Store, settings: Settings) -> Frame:
@@ -400,6 +404,9 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
                 delta = replace(delta, publications=load.publications(conn, store))
                 pubs_version = probe.publications_version
     _CACHE[folder] = (text, delta, offset, offset_at, pubs_version)
+    opened = _FRAMES.get(folder)
+    if opened is not None and opened[0] == (text, offset, pubs_version) and opened[1] is delta:
+        return opened[2]  # nothing changed since: its columns stay made
     path = folder / manifest["base"]
     meta = read_meta(path)
     contacts = read_table(path, "contacts", meta["contacts"])
@@ -412,6 +419,7 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
         _CACHE.pop(folder, None)
         with writing(folder):
             return build(store, folder)[1]
+    _FRAMES[folder] = ((text, offset, pubs_version), delta, frame)
     state = {**manifest, "offset": offset, "offset_at": offset_at}
     state["publications_version"] = pubs_version
     if offset - int(manifest["offset"]) >= PERSIST_CHANGES or delta.size >= PERSIST_CHANGES:
