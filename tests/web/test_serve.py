@@ -161,3 +161,22 @@ def test_the_apps_lifespan_starts_and_stops_its_services(settings: Settings, sto
         assert r.json()["reasons"] == ["service broken: stopped (the log says why)"]
         assert client.get("/healthz").text == "ok\n"
     assert not idle.is_alive() and not broken.is_alive()
+
+
+def test_connections_are_accepted_without_nagle() -> None:
+    """The listening socket sets TCP_NODELAY, which every accepted connection
+    inherits: a response on a kept-alive connection otherwise waits ~40 ms for
+    the client's delayed ACK."""
+    import socket
+
+    from personatag.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    client = socket.create_connection(sock.getsockname())
+    accepted, _ = sock.accept()
+    try:
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        accepted.close()
+        client.close()
+        sock.close()
