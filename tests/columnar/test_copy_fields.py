@@ -19,27 +19,15 @@ from personatag.engines.columnar.copy import open_frame
 from personatag.generate.run import generate
 from personatag.store import Store
 from tests.columnar.support import assert_exact
+from tests.columnar.test_copy import persist_mode, settings_for  # noqa: F401
 
 END = datetime(2026, 6, 30, tzinfo=UTC)
-
-
-def settings_for(store: Store, tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", store_url=store.engine.url.render_as_string(False))
 
 
 @pytest.fixture
 def populated(store: Store) -> Store:
     generate(store, contacts=80, seed=11, end=END)
     return store
-
-
-@pytest.fixture(params=["memory", "persisted", "compacted"])
-def persist_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param != "memory":
-        monkeypatch.setattr(copy, "PERSIST_CHANGES", 1)
-        if request.param == "compacted":
-            monkeypatch.setattr(copy, "COMPACT_SHARE", 0.0)
-    return str(request.param)
 
 
 def _cached_delta(s: Settings, store: Store) -> copy.Delta:
@@ -62,7 +50,9 @@ def test_a_named_field_change_is_a_patch(populated: Store, tmp_path: Path) -> No
 
 
 def test_whole_rows_and_patches_in_any_order(
-    populated: Store, tmp_path: Path, persist_mode: str
+    populated: Store,
+    tmp_path: Path,
+    persist_mode: str,  # noqa: F811
 ) -> None:
     s = settings_for(populated, tmp_path)
     open_frame(populated, s)
@@ -105,7 +95,11 @@ def test_a_field_the_copy_does_not_know_rereads_the_row(populated: Store, tmp_pa
     assert_exact(frame, populated)
 
 
-def test_many_single_contact_changes(populated: Store, tmp_path: Path, persist_mode: str) -> None:
+def test_many_single_contact_changes(
+    populated: Store,
+    tmp_path: Path,
+    persist_mode: str,  # noqa: F811
+) -> None:
     """What the benchmark writes: one feed row per contact, one field each."""
     s = settings_for(populated, tmp_path)
     open_frame(populated, s)

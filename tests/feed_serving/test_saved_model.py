@@ -56,8 +56,6 @@ def no_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_new_process_maps_the_saved_model_instead_of_building(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not store.shared:
-        pytest.skip("an in-memory store is not kept on disk")
     build_world(store)
     now = versions(store)
     first = service(store, tmp_path).current(now)
@@ -77,8 +75,6 @@ def test_a_new_process_maps_the_saved_model_instead_of_building(
 def test_a_damaged_saved_model_is_built_again(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not store.shared:
-        pytest.skip("an in-memory store is not kept on disk")
     build_world(store)
     now = versions(store)
     first = service(store, tmp_path).current(now)
@@ -96,8 +92,6 @@ def test_a_damaged_saved_model_is_built_again(
 def test_a_cli_process_builds_when_the_saved_model_is_old_and_stale(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not store.shared:
-        pytest.skip("an in-memory store is not kept on disk")
     from personatag.domain import PinKind
     from personatag.memberships.pins import pin
 
@@ -115,8 +109,6 @@ def test_a_cli_process_builds_when_the_saved_model_is_old_and_stale(
 def test_a_separate_build_process_hands_over_files(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not store.shared:
-        pytest.skip("a separate process cannot open an in-memory store")
     build_world(store)
     in_process = FeedModel.build(store, feed_service.utcnow())
     monkeypatch.setattr(feed_service, "BUILD_APART_CONTACTS", 1)
@@ -135,8 +127,6 @@ def test_a_separate_build_process_hands_over_files(
 def test_a_server_picks_up_the_model_another_process_saved(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not store.shared:
-        pytest.skip("an in-memory store is not kept on disk")
     from personatag.domain import PinKind
     from personatag.memberships.pins import pin
 
