@@ -43,25 +43,26 @@ def test_a_non_match_keeps_the_source_without_exit_remove() -> None:
 def test_rows_by_rules_spare_a_pin_in() -> None:
     t = build_tables()
     sql = str(
-        select(t.memberships.c.contact_pk)
+        select(t.membership_rows.c.contact_pk)
         .where(rules.removable_by_rules(t))
         .compile(dialect=sqlite.dialect())
     )
-    assert "memberships.source != ?" in sql
+    assert "membership_rows.source != ?" in sql
 
 
 def test_statements_are_compiled_from_the_tables_per_dialect() -> None:
-    m = build_tables().memberships
+    m = build_tables().membership_rows
     delete = Prepared(
         m.delete().where(m.c.contact_pk == bindparam("c"), m.c.persona_pk == bindparam("p")),
         ("p", "c"),
     )
     lite = delete.sql(sqlite.dialect())
     assert lite == (
-        "DELETE FROM memberships WHERE memberships.contact_pk = ? AND memberships.persona_pk = ?"
+        "DELETE FROM membership_rows "
+        "WHERE membership_rows.contact_pk = ? AND membership_rows.persona_pk = ?"
     )
     pg = delete.sql(postgresql.dialect())  # type: ignore[no-untyped-call]
-    assert pg.startswith("DELETE FROM memberships WHERE memberships.contact_pk = %s")
+    assert pg.startswith("DELETE FROM membership_rows WHERE membership_rows.contact_pk = %s")
     assert pg.count("%s") == 2 and "?" not in pg
 
 

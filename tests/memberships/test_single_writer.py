@@ -107,9 +107,10 @@ def test_every_membership_path_writes_through_memberships(
     assert guard.take() == []
     wrote = owned(before)
     for expected in (
-        ("memberships", "INSERT"),
-        ("memberships", "DELETE"),
-        ("memberships", "UPDATE"),
+        ("membership_rows", "INSERT"),
+        ("membership_rows", "DELETE"),
+        ("membership_rows", "UPDATE"),
+        ("membership_grants", "INSERT"),
         ("membership_log", "INSERT"),
         ("pins", "INSERT"),
         ("pins", "DELETE"),
@@ -167,6 +168,8 @@ def test_the_owner_writes_freely(store: Store) -> None:
     before = guard.seen.copy()
     pin(store, "p", "a", PinKind.IN)
     assert guard.take() == []
-    assert {("pins", "INSERT"), ("memberships", "INSERT"), ("membership_log", "INSERT")} <= owned(
-        before
-    )
+    assert {
+        ("pins", "INSERT"),
+        ("membership_rows", "INSERT"),
+        ("membership_log", "INSERT"),
+    } <= owned(before)

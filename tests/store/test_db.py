@@ -119,7 +119,7 @@ def test_a_store_describes_its_tables_with_its_own_database_options(store: Store
     assert set(bulk.dialect_kwargs) == {f"{store.dialect}_where"}
     assert str(bulk.dialect_options[store.dialect]["where"]) == "bulk_count IS NOT NULL"
     rowid = {"sqlite_with_rowid": False} if store.dialect == "sqlite" else {}
-    for table in (t.reads, t.logins, t.memberships):
+    for table in (t.reads, t.logins, t.membership_rows):
         assert dict(table.dialect_kwargs) == rowid, table.name
     # Described once, from the attributes the catalog read.
     assert store.tables is t

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 from personatag.domain import SOURCE_ADHOC, Action, Change, PinKind
-from personatag.memberships import rules
+from personatag.memberships import grants, rules
 from personatag.memberships.log import IdCapture, LogContext, log_from_select
 from personatag.store import Store
 
@@ -93,7 +93,7 @@ def _sampled_share(
 def _one_run(conn: Connection, store: Store, persona_pk: int, rows: int) -> tuple[int, int] | None:
     """The smallest and largest contact pk of a persona's `rows` rows (one
     source each) when those are consecutive pks (two primary-key seeks); else None."""
-    m = store.tables.memberships
+    m = store.tables.membership_rows
     lo = conn.scalar(select(func.min(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
     hi = conn.scalar(select(func.max(m.c.contact_pk)).where(m.c.persona_pk == persona_pk))
     if lo is None or hi is None or hi - lo + 1 != rows:
@@ -155,7 +155,7 @@ def _tag(
     known_pks: Any = None,
 ) -> ApplyCounts:
     t = store.tables
-    c, m = t.contacts, t.memberships
+    c, m = t.contacts, t.membership_rows
     p = ctx.persona_pk
     # Contacts that hold the persona already (through any source) do not enter;
     # pinned-out ones gain no source. These two counts are driven by the
@@ -183,15 +183,17 @@ def _tag(
         return ApplyCounts(
             matched=tagged + already + pinned, tagged=tagged, already=already, pinned=pinned
         )
+    # One grant (when, which request and criterion) for every row this request adds.
+    grant = grants.add(
+        conn, store, ctx.at, request_pk=ctx.request_pk, criterion_pk=ctx.criterion_pk
+    )
     rows = select(
         literal(p, type_=m.c.persona_pk.type),
         c.c.pk,
         literal(SOURCE_ADHOC, type_=m.c.source.type),
-        literal(ctx.at, type_=m.c.since.type),
-        literal(ctx.request_pk, type_=m.c.request_pk.type),
-        literal(ctx.criterion_pk, type_=m.c.criterion_pk.type),
+        literal(grant, type_=m.c.grant_pk.type),
     ).where(enter)
-    cols = ["persona_pk", "contact_pk", "source", "since", "request_pk", "criterion_pk"]
+    cols = ["persona_pk", "contact_pk", "source", "grant_pk"]
     capture = None
     # With nobody excluded, the known pks are the ones that will enter.
     known = known_pks if known_pks is not None and not already and not pinned else None
@@ -234,10 +236,10 @@ def _tag(
             capture.abandon()
         raise
     if tagged >= STATISTICS_ROWS:
-        # Lookups by contact depend on them (SQLite: schema.py, memberships).
+        # Lookups by contact depend on them (SQLite: schema.py, membership_rows).
         store.backend.analyze_skip_scan(conn, m)
     entered = select(m.c.contact_pk).where(
-        m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.request_pk == ctx.request_pk
+        m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.grant_pk == grant
     )
     ids = capture.result() if capture is not None else None
     if known is not None and tagged == len(known):
@@ -274,11 +276,15 @@ def _tag(
             literal(p, type_=m.c.persona_pk.type),
             c.c.pk,
             literal(SOURCE_ADHOC, type_=m.c.source.type),
-            literal(ctx.at, type_=m.c.since.type),
-            literal(ctx.request_pk, type_=m.c.request_pk.type),
-            literal(ctx.criterion_pk, type_=m.c.criterion_pk.type),
+            literal(grant, type_=m.c.grant_pk.type),
         ).where(condition, c.c.pk.in_(other), ~exists(adhoc.where(m.c.contact_pk == c.c.pk)))
-        conn.execute(m.insert().from_select(cols, extra))
+        added = conn.execute(
+            m.insert().from_select(cols, extra), execution_options={"preserve_rowcount": True}
+        ).rowcount
+    else:
+        added = 0
+    if not tagged and not added:
+        grants.discard(conn, store, grant)  # no row took it
     return ApplyCounts(
         matched=tagged + already + pinned, tagged=tagged, already=already, pinned=pinned
     )
@@ -294,7 +300,7 @@ def _untag(
     bulk: BulkChanges | None,
 ) -> ApplyCounts:
     t = store.tables
-    c, m = t.contacts, t.memberships
+    c, m = t.contacts, t.membership_rows
     p = ctx.persona_pk
     matched = _count(conn, store, condition)
     pinned = _count(conn, store, and_(condition, c.c.pk.in_(rules.pinned(t, p, PinKind.IN))))

@@ -13,7 +13,7 @@ from personatag.definitions import watch
 from personatag.definitions.personas import get_persona
 from personatag.domain import SOURCE_MANUAL, PinKind, utcnow
 from personatag.errors import NotFoundError
-from personatag.memberships import rules
+from personatag.memberships import grants, rules
 from personatag.memberships.log import LogContext, log_one
 from personatag.store import Store, changefeed
 
@@ -27,7 +27,7 @@ def contact_pk(conn: Connection, store: Store, contact_id: str) -> int:
 
 
 def _holds(conn: Connection, store: Store, persona_pk: int, cpk: int) -> bool:
-    m = store.tables.memberships
+    m = store.tables.membership_rows
     query = select(m.c.source).where(m.c.persona_pk == persona_pk, m.c.contact_pk == cpk)
     return rules.holds(set(conn.scalars(query)))
 
@@ -84,7 +84,7 @@ def pin(
                 reason=reason,
             )
         )
-        m = t.memberships
+        m = t.membership_rows
         if kind is PinKind.IN:
             conn.execute(
                 m.delete().where(
@@ -95,7 +95,10 @@ def pin(
             )
             conn.execute(
                 m.insert().values(
-                    persona_pk=persona.pk, contact_pk=cpk, source=SOURCE_MANUAL, since=now
+                    persona_pk=persona.pk,
+                    contact_pk=cpk,
+                    source=SOURCE_MANUAL,
+                    grant_pk=grants.add(conn, store, now),
                 )
             )
             _log(conn, store, ctx, cpk, held)
@@ -128,7 +131,7 @@ def unpin(
         conn.execute(
             t.pins.delete().where(t.pins.c.persona_pk == persona.pk, t.pins.c.contact_pk == cpk)
         )
-        m = t.memberships
+        m = t.membership_rows
         if kind == PinKind.IN.value:
             conn.execute(
                 m.delete().where(

@@ -24,7 +24,7 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, select
 
 from personatag.domain import Change, PinKind
-from personatag.memberships import rules
+from personatag.memberships import grants, rules
 from personatag.memberships.apply import STATISTICS_ROWS
 from personatag.memberships.log import insert_bulk_entry
 from personatag.store import Store
@@ -61,13 +61,11 @@ class _Statements:
 
 
 def _statements(tables: Tables) -> _Statements:
-    m = tables.memberships
+    m = tables.membership_rows
 
     def build() -> _Statements:
         return _Statements(
-            add=Prepared(
-                m.insert(), ("persona_pk", "contact_pk", "source", "since", "criterion_pk")
-            ),
+            add=Prepared(m.insert(), ("persona_pk", "contact_pk", "source", "grant_pk")),
             remove=Prepared(
                 m.delete().where(
                     m.c.persona_pk == bindparam("persona_pk"),
@@ -94,7 +92,7 @@ class Holders:
         """Rows of the given contacts in the personas wanted for each (contact pk ->
         persona pks), read as `grouped` plans them."""
         t = store.tables
-        m, p = t.memberships, t.pins
+        m, p = t.membership_rows, t.pins
         out = cls()
         sources = out.sources
         for personas, cpks in grouped(wanted):
@@ -124,7 +122,7 @@ class Holders:
     def load_persona(cls, conn: Connection, store: Store, persona_pk: int) -> Holders:
         """Every row of one persona (for set-wide work: swaps, reconciliation)."""
         t = store.tables
-        m, p = t.memberships, t.pins
+        m, p = t.membership_rows, t.pins
         out = cls()
         q = select(m.c.contact_pk, m.c.source).where(m.c.persona_pk == persona_pk)
         for cpk, src in conn.execute(q):
@@ -219,14 +217,15 @@ class Writer:
         """Write everything; `reason` (default: what the criterion did) goes in the log."""
         t = self.store.tables
         statements = _statements(t)
-        # Every row shares one moment: its type's conversion runs once, not per row.
-        since = bound(conn, t.memberships.c.since, self.at)
         at = bound(conn, t.membership_log.c.at, self.at)
         statements.remove.executemany(conn, list(self.deletes))
-        statements.add.executemany(conn, [(p, c, s, since, s) for p, c, s in self.inserts])
+        if self.inserts:
+            # One grant for the flush: the rows' source names their criterion.
+            grant = grants.add(conn, self.store, self.at)
+            statements.add.executemany(conn, [(p, c, s, grant) for p, c, s in self.inserts])
         if len(self.inserts) >= STATISTICS_ROWS:
-            # Lookups by contact depend on them (SQLite: schema.py, memberships).
-            self.store.backend.analyze_skip_scan(conn, t.memberships)
+            # Lookups by contact depend on them (SQLite: schema.py, membership_rows).
+            self.store.backend.analyze_skip_scan(conn, t.membership_rows)
         # Large and each contact once: one compact entry per persona, change and
         # criterion. Otherwise row by row, in the order the changes happened.
         groups: dict[tuple[int, str, int], list[int]] = {}

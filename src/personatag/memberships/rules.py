@@ -65,8 +65,8 @@ def answer(
 
 def members(tables: Tables, persona_pk: int) -> Select[Any]:
     """The pks of contacts that hold P (any source), repeated per source."""
-    m = tables.memberships
-    return select(m.c.contact_pk).where(m.c.persona_pk == persona_pk)
+    r = tables.membership_rows
+    return select(r.c.contact_pk).where(r.c.persona_pk == persona_pk)
 
 
 def pinned(tables: Tables, persona_pk: int, kind: PinKind) -> Select[Any]:
@@ -78,4 +78,4 @@ def pinned(tables: Tables, persona_pk: int, kind: PinKind) -> Select[Any]:
 def removable_by_rules(tables: Tables) -> ColumnElement[bool]:
     """The membership rows a rule (an untag, a criterion's exit) may remove: all
     but a pin-in's."""
-    return tables.memberships.c.source != SOURCE_MANUAL
+    return tables.membership_rows.c.source != SOURCE_MANUAL

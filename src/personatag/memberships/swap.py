@@ -47,12 +47,13 @@ def swap_in(
     caller's write transaction. Takes the persona locks. Enters and exits are
     logged where the persona as a whole moves, with the swap as the reason."""
     store.lock_personas(conn, [new.persona_pk] + ([old.persona_pk] if old is not None else []))
-    m = store.tables.memberships
+    m = store.tables.membership_rows
     writer = Writer(store, at, bulk_threshold)
     if old is not None and old.pk != new.pk:
         if old.persona_pk == new.persona_pk:
             # Hand the old version's rows to the new one: no exit and re-enter
-            # for people both versions catch.
+            # for people both versions catch. A row keeps its grant (its since);
+            # its source names its criterion.
             conn.execute(
                 m.update()
                 .where(m.c.source == old.pk, m.c.persona_pk == old.persona_pk)
@@ -63,7 +64,7 @@ def swap_in(
                         )
                     )
                 )
-                .values(source=new.pk, criterion_pk=new.pk)
+                .values(source=new.pk)
             )
             conn.execute(m.delete().where(m.c.source == old.pk))
         else:

@@ -63,7 +63,9 @@ class Tables:
     attributes: Table
     personas: Table
     criteria: Table
-    memberships: Table
+    memberships: Table  # a view over membership_rows and membership_grants
+    membership_rows: Table
+    membership_grants: Table
     pins: Table
     membership_log: Table
     requests: Table
@@ -195,22 +197,46 @@ def build_tables(
         Column("created_by", Text),
         Index("ix_criteria_name_version", "name", "version", unique=True),
     )
-    memberships = Table(
-        "memberships",
+    # A membership is a row (persona, contact, source) and a reference to its
+    # grant: when and by what it was given (since, request, criterion), one row
+    # per ad hoc request, pin-in or stream flush. `memberships`, the view
+    # readers use, joins the two back (migration 0011_membership_grants); every writer is in
+    # personatag.memberships and writes the rows and grants themselves.
+    membership_rows = Table(
+        "membership_rows",
         md,
         Column("persona_pk", BigInteger, primary_key=True),
         Column("contact_pk", BigInteger, primary_key=True),
         # SOURCE_ADHOC, SOURCE_MANUAL, or an ongoing criterion's pk
         Column("source", BigInteger, primary_key=True),
-        Column("since", UTCTimestamp, nullable=False),
-        Column("request_pk", BigInteger),
-        Column("criterion_pk", BigInteger),
+        Column("grant_pk", BigInteger, nullable=False),
         # By contact: PostgreSQL seeks this index. SQLite has none (a second
         # b-tree of every row doubled the cost of a large tag): it skip-scans
         # the primary key, one seek per persona, which its planner chooses
         # from the statistics the writer keeps (memberships/stats.py).
-        Index("ix_memberships_contact", "contact_pk").ddl_if(dialect="postgresql"),
+        Index("ix_membership_rows_contact", "contact_pk").ddl_if(dialect="postgresql"),
         **only(sqlite_with_rowid=False),
+    )
+    membership_grants = Table(
+        "membership_grants",
+        md,
+        Column("pk", PK, primary_key=True, autoincrement=True),
+        Column("since", UTCTimestamp, nullable=False),
+        Column("request_pk", BigInteger),
+        # NULL for a stream flush's grant: an ongoing criterion's rows name it
+        # as their source, and the view reads it from there.
+        Column("criterion_pk", BigInteger),
+    )
+    # The view (created by the migrations, not by this metadata).
+    memberships = Table(
+        "memberships",
+        MetaData(),
+        Column("persona_pk", BigInteger, primary_key=True),
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("source", BigInteger, primary_key=True),
+        Column("since", UTCTimestamp, nullable=False),
+        Column("request_pk", BigInteger),
+        Column("criterion_pk", BigInteger),
     )
     pins = Table(
         "pins",
@@ -550,6 +576,8 @@ def build_tables(
         personas=personas,
         criteria=criteria,
         memberships=memberships,
+        membership_rows=membership_rows,
+        membership_grants=membership_grants,
         pins=pins,
         membership_log=membership_log,
         requests=requests,

@@ -47,6 +47,7 @@ from personatag.engines.local.stream.lifecycle import Lifecycle
 from personatag.engines.local.stream.reconcile import Rounds, reconcile
 from personatag.engines.local.stream.standby import STANDBY_POLL_S, Ownership
 from personatag.engines.local.stream.status import OFFSET_NAME, Gauges
+from personatag.memberships import grants
 from personatag.memberships.rows import Holders, Writer
 from personatag.metrics import Metrics, default_metrics
 from personatag.service import Backoff, Service
@@ -224,6 +225,12 @@ class StreamProcessor(StreamEngine):
         else:
             self._gauges.lag(offset)
             crit = self._rounds.next(index, self.settings.stream_reconcile_s)
+            if self._rounds.began:
+                # Grants whose rows all left since the last round (memberships/grants.py).
+                with self.store.write() as conn:
+                    pruned = grants.prune(conn, self.store)
+                if pruned:
+                    result.lifecycle.append(f"pruned {pruned} unused membership grants")
             if crit is not None:
                 self.reconcile(crit)
                 result.lifecycle.append(f"reconciled {crit.label}")

@@ -47,9 +47,11 @@ class Rounds:
     def __init__(self) -> None:
         self.queue: list[int] = []
         self.last_round = time.monotonic()
+        self.began = False  # the last `next` began a round
 
     def next(self, index: og.Index, every: float) -> og.Ongoing | None:
         """The criterion to reconcile now, or None (disabled, or not time yet)."""
+        self.began = False
         if every <= 0 or not index.criteria:
             return None
         if not self.queue:
@@ -57,6 +59,7 @@ class Rounds:
                 return None
             self.last_round = time.monotonic()
             self.queue = [c.pk for c in index.criteria]
+            self.began = True
         crit_pk = self.queue.pop(0)
         return index.by_pk.get(crit_pk)
 
