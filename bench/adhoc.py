@@ -94,28 +94,33 @@ def drop_pg(name: str) -> None:
 def reset_memberships(store_engine, dialect: str) -> None:  # type: ignore[no-untyped-def]
     with store_engine.begin() as conn:
         if dialect == "postgresql":
-            conn.execute(text("TRUNCATE memberships, membership_log"))
+            conn.execute(text("TRUNCATE membership_rows, membership_grants, membership_log"))
         else:
-            conn.execute(text("DELETE FROM memberships"))
-            conn.execute(text("DELETE FROM membership_log"))
+            for table in ("membership_rows", "membership_grants", "membership_log"):
+                conn.execute(text(f"DELETE FROM {table}"))
     if dialect == "postgresql":
         with store_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE memberships"))
+            conn.execute(text("VACUUM ANALYZE membership_rows"))
     else:
         with store_engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+# The product's own tables written by hand: one grant, then a row per match.
+GRANT_SQL = "INSERT INTO membership_grants (since) VALUES (:t)"
+ROWS_SQL = (
+    "INSERT INTO membership_rows (persona_pk, contact_pk, source, grant_pk) "
+    "SELECT :p, pk, 0, (SELECT max(pk) FROM membership_grants) FROM contacts WHERE {pred}"
+)
+
+
 def run_anchor(engine, sql_pred: str, persona_pk: int) -> float:  # type: ignore[no-untyped-def]
-    stmt = text(
-        "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
-        f"criterion_pk) SELECT :p, pk, 0, :t, NULL, NULL FROM contacts WHERE {sql_pred}"
-    )
     start = time.perf_counter()
     with engine.connect() as conn:
         conn = conn.execution_options(pt_write=True)
         with conn.begin():
-            conn.execute(stmt, {"p": persona_pk, "t": to_micros(utcnow())})
+            conn.execute(text(GRANT_SQL), {"t": to_micros(utcnow())})
+            conn.execute(text(ROWS_SQL.format(pred=sql_pred)), {"p": persona_pk})
     return time.perf_counter() - start
 
 

@@ -428,7 +428,10 @@ def tag_all(choice: EngineChoice, db: Path) -> list[dict[str, Any]]:
     persona = con.execute("SELECT pk FROM personas WHERE key = ?", (key,)).fetchone()[0]
 
     def clear() -> None:
-        con.execute("DELETE FROM memberships WHERE persona_pk = ?", (persona,))
+        con.execute("DELETE FROM membership_rows WHERE persona_pk = ?", (persona,))
+        con.execute(
+            "DELETE FROM membership_grants WHERE pk NOT IN (SELECT grant_pk FROM membership_rows)"
+        )
         con.execute("DELETE FROM membership_log WHERE persona_pk = ?", (persona,))
         con.commit()
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -5,8 +5,9 @@
 The anchor is one hand-written INSERT ... SELECT of the N (persona, contact)
 pairs into a bare two-column table (`WITHOUT ROWID` on SQLite, a primary key
 on PostgreSQL) in the same store, measured in the same run, alternating with
-the product. Beside it: the same INSERT into the product's memberships table
-(what its table design costs), and `personatag tag --json` as a user runs it
+the product. Beside it: the same pairs written by hand into the product's own
+tables (one grant, then a `membership_rows` row per pair: what its table
+design costs), and `personatag tag --json` as a user runs it
 in a new process (request record, compile, apply, the membership log complete,
 job record; plus interpreter start-up and imports). Prints best-of-R times and
 the ratio tag / anchor (goal <= 1.5) and checks the log after every run.
@@ -15,9 +16,8 @@ On SQLite every statement runs on the calling thread, so the CPU time of the
 anchor (this process) and of the tag (the child process, start-up included)
 are measured too: on a machine shared with other work their ratio moves far
 less than the wall-clock one. `--layouts` also times the same INSERT into
-narrower tables a different memberships layout would write: the key
-`(persona_pk, contact_pk, source)` alone, and that key plus a small reference
-to a per-request row holding `since`, `request_pk` and `criterion_pk`.
+bare tables of other shapes: the key `(persona_pk, contact_pk, source)` alone,
+and that key plus a grant reference (the shape of `membership_rows`).
 
 The store is filled SQL-side once and kept under --workdir (default
 /work/data/write, or $TMPDIR), so later runs at the same size start at once.
@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adhoc import FILL_PG, FILL_SQLITE, PG_ADMIN, run_cli
+from adhoc import FILL_PG, FILL_SQLITE, GRANT_SQL, PG_ADMIN, ROWS_SQL, run_cli
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.store import open_store
@@ -64,16 +64,17 @@ def store_url(kind: str, n: int, workdir: Path) -> tuple[str, bool]:
 def reset(engine: Engine, kind: str) -> None:
     with engine.begin() as conn:
         if kind == "postgresql":
-            conn.execute(text("TRUNCATE memberships, membership_log, changes"))
+            conn.execute(
+                text("TRUNCATE membership_rows, membership_grants, membership_log, changes")
+            )
             conn.execute(text("DROP TABLE IF EXISTS bare_pairs"))
         else:
-            conn.execute(text("DELETE FROM memberships"))
-            conn.execute(text("DELETE FROM membership_log"))
-            conn.execute(text("DELETE FROM changes"))
+            for table in ("membership_rows", "membership_grants", "membership_log", "changes"):
+                conn.execute(text(f"DELETE FROM {table}"))
             conn.execute(text("DROP TABLE IF EXISTS bare_pairs"))
     if kind == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE memberships"))
+            conn.execute(text("VACUUM ANALYZE membership_rows"))
     else:
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -137,10 +138,7 @@ def layout(engine: Engine, kind: str, persona_pk: int, name: str) -> float:
 def product_table(engine: Engine, persona_pk: int) -> float:
     return run_sql(
         engine,
-        [
-            "INSERT INTO memberships (persona_pk, contact_pk, source, since, request_pk, "
-            "criterion_pk) SELECT :p, pk, 0, :t, NULL, NULL FROM contacts WHERE id IS NOT NULL"
-        ],
+        [GRANT_SQL, ROWS_SQL.format(pred="id IS NOT NULL")],
         {"p": persona_pk, "t": to_micros(utcnow())},
     )
 

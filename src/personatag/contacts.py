@@ -401,10 +401,10 @@ def search_contacts(
         if page:
             t = store.tables
             held = conn.execute(
-                select(t.memberships.c.contact_pk, t.personas.c.key)
+                select(t.membership_rows.c.contact_pk, t.personas.c.key)
                 .distinct()
-                .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
-                .where(t.memberships.c.contact_pk.in_(list(page)))
+                .join(t.personas, t.personas.c.pk == t.membership_rows.c.persona_pk)
+                .where(t.membership_rows.c.contact_pk.in_(list(page)))
                 .order_by(t.personas.c.key)
             )
             for contact, persona in held:

@@ -158,16 +158,18 @@ def _sample_contact(store: Store) -> str | None:
     """SAMPLE_CONTACT when it holds a persona, else the first EMEA energy CIO
     (a store generated with another size or seed), else None."""
     t = store.tables
-    holds = select(t.memberships.c.contact_pk).where(t.memberships.c.contact_pk == t.contacts.c.pk)
+    holds = select(t.membership_rows.c.contact_pk).where(
+        t.membership_rows.c.contact_pk == t.contacts.c.pk
+    )
     sample = select(t.contacts.c.id).where(t.contacts.c.id == SAMPLE_CONTACT, holds.exists())
     with store.read() as conn:
         if conn.scalar(sample):
             return SAMPLE_CONTACT
         pk = conn.scalar(
-            select(t.memberships.c.contact_pk)
-            .join(t.personas, t.personas.c.pk == t.memberships.c.persona_pk)
+            select(t.membership_rows.c.contact_pk)
+            .join(t.personas, t.personas.c.pk == t.membership_rows.c.persona_pk)
             .where(t.personas.c.key == "emea-energy-cio")
-            .order_by(t.memberships.c.contact_pk)
+            .order_by(t.membership_rows.c.contact_pk)
             .limit(1)
         )
         return conn.scalar(select(t.contacts.c.id).where(t.contacts.c.pk == pk)) if pk else None
@@ -234,7 +236,9 @@ def _stream_demo(store: Store, settings: Settings, say: Callable[[str], None]) -
         say(f"  {line}")
     with store.read() as conn:
         persona_pk = conn.scalar(select(t.personas.c.pk).where(t.personas.c.key == LIVE_KEY))
-        members = select(t.memberships.c.contact_pk).where(t.memberships.c.persona_pk == persona_pk)
+        members = select(t.membership_rows.c.contact_pk).where(
+            t.membership_rows.c.persona_pk == persona_pk
+        )
         row = conn.execute(
             select(t.contacts.c.id).where(t.contacts.c.pk.not_in(members)).order_by(t.contacts.c.pk)
         ).first()

@@ -196,7 +196,7 @@ class _SqlCompiler:
             case Count():
                 return self.count(node)
             case Persona(key):
-                m = self.tables.memberships
+                m = self.tables.membership_rows
                 pk = _bind("persona_pk", self.persona_pks[key], BigInteger())
                 members = select(m.c.contact_pk).where(m.c.persona_pk == pk)
                 return self.tables.contacts.c.pk.in_(members)

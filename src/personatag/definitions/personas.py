@@ -168,10 +168,10 @@ def list_personas(
     t = store.tables
     counts = (
         select(
-            t.memberships.c.persona_pk,
-            func.count(t.memberships.c.contact_pk.distinct()).label("n"),
+            t.membership_rows.c.persona_pk,
+            func.count(t.membership_rows.c.contact_pk.distinct()).label("n"),
         )
-        .group_by(t.memberships.c.persona_pk)
+        .group_by(t.membership_rows.c.persona_pk)
         .subquery()
     )
     query = (
@@ -185,7 +185,7 @@ def list_personas(
 
 
 def member_count(conn: Connection, store: Store, persona_pk: int) -> int:
-    m = store.tables.memberships
+    m = store.tables.membership_rows
     query = select(func.count(m.c.contact_pk.distinct())).where(m.c.persona_pk == persona_pk)
     return int(conn.scalar(query) or 0)
 

@@ -166,7 +166,7 @@ def _members_query(conn: Connection, store: Store, persona_pk: int, limit: int |
     when the expected walk (a page's share of all contacts) is the shorter.
     """
     t = store.tables
-    c, m = t.contacts, t.memberships
+    c, m = t.contacts, t.membership_rows
     members = conn.scalar(select(func.count()).select_from(m).where(m.c.persona_pk == persona_pk))
     contacts = conn.scalar(select(func.max(c.c.pk))) or 0
     members = int(members or 0)

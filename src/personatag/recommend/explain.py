@@ -27,7 +27,7 @@ def rules_behind(
     of the contact's (active) personas that moved it, by rule id. Expired pins
     (at `as_of`) are left out, as the model leaves them out."""
     t = store.tables
-    r, p, m, pub = t.feed_rules, t.personas, t.memberships, t.publications
+    r, p, m, pub = t.feed_rules, t.personas, t.membership_rows, t.publications
     out: dict[int, list[dict[str, Any]]] = {pk: [] for pk in publication_pks}
     if not publication_pks:
         return out

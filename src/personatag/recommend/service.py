@@ -506,8 +506,10 @@ def feed_for(
         held = list(
             conn.scalars(
                 select(t.personas.c.key)
-                .join(t.memberships, t.memberships.c.persona_pk == t.personas.c.pk)
-                .where(t.memberships.c.contact_pk == contact_pk, t.personas.c.archived_at.is_(None))
+                .join(t.membership_rows, t.membership_rows.c.persona_pk == t.personas.c.pk)
+                .where(
+                    t.membership_rows.c.contact_pk == contact_pk, t.personas.c.archived_at.is_(None)
+                )
                 .distinct()
             )
         )

@@ -224,7 +224,7 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
             .where(t.personas.c.archived_at.is_(None))
             .order_by(t.personas.c.pk)
         ).all()
-        mc = t.memberships.c
+        mc = t.membership_rows.c
         members = _stream_ints(conn, select(mc.contact_pk, mc.persona_pk).distinct(), 2)
         contact_pk = contact_pk.ravel()
         pub_pk = np.array([r[0] for r in pubs], dtype=np.int64)

@@ -250,7 +250,7 @@ class PersonaSets:
         started = time.perf_counter()
         settled = self._horizon.wait(0, self.settle_wait_s)
         t = self.store.tables
-        m, lg = t.memberships, t.membership_log
+        m, lg = t.membership_rows, t.membership_log
         personas: dict[int, Held] = {}
         with self.store.read() as conn:
             query = select(m.c.persona_pk, self.store.backend.id_list(m.c.contact_pk)).group_by(

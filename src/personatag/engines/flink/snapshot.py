@@ -147,7 +147,7 @@ class _Rows:
         if col.kind == "persona":
             if col.persona is None:
                 raise TypeError(f"snapshot column {col.name} lacks persona")
-            m = self.store.tables.memberships
+            m = self.store.tables.membership_rows
             held = exists().where(
                 m.c.persona_pk == persona_pks[col.persona], m.c.contact_pk == c.pk
             )

@@ -102,7 +102,7 @@ def load_inputs(
                 logins.setdefault(int(cpk), []).append(at)
     held: dict[int, set[str]] = {}
     if needs.personas:
-        ms = t.memberships
+        ms = t.membership_rows
         for part in chunks(list(rows)):
             q = select(ms.c.contact_pk, ms.c.persona_pk).where(ms.c.contact_pk.in_(part)).distinct()
             for cpk, ppk in conn.execute(q):
