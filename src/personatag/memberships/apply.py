@@ -242,9 +242,13 @@ def _tag(
         m.c.persona_pk == p, m.c.source == SOURCE_ADHOC, m.c.grant_pk == grant
     )
     ids = capture.result() if capture is not None else None
+    run = None
     if known is not None and tagged == len(known):
         ids = known
-    run = None
+        # Sorted and unique: one run of consecutive pks when its ends are
+        # len - 1 apart; its log entry is then encoded from the two ends.
+        if bulk is None and tagged > bulk_threshold and known[-1] - known[0] + 1 == tagged:
+            ids, run = None, (int(known[0]), int(known[-1]))
     if ids is None and empty and tagged > bulk_threshold:
         run = _one_run(conn, store, p, tagged)
         if run is not None:
