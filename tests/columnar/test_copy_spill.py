@@ -106,6 +106,16 @@ def test_compaction_merges_in_blocks_exactly(
     from personatag.engines.columnar import copy
 
     monkeypatch.setattr(spill, "MERGE_BLOCK", 17)
+    mapped: list[bool] = []
+    real = spill._read_block
+
+    def read_block(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        mapped.append(isinstance(array, np.memmap))
+        got = real(array, lo, hi)
+        assert not isinstance(got, np.memmap)  # read from the file, not mapped
+        return got
+
+    monkeypatch.setattr(spill, "_read_block", read_block)
     monkeypatch.setattr(copy, "PERSIST_CHANGES", 1)
     monkeypatch.setattr(copy, "COMPACT_SHARE", 0.0)
     generate(store, contacts=40, seed=3, end=END)
@@ -115,6 +125,7 @@ def test_compaction_merges_in_blocks_exactly(
     assert_exact(open_frame(store, s), store)
     folder = copy.folder_of(s, store)
     assert copy.read_manifest(folder)["delta"] is None  # compacted into one base
+    assert len(mapped) > 3 and all(mapped)  # the base's events, a block at a time
     copy._CACHE.clear()
     frame = open_frame(store, s)
     assert [seg.live is None for seg in frame.reads] == [True]

@@ -40,8 +40,10 @@ def _load(path: Path) -> Array:
 
 
 def _save_dictionary(stem: Path, dictionary: Array) -> None:
-    words = [str(s) for s in dictionary]
-    _write_words(stem, words, any("\x00" in w for w in words))
+    # Streamed a block at a time: a compaction writes a 10M-string
+    # dictionary without a second list of it or its whole text.
+    nul = any("\x00" in str(s) for s in dictionary)
+    _write_words(stem, (str(s) for s in dictionary), nul)
 
 
 BLOCK = 65_536  # strings per write of a dictionary
