@@ -106,6 +106,16 @@ def test_compaction_merges_in_blocks_exactly(
     from personatag.engines.columnar import copy
 
     monkeypatch.setattr(spill, "MERGE_BLOCK", 17)
+    mapped: list[bool] = []
+    real = spill._read_block
+
+    def read_block(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        mapped.append(isinstance(array, np.memmap))
+        got = real(array, lo, hi)
+        assert not isinstance(got, np.memmap)  # read from the file, not mapped
+        return got
+
+    monkeypatch.setattr(spill, "_read_block", read_block)
     monkeypatch.setattr(copy, "PERSIST_CHANGES", 1)
     monkeypatch.setattr(copy, "COMPACT_SHARE", 0.0)
     generate(store, contacts=40, seed=3, end=END)
@@ -115,6 +125,7 @@ def test_compaction_merges_in_blocks_exactly(
     assert_exact(open_frame(store, s), store)
     folder = copy.folder_of(s, store)
     assert copy.read_manifest(folder)["delta"] is None  # compacted into one base
+    assert len(mapped) > 3 and all(mapped)  # the base's events, a block at a time
     copy._CACHE.clear()
     frame = open_frame(store, s)
     assert [seg.live is None for seg in frame.reads] == [True]
@@ -122,28 +133,80 @@ def test_compaction_merges_in_blocks_exactly(
     assert_exact(frame, store)
 
 
-@pytest.mark.parametrize("limit", [0, 5])
-def test_a_build_that_reads_many_valued_columns_alone_is_exact(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+@pytest.mark.parametrize("run", [0, 3])
+def test_a_build_whose_dictionaries_merge_from_runs_is_exact(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: int
 ) -> None:
-    """String (and list) columns with more distinct values than the limit are
-    given up in the shared pass and read again one at a time."""
+    """String (and list) columns with more distinct values than `runs.RUN`
+    are written in sorted runs and merged: the files are those of a build
+    that held every dictionary whole (the dictionaries sorted by code point,
+    non-ASCII strings among them)."""
     from personatag.contacts import set_contact
-    from personatag.engines.columnar import load
+    from personatag.engines.columnar import copy, load, runs
 
-    monkeypatch.setattr(load, "HIGH_CARDINALITY", limit)
     generate(store, contacts=50, seed=12, end=END)
     set_contact(store, "c00000002", {"region": "", "interests": "", "email": ""})
-    set_contact(store, "late", {"region": "Ångström"}, create=True)
-    encoders: list[load.Encoder] = []
-    real = load.Encoder.__init__
+    set_contact(store, "c00000003", {"email": "a\tb", "interests": "x y, Ärger"})
+    set_contact(store, "late", {"region": "Ångström", "email": "\U0001f600@x"}, create=True)
+    url = store.engine.url.render_as_string(False)
+    whole = Settings(data_dir=tmp_path / "whole", store_url=url)
+    assert_exact(open_frame(store, whole), store)
+    monkeypatch.setattr(load, "CHUNK", 7)
+    monkeypatch.setattr(runs, "RUN", run)
+    monkeypatch.setattr(runs, "BLOCK", 2)
+    flushed: list[int] = []
+    real = runs.Runs.flush
 
-    def spy(self: load.Encoder, *args: object, **kwargs: object) -> None:
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
-        encoders.append(self)
+    def spy(self: runs.Runs, written: int) -> None:
+        flushed.append(written)
+        real(self, written)
 
-    monkeypatch.setattr(load.Encoder, "__init__", spy)
-    s = Settings(data_dir=tmp_path / "data", store_url=store.engine.url.render_as_string(False))
-    frame = open_frame(store, s)
-    assert any(e.dropped for e in encoders)  # the shared pass gave some up
+    monkeypatch.setattr(runs.Runs, "flush", spy)
+    copy._CACHE.clear()
+    copy._FRAMES.clear()
+    in_runs = Settings(data_dir=tmp_path / "runs", store_url=url)
+    frame = open_frame(store, in_runs)
+    assert len(flushed) > 10
     assert_exact(frame, store)
+    bases = []
+    for settings in (whole, in_runs):
+        folder = copy.folder_of(settings, store)
+        bases.append(folder / copy.read_manifest(folder)["base"])
+    names = sorted(p.name for p in bases[0].glob("contacts.*"))
+    assert names == sorted(p.name for p in bases[1].glob("contacts.*"))
+    for name in names:
+        assert (bases[0] / name).read_bytes() == (bases[1] / name).read_bytes(), name
+    for col in frame.contacts.columns.values():
+        if col.dictionary is not None:
+            words = list(col.dictionary)
+            assert words == sorted(set(words))
+
+
+@pytest.mark.parametrize("nul", [False, True])
+def test_runs_merge_into_one_sorted_dictionary(tmp_path: Path, nul: bool) -> None:
+    """Runs of overlapping strings merge into the sorted distinct strings, each
+    provisional code mapped to its string's place (NUL: written as JSON)."""
+    from personatag.engines.columnar import runs, segment
+
+    rng = np.random.default_rng(5)
+    alphabet = ["", "a", "b", "Å", "\U0001f600", "z", "\x00" if nul else "y"]
+    picks = [rng.integers(0, len(alphabet), rng.integers(0, 4)) for _ in range(500)]
+    strings = ["".join(alphabet[i] for i in pick) for pick in picks]
+    built = runs.Runs(tmp_path)
+    codes: list[int] = []
+    for start in range(0, len(strings), 40):
+        codes += [built.index.setdefault(s, len(built.index)) for s in strings[start : start + 40]]
+        if len(built.index) > 20:
+            built.flush(len(codes))
+    assert len(built.files) > 3
+    words, maps = built.finish(len(codes))
+    size = segment.write_dictionary(tmp_path, "t", 0, words, built.nul)
+    assert size == len(set(strings))
+    assert tmp_path.joinpath("t.0.dict.json").exists() == nul
+    dictionary = segment._load_dictionary(tmp_path / "t.0", size).tolist()
+    assert dictionary == sorted(set(strings))
+    final = np.asarray(codes, dtype=np.int32)
+    for lo, hi, to in maps:
+        final[lo:hi] = to[final[lo:hi]]
+    assert [dictionary[c] for c in final] == strings
+    assert not list(tmp_path.glob("run*"))

@@ -4,17 +4,21 @@ Integer and timestamp columns (every column of reads and logins, and the
 contacts' pk, INT and TIMESTAMP fields) come through the store's bulk column
 reader (store.columns): whole arrays, no Python object per value. String,
 list, float and boolean columns stream in chunks of rows and are encoded as
-they come (a running dictionary per string column: on this data a dict
-lookup per value measured 3-10x faster than np.unique over object or
+they come (a dict of provisional codes per string column: on this data a
+dict lookup per value measured 3-10x faster than np.unique over object or
 fixed-width string arrays), so a build never holds a table as Python
-objects. Timestamps are the stored integer microseconds.
+objects. A build (write_contacts) appends each column's arrays to spill
+files and builds its dictionary in sorted runs (runs.py), then writes one
+column at a time. Timestamps are the stored integer microseconds.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,8 @@ from personatag.domain import (
 from personatag.engines.columnar.encode import NUMERIC_DTYPES
 from personatag.engines.columnar.frame import Array, Column, Table
 from personatag.engines.columnar.patch import take_column, take_rows
-from personatag.engines.columnar.segment import write_column, write_pk
+from personatag.engines.columnar.runs import Runs
+from personatag.engines.columnar.segment import write_column, write_dictionary, write_pk
 from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
 from personatag.store.types import decode_lists
@@ -46,84 +51,115 @@ IN_LIST = 5_000  # pks per `IN (...)`
 
 
 class Encoder:
-    """Builds one Column from chunks of Python values."""
+    """Builds one Column from chunks of Python values.
 
-    def __init__(self, kind: FieldType, limit: int | None = None) -> None:
+    With `spill` (an empty folder of its own) the chunks' arrays are appended
+    to files there and the strings' dictionary is built in sorted runs
+    (runs.py), so a pass over many columns holds none of them whole; `write`
+    then makes and writes the column. Without it everything is held and
+    `finish` returns the Column."""
+
+    def __init__(self, kind: FieldType, spill: Path | None = None) -> None:
         self.kind = kind
-        # More distinct strings than `limit`: give up (`dropped`), holding none.
-        self.limit = limit
-        self.dropped = False
-        self.index: dict[str, int] = {}
-        self.values: list[Array] = []
-        self.nulls: list[Array] = []
-        self.lengths: list[Array] = []
+        self.spill = spill
+        self.strings = Runs(spill)
+        self.parts: dict[str, list[Array]] = {"nulls": [], "values": [], "lengths": []}
+        self.sizes = dict.fromkeys(self.parts, 0)
 
     def _codes(self, strings: Iterable[str]) -> Array:
-        index = self.index
+        index = self.strings.index
         return np.fromiter((index.setdefault(s, len(index)) for s in strings), dtype=np.int32)
 
-    def add(self, chunk: Sequence[Any]) -> None:
-        if not self.dropped:
-            self._add(chunk)
-        if self.limit is not None and len(self.index) > self.limit:
-            self.dropped = True
-            self.index, self.values, self.nulls, self.lengths = {}, [], [], []
+    def _append(self, part: str, array: Array) -> None:
+        self.sizes[part] += len(array)
+        if self.spill is None:
+            self.parts[part].append(array)
+        else:
+            with open(self.spill / part, "ab") as out:
+                array.tofile(out)
 
-    def _add(self, chunk: Sequence[Any]) -> None:
+    def _read(self, part: str, dtype: Any) -> Array:
+        if self.spill is None:
+            got = self.parts[part]
+            self.parts[part] = []
+            return np.concatenate(got) if got else np.zeros(0, dtype=dtype)
+        path = self.spill / part
+        return np.fromfile(path, dtype=dtype) if path.exists() else np.zeros(0, dtype=dtype)
+
+    def add_array(self, values: Array, nulls: Array | None) -> None:
+        """Append numeric `values` (NULL rows: True in `nulls`; None: none)."""
+        self._append("nulls", np.zeros(len(values), np.bool_) if nulls is None else nulls)
+        self._append("values", np.asarray(values, dtype=NUMERIC_DTYPES[self.kind]))
+
+    def add(self, chunk: Sequence[Any]) -> None:
         n = len(chunk)
         if self.kind is FieldType.LIST:
             chunk = decode_lists(chunk)
-        self.nulls.append(
-            np.fromiter(map(operator.is_, chunk, itertools.repeat(None)), dtype=np.bool_, count=n)
-        )
+        nulls = np.fromiter(map(operator.is_, chunk, itertools.repeat(None)), np.bool_, count=n)
+        self._append("nulls", nulls)
         if self.kind in NUMERIC_DTYPES:
             dtype = NUMERIC_DTYPES[self.kind]
             zero = dtype(0)
-            self.values.append(
-                np.fromiter((zero if v is None else v for v in chunk), dtype=dtype, count=n)
+            self._append(
+                "values", np.fromiter((zero if v is None else v for v in chunk), dtype, count=n)
             )
-        elif self.kind is FieldType.STRING:
-            if not bool(self.nulls[-1].any()):
-                self.values.append(self._codes(chunk))
-                return
-            codes = np.full(n, -1, dtype=np.int32)
-            present = ~self.nulls[-1]
-            codes[present] = self._codes(v for v in chunk if v is not None)
-            self.values.append(codes)
+            return
+        if self.kind is FieldType.STRING:
+            if not bool(nulls.any()):
+                codes = self._codes(chunk)
+            else:
+                codes = np.full(n, -1, dtype=np.int32)
+                codes[~nulls] = self._codes(v for v in chunk if v is not None)
         else:
-            self.lengths.append(
-                np.fromiter((0 if v is None else len(v) for v in chunk), dtype=np.int64, count=n)
-            )
-            self.values.append(self._codes(str(s) for v in chunk if v is not None for s in v))
+            lengths = (0 if v is None else len(v) for v in chunk)
+            self._append("lengths", np.fromiter(lengths, dtype=np.int64, count=n))
+            codes = self._codes(str(s) for v in chunk if v is not None for s in v)
+        self._append("values", codes)
+        if self.strings.full():
+            self.strings.flush(self.sizes["values"])
 
     def finish(self) -> Column:
-        nulls = np.concatenate(self.nulls) if self.nulls else np.zeros(0, dtype=np.bool_)
+        """The Column (its dictionary held: an Encoder without `spill`)."""
+        words, maps = self.strings.finish(self.sizes["values"])
+        got = list(words)
+        dictionary = np.empty(len(got), dtype=object)
+        dictionary[:] = got
+        column = self._column(maps)
+        return replace(column, dictionary=None if self.kind in NUMERIC_DTYPES else dictionary)
+
+    def write(self, folder: Path, table: str, index: int, field: str, rows: Array | None) -> Any:
+        """Write the column as column `index` of `table` in `folder` (the
+        dictionary streamed to its file; the column's `rows` only, when
+        given); its meta entry. The spill files are removed."""
+        words, maps = self.strings.finish(self.sizes["values"])
+        size = None
+        if self.kind not in NUMERIC_DTYPES:
+            size = write_dictionary(folder, table, index, words, self.strings.nul)
+        column = self._column(maps)
+        if rows is not None:
+            column = take_column(column, rows)
+        entry = write_column(folder, table, index, field, self.kind, column, size=size)
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+        return entry
+
+    def _column(self, maps: list[tuple[int, int, Array]]) -> Column:
+        """The Column without its dictionary, codes final (`maps` filled)."""
+        nulls = self._read("nulls", np.bool_)
         has_nulls = nulls if bool(nulls.any()) else None
-        empty = np.zeros(0, dtype=NUMERIC_DTYPES.get(self.kind, np.int32))
-        values = np.concatenate(self.values) if self.values else empty
+        values = self._read("values", NUMERIC_DTYPES.get(self.kind, np.int32))
         if self.kind in NUMERIC_DTYPES:
             return Column(self.kind, values, has_nulls)
-        # Sort the dictionary; remap the provisional codes (first-seen order).
-        words = np.empty(len(self.index), dtype=object)
-        words[:] = list(self.index)
-        order = np.argsort(words, kind="stable")
-        remap = np.empty(len(order) + 1, dtype=np.int32)
-        remap[order] = np.arange(len(order), dtype=np.int32)
-        remap[-1] = -1  # code -1 (NULL) maps to itself
-        codes = remap[values]
-        dictionary = words[order]
+        for lo, hi, final in maps:  # provisional codes -> final; -1 (NULL) stays
+            part = values[lo:hi]
+            present = part >= 0
+            part[present] = final[part[present]]
         if self.kind is FieldType.STRING:
-            return Column(self.kind, codes, has_nulls, dictionary=dictionary)
+            return Column(self.kind, values, has_nulls)
         offsets = np.zeros(len(nulls) + 1, dtype=np.int64)
-        if self.lengths:
-            np.cumsum(np.concatenate(self.lengths), out=offsets[1:])
+        np.cumsum(self._read("lengths", np.int64), out=offsets[1:])
         return Column(
-            self.kind,
-            np.empty(0, dtype=np.int32),
-            has_nulls,
-            dictionary=dictionary,
-            offsets=offsets,
-            items=codes,
+            self.kind, np.empty(0, dtype=np.int32), has_nulls, offsets=offsets, items=values
         )
 
 
@@ -160,13 +196,63 @@ def _table(
     return Table(pk, columns)
 
 
-def _encode_pass(
-    conn: Connection, query: Select[Any], fields: Mapping[str, FieldType], limit: int | None
-) -> tuple[Array, dict[str, Column], list[str]]:
-    """One pass over `query` (pk, then `fields`, ascending pk): (pk, the
-    columns encoded, the fields given up for holding more than `limit`
-    distinct strings)."""
-    encoders = {name: Encoder(kind, limit) for name, kind in fields.items()}
+def write_contacts(
+    conn: Connection, store: Store, fields: Mapping[str, FieldType], folder: Path
+) -> tuple[Any, Array]:
+    """Write every contact as the table `contacts` of `folder`: (its meta
+    entry, the pks). The integer columns and the pks come first (the pk set
+    of the copy), then the others in one pass over the rows. Both passes
+    append their arrays to spill files (each string dictionary in sorted
+    runs: runs.py) and then make and write one column at a time, so the
+    peak is about one column, not the table."""
+    c = store.tables.contacts
+    index = {name: i for i, name in enumerate(fields)}
+    entries: dict[str, list[Any]] = {}
+    spill = folder / ".spill-contacts"
+    try:
+        bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
+        encoders = _spill_encoders(spill, bulk, index)
+        pks: list[Array] = []
+        for chunk in iter_int_columns(conn, [c.c.pk, *_columns(c, bulk, custom=True)], key=c.c.pk):
+            pks.append(chunk[0].values)
+            for enc, col in zip(encoders.values(), chunk[1:], strict=True):
+                enc.add_array(col.values, col.nulls)
+        pk = np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
+        del pks
+        order = None
+        if len(pk) > 1 and not bool(np.all(pk[1:] > pk[:-1])):
+            order = np.argsort(pk, kind="stable")
+            pk = pk[order]
+        write_pk(folder, "contacts", pk)
+        for name, enc in encoders.items():
+            entries[name] = enc.write(folder, "contacts", index[name], name, order)
+        del order
+
+        rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
+        if rest:
+            encoders = _spill_encoders(spill, rest, index)
+            query = select(c.c.pk, *_columns(c, rest, custom=True)).order_by(c.c.pk)
+            rows = _rows_of_all(pk, _encode_pass(conn, query, encoders))
+            for name, enc in encoders.items():
+                entries[name] = enc.write(folder, "contacts", index[name], name, rows)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return {"n": len(pk), "fields": [entries[name] for name in fields]}, pk
+
+
+def _spill_encoders(
+    spill: Path, fields: Mapping[str, FieldType], index: Mapping[str, int]
+) -> dict[str, Encoder]:
+    encoders = {}
+    for name, kind in fields.items():
+        (spill / str(index[name])).mkdir(parents=True)
+        encoders[name] = Encoder(kind, spill / str(index[name]))
+    return encoders
+
+
+def _encode_pass(conn: Connection, query: Select[Any], encoders: Mapping[str, Encoder]) -> Array:
+    """Feed each row of `query` (pk, then a column per encoder, ascending
+    pk) to the encoders; the pks read."""
     pks: list[Array] = []
     result = conn.execute(query)
     while rows := result.fetchmany(CHUNK):
@@ -174,56 +260,7 @@ def _encode_pass(
         pks.append(np.asarray(cols[0], dtype=np.int64))
         for enc, values in zip(encoders.values(), cols[1:], strict=True):
             enc.add(values)
-    pk = np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
-    done = {name: enc.finish() for name, enc in encoders.items() if not enc.dropped}
-    return pk, done, [name for name, enc in encoders.items() if enc.dropped]
-
-
-# A string column with more distinct values than this is given up in the
-# shared pass and read again on its own (build), so the build holds one such
-# dictionary at a time, not all of them.
-HIGH_CARDINALITY = 200_000
-
-
-def write_contacts(
-    conn: Connection, store: Store, fields: Mapping[str, FieldType], folder: Path
-) -> tuple[Any, Array]:
-    """Write every contact as the table `contacts` of `folder`, a column or a
-    few at a time: (its meta entry, the pks). The integer columns and the
-    pks come first (the pk set of the copy); the others in one pass, but a
-    string column of many distinct values in a pass of its own."""
-    c = store.tables.contacts
-    index = {name: i for i, name in enumerate(fields)}
-    bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
-    got = read_int_columns(conn, [c.c.pk, *_columns(c, bulk, custom=True)], key=c.c.pk)
-    pk = got[0].values
-    order = None
-    if len(pk) > 1 and not bool(np.all(pk[1:] > pk[:-1])):
-        order = np.argsort(pk, kind="stable")
-        pk = pk[order]
-    write_pk(folder, "contacts", pk)
-    entries: dict[str, list[Any]] = {}
-    for (name, kind), col in zip(bulk.items(), got[1:], strict=True):
-        column = _int_column(kind, col)
-        column = column if order is None else take_column(column, order)
-        entries[name] = write_column(folder, "contacts", index[name], name, kind, column)
-    del got
-
-    def write_pass(group: Mapping[str, FieldType], limit: int | None) -> list[str]:
-        query = select(c.c.pk, *_columns(c, group, custom=True)).order_by(c.c.pk)
-        their_pk, done, dropped = _encode_pass(conn, query, group, limit)
-        rows = _rows_of_all(pk, their_pk)
-        for name in list(done):
-            col = done.pop(name)
-            col = col if rows is None else take_column(col, rows)
-            entries[name] = write_column(folder, "contacts", index[name], name, fields[name], col)
-        return dropped
-
-    rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
-    if rest:
-        for name in write_pass(rest, HIGH_CARDINALITY):
-            write_pass({name: fields[name]}, None)
-    return {"n": len(pk), "fields": [entries[name] for name in fields]}, pk
+    return np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
 
 
 def _rows_of_all(pk: Array, their_pk: Array) -> Array | None:

@@ -9,10 +9,11 @@ folder holds; it is written last, so a folder without it is incomplete.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,40 @@ def _load(path: Path) -> Array:
 
 
 def _save_dictionary(stem: Path, dictionary: Array) -> None:
-    words = [str(s) for s in dictionary]
-    if any("\x00" in w for w in words):
-        _at(stem, "dict.json").write_text(json.dumps(words))
-    else:
-        _at(stem, "dict.txt").write_bytes("\x00".join(words).encode())
+    # Streamed a block at a time: a compaction writes a 10M-string
+    # dictionary without a second list of it or its whole text.
+    nul = any("\x00" in str(s) for s in dictionary)
+    _write_words(stem, (str(s) for s in dictionary), nul)
+
+
+BLOCK = 65_536  # strings per write of a dictionary
+
+
+def _write_words(stem: Path, words: Iterable[str], nul: bool) -> int:
+    """Write `words` as the dictionary of `stem` (JSON when `nul`: a string
+    holds a NUL), a block at a time; how many were written."""
+    n = 0
+    it = iter(words)
+    if nul:
+        with open(_at(stem, "dict.json"), "w", encoding="utf-8") as out:
+            out.write("[")
+            while block := list(itertools.islice(it, BLOCK)):
+                out.write(("," if n else "") + json.dumps(block)[1:-1])
+                n += len(block)
+            out.write("]")
+        return n
+    with open(_at(stem, "dict.txt"), "wb") as raw:
+        while block := list(itertools.islice(it, BLOCK)):
+            raw.write((b"\x00" if n else b"") + "\x00".join(block).encode())
+            n += len(block)
+    return n
+
+
+def write_dictionary(folder: Path, name: str, index: int, words: Iterable[str], nul: bool) -> int:
+    """Write the dictionary of column `index` of table `name` from the sorted
+    `words` (consumed as they come: never held whole); how many. `nul`: some
+    word holds a NUL. Pass the count to write_column as `size`."""
+    return _write_words(folder / f"{name}.{index}", words, nul)
 
 
 def _load_dictionary(stem: Path, size: int) -> Array:
@@ -106,16 +136,24 @@ def write_pk(folder: Path, name: str, pk: Array) -> None:
 
 
 def write_column(
-    folder: Path, name: str, index: int, field: str, kind: FieldType, col: Column
+    folder: Path,
+    name: str,
+    index: int,
+    field: str,
+    kind: FieldType,
+    col: Column,
+    size: int | None = None,
 ) -> list[Any]:
-    """Write column number `index` of table `name`; its meta entry."""
+    """Write column number `index` of table `name`; its meta entry. `size`:
+    the column's dictionary was written apart (write_dictionary), `size`
+    strings, and `col` holds none."""
     stem = folder / f"{name}.{index}"
     parts = {"values": col.values, "nulls": col.nulls, "offsets": col.offsets}
     parts["items"] = col.items
     for part, array in parts.items():
         if array is not None:
             _save(_at(stem, f"{part}.npy"), array)
-    size = 0
+    size = size or 0
     if col.dictionary is not None:
         size = len(col.dictionary)
         _save_dictionary(stem, col.dictionary)
