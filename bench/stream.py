@@ -3,7 +3,7 @@
     .venv/bin/python bench/stream.py [--mix harsh|realistic|reads]
         [--contacts 1000000] [--criteria 1000] [--rate 20000] [--seconds 20]
         [--preload 50000] [--reuse DIR] [--keep] [--working-set N]
-        [--attribute-share 0.7] [--json] [--profile FILE]
+        [--attribute-share 0.7] [--store sqlite|postgresql] [--json] [--profile FILE]
 
 Builds (or reuses) a generated store, adds `--criteria` ongoing criteria (a mix
 of attribute, read-window, login-window and `within` criteria, each feeding its
@@ -40,6 +40,10 @@ Mixes (--mix; the shares are of the changes written):
   fields no criterion reads, 5% logins. A login is two feed rows, as the
   importer and the API write it: the login and `last_login_at`.
 
+--store postgresql runs the same on PostgreSQL ($PERSONATAG_TEST_PG_URL's
+server, the tests' by default): a database made for the run and dropped after
+it, or pt_bench_stream_<contacts>, kept, with --reuse.
+
 --attribute-share sets the attribute share of `harsh` or `reads` (the rest are
 reads). Rates and counts are feed rows (what the processor consumes).
 
@@ -62,6 +66,7 @@ import cProfile
 import json
 import math
 import multiprocessing as mp
+import os
 import pstats
 import random
 import shutil
@@ -73,7 +78,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, create_engine, func, or_, select, text
+from sqlalchemy.engine import make_url
 
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
@@ -86,6 +92,10 @@ from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed, open_store
 
 GOAL_RATE = 20_000
+# Where --store postgresql creates its database (the tests' server by default).
+PG_ADMIN = os.environ.get(
+    "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 GOAL_P99_S = 1.0
 WORDS = ("invest", "treasur", "analyst", "portfolio", "credit", "strateg", "economist")
 FIELDS = ("region", "seniority", "job_title", "firm_type", "interests")
@@ -328,7 +338,7 @@ def write_changes(
                     conn, store, changefeed.KIND_CONTACT, [(r["b_pk"], (field,)) for r in rows]
                 )  # type: ignore[misc]
             if reads:
-                conn.execute(t.reads.insert().prefix_with("OR IGNORE"), reads)
+                conn.execute(insert_ignoring(store, t.reads), reads)
                 changefeed.record_each(
                     conn,
                     store,
@@ -338,7 +348,7 @@ def write_changes(
             if logins:  # as the importer writes them (importer/loaders.py)
                 at = bindparam("b_at", type_=c.c.last_login_at.type)
                 conn.execute(
-                    t.logins.insert().prefix_with("OR IGNORE"),
+                    insert_ignoring(store, t.logins),
                     [{"contact_pk": pk, "login_at": when} for pk, when in logins.items()],
                 )
                 conn.execute(
@@ -515,7 +525,19 @@ def main() -> None:
         help="changes written before the catch-up (default 50,000, or a quarter of "
         "the contacts if that is less, at least 1,000)",
     )
-    ap.add_argument("--reuse", type=Path)
+    ap.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the store's database (default sqlite; postgresql: a database on "
+        "$PERSONATAG_TEST_PG_URL's server, pt_bench_stream_<contacts> with --reuse)",
+    )
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        help="keep the store here (SQLite) or in pt_bench_stream_<contacts> (PostgreSQL) "
+        "and use it again next time",
+    )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument(
         "--working-set",
@@ -566,6 +588,15 @@ def finite(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else round(x, 3)
 
 
+def insert_ignoring(store: Store, table: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the store's dialect (a repeated event)."""
+    if store.backend.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(table).on_conflict_do_nothing()
+
+
 def timed_writer(
     url: str, n: int, rate: float, seed: int, top: int | None, mix: Mix
 ) -> tuple[float, int]:
@@ -588,14 +619,58 @@ def timed_writer(
     return float(elapsed.value), rows
 
 
+def pg_database(name: str, *, drop: bool = False) -> tuple[str, bool]:
+    """The URL of PostgreSQL database `name` on PG_ADMIN's server and whether it
+    was created now (or, with `drop`, drop it and return ('', False))."""
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if drop:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                return "", False
+            fresh = not conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if fresh:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), fresh
+
+
 def run(args: argparse.Namespace, mix: Mix) -> dict[str, Any]:
     root = args.reuse or Path(tempfile.mkdtemp(prefix="pt-bench-stream-"))
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'store.db'}"
-    fresh = not (root / "store.db").exists()
-    store = open_store(url, create=True)
+    pg_name = None
+    if args.store == "postgresql":
+        suffix = str(args.contacts) if args.reuse else f"{os.getpid()}_{int(time.time())}"
+        pg_name = f"pt_bench_stream_{suffix}"
+        url, created = pg_database(pg_name)
+        store = open_store(url, create=True)
+        with store.read() as conn:
+            fresh = created or not conn.scalar(
+                select(func.count()).select_from(store.tables.contacts)
+            )
+    else:
+        url = f"sqlite:///{root / 'store.db'}"
+        fresh = not (root / "store.db").exists()
+        store = open_store(url, create=True)
+    try:
+        return measure(args, mix, root, url, store, fresh)
+    finally:
+        store.dispose()
+        if not args.keep and not args.reuse:
+            shutil.rmtree(root, ignore_errors=True)
+            if pg_name is not None:
+                pg_database(pg_name, drop=True)
+
+
+def measure(
+    args: argparse.Namespace, mix: Mix, root: Path, url: str, store: Store, fresh: bool
+) -> dict[str, Any]:
     if fresh:
-        print(f"generating {args.contacts:,} contacts into {root} ...", flush=True)
+        where = root if args.store == "sqlite" else url.rsplit("/", 1)[-1]
+        print(f"generating {args.contacts:,} contacts into {where} ...", flush=True)
         generate(store, contacts=args.contacts, seed=1)
     setup(store, args.criteria, random.Random(3))
     settings = Settings(stream_reconcile_s=0)
@@ -722,11 +797,9 @@ def run(args: argparse.Namespace, mix: Mix) -> dict[str, Any]:
         f"{rows_n / rows_only / GOAL_RATE:.3f}",
         flush=True,
     )
-    store.dispose()
-    if not args.keep and not args.reuse:
-        shutil.rmtree(root, ignore_errors=True)
     return {
         "mix": mix.name,
+        "store": args.store,
         "attribute_share": mix.attribute_share,
         "login_share": mix.login_share,
         "contacts": contacts,
