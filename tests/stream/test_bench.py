@@ -65,3 +65,42 @@ def test_attribute_share_is_for_harsh_and_reads() -> None:
         check=False,
     )
     assert done.returncode == 2 and "not realistic" in done.stderr
+
+
+def _bench_databases() -> set[str]:
+    from sqlalchemy import create_engine
+
+    from tests.conftest import PG_URL
+
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            names = conn.exec_driver_sql(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, 'pt_bench_stream_')"
+            ).scalars()
+            return set(names)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_runs_on_postgresql_and_drops_its_database(tmp_path: Path) -> None:
+    before = _bench_databases()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    args = ["--contacts", "2000", "--criteria", "10", "--rate", "50", "--seconds", "2"]
+    bench = [sys.executable, str(ROOT / "bench" / "stream.py"), "--store", "postgresql"]
+    done = subprocess.run(
+        [*bench, *args, "--mix", "realistic", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert (out["store"], out["mix"], out["contacts"]) == ("postgresql", "realistic", 2000)
+    assert out["backlog_changes"] > 0 and out["write_floor_changes_per_s"] > 0
+    assert _bench_databases() == before  # the run's database is gone
+    assert list(tmp_path.iterdir()) == []
