@@ -159,3 +159,32 @@ def test_a_copy_of_another_format_rebuilds(populated: Store, tmp_path: Path) -> 
     assert manifest["format"] == copy.FORMAT and manifest["base"] != old_base
     assert_exact(frame, populated)
     assert np.all(np.diff(np.asarray(frame.pk)) > 0)
+
+
+def test_list_values_new_in_an_overlay_then_patched_are_one_code(
+    populated: Store, tmp_path: Path
+) -> None:
+    # A new contact brings a list value the base does not know, sorting before
+    # all of its values (the overlay appends it to the dictionary's tail, out
+    # of order); a patch of another contact then names the same value: both
+    # must hold the same code, or `contains` finds only one of them.
+    from personatag.tagging.preview import preview
+
+    s = settings_for(populated, tmp_path)
+    open_frame(populated, s)
+    set_contact(populated, "new-1", {"interests": "AAA-first"}, create=True)
+    open_frame(populated, s)
+    set_contact(populated, "c00000002", {"interests": "AAA-first;Alpha-new"})
+    set_contact(populated, "c00000003", {"interests": "Alpha-new"})
+    frame = open_frame(populated, s)
+    assert_exact(frame, populated)
+    words = list(frame.contacts.columns["interests"].dictionary)
+    assert len(words) == len(set(words)), sorted(w for w in set(words) if words.count(w) > 1)
+    for expr, want in (
+        ('interests contains "AAA-first"', 2),
+        ('interests contains "Alpha-new"', 2),
+        ('interests contains_all ("AAA-first", "Alpha-new")', 1),
+    ):
+        for engine in ("columnar", "local"):
+            got = preview(populated, expr, engine=engine, settings=s)
+            assert got["count"] == want, (expr, engine, got)

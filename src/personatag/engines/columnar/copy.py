@@ -42,7 +42,9 @@ from personatag.store.db import STORE_IDENTITY
 log = logging.getLogger(__name__)
 
 # 2: a delta holds per-field patches; reads and logins are written per kind.
-FORMAT = 2
+# 3: every string dictionary is sorted (a compaction of format 2 could write a
+#    dictionary with strings appended out of order, which lookups then missed).
+FORMAT = 3
 MANIFEST = "MANIFEST.json"
 # What a manifest must name; one without them is damaged (rebuilt).
 _MANIFEST_KEYS = frozenset(

@@ -123,11 +123,15 @@ def take(raw: Raw, index: Array) -> Raw:
     return Raw(raw.kind, raw.values[index], raw.nulls[index])
 
 
-def extend(dictionary: Array, strings: Sequence[str]) -> tuple[Array, Array]:
-    """(`dictionary` with the strings it lacks appended, the code of each string).
+def extend(dictionary: Array, strings: Sequence[str]) -> tuple[Array, Array, Array | None]:
+    """(`dictionary` with the strings it lacks merged in, the code of each
+    string, the new code of each old code or None when no string was added).
 
-    `dictionary` must be sorted (as `encode` writes it); its entries keep their
-    codes, and each string is found by binary search."""
+    `dictionary` must be sorted (as `encode` writes it) and so is the result:
+    the strings it lacks go in at their places, not at its end, so the next
+    lookup is a binary search too and each string has one code (a string
+    appended out of order would be missed by the next search and appended
+    again, and `contains` would find only one of its two codes)."""
     base = np.asarray(dictionary, dtype=object)
     wanted = np.empty(len(strings), dtype=object)
     wanted[:] = list(strings)
@@ -137,12 +141,13 @@ def extend(dictionary: Array, strings: Sequence[str]) -> tuple[Array, Array]:
     else:
         at = np.zeros(len(wanted), dtype=np.int64)
         found = np.zeros(len(wanted), dtype=np.bool_)
-    codes = at.astype(np.int32)
-    added: dict[str, int] = {}
-    for i in np.flatnonzero(~found).tolist():
-        codes[i] = added.setdefault(wanted[i], len(base) + len(added))
-    if not added:
-        return base, codes
-    tail = np.empty(len(added), dtype=object)
-    tail[:] = list(added)
-    return np.concatenate([base, tail]), codes
+    if bool(found.all()):
+        return base, at.astype(np.int32), None
+    lacking = np.asarray(sorted(set(wanted[~found].tolist())), dtype=object)
+    places = np.searchsorted(base, lacking)  # ascending: `lacking` is sorted
+    merged = np.insert(base, places, lacking)
+    # An old code moves up by the number of strings inserted at or before it.
+    moved = np.cumsum(np.bincount(places, minlength=len(base) + 1)[: len(base)], dtype=np.int32)
+    moved += np.arange(len(base), dtype=np.int32)
+    codes = np.searchsorted(merged, wanted).astype(np.int32)
+    return merged, codes, moved

@@ -92,9 +92,11 @@ def patch_column(base: Column, delta: Column, rows: Array, n_total: int) -> Colu
     nulls[rows] = False if delta.nulls is None else np.asarray(delta.nulls)
     has_nulls = nulls if bool(nulls.any()) else None
     if kind is FieldType.LIST:
-        dictionary, remap = extend(base.dictionary, _words(delta))
+        dictionary, remap, moved = extend(base.dictionary, _words(delta))
         b_off, d_off = np.asarray(base.offsets), np.asarray(delta.offsets)
         b_items = np.asarray(base.items)
+        if moved is not None:
+            b_items = moved[b_items]
         starts = np.zeros(n_total, dtype=np.int64)
         lengths = np.zeros(n_total, dtype=np.int64)
         starts[:base_n] = b_off[:-1]
@@ -114,8 +116,9 @@ def patch_column(base: Column, delta: Column, rows: Array, n_total: int) -> Colu
     values = np.zeros(n_total, dtype=np.asarray(base.values).dtype)
     values[:base_n] = base.values
     if kind is FieldType.STRING:
-        dictionary, remap = extend(base.dictionary, _words(delta))
-        # code -1 (NULL) picks the appended -1
+        dictionary, remap, moved = extend(base.dictionary, _words(delta))
+        if moved is not None:  # code -1 (NULL) picks the appended -1
+            values[:base_n] = np.append(moved, np.int32(-1))[values[:base_n]]
         values[rows] = np.append(remap, np.int32(-1))[np.asarray(delta.values)]
         return Column(kind, values, has_nulls, dictionary=dictionary)
     values[rows] = delta.values
