@@ -40,6 +40,26 @@ PG_ADMIN = os.environ.get(
     "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 
+
+def pg_database(name: str, *, drop: bool = False) -> tuple[str, bool]:
+    """The URL of database `name` on PG_ADMIN's server and whether it was
+    created now; with `drop`, drop it instead (and return ('', False))."""
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if drop:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                return "", False
+            fresh = not conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if fresh:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), fresh
+
+
 CASES = {
     # name: (criteria-language expression, hand-written SQL predicate)
     "all": ("id is not null", "id IS NOT NULL"),

@@ -78,9 +78,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, func, or_, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import bindparam, func, or_, select
 
+from adhoc import pg_database  # bench/adhoc.py: a database on the tests' server
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
@@ -92,10 +92,6 @@ from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed, open_store
 
 GOAL_RATE = 20_000
-# Where --store postgresql creates its database (the tests' server by default).
-PG_ADMIN = os.environ.get(
-    "PERSONATAG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 GOAL_P99_S = 1.0
 WORDS = ("invest", "treasur", "analyst", "portfolio", "credit", "strateg", "economist")
 FIELDS = ("region", "seniority", "job_title", "firm_type", "interests")
@@ -617,25 +613,6 @@ def timed_writer(
         rows = changefeed.head(conn, store) - before
     store.dispose()
     return float(elapsed.value), rows
-
-
-def pg_database(name: str, *, drop: bool = False) -> tuple[str, bool]:
-    """The URL of PostgreSQL database `name` on PG_ADMIN's server and whether it
-    was created now (or, with `drop`, drop it and return ('', False))."""
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            if drop:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                return "", False
-            fresh = not conn.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-            )
-            if fresh:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), fresh
 
 
 def run(args: argparse.Namespace, mix: Mix) -> dict[str, Any]:

@@ -38,7 +38,6 @@ def base_store(base: Path, contacts: int) -> Path:
     if db.exists():
         return db
     base.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(HERE.parent / "src"))
     from personatag.generate.run import generate
     from personatag.store import open_store
 

@@ -32,12 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adhoc import FILL_PG, FILL_SQLITE, GRANT_SQL, PG_ADMIN, ROWS_SQL, run_cli
+from adhoc import FILL_PG, FILL_SQLITE, GRANT_SQL, ROWS_SQL, pg_database, run_cli
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.store import open_store
@@ -51,14 +50,7 @@ def store_url(kind: str, n: int, workdir: Path) -> tuple[str, bool]:
     if kind == "sqlite":
         path = workdir / f"tag_write_{n}.db"
         return f"sqlite:///{path}", not path.exists()
-    name = f"pt_tag_write_{n}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        fresh = not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-        if fresh:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), fresh
+    return pg_database(f"pt_tag_write_{n}")
 
 
 def reset(engine: Engine, kind: str) -> None:

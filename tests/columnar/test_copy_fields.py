@@ -18,6 +18,7 @@ from personatag.engines.columnar import copy
 from personatag.engines.columnar.copy import open_frame
 from personatag.generate.run import generate
 from personatag.store import Store
+from personatag.tagging.preview import preview
 from tests.columnar.support import assert_exact
 from tests.columnar.test_copy import persist_mode, settings_for  # noqa: F401
 
@@ -168,8 +169,6 @@ def test_list_values_new_in_an_overlay_then_patched_are_one_code(
     # all of its values (the overlay appends it to the dictionary's tail, out
     # of order); a patch of another contact then names the same value: both
     # must hold the same code, or `contains` finds only one of them.
-    from personatag.tagging.preview import preview
-
     s = settings_for(populated, tmp_path)
     open_frame(populated, s)
     set_contact(populated, "new-1", {"interests": "AAA-first"}, create=True)

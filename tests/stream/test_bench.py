@@ -25,21 +25,25 @@ KEYS = (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mix", ["realistic", "harsh", "reads"])
-def test_each_mix_runs_to_the_end(mix: str, tmp_path: Path) -> None:
-    # As the issue's check runs it: a fresh store in a temporary directory.
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+def run_bench(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """bench/stream.py on a small fresh store in `tmp_path` (as TMPDIR), with --json."""
     args = ["--contacts", "2000", "--criteria", "10", "--rate", "50", "--seconds", "2"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "stream.py"), "--mix", mix, *args, "--json"],
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stream.py"), *options, *args, "--json"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", ["realistic", "harsh", "reads"])
+def test_each_mix_runs_to_the_end(mix: str, tmp_path: Path) -> None:
+    # As the issue's check runs it: a fresh store in a temporary directory.
+    done = run_bench(tmp_path, "--mix", mix)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout  # the JSON object only; progress is on stderr
@@ -86,18 +90,7 @@ def _bench_databases() -> set[str]:
 @pytest.mark.slow
 def test_runs_on_postgresql_and_drops_its_database(tmp_path: Path) -> None:
     before = _bench_databases()
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    args = ["--contacts", "2000", "--criteria", "10", "--rate", "50", "--seconds", "2"]
-    bench = [sys.executable, str(ROOT / "bench" / "stream.py"), "--store", "postgresql"]
-    done = subprocess.run(
-        [*bench, *args, "--mix", "realistic", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_bench(tmp_path, "--store", "postgresql", "--mix", "realistic")
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     assert (out["store"], out["mix"], out["contacts"]) == ("postgresql", "realistic", 2000)
