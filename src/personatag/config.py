@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from personatag.errors import ConfigError
 
@@ -120,6 +127,27 @@ class Settings(BaseModel):
     flink_taskmanager_mb: int = 1600
     flink_jobmanager_mb: int = 1024
     flink_parallelism: int = 2
+    # Task managers that follow the load (engines/flink/runtime/autoscale.py):
+    # with flink_autoscale the local cluster's supervisor keeps between
+    # _min and _max task managers, sized from the busy time of the slots
+    # (aiming at _target of them busy), the requests queued for the flink
+    # engine and the flink stream's backlog (_backlog_per_tm changes a task
+    # manager; busy time averaged over _busy_window_s). It looks every
+    # _interval_s; after a rescale it waits
+    # _stabilisation_s; it shrinks only when a smaller size was enough for
+    # _down_delay_s and only by idle task managers; at most
+    # _rescales_per_hour rescales in any hour. flink_task_managers is the size
+    # it starts at (within the bounds).
+    flink_autoscale: bool = False
+    flink_autoscale_min: int = 1
+    flink_autoscale_max: int = 4
+    flink_autoscale_target: float = 0.7
+    flink_autoscale_interval_s: float = 10.0
+    flink_autoscale_stabilisation_s: float = 60.0
+    flink_autoscale_down_delay_s: float = 300.0
+    flink_autoscale_rescales_per_hour: int = 12
+    flink_autoscale_backlog_per_tm: int = 20_000
+    flink_autoscale_busy_window_s: float = 60.0
     # Stall watchdog: a job that cannot get slots or shows no progress for this
     # long fails with the reason; the cluster is checked every flink_poll_s.
     flink_stall_s: float = 60.0
@@ -192,6 +220,10 @@ class Settings(BaseModel):
         "dispatcher_workers",
         "max_request_bytes",
         "flink_task_managers",
+        "flink_autoscale_min",
+        "flink_autoscale_max",
+        "flink_autoscale_rescales_per_hour",
+        "flink_autoscale_backlog_per_tm",
         "flink_slots",
         "flink_parallelism",
         "flink_taskmanager_mb",
@@ -217,6 +249,8 @@ class Settings(BaseModel):
         "dispatcher_poll_s",
         "flink_stall_s",
         "flink_poll_s",
+        "flink_autoscale_interval_s",
+        "flink_autoscale_busy_window_s",
         "webhook_timeout_s",
         "webhook_backoff_s",
         "webhook_backoff_max_s",
@@ -236,7 +270,18 @@ class Settings(BaseModel):
             raise ValueError("must be more than 0 seconds")
         return value
 
-    @field_validator("feed_model_rebuild_gap_s")
+    @field_validator("flink_autoscale_target")
+    @classmethod
+    def _utilisation(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be more than 0 and at most 1 (a share of the slots)")
+        return value
+
+    @field_validator(
+        "feed_model_rebuild_gap_s",
+        "flink_autoscale_stabilisation_s",
+        "flink_autoscale_down_delay_s",
+    )
     @classmethod
     def _not_negative_seconds(cls, value: float) -> float:
         if value < 0:
@@ -312,6 +357,24 @@ class Settings(BaseModel):
                     f"{item!r} is not an IP address or network: use e.g. 10.0.0.5 or 10.0.0.0/24"
                 ) from None
         return ",".join(out)
+
+    @model_validator(mode="after")
+    def _autoscale_bounds(self) -> Settings:
+        if self.flink_autoscale_max < self.flink_autoscale_min:
+            raise ValueError(
+                f"flink_autoscale_max ({self.flink_autoscale_max}) must be at least "
+                f"flink_autoscale_min ({self.flink_autoscale_min})"
+            )
+        return self
+
+    @property
+    def flink_start_task_managers(self) -> int:
+        """The task managers the local cluster starts with (within the
+        autoscaler's bounds when it is on)."""
+        n = self.flink_task_managers
+        if self.flink_autoscale:
+            n = min(max(n, self.flink_autoscale_min), self.flink_autoscale_max)
+        return n
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -14,8 +14,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from personatag.errors import ConfigError
 
@@ -68,6 +70,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._autoscale: AutoscaleCollector | None = None
         self.requests = Counter(
             "personatag_requests",
             "Request files finished, by outcome (a job status, duplicate or results_failed).",
@@ -301,6 +304,15 @@ class Metrics:
         """The dispatcher is alive (at `at`, Unix seconds; default now)."""
         self.heartbeat.set(time.time() if at is None else at)
 
+    def watch_autoscaler(self, read: Callable[[], dict[str, Any] | None]) -> None:
+        """Export the local Flink cluster's autoscaler (see AutoscaleCollector),
+        read with `read` from now on (registered once per registry)."""
+        if self._autoscale is None:
+            self._autoscale = AutoscaleCollector(read)
+            self.registry.register(self._autoscale)
+        else:
+            self._autoscale.read = read
+
     def mark_claimed(self, n: int = 1) -> None:
         """This dispatcher claimed `n` request files."""
         self.claimed.inc(n)
@@ -308,6 +320,61 @@ class Metrics:
     def record_webhook_delivery(self, outcome: str) -> None:
         """One webhook POST ended with `outcome` (see WEBHOOK_OUTCOMES)."""
         self.webhook_deliveries.labels(outcome=outcome).inc()
+
+
+AUTOSCALE_ACTIONS = ("up", "down", "hold", "steady")
+
+
+class AutoscaleCollector:
+    """The local Flink cluster's autoscaler, read when scraped: it runs in the
+    cluster's supervisor, a process of its own, which keeps its state in a
+    file; `read` returns that state (None or not enabled: nothing to show)."""
+
+    def __init__(self, read: Callable[[], dict[str, Any] | None]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the state file
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            state = self.read() or {}
+        except Exception:  # a scrape must not fail for it
+            log.warning("the autoscaler's state could not be read", exc_info=True)
+            return
+        if not state.get("enabled"):
+            return
+        sizes = GaugeMetricFamily(
+            "personatag_flink_autoscale_task_managers",
+            "Task managers of the local Flink cluster as its autoscaler sees them: current, "
+            "target (after its last decision), minimum, maximum.",
+            labels=["size"],
+        )
+        for size in ("current", "target", "minimum", "maximum"):
+            if isinstance(state.get(size), int):
+                sizes.add_metric([size], state[size])
+        yield sizes
+        decisions = CounterMetricFamily(
+            "personatag_flink_autoscale_decisions",
+            "Autoscaler decisions since the cluster's supervisor started, by action "
+            "(up, down: a rescale; hold: a size change waits; steady: the size fits).",
+            labels=["action"],
+        )
+        counts = state.get("counts") or {}
+        for action in AUTOSCALE_ACTIONS:
+            decisions.add_metric([action], int(counts.get(action, 0)))
+        yield decisions
+        load = ((state.get("last") or {}).get("load")) or {}
+        signals = GaugeMetricFamily(
+            "personatag_flink_autoscale_load",
+            "The load the autoscaler last measured: backlog (stream changes), queued "
+            "(flink requests), running (jobs), busy (slots' worth of busy time).",
+            labels=["signal"],
+        )
+        for signal in ("backlog", "queued", "running", "busy"):
+            if isinstance(load.get(signal), int | float):
+                signals.add_metric([signal], float(load[signal]))
+        yield signals
 
 
 @functools.cache

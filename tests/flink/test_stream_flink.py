@@ -143,15 +143,30 @@ def fresh_store(path: Path) -> Store:
 
 
 def stream_settings(data_dir: Path, **extra: object) -> Settings:
-    return flink_settings(
-        data_dir,
-        stream_reconcile_s=0,
-        flink_parallelism=2,
-        stream_flink_checkpoint_s=0.3,
-        stream_flink_monitor_s=0.2,
-        stream_flink_timeout_s=90,
-        **extra,
-    )
+    values: dict[str, object] = {
+        "stream_reconcile_s": 0,
+        "flink_parallelism": 2,
+        "stream_flink_checkpoint_s": 0.3,
+        "stream_flink_monitor_s": 0.2,
+        "stream_flink_timeout_s": 90,
+    }
+    return flink_settings(data_dir, **(values | extra))
+
+
+def same_round(
+    embedded: StreamProcessor, flink: FlinkStream, ops: list[tuple[str, str, Any]], what: str
+) -> None:
+    """Apply `ops` to both processors' stores and catch both up: the same changes."""
+    apply(embedded.store, ops)
+    apply(flink.store, ops)
+    a = embedded.catch_up()
+    b = flink.catch_up(timeout_s=120)
+    assert (b.changes, b.entered, b.exited, b.errors) == (
+        a.changes,
+        a.entered,
+        a.exited,
+        a.errors,
+    ), what
 
 
 def test_flink_stream_gives_the_same_membership_changes_as_the_embedded_processor(
@@ -173,16 +188,7 @@ def test_flink_stream_gives_the_same_membership_changes_as_the_embedded_processo
                 # evaluations against a new rules generation.
                 for store in (embedded_store, flink_store):
                     edit_criterion(store, "emea", expr='region = "EMEA" and seniority >= 3')
-            apply(embedded_store, ops)
-            apply(flink_store, ops)
-            a = embedded.catch_up()
-            b = flink.catch_up(timeout_s=120)
-            assert (b.changes, b.entered, b.exited, b.errors) == (
-                a.changes,
-                a.entered,
-                a.exited,
-                a.errors,
-            ), f"round {i}"
+            same_round(embedded, flink, ops, f"round {i}")
         assert memberships(flink_store) == memberships(embedded_store)
         assert log_sequence(flink_store) == log_sequence(embedded_store)
         assert len(log_sequence(flink_store)) > 100  # the script really moved people
@@ -243,3 +249,56 @@ def test_a_cancelled_job_is_replaced_and_the_batch_applied_once(tmp_path: Path) 
     finally:
         p.close()
         store.dispose()
+
+
+def test_a_rescale_through_a_savepoint_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    embedded_store = fresh_store(tmp_path / "embedded")
+    flink_store = fresh_store(tmp_path / "flink")
+    build(embedded_store)
+    build(flink_store)
+    # One rescale here (each start of the job loads its classes into the shared
+    # cluster's task manager again); test_autoscale moves a job back down.
+    rounds = script(seed=11, rounds=2, now=utcnow())
+    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
+    flink = FlinkStream(flink_store, stream_settings(tmp_path / "flink", flink_parallelism=1))
+    try:
+        embedded.catch_up()
+        flink.catch_up(timeout_s=180)
+        jobs = [flink.job_id]
+        for i, ops in enumerate(rounds):
+            if i:  # 1 -> 2 through a savepoint
+                flink.rescale(2)
+                jid = flink.job_id
+                assert jid is not None and jid not in jobs
+                jobs.append(jid)
+                state = json.loads(flink.state_file.read_text())
+                assert state["jid"] == jid and state["parallelism"] == 2
+                assert state["savepoint"].startswith("file:")
+                restored = _restored_from(flink, jid)
+                assert restored["is_savepoint"] is True
+                assert restored["external_path"] == state["savepoint"]
+                old = flink.rest.job(jobs[-2])["state"]
+                assert old == "FINISHED"  # stopped with the savepoint, not failed
+            same_round(embedded, flink, ops, f"round {i}")
+        assert memberships(flink_store) == memberships(embedded_store)
+        assert log_sequence(flink_store) == log_sequence(embedded_store)
+        assert stream_errors(flink_store) == []
+        assert max(v["parallelism"] for v in flink.rest.job(jobs[-1])["vertices"]) == 2
+        assert max(v["parallelism"] for v in flink.rest.job(jobs[-2])["vertices"]) == 1
+    finally:
+        flink.close()
+        embedded_store.dispose()
+        flink_store.dispose()
+
+
+def _restored_from(flink: FlinkStream, jid: str) -> dict[str, Any]:
+    """What job `jid` was restored from (its checkpoint statistics' `restored`)."""
+
+    def restored() -> dict[str, Any] | None:
+        latest = flink.rest.get(f"/jobs/{jid}/checkpoints").get("latest") or {}
+        found: dict[str, Any] | None = latest.get("restored")
+        return found
+
+    found = wait_until(restored, 60, f"job {jid} to report its restore")
+    assert isinstance(found, dict)
+    return found

@@ -21,6 +21,10 @@ def _tm_count(st: dict[str, Any]) -> str:
     return f"{n} task manager{'' if n == 1 else 's'}"
 
 
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 @app.command("start")
 def flink_start(
     wait: Annotated[
@@ -86,6 +90,16 @@ def flink_status(as_json: JsonOpt = False) -> None:
                 f"  taskmanager {tm['id']}: {tm['slots_free']} of {tm['slots_total']} slots "
                 f"free, last heartbeat {tm['last_heartbeat'] or '-'}"
             )
+        scale = st.get("autoscale") or {}
+        if scale.get("enabled"):
+            typer.echo(
+                f"  autoscale {scale['minimum']}-{scale['maximum']} task managers: now "
+                f"{_or_dash(scale.get('current'))}, target {_or_dash(scale.get('target'))} "
+                f"({scale.get('rescales_last_hour', 0)} of {scale.get('rescales_per_hour')} "
+                f"rescales this hour): {scale.get('reason')}"
+            )
+            if scale.get("problem"):
+                typer.echo(f"  autoscale: {scale['problem']}")
         for job in st["running_jobs"]:
             secs = (job["duration_ms"] or 0) / 1000
             typer.echo(f"  job {job['id']} {job['state']:<10} {secs:8.1f}s  {job['name']}")

@@ -21,6 +21,15 @@ fingerprint, cluster URL) in ``$DATA_DIR/flink/stream-<name>.json``. A later
 process reuses a job that is still running the same code, and replaces one
 that runs other code, failed, or is unknown to the cluster. `run` cancels it
 when the stream stops; `close` does the same for callers of `catch_up`.
+
+Rescaling: on a local cluster that scales itself (PERSONATAG_FLINK_AUTOSCALE)
+the job runs at `flink_parallelism` slots per task manager
+(autoscale.stream_parallelism). Between batches, when the cluster's size
+moved, `rescale` stops the job with a savepoint and starts the same code from
+it at the new parallelism: the sources keep what they read, the rules in
+broadcast state come back on every subtask, and a new rules generation is
+published so each new subtask acknowledges it. No batch is in flight then,
+so nothing is lost or answered twice.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +63,7 @@ from personatag.engines.flink.runtime import home as flink_home
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.evaluate import Evaluated
-from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.engines.local.stream.processor import StepResult, StreamProcessor
 from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.errors import ConfigError, PersonatagError
 from personatag.files import atomic_write
@@ -65,6 +75,7 @@ log = logging.getLogger(__name__)
 PREFIX = "stream"
 RESULT_POLL_S = 0.02  # seconds between listings of the results folder while waiting
 JOB_CHECK_S = 2.0  # seconds between REST checks of the job while waiting
+SAVEPOINT_POLL_S = 0.2  # seconds between checks of a savepoint being taken
 _ALIVE = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
 # Packages the job needs beyond personatag (personatag.engines.local.stream.ongoing imports
 # SQLAlchemy); the Flink venv has PyFlink's own dependencies only.
@@ -160,6 +171,7 @@ class FlinkStream(StreamProcessor):
         self._acked: dict[int, set[int]] = {}
         self._consumed: set[str] = set()
         self._pending: dict[str, _Batch] = {}
+        self._rescaled_at = 0.0  # monotonic time of the last rescale tried
 
     @property
     def job_id(self) -> str | None:
@@ -368,6 +380,20 @@ class FlinkStream(StreamProcessor):
     def _is_acked(self, gen: int) -> bool:
         return len(self._acked.get(gen, ())) >= self._parallelism
 
+    def step(self, now: datetime | None = None) -> StepResult:
+        """The embedded step; when it had nothing to do, also follow the
+        cluster's size (a job that keeps its slots while idle would keep a
+        shrinking cluster from freeing a task manager)."""
+        result = super().step(now)
+        if (
+            not result.busy
+            and self._jid is not None
+            and time.monotonic() - self._checked_at >= JOB_CHECK_S
+        ):
+            self._checked_at = time.monotonic()
+            self._follow_cluster()
+        return result
+
     # ---- the job ----------------------------------------------------------------------
 
     def _ensure_job(self) -> None:
@@ -378,6 +404,7 @@ class FlinkStream(StreamProcessor):
             self._checked_at = time.monotonic()
             problem = self._job_problem()
             if problem is None:
+                self._follow_cluster()
                 return
             log.warning("flink stream job %s: %s; starting a new one", self._jid, problem)
             self._forget_job()
@@ -399,13 +426,18 @@ class FlinkStream(StreamProcessor):
             same = (
                 recorded.get("fingerprint") == fingerprint
                 and recorded.get("url") == self.rest.base_url
-                and recorded.get("parallelism") == self.settings.flink_parallelism
+                # A job a scaling cluster moved keeps its parallelism (see rescale).
+                and (
+                    self.settings.flink_autoscale
+                    or recorded.get("parallelism") == self.settings.flink_parallelism
+                )
             )
             problem = self._job_problem()
             if same and problem is None:
                 log.info("reusing flink stream job %s", self._jid)
                 self._parallelism = int(recorded["parallelism"])
                 self._checked_at = time.monotonic()
+                self._follow_cluster()
                 return
             self._cancel()
         self._start(bundle, fingerprint)
@@ -434,16 +466,118 @@ class FlinkStream(StreamProcessor):
             return f"Flink job {jid} failed: {cause}"
         return f"Flink job {jid} is {state}"
 
-    def _start(self, bundle: Path, fingerprint: str) -> None:
-        # No job reads the folders now: start from the newest rules only.
-        for folder in (self.rules_dir, self.changes_dir, self.results_dir):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-        self._consumed.clear()
+    def wanted_parallelism(self) -> int:
+        """The parallelism the job should run at now (see the module doc)."""
+        base = self.settings.flink_parallelism
+        if not self.settings.flink_autoscale or self.settings.flink_url:
+            return base
+        from personatag.engines.flink.runtime.autoscale import stream_parallelism
+        from personatag.engines.flink.runtime.cluster import autoscale_state
+
+        try:
+            registered = int(self.rest.overview().get("taskmanagers") or 0)
+        except (FlinkUnreachable, FlinkRestError):
+            return self._parallelism
+        state = autoscale_state(self.settings)
+        return stream_parallelism(base, self.settings.flink_slots, state, registered)
+
+    def _follow_cluster(self) -> None:
+        """Rescale the running job when the cluster's size moved (at most once
+        per stabilisation window of the autoscaler)."""
+        if not self.settings.flink_autoscale or self._jid is None:
+            return
+        gap = max(self.settings.flink_autoscale_stabilisation_s, JOB_CHECK_S)
+        if time.monotonic() - self._rescaled_at < gap:
+            return
+        wanted = self.wanted_parallelism()
+        if wanted != self._parallelism:
+            self.rescale(wanted)
+
+    def rescale(self, parallelism: int) -> None:
+        """Move the running job to `parallelism` through a savepoint: stop it
+        with one, start the same code from it. A savepoint that cannot be taken
+        leaves the job running as it was (and says why in the log)."""
+        jid = self._jid
+        if jid is None:
+            raise FlinkStreamError("no flink stream job runs: nothing to rescale")
+        self._rescaled_at = time.monotonic()
+        before = self._parallelism
+        t0 = time.monotonic()
+        folder = (self.settings.data_dir / "flink" / "savepoints" / f"stream-{self.name}").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            location = self._stop_with_savepoint(jid, folder)
+        except FlinkStreamError as exc:
+            log.warning("flink stream job %s was not rescaled to %d: %s", jid, parallelism, exc)
+            return
+        bundle, fingerprint = stream_bundle(self.settings.data_dir / "flink" / "bundles")
+        self._start(bundle, fingerprint, parallelism=parallelism, savepoint=location)
+        log.info(
+            "rescaled the flink stream job from parallelism %d (job %s) to %d (job %s) "
+            "through savepoint %s in %.1f s",
+            before,
+            jid,
+            parallelism,
+            self._jid,
+            location,
+            time.monotonic() - t0,
+        )
+
+    def _stop_with_savepoint(self, jid: str, folder: Path) -> str:
+        """Stop job `jid` with a savepoint into `folder`; the savepoint's location."""
+        timeout = self.settings.stream_flink_timeout_s
+        try:
+            answer = self.rest.request(
+                "POST", f"/jobs/{jid}/stop", {"targetDirectory": folder.as_uri(), "drain": False}
+            )
+            trigger = str(answer["request-id"])
+            deadline = time.monotonic() + timeout
+            while True:
+                info = self.rest.get(f"/jobs/{jid}/savepoints/{trigger}")
+                if (info.get("status") or {}).get("id") == "COMPLETED":
+                    break
+                if time.monotonic() > deadline:
+                    raise FlinkStreamError(f"the savepoint took more than {timeout:g} s")
+                time.sleep(SAVEPOINT_POLL_S)
+        except (FlinkUnreachable, FlinkRestError, KeyError, TypeError) as exc:
+            raise FlinkStreamError(f"the savepoint could not be taken: {exc}") from None
+        operation = info.get("operation") or {}
+        if "failure-cause" in operation:
+            cause = operation["failure-cause"] or {}
+            text = str(cause.get("stack-trace") or cause.get("class") or cause)
+            raise FlinkStreamError(f"the savepoint failed: {text.splitlines()[0][:300]}")
+        location = operation.get("location")
+        if not location:
+            raise FlinkStreamError(f"the savepoint has no location: {info}")
+        return str(location)
+
+    def _start(
+        self,
+        bundle: Path,
+        fingerprint: str,
+        *,
+        parallelism: int | None = None,
+        savepoint: str | None = None,
+    ) -> None:
+        if savepoint is None:
+            # No job reads the folders now: start from the newest rules only.
+            for folder in (self.rules_dir, self.changes_dir, self.results_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True, exist_ok=True)
+            self._consumed.clear()
+        # From a savepoint the sources remember the files they read and the
+        # rules come back in broadcast state; a new generation makes every
+        # subtask (the new ones too) acknowledge it.
         self._acked.clear()
         self._gen_pks = frozenset()
         self._gen_catalog = None
-        self._parallelism = self.settings.flink_parallelism
+        if parallelism is None:
+            parallelism = (
+                self.wanted_parallelism()
+                if self.settings.flink_autoscale
+                else self.settings.flink_parallelism
+            )
+        self._parallelism = parallelism
         spec = {
             "format": SPEC_FORMAT,
             "name": f"personatag stream {self.name}",
@@ -455,7 +589,7 @@ class FlinkStream(StreamProcessor):
             "monitor_ms": max(10, int(self.settings.stream_flink_monitor_s * 1000)),
         }
         started = time.monotonic()
-        self._jid = self._submit(spec, bundle)
+        self._jid = self._submit(spec, bundle, savepoint)
         self._checked_at = time.monotonic()
         self._write_state(
             {
@@ -464,11 +598,12 @@ class FlinkStream(StreamProcessor):
                 "url": self.rest.base_url,
                 "parallelism": self._parallelism,
                 "started_at": utcnow().isoformat(),
+                "savepoint": savepoint,
             }
         )
         log.info("started flink stream job %s in %.1f s", self._jid, time.monotonic() - started)
 
-    def _submit(self, spec: dict[str, Any], bundle: Path) -> str:
+    def _submit(self, spec: dict[str, Any], bundle: Path, savepoint: str | None = None) -> str:
         home = flink_home.locate(self.settings)
         target = self.rest.base_url.split("://", 1)[-1]
         with tempfile.TemporaryDirectory(prefix="personatag-stream-") as tmp:
@@ -480,6 +615,7 @@ class FlinkStream(StreamProcessor):
                 bundle.resolve(),
                 "personatag.engines.flink.programs.stream_job",
                 str(spec_path),
+                savepoint=savepoint,
             )
             allowed = max(self.settings.flink_stall_s, 30.0) + 60.0
             try:

@@ -64,6 +64,12 @@ class ClusterView(BaseModel):
     running_jobs: list[FlinkJob]
     recent_jobs: list[FlinkJob] = Field(default_factory=list, description="ended, newest first")
     dashboard: str | None = Field(description="the read-only dashboard proxy, when configured")
+    autoscale: dict[str, Any] | None = Field(
+        None,
+        description="the local cluster's autoscaler: enabled, minimum, maximum, current and "
+        "target task managers, the reason for the last decision, rescales in the last hour, "
+        "the recent rescales (absent for a cluster not run from this data dir)",
+    )
 
 
 def cluster_view(settings: Settings) -> dict[str, Any]:

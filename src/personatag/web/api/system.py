@@ -19,9 +19,9 @@ from sqlalchemy import text
 from personatag.buckets import AREAS
 from personatag.doctor import check_bucket
 from personatag.errors import NotFoundError
-from personatag.metrics import render
+from personatag.metrics import default_metrics, render
 from personatag.store.db import HEAD_REVISION, is_current
-from personatag.web.api.deps import AppContext, ContextDep
+from personatag.web.api.deps import AppContext, ContextDep, SettingsDep
 from personatag.web.auth import role
 from personatag.web.security import docs_csp
 
@@ -71,8 +71,14 @@ async def readyz(ctx: ContextDep, request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, **role("public"))
-def metrics() -> Response:
-    """Prometheus metrics (text format): the same registry the dispatcher records in."""
+def metrics(settings: SettingsDep) -> Response:
+    """Prometheus metrics (text format): the same registry the dispatcher records
+    in, with the local Flink cluster's autoscaler when it runs."""
+    from functools import partial
+
+    from personatag.engines.flink.runtime.cluster import autoscale_state
+
+    default_metrics().watch_autoscaler(partial(autoscale_state, settings))
     payload, content_type = render()
     return Response(payload, media_type=content_type)
 

@@ -223,11 +223,19 @@ def main(argv: list[str]) -> int:
             .monitor_continuously(monitor)
             .build()
         )
-        return env.from_source(src, WatermarkStrategy.no_watermarks(), name).set_parallelism(1)
+        ds = env.from_source(src, WatermarkStrategy.no_watermarks(), name)
+        return ds.uid(f"{name}-source").set_parallelism(1)
 
+    # Fixed uids: a savepoint of this job restores into the same code at
+    # another parallelism (the engine rescales the job that way).
     rules = source(spec["rules"], "rules").broadcast(rules_desc)
     work = source(spec["changes"], "changes").rebalance()
-    results = work.connect(rules).process(Evaluate(), output_type=Types.STRING()).name("evaluate")
+    results = (
+        work.connect(rules)
+        .process(Evaluate(), output_type=Types.STRING())
+        .name("evaluate")
+        .uid("evaluate")
+    )
     sink = (
         FileSink.for_row_format(spec["results"], Encoder.simple_string_encoder())
         .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
@@ -237,7 +245,7 @@ def main(argv: list[str]) -> int:
         )
         .build()
     )
-    results.sink_to(sink).name("results")
+    results.sink_to(sink).name("results").uid("results")
     client = env.execute_async(str(spec["name"]))
     print(f"PERSONATAG_FLINK_JOB_ID={client.get_job_id()}", flush=True)
     return 0

@@ -43,10 +43,18 @@ class FlinkHome:
         return env
 
     def run_python_job(
-        self, target: str, parallelism: int, bundle: Path, module: str, *args: str
+        self,
+        target: str,
+        parallelism: int,
+        bundle: Path,
+        module: str,
+        *args: str,
+        savepoint: str | None = None,
     ) -> list[str]:
         """`flink run -d` of Python `module` from `bundle` on the cluster at `target`
-        (host:port), with this interpreter on the client and the workers."""
+        (host:port), with this interpreter on the client and the workers; from
+        `savepoint` when given."""
+        restore = ["-s", savepoint] if savepoint else []
         return [
             str(self.bin / "flink"),
             "run",
@@ -55,6 +63,7 @@ class FlinkHome:
             target,
             "-p",
             str(parallelism),
+            *restore,
             "-pyfs",
             str(bundle),
             "-pyclientexec",

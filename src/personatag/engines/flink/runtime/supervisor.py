@@ -8,9 +8,12 @@
 
 It starts one JobManager and N TaskManagers with Flink's own
 `bin/{jobmanager,taskmanager}.sh start-foreground` (each `exec`s its way to the
-JVM, so a child's pid is the JVM's), and with --submitter-port the warm job
+JVM, so a child's pid is the JVM's; a task manager's Flink resource id is its
+child name, `taskmanager-N`), and with --submitter-port the warm job
 submitter (`submitter.py`, under the PyFlink interpreter); it restarts a child
-that dies, and on SIGTERM
+that dies. With --autoscale-max it also adds and removes task managers as
+the load asks (autoscale.py; --store-url names the store whose backlog and
+queued requests count), and on SIGTERM
 or SIGINT stops every child and exits. Each child runs in its own process group
 (so one signal reaches the JVM and anything it spawned, such as Python workers)
 and, on Linux, gets SIGTERM when the supervisor dies, even by SIGKILL: no JVM
@@ -38,13 +41,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
 from personatag.engines.flink.runtime.home import FlinkHome
 from personatag.files import atomic_write
 from personatag.times import iso
+
+if TYPE_CHECKING:  # the autoscaler reads the store: imported only when it runs
+    from personatag.engines.flink.runtime.autoscale import ScalePolicy, Scaling
 
 log = logging.getLogger("personatag.engines.flink.runtime.supervisor")
 
@@ -84,7 +90,7 @@ class Child:
     env: dict[str, str] | None = None  # None: the supervisor's Flink environment
     proc: subprocess.Popen[bytes] | None = None
     started_at: str | None = None
-    state: str = "new"  # running | backoff | gave_up | stopped
+    state: str = "new"  # running | backoff | gave_up | stopped | retiring
     restarts: int = 0
     recent: deque[float] = field(default_factory=deque)  # monotonic times of restarts
     next_start: float = 0.0
@@ -113,15 +119,19 @@ class Supervisor:
         task_managers: int,
         policy: RestartPolicy | None = None,
         submitter: tuple[int, int] | None = None,
+        autoscale: Scaling | None = None,
+        lib_dir: Path | None = None,
     ) -> None:
         self.env = home.env(conf_dir, log_dir)
+        if lib_dir is not None:  # the cluster's class path (cluster.link_lib)
+            self.env["FLINK_LIB_DIR"] = str(lib_dir)
+        self.home = home
         self.log_dir = log_dir
         self.run_dir = run_dir
         self.children = [Child("jobmanager", [str(home.bin / "jobmanager.sh"), "start-foreground"])]
-        self.children += [
-            Child(f"taskmanager-{i}", [str(home.bin / "taskmanager.sh"), "start-foreground"])
-            for i in range(1, task_managers + 1)
-        ]
+        self.children += [self._task_manager(i) for i in range(1, task_managers + 1)]
+        self.scaling = autoscale
+        self._next_look = 0.0
         if submitter is not None:
             port, rest_port = submitter
             script = Path(__file__).with_name("submitter.py")
@@ -134,6 +144,17 @@ class Supervisor:
         self.exit_code = 0
         self._outputs: dict[str, IO[bytes]] = {}
         self._prctl = _load_prctl()
+
+    def _task_manager(self, i: int) -> Child:
+        return Child(
+            f"taskmanager-{i}", [str(self.home.bin / "taskmanager.sh"), "start-foreground"]
+        )
+
+    def task_managers(self) -> list[Child]:
+        """The task managers kept up (not those being retired)."""
+        return [
+            c for c in self.children if c.name.startswith("taskmanager-") and c.state != "retiring"
+        ]
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -156,7 +177,11 @@ class Supervisor:
                 self._start(child)
             self._write_state()
             while not self.stopping:
-                if self._tick():
+                changed = self._tick()
+                if self.scaling is not None and time.monotonic() >= self._next_look:
+                    self._next_look = time.monotonic() + self.scaling.autoscaler.policy.interval_s
+                    changed = self._autoscale() or changed
+                if changed:
                     self._write_state()
                 time.sleep(POLL_S)
         finally:
@@ -193,9 +218,14 @@ class Supervisor:
                 if os.getppid() != parent:  # the supervisor died before prctl ran
                     os.kill(os.getpid(), signal.SIGTERM)
 
+        argv = child.argv
+        if child.name.startswith("taskmanager-"):
+            # The resource id names the child (and its start), so the cluster's
+            # view of a task manager (REST /taskmanagers) says which process it is.
+            argv = [*argv, f"-Dtaskmanager.resource-id={resource_id(child)}"]
         try:
             child.proc = subprocess.Popen(  # noqa: S603 - Flink's own scripts
-                child.argv,
+                argv,
                 env=child.env if child.env is not None else self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -214,10 +244,13 @@ class Supervisor:
         """Notice exits and run due restarts; True when something changed."""
         changed = False
         now = time.monotonic()
-        for child in self.children:
+        for child in list(self.children):  # a retired child leaves the list
             if child.proc is not None and child.proc.poll() is not None:
                 changed = True
                 self._on_exit(child, now)
+            elif child.state == "retiring" and child.proc is not None and now >= child.next_start:
+                log.warning("%s did not stop when retired: killing it", child.name)
+                _kill_group(child.proc.pid, signal.SIGKILL)
             elif child.state == "backoff" and now >= child.next_start and not self.stopping:
                 changed = True
                 child.restarts += 1
@@ -232,6 +265,10 @@ class Supervisor:
         _kill_group(child.proc.pid, signal.SIGKILL)  # leftovers, e.g. Python workers
         child.proc = None
         child.last_exit = code
+        if child.state == "retiring":  # scaled in: gone for good
+            self.children.remove(child)
+            log.info("%s retired (exit %s)", child.name, code)
+            return
         if self.stopping:
             child.state = "stopped"
             return
@@ -288,14 +325,64 @@ class Supervisor:
             child.proc.wait()
             self._on_exit(child, time.monotonic())
 
+    # -- autoscaling (autoscale.py) ------------------------------------------------
+
+    def _autoscale(self) -> bool:
+        """Measure the load, decide, and add or retire task managers; True when
+        the state file has news. A load that cannot be measured (the cluster
+        starting, the store away) skips this look and says so."""
+        scaling = self.scaling
+        if scaling is None or self.stopping:
+            return False
+        try:
+            load, idle_ids = scaling.measure()
+        except Exception as exc:  # a failed look must not stop the cluster
+            scaling.problem = f"the load could not be measured: {exc}"
+            log.warning("autoscale: %s", scaling.problem)
+            return True
+        scaling.problem = None
+        mine = self.task_managers()
+        idle = [c for c in mine if resource_id(c) in idle_ids and c.state == "running"]
+        d = scaling.autoscaler.decide(time.time(), load, len(mine), len(idle))
+        scaling.counts[d.action] = scaling.counts.get(d.action, 0) + 1
+        if d.action == "up":
+            used = {int(c.name.rsplit("-", 1)[1]) for c in self.children if c.name[-1].isdigit()}
+            for _ in range(d.target - d.current):
+                i = next(n for n in range(1, len(used) + 2) if n not in used)
+                used.add(i)
+                child = self._task_manager(i)
+                self.children.append(child)
+                self._start(child)
+            log.info("autoscale: %d -> %d task managers: %s", d.current, d.target, d.reason)
+        elif d.action == "down":
+            # The newest idle ones go first.
+            idle.sort(key=lambda c: int(c.name.rsplit("-", 1)[1]), reverse=True)
+            for child in idle[: d.current - d.target]:
+                child.state = "retiring"
+                child.next_start = time.monotonic() + self.policy.term_timeout_s  # kill after
+                if child.proc is not None:
+                    _kill_group(child.proc.pid, signal.SIGTERM)
+                else:
+                    self.children.remove(child)
+            log.info("autoscale: %d -> %d task managers: %s", d.current, d.target, d.reason)
+        return True
+
     def _write_state(self) -> None:
-        state = {
+        state: dict[str, Any] = {
             "pid": os.getpid(),
             "updated_at": iso(datetime.now(UTC), "milliseconds"),
             "stopping": self.stopping,
             "children": [c.to_json() for c in self.children],
         }
+        if self.scaling is not None:
+            state["autoscale"] = self.scaling.state(len(self.task_managers()))
         atomic_write(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+def resource_id(child: Child) -> str:
+    """The Flink resource id a task manager child runs under: its name and how
+    often it was restarted (a restarted one registers as new)."""
+    return f"{child.name}-r{child.restarts}"
 
 
 def _load_prctl() -> Any:
@@ -392,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf-dir", type=Path, required=True)
     parser.add_argument("--log-dir", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--lib-dir", type=Path, help="The JVMs' FLINK_LIB_DIR (default: lib/).")
     parser.add_argument("--task-managers", type=int, default=1)
     parser.add_argument("--submitter-port", type=int, help="Run the warm job submitter here.")
     parser.add_argument(
@@ -402,11 +490,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-limit", type=int, default=RESTART_LIMIT)
     parser.add_argument("--restart-window", type=float, default=RESTART_WINDOW_S)
     parser.add_argument("--term-timeout", type=float, default=TERM_TIMEOUT_S)
+    scale = parser.add_argument_group("autoscaling (autoscale.py; on with --autoscale-max)")
+    scale.add_argument("--autoscale-min", type=int, default=1)
+    scale.add_argument("--autoscale-max", type=int)
+    scale.add_argument("--autoscale-target", type=float, default=0.7)
+    scale.add_argument("--autoscale-interval", type=float, default=10.0)
+    scale.add_argument("--autoscale-stabilisation", type=float, default=60.0)
+    scale.add_argument("--autoscale-down-delay", type=float, default=300.0)
+    scale.add_argument("--autoscale-rescales-per-hour", type=int, default=12)
+    scale.add_argument("--autoscale-backlog-per-tm", type=int, default=20_000)
+    scale.add_argument("--autoscale-busy-window", type=float, default=60.0)
+    scale.add_argument("--slots", type=int, default=1, help="Slots per task manager.")
+    scale.add_argument("--parallelism", type=int, default=1, help="Slots a job takes.")
+    scale.add_argument("--store-url", help="The store whose queued requests count.")
+    scale.add_argument(
+        "--count-backlog", action="store_true", help="The stream runs on Flink: count its backlog."
+    )
     args = parser.parse_args(argv)
     if args.task_managers < 1:
         parser.error("--task-managers must be at least 1")
-    if (args.submitter_port is None) != (args.rest_port is None):
-        parser.error("--submitter-port and --rest-port go together")
+    if args.submitter_port is not None and args.rest_port is None:
+        parser.error("--submitter-port needs --rest-port")
+    if args.autoscale_max is not None and args.rest_port is None:
+        parser.error("--autoscale-max needs --rest-port")
+    scaling = None
+    if args.autoscale_max is not None:
+        from personatag.engines.flink.runtime.autoscale import ScalePolicy
+
+        try:
+            policy = ScalePolicy(
+                minimum=args.autoscale_min,
+                maximum=args.autoscale_max,
+                target_utilisation=args.autoscale_target,
+                interval_s=args.autoscale_interval,
+                stabilisation_s=args.autoscale_stabilisation,
+                down_delay_s=args.autoscale_down_delay,
+                rescales_per_hour=args.autoscale_rescales_per_hour,
+                backlog_per_tm=args.autoscale_backlog_per_tm,
+                busy_window_s=args.autoscale_busy_window,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        scaling = _scaling(policy, args)
 
     from personatag.logs import configure_logging
 
@@ -422,8 +547,26 @@ def main(argv: list[str] | None = None) -> int:
             args.restart_backoff, args.restart_limit, args.restart_window, args.term_timeout
         ),
         None if args.submitter_port is None else (args.submitter_port, args.rest_port),
+        scaling,
+        None if args.lib_dir is None else args.lib_dir.absolute(),
     )
     return supervisor.run()
+
+
+def _scaling(policy: ScalePolicy, args: argparse.Namespace) -> Scaling:
+    from personatag.engines.flink.runtime.autoscale import Autoscaler, LoadMeter, Scaling
+    from personatag.engines.flink.runtime.rest import FlinkRest
+    from personatag.store import open_store
+
+    store = open_store(args.store_url) if args.store_url else None
+    meter = LoadMeter(
+        FlinkRest(f"http://127.0.0.1:{args.rest_port}", timeout=2.0),
+        store,
+        parallelism=args.parallelism,
+        slots_per_tm=args.slots,
+        backlog=args.count_backlog,
+    )
+    return Scaling(Autoscaler(policy), meter)
 
 
 if __name__ == "__main__":
