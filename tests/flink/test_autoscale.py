@@ -31,6 +31,7 @@ from personatag.engines.flink.runtime import supervisor as sv
 from personatag.engines.flink.runtime.autoscale import (
     Autoscaler,
     Load,
+    LoadMeter,
     ScalePolicy,
     Scaling,
     recommend,
@@ -40,9 +41,11 @@ from personatag.engines.flink.runtime.cluster import start, status, stop
 from personatag.engines.flink.runtime.home import FlinkHome, locate
 from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.engines.flink.stream import FlinkStream
+from personatag.errors import PersonatagError
 from personatag.metrics import Metrics
 from personatag.store import open_store
 from personatag.store.changefeed import head, set_offset
+from personatag.store.db import absolute_url
 from personatag.web import create_app
 from tests.flink.conftest import cli_env, local_settings, run_cli, wait_until
 from tests.helpers import add_contacts, population
@@ -187,6 +190,55 @@ def test_the_hourly_budget_holds_rescales() -> None:
     assert a.decide(3600, Load(queued=2), 1, idle=1).action == "up"
 
 
+# -- what the store adds to the load ------------------------------------------------------
+
+
+def test_the_store_gives_queued_flink_requests_and_the_stream_backlog(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url, create=True)
+    meter = LoadMeter(
+        FlinkRest("http://127.0.0.1:9"), url, parallelism=1, slots_per_tm=1, backlog=True
+    )
+    assert meter.store_load() == (0, 0)  # no stream has read the feed: no backlog
+    _queue_jobs(store, 3)
+    jobs = store.tables.jobs
+    with store.write() as conn:  # another engine's request does not count
+        conn.execute(
+            insert(jobs).values(request_pk=1, status="queued", engine="local", queued_at=utcnow())
+        )
+        set_offset(conn, store, "stream", 0)
+    _backlog(store, 7)
+    assert meter.store_load() == (3, 7)
+    with store.write() as conn:
+        set_offset(conn, store, "stream", head(conn, store) - 2)
+        set_offset(conn, store, "webhooks", 0)  # a consumer of the log, not the feed
+    assert meter.store_load() == (3, 2)
+    # without the flink stream the backlog is not the cluster's work
+    meter.backlog = False
+    assert meter.store_load() == (3, 0)
+    store.engine.dispose()
+    # no store (yet): the look says so instead of failing
+    gone = LoadMeter(
+        FlinkRest("http://127.0.0.1:9"),
+        f"sqlite:///{tmp_path / 'none.db'}",
+        parallelism=1,
+        slots_per_tm=1,
+        backlog=True,
+    )
+    with pytest.raises(PersonatagError, match="there is no store"):
+        gone.store_load()
+
+
+def test_a_relative_sqlite_path_is_made_absolute_for_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("sqlite:///rel/store.db") == f"sqlite:///{tmp_path}/rel/store.db"
+    assert absolute_url("sqlite:////abs/store.db") == "sqlite:////abs/store.db"
+    pg = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    assert absolute_url(pg) == pg
+
+
 # -- the supervisor adds and retires task managers (stand-in scripts) ----------------------
 
 
@@ -203,7 +255,7 @@ def _fake_home(tmp_path: Path) -> FlinkHome:
 def test_supervisor_adds_and_retires_idle_task_managers(tmp_path: Path) -> None:
     loads: list[tuple[Load, set[str]]] = []
     policy = ScalePolicy(minimum=1, maximum=3, stabilisation_s=0, down_delay_s=0)
-    scaling = Scaling(Autoscaler(policy), lambda: loads.pop(0))
+    scaling = Scaling(Autoscaler(policy), lambda: (*loads.pop(0), None))
     s = sv.Supervisor(
         _fake_home(tmp_path),
         tmp_path / "conf",

@@ -38,6 +38,16 @@ def normalise_url(url: str) -> str:
     return backend_for_url(parsed).normalise_url(parsed).render_as_string(hide_password=False)
 
 
+def absolute_url(url: str) -> str:
+    """`url` with a relative database file made absolute, so that a process
+    started in another folder opens the same store."""
+    parsed = make_url(normalise_url(url))
+    path = backend_for_url(parsed).local_file(parsed)
+    if path is None or Path(path).is_absolute():
+        return url
+    return parsed.set(database=str(Path(path).resolve())).render_as_string(hide_password=False)
+
+
 def create_store_engine(url: str, *, create: bool = False) -> Engine:
     """An engine for `url`; with create=True the SQLite file's folder is made.
 

@@ -41,10 +41,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.engines.local.stream.status import OFFSET_NAME
-from personatag.store import Store, changefeed
+from personatag.errors import PersonatagError
+from personatag.store import Store, changefeed, open_store
 
 # Rescales the supervisor keeps in its state file (newest last).
 KEEP_DECISIONS = 20
@@ -257,11 +259,13 @@ class Autoscaler:
 @dataclass
 class Scaling:
     """What the supervisor needs to scale: the autoscaler, how it measures the
-    load (a `Load` and the ids of the task managers with every slot free), and
-    what it reports (the last failure to measure, decisions by action)."""
+    load, and what it reports (what the last look could not measure, decisions
+    by action)."""
 
     autoscaler: Autoscaler
-    measure: Callable[[], tuple[Load, set[str]]]
+    # The load, the ids of the idle task managers, and what could not be
+    # measured (None: everything was).
+    measure: Callable[[], tuple[Load, set[str], str | None]]
     problem: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -281,24 +285,30 @@ BUSY_METRIC = "busyTimeMsPerSecond"
 class LoadMeter:
     """Measures the load: running jobs, their busy time and the idle task
     managers from the cluster's REST API; queued flink requests and the
-    stream's backlog from the store (None: neither counts)."""
+    stream's backlog from the store at `store_url` (None: neither counts).
+
+    The store is opened at the first look that needs it. One that cannot be
+    read (not created yet, a database that is down) counts as no queue and no
+    backlog for that look, and the look says so; a cluster that does not
+    answer fails the look."""
 
     def __init__(
         self,
         rest: FlinkRest,
-        store: Store | None,
+        store_url: str | None,
         *,
         parallelism: int,
         slots_per_tm: int,
         backlog: bool,
     ) -> None:
         self.rest = rest
-        self.store = store
+        self.store_url = store_url
+        self.store: Store | None = None
         self.parallelism = parallelism
         self.slots_per_tm = slots_per_tm
         self.backlog = backlog
 
-    def __call__(self) -> tuple[Load, set[str]]:
+    def __call__(self) -> tuple[Load, set[str], str | None]:
         idle = {
             str(tm.get("id"))
             for tm in self.rest.taskmanagers()
@@ -306,7 +316,15 @@ class LoadMeter:
         }
         running = [j for j in self.rest.jobs_overview() if j.get("state") == "RUNNING"]
         busy = sum(self.job_busy(str(j.get("jid"))) for j in running)
-        queued, backlog = self.store_load()
+        problem = None
+        try:
+            queued, backlog = self.store_load()
+        except (PersonatagError, SQLAlchemyError) as exc:
+            queued = backlog = 0
+            problem = (
+                "the store could not be read, so queued requests and the backlog count "
+                f"as none: {str(exc).splitlines()[0]}"
+            )
         load = Load(
             backlog=backlog,
             queued=queued,
@@ -315,7 +333,7 @@ class LoadMeter:
             slots_per_tm=self.slots_per_tm,
             parallelism=self.parallelism,
         )
-        return load, idle
+        return load, idle, problem
 
     def job_busy(self, jid: str) -> float:
         """Slots' worth of busy time of one running job: per task, the mean busy
@@ -333,10 +351,13 @@ class LoadMeter:
 
     def store_load(self) -> tuple[int, int]:
         """(requests queued for the flink engine, changes the stream has yet to read)."""
-        if self.store is None:
+        if self.store_url is None:
             return 0, 0
-        t = self.store.tables
-        with self.store.read() as conn:
+        if self.store is None:
+            self.store = open_store(self.store_url)
+        store = self.store
+        t = store.tables
+        with store.read() as conn:
             queued = conn.scalar(
                 select(func.count())
                 .select_from(t.jobs)
@@ -351,7 +372,7 @@ class LoadMeter:
                     )
                 )
                 if read_to is not None:
-                    behind = max(0, changefeed.head(conn, self.store) - int(read_to))
+                    behind = max(0, changefeed.head(conn, store) - int(read_to))
         return int(queued or 0), behind
 
 

@@ -571,6 +571,8 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
     if settings.flink_submitter:
         argv += ["--submitter-port", str(Ports.of(settings).submitter)]
     if settings.flink_autoscale:
+        from personatag.store.db import absolute_url
+
         s = settings
         argv += [
             *("--autoscale-min", str(s.flink_autoscale_min)),
@@ -583,7 +585,9 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
             *("--autoscale-backlog-per-tm", str(s.flink_autoscale_backlog_per_tm)),
             *("--autoscale-busy-window", str(s.flink_autoscale_busy_window_s)),
             *("--slots", str(s.flink_slots), "--parallelism", str(s.flink_parallelism)),
-            *("--store-url", s.resolved_store_url),
+            # The supervisor runs in the cluster's folder: a relative SQLite path
+            # must name the same file from there.
+            *("--store-url", absolute_url(s.resolved_store_url)),
         ]
         if s.stream_engine == "flink":
             argv.append("--count-backlog")

@@ -335,12 +335,14 @@ class Supervisor:
         if scaling is None or self.stopping:
             return False
         try:
-            load, idle_ids = scaling.measure()
+            load, idle_ids, problem = scaling.measure()
         except Exception as exc:  # a failed look must not stop the cluster
             scaling.problem = f"the load could not be measured: {exc}"
             log.warning("autoscale: %s", scaling.problem)
             return True
-        scaling.problem = None
+        if problem is not None and problem != scaling.problem:
+            log.warning("autoscale: %s", problem)
+        scaling.problem = problem
         mine = self.task_managers()
         idle = [c for c in mine if resource_id(c) in idle_ids and c.state == "running"]
         d = scaling.autoscaler.decide(time.time(), load, len(mine), len(idle))
@@ -556,12 +558,10 @@ def main(argv: list[str] | None = None) -> int:
 def _scaling(policy: ScalePolicy, args: argparse.Namespace) -> Scaling:
     from personatag.engines.flink.runtime.autoscale import Autoscaler, LoadMeter, Scaling
     from personatag.engines.flink.runtime.rest import FlinkRest
-    from personatag.store import open_store
 
-    store = open_store(args.store_url) if args.store_url else None
     meter = LoadMeter(
         FlinkRest(f"http://127.0.0.1:{args.rest_port}", timeout=2.0),
-        store,
+        args.store_url,
         parallelism=args.parallelism,
         slots_per_tm=args.slots,
         backlog=args.count_backlog,
