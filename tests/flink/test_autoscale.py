@@ -43,7 +43,7 @@ from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.engines.flink.stream import FlinkStream
 from personatag.errors import PersonatagError
 from personatag.metrics import Metrics
-from personatag.store import open_store
+from personatag.store import changefeed, open_store
 from personatag.store.changefeed import head, set_offset
 from personatag.store.db import absolute_url
 from personatag.web import create_app
@@ -213,6 +213,10 @@ def test_the_store_gives_queued_flink_requests_and_the_stream_backlog(tmp_path: 
         set_offset(conn, store, "stream", head(conn, store) - 2)
         set_offset(conn, store, "webhooks", 0)  # a consumer of the log, not the feed
     assert meter.store_load() == (3, 2)
+    # a change naming many contacts (an import) counts each of them
+    with store.write() as conn:
+        changefeed.record(conn, store, changefeed.KIND_CONTACT, list(range(1, 101)), ["region"])
+    assert meter.store_load() == (3, 102)
     # without the flink stream the backlog is not the cluster's work
     meter.backlog = False
     assert meter.store_load() == (3, 0)
@@ -575,8 +579,6 @@ def _views(s: Settings, store: Any) -> tuple[dict[str, Any], str, str]:
 
 
 def _backlog(store: Any, n: int) -> None:
-    from personatag.store import changefeed
-
     with store.write() as conn:
         for i in range(n):
             changefeed.record(conn, store, changefeed.KIND_CONTACT, [i + 1], ["region"])

@@ -46,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.errors import PersonatagError
-from personatag.store import Store, changefeed, open_store
+from personatag.store import Store, open_store
 
 # Rescales the supervisor keeps in its state file (newest last).
 KEEP_DECISIONS = 20
@@ -83,7 +83,7 @@ class ScalePolicy:
 class Load:
     """What the cluster has to do now (see `measure`)."""
 
-    backlog: int = 0  # changes in the feed the stream has not processed
+    backlog: int = 0  # contact changes in the feed the stream has not processed
     queued: int = 0  # requests queued for the flink engine
     running: int = 0  # jobs running on the cluster
     busy: float | None = None  # slots' worth of busy time of the running jobs (None: unknown)
@@ -372,7 +372,15 @@ class LoadMeter:
                     )
                 )
                 if read_to is not None:
-                    behind = max(0, changefeed.head(conn, store) - int(read_to))
+                    # Contact changes, not feed rows: an import of many contacts is
+                    # one row naming them all.
+                    ch = t.changes
+                    behind = int(
+                        conn.scalar(
+                            select(func.coalesce(func.sum(ch.c.n), 0)).where(ch.c.seq > read_to)
+                        )
+                        or 0
+                    )
         return int(queued or 0), behind
 
 
