@@ -365,6 +365,12 @@ class Settings(BaseModel):
                 f"flink_autoscale_max ({self.flink_autoscale_max}) must be at least "
                 f"flink_autoscale_min ({self.flink_autoscale_min})"
             )
+        if self.flink_autoscale_max > MAX_LOCAL_TASK_MANAGERS:
+            raise ValueError(
+                f"flink_autoscale_max ({self.flink_autoscale_max}) must be at most "
+                f"{MAX_LOCAL_TASK_MANAGERS}: the local cluster's Prometheus ports "
+                "(REST port + 100 to + 120) serve the job manager and 20 task managers"
+            )
         return self
 
     @property
@@ -427,6 +433,11 @@ class Settings(BaseModel):
         if self.store_url:
             return self.store_url
         return f"sqlite:///{(self.data_dir / 'store.db').resolve()}"
+
+
+# Task managers a local cluster can run: its 21 Prometheus reporter ports
+# (engines/flink/runtime/cluster.py METRICS_SPAN) serve them and the job manager.
+MAX_LOCAL_TASK_MANAGERS = 20
 
 
 def _unknown_env() -> list[str]:

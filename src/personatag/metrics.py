@@ -71,6 +71,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._autoscale: AutoscaleCollector | None = None
+        self._autoscale_lock = threading.Lock()
         self.requests = Counter(
             "personatag_requests",
             "Request files finished, by outcome (a job status, duplicate or results_failed).",
@@ -307,11 +308,12 @@ class Metrics:
     def watch_autoscaler(self, read: Callable[[], dict[str, Any] | None]) -> None:
         """Export the local Flink cluster's autoscaler (see AutoscaleCollector),
         read with `read` from now on (registered once per registry)."""
-        if self._autoscale is None:
-            self._autoscale = AutoscaleCollector(read)
-            self.registry.register(self._autoscale)
-        else:
-            self._autoscale.read = read
+        with self._autoscale_lock:  # two first scrapes at once register one collector
+            if self._autoscale is None:
+                self._autoscale = AutoscaleCollector(read)
+                self.registry.register(self._autoscale)
+            else:
+                self._autoscale.read = read
 
     def mark_claimed(self, n: int = 1) -> None:
         """This dispatcher claimed `n` request files."""
@@ -368,10 +370,11 @@ class AutoscaleCollector:
         signals = GaugeMetricFamily(
             "personatag_flink_autoscale_load",
             "The load the autoscaler last measured: backlog (stream changes), queued "
-            "(flink requests), running (jobs), busy (slots' worth of busy time).",
+            "(flink requests), running (jobs), running_slots (slots they hold), busy "
+            "(slots' worth of busy time).",
             labels=["signal"],
         )
-        for signal in ("backlog", "queued", "running", "busy"):
+        for signal in ("backlog", "queued", "running", "running_slots", "busy"):
             if isinstance(load.get(signal), int | float):
                 signals.add_metric([signal], float(load[signal]))
         yield signals

@@ -32,6 +32,7 @@ from personatag.engines.flink.runtime.autoscale import (
     Autoscaler,
     Load,
     LoadMeter,
+    Look,
     ScalePolicy,
     Scaling,
     recommend,
@@ -161,23 +162,35 @@ def test_only_idle_task_managers_go() -> None:
 
 
 def test_a_shrink_that_waits_for_idle_task_managers_says_to_what() -> None:
-    a = Autoscaler(ScalePolicy(maximum=4, stabilisation_s=0, down_delay_s=0))
-    d = a.decide(0, Load(running=1), 3, idle=0)
+    a = Autoscaler(ScalePolicy(maximum=4, stabilisation_s=0, down_delay_s=5))
+    d = a.decide(0, Load(running=1), 3, idle=0)  # within the delay: nothing waits yet
+    assert d.action == "hold" and a.state()["shrink_to"] is None
+    d = a.decide(5, Load(running=1), 3, idle=0)  # after it: the shrink waits for idle ones
     assert d.action == "hold" and a.state()["shrink_to"] == 1
-    d = a.decide(1, Load(running=1), 3, idle=1)  # one can go, the shrink goes on waiting
+    d = a.decide(6, Load(running=1), 3, idle=1)  # one can go, the shrink goes on waiting
     assert (d.action, d.target) == ("down", 2) and a.state()["shrink_to"] == 1
-    a.decide(2, Load(queued=3), 2, idle=2)  # load again: nothing waits any more
+    a.decide(7, Load(running=1), 2, idle=0)  # the delay again: nothing waits
+    assert a.state()["shrink_to"] is None
+    a.decide(20, Load(queued=3), 2, idle=2)  # load again: nothing waits
     assert a.state()["shrink_to"] is None
 
 
-def test_the_stream_job_takes_its_slots_on_each_task_manager_it_keeps() -> None:
+def test_running_jobs_count_the_slots_they_hold() -> None:
+    # the stream's job at parallelism 4 holds 4 slots, a queued request wants 1 more
+    n, why = recommend(POLICY, Load(running=1, running_slots=4, queued=1, slots_per_tm=2), 3)
+    assert (n, why) == (3, "2 jobs (1 running, 1 queued) need 5 slots")
+
+
+def test_the_stream_job_follows_its_own_backlog() -> None:
     on = {"enabled": True, "shrink_to": None}
-    assert stream_parallelism(2, 4, None, 3) == 2  # not scaling: as configured
-    assert stream_parallelism(2, 4, {"enabled": False}, 3) == 2
-    assert stream_parallelism(2, 4, on, 3) == 6  # growing: the registered ones
-    assert stream_parallelism(2, 1, on, 3) == 3  # never more than their slots
-    assert stream_parallelism(2, 4, on | {"shrink_to": 1}, 3) == 2  # shrinking: frees two
-    assert stream_parallelism(2, 4, on, 0) == 2  # none registered (yet): as configured
+    assert stream_parallelism(2, 4, None, 3, 10**6, 1000) == 2  # not scaling: as configured
+    assert stream_parallelism(2, 4, {"enabled": False}, 3, 10**6, 1000) == 2
+    assert stream_parallelism(2, 4, on, 3, 0, 1000) == 2  # no backlog: one task manager's worth
+    assert stream_parallelism(2, 4, on, 3, 1500, 1000) == 4  # two task managers' worth
+    assert stream_parallelism(2, 4, on, 3, 10**6, 1000) == 6  # no more than are registered
+    assert stream_parallelism(2, 1, on, 3, 10**6, 1000) == 3  # never more than their slots
+    assert stream_parallelism(2, 4, on | {"shrink_to": 1}, 3, 10**6, 1000) == 2  # a shrink waits
+    assert stream_parallelism(2, 4, on, 0, 10**6, 1000) == 2  # none registered (yet)
 
 
 def test_the_hourly_budget_holds_rescales() -> None:
@@ -257,9 +270,15 @@ def _fake_home(tmp_path: Path) -> FlinkHome:
 
 
 def test_supervisor_adds_and_retires_idle_task_managers(tmp_path: Path) -> None:
-    loads: list[tuple[Load, set[str]]] = []
+    looks: list[Look] = []
+    idle_now: set[str] = set()
     policy = ScalePolicy(minimum=1, maximum=3, stabilisation_s=0, down_delay_s=0)
-    scaling = Scaling(Autoscaler(policy), lambda: (*loads.pop(0), None))
+    scaling = Scaling(Autoscaler(policy), lambda: looks.pop(0), lambda: frozenset(idle_now))
+
+    def look(load: Load, idle: set[str], problem: str | None = None) -> None:
+        ids = {sv.resource_id(c) for c in s.task_managers()}
+        looks.append(Look(load, frozenset(ids), frozenset(idle), problem))
+
     s = sv.Supervisor(
         _fake_home(tmp_path),
         tmp_path / "conf",
@@ -275,32 +294,34 @@ def test_supervisor_adds_and_retires_idle_task_managers(tmp_path: Path) -> None:
         for child in s.children:
             s._start(child)
         assert sv.resource_id(s.children[1]) == "taskmanager-1-r0"
-        loads.append((Load(queued=5, slots_per_tm=2), set()))  # wants 3
+        look(Load(queued=5, slots_per_tm=2), set())  # wants 3
         assert s._autoscale()
         assert [c.name for c in s.task_managers()] == [f"taskmanager-{i}" for i in (1, 2, 3)]
         assert all(c.proc is not None and c.proc.poll() is None for c in s.task_managers())
-        # idle now: taskmanager-1 and -3; both go (1 is wanted), the busy one stays
-        loads.append((Load(running=1, slots_per_tm=2), {"taskmanager-1-r0", "taskmanager-3-r0"}))
+        # idle at the look: taskmanager-1, -2 and -3, but asked again just before
+        # retiring, -2 has been given a job: -1 and -3 go (1 is wanted), -2 stays
+        look(Load(running=1, slots_per_tm=2), {f"taskmanager-{i}-r0" for i in (1, 2, 3)})
+        idle_now.update({"taskmanager-1-r0", "taskmanager-3-r0"})
         assert s._autoscale()
         retiring = [c for c in s.children if c.state == "retiring"]
         assert sorted(c.name for c in retiring) == ["taskmanager-1", "taskmanager-3"]
         wait_until(lambda: (s._tick(), len(s.children) == 2)[1], 10, "the retired to exit")
         assert [c.name for c in s.task_managers()] == ["taskmanager-2"]
-        # a retired child is not restarted, and a new one takes the lowest free number
-        loads.append((Load(queued=3, slots_per_tm=1), set()))
+        # a retired child is not restarted; new ones take new numbers
+        look(Load(queued=3, slots_per_tm=1), set())
         s._autoscale()
-        assert sorted(c.name for c in s.task_managers()) == [
-            "taskmanager-1",
-            "taskmanager-2",
-            "taskmanager-3",
-        ]
-        # a look that fails says so and changes nothing
-        assert s._autoscale()  # `loads` is empty: the measure raises
+        assert [c.name for c in s.task_managers()] == [f"taskmanager-{i}" for i in (2, 4, 5)]
+        # a look that cannot read the store, or fails, says so and changes nothing
+        look(Load(), set(), "the store could not be read: there is no store at x")
+        assert s._autoscale() and scaling.problem == looks_problem(scaling)
+        assert len(s.task_managers()) == 3
+        assert s._autoscale()  # `looks` is empty: the measure raises
         assert scaling.problem is not None and "could not be measured" in scaling.problem
         assert len(s.task_managers()) == 3
         s._write_state()
         state = json.loads((s.run_dir / sv.STATE_FILE).read_text())["autoscale"]
         assert state["counts"] == {"up": 2, "down": 1}
+        assert (state["current"], state["retiring"]) == (3, 0)
         assert state["problem"].startswith("the load could not be measured")
         # the metrics read the same state
         m = Metrics()
@@ -312,6 +333,11 @@ def test_supervisor_adds_and_retires_idle_task_managers(tmp_path: Path) -> None:
     finally:
         s._shutdown()
     assert all(c.proc is None for c in s.children)
+
+
+def looks_problem(scaling: Scaling) -> str:
+    assert scaling.problem is not None and scaling.problem.startswith("the store could not")
+    return scaling.problem
 
 
 def _render(m: Metrics) -> str:
@@ -513,21 +539,26 @@ def test_the_flink_stream_follows_the_cluster_through_savepoints(
         for i in range(120):
             set_contact(store, f"c{i:04d}", {"region": "EMEA" if i % 2 else "AMER"})
         wait_until(lambda: len(_tm_ids(s)) == 2, 90, "a second task manager")
-        # The stream works through it and moves its job onto both.
-        wait_until(lambda: _stepped(proc) == 2, 180, "the stream job at parallelism 2")
+        # The stream's job moves onto both (its backlog asks for 3) and works
+        # through it.
+        wait_until(lambda: (proc.step(), proc.rescales)[1], 180, "the stream job to rescale")
+        assert proc.rescales == [(1, 2)] and proc.job_id != first
         proc.catch_up(timeout_s=120)
-        grown = json.loads(proc.state_file.read_text())
-        assert grown["parallelism"] == 2 and grown["savepoint"].startswith("file:")
-        assert proc.job_id != first
         assert _emea(store) == _expected(store)
 
-        # Idle: the autoscaler wants 1, but the job holds a slot on each task
-        # manager; it waits for one to be idle, the stream moves to 1, one goes.
-        wait_until(lambda: _stepped(proc) == 1 and len(_tm_ids(s)) == 1, 180, "the shrink")
+        # Idle: the job moves back to one slot; the task manager it leaves is
+        # idle, and after the delay the cluster shrinks to 1.
+        wait_until(
+            lambda: (proc.step(), len(_tm_ids(s)) == 1)[1], 180, "the stream and cluster to shrink"
+        )
+        assert proc.rescales == [(1, 2), (2, 1)]
         st = status(s)["autoscale"]
         assert [(d["current"], d["target"]) for d in st["decisions"]] == [(1, 2), (2, 1)]
         shrunk = json.loads(proc.state_file.read_text())
-        assert shrunk["parallelism"] == 1 and shrunk["savepoint"] != grown["savepoint"]
+        assert shrunk["parallelism"] == 1 and shrunk["savepoint"].startswith("file:")
+        # only the savepoint in use is kept
+        kept = list((tmp_path / "flink" / "savepoints" / "stream-stream").iterdir())
+        assert [k.name for k in kept] == [Path(shrunk["savepoint"]).name]
         with FlinkRest(status(s)["url"]) as rest:
             assert rest.job(str(proc.job_id))["state"] == "RUNNING"
         # and it still answers right
@@ -538,12 +569,6 @@ def test_the_flink_stream_follows_the_cluster_through_savepoints(
         proc.close()
         stop(s)
         store.engine.dispose()
-
-
-def _stepped(proc: FlinkStream) -> int:
-    """One stream step; the parallelism its job runs at after it."""
-    proc.step()
-    return int(json.loads(proc.state_file.read_text())["parallelism"])
 
 
 def _emea(store: Any) -> set[str]:

@@ -138,6 +138,18 @@ def head(conn: Connection, store: Store) -> int:
     return int(conn.scalar(select(func.max(ch.c.seq))) or 0)
 
 
+def changes_after(conn: Connection, store: Store, after: int) -> int:
+    """Contact changes in the feed after seq `after` (a change naming many
+    contacts, an import's, counts each)."""
+    ch = store.tables.changes
+    return int(conn.scalar(select(func.coalesce(func.sum(ch.c.n), 0)).where(ch.c.seq > after)) or 0)
+
+
+def pending(conn: Connection, store: Store, name: str) -> int:
+    """Contact changes consumer `name` has yet to read."""
+    return changes_after(conn, store, get_offset(conn, store, name))
+
+
 def oldest_after(conn: Connection, store: Store, after: int) -> datetime | None:
     """When the oldest change after `after` was written (None: none waiting)."""
     ch = store.tables.changes

@@ -48,14 +48,17 @@ def absolute_url(url: str) -> str:
     return parsed.set(database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
-def create_store_engine(url: str, *, create: bool = False) -> Engine:
+def create_store_engine(
+    url: str, *, create: bool = False, connect_timeout_s: float | None = None
+) -> Engine:
     """An engine for `url`; with create=True the SQLite file's folder is made.
 
     Its errors never carry the statement's parameters (`hide_parameters`): they
     can hold password and token hashes, webhook secrets and contact data, and
     error messages end up in logs."""
     parsed = make_url(normalise_url(url))
-    return backend_for_url(parsed).create_engine(parsed, create=create)
+    backend = backend_for_url(parsed)
+    return backend.create_engine(parsed, create=create, connect_timeout_s=connect_timeout_s)
 
 
 class Store:
@@ -273,8 +276,9 @@ def is_current(engine: Engine) -> bool:
         return bool(current == HEAD_REVISION)
 
 
-def open_store(url: str, *, create: bool = False) -> Store:
-    """Open the store at `url`; with create=True make or migrate it first.
+def open_store(url: str, *, create: bool = False, connect_timeout_s: float | None = None) -> Store:
+    """Open the store at `url`; with create=True make or migrate it first;
+    with `connect_timeout_s`, connecting to a server gives up after that long.
 
     Without create, a store that is missing or behind raises a PersonatagError
     that says to run `personatag init`.
@@ -285,7 +289,7 @@ def open_store(url: str, *, create: bool = False) -> Store:
     if not create and on_disk and not Path(str(path)).exists():
         # Opening it would create an empty file; say what to do instead.
         raise PersonatagError(f"there is no store at {path}: run `personatag init`")
-    engine = create_store_engine(url, create=create)
+    engine = create_store_engine(url, create=create, connect_timeout_s=connect_timeout_s)
     try:
         if create:
             migrate(engine)

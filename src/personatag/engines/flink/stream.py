@@ -23,8 +23,8 @@ that runs other code, failed, or is unknown to the cluster. `run` cancels it
 when the stream stops; `close` does the same for callers of `catch_up`.
 
 Rescaling: on a local cluster that scales itself (PERSONATAG_FLINK_AUTOSCALE)
-the job runs at `flink_parallelism` slots per task manager
-(autoscale.stream_parallelism). Between batches, when the cluster's size
+the job runs at `flink_parallelism` slots on as many task managers as its own
+backlog asks for (autoscale.stream_parallelism). Between batches, when that
 moved, `rescale` stops the job with a savepoint and starts the same code from
 it at the new parallelism: the sources keep what they read, the rules in
 broadcast state come back on every subtask, and a new rules generation is
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from personatag.buckets import open_buckets
 from personatag.config import Settings
@@ -172,6 +173,8 @@ class FlinkStream(StreamProcessor):
         self._consumed: set[str] = set()
         self._pending: dict[str, _Batch] = {}
         self._rescaled_at = 0.0  # monotonic time of the last rescale tried
+        self._followed_at = 0.0  # ... of the last look at the cluster's size while idle
+        self.rescales: list[tuple[int, int]] = []  # (from, to) parallelism, this process
 
     @property
     def job_id(self) -> str | None:
@@ -209,8 +212,8 @@ class FlinkStream(StreamProcessor):
         self, lines: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
     ) -> dict[tuple[int, int], codec.Result]:
         timeout = self.settings.stream_flink_timeout_s
+        self._ensure_job()  # may start or rescale the job: not on this batch's time
         deadline = time.monotonic() + timeout
-        self._ensure_job()
         gen = self._rules(index, deadline)
         with self.store.read() as conn:
             offset = changefeed.get_offset(conn, self.store, self.name)
@@ -388,9 +391,9 @@ class FlinkStream(StreamProcessor):
         if (
             not result.busy
             and self._jid is not None
-            and time.monotonic() - self._checked_at >= JOB_CHECK_S
+            and time.monotonic() - self._followed_at >= JOB_CHECK_S
         ):
-            self._checked_at = time.monotonic()
+            self._followed_at = time.monotonic()
             self._follow_cluster()
         return result
 
@@ -479,7 +482,16 @@ class FlinkStream(StreamProcessor):
         except (FlinkUnreachable, FlinkRestError):
             return self._parallelism
         state = autoscale_state(self.settings)
-        return stream_parallelism(base, self.settings.flink_slots, state, registered)
+        with self.store.read() as conn:
+            backlog = changefeed.pending(conn, self.store, self.name)
+        return stream_parallelism(
+            base,
+            self.settings.flink_slots,
+            state,
+            registered,
+            backlog,
+            self.settings.flink_autoscale_backlog_per_tm,
+        )
 
     def _follow_cluster(self) -> None:
         """Rescale the running job when the cluster's size moved (at most once
@@ -509,9 +521,23 @@ class FlinkStream(StreamProcessor):
             location = self._stop_with_savepoint(jid, folder)
         except FlinkStreamError as exc:
             log.warning("flink stream job %s was not rescaled to %d: %s", jid, parallelism, exc)
+            # A stop that completed after all leaves no job: the next batch starts one.
+            if self._job_problem() is not None:
+                self._forget_job()
             return
         bundle, fingerprint = stream_bundle(self.settings.data_dir / "flink" / "bundles")
-        self._start(bundle, fingerprint, parallelism=parallelism, savepoint=location)
+        try:
+            self._start(bundle, fingerprint, parallelism=parallelism, savepoint=location)
+        except Exception:
+            # The old job has stopped: the next batch starts a new one (fresh,
+            # which is safe: no batch is in flight and the store holds the rest).
+            self._forget_job()
+            raise
+        self.rescales.append((before, parallelism))
+        in_use = Path(urlsplit(location).path).resolve()
+        for old in folder.iterdir():  # only the savepoint in use is kept
+            if old.is_dir() and old.resolve() != in_use:
+                shutil.rmtree(old, ignore_errors=True)
         log.info(
             "rescaled the flink stream job from parallelism %d (job %s) to %d (job %s) "
             "through savepoint %s in %.1f s",
@@ -577,11 +603,10 @@ class FlinkStream(StreamProcessor):
                 if self.settings.flink_autoscale
                 else self.settings.flink_parallelism
             )
-        self._parallelism = parallelism
         spec = {
             "format": SPEC_FORMAT,
             "name": f"personatag stream {self.name}",
-            "parallelism": self._parallelism,
+            "parallelism": parallelism,
             "rules": self.rules_dir.resolve().as_uri(),
             "changes": self.changes_dir.resolve().as_uri(),
             "results": self.results_dir.resolve().as_uri(),
@@ -590,6 +615,7 @@ class FlinkStream(StreamProcessor):
         }
         started = time.monotonic()
         self._jid = self._submit(spec, bundle, savepoint)
+        self._parallelism = parallelism
         self._checked_at = time.monotonic()
         self._write_state(
             {

@@ -125,8 +125,12 @@ class Backend(ABC):
         return url.set(drivername=self.driver) if url.drivername in self.schemes else url
 
     @abstractmethod
-    def create_engine(self, url: URL, *, create: bool = False) -> Engine:
-        """An engine for `url`, set up for this package (pragmas, begin mode).
+    def create_engine(
+        self, url: URL, *, create: bool = False, connect_timeout_s: float | None = None
+    ) -> Engine:
+        """An engine for `url`, set up for this package (pragmas, begin mode);
+        with `connect_timeout_s`, a connection that cannot be made in that time
+        fails instead of waiting (a server that is down).
 
         Its errors never carry the statement's parameters (`hide_parameters`):
         they can hold password and token hashes, webhook secrets and contact

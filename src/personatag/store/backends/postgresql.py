@@ -129,9 +129,14 @@ class PostgreSQLBackend(Backend):
         "contains_all": _contains_all,
     }
 
-    def create_engine(self, url: URL, *, create: bool = False) -> Engine:
+    def create_engine(
+        self, url: URL, *, create: bool = False, connect_timeout_s: float | None = None
+    ) -> Engine:
         try:
-            return sa_create_engine(url, pool_pre_ping=True, hide_parameters=True)
+            args = {} if connect_timeout_s is None else self.connect_timeout_args(connect_timeout_s)
+            return sa_create_engine(
+                url, pool_pre_ping=True, hide_parameters=True, connect_args=args
+            )
         except ModuleNotFoundError as exc:  # PostgreSQL's driver is an extra
             if exc.name != "psycopg":
                 raise
@@ -141,7 +146,7 @@ class PostgreSQLBackend(Backend):
             ) from None
 
     def connect_timeout_args(self, timeout_s: float) -> dict[str, Any]:
-        return {"connect_timeout": timeout_s}
+        return {"connect_timeout": max(1, round(timeout_s))}  # whole seconds (libpq)
 
     @contextmanager
     def write_briefly(self, conn: Connection, wait_ms: int) -> Iterator[Connection]:

@@ -136,7 +136,9 @@ class SQLiteBackend(Backend):
         "contains_all": _contains_all,
     }
 
-    def create_engine(self, url: URL, *, create: bool = False) -> Engine:
+    def create_engine(
+        self, url: URL, *, create: bool = False, connect_timeout_s: float | None = None
+    ) -> Engine:
         path = self.local_file(url)
         if create and path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

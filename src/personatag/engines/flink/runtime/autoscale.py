@@ -12,8 +12,9 @@ session cluster on one machine can see:
     `busy_window_s` (a job starting up is busy for a moment), each slot to be
     busy no more than the target utilisation: 3.6 busy slots, 2 slots a task
     manager and a 0.7 target want ceil(3.6 / (2 x 0.7)) = 3;
-  - slots: every running job and every request queued for the flink engine
-    gets `parallelism` slots;
+  - slots: the slots the running jobs hold (the flink stream's job may hold
+    more than `parallelism`), and `parallelism` for every request queued for
+    the flink engine;
   - the stream backlog: one task manager per `backlog_per_tm` changes
     waiting in the change feed.
   Clamped to [minimum, maximum]; an idle cluster wants the minimum.
@@ -34,6 +35,7 @@ the metrics read them.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from personatag.engines.flink.runtime.rest import FlinkRest
 from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.errors import PersonatagError
-from personatag.store import Store, open_store
+from personatag.store import Store, changefeed, open_store
 
 # Rescales the supervisor keeps in its state file (newest last).
 KEEP_DECISIONS = 20
@@ -86,6 +88,7 @@ class Load:
     backlog: int = 0  # contact changes in the feed the stream has not processed
     queued: int = 0  # requests queued for the flink engine
     running: int = 0  # jobs running on the cluster
+    running_slots: int = 0  # slots they hold (each job's largest task parallelism)
     busy: float | None = None  # slots' worth of busy time of the running jobs (None: unknown)
     slots_per_tm: int = 1
     parallelism: int = 1
@@ -95,18 +98,19 @@ class Load:
 class Decision:
     """One look at the load: the size wanted, what was done and why."""
 
-    at: float  # the supervisor's clock (time.time())
+    at: float  # the policy's clock (the supervisor's: time.monotonic())
     current: int
     wanted: int
     target: int
     action: str  # up | down | hold | steady
     reason: str
     load: Load
+    wall: float = field(default_factory=time.time)  # when, for people
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["load"] = asdict(self.load)
-        out["at_utc"] = datetime.fromtimestamp(self.at, UTC).isoformat()
+        out["at_utc"] = datetime.fromtimestamp(self.wall, UTC).isoformat()
         return out
 
 
@@ -126,7 +130,8 @@ def recommend(policy: ScalePolicy, load: Load, current: int) -> tuple[int, str]:
         )
     jobs = load.running + load.queued
     if jobs:
-        slots = jobs * load.parallelism
+        held = load.running_slots or load.running * load.parallelism
+        slots = held + load.queued * load.parallelism
         n = math.ceil(slots / max(1, load.slots_per_tm))
         wants.append(
             (
@@ -180,8 +185,7 @@ class Autoscaler:
         wanted, why = recommend(p, load, current)
         while self.rescales and now - self.rescales[0] >= HOUR_S:
             self.rescales.popleft()
-        if wanted >= current:
-            self.shrink_to = None
+        self.shrink_to = None  # set again below while a shrink waits for idle ones
         if wanted < current:
             if self.below_since is None:
                 self.below_since = now
@@ -256,23 +260,37 @@ class Autoscaler:
         }
 
 
+@dataclass(frozen=True)
+class Look:
+    """One measurement: the load, the resource ids of the registered task
+    managers and of those with every slot free, and what could not be
+    measured (None: everything was; a look with a problem decides nothing)."""
+
+    load: Load
+    registered: frozenset[str]
+    idle: frozenset[str]
+    problem: str | None = None
+
+
 @dataclass
 class Scaling:
     """What the supervisor needs to scale: the autoscaler, how it measures the
-    load, and what it reports (what the last look could not measure, decisions
-    by action)."""
+    load and asks again which task managers are idle (just before retiring
+    them), and what it reports."""
 
     autoscaler: Autoscaler
-    # The load, the ids of the idle task managers, and what could not be
-    # measured (None: everything was).
-    measure: Callable[[], tuple[Load, set[str], str | None]]
+    measure: Callable[[], Look]
+    idle_now: Callable[[], frozenset[str]]
     problem: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
-    def state(self, current: int) -> dict[str, Any]:
-        """The autoscaler's state with `current`, the task managers kept up now."""
+    def state(self, current: int, registered: int, retiring: int) -> dict[str, Any]:
+        """The autoscaler's state with the task managers kept up (`current`),
+        those of them registered with the cluster, and those being retired."""
         out = self.autoscaler.state()
         out["current"] = current
+        out["registered"] = registered
+        out["retiring"] = retiring
         out["problem"] = self.problem
         out["counts"] = dict(self.counts)
         return out
@@ -280,6 +298,16 @@ class Scaling:
 
 # The metric whose mean over a job's subtasks is the share of time they work.
 BUSY_METRIC = "busyTimeMsPerSecond"
+# Seconds a look waits to connect to the store (the supervisor must not hang).
+STORE_TIMEOUT_S = 5.0
+
+
+def _idle(tms: list[dict[str, Any]]) -> frozenset[str]:
+    return frozenset(
+        str(tm.get("id"))
+        for tm in tms
+        if tm.get("slotsNumber") and tm.get("freeSlots") == tm.get("slotsNumber")
+    )
 
 
 class LoadMeter:
@@ -287,10 +315,10 @@ class LoadMeter:
     managers from the cluster's REST API; queued flink requests and the
     stream's backlog from the store at `store_url` (None: neither counts).
 
-    The store is opened at the first look that needs it. One that cannot be
-    read (not created yet, a database that is down) counts as no queue and no
-    backlog for that look, and the look says so; a cluster that does not
-    answer fails the look."""
+    The store is opened at the first look that needs it, with a connect
+    timeout. One that cannot be read (not created yet, a database that is
+    down) makes the look's problem; a cluster that does not answer fails the
+    look."""
 
     def __init__(
         self,
@@ -308,53 +336,60 @@ class LoadMeter:
         self.slots_per_tm = slots_per_tm
         self.backlog = backlog
 
-    def __call__(self) -> tuple[Load, set[str], str | None]:
-        idle = {
-            str(tm.get("id"))
-            for tm in self.rest.taskmanagers()
-            if tm.get("slotsNumber") and tm.get("freeSlots") == tm.get("slotsNumber")
-        }
+    def __call__(self) -> Look:
+        tms = self.rest.taskmanagers()
         running = [j for j in self.rest.jobs_overview() if j.get("state") == "RUNNING"]
-        busy = sum(self.job_busy(str(j.get("jid"))) for j in running)
+        busy = 0.0
+        slots = 0
+        for job in running:
+            b, n = self.job_load(str(job.get("jid")))
+            busy += b
+            slots += n
         problem = None
         try:
             queued, backlog = self.store_load()
         except (PersonatagError, SQLAlchemyError) as exc:
             queued = backlog = 0
-            problem = (
-                "the store could not be read, so queued requests and the backlog count "
-                f"as none: {str(exc).splitlines()[0]}"
-            )
+            problem = f"the store could not be read: {str(exc).splitlines()[0]}"
         load = Load(
             backlog=backlog,
             queued=queued,
             running=len(running),
+            running_slots=slots,
             busy=busy,
             slots_per_tm=self.slots_per_tm,
             parallelism=self.parallelism,
         )
-        return load, idle, problem
+        return Look(load, frozenset(str(t.get("id")) for t in tms), _idle(tms), problem)
 
-    def job_busy(self, jid: str) -> float:
-        """Slots' worth of busy time of one running job: per task, the mean busy
-        share of its subtasks times their number; the busiest task counts (the
-        tasks of a job share slots)."""
+    def idle_now(self) -> frozenset[str]:
+        """The task managers with every slot free, asked again now."""
+        return _idle(self.rest.taskmanagers())
+
+    def job_load(self, jid: str) -> tuple[float, int]:
+        """(slots' worth of busy time, slots held) of one running job. Per task:
+        the mean busy share of its subtasks times their number; the busiest task
+        counts, and the largest parallelism is the slots (a job's tasks share
+        slots)."""
         worst = 0.0
+        slots = 0
         for vertex in self.rest.job(jid).get("vertices") or []:
+            parallelism = int(vertex.get("parallelism") or 1)
+            slots = max(slots, parallelism)
             path = f"/jobs/{jid}/vertices/{vertex.get('id')}/subtasks/metrics?get={BUSY_METRIC}"
             for metric in self.rest.get(path) or []:
                 avg = metric.get("avg") if isinstance(metric, dict) else None
                 if isinstance(avg, int | float) and math.isfinite(avg):
                     share = min(1.0, max(0.0, avg / 1000.0))
-                    worst = max(worst, share * int(vertex.get("parallelism") or 1))
-        return worst
+                    worst = max(worst, share * parallelism)
+        return worst, slots
 
     def store_load(self) -> tuple[int, int]:
         """(requests queued for the flink engine, changes the stream has yet to read)."""
         if self.store_url is None:
             return 0, 0
         if self.store is None:
-            self.store = open_store(self.store_url)
+            self.store = open_store(self.store_url, connect_timeout_s=STORE_TIMEOUT_S)
         store = self.store
         t = store.tables
         with store.read() as conn:
@@ -372,30 +407,29 @@ class LoadMeter:
                     )
                 )
                 if read_to is not None:
-                    # Contact changes, not feed rows: an import of many contacts is
-                    # one row naming them all.
-                    ch = t.changes
-                    behind = int(
-                        conn.scalar(
-                            select(func.coalesce(func.sum(ch.c.n), 0)).where(ch.c.seq > read_to)
-                        )
-                        or 0
-                    )
+                    behind = changefeed.changes_after(conn, store, int(read_to))
         return int(queued or 0), behind
 
 
 def stream_parallelism(
-    base: int, slots_per_tm: int, state: dict[str, Any] | None, registered: int
+    base: int,
+    slots_per_tm: int,
+    state: dict[str, Any] | None,
+    registered: int,
+    backlog: int,
+    backlog_per_tm: int,
 ) -> int:
     """The parallelism of the flink stream's job on a cluster that scales itself
     (`state`: the autoscaler's; None or not enabled: `base`): `base` slots (at
-    most all of them) on each task manager it keeps. That is the registered ones
-    while growing (a job placed before new ones register would wait for their
-    slots) and the size a shrink waits for (`shrink_to`) while shrinking: the
-    job gives up its slots so that task managers become idle and can go."""
+    most all of them) on as many task managers as its own backlog asks for
+    (one per `backlog_per_tm` changes, at least one), no more than are
+    registered (a job placed before new ones register would wait for their
+    slots) and no more than a waiting shrink's size (`shrink_to`). Sized by its
+    own load, not the cluster's: grown by other jobs, the cluster must not pull
+    the stream's job onto every new task manager."""
     if not state or not state.get("enabled") or registered < 1:
         return base
-    size = registered
+    size = min(registered, max(1, math.ceil(backlog / max(1, backlog_per_tm))))
     shrink_to = state.get("shrink_to")
     if isinstance(shrink_to, int) and 0 < shrink_to < size:
         size = shrink_to

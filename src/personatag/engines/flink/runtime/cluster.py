@@ -571,8 +571,6 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
     if settings.flink_submitter:
         argv += ["--submitter-port", str(Ports.of(settings).submitter)]
     if settings.flink_autoscale:
-        from personatag.store.db import absolute_url
-
         s = settings
         argv += [
             *("--autoscale-min", str(s.flink_autoscale_min)),
@@ -585,9 +583,7 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
             *("--autoscale-backlog-per-tm", str(s.flink_autoscale_backlog_per_tm)),
             *("--autoscale-busy-window", str(s.flink_autoscale_busy_window_s)),
             *("--slots", str(s.flink_slots), "--parallelism", str(s.flink_parallelism)),
-            # The supervisor runs in the cluster's folder: a relative SQLite path
-            # must name the same file from there.
-            *("--store-url", absolute_url(s.resolved_store_url)),
+            *("--store-url-file", str(_store_url_file(layout, s))),
         ]
         if s.stream_engine == "flink":
             argv.append("--count-backlog")
@@ -600,6 +596,21 @@ def _launch(settings: Settings, home: FlinkHome, layout: ClusterLayout) -> subpr
             cwd=layout.root,
             start_new_session=True,
         )
+
+
+def _store_url_file(layout: ClusterLayout, settings: Settings) -> Path:
+    """The store's URL for the autoscaling supervisor, in a file only its owner
+    reads (a URL may hold a password, and a command line is public). Absolute:
+    the supervisor runs in the cluster's folder, where a relative SQLite path
+    would name another file."""
+    from personatag.store.db import absolute_url
+
+    path = layout.run / "store-url"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(absolute_url(settings.resolved_store_url) + "\n")
+    return path
 
 
 def _started(settings: Settings, started: bool, t0: float) -> dict[str, Any]:

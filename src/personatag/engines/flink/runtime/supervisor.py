@@ -12,8 +12,8 @@ JVM, so a child's pid is the JVM's; a task manager's Flink resource id is its
 child name, `taskmanager-N`), and with --submitter-port the warm job
 submitter (`submitter.py`, under the PyFlink interpreter); it restarts a child
 that dies. With --autoscale-max it also adds and removes task managers as
-the load asks (autoscale.py; --store-url names the store whose backlog and
-queued requests count), and on SIGTERM
+the load asks (autoscale.py; --store-url-file names the store whose backlog
+and queued requests count), and on SIGTERM
 or SIGINT stops every child and exits. Each child runs in its own process group
 (so one signal reaches the JVM and anything it spawned, such as Python workers)
 and, on Linux, gets SIGTERM when the supervisor dies, even by SIGKILL: no JVM
@@ -131,6 +131,10 @@ class Supervisor:
         self.children = [Child("jobmanager", [str(home.bin / "jobmanager.sh"), "start-foreground"])]
         self.children += [self._task_manager(i) for i in range(1, task_managers + 1)]
         self.scaling = autoscale
+        # Task manager numbers only go up: a new one never takes a retired
+        # one's name (nor its resource id, which a stale registration may hold).
+        self._next_tm = task_managers + 1
+        self._registered = 0  # kept task managers the cluster listed at the last look
         self._next_look = 0.0
         if submitter is not None:
             port, rest_port = submitter
@@ -251,6 +255,7 @@ class Supervisor:
             elif child.state == "retiring" and child.proc is not None and now >= child.next_start:
                 log.warning("%s did not stop when retired: killing it", child.name)
                 _kill_group(child.proc.pid, signal.SIGKILL)
+                child.next_start = float("inf")  # once; the exit is noticed next tick
             elif child.state == "backoff" and now >= child.next_start and not self.stopping:
                 changed = True
                 child.restarts += 1
@@ -329,37 +334,47 @@ class Supervisor:
 
     def _autoscale(self) -> bool:
         """Measure the load, decide, and add or retire task managers; True when
-        the state file has news. A load that cannot be measured (the cluster
-        starting, the store away) skips this look and says so."""
+        the state file has news. A look that cannot measure everything (the
+        cluster starting, the store away) changes nothing and says why."""
         scaling = self.scaling
         if scaling is None or self.stopping:
             return False
         try:
-            load, idle_ids, problem = scaling.measure()
+            look = scaling.measure()
         except Exception as exc:  # a failed look must not stop the cluster
-            scaling.problem = f"the load could not be measured: {exc}"
-            log.warning("autoscale: %s", scaling.problem)
+            problem: str | None = f"the load could not be measured: {exc}"
+        else:
+            problem = look.problem
+        if problem is not None:
+            if problem != scaling.problem:
+                log.warning("autoscale: %s; no change until it can", problem)
+            scaling.problem = problem
             return True
-        if problem is not None and problem != scaling.problem:
-            log.warning("autoscale: %s", problem)
-        scaling.problem = problem
-        mine = self.task_managers()
-        idle = [c for c in mine if resource_id(c) in idle_ids and c.state == "running"]
-        d = scaling.autoscaler.decide(time.time(), load, len(mine), len(idle))
+        scaling.problem = None
+        # Task managers that gave up (they keep failing) are not capacity.
+        mine = [c for c in self.task_managers() if c.state != "gave_up"]
+        self._registered = sum(resource_id(c) in look.registered for c in mine)
+        idle = [c for c in mine if resource_id(c) in look.idle and c.state == "running"]
+        d = scaling.autoscaler.decide(time.monotonic(), look.load, len(mine), len(idle))
         scaling.counts[d.action] = scaling.counts.get(d.action, 0) + 1
         if d.action == "up":
-            used = {int(c.name.rsplit("-", 1)[1]) for c in self.children if c.name[-1].isdigit()}
             for _ in range(d.target - d.current):
-                i = next(n for n in range(1, len(used) + 2) if n not in used)
-                used.add(i)
-                child = self._task_manager(i)
+                child = self._task_manager(self._next_tm)
+                self._next_tm += 1
                 self.children.append(child)
                 self._start(child)
             log.info("autoscale: %d -> %d task managers: %s", d.current, d.target, d.reason)
         elif d.action == "down":
-            # The newest idle ones go first.
-            idle.sort(key=lambda c: int(c.name.rsplit("-", 1)[1]), reverse=True)
-            for child in idle[: d.current - d.target]:
+            # Asked again just before: a task manager given a job since the
+            # look is no longer idle and stays. The newest idle ones go first.
+            try:
+                still = scaling.idle_now()
+            except Exception as exc:  # the cluster stopped answering: retire none
+                log.warning("autoscale: not shrinking, the cluster does not answer: %s", exc)
+                return True
+            going = [c for c in idle if resource_id(c) in still]
+            going.sort(key=lambda c: int(c.name.rsplit("-", 1)[1]), reverse=True)
+            for child in going[: d.current - d.target]:
                 child.state = "retiring"
                 child.next_start = time.monotonic() + self.policy.term_timeout_s  # kill after
                 if child.proc is not None:
@@ -377,7 +392,12 @@ class Supervisor:
             "children": [c.to_json() for c in self.children],
         }
         if self.scaling is not None:
-            state["autoscale"] = self.scaling.state(len(self.task_managers()))
+            mine = [c for c in self.task_managers() if c.state != "gave_up"]
+            state["autoscale"] = self.scaling.state(
+                len(mine),
+                self._registered,
+                sum(c.state == "retiring" for c in self.children),
+            )
         atomic_write(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
@@ -504,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--autoscale-busy-window", type=float, default=60.0)
     scale.add_argument("--slots", type=int, default=1, help="Slots per task manager.")
     scale.add_argument("--parallelism", type=int, default=1, help="Slots a job takes.")
-    scale.add_argument("--store-url", help="The store whose queued requests count.")
+    scale.add_argument(
+        "--store-url-file", type=Path, help="A file naming the store whose queued requests count."
+    )
     scale.add_argument(
         "--count-backlog", action="store_true", help="The stream runs on Flink: count its backlog."
     )
@@ -559,14 +581,17 @@ def _scaling(policy: ScalePolicy, args: argparse.Namespace) -> Scaling:
     from personatag.engines.flink.runtime.autoscale import Autoscaler, LoadMeter, Scaling
     from personatag.engines.flink.runtime.rest import FlinkRest
 
+    store_url = None
+    if args.store_url_file is not None:  # a file, not argv: it may hold a password
+        store_url = args.store_url_file.read_text().strip() or None
     meter = LoadMeter(
         FlinkRest(f"http://127.0.0.1:{args.rest_port}", timeout=2.0),
-        args.store_url,
+        store_url,
         parallelism=args.parallelism,
         slots_per_tm=args.slots,
         backlog=args.count_backlog,
     )
-    return Scaling(Autoscaler(policy), meter)
+    return Scaling(Autoscaler(policy), meter, meter.idle_now)
 
 
 if __name__ == "__main__":
