@@ -41,7 +41,8 @@ def flink_start(
         return
     how = f"started in {st['seconds']} s" if st["started"] else "already running"
     typer.echo(
-        f"flink cluster {st['url']} {how}: {_tm_count(st)}, {st['slots_total']} slots "
+        f"flink cluster {st['url']} {how}: {_tm_count(st)}, {st['slots_total']} "
+        f"slot{'' if st['slots_total'] == 1 else 's'} "
         f"(supervisor pid {st['supervisor_pid']})"
     )
 
