@@ -453,7 +453,11 @@ def test_a_burst_grows_the_cluster_to_its_maximum_and_it_shrinks_back(
             "45 changes wait in the stream's backlog (capped at the maximum, 3)"
         )
         assert _tm_ids(s) == ["taskmanager-1-r0", "taskmanager-2-r0", "taskmanager-3-r0"]
-        # What a person sees: the API, the workbench's Flink page, the metrics.
+        # What a person sees: the API, the workbench's Flink page, the metrics
+        # (once the supervisor's next look has seen the third one registered).
+        wait_until(
+            lambda: status(s)["autoscale"].get("registered") == 3, 30, "the state to say 3 are in"
+        )
         api, page, metrics = _views(s, store)
         assert (api["autoscale"]["current"], api["autoscale"]["target"]) == (3, 3)
         assert 'id="autoscale-reason"' in page and "capped at the maximum, 3" in page
