@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 	  $(PYTHON) -m venv $(VENV); fi
 	@echo "installing personatag and its runtime packages into $(VENV) (a minute or two)..."
 	@$(PIP) -e .
+	@# Bytecode now, as a wheel install does: an editable install leaves it to
+	@# the first import, and where PYTHONDONTWRITEBYTECODE is set (containers,
+	@# CI) every process would compile the package again (~50-80 ms a start).
+	@$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)

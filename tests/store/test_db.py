@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import literal, select
 
 from personatag.config import load_settings
 from personatag.definitions.attributes import add_attribute
@@ -152,6 +153,21 @@ def test_contact_search_indexes(store: Store) -> None:
                 conn.exec_driver_sql("SET enable_seqscan = off")
                 plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
                 assert f"ix_contacts_search_{field}" in plan and "Sort" not in plan, plan
+
+
+def test_a_pk_range_of_contacts_reads_the_pk_index_on_sqlite(store: Store) -> None:
+    """A large tag's INSERT ... SELECT needs only the pks of a range: on SQLite
+    they come from the narrow pk index, not the table's wide rows."""
+    if store.backend.name != "sqlite":
+        pytest.skip("PostgreSQL reads its primary key index (an index-only scan)")
+    c = store.tables.contacts
+    m = store.tables.membership_rows
+    rows = select(literal(1), c.c.pk, literal(0), literal(1)).where(c.c.pk.between(1, 10))
+    insert = m.insert().from_select(["persona_pk", "contact_pk", "source", "grant_pk"], rows)
+    with store.engine.connect() as conn:
+        compiled = insert.compile(conn, compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+    assert "COVERING INDEX ix_contacts_pk" in plan, plan
 
 
 def test_opening_a_missing_sqlite_store_says_init_and_creates_nothing(tmp_path: Path) -> None:
