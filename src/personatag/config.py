@@ -184,6 +184,10 @@ class Settings(BaseModel):
     stream_flink_timeout_s: float = 120.0
     stream_flink_checkpoint_s: float = 1.0
     stream_flink_monitor_s: float = 0.5
+    # How often the streaming job restores itself from its last checkpoint
+    # after a failure (a task manager lost) before it fails for good and the
+    # engine starts a new job from the store's offset (0: never).
+    stream_flink_restarts: int = 3
     # Webhooks (personatag.membership_events): seconds a receiver has to answer, attempts
     # at one batch before it is dead-lettered, the first retry delay and its
     # cap (exponential, jittered), events per POST, seconds between passes.
@@ -308,6 +312,13 @@ class Settings(BaseModel):
     def _feed_positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0")
+        return value
+
+    @field_validator("stream_flink_restarts")
+    @classmethod
+    def _restarts(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (never) or more")
         return value
 
     @field_validator("stream_reconcile_s")

@@ -291,6 +291,47 @@ def test_a_rescale_through_a_savepoint_loses_and_doubles_nothing(tmp_path: Path)
         flink_store.dispose()
 
 
+def test_a_redeploy_of_new_code_restores_the_job_from_a_savepoint(tmp_path: Path) -> None:
+    """A process with other code (another bundle fingerprint) finds the job an
+    earlier one left running: it stops that job with a savepoint and starts its
+    own code from it, and the stream goes on losing and doubling nothing."""
+    embedded_store = fresh_store(tmp_path / "embedded")
+    flink_store = fresh_store(tmp_path / "flink")
+    build(embedded_store)
+    build(flink_store)
+    rounds = script(seed=5, rounds=2, now=utcnow())
+    settings = stream_settings(tmp_path / "flink", flink_parallelism=1)
+    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
+    old = FlinkStream(flink_store, settings)
+    new: FlinkStream | None = None
+    try:
+        embedded.catch_up()
+        old.catch_up(timeout_s=180)
+        same_round(embedded, old, rounds[0], "round 0, the old code")
+        first = old.job_id
+        assert first is not None
+        # The old process goes away without stopping its job (a deploy replaces
+        # it); its state file says the job runs other code than this one's.
+        state = json.loads(old.state_file.read_text())
+        old.state_file.write_text(json.dumps(state | {"fingerprint": "0" * 16}))
+        new = FlinkStream(flink_store, settings)
+        same_round(embedded, new, rounds[1], "round 1, the new code")
+        assert new.redeploys == [(first, new.job_id)] and new.job_id != first
+        assert new.rest.job(first)["state"] == "FINISHED"  # stopped with a savepoint
+        recorded = json.loads(new.state_file.read_text())
+        assert recorded["jid"] == new.job_id and recorded["fingerprint"] != "0" * 16
+        restored = _restored_from(new, str(new.job_id))
+        assert restored["is_savepoint"] is True
+        assert restored["external_path"] == recorded["savepoint"]
+        assert memberships(flink_store) == memberships(embedded_store)
+        assert log_sequence(flink_store) == log_sequence(embedded_store)
+        assert stream_errors(flink_store) == []
+    finally:
+        (new or old).close()
+        embedded_store.dispose()
+        flink_store.dispose()
+
+
 def _restored_from(flink: FlinkStream, jid: str) -> dict[str, Any]:
     """What job `jid` was restored from (its checkpoint statistics' `restored`)."""
 

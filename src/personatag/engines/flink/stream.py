@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 PREFIX = "stream"
 RESULT_POLL_S = 0.02  # seconds between listings of the results folder while waiting
 JOB_CHECK_S = 2.0  # seconds between REST checks of the job while waiting
+RESTART_DELAY_MS = 2000  # between the job's restarts from its last checkpoint
 SAVEPOINT_POLL_S = 0.2  # seconds between checks of a savepoint being taken
 _ALIVE = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
 # Packages the job needs beyond personatag (personatag.engines.local.stream.ongoing imports
@@ -175,6 +176,7 @@ class FlinkStream(StreamProcessor):
         self._rescaled_at = 0.0  # monotonic time of the last rescale tried
         self._followed_at = 0.0  # ... of the last look at the cluster's size while idle
         self.rescales: list[tuple[int, int]] = []  # (from, to) parallelism, this process
+        self.redeploys: list[tuple[str, str]] = []  # (old, new) job ids, through savepoints
 
     @property
     def job_id(self) -> str | None:
@@ -442,8 +444,60 @@ class FlinkStream(StreamProcessor):
                 self._checked_at = time.monotonic()
                 self._follow_cluster()
                 return
+            # A redeploy (new code, or a new parallelism setting) of a job that
+            # runs: its state goes over through a savepoint.
+            redeploy = problem is None and recorded.get("url") == self.rest.base_url
+            if redeploy and self._redeploy(bundle, fingerprint):
+                return
             self._cancel()
         self._start(bundle, fingerprint)
+
+    def _redeploy(self, bundle: Path, fingerprint: str) -> bool:
+        """Stop the recorded job with a savepoint and start `bundle` from it.
+        False when that cannot be done (the caller then starts a fresh job,
+        which is safe too: the store's offset holds what was applied)."""
+        jid = str(self._jid)
+        t0 = time.monotonic()
+        folder = self._savepoint_folder()
+        try:
+            location = self._stop_with_savepoint(jid, folder)
+        except FlinkStreamError as exc:
+            log.warning("flink stream job %s: no savepoint for the redeploy: %s", jid, exc)
+            return False
+        try:
+            self._start(bundle, fingerprint, savepoint=location)
+        except Exception as exc:  # the new code could not take the old state
+            log.warning(
+                "the new flink stream job could not start from savepoint %s (%s); "
+                "starting a fresh one",
+                location,
+                exc,
+            )
+            self._forget_job()
+            return False
+        self.redeploys.append((jid, str(self._jid)))
+        self._keep_only(folder, location)
+        log.info(
+            "redeployed the flink stream job %s as %s through savepoint %s in %.1f s",
+            jid,
+            self._jid,
+            location,
+            time.monotonic() - t0,
+        )
+        return True
+
+    def _savepoint_folder(self) -> Path:
+        folder = (self.settings.data_dir / "flink" / "savepoints" / f"stream-{self.name}").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def _keep_only(folder: Path, location: str) -> None:
+        """Remove every savepoint in `folder` but the one at `location`."""
+        in_use = Path(urlsplit(location).path).resolve()
+        for old in folder.iterdir():
+            if old.is_dir() and old.resolve() != in_use:
+                shutil.rmtree(old, ignore_errors=True)
 
     def _job_problem(self) -> str | None:
         """Why the recorded job cannot take work (None: it can)."""
@@ -515,8 +569,7 @@ class FlinkStream(StreamProcessor):
         self._rescaled_at = time.monotonic()
         before = self._parallelism
         t0 = time.monotonic()
-        folder = (self.settings.data_dir / "flink" / "savepoints" / f"stream-{self.name}").resolve()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._savepoint_folder()
         try:
             location = self._stop_with_savepoint(jid, folder)
         except FlinkStreamError as exc:
@@ -534,10 +587,7 @@ class FlinkStream(StreamProcessor):
             self._forget_job()
             raise
         self.rescales.append((before, parallelism))
-        in_use = Path(urlsplit(location).path).resolve()
-        for old in folder.iterdir():  # only the savepoint in use is kept
-            if old.is_dir() and old.resolve() != in_use:
-                shutil.rmtree(old, ignore_errors=True)
+        self._keep_only(folder, location)
         log.info(
             "rescaled the flink stream job from parallelism %d (job %s) to %d (job %s) "
             "through savepoint %s in %.1f s",
@@ -612,6 +662,8 @@ class FlinkStream(StreamProcessor):
             "results": self.results_dir.resolve().as_uri(),
             "checkpoint_ms": max(10, int(self.settings.stream_flink_checkpoint_s * 1000)),
             "monitor_ms": max(10, int(self.settings.stream_flink_monitor_s * 1000)),
+            "restarts": self.settings.stream_flink_restarts,
+            "restart_delay_ms": RESTART_DELAY_MS,
         }
         started = time.monotonic()
         self._jid = self._submit(spec, bundle, savepoint)

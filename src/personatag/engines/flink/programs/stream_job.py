@@ -11,7 +11,7 @@ SPEC names the three staging folders and the timings:
     {"format": 1, "name": "personatag stream ...", "parallelism": 2,
      "rules": "/.../staging/stream/rules", "changes": "/.../staging/stream/changes",
      "results": "/.../staging/stream/results",
-     "checkpoint_ms": 1000, "monitor_ms": 500}
+     "checkpoint_ms": 1000, "monitor_ms": 500, "restarts": 3, "restart_delay_ms": 2000}
 
 Two continuously monitored file sources: rules lines go into broadcast state
 (the newest complete generation is kept), work lines are evaluated with the
@@ -23,6 +23,12 @@ becomes visible only once the checkpoint that covers it has completed.
 A work line whose rules generation the subtask does not hold yet gets
 `retry` results (the engine writes it again); nothing is buffered in the job,
 so a restore from a checkpoint can neither lose nor invent an answer.
+
+A failure (a task manager lost, a subtask's exception) restarts the job from
+its last completed checkpoint, `restarts` times at most with `restart_delay_ms`
+between tries (the cluster's own default is no restart): the sources go back
+to the files and offsets that checkpoint holds, the sink drops the results it
+had not committed, so every answer still reaches the results folder once.
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ class _DictState:
 
 
 def main(argv: list[str]) -> int:
-    from pyflink.common import Duration, Encoder, Types, WatermarkStrategy
+    from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.datastream.connectors.file_system import (
         BucketAssigner,
@@ -212,7 +218,17 @@ def main(argv: list[str]) -> int:
                 self.gen = done
                 yield codec.dumps({"ack": done, "subtask": self.subtask})
 
-    env = StreamExecutionEnvironment.get_execution_environment()
+    conf = Configuration()
+    restarts = int(spec.get("restarts", 0))
+    if restarts > 0:
+        conf.set_string("restart-strategy.type", "fixed-delay")
+        conf.set_string("restart-strategy.fixed-delay.attempts", str(restarts))
+        conf.set_string(
+            "restart-strategy.fixed-delay.delay", f"{int(spec.get('restart_delay_ms', 2000))} ms"
+        )
+    else:
+        conf.set_string("restart-strategy.type", "none")
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(int(spec.get("parallelism") or 1))
     env.enable_checkpointing(int(spec["checkpoint_ms"]))
     monitor = Duration.of_millis(int(spec["monitor_ms"]))
