@@ -102,7 +102,12 @@ def test_a_task_manager_killed_mid_stream_restores_the_job_from_its_checkpoint(
 
         worker = threading.Thread(target=catch_up)
         worker.start()
-        time.sleep(0.2)
+        # The kill lands once the batch's work file is out (the engine deletes
+        # it when all its answers are in): the batch is in flight.
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith("batch-") for p in flink.changes_dir.iterdir()):
+            assert time.monotonic() < deadline, "no batch went out"
+            time.sleep(0.005)
         os.kill(int(tm["pid"]), signal.SIGKILL)
         worker.join(300)
         assert not worker.is_alive(), "the flink stream did not finish round 1"
@@ -115,14 +120,27 @@ def test_a_task_manager_killed_mid_stream_restores_the_job_from_its_checkpoint(
             embedded_step.errors,
         )
 
-        # The same job went on: restored from a checkpoint, not replaced.
+        # The same job went on: restored from a checkpoint, not replaced. (The
+        # supervisor's state file and the job's statistics catch up on their
+        # own schedules.)
         assert flink.job_id == jid
-        restarted = _task_manager(s)
-        assert restarted["restarts"] == tm["restarts"] + 1 and restarted["pid"] != tm["pid"]
-        latest = flink.rest.get(f"/jobs/{jid}/checkpoints").get("latest") or {}
-        restored = latest.get("restored") or {}
-        assert restored and restored.get("is_savepoint") is False, latest
-        assert flink.rest.job(str(jid))["state"] == "RUNNING"
+        wait_until(
+            lambda: _task_manager(s)["restarts"] == tm["restarts"] + 1,
+            90,
+            "the supervisor to start the task manager again",
+        )
+        assert _task_manager(s)["pid"] != tm["pid"]
+
+        def restored() -> dict[str, Any] | None:
+            latest = flink.rest.get(f"/jobs/{jid}/checkpoints").get("latest") or {}
+            found: dict[str, Any] | None = latest.get("restored")
+            return found
+
+        found = wait_until(restored, 120, "the job to report its restore")
+        assert isinstance(found, dict) and found.get("is_savepoint") is False, found
+        wait_until(
+            lambda: flink.rest.job(str(jid))["state"] == "RUNNING", 120, "the job to run again"
+        )
 
         # And it keeps answering right after the restore.
         same_round(embedded, flink, rounds[2], "round 2")
