@@ -184,9 +184,9 @@ class Settings(BaseModel):
     stream_flink_timeout_s: float = 120.0
     stream_flink_checkpoint_s: float = 1.0
     stream_flink_monitor_s: float = 0.5
-    # How often the streaming job restores itself from its last checkpoint
-    # after a failure (a task manager lost) before it fails for good and the
-    # engine starts a new job from the store's offset (0: never).
+    # How many failures (a task manager lost) in any 10 minutes the streaming
+    # job restores itself from its last checkpoint before it fails for good and
+    # the engine starts a new job from the store's offset (0: never).
     stream_flink_restarts: int = 3
     # Webhooks (personatag.membership_events): seconds a receiver has to answer, attempts
     # at one batch before it is dead-lettered, the first retry delay and its

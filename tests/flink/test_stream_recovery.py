@@ -86,6 +86,12 @@ def test_a_task_manager_killed_mid_stream_restores_the_job_from_its_checkpoint(
             "two completed checkpoints",
         )
         tm = _task_manager(s)
+        # The job's own restart strategy, over the cluster's `none`.
+        strategy = flink.rest.get(f"/jobs/{jid}/config")["execution-config"]["restart-strategy"]
+        assert strategy == (
+            "Failure rate restart with maximum of 3 failures within interval PT10M "
+            "and fixed delay PT2S."
+        )
 
         # Round 1's changes go out, and the task manager is killed while the
         # batch is in flight (or, if it was quicker, before the next one).

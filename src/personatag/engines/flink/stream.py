@@ -76,7 +76,11 @@ log = logging.getLogger(__name__)
 PREFIX = "stream"
 RESULT_POLL_S = 0.02  # seconds between listings of the results folder while waiting
 JOB_CHECK_S = 2.0  # seconds between REST checks of the job while waiting
-RESTART_DELAY_MS = 2000  # between the job's restarts from its last checkpoint
+# The job restores itself from its last checkpoint at most
+# stream_flink_restarts times in any RESTART_INTERVAL_MS, RESTART_DELAY_MS
+# after the failure.
+RESTART_INTERVAL_MS = 600_000
+RESTART_DELAY_MS = 2000
 SAVEPOINT_POLL_S = 0.2  # seconds between checks of a savepoint being taken
 _ALIVE = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
 # Packages the job needs beyond personatag (personatag.engines.local.stream.ongoing imports
@@ -663,6 +667,7 @@ class FlinkStream(StreamProcessor):
             "checkpoint_ms": max(10, int(self.settings.stream_flink_checkpoint_s * 1000)),
             "monitor_ms": max(10, int(self.settings.stream_flink_monitor_s * 1000)),
             "restarts": self.settings.stream_flink_restarts,
+            "restart_interval_ms": RESTART_INTERVAL_MS,
             "restart_delay_ms": RESTART_DELAY_MS,
         }
         started = time.monotonic()

@@ -11,7 +11,8 @@ SPEC names the three staging folders and the timings:
     {"format": 1, "name": "personatag stream ...", "parallelism": 2,
      "rules": "/.../staging/stream/rules", "changes": "/.../staging/stream/changes",
      "results": "/.../staging/stream/results",
-     "checkpoint_ms": 1000, "monitor_ms": 500, "restarts": 3, "restart_delay_ms": 2000}
+     "checkpoint_ms": 1000, "monitor_ms": 500,
+     "restarts": 3, "restart_interval_ms": 600000, "restart_delay_ms": 2000}
 
 Two continuously monitored file sources: rules lines go into broadcast state
 (the newest complete generation is kept), work lines are evaluated with the
@@ -25,8 +26,9 @@ A work line whose rules generation the subtask does not hold yet gets
 so a restore from a checkpoint can neither lose nor invent an answer.
 
 A failure (a task manager lost, a subtask's exception) restarts the job from
-its last completed checkpoint, `restarts` times at most with `restart_delay_ms`
-between tries (the cluster's own default is no restart): the sources go back
+its last completed checkpoint, at most `restarts` times within any
+`restart_interval_ms` and `restart_delay_ms` after the failure (the cluster's
+own default is no restart): the sources go back
 to the files and offsets that checkpoint holds, the sink drops the results it
 had not committed, so every answer still reaches the results folder once.
 """
@@ -221,10 +223,16 @@ def main(argv: list[str]) -> int:
     conf = Configuration()
     restarts = int(spec.get("restarts", 0))
     if restarts > 0:
-        conf.set_string("restart-strategy.type", "fixed-delay")
-        conf.set_string("restart-strategy.fixed-delay.attempts", str(restarts))
+        # A rate, not a lifetime count: a job that runs for months may lose a
+        # task manager now and then; one that keeps failing stops.
+        conf.set_string("restart-strategy.type", "failure-rate")
+        conf.set_string("restart-strategy.failure-rate.max-failures-per-interval", str(restarts))
         conf.set_string(
-            "restart-strategy.fixed-delay.delay", f"{int(spec.get('restart_delay_ms', 2000))} ms"
+            "restart-strategy.failure-rate.failure-rate-interval",
+            f"{int(spec.get('restart_interval_ms', 600_000))} ms",
+        )
+        conf.set_string(
+            "restart-strategy.failure-rate.delay", f"{int(spec.get('restart_delay_ms', 2000))} ms"
         )
     else:
         conf.set_string("restart-strategy.type", "none")
