@@ -314,13 +314,6 @@ class Settings(BaseModel):
             raise ValueError("must be more than 0")
         return value
 
-    @field_validator("stream_flink_restarts")
-    @classmethod
-    def _restarts(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be 0 (never) or more")
-        return value
-
     @field_validator("stream_reconcile_s")
     @classmethod
     def _seconds_or_off(cls, value: float) -> float:
@@ -404,7 +397,7 @@ class Settings(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("confirm_threshold")
+    @field_validator("confirm_threshold", "stream_flink_restarts")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

@@ -142,6 +142,20 @@ def fresh_store(path: Path) -> Store:
     return open_store(f"sqlite:///{path / 'store.db'}", create=True)
 
 
+def twins(tmp_path: Path) -> tuple[Store, Store, StreamProcessor]:
+    """Two stores built alike (`embedded/`, `flink/`) and the embedded
+    processor of the first: the reference a flink stream is compared with."""
+    embedded_store = fresh_store(tmp_path / "embedded")
+    flink_store = fresh_store(tmp_path / "flink")
+    build(embedded_store)
+    build(flink_store)
+    return (
+        embedded_store,
+        flink_store,
+        StreamProcessor(embedded_store, Settings(stream_reconcile_s=0)),
+    )
+
+
 def stream_settings(data_dir: Path, **extra: object) -> Settings:
     values: dict[str, object] = {
         "stream_reconcile_s": 0,
@@ -172,12 +186,8 @@ def same_round(
 def test_flink_stream_gives_the_same_membership_changes_as_the_embedded_processor(
     tmp_path: Path,
 ) -> None:
-    embedded_store = fresh_store(tmp_path / "embedded")
-    flink_store = fresh_store(tmp_path / "flink")
-    build(embedded_store)
-    build(flink_store)
+    embedded_store, flink_store, embedded = twins(tmp_path)
     rounds = script(seed=7, rounds=5, now=utcnow())
-    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
     flink = FlinkStream(flink_store, stream_settings(tmp_path / "flink"))
     try:
         embedded.catch_up()
@@ -252,14 +262,10 @@ def test_a_cancelled_job_is_replaced_and_the_batch_applied_once(tmp_path: Path) 
 
 
 def test_a_rescale_through_a_savepoint_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    embedded_store = fresh_store(tmp_path / "embedded")
-    flink_store = fresh_store(tmp_path / "flink")
-    build(embedded_store)
-    build(flink_store)
+    embedded_store, flink_store, embedded = twins(tmp_path)
     # One rescale here (each start of the job loads its classes into the shared
     # cluster's task manager again); test_autoscale moves a job back down.
     rounds = script(seed=11, rounds=2, now=utcnow())
-    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
     flink = FlinkStream(flink_store, stream_settings(tmp_path / "flink", flink_parallelism=1))
     try:
         embedded.catch_up()
@@ -295,13 +301,9 @@ def test_a_redeploy_of_new_code_restores_the_job_from_a_savepoint(tmp_path: Path
     """A process with other code (another bundle fingerprint) finds the job an
     earlier one left running: it stops that job with a savepoint and starts its
     own code from it, and the stream goes on losing and doubling nothing."""
-    embedded_store = fresh_store(tmp_path / "embedded")
-    flink_store = fresh_store(tmp_path / "flink")
-    build(embedded_store)
-    build(flink_store)
+    embedded_store, flink_store, embedded = twins(tmp_path)
     rounds = script(seed=5, rounds=2, now=utcnow())
     settings = stream_settings(tmp_path / "flink", flink_parallelism=1)
-    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
     old = FlinkStream(flink_store, settings)
     new: FlinkStream | None = None
     try:
@@ -332,7 +334,7 @@ def test_a_redeploy_of_new_code_restores_the_job_from_a_savepoint(tmp_path: Path
         flink_store.dispose()
 
 
-def _restored_from(flink: FlinkStream, jid: str) -> dict[str, Any]:
+def _restored_from(flink: FlinkStream, jid: str, timeout: float = 60) -> dict[str, Any]:
     """What job `jid` was restored from (its checkpoint statistics' `restored`)."""
 
     def restored() -> dict[str, Any] | None:
@@ -340,6 +342,6 @@ def _restored_from(flink: FlinkStream, jid: str) -> dict[str, Any]:
         found: dict[str, Any] | None = latest.get("restored")
         return found
 
-    found = wait_until(restored, 60, f"job {jid} to report its restore")
+    found = wait_until(restored, timeout, f"job {jid} to report its restore")
     assert isinstance(found, dict)
     return found

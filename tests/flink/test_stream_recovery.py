@@ -22,17 +22,16 @@ from personatag.config import Settings
 from personatag.domain import utcnow
 from personatag.engines.flink.runtime.cluster import start, status, stop
 from personatag.engines.flink.stream import FlinkStream
-from personatag.engines.local.stream.processor import StreamProcessor
 from tests.flink.conftest import local_settings, wait_until
 from tests.flink.test_stream_flink import (
+    _restored_from,
     apply,
-    build,
-    fresh_store,
     log_sequence,
     memberships,
     same_round,
     script,
     stream_errors,
+    twins,
 )
 
 PORT = 19700
@@ -62,12 +61,8 @@ def test_a_task_manager_killed_mid_stream_restores_the_job_from_its_checkpoint(
         stream_flink_timeout_s=150,
         stream_flink_restarts=3,
     )
-    embedded_store = fresh_store(tmp_path / "embedded")
-    flink_store = fresh_store(tmp_path / "flink")
-    build(embedded_store)
-    build(flink_store)
+    embedded_store, flink_store, embedded = twins(tmp_path)
     rounds = script(seed=23, rounds=3, now=utcnow())
-    embedded = StreamProcessor(embedded_store, Settings(stream_reconcile_s=0))
     flink = FlinkStream(flink_store, s)
     try:
         start(s, wait_s=120)
@@ -136,14 +131,8 @@ def test_a_task_manager_killed_mid_stream_restores_the_job_from_its_checkpoint(
             "the supervisor to start the task manager again",
         )
         assert _task_manager(s)["pid"] != tm["pid"]
-
-        def restored() -> dict[str, Any] | None:
-            latest = flink.rest.get(f"/jobs/{jid}/checkpoints").get("latest") or {}
-            found: dict[str, Any] | None = latest.get("restored")
-            return found
-
-        found = wait_until(restored, 120, "the job to report its restore")
-        assert isinstance(found, dict) and found.get("is_savepoint") is False, found
+        found = _restored_from(flink, str(jid), timeout=120)
+        assert found.get("is_savepoint") is False, found
         wait_until(
             lambda: flink.rest.job(str(jid))["state"] == "RUNNING", 120, "the job to run again"
         )

@@ -494,23 +494,26 @@ def _start(
     )
 
 
-def _children(layout: ClusterLayout) -> list[dict[str, Any]]:
-    """The supervisor's children as its state file last described them ([] if none)."""
+def _state(layout: ClusterLayout) -> dict[str, Any]:
+    """The supervisor's state file as it last wrote it ({} if none or unreadable)."""
     try:
-        children: list[dict[str, Any]] = json.loads(layout.state_file.read_text())["children"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return children
+        state = json.loads(layout.state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
-def _autoscale_state(layout: ClusterLayout) -> dict[str, Any]:
-    """The autoscaler's last decisions as the supervisor's state file has them
+def _children(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The supervisor's children as its state describes them ([] if none)."""
+    children = state.get("children")
+    return children if isinstance(children, list) else []
+
+
+def _autoscale_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The autoscaler's last decisions as the supervisor's state has them
     ({"enabled": false} when the cluster does not scale itself)."""
-    try:
-        state = json.loads(layout.state_file.read_text()).get("autoscale")
-    except (OSError, ValueError, AttributeError):
-        state = None
-    return state if isinstance(state, dict) else {"enabled": False}
+    scale = state.get("autoscale")
+    return scale if isinstance(scale, dict) else {"enabled": False}
 
 
 def autoscale_state(settings: Settings) -> dict[str, Any] | None:
@@ -521,17 +524,17 @@ def autoscale_state(settings: Settings) -> dict[str, Any] | None:
     layout = ClusterLayout.of(settings)
     if supervisor_pid(layout) is None:
         return None
-    return _autoscale_state(layout)
+    return _autoscale_state(_state(layout))
 
 
 def _given_up(layout: ClusterLayout) -> bool:
     """True once the supervisor has stopped restarting some child."""
-    return any(c.get("state") == "gave_up" for c in _children(layout))
+    return any(c.get("state") == "gave_up" for c in _children(_state(layout)))
 
 
 def _culprit(layout: ClusterLayout, missing: str) -> str:
     """The component whose log explains a failed start: one that exited, else the missing one."""
-    exited = [c for c in _children(layout) if c.get("last_exit") is not None]
+    exited = [c for c in _children(_state(layout)) if c.get("last_exit") is not None]
     if not exited:
         return missing
     worst = max(exited, key=lambda c: c.get("restarts", 0))
@@ -713,8 +716,9 @@ def status(settings: Settings) -> dict[str, Any]:
         out["managed"] = pid is not None
         out["supervisor_pid"] = pid
         if pid is not None:
-            out["processes"] = _children(layout)
-            out["autoscale"] = _autoscale_state(layout)
+            state = _state(layout)  # one read: children and autoscaler agree
+            out["processes"] = _children(state)
+            out["autoscale"] = _autoscale_state(state)
     rest = FlinkRest(url, timeout=STATUS_TIMEOUT_S)
     try:
         ov = rest.overview()
