@@ -160,14 +160,17 @@ class Settings(BaseModel):
     # seconds to wait when the feed is idle, contacts in one batch above which
     # criteria are evaluated set-based in the store instead of one contact at a
     # time, due time-window re-checks per batch, seconds between reconciliation
-    # rounds (0: never), and the engine (local: in this process; flink: a Flink
-    # streaming job on the cluster).
+    # rounds (0: never), the engine (local: in this process; flink: a Flink
+    # streaming job on the cluster) and how the local engine evaluates a batch
+    # (arrays: each criterion once over the batch's contacts, columnar; pairs:
+    # one Python evaluation per contact and criterion).
     stream_batch: int = 5_000
     stream_poll_s: float = 0.1
     stream_set_based_contacts: int = 20_000
     stream_recheck_batch: int = 5_000
     stream_reconcile_s: float = 3600.0
     stream_engine: str = "local"
+    stream_evaluation: Literal["arrays", "pairs"] = "arrays"
     # The engine of previews and of ad hoc tag and untag requests that name
     # none (columnar: numpy over the columnar copy under data_dir/columnar;
     # local: SQL in the store; flink: a batch job on the cluster, ad hoc

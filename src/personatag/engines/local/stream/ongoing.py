@@ -311,6 +311,9 @@ class Index:
     _publications_version: int = -1
     # (change kind, fields) -> the criteria such a change can affect
     _touched: dict[tuple[str, frozenset[str] | None], frozenset[int]] = field(default_factory=dict)
+    # The fields the criteria were compiled against (the array path compiles
+    # them again for the columnar frame; None: it does not).
+    catalog: Catalog | None = None
 
     def __post_init__(self) -> None:
         for c in self.criteria:

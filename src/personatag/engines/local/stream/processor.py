@@ -38,9 +38,9 @@ from personatag.criteria.to_python import EvalInput
 from personatag.definitions.personas import persona_pks
 from personatag.domain import utcnow
 from personatag.engines.base import StreamEngine
+from personatag.engines.local.stream import arrays, rechecks
 from personatag.engines.local.stream import evaluate as ev_
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream import rechecks
 from personatag.engines.local.stream.evaluate import Evaluated
 from personatag.engines.local.stream.inputs import Publications, load_inputs
 from personatag.engines.local.stream.lifecycle import Lifecycle
@@ -106,6 +106,7 @@ class StreamProcessor(StreamEngine):
         # have started what its stop must end (a Flink streaming job).
         self.held_offset = False
         self.pubs = Publications()
+        self._plans = arrays.Plans()
         self._index: og.Index | None = None
         self._index_key: Any = None
         self.lifecycle = Lifecycle(self)
@@ -258,7 +259,9 @@ class StreamProcessor(StreamEngine):
             )
             attrs = tuple(self.store.custom_attributes(conn))
             if self._index is None or (key, attrs) != self._index_key:
-                self._index = og.Index(og.load(conn, self.store, (og.ACTIVE,)))
+                self._index = og.Index(
+                    og.load(conn, self.store, (og.ACTIVE,)), catalog=self.store.catalog(conn)
+                )
                 self._index_key = (key, attrs)
                 self.metrics.set_stream_criteria(len(self._index.criteria))
         return self._index
@@ -288,7 +291,10 @@ class StreamProcessor(StreamEngine):
         self, work: dict[int, set[int]], inputs: dict[int, EvalInput], index: og.Index
     ) -> Evaluated:
         """Evaluate each contact's criteria on its loaded input (contacts without
-        an input are gone and skipped). The Flink stream engine overrides this."""
+        an input are gone and skipped): as arrays (arrays.py) or pair by pair,
+        as `stream_evaluation` says. The Flink stream engine overrides this."""
+        if self.settings.stream_evaluation == "arrays" and index.catalog is not None:
+            return arrays.evaluate_batch(work, inputs, index, self._plans, index.catalog, self.pubs)
         return ev_.evaluate_batch(work, inputs, index)
 
     def _apply(

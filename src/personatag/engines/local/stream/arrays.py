@@ -1,0 +1,302 @@
+"""A batch's criteria evaluated as arrays: each criterion once over the batch.
+
+The per-pair path (evaluate.evaluate_batch) runs one Python closure per
+(contact, criterion). Here the batch's loaded inputs become a small columnar
+frame (engines/columnar/frame.py: the batch's contacts as rows, the
+publications, the reads and logins the inputs hold), each touched criterion's
+columnar plan runs once over it, and its pairs take their answers from the
+mask. The moments at which time alone can change an answer (what
+`Ongoing.next_due` gives one pair at a time) are worked out as arrays too, once
+per window for the whole batch.
+
+The answers are the per-pair path's: the columnar compiler keeps SQL's three
+values, `ilike` folding and the windows `as_of - N < t <= as_of` as the Python
+one does (tests/stream/test_arrays.py compares the two on generated criteria
+and data). Pair by pair still: criteria that read personas (settled pair by
+pair anyway, cascade.py), criteria touched by only a few of the batch's
+contacts (a plan over the whole frame would cost more than the closures), and
+a criterion the frame cannot evaluate (a stored value its column cannot
+encode, a plan that fails): the per-pair path then answers it, errors
+included, exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from personatag.criteria.to_python import EvalInput
+from personatag.domain import Catalog, FieldType
+from personatag.engines.columnar.compile import ColumnarPlan, compile_columnar
+from personatag.engines.columnar.compile_values import DAY_US, EPOCH, micros
+from personatag.engines.columnar.encode import encode, raw_from_python
+from personatag.engines.columnar.frame import Array, Column, Events, Frame, Table
+from personatag.engines.local.stream import ongoing as og
+from personatag.engines.local.stream.evaluate import Evaluated, eval_one
+from personatag.engines.local.stream.inputs import Publications
+
+log = logging.getLogger(__name__)
+
+# A criterion touched by fewer of the batch's contacts than this is answered
+# pair by pair: its plan would run over every row of the frame.
+MIN_PAIRS = 24
+NEVER = np.iinfo(np.int64).max  # no moment: time alone never changes the answer
+_US = timedelta(microseconds=1)
+
+
+def column(kind: FieldType, values: list[Any]) -> Column:
+    """Python values (None: NULL; timestamps as UTC-aware datetimes) as a
+    frame column; raises on a value the kind cannot hold."""
+    if kind is FieldType.TIMESTAMP:
+        values = [None if v is None else micros(v) for v in values]
+    return encode(raw_from_python(kind, values))
+
+
+class _Columns(Mapping[str, Column]):
+    """Columns built on first use from a function giving a field's values; a
+    field that cannot be encoded raises when a plan reads it."""
+
+    def __init__(self, kinds: Mapping[str, FieldType], values: Callable[[str], list[Any]]):
+        self._kinds = kinds
+        self._values = values
+        self._built: dict[str, Column] = {}
+
+    def __getitem__(self, name: str) -> Column:
+        got = self._built.get(name)
+        if got is None:
+            kind = self._kinds[name]  # KeyError: not a field of this table
+            got = self._built[name] = column(kind, self._values(name))
+        return got
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+class Plans:
+    """What the array path keeps between batches: each criterion's compiled
+    plan (for as long as the index that holds it) and the publications as a
+    frame table (for as long as the Publications' rows)."""
+
+    def __init__(self) -> None:
+        self._index: og.Index | None = None
+        self._plans: dict[int, ColumnarPlan | None] = {}
+        self._pubs: dict[int, dict[str, Any]] | None = None
+        self._pub_table: Table | None = None
+        self._pub_row: dict[int, int] = {}  # id(publication's dict) -> row
+        self.answered = 0  # criteria answered as arrays (once per batch each)
+
+    def plan(self, index: og.Index, crit: og.Ongoing, catalog: Catalog) -> ColumnarPlan | None:
+        """`crit`'s columnar plan; None when it does not compile (pair by pair)."""
+        if index is not self._index:
+            self._index, self._plans = index, {}
+        if crit.pk not in self._plans:
+            try:
+                self._plans[crit.pk] = compile_columnar(crit.node, catalog)
+            except Exception as exc:  # the per-pair path answers it, as before
+                log.info("criterion %s is evaluated pair by pair: %s", crit.label, exc)
+                self._plans[crit.pk] = None
+        return self._plans[crit.pk]
+
+    def publications(self, pubs: Publications, catalog: Catalog) -> tuple[Table, dict[int, int]]:
+        """The publications as a frame table, and each one's row by the identity
+        of its dict (the inputs' reads hold those very dicts)."""
+        if self._pub_table is None or self._pubs is not pubs.by_pk:
+            pks = sorted(pubs.by_pk)
+            rows = [pubs.by_pk[p] for p in pks]
+            kinds = dict(catalog.publication_fields)
+            self._pub_table = Table(
+                np.asarray(pks, dtype=np.int64),
+                _Columns(kinds, lambda name: [r.get(name) for r in rows]),
+            )
+            self._pub_row = {id(r): i for i, r in enumerate(rows)}
+            self._pubs = pubs.by_pk
+        return self._pub_table, self._pub_row
+
+
+class _Batch:
+    """The batch's contacts as a frame, and per window the next moment time
+    alone moves each contact's answer (computed on first use)."""
+
+    def __init__(
+        self,
+        cpks: list[int],
+        inputs: Mapping[int, EvalInput],
+        catalog: Catalog,
+        publications: Table,
+        pub_row: Mapping[int, int],
+        now: datetime,
+    ) -> None:
+        self.n = len(cpks)
+        self.as_of = now
+        self.now = micros(now)
+        found = [inputs[c] for c in cpks]
+        contacts = Table(
+            np.asarray(cpks, dtype=np.int64),
+            _Columns(catalog.contact_fields, lambda name: [i.contact.get(name) for i in found]),
+        )
+        read_row: list[int] = []
+        read_at: list[int] = []
+        read_pub: list[int] = []
+        login_row: list[int] = []
+        login_at: list[int] = []
+        for row, inp in enumerate(found):
+            for pub, at in inp.reads:
+                read_row.append(row)
+                read_at.append(micros(at))
+                read_pub.append(pub_row[id(pub)])
+            for at in inp.logins:
+                login_row.append(row)
+                login_at.append(micros(at))
+        self.events = {
+            og.EVENT_READ: (np.asarray(read_row, np.int32), np.asarray(read_at, np.int64)),
+            og.EVENT_LOGIN: (np.asarray(login_row, np.int32), np.asarray(login_at, np.int64)),
+        }
+        rr, ra = self.events[og.EVENT_READ]
+        lr, la = self.events[og.EVENT_LOGIN]
+        self.frame = Frame(
+            contacts=contacts,
+            publications=publications,
+            reads=(Events(rr, ra, np.asarray(read_pub, np.int32)),) if len(rr) else (),
+            logins=(Events(lr, la),) if len(lr) else (),
+        )
+        self._moves: dict[tuple[str, int], Array] = {}
+        self._ahead: dict[str, Array] = {}
+
+    def _times(self, name: str) -> tuple[Array, Array]:
+        """(row, microseconds) of each read or login (`name`), or of each
+        non-NULL value of the timestamp field `name`."""
+        got = self.events.get(name)
+        if got is not None:
+            return got
+        col = self.frame.contacts.columns[name]
+        rows = np.arange(self.n, dtype=np.int32)
+        if col.nulls is None:
+            return rows, col.values
+        present = ~col.nulls
+        return rows[present], col.values[present]
+
+    def moves(self, name: str, days: int) -> Array:
+        """Per row, the first moment after now at which a time of `name` enters
+        or leaves a window of `days` (NEVER: none); see og._window_moves."""
+        key = (name, days)
+        got = self._moves.get(key)
+        if got is None:
+            rows, at = self._times(name)
+            out = np.full(self.n, NEVER, dtype=np.int64)
+            if len(rows):
+                leave = at + days * DAY_US
+                first = np.where(at > self.now, at, NEVER)
+                first = np.minimum(first, np.where(leave > self.now, leave, NEVER))
+                np.minimum.at(out, rows, first)
+            got = self._moves[key] = out
+        return got
+
+    def ahead(self, name: str) -> Array:
+        """Per row, the earliest time of `name` after now (NEVER: none); see
+        og._first_ahead."""
+        got = self._ahead.get(name)
+        if got is None:
+            rows, at = self._times(name)
+            out = np.full(self.n, NEVER, dtype=np.int64)
+            later = at > self.now
+            np.minimum.at(out, rows[later], at[later])
+            got = self._ahead[name] = out
+        return got
+
+    def due(self, crit: og.Ongoing, rows: Array, hit: Array) -> Array:
+        """`crit`'s next re-check (microseconds, NEVER: none) for `rows`, as
+        Ongoing.next_due gives it pair by pair."""
+        moves = np.full(len(rows), NEVER, dtype=np.int64)
+        for name, days in crit.windows:
+            np.minimum(moves, self.moves(name, days)[rows], out=moves)
+        if not crit.falls_only:
+            return moves
+        ahead = np.full(len(rows), NEVER, dtype=np.int64)
+        for name, _ in crit.windows:
+            np.minimum(ahead, self.ahead(name)[rows], out=ahead)
+        return np.where(hit, moves, ahead)
+
+
+def evaluate_batch(
+    work: dict[int, set[int]],
+    inputs: dict[int, EvalInput],
+    index: og.Index,
+    plans: Plans,
+    catalog: Catalog,
+    pubs: Publications,
+) -> Evaluated:
+    """Evaluate each contact's criteria in `work` on its loaded input: the
+    criteria touched by many of them as arrays, the rest pair by pair (see the
+    module doc). Contacts without an input are gone and skipped."""
+    out = Evaluated(inputs, [], set(), {}, [])
+    by_crit: dict[int, list[int]] = {}
+    for cpk, crits in work.items():
+        if cpk in inputs:
+            for p in crits:
+                got = by_crit.get(p)
+                if got is None:
+                    by_crit[p] = [cpk]
+                else:
+                    got.append(cpk)
+    batched = {
+        p for p, cpks in by_crit.items() if len(cpks) >= MIN_PAIRS and not index.by_pk[p].personas
+    }
+    batch: _Batch | None = None
+    if batched:
+        cpks_all = sorted({c for p in batched for c in by_crit[p]})
+        try:
+            table, pub_row = plans.publications(pubs, catalog)
+            batch = _Batch(cpks_all, inputs, catalog, table, pub_row, inputs[cpks_all[0]].as_of)
+        except Exception as exc:  # a value the frame cannot hold: pair by pair
+            log.info("the stream batch is evaluated pair by pair: %s", exc)
+    # In the order the per-pair path meets the criteria: the log's order follows it.
+    for p, cpks in by_crit.items():
+        crit = index.by_pk[p]
+        if (
+            batch is None
+            or p not in batched
+            or not _as_arrays(batch, crit, cpks, index, plans, catalog, out)
+        ):
+            for cpk in cpks:
+                eval_one(crit, cpk, inputs[cpk], out)
+    return out
+
+
+def _as_arrays(
+    batch: _Batch,
+    crit: og.Ongoing,
+    cpks: list[int],
+    index: og.Index,
+    plans: Plans,
+    catalog: Catalog,
+    out: Evaluated,
+) -> bool:
+    """Answer `crit` for `cpks` over the batch's frame into `out`; False (and
+    nothing in `out`) when it cannot be."""
+    plan = plans.plan(index, crit, catalog)
+    if plan is None:
+        return False
+    try:
+        rows = np.searchsorted(batch.frame.contacts.pk, cpks)
+        hit = plan(batch.frame, batch.as_of)[rows]
+        due = batch.due(crit, rows, hit) if crit.windows else None
+    except Exception as exc:
+        log.info("criterion %s is evaluated pair by pair: %s", crit.label, exc)
+        return False
+    plans.answered += 1
+    p = crit.pk
+    out.evaluated.extend((cpk, p) for cpk in cpks)
+    out.matched.update((cpk, p) for cpk, h in zip(cpks, hit.tolist(), strict=True) if h)
+    if due is not None:
+        out.due.update(
+            ((p, cpk), None if at == NEVER else EPOCH + at * _US)
+            for cpk, at in zip(cpks, due.tolist(), strict=True)
+        )
+    return True
