@@ -10,7 +10,7 @@ paths; this one pits the two against each other directly, pair for pair.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -129,17 +129,34 @@ def test_windows_and_their_recheck_times(text: str, days_later: float) -> None:
         assert any(at is not None for at in as_arrays.due.values())
 
 
-def test_a_value_its_column_cannot_hold_falls_back_to_pairs() -> None:
-    # SQLite keeps what it is given: a text in an integer column.
+# SQLite keeps what a raw SQL write gives it: values numpy would convert
+# silently (2.5 to 2, "3" to 3, 2 to True) and the Python evaluator compares as
+# they are, or fails on.
+ODD = [
+    ("seniority", 2.5, "seniority = 2"),
+    ("seniority", "3", "seniority >= 3"),
+    ("vip", 2, "vip = true"),
+    ("score", "1.5", "score > 1"),
+    ("score", 2**60 + 1, "score > 1"),
+    ("tags", "rates", 'tags contains "rates"'),
+    ("desk", 7, 'desk = "7"'),
+    ("renewal_at", datetime(2026, 6, 1), "renewal_at within 90d"),
+    ("renewal_at", "2026-06-01", "renewal_at within 90d"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "text"), ODD)
+def test_a_value_its_column_cannot_hold_falls_back_to_pairs(
+    field: str, value: Any, text: str
+) -> None:
     inputs = dict(INPUTS)
     odd = inputs[3]
     inputs[3] = EvalInput(
-        {**odd.contact, "seniority": "senior"}, odd.reads, odd.logins, odd.personas, odd.as_of
+        {**odd.contact, field: value}, odd.reads, odd.logins, odd.personas, odd.as_of
     )
-    node = parse("seniority >= 3")
-    by_pairs, as_arrays = _both([_crit(1, node)], inputs, PUBS)
+    node = parse(text)
+    by_pairs, as_arrays = _both([_crit(1, node), _crit(2, Not(node))], inputs, PUBS)
     _assert_same(by_pairs, as_arrays)
-    assert as_arrays.errors  # the pair's own error, as the per-pair path reports it
     assert as_arrays.arrays == 0  # type: ignore[attr-defined]
 
 

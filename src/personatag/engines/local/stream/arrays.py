@@ -48,9 +48,28 @@ NEVER = np.iinfo(np.int64).max  # no moment: time alone never changes the answer
 _US = timedelta(microseconds=1)
 
 
+# Per kind, whether a stored value is one the column holds as the Python
+# evaluator sees it. numpy would turn 2.5 into 2 and "3" into 3 in an int64
+# array, and 2 into True in a bool one, where the Python evaluator compares the
+# value itself (SQLite keeps whatever a raw SQL write stored).
+_HOLDS: dict[FieldType, Callable[[Any], bool]] = {
+    FieldType.INT: lambda v: type(v) is int or type(v) is bool,
+    FieldType.FLOAT: lambda v: type(v) is float or (type(v) in (int, bool) and abs(v) <= 2**53),
+    FieldType.BOOL: lambda v: type(v) is bool or (type(v) is int and v in (0, 1)),
+    FieldType.STRING: lambda v: type(v) is str,
+    FieldType.LIST: lambda v: type(v) is list and all(type(x) is str for x in v),
+    FieldType.TIMESTAMP: lambda v: isinstance(v, datetime) and v.tzinfo is not None,
+}
+
+
 def column(kind: FieldType, values: list[Any]) -> Column:
     """Python values (None: NULL; timestamps as UTC-aware datetimes) as a
-    frame column; raises on a value the kind cannot hold."""
+    frame column; raises TypeError on a value the column would not hold as
+    it is (the caller then evaluates pair by pair)."""
+    holds = _HOLDS[kind]
+    for v in values:
+        if v is not None and not holds(v):
+            raise TypeError(f"a {kind.value} field holds {v!r}")
     if kind is FieldType.TIMESTAMP:
         values = [None if v is None else micros(v) for v in values]
     return encode(raw_from_python(kind, values))
