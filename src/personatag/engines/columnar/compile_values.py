@@ -226,11 +226,12 @@ def _scalar(kind: FieldType, value: Value) -> Any:
 
 
 def _ordered(values: Array, op: str, v: Any, kind: FieldType) -> Array:
-    """`values op v`, exact for an int column against a fractional or huge float."""
+    """`values op v`, exact for an int column against a fractional or huge
+    float, and for a float column against a whole number beyond 2**53."""
     if kind in (FieldType.INT, FieldType.TIMESTAMP) and isinstance(v, float):
         if v >= INT64_LIMIT or v < -INT64_LIMIT:
-            below = v > 0  # every int64 lies below v
-            holds = op in ("<", "<=", "!=") if below else op in (">", ">=", "!=")
+            under = v > 0  # every int64 lies below v
+            holds = op in ("<", "<=", "!=") if under else op in (">", ">=", "!=")
             return np.full(len(values), holds, dtype=bool)
         if v.is_integer():
             v = int(v)
@@ -240,6 +241,17 @@ def _ordered(values: Array, op: str, v: Any, kind: FieldType) -> Array:
             return values <= math.floor(v)
         else:
             return values >= math.ceil(v)
+    if kind is FieldType.FLOAT and type(v) is int and float(v) != v:
+        # A whole number no float64 holds (beyond 2**53): compared as the
+        # nearest floats below and above it, as Python and SQL compare exactly.
+        f = float(v)
+        below = math.nextafter(f, -math.inf) if f > v else f
+        above = math.nextafter(f, math.inf) if f < v else f
+        if op in ("=", "!="):
+            return np.full(len(values), op == "!=", dtype=bool)
+        if op in ("<", "<="):
+            return values <= below
+        return values >= above
     return np.asarray(COMPARATORS[op](values, v), dtype=bool)
 
 

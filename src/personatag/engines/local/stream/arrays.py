@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from personatag.criteria import references
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import Catalog, FieldType
 from personatag.engines.columnar.compile import ColumnarPlan, compile_columnar
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 # pair by pair: its plan would run over every row of the frame.
 MIN_PAIRS = 24
 NEVER = np.iinfo(np.int64).max  # no moment: time alone never changes the answer
+# The last moment a datetime holds: a window's edge beyond it is an error the
+# per-pair path reports (OverflowError), so such a criterion goes pair by pair.
+LAST = micros(datetime.max.replace(tzinfo=UTC))
 _US = timedelta(microseconds=1)
 
 
@@ -82,13 +86,19 @@ class _Columns(Mapping[str, Column]):
     def __init__(self, kinds: Mapping[str, FieldType], values: Callable[[str], list[Any]]):
         self._kinds = kinds
         self._values = values
-        self._built: dict[str, Column] = {}
+        self._built: dict[str, Column | Exception] = {}
 
     def __getitem__(self, name: str) -> Column:
         got = self._built.get(name)
         if got is None:
             kind = self._kinds[name]  # KeyError: not a field of this table
-            got = self._built[name] = column(kind, self._values(name))
+            try:
+                got = column(kind, self._values(name))
+            except Exception as exc:  # kept: the next criterion reading it fails at once
+                got = exc
+            self._built[name] = got
+        if isinstance(got, Exception):
+            raise got
         return got
 
     def __iter__(self) -> Iterator[str]:
@@ -110,11 +120,12 @@ class Plans:
         self._pub_table: Table | None = None
         self._pub_row: dict[int, int] = {}  # id(publication's dict) -> row
         self.answered = 0  # criteria answered as arrays (once per batch each)
+        self._pub_fields: dict[int, frozenset[str]] = {}
 
     def plan(self, index: og.Index, crit: og.Ongoing, catalog: Catalog) -> ColumnarPlan | None:
         """`crit`'s columnar plan; None when it does not compile (pair by pair)."""
         if index is not self._index:
-            self._index, self._plans = index, {}
+            self._index, self._plans, self._pub_fields = index, {}, {}
         if crit.pk not in self._plans:
             try:
                 self._plans[crit.pk] = compile_columnar(crit.node, catalog)
@@ -122,6 +133,13 @@ class Plans:
                 log.info("criterion %s is evaluated pair by pair: %s", crit.label, exc)
                 self._plans[crit.pk] = None
         return self._plans[crit.pk]
+
+    def publication_fields(self, crit: og.Ongoing) -> frozenset[str]:
+        """The publication fields `crit`'s `count(read where ...)` read."""
+        got = self._pub_fields.get(crit.pk)
+        if got is None:
+            got = self._pub_fields[crit.pk] = references(crit.node).publication_fields
+        return got
 
     def publications(self, pubs: Publications, catalog: Catalog) -> tuple[Table, dict[int, int]]:
         """The publications as a frame table, and each one's row by the identity
@@ -210,6 +228,8 @@ class _Batch:
             rows, at = self._times(name)
             out = np.full(self.n, NEVER, dtype=np.int64)
             if len(rows):
+                if int(at.max()) > LAST - days * DAY_US:
+                    raise OverflowError(f"a time of {name} + {days} days is past year 9999")
                 leave = at + days * DAY_US
                 first = np.where(at > self.now, at, NEVER)
                 first = np.minimum(first, np.where(leave > self.now, leave, NEVER))
@@ -253,8 +273,11 @@ def evaluate_batch(
 ) -> Evaluated:
     """Evaluate each contact's criteria in `work` on its loaded input: the
     criteria touched by many of them as arrays, the rest pair by pair (see the
-    module doc). Contacts without an input are gone and skipped."""
-    out = Evaluated(inputs, [], set(), {}, [])
+    module doc). Contacts without an input are gone and skipped.
+
+    The answers come out in the per-pair path's order (contact by contact, as
+    `work` holds them): the applier decides in that order, and which of two
+    criteria feeding one persona the log names for an enter depends on it."""
     by_crit: dict[int, list[int]] = {}
     for cpk, crits in work.items():
         if cpk in inputs:
@@ -264,10 +287,11 @@ def evaluate_batch(
                     by_crit[p] = [cpk]
                 else:
                     got.append(cpk)
-    batched = {
+    batched = [
         p for p, cpks in by_crit.items() if len(cpks) >= MIN_PAIRS and not index.by_pk[p].personas
-    }
-    batch: _Batch | None = None
+    ]
+    # criterion pk -> (the contacts it matches, contact pk -> next re-check or None)
+    answered: dict[int, tuple[set[int], dict[int, datetime | None] | None]] = {}
     if batched:
         cpks_all = sorted({c for p in batched for c in by_crit[p]})
         try:
@@ -275,16 +299,28 @@ def evaluate_batch(
             batch = _Batch(cpks_all, inputs, catalog, table, pub_row, inputs[cpks_all[0]].as_of)
         except Exception as exc:  # a value the frame cannot hold: pair by pair
             log.info("the stream batch is evaluated pair by pair: %s", exc)
-    # In the order the per-pair path meets the criteria: the log's order follows it.
-    for p, cpks in by_crit.items():
-        crit = index.by_pk[p]
-        if (
-            batch is None
-            or p not in batched
-            or not _as_arrays(batch, crit, cpks, index, plans, catalog, out)
-        ):
-            for cpk in cpks:
-                eval_one(crit, cpk, inputs[cpk], out)
+        else:
+            for p in batched:
+                answer = _as_arrays(batch, index.by_pk[p], by_crit[p], index, plans, catalog)
+                if answer is not None:
+                    answered[p] = answer
+    out = Evaluated(inputs, [], set(), {}, [])
+    evaluated, matched, due = out.evaluated, out.matched, out.due
+    by_pk = index.by_pk
+    for cpk, crits in work.items():
+        inp = inputs.get(cpk)
+        if inp is None:
+            continue
+        for p in crits:
+            mine = answered.get(p)
+            if mine is None:
+                eval_one(by_pk[p], cpk, inp, out)
+                continue
+            evaluated.append((cpk, p))
+            if cpk in mine[0]:
+                matched.add((cpk, p))
+            if mine[1] is not None:
+                due[(p, cpk)] = mine[1][cpk]
     return out
 
 
@@ -295,27 +331,32 @@ def _as_arrays(
     index: og.Index,
     plans: Plans,
     catalog: Catalog,
-    out: Evaluated,
-) -> bool:
-    """Answer `crit` for `cpks` over the batch's frame into `out`; False (and
-    nothing in `out`) when it cannot be."""
+) -> tuple[set[int], dict[int, datetime | None] | None] | None:
+    """`crit` for `cpks` over the batch's frame: the contacts it matches and,
+    for a window criterion, each one's next re-check; None when the frame
+    cannot answer it."""
     plan = plans.plan(index, crit, catalog)
     if plan is None:
-        return False
+        return None
     try:
+        # Every column the criterion reads, built before the plan runs: a plan
+        # may skip one (`count(...) >= 0`) whose odd value the per-pair path
+        # would fail on.
+        for name in crit.fields:
+            batch.frame.contacts.columns[name]
+        for name in plans.publication_fields(crit):
+            batch.frame.publications.columns[name]
         rows = np.searchsorted(batch.frame.contacts.pk, cpks)
         hit = plan(batch.frame, batch.as_of)[rows]
         due = batch.due(crit, rows, hit) if crit.windows else None
     except Exception as exc:
         log.info("criterion %s is evaluated pair by pair: %s", crit.label, exc)
-        return False
+        return None
     plans.answered += 1
-    p = crit.pk
-    out.evaluated.extend((cpk, p) for cpk in cpks)
-    out.matched.update((cpk, p) for cpk, h in zip(cpks, hit.tolist(), strict=True) if h)
-    if due is not None:
-        out.due.update(
-            ((p, cpk), None if at == NEVER else EPOCH + at * _US)
-            for cpk, at in zip(cpks, due.tolist(), strict=True)
-        )
-    return True
+    hits = {cpk for cpk, h in zip(cpks, hit.tolist(), strict=True) if h}
+    if due is None:
+        return hits, None
+    return hits, {
+        cpk: None if at == NEVER else EPOCH + at * _US
+        for cpk, at in zip(cpks, due.tolist(), strict=True)
+    }
