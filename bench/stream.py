@@ -445,7 +445,12 @@ def write_floor(
     holders = Holders()
     for p, c, src, _ in gone:
         holders.sources.setdefault((p, c), set()).add(src)
-    writer = Writer(store, utcnow(), Settings().bulk_log_threshold)
+    settings = Settings()
+    # As the processor's: compact entries, indexed by contact, for many of one
+    # persona through one criterion (PERSONATAG_STREAM_LOG_COMPACT).
+    writer = Writer(
+        store, utcnow(), settings.bulk_log_threshold, compact=settings.stream_log_compact
+    )
     for ppk, cpk, crit in new:
         writer.decide(holders, ppk, crit, True, [cpk], {cpk})
     for ppk, cpk, crit, _ in gone:
@@ -477,6 +482,8 @@ def write_floor(
                 ],
             )
         conn.execute(t.membership_log.delete().where(t.membership_log.c.seq > mark))
+        lm = t.membership_log_members
+        conn.execute(lm.delete().where(lm.c.seq > mark))
     assert count_rows(store) == rows_before and log_head(store) == mark, "floor not undone"
     return took, n
 

@@ -171,6 +171,10 @@ class Settings(BaseModel):
     stream_reconcile_s: float = 3600.0
     stream_engine: str = "local"
     stream_evaluation: Literal["arrays", "pairs"] = "arrays"
+    # A stream step's enters (or exits) of one persona through one criterion,
+    # when at least this many, are logged as one compact entry indexed by
+    # contact instead of a log row each (0: always a row each).
+    stream_log_compact: int = 16
     # The engine of previews and of ad hoc tag and untag requests that name
     # none (columnar: numpy over the columnar copy under data_dir/columnar;
     # local: SQL in the store; flink: a batch job on the cluster, ad hoc
@@ -400,7 +404,7 @@ class Settings(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("confirm_threshold", "stream_flink_restarts")
+    @field_validator("confirm_threshold", "stream_flink_restarts", "stream_log_compact")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

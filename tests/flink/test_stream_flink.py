@@ -19,6 +19,7 @@ from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.engines.flink.stream import FlinkStream, FlinkStreamError
 from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.memberships.log import decode_ids
 from personatag.store import Store, changefeed, open_store
 from tests.flink.conftest import wait_until
 from tests.flink.engine_support import flink_settings
@@ -116,20 +117,25 @@ def memberships(store: Store) -> set[tuple[str, str, str]]:
 
 
 def log_sequence(store: Store) -> list[tuple[str, str, str, str]]:
-    """(persona, contact, change, criterion) of every membership-log row, in order."""
+    """(persona, contact, change, criterion) of every membership-log entry, in
+    order; a compact entry (PERSONATAG_STREAM_LOG_COMPACT) gives one per contact
+    it names, in pk order."""
     t = store.tables
     lg, c, p, cr = t.membership_log, t.contacts, t.personas, t.criteria
     with store.read() as conn:
+        ids = dict(conn.execute(select(c.c.pk, c.c.id)).all())
         rows = conn.execute(
-            select(p.c.key, c.c.id, lg.c.change, cr.c.name, cr.c.version, lg.c.bulk_count)
+            select(p.c.key, lg.c.contact_pk, lg.c.change, cr.c.name, cr.c.version, lg.c.bulk_ids)
             .select_from(lg)
             .join(p, p.c.pk == lg.c.persona_pk)
-            .outerjoin(c, c.c.pk == lg.c.contact_pk)
             .outerjoin(cr, cr.c.pk == lg.c.criterion_pk)
             .order_by(lg.c.seq)
         ).all()
-    assert all(r.bulk_count is None for r in rows)  # a row per contact: comparable
-    return [(k, cid, ch, f"{n}@{v}") for k, cid, ch, n, v, _ in rows]
+    return [
+        (k, ids.get(cpk), ch, f"{n}@{v}")
+        for k, one, ch, n, v, bulk in rows
+        for cpk in ([one] if bulk is None else decode_ids(bulk).tolist())
+    ]
 
 
 def stream_errors(store: Store) -> list[str]:

@@ -32,6 +32,7 @@ from personatag.engines.local.stream import arrays
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.evaluate import evaluate_set
 from personatag.engines.local.stream.processor import StreamProcessor
+from personatag.memberships.log import decode_ids
 from personatag.memberships.pins import pin
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
@@ -127,14 +128,13 @@ def _state(store: Store) -> State:
         }
         lg = t.membership_log
         rows = conn.execute(
-            select(lg.c.persona_pk, lg.c.contact_pk, lg.c.change, lg.c.bulk_count).order_by(
-                lg.c.seq
-            )
+            select(lg.c.persona_pk, lg.c.contact_pk, lg.c.change, lg.c.bulk_ids).order_by(lg.c.seq)
         ).all()
     log: dict[tuple[int, int], list[str]] = {}
     for p, c, change, bulk in rows:
-        assert bulk is None and c is not None, "a bulk log entry in a tiny population"
-        log.setdefault((int(p), int(c)), []).append(change)
+        # a compact stream entry (PERSONATAG_STREAM_LOG_COMPACT) names many contacts
+        for cpk in [c] if bulk is None else decode_ids(bulk).tolist():
+            log.setdefault((int(p), int(cpk)), []).append(change)
     return State(held, log)
 
 
@@ -206,7 +206,11 @@ def _run(store: Store, sc: dict[str, Any], evaluation: str = "arrays") -> None:
     p = StreamProcessor(
         store,
         Settings(
-            stream_reconcile_s=0, stream_set_based_contacts=batch, stream_evaluation=evaluation
+            stream_reconcile_s=0,
+            stream_set_based_contacts=batch,
+            stream_evaluation=evaluation,
+            # with arrays, every step's enters and exits as compact entries
+            stream_log_compact=1 if evaluation == "arrays" else 0,
         ),
     )
     p.catch_up()

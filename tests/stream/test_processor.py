@@ -20,6 +20,7 @@ from personatag.engines.local.stream.evaluate import Evaluated
 from personatag.engines.local.stream.inputs import grouped
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.importer import import_file
+from personatag.memberships.log import decode_ids
 from personatag.memberships.pins import pin
 from personatag.memberships.retire import set_ongoing_status
 from personatag.store import Store
@@ -42,18 +43,24 @@ def members(store: Store, key: str, source: int | None = None) -> set[str]:
 
 
 def log_of(store: Store, key: str) -> list[tuple[str, str]]:
-    """(contact id, change) for every single-row log entry of a persona, in order."""
+    """(contact id, change) for every log entry of a persona, in order; a
+    compact entry (PERSONATAG_STREAM_LOG_COMPACT) gives one per contact it names."""
     t = store.tables
     lg = t.membership_log
     with store.read() as conn:
         pk = conn.scalar(select(t.personas.c.pk).where(t.personas.c.key == key))
+        ids = dict(conn.execute(select(t.contacts.c.pk, t.contacts.c.id)).all())
         rows = conn.execute(
-            select(t.contacts.c.id, lg.c.change)
-            .join(t.contacts, t.contacts.c.pk == lg.c.contact_pk)
+            select(lg.c.contact_pk, lg.c.change, lg.c.bulk_ids)
             .where(lg.c.persona_pk == pk)
             .order_by(lg.c.seq)
-        )
-        return [(r[0], r[1]) for r in rows]
+        ).all()
+    out = []
+    for cpk, change, bulk in rows:
+        for c in [cpk] if bulk is None else decode_ids(bulk).tolist():
+            if c in ids:
+                out.append((ids[c], change))
+    return out
 
 
 def criterion_pk(store: Store, name: str) -> int:

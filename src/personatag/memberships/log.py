@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Select, literal, select
 from personatag.definitions import watch
 from personatag.store import Store, changefeed
 from personatag.store.ids import decode_ids, encode_ids, encode_run
+from personatag.store.rowwise import Prepared, once_per_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "encode_ids",
     "fetch_ids",
     "insert_bulk_entry",
+    "insert_indexed_entries",
     "log_for_contact",
     "log_from_select",
     "log_one",
@@ -245,6 +247,50 @@ def insert_bulk_entry(
     _insert_block(conn, store, values, encode_ids(ids), len(ids), int(ids.min()), int(ids.max()))
 
 
+def insert_indexed_entries(
+    conn: Connection, store: Store, entries: list[tuple[dict[str, Any], np.ndarray]]
+) -> None:
+    """Compact entries whose contacts are scattered (a stream step's enters of
+    one persona through one criterion), each also listed by contact in
+    membership_log_members so `log_for_contact` finds it without decoding
+    others. `entries`: (the other columns, as for insert_bulk_entry; the
+    contact pks, sorted, unique, at least one)."""
+    if not entries:
+        return
+    t = store.tables
+    log = t.membership_log
+    rows = [
+        {
+            **values,
+            "contact_pk": None,
+            "bulk_count": len(ids),
+            "bulk_ids": encode_ids(ids),
+            # No pk range: a contact's entries are found by contact instead.
+            "bulk_min": None,
+            "bulk_max": None,
+        }
+        for values, ids in entries
+    ]
+    seqs = (
+        conn.execute(log.insert().returning(log.c.seq, sort_by_parameter_order=True), rows)
+        .scalars()
+        .all()
+    )
+    members = once_per_table(
+        t.membership_log_members,
+        "memberships.log.members",
+        lambda: Prepared(t.membership_log_members.insert(), ("contact_pk", "seq")),
+    )
+    members.executemany(
+        conn,
+        [
+            (cpk, int(seq))
+            for seq, (_, ids) in zip(seqs, entries, strict=True)
+            for cpk in ids.tolist()
+        ],
+    )
+
+
 def _insert_block(
     conn: Connection,
     store: Store,
@@ -319,6 +365,21 @@ def log_for_contact(
         )
         .order_by(log.c.seq.desc())
     ).all()
+    # The stream's compact entries naming the contact (membership_log_members).
+    lm = t.membership_log_members
+    indexed = conn.execute(
+        select(*meta)
+        .where(
+            log.c.seq.in_(
+                select(lm.c.seq)
+                .where(lm.c.contact_pk == contact_pk)
+                .order_by(lm.c.seq.desc())
+                .limit(limit)
+            )
+        )
+        .order_by(log.c.seq.desc())
+    ).all()
+    entries += [{**row._mapping, "bulk_ids": None} for row in indexed]
     for row in bulk:
         if sum(1 for e in entries if e["seq"] > row.seq) >= limit:
             break

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
 from personatag.domain import Change, PinKind
 from personatag.memberships import grants, rules
 from personatag.memberships.apply import STATISTICS_ROWS
-from personatag.memberships.log import insert_bulk_entry
+from personatag.memberships.log import insert_bulk_entry, insert_indexed_entries
 from personatag.store import Store
 from personatag.store.rowwise import (
     Prepared,
@@ -151,11 +152,15 @@ class Writer:
         at: datetime,
         bulk_threshold: int,
         labels: dict[int, str] | None = None,
+        compact: int = 0,
     ) -> None:
         self.labels = labels or {}
         self.store = store
         self.at = at
         self.bulk_threshold = bulk_threshold
+        # At least this many enters (or exits) of one persona through one
+        # criterion become one compact entry, indexed by contact (0: never).
+        self.compact = compact
         # Rows to add and remove, by (persona pk, contact pk, source): a row added
         # and removed again before the flush is neither (flushing removes first).
         self.inserts: dict[tuple[int, int, int], None] = {}
@@ -207,6 +212,11 @@ class Writer:
                     self.deletes[row] = None
         return changed
 
+    def _unique(self) -> bool:
+        """Whether each (persona, contact) is logged once: only then can its
+        entries be grouped without changing any contact's order of changes."""
+        return len({(p, c) for p, _, _, c in self.logs}) == len(self.logs)
+
     def _reason(self, change: str, criterion_pk: int, reason: str | None) -> str:
         if reason is not None:
             return reason
@@ -227,35 +237,44 @@ class Writer:
             # Lookups by contact depend on them (SQLite: schema.py, membership_rows).
             self.store.backend.analyze_skip_scan(conn, t.membership_rows)
         # Large and each contact once: one compact entry per persona, change and
-        # criterion. Otherwise row by row, in the order the changes happened.
-        groups: dict[tuple[int, str, int], list[int]] = {}
-        if len(self.logs) > self.bulk_threshold and len(
-            {(p, c) for p, _, _, c in self.logs}
-        ) == len(self.logs):
+        # criterion (a request's, pruned by its pk range). A stream step's, each
+        # contact once: groups of at least `compact` become compact entries
+        # indexed by contact. Otherwise row by row, in the order the changes
+        # happened (grouping never reorders one contact's changes: each is once).
+        unique = bool(self.logs) and self._unique()
+        indexed = unique and self.compact > 0 and len(self.logs) <= self.bulk_threshold
+        if not (indexed or (unique and len(self.logs) > self.bulk_threshold)):
+            single = self.logs
+            groups: dict[tuple[int, str, int], list[int]] = {}
+        else:
+            single = []
+            groups = {}
             for persona_pk, change, criterion_pk, cpk in self.logs:
                 groups.setdefault((persona_pk, change, criterion_pk), []).append(cpk)
-        single = [] if groups else self.logs
+        smallest = self.compact if indexed else self.bulk_threshold + 1
+        entries: list[tuple[dict[str, Any], Any]] = []
         for (persona_pk, change, criterion_pk), pks in groups.items():
-            if len(pks) <= self.bulk_threshold:
+            if len(pks) < smallest:
                 single.extend((persona_pk, change, criterion_pk, cpk) for cpk in pks)
                 continue
             import numpy as np
 
-            insert_bulk_entry(
-                conn,
-                self.store,
-                {
-                    "at": self.at,
-                    "persona_pk": persona_pk,
-                    "change": change,
-                    "source": criterion_pk,
-                    "request_pk": None,
-                    "criterion_pk": criterion_pk,
-                    "actor": None,
-                    "reason": self._reason(change, criterion_pk, reason),
-                },
-                np.unique(np.asarray(pks, dtype=np.int64)),
-            )
+            values = {
+                "at": self.at,
+                "persona_pk": persona_pk,
+                "change": change,
+                "source": criterion_pk,
+                "request_pk": None,
+                "criterion_pk": criterion_pk,
+                "actor": None,
+                "reason": self._reason(change, criterion_pk, reason),
+            }
+            ids = np.unique(np.asarray(pks, dtype=np.int64))
+            if indexed:
+                entries.append((values, ids))
+            else:
+                insert_bulk_entry(conn, self.store, values, ids)
+        insert_indexed_entries(conn, self.store, entries)
         statements.log.executemany(
             conn,
             [

@@ -218,7 +218,7 @@ class StoreUnreachable(PersonatagError):
 
 # The newest migration; a test checks it against the migrations folder. Kept as
 # a constant so opening a store does not import Alembic (a third of start-up).
-HEAD_REVISION = "0012_contacts_pk_index"
+HEAD_REVISION = "0013_membership_log_members"
 STORE_IDENTITY = "store_identity"  # the data_versions row of the identity
 
 

@@ -68,6 +68,7 @@ class Tables:
     membership_grants: Table
     pins: Table
     membership_log: Table
+    membership_log_members: Table
     requests: Table
     jobs: Table
     request_files: Table
@@ -281,6 +282,17 @@ def build_tables(
                 postgresql_where=text("bulk_count IS NOT NULL"),
             ),
         ),
+    )
+    # The contacts of the stream's compact log entries, by contact: a stream
+    # step logs many enters of one persona through one criterion as one bulk
+    # entry (memberships/rows.py), whose contacts are scattered over the pk
+    # range; `contact show` finds them here, not by decoding every entry.
+    membership_log_members = Table(
+        "membership_log_members",
+        md,
+        Column("contact_pk", BigInteger, primary_key=True),
+        Column("seq", BigInteger, primary_key=True),
+        **only(sqlite_with_rowid=False),
     )
     requests = Table(
         "requests",
@@ -558,6 +570,7 @@ def build_tables(
     )
     return Tables(
         metadata=md,
+        membership_log_members=membership_log_members,
         feed_rules=feed_rules,
         changes=changes,
         stream_offsets=stream_offsets,

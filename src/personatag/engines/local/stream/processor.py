@@ -363,7 +363,13 @@ class StreamProcessor(StreamEngine):
                 for cpk, crit_pk in ev.unmatched:
                     by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
             labels = {c.pk: c.label for c in index.criteria}
-            writer = Writer(self.store, now, self.settings.bulk_log_threshold, labels)
+            writer = Writer(
+                self.store,
+                now,
+                self.settings.bulk_log_threshold,
+                labels,
+                compact=self.settings.stream_log_compact,
+            )
             # Every enter before any exit: a persona passing from one source to
             # another in this step is never logged as leaving and coming back.
             for crit_pk, (entering, _) in by_crit.items():
