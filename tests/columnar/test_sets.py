@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from pyroaring import BitMap
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from personatag.config import Settings
 from personatag.contacts import set_contact
 from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona
-from personatag.domain import Action, PinKind
+from personatag.domain import Action, PinKind, utcnow
 from personatag.engines.columnar import sets_disk
 from personatag.engines.columnar.sets import PersonaSets, sets_folder
 from personatag.engines.columnar.sets_stats import history, persona_stats
@@ -25,7 +25,9 @@ from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.errors import InputError, NotFoundError
 from personatag.memberships import persona_view
 from personatag.memberships.pins import pin, unpin
+from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store
+from personatag.store.rowwise import CHUNK
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts, population
 
@@ -291,3 +293,31 @@ def test_an_entry_that_commits_after_a_later_one_is_applied(pg_store: Store) -> 
         sets.refresh()
         assert list(sets.get("b")) == [3]
         assert sum(e for e, _ in sets.daily("b").values()) == 1  # counted once
+
+
+def test_one_catch_up_over_more_compact_entries_than_an_in_list_holds(
+    pop: Store, tmp_path: Path
+) -> None:
+    # The stream logs a compact entry most steps (PERSONATAG_STREAM_LOG_COMPACT):
+    # a long gap holds more bulk entries than one IN list of their blocks may.
+    add_criterion(pop, "oc", persona="a", expr="seniority >= 0", mode="ongoing")
+    sets = PersonaSets(pop, sets_folder(tmp_path, pop))
+    sets.refresh()
+    t = pop.tables
+    with pop.read() as conn:
+        crit = conn.scalar(select(t.criteria.c.pk).where(t.criteria.c.name == "oc"))
+        ppk = conn.scalar(select(t.personas.c.pk).where(t.personas.c.key == "a"))
+        cpks = [int(c) for c in conn.scalars(select(t.contacts.c.pk).order_by(t.contacts.c.pk))]
+    steps = CHUNK + 100
+    for i in range(steps):  # each step one contact in or out: one compact entry
+        cpk = cpks[i % len(cpks)]
+        with pop.write() as conn:
+            holders = Holders.load(conn, pop, {cpk: {ppk}})
+            writer = Writer(pop, utcnow(), 50_000, compact=1)
+            inside = (ppk, cpk) in holders.sources
+            writer.decide(holders, ppk, crit, True, [cpk], () if inside else {cpk})
+            writer.flush(conn)
+    with pop.read() as conn:
+        lg = t.membership_log
+        assert conn.scalar(select(func.count()).where(lg.c.bulk_count.is_not(None))) == steps
+    same(pop, sets, "a")

@@ -32,7 +32,14 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 # `memberships` is a view now; its INSTEAD OF triggers write the two tables.
-GUARDED = ("membership_rows", "membership_grants", "memberships", "pins", "membership_log")
+GUARDED = (
+    "membership_rows",
+    "membership_grants",
+    "memberships",
+    "pins",
+    "membership_log",
+    "membership_log_members",
+)
 OWNER = "personatag.memberships"
 
 _WRITE = re.compile(

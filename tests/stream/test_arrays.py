@@ -131,6 +131,16 @@ def test_windows_and_their_recheck_times(text: str, days_later: float) -> None:
         assert any(at is not None for at in as_arrays.due.values())
 
 
+def _one_stored(field: str, value: Any) -> dict[int, EvalInput]:
+    """The inputs, with contact pk 3's `field` holding `value`."""
+    inputs = dict(INPUTS)
+    odd = inputs[3]
+    inputs[3] = EvalInput(
+        {**odd.contact, field: value}, odd.reads, odd.logins, odd.personas, odd.as_of
+    )
+    return inputs
+
+
 # SQLite keeps what a raw SQL write gives it: values numpy would convert
 # silently (2.5 to 2, "3" to 3, 2 to True) and the Python evaluator compares as
 # they are, or fails on.
@@ -153,11 +163,7 @@ ODD = [
 def test_a_value_its_column_cannot_hold_falls_back_to_pairs(
     field: str, value: Any, text: str
 ) -> None:
-    inputs = dict(INPUTS)
-    odd = inputs[3]
-    inputs[3] = EvalInput(
-        {**odd.contact, field: value}, odd.reads, odd.logins, odd.personas, odd.as_of
-    )
+    inputs = _one_stored(field, value)
     node = parse(text)
     by_pairs, as_arrays = _both([_crit(1, node), _crit(2, Not(node))], inputs, PUBS)
     _assert_same(by_pairs, as_arrays)
@@ -188,11 +194,7 @@ BIG = [
 @pytest.mark.parametrize("text", BIG)
 @pytest.mark.parametrize("stored", [2.0**53, 2.0**53 + 2, -(2.0**53), 1.0])
 def test_a_float_field_against_a_whole_number_beyond_2_53(text: str, stored: float) -> None:
-    inputs = dict(INPUTS)
-    odd = inputs[3]
-    inputs[3] = EvalInput(
-        {**odd.contact, "score": stored}, odd.reads, odd.logins, odd.personas, odd.as_of
-    )
+    inputs = _one_stored("score", stored)
     node = parse(text)
     by_pairs, as_arrays = _both([_crit(1, node), _crit(2, Not(node))], inputs, PUBS)
     _assert_same(by_pairs, as_arrays)

@@ -16,9 +16,12 @@ from personatag.config import Settings
 from personatag.contacts import set_contact, show_contact
 from personatag.definitions.criteria import add_criterion
 from personatag.definitions.personas import add_persona, persona_pks
+from personatag.domain import utcnow
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.membership_events.export import export_events
+from personatag.memberships.log import log_for_contact
 from personatag.memberships.persona_view import recent_changes, size_history
+from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, open_store
 
 CONTACTS = [f"c{i}" for i in range(8)]
@@ -115,3 +118,42 @@ def test_compact_entries_read_per_contact_as_rows_do(store: Store, tmp_path: Pat
             assert sizes(store) == sizes(twin), key
     finally:
         twin.dispose()
+
+
+def test_a_big_step_still_compacts_its_groups(store: Store) -> None:
+    # More changes than the bulk threshold in all: a group above it becomes a
+    # request-style entry (pruned by pk range), groups of `compact` or more
+    # compact entries, the rest a row each.
+    for i in range(20):
+        set_contact(store, f"c{i}", {"region": "EMEA"}, create=True)
+    for key in ("a", "b", "c"):
+        add_persona(store, key, name=key, category="test")
+        add_criterion(store, f"k-{key}", persona=key, expr='region = "EMEA"', mode="ongoing")
+    t = store.tables
+    with store.read() as conn:
+        cpks = [int(c) for c in conn.scalars(select(t.contacts.c.pk).order_by(t.contacts.c.pk))]
+        crits = dict(conn.execute(select(t.criteria.c.pk, t.criteria.c.persona_pk)).all())
+    (ka, pa), (kb, pb), (kc, pc) = sorted(crits.items())
+    with store.write() as conn:
+        holders = Holders.load(conn, store, {c: {pa, pb, pc} for c in cpks})
+        writer = Writer(store, utcnow(), bulk_threshold=10, compact=3)
+        writer.decide(holders, pa, ka, True, cpks[:12], set(cpks[:12]))  # above 10: ranged
+        writer.decide(holders, pb, kb, True, cpks[:4], set(cpks[:4]))  # 4 >= 3: compact
+        writer.decide(holders, pc, kc, True, cpks[:2], set(cpks[:2]))  # 2: a row each
+        writer.flush(conn)
+    lg, lm = t.membership_log, t.membership_log_members
+    with store.read() as conn:
+        entries = conn.execute(
+            select(lg.c.persona_pk, lg.c.bulk_count, lg.c.bulk_min).order_by(lg.c.seq)
+        ).all()
+        members = conn.execute(select(lm.c.contact_pk).order_by(lm.c.contact_pk)).scalars().all()
+        assert [tuple(e) for e in entries] == [
+            (pa, 12, cpks[0]),
+            (pb, 4, None),
+            (pc, None, None),
+            (pc, None, None),
+        ]
+        assert members == cpks[:4]
+        for cpk in cpks[:2]:  # every kind of entry found by contact
+            found = {e["persona_pk"] for e in log_for_contact(conn, store, cpk)}
+            assert found == {pa, pb, pc}

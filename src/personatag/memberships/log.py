@@ -359,7 +359,7 @@ def log_for_contact(
     bulk = conn.execute(
         select(*meta)
         .where(
-            log.c.bulk_count.is_not(None),  # the partial index's predicate
+            log.c.bulk_min.is_not(None),  # the partial index's predicate
             log.c.bulk_min <= contact_pk,
             log.c.bulk_max >= contact_pk,
         )

@@ -236,45 +236,42 @@ class Writer:
         if len(self.inserts) >= STATISTICS_ROWS:
             # Lookups by contact depend on them (SQLite: schema.py, membership_rows).
             self.store.backend.analyze_skip_scan(conn, t.membership_rows)
-        # Large and each contact once: one compact entry per persona, change and
-        # criterion (a request's, pruned by its pk range). A stream step's, each
-        # contact once: groups of at least `compact` become compact entries
-        # indexed by contact. Otherwise row by row, in the order the changes
-        # happened (grouping never reorders one contact's changes: each is once).
-        unique = bool(self.logs) and self._unique()
-        indexed = unique and self.compact > 0 and len(self.logs) <= self.bulk_threshold
-        if not (indexed or (unique and len(self.logs) > self.bulk_threshold)):
-            single = self.logs
+        # Each (persona, contact) once: the changes of one persona, change and
+        # criterion are grouped (which never reorders one contact's changes to
+        # one persona). A group larger than `bulk_threshold` (a request's) is one
+        # entry pruned by its pk range; one of at least `compact` (a stream
+        # step's) one entry indexed by contact. The rest are a row each, in the
+        # order the changes happened.
+        done: set[tuple[int, str, int]] = set()
+        entries: list[tuple[dict[str, Any], Any]] = []
+        if self.logs and self._unique():
             groups: dict[tuple[int, str, int], list[int]] = {}
-        else:
-            single = []
-            groups = {}
             for persona_pk, change, criterion_pk, cpk in self.logs:
                 groups.setdefault((persona_pk, change, criterion_pk), []).append(cpk)
-        smallest = self.compact if indexed else self.bulk_threshold + 1
-        entries: list[tuple[dict[str, Any], Any]] = []
-        for (persona_pk, change, criterion_pk), pks in groups.items():
-            if len(pks) < smallest:
-                single.extend((persona_pk, change, criterion_pk, cpk) for cpk in pks)
-                continue
-            import numpy as np
+            for (persona_pk, change, criterion_pk), pks in groups.items():
+                ranged = len(pks) > self.bulk_threshold
+                if not ranged and not (self.compact and len(pks) >= self.compact):
+                    continue
+                import numpy as np
 
-            values = {
-                "at": self.at,
-                "persona_pk": persona_pk,
-                "change": change,
-                "source": criterion_pk,
-                "request_pk": None,
-                "criterion_pk": criterion_pk,
-                "actor": None,
-                "reason": self._reason(change, criterion_pk, reason),
-            }
-            ids = np.unique(np.asarray(pks, dtype=np.int64))
-            if indexed:
-                entries.append((values, ids))
-            else:
-                insert_bulk_entry(conn, self.store, values, ids)
+                values = {
+                    "at": self.at,
+                    "persona_pk": persona_pk,
+                    "change": change,
+                    "source": criterion_pk,
+                    "request_pk": None,
+                    "criterion_pk": criterion_pk,
+                    "actor": None,
+                    "reason": self._reason(change, criterion_pk, reason),
+                }
+                ids = np.unique(np.asarray(pks, dtype=np.int64))
+                if ranged:
+                    insert_bulk_entry(conn, self.store, values, ids)
+                else:
+                    entries.append((values, ids))
+                done.add((persona_pk, change, criterion_pk))
         insert_indexed_entries(conn, self.store, entries)
+        single = [e for e in self.logs if e[:3] not in done] if done else self.logs
         statements.log.executemany(
             conn,
             [

@@ -282,6 +282,17 @@ def build_tables(
                 postgresql_where=text("bulk_count IS NOT NULL"),
             ),
         ),
+        # The bulk entries with a pk range (a request's), which `contact show`
+        # prunes by range; the stream's compact entries have none (they are
+        # found through membership_log_members) and are many.
+        Index(
+            "ix_membership_log_ranged",
+            "seq",
+            **only(
+                sqlite_where=text("bulk_min IS NOT NULL"),
+                postgresql_where=text("bulk_min IS NOT NULL"),
+            ),
+        ),
     )
     # The contacts of the stream's compact log entries, by contact: a stream
     # step logs many enters of one persona through one criterion as one bulk

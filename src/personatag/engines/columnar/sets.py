@@ -63,6 +63,7 @@ from personatag.engines.columnar.sets_log import Horizon, fingerprint
 from personatag.errors import NotFoundError
 from personatag.files import atomic_write
 from personatag.store import Store
+from personatag.store.rowwise import chunks
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +345,11 @@ class PersonaSets:
                     rows = rows[~np.isin(rows[:, 0], seen)]
                 bulk_seqs = rows[rows[:, 5] > 0, 0].tolist()
                 blobs: dict[int, bytes] = {}
-                if bulk_seqs:
+                # In parts: the stream writes a compact entry most steps, so a
+                # long gap holds more than one IN list may (PostgreSQL: 65,535).
+                for some in chunks(bulk_seqs):
                     for seq, blob in conn.execute(
-                        select(lg.c.seq, lg.c.bulk_ids).where(lg.c.seq.in_(bulk_seqs))
+                        select(lg.c.seq, lg.c.bulk_ids).where(lg.c.seq.in_(some))
                     ):
                         blobs[int(seq)] = bytes(blob or b"")
             touched |= apply_entries(self._personas, rows, blobs)
