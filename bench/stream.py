@@ -92,7 +92,8 @@ from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed, open_store
 
 GOAL_RATE = 20_000
-GOAL_P99_S = 1.0
+# 10,000 changes/s offered, p99 from the change's commit to the membership's.
+GOAL_P99_S = 0.25
 WORDS = ("invest", "treasur", "analyst", "portfolio", "credit", "strateg", "economist")
 FIELDS = ("region", "seniority", "job_title", "firm_type", "interests")
 
