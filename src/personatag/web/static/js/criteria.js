@@ -7,6 +7,9 @@
 // Wrapped: the page scripts share one global scope.
 (() => {
 const CRIT_TOAST = "pt-criterion-toast";
+// The message this page showed as it loaded (a save's), carried over if the
+// page must reload again straight away.
+let justSaid = "";
 const JOB_ENDED = ["succeeded", "failed", "cancelled"];
 
 const critUrl = (name, rest = "") => `/criteria/${encodeURIComponent(name)}${rest}`;
@@ -260,7 +263,10 @@ function initProgress(name) {
     if (wasBuilding && !p.building) {
       // Swapped in (or paused meanwhile): the history and the buttons change
       // with it, so the page is drawn again rather than patched.
-      sessionStorage.setItem(CRIT_TOAST, `${name} v${p.version} is ${p.state}`);
+      // A swap right after a save reloads at once: say both, or the save's
+      // message would vanish before anyone could read it.
+      const now = `${name} v${p.version} is ${p.state}`;
+      sessionStorage.setItem(CRIT_TOAST, justSaid ? `${justSaid}; ${now}` : now);
       location.reload();
       return;
     }
@@ -279,7 +285,7 @@ PT.ready(() => {
   const root = el("criterion");
   if (!root) return;
   const said = sessionStorage.getItem(CRIT_TOAST);
-  if (said) { sessionStorage.removeItem(CRIT_TOAST); PT.toast(said); }
+  if (said) { sessionStorage.removeItem(CRIT_TOAST); PT.toast(said); justSaid = said; }
   const name = root.dataset.name;
   initCompare(name);
   initEdit(name);
