@@ -4,6 +4,7 @@
         [--contacts 1000000] [--criteria 1000] [--rate 20000] [--seconds 20]
         [--preload 50000] [--reuse DIR] [--keep] [--working-set N]
         [--attribute-share 0.7] [--store sqlite|postgresql] [--json] [--profile FILE]
+        [--partitions N]
 
 Builds (or reuses) a generated store, adds `--criteria` ongoing criteria (a mix
 of attribute, read-window, login-window and `within` criteria, each feeding its
@@ -47,6 +48,11 @@ it, or pt_bench_stream_<contacts>, kept, with --reuse.
 --attribute-share sets the attribute share of `harsh` or `reads` (the rest are
 reads). Rates and counts are feed rows (what the processor consumes).
 
+--partitions N runs the processor as N partitions, a process each (as
+`personatag stream --partitions N` does): each steps its share of the contacts
+on an offset of its own; the catch-up ends when all have, the latency of a
+change is that of the last partition to pass it.
+
 --json prints one JSON object on stdout (the figures below, by key) and the
 progress on stderr. --profile FILE profiles the catch-up's processor steps
 (cProfile; the catch-up figure is then slower than it would be).
@@ -84,6 +90,7 @@ from adhoc import pg_database  # bench/adhoc.py: a database on the tests' server
 from personatag.config import Settings
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
+from personatag.engines.local.stream import partitions
 from personatag.engines.local.stream.inputs import chunks
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.generate.run import generate
@@ -519,6 +526,96 @@ def run_processor(proc: StreamProcessor, until: float, lat: list[float]) -> int:
     return n
 
 
+def partition_worker(url: str, p: int, n: int, pipe: Any) -> None:
+    """A partition's process for the bench: steps on the parent's word."""
+    store = open_store(url)
+    proc = StreamProcessor(store, Settings(stream_reconcile_s=0), partition=(p, n))
+    proc.setup()  # as a running processor does (SQLite: checkpoints beside the writers)
+    proc.criteria()
+    pipe.send("ready")
+    while True:
+        cmd = pipe.recv()
+        if cmd[0] == "catch_up":
+            processed = evaluations = 0
+            while True:
+                r = proc.step()
+                processed += r.changes
+                evaluations += r.evaluations
+                if not r.changes:
+                    break
+            pipe.send((processed, evaluations))
+        elif cmd[0] == "follow":
+            lat: list[float] = []
+            done = run_processor(proc, time.monotonic() + cmd[1], lat)
+            pipe.send((done, lat))
+        else:
+            break
+    proc.teardown()
+    store.dispose()
+
+
+class Crew:
+    """The processor the bench times: one in this process, or N partitions."""
+
+    def __init__(self, url: str, store: Store, proc: StreamProcessor, n: int) -> None:
+        self.proc, self.n, self.pipes, self.workers = proc, n, [], []
+        if n == 1:
+            proc.setup()  # as a running processor does (SQLite: checkpoints beside the writers)
+            return
+        partitions.align(store, "stream", n)
+        ctx = mp.get_context("spawn")
+        for p in range(n):
+            mine, theirs = ctx.Pipe()
+            w = ctx.Process(target=partition_worker, args=(url, p, n, theirs))
+            w.start()
+            self.pipes.append(mine)
+            self.workers.append(w)
+        for pipe in self.pipes:
+            if pipe.recv() != "ready":
+                raise SystemExit("a partition did not start")
+
+    def catch_up(self, profiler: cProfile.Profile | None) -> tuple[int, int]:
+        """(changes, evaluations) of a catch-up to the feed's head."""
+        if self.n == 1:
+            processed = evaluations = 0
+            while True:
+                if profiler is not None:
+                    profiler.enable()
+                r = self.proc.step()
+                if profiler is not None:
+                    profiler.disable()
+                processed += r.changes
+                evaluations += r.evaluations
+                if not r.changes:
+                    return processed, evaluations
+        for pipe in self.pipes:
+            pipe.send(("catch_up",))
+        got = [pipe.recv() for pipe in self.pipes]
+        # Every partition reads every change; the evaluations are each its own.
+        return max(g[0] for g in got), sum(g[1] for g in got)
+
+    def follow(self, seconds: float, lat: list[float]) -> int:
+        """Follow the feed for `seconds`; the changes processed, latencies into `lat`."""
+        if self.n == 1:
+            return run_processor(self.proc, time.monotonic() + seconds, lat)
+        for pipe in self.pipes:
+            pipe.send(("follow", seconds))
+        got = [pipe.recv() for pipe in self.pipes]
+        # The partitions read the same changes in the same order: a change is
+        # applied when the last of them has passed it.
+        common = min(len(g[1]) for g in got)
+        lat.extend(max(g[1][i] for g in got) for i in range(common))
+        return min(g[0] for g in got)
+
+    def close(self) -> None:
+        if self.n == 1:
+            self.proc.teardown()
+        for pipe in self.pipes:
+            pipe.send(("stop",))
+        for w in self.workers:
+            w.join(60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mix", choices=sorted(MIXES), default="harsh", help="default harsh")
@@ -562,6 +659,9 @@ def main() -> None:
         "--json", action="store_true", help="one JSON object on stdout; progress on stderr"
     )
     ap.add_argument(
+        "--partitions", type=int, default=1, help="processes of the processor (default 1)"
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         help="profile the catch-up's processor steps (cProfile) into this file",
@@ -576,7 +676,9 @@ def main() -> None:
         mix = replace(mix, attribute_share=args.attribute_share)
     if args.preload is None:
         args.preload = min(50_000, max(1_000, args.contacts // 4))
-    for name in ("contacts", "criteria", "preload"):
+    if args.profile and args.partitions > 1:
+        ap.error("--profile profiles the processor in this process: use it without --partitions")
+    for name in ("contacts", "criteria", "preload", "partitions"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1")
     if args.rate <= 0 or args.seconds <= 0:
@@ -701,19 +803,28 @@ def measure(
     timed_writer(url, args.preload, 1e9, seed, args.working_set, mix)
     mark = log_head(store)
     profiler = cProfile.Profile() if args.profile else None
+    crew = Crew(url, store, proc, args.partitions)
+    try:
+        return timed(args, mix, crew, url, store, seed, top, mark, profiler, contacts, criteria)
+    finally:
+        crew.close()
+
+
+def timed(
+    args: argparse.Namespace,
+    mix: Mix,
+    crew: Crew,
+    url: str,
+    store: Store,
+    seed: int,
+    top: int,
+    mark: int,
+    profiler: cProfile.Profile | None,
+    contacts: int,
+    criteria: int,
+) -> dict[str, Any]:
     t0 = time.monotonic()
-    processed = 0
-    evaluations = 0
-    while True:
-        if profiler is not None:
-            profiler.enable()
-        r = proc.step()
-        if profiler is not None:
-            profiler.disable()
-        processed += r.changes
-        evaluations += r.evaluations
-        if not r.changes:
-            break
+    processed, evaluations = crew.catch_up(profiler)
     took = time.monotonic() - t0
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -730,7 +841,7 @@ def measure(
     enters, exits = (x / max(processed, 1) for x in log_moves(store, mark))
     print(f"  membership moves per change: {enters:.2f} in, {exits:.2f} out (each logged)")
     with store.read() as conn:
-        assert changefeed.get_offset(conn, store, "stream") == changefeed.head(conn, store)
+        assert partitions.least(conn, store, "stream") == changefeed.head(conn, store)
 
     # 2. sustained: the clock starts when the writer does (not at its spawn);
     # about 20 commits a second, so changes arrive spread out, not in bursts.
@@ -750,14 +861,14 @@ def measure(
         if not writer.is_alive():
             raise SystemExit(f"the change writer failed (exit code {writer.exitcode})")
     t0 = time.monotonic()
-    done = run_processor(proc, t0 + args.seconds, lat)
+    done = crew.follow(args.seconds, lat)
     took = time.monotonic() - t0
     writer.join()
     if writer.exitcode != 0:
         raise SystemExit(f"the change writer failed (exit code {writer.exitcode})")
     with store.read() as conn:
         head = changefeed.head(conn, store)
-        left = head - changefeed.get_offset(conn, store, "stream")
+        left = head - partitions.least(conn, store, "stream")
     offered = (head - before) / max(float(elapsed.value), args.seconds, 1e-9)
     rate = done / took
     p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
@@ -792,6 +903,7 @@ def measure(
         "login_share": mix.login_share,
         "contacts": contacts,
         "criteria": criteria,
+        "partitions": args.partitions,
         "working_set": args.working_set,
         "backlog_changes": processed,
         "backlog_changes_per_s": finite(catch_rate),

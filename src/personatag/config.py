@@ -175,6 +175,10 @@ class Settings(BaseModel):
     # when at least this many, are logged as one compact entry indexed by
     # contact instead of a log row each (0: always a row each).
     stream_log_compact: int = 16
+    # Processes the local stream engine runs, each stepping the contacts whose
+    # pk % stream_partitions is its number, with an offset of its own
+    # (engines/local/stream/partitions.py; `personatag stream --partitions`).
+    stream_partitions: int = 1
     # The engine of previews and of ad hoc tag and untag requests that name
     # none (columnar: numpy over the columnar copy under data_dir/columnar;
     # local: SQL in the store; flink: a batch job on the cluster, ad hoc
@@ -402,6 +406,13 @@ class Settings(BaseModel):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("stream_partitions")
+    @classmethod
+    def _stream_partitions(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise ValueError("must be 1 to 64 (a process each)")
         return value
 
     @field_validator("confirm_threshold", "stream_flink_restarts", "stream_log_compact")

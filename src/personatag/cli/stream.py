@@ -55,6 +55,15 @@ def stream(
         typer.Option(min=0, max=65535, help="Port for /metrics and /healthz (0: any free one)."),
     ] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines on stderr.")] = False,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Run the local processor as this many processes, each stepping its "
+            "share of the contacts (default: the stream_partitions setting).",
+        ),
+    ] = None,
 ) -> None:
     """Run the stream processor until SIGINT/SIGTERM (webhook deliveries too)."""
     if ctx.invoked_subcommand is not None:
@@ -69,9 +78,11 @@ def stream(
 
     configure_logging(logging.DEBUG if STATE.debug else logging.INFO, json=log_json)
     s = settings()
+    if partitions is not None:
+        s = s.model_copy(update={"stream_partitions": partitions})
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
-        from personatag.engines.local.stream.processor import StreamProcessor
+        from personatag.engines.local.stream.partitions import catch_up_all
         from personatag.engines.local.stream.standby import lease_name
         from personatag.engines.local.stream.status import OFFSET_NAME
         from personatag.errors import PersonatagError
@@ -84,7 +95,7 @@ def stream(
                 "stop it before `personatag stream --once`"
             )
         try:
-            done = StreamProcessor(st, s).catch_up(timeout_s=24 * 3600)
+            done = catch_up_all(st, s, timeout_s=24 * 3600)
         finally:
             lease.release()
         typer.echo(
@@ -107,9 +118,11 @@ def stream(
         signal.signal(sig, on_signal)
     port = s.metrics_port if metrics_port is None else metrics_port
     served = start_metrics_server(port, s.metrics_host)
-    typer.echo(f"stream processor ({s.stream_engine}) following the change feed", err=True)
-    typer.echo(f"metrics on http://{s.metrics_host}:{served.port}/metrics", err=True)
     services += runner.services(st, s, webhooks=not no_webhooks)
+    n = s.stream_partitions
+    shown = f"{s.stream_engine}, {n} partitions" if n > 1 else s.stream_engine
+    typer.echo(f"stream processor ({shown}) following the change feed", err=True)
+    typer.echo(f"metrics on http://{s.metrics_host}:{served.port}/metrics", err=True)
     for service in services:
         service.start()
     try:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from personatag.domain import CUSTOM_COLUMN_PREFIX, STANDARD_CONTACT_FIELDS, Catalog, FieldType
 from personatag.errors import ConfigError, PersonatagError
 from personatag.store.backends import Backend, backend_for_url, get_backend
-from personatag.store.backends.base import LOCK_SPACE_FEED, LOCK_SPACE_PERSONA
+from personatag.store.backends.base import LOCK_SPACE_FEED, LOCK_SPACE_PERSONA, LOCK_SPACE_STREAM
 from personatag.store.schema import ATTRIBUTE_TYPES, Tables, build_tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -207,6 +207,23 @@ class Store:
         commit before an earlier one. SQLite has one writer already.
         """
         self.backend.lock(conn, LOCK_SPACE_FEED, 0)
+
+    def lock_stream_criteria(self, conn: Connection, *, shared: bool) -> None:
+        """Hold the stream's criteria still until `conn` commits: a partition's
+        step takes it shared (it commits answers of the criteria it read), a
+        swap of criteria exclusive (engines/local/stream/partitions.py). SQLite
+        needs nothing: Store.write() already holds the only write lock."""
+        if shared:
+            self.backend.lock_shared(conn, LOCK_SPACE_STREAM, 0)
+        else:
+            self.backend.lock(conn, LOCK_SPACE_STREAM, 0)
+
+    def checkpoint_beside(self) -> Any:
+        """For a process whose commits are large and many (the stream): its
+        writers leave the write-ahead log's copying into the database to a
+        thread beside them (SQLite; backends/wal.py). Returns what stops it
+        (`stop()`), or None where there is nothing to do (PostgreSQL)."""
+        return self.backend.checkpoint_beside(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()

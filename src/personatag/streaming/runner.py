@@ -10,9 +10,14 @@ from personatag.store import Store
 
 
 def stream_target(store: Store, settings: Settings, metrics: Metrics | None = None) -> Service:
-    """The configured stream engine, looked up in the engine registry (a service)."""
+    """The configured stream engine, looked up in the engine registry (a service);
+    with `stream_partitions` above 1, the local engine's partitions."""
     from personatag.engines import get_stream_engine
 
+    if settings.stream_partitions > 1:
+        from personatag.engines.local.stream.partitions import Partitions
+
+        return Partitions(store, settings, metrics)
     return get_stream_engine(settings.stream_engine, store, settings, metrics)
 
 

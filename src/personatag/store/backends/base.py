@@ -35,6 +35,7 @@ LOCK_SPACE_PERSONA = 0x5054  # "PT"
 LOCK_SPACE_FEED = 0x5046  # "PF"
 LOCK_SPACE_LEASE = 0x504C  # "PL"
 LOCK_SPACE_ACCOUNTS = 0x5041  # "PA"
+LOCK_SPACE_STREAM = 0x5053  # "PS"
 
 # Kinds of transient store failure (see store.transient).
 CONNECTION_LOST = "connection lost"
@@ -172,6 +173,18 @@ class Backend(ABC):
     @abstractmethod
     def lock(self, conn: Connection, space: int, key: int) -> None:
         """Hold the lock (space, key) until `conn`'s transaction ends, waiting for it."""
+
+    def checkpoint_beside(self, engine: Engine) -> Any:
+        """Start moving the write-ahead log into the database on a thread beside
+        the writers instead of in their commits; returns what stops it (with
+        `stop()`), or None where the database does that itself."""
+        return None
+
+    @abstractmethod
+    def lock_shared(self, conn: Connection, space: int, key: int) -> None:
+        """Hold the lock (space, key) shared until `conn`'s transaction ends:
+        other shared holders go on, an exclusive one (`lock`) waits for them all
+        and they for it."""
 
     def lock_all(self, conn: Connection, space: int, keys: Sequence[int]) -> None:
         """`lock` for several keys, in ascending order (one global order, so two

@@ -164,6 +164,12 @@ class PostgreSQLBackend(Backend):
             text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": space, "key": key}
         )
 
+    def lock_shared(self, conn: Connection, space: int, key: int) -> None:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:space, :key)"),
+            {"space": space, "key": key},
+        )
+
     def running_writers(self, conn: Connection) -> frozenset[tuple[int, str]]:
         # Writers of this database that hold a transaction id (have written
         # something). Other databases of the cluster are left out: their

@@ -37,6 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from personatag.domain import FieldType, fold_case
+from personatag.store.backends import wal
 from personatag.store.backends.base import BUSY, Backend, Col, Cond, ListOp, Slice, bind
 from personatag.store.backends.bulk import BulkWriter, Row
 from personatag.store.backends.columns import (
@@ -160,7 +161,15 @@ class SQLiteBackend(Backend):
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql(_BEGIN[bool(conn.get_execution_options().get("pt_write"))])
 
+        if path is not None:
+            wal.follow(engine)
         return engine
+
+    def checkpoint_beside(self, engine: Engine) -> wal.Checkpointer | None:
+        path = self.local_file(engine.url)
+        if path is None or path.startswith("file:"):
+            return None
+        return wal.Checkpointer(engine, path).start()
 
     def local_file(self, url: URL) -> str | None:
         db = url.database
@@ -203,6 +212,9 @@ class SQLiteBackend(Backend):
 
     # One writer at a time already: Store.write() holds the only write lock.
     def lock(self, conn: Connection, space: int, key: int) -> None:
+        return None
+
+    def lock_shared(self, conn: Connection, space: int, key: int) -> None:
         return None
 
     def lock_all(self, conn: Connection, space: int, keys: Sequence[int]) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select
 
 from personatag.config import Settings
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream import rechecks
+from personatag.engines.local.stream import partitions, rechecks
 from personatag.engines.local.stream.evaluate import Evaluated, evaluate_set
 from personatag.engines.local.stream.inputs import Publications, changes_between
 from personatag.memberships.swap import swap_in
@@ -40,6 +40,8 @@ class Host(Protocol):
     settings: Settings
     metrics: Metrics
     name: str
+    base: str  # the stream's name; `name` is its partition's offset (partitions.py)
+    partition: tuple[int, int] | None
     pubs: Publications
 
     def touched(self, index: og.Index, ch: changefeed.Change) -> AbstractSet[int]: ...
@@ -147,22 +149,25 @@ def run_backfill(store: Store, bf: Backfill) -> None:
 def swap(host: Host, bf: Backfill, progress: Progress, now: datetime, index: og.Index) -> None:
     """Install a backfilled version: catch it up, then replace the old one."""
     store, new = host.store, bf.criterion
+    parted = host.partition is not None
     with store.read() as conn:
-        offset = changefeed.get_offset(conn, store, host.name)
-        host.pubs.get(conn, store)
-        # Changes the backfill may not have seen, up to where the stream is.
-        touched: set[int] = set()
-        one = og.Index([new])
-        for ch in changes_between(conn, store, bf.started_after, offset):
-            if new.pk in host.touched(one, ch):
-                touched.update(ch.pks)
+        # Changes the backfill may not have seen, up to where the stream is (the
+        # furthest partition: each has applied its contacts' changes that far).
+        if parted:
+            offset = partitions.furthest(conn, store, host.base)
+        else:
+            offset = changefeed.get_offset(conn, store, host.name)
         old = previous_version(conn, store, new)
-    matched = set(bf.matched.tolist())
-    if touched:
-        caught = host.evaluate({pk: {new.pk} for pk in touched}, og.Index([new]), now)
-        matched -= touched
-        matched |= {cpk for (cpk, cp) in caught.matched if cp == new.pk}
+    matched = catch_up(host, new, set(bf.matched.tolist()), bf.started_after, offset, now)
     with store.write() as conn:
+        if parted:
+            # No partition commits meanwhile; one that went further since the
+            # read above is caught up here, and one evaluating now without
+            # this criterion finds the criteria changed and steps again.
+            store.lock_stream_criteria(conn, shared=False)
+            further = partitions.furthest(conn, store, host.base)
+            if further > offset:
+                matched = catch_up(host, new, matched, offset, further, now)
         outcome = swap_in(
             conn, store, new, old, matched, at=now, bulk_threshold=host.settings.bulk_log_threshold
         )
@@ -201,6 +206,25 @@ def swap(host: Host, bf: Backfill, progress: Progress, now: datetime, index: og.
         len(outcome.entered),
         len(outcome.exited),
     )
+
+
+def catch_up(
+    host: Host, new: og.Ongoing, matched: set[int], after: int, upto: int, now: datetime
+) -> set[int]:
+    """`matched` (new's members as of feed seq `after`) brought to seq `upto`:
+    the contacts of the changes between that `new` reads are evaluated again."""
+    store = host.store
+    touched: set[int] = set()
+    one = og.Index([new])
+    with store.read() as conn:
+        host.pubs.get(conn, store)
+        for ch in changes_between(conn, store, after, upto):
+            if new.pk in host.touched(one, ch):
+                touched.update(ch.pks)
+    if not touched:
+        return matched
+    caught = host.evaluate({pk: {new.pk} for pk in touched}, one, now)
+    return (matched - touched) | {cpk for (cpk, cp) in caught.matched if cp == new.pk}
 
 
 def previous_version(conn: Connection, store: Store, new: og.Ongoing) -> og.Ongoing | None:

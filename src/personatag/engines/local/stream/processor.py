@@ -38,7 +38,7 @@ from personatag.criteria.to_python import EvalInput
 from personatag.definitions.personas import persona_pks
 from personatag.domain import utcnow
 from personatag.engines.base import StreamEngine
-from personatag.engines.local.stream import arrays, rechecks
+from personatag.engines.local.stream import arrays, partitions, rechecks
 from personatag.engines.local.stream import evaluate as ev_
 from personatag.engines.local.stream import ongoing as og
 from personatag.engines.local.stream.evaluate import Evaluated
@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 class OffsetMoved(RuntimeError):
     """Another step committed the offset this one read (nothing was applied)."""
+
+
+class CriteriaMoved(OffsetMoved):
+    """A partition's step was evaluated with criteria that another partition's
+    swap has since replaced (nothing was applied; partitions.py)."""
 
 
 @dataclass
@@ -94,17 +99,26 @@ class StreamProcessor(StreamEngine):
         metrics: Metrics | None = None,
         *,
         name: str = OFFSET_NAME,
+        partition: tuple[int, int] | None = None,
     ) -> None:
+        """`partition` (p, n): step only the contacts of partition p of n, on an
+        offset of its own (partitions.py); None: every contact."""
         self.store = store
         self.settings = settings or Settings()
         self.metrics = metrics or default_metrics()
-        self.name = name
+        self.base = name
+        self.partition = partition
+        self.name = name if partition is None else partitions.partition_name(name, *partition)
+        # Backfills, swaps, reconciliation and pruning are the first partition's.
+        self.leader = partition is None or partition[0] == 0
+        self._aligned = partition is not None
         # A failing step is tried again after 1 s, doubling up to 30 s.
         Service.__init__(self, Backoff(first_s=1.0, max_s=30.0))
-        self._ownership = Ownership(store, name)
+        self._ownership = Ownership(store, self.name)
         # Set once run() has held the offset: only then may this processor
         # have started what its stop must end (a Flink streaming job).
         self.held_offset = False
+        self._checkpoints: Any = None
         self.pubs = Publications()
         self._plans = arrays.Plans()
         self._index: og.Index | None = None
@@ -114,7 +128,8 @@ class StreamProcessor(StreamEngine):
         self._gauges = Gauges(
             store,
             self.metrics,
-            name=name,
+            # The monitoring charts read the stream's samples: partition 0's.
+            name=self.base if self.leader else self.name,
             sample_s=self.settings.stream_sample_s,
             keep_days=self.settings.stream_sample_keep_days,
         )
@@ -122,6 +137,9 @@ class StreamProcessor(StreamEngine):
     # ---- the loop -------------------------------------------------------------
 
     def setup(self) -> None:
+        # A step's commit writes thousands of scattered rows: on SQLite the
+        # WAL is copied back beside it, not inside it under the write lock.
+        self._checkpoints = self.store.checkpoint_beside()
         log.info("stream processor %s started", self.name)
 
     def cycle(self) -> float:
@@ -129,6 +147,9 @@ class StreamProcessor(StreamEngine):
         its standby."""
         if not self._ownership.acquire():
             return STANDBY_POLL_S
+        if not self._aligned:  # a partitioned processor ran here before
+            partitions.align(self.store, self.base, 1)
+            self._aligned = True
         self.held_offset = True
         try:
             result = self.step()
@@ -151,6 +172,9 @@ class StreamProcessor(StreamEngine):
 
     def teardown(self) -> None:
         self._ownership.release()
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
         log.info("stream processor %s stopped", self.name)
 
     def catch_up(self, timeout_s: float = 60.0) -> StepResult:
@@ -179,12 +203,13 @@ class StreamProcessor(StreamEngine):
         result = StepResult()
         index = self.criteria()
         statuses = self._index_key[0] if self._index_key else ()
-        progress = self.lifecycle.advance(index, statuses, fixed or utcnow())
-        result.lifecycle += progress.messages
-        result.entered += progress.entered
-        result.exited += progress.exited
-        if result.lifecycle:  # a swap changed the active criteria
-            index = self.criteria()
+        if self.leader:
+            progress = self.lifecycle.advance(index, statuses, fixed or utcnow())
+            result.lifecycle += progress.messages
+            result.entered += progress.entered
+            result.exited += progress.exited
+            if result.lifecycle:  # a swap changed the active criteria
+                index = self.criteria()
         with self.store.read() as conn:
             offset = changefeed.get_offset(conn, self.store, self.name)
             changes = changefeed.read(conn, self.store, offset, self.settings.stream_batch)
@@ -193,16 +218,22 @@ class StreamProcessor(StreamEngine):
             # later still (another machine's clock) gets a re-check at its
             # moment (see Ongoing.next_due).
             now = fixed or utcnow()
-            due = rechecks.due(conn, self.store, now, self.settings.stream_recheck_batch)
+            due = rechecks.due(
+                conn, self.store, now, self.settings.stream_recheck_batch, self.partition
+            )
             self.pubs.get(conn, self.store)
         result.offset = offset
         # contact pk -> the criteria to evaluate for it
         work: dict[int, set[int]] = {}
+        part = self.partition
         for ch in changes:
+            pks = ch.pks if part is None else [pk for pk in ch.pks if pk % part[1] == part[0]]
+            if not pks:  # another partition's contacts only
+                continue
             touched = self.touched(index, ch)
             if not touched:
                 continue
-            for pk in ch.pks:
+            for pk in pks:
                 s = work.get(pk)
                 if s is None:
                     work[pk] = set(touched)
@@ -225,17 +256,23 @@ class StreamProcessor(StreamEngine):
             self._gauges.record(result.change_times, result.evaluations, result.offset)
         else:
             self._gauges.lag(offset)
-            crit = self._rounds.next(index, self.settings.stream_reconcile_s)
-            if self._rounds.began:
-                # Grants whose rows all left since the last round (memberships/grants.py).
-                with self.store.write() as conn:
-                    pruned = grants.prune(conn, self.store)
-                if pruned:
-                    result.lifecycle.append(f"pruned {pruned} unused membership grants")
-            if crit is not None:
-                self.reconcile(crit)
-                result.lifecycle.append(f"reconciled {crit.label}")
+            if self.leader:
+                self._idle_work(index, result)
         return result
+
+    def _idle_work(self, index: og.Index, result: StepResult) -> None:
+        """Between batches: a reconciliation round's next criterion, and at the
+        start of each round the pruning of unused grants."""
+        crit = self._rounds.next(index, self.settings.stream_reconcile_s)
+        if self._rounds.began:
+            # Grants whose rows all left since the last round (memberships/grants.py).
+            with self.store.write() as conn:
+                pruned = grants.prune(conn, self.store)
+            if pruned:
+                result.lifecycle.append(f"pruned {pruned} unused membership grants")
+        if crit is not None:
+            self.reconcile(crit)
+            result.lifecycle.append(f"reconciled {crit.label}")
 
     def touched(self, index: og.Index, ch: changefeed.Change) -> AbstractSet[int]:
         """The criteria `ch` can change (self.pubs must be current)."""
@@ -245,18 +282,21 @@ class StreamProcessor(StreamEngine):
                 return index.touched_by_reads(named, self.pubs.by_pk, self.pubs.version)
         return index.touched(ch.kind, ch.fields)
 
+    def _active_key(self, conn: Connection) -> tuple[Any, ...]:
+        c = self.store.tables.criteria
+        return tuple(
+            conn.execute(
+                select(c.c.pk, c.c.status)
+                .where(c.c.mode == "ongoing", c.c.status != og.SUPERSEDED)
+                .order_by(c.c.pk)
+            ).all()
+        )
+
     def criteria(self) -> og.Index:
         """The active ongoing criteria, indexed (reloaded when they or the
         custom attributes changed)."""
-        c = self.store.tables.criteria
         with self.store.read() as conn:
-            key = tuple(
-                conn.execute(
-                    select(c.c.pk, c.c.status)
-                    .where(c.c.mode == "ongoing", c.c.status != og.SUPERSEDED)
-                    .order_by(c.c.pk)
-                ).all()
-            )
+            key = self._active_key(conn)
             attrs = tuple(self.store.custom_attributes(conn))
             if self._index is None or (key, attrs) != self._index_key:
                 self._index = og.Index(
@@ -321,6 +361,14 @@ class StreamProcessor(StreamEngine):
                     f"stream offset {self.name!r} moved under this processor: "
                     "is another `personatag stream` running on this store?"
                 )
+            if self.partition is not None:
+                # A swap in another partition commits under this lock, exclusive.
+                self.store.lock_stream_criteria(conn, shared=True)
+                if self._active_key(conn) != self._index_key[0]:
+                    raise CriteriaMoved(
+                        f"stream partition {self.name!r}: the active criteria changed "
+                        "while it evaluated (a swap)"
+                    )
             pks_of = persona_pks(conn, self.store)
             keys = {pk: key for key, pk in pks_of.items()}
             personas = {index.by_pk[p].persona_pk for p in set().union(*work.values())}

@@ -24,7 +24,6 @@ from personatag.store.rowwise import (
     bound,
     chunks,
     fetch_tuples,
-    grouped,
     once_per_table,
     to_driver,
 )
@@ -48,15 +47,20 @@ def _statements(tables: Tables) -> tuple[Prepared, Prepared]:
     return once_per_table(rc, "stream.rechecks", build)
 
 
-def due(conn: Connection, store: Store, now: datetime, limit: int) -> list[tuple[int, int]]:
-    """Up to `limit` (criterion pk, contact pk) pairs whose re-check is due at `now`."""
+def due(
+    conn: Connection,
+    store: Store,
+    now: datetime,
+    limit: int,
+    partition: tuple[int, int] | None = None,
+) -> list[tuple[int, int]]:
+    """Up to `limit` (criterion pk, contact pk) pairs whose re-check is due at
+    `now` (of partition (p, n)'s contacts only, when given)."""
     rc = store.tables.stream_rechecks
-    rows = conn.execute(
-        select(rc.c.criterion_pk, rc.c.contact_pk)
-        .where(rc.c.due_at <= now)
-        .order_by(rc.c.due_at)
-        .limit(limit)
-    ).all()
+    q = select(rc.c.criterion_pk, rc.c.contact_pk).where(rc.c.due_at <= now)
+    if partition is not None:
+        q = q.where(rc.c.contact_pk % partition[1] == partition[0])
+    rows = conn.execute(q.order_by(rc.c.due_at).limit(limit)).all()
     return [(int(a), int(b)) for a, b in rows]
 
 
@@ -74,17 +78,14 @@ def write(
     wanted.update(next_due)
     if not wanted:
         return
-    per_contact: dict[int, set[int]] = {}
-    for c, k in wanted:
-        per_contact.setdefault(k, set()).add(c)
+    # Every re-check of the contacts at once (a few per contact; one query per
+    # chunk of contacts, not one per group of criteria), kept where wanted.
     # Compared as stored (microseconds; fetch_tuples converts nothing).
     have: dict[tuple[int, int], int] = {}
-    for crits, contacts in grouped(per_contact):
-        for part in chunks(contacts):
-            q = select(rc.c.criterion_pk, rc.c.contact_pk, rc.c.due_at).where(
-                rc.c.criterion_pk.in_(crits), rc.c.contact_pk.in_(part)
-            )
-            for c, k, at in fetch_tuples(conn, q):
+    for part in chunks(sorted({k for _, k in wanted})):
+        q = select(rc.c.criterion_pk, rc.c.contact_pk, rc.c.due_at).where(rc.c.contact_pk.in_(part))
+        for c, k, at in fetch_tuples(conn, q):
+            if (c, k) in wanted:
                 have[(c, k)] = at
     stored = to_driver(conn, rc.c.due_at)
     want_us = {pair: None if at is None else stored(at) for pair, at in wanted.items()}

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from personatag.config import Settings
 from personatag.domain import utcnow
 from personatag.engines.local.stream import ongoing as og
-from personatag.engines.local.stream import rechecks
+from personatag.engines.local.stream import partitions, rechecks
 from personatag.engines.local.stream.evaluate import evaluate_set
 from personatag.engines.local.stream.inputs import changes_between
 from personatag.memberships import rules
@@ -37,6 +37,8 @@ class Host(Protocol):
     settings: Settings
     metrics: Metrics
     name: str
+    base: str
+    partition: tuple[int, int] | None
 
     def criteria(self) -> og.Index: ...
 
@@ -76,9 +78,15 @@ def reconcile(
     store = host.store
     t = store.tables
     with store.read() as conn:
-        offset = changefeed.get_offset(conn, store, host.name)
+        # Where the stream has got to (every partition, when it runs in them).
+        offset = partitions.least(conn, store, host.base)
         catalog = store.catalog(conn)
         full = set(evaluate_set(conn, store, crit, catalog, now).tolist())
+    with store.write() as conn:
+        store.lock_persona(conn, crit.persona_pk)
+        holders = Holders.load_persona(conn, store, crit.persona_pk)
+        # Read after the lock, so a partition's commit since the evaluation
+        # (of a change the evaluation may have missed) is pending, not drift.
         pending: set[int] = set()
         for ch in changes_between(conn, store, offset, changefeed.head(conn, store)):
             pending.update(ch.pks)
@@ -88,9 +96,6 @@ def reconcile(
                 select(rc.c.contact_pk).where(rc.c.criterion_pk == crit.pk, rc.c.due_at <= now)
             )
         )
-    with store.write() as conn:
-        store.lock_persona(conn, crit.persona_pk)
-        holders = Holders.load_persona(conn, store, crit.persona_pk)
         current = {c for (_, c), s in holders.sources.items() if crit.pk in s}
         missing = {
             c

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from personatag.domain import utcnow
 from personatag.engines.local.stream import ongoing as og
+from personatag.engines.local.stream import partitions
 from personatag.metrics import Metrics
 from personatag.store import Store, changefeed
 
@@ -113,11 +114,30 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
     """Where the stream is: offset, feed head, lag, re-checks, errors, reconciliation."""
     t = store.tables
     with store.read() as conn:
-        offset = changefeed.get_offset(conn, store, name)
         head = changefeed.head(conn, store)
-        oldest = changefeed.oldest_after(conn, store, offset)
         so = t.stream_offsets
-        updated = conn.scalar(select(so.c.updated_at).where(so.c.name == name))
+        # Partitioned (partitions.py): each has its own offset; the stream is
+        # where the one furthest behind is.
+        parts = sorted(
+            (n for n in partitions.family(conn, store, name) if n != name),
+            key=partitions.number,
+        )
+        shown = []
+        for r in conn.execute(
+            select(so.c.name, so.c.seq, so.c.updated_at).where(so.c.name.in_(parts or [name]))
+        ):
+            shown.append(
+                {
+                    "name": r.name,
+                    "offset": int(r.seq),
+                    "lag_changes": head - int(r.seq),
+                    "updated_at": r.updated_at,
+                }
+            )
+        shown.sort(key=lambda x: partitions.number(x["name"]))
+        offset = min((x["offset"] for x in shown), default=0)
+        updated = min((x["updated_at"] for x in shown), default=None)
+        oldest = changefeed.oldest_after(conn, store, offset)
         rc = t.stream_rechecks
         rechecks = int(conn.scalar(select(func.count()).select_from(rc)) or 0)
         next_due = conn.scalar(select(func.min(rc.c.due_at)))
@@ -160,6 +180,7 @@ def status(store: Store, name: str = OFFSET_NAME) -> dict[str, Any]:
         "lag_changes": head - offset,
         "lag_seconds": round(lag_s, 3),
         "updated_at": updated,
+        "partitions": shown if parts else [],
         "rechecks": rechecks,
         "next_recheck_at": next_due,
         "errors": errors,
