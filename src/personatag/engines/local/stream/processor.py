@@ -147,9 +147,6 @@ class StreamProcessor(StreamEngine):
         its standby."""
         if not self._ownership.acquire():
             return STANDBY_POLL_S
-        if not self._aligned:  # a partitioned processor ran here before
-            partitions.align(self.store, self.base, 1)
-            self._aligned = True
         self.held_offset = True
         try:
             result = self.step()
@@ -201,6 +198,9 @@ class StreamProcessor(StreamEngine):
         """One micro-batch of the feed and due re-checks, plus lifecycle work."""
         fixed = now
         result = StepResult()
+        if not self._aligned:  # partitions may have run here before: their offsets
+            partitions.align(self.store, self.base, 1)
+            self._aligned = True
         index = self.criteria()
         statuses = self._index_key[0] if self._index_key else ()
         if self.leader:
