@@ -77,3 +77,29 @@ def test_criterion_lifecycle_and_stream_status(api: Api) -> None:
     assert c.post(f"{API}/criteria/emea-live/retire", headers=editor).json()["status"] == "retired"
     assert c.post(f"{API}/criteria/emea-live/retire", headers=viewer).status_code == 403
     assert c.post(f"{API}/criteria/nope/retire", headers=editor).status_code == 404
+
+
+def test_stream_status_and_the_monitoring_page_show_partitions(api: Api) -> None:
+    from personatag.contacts import set_contact
+    from personatag.engines.local.stream import partitions
+    from personatag.store import changefeed
+    from tests.web.conftest import PASSWORD
+
+    set_contact(api.store, "c0001", {"region": "EMEA"})
+    set_contact(api.store, "c0002", {"region": "AMER"})
+    partitions.align(api.store, "stream", 2)
+    settings = Settings(stream_reconcile_s=0)
+    StreamProcessor(api.store, settings, partition=(0, 2)).catch_up()  # p1 stays behind
+    with api.store.read() as conn:
+        head = changefeed.head(conn, api.store)
+    data = api.client.get(f"{API}/stream", headers=api.headers("viewer")).json()
+    assert [(p["name"], p["offset"]) for p in data["partitions"]] == [
+        ("stream.p0of2", head),
+        ("stream.p1of2", 0),
+    ]
+    assert data["offset"] == 0 and data["lag_changes"] == head  # the one furthest behind
+    r = api.client.post(f"{API}/login", json={"username": "viewer", "password": PASSWORD})
+    assert r.status_code == 200
+    page = api.client.get("/monitoring").text
+    assert 'id="stream-partitions"' in page and "stream.p1of2" in page
+    assert f'<meter min="0" max="{head}" value="{head}"' in page

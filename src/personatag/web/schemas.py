@@ -602,6 +602,8 @@ class StreamStatus(BaseModel):
     lag_changes: int
     lag_seconds: float
     updated_at: datetime | None
+    # Each partition's offset when the stream runs in partitions (else empty).
+    partitions: list[dict[str, Any]] = []
     rechecks: int
     next_recheck_at: datetime | None
     errors: int
