@@ -103,9 +103,8 @@ def align(store: Store, base: str, n: int) -> dict[str, int]:
                 changefeed.set_offset(conn, store, name, start)
             if found:
                 log.info(
-                    "stream %s: %d partition(s) start at feed seq %d (the least offset of %s)",
-                    base,
-                    n,
+                    "stream offsets %s start at feed seq %d, the least of those before (%s)",
+                    ", ".join(wanted),
                     start,
                     ", ".join(sorted(found)),
                 )

@@ -355,6 +355,16 @@ class StreamProcessor(StreamEngine):
             ev = self.evaluate(work, index, now)
         result.contacts = len(work)
         result.evaluations = len(ev.evaluated)
+        # criterion pk -> (contacts it matches, contacts it does not); sorted
+        # out before the write lock when no persona(...) criterion must settle.
+        by_crit: dict[int, tuple[list[int], list[int]]] = {}
+        if not index.by_persona:
+            matched = ev.matched
+            for pair in ev.evaluated:
+                entering, leaving = by_crit.setdefault(pair[1], ([], []))
+                (entering if pair in matched else leaving).append(pair[0])
+            for cpk, crit_pk in ev.unmatched:
+                by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
         with self.store.write() as conn:
             if changefeed.get_offset(conn, self.store, self.name) != offset:
                 raise OffsetMoved(
@@ -387,8 +397,6 @@ class StreamProcessor(StreamEngine):
                     self.store,
                     {cpk: {by_pk[p].persona_pk for p in crits} for cpk, crits in work.items()},
                 )
-            # criterion pk -> (contacts it matches, contacts it does not)
-            by_crit: dict[int, tuple[list[int], list[int]]] = {}
             if index.by_persona:
                 # contact pk -> criterion pk -> matched, settled
                 answers: dict[int, dict[int, bool]] = {}
@@ -403,13 +411,6 @@ class StreamProcessor(StreamEngine):
                     for crit_pk, hit in mine.items():
                         entering, leaving = by_crit.setdefault(crit_pk, ([], []))
                         (entering if hit else leaving).append(cpk)
-            else:
-                matched = ev.matched
-                for pair in ev.evaluated:
-                    entering, leaving = by_crit.setdefault(pair[1], ([], []))
-                    (entering if pair in matched else leaving).append(pair[0])
-                for cpk, crit_pk in ev.unmatched:
-                    by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
             labels = {c.pk: c.label for c in index.criteria}
             writer = Writer(
                 self.store,
