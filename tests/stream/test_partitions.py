@@ -369,3 +369,52 @@ def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None
     verify(store)
     assert service.restarts == {0: 0, 1: 0}
     store.dispose()
+
+
+def test_a_set_based_step_a_criterion_at_a_time_gives_what_per_contact_steps_give(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Without persona(...) criteria a step of many changed contacts runs each
+    criterion once in the store and writes a persona at a time (never a set of
+    criteria per contact); the memberships and each contact's log equal those
+    of per-contact steps on the same changes, windows and exits included."""
+    crits = [
+        ("emea", "emea-senior", 'region = "EMEA" and seniority >= 5', "remove"),
+        ("energy", "energy", 'count(read where sector = "Energy", 365 d) >= 2', "remove"),
+        ("logins", "engaged", "count(login, 365 d) >= 1", "remove"),
+        ("seniors", "engaged", "seniority >= 7", "remove"),
+        ("americas", "americas", 'region in ("AMER", "APAC")', "keep"),
+    ]
+    stores = [open_store(store_url), open_store(f"sqlite:///{tmp_path / 'twin.db'}", create=True)]
+    try:
+        for s in stores:
+            from tests.helpers import add_contacts, population
+
+            add_contacts(s, population(200))
+            with s.write() as conn:
+                conn.execute(
+                    s.tables.publications.insert(),
+                    [{"id": f"p{i}", "sector": "Energy" if i < 5 else "Credit"} for i in range(10)],
+                )
+            for key in ("emea-senior", "energy", "engaged", "americas"):
+                add_persona(s, key, name=key, category="test")
+            for name, persona, expr, exit_policy in crits:
+                add_criterion(
+                    s, name, persona=persona, expr=expr, mode="ongoing", exit_policy=exit_policy
+                )
+        grouped = StreamProcessor(
+            stores[0], Settings(stream_reconcile_s=0, stream_set_based_contacts=3)
+        )
+        single = StreamProcessor(stores[1], SETTINGS)
+        for round_ in range(3):
+            some_changes(stores, seed=40 + round_, count=120)
+            grouped.catch_up()
+            single.catch_up()
+        assert memberships(stores[0]) == memberships(stores[1])
+        assert log_by_contact(stores[0]) == log_by_contact(stores[1])
+        with stores[0].read() as conn:
+            rc = stores[0].tables.stream_rechecks
+            assert conn.execute(select(rc.c.contact_pk).limit(1)).first() is not None
+    finally:
+        for s in stores:
+            s.dispose()

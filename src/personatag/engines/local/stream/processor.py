@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, select
 
 from personatag.config import Settings
@@ -223,8 +224,9 @@ class StreamProcessor(StreamEngine):
             )
             self.pubs.get(conn, self.store)
         result.offset = offset
-        # contact pk -> the criteria to evaluate for it
-        work: dict[int, set[int]] = {}
+        # (contact pks, the criteria they touch), a change at a time
+        groups: ev_.Groups = []
+        changed: set[int] = set()
         part = self.partition
         for ch in changes:
             pks = ch.pks if part is None else [pk for pk in ch.pks if pk % part[1] == part[0]]
@@ -233,22 +235,33 @@ class StreamProcessor(StreamEngine):
             touched = self.touched(index, ch)
             if not touched:
                 continue
-            for pk in pks:
-                s = work.get(pk)
-                if s is None:
-                    work[pk] = set(touched)
-                else:
-                    s.update(touched)
+            groups.append((pks, touched))
+            changed.update(pks)
         # Set-based only for many changed contacts: due re-checks need the exact
         # next moment a per-contact evaluation gives (set-based answers schedule
         # one at once, which must not come back set-based again).
-        set_based = len(work) > self.settings.stream_set_based_contacts
-        for crit_pk, cpk in due:
-            if crit_pk in index.by_pk:
-                work.setdefault(cpk, set()).add(crit_pk)
+        set_based = len(changed) > self.settings.stream_set_based_contacts
+        del changed
+        live_due = [(crit_pk, cpk) for crit_pk, cpk in due if crit_pk in index.by_pk]
         new_offset = changes[-1].seq if changes else offset
-        if changes or due:
+        if (changes or due) and set_based and not index.by_persona:
+            # A criterion at a time, never a set of criteria per contact.
+            groups += [((cpk,), {crit_pk}) for crit_pk, cpk in live_due]
+            self._apply_groups(index, groups, due, offset, new_offset, now, result)
+        elif changes or due:
+            # contact pk -> the criteria to evaluate for it
+            work: dict[int, set[int]] = {}
+            for pks, touched in groups:
+                for pk in pks:
+                    s = work.get(pk)
+                    if s is None:
+                        work[pk] = set(touched)
+                    else:
+                        s.update(touched)
+            for crit_pk, cpk in live_due:
+                work.setdefault(cpk, set()).add(crit_pk)
             self._apply(index, work, due, offset, new_offset, now, result, set_based=set_based)
+        if changes or due:
             result.changes = len(changes)
             result.change_times = [ch.at for ch in changes]
             result.rechecks = len(due)
@@ -366,19 +379,7 @@ class StreamProcessor(StreamEngine):
             for cpk, crit_pk in ev.unmatched:
                 by_crit.setdefault(crit_pk, ([], []))[1].append(cpk)
         with self.store.write() as conn:
-            if changefeed.get_offset(conn, self.store, self.name) != offset:
-                raise OffsetMoved(
-                    f"stream offset {self.name!r} moved under this processor: "
-                    "is another `personatag stream` running on this store?"
-                )
-            if self.partition is not None:
-                # A swap in another partition commits under this lock, exclusive.
-                self.store.lock_stream_criteria(conn, shared=True)
-                if self._active_key(conn) != self._index_key[0]:
-                    raise CriteriaMoved(
-                        f"stream partition {self.name!r}: the active criteria changed "
-                        "while it evaluated (a swap)"
-                    )
+            self._still_ours(conn, offset)
             pks_of = persona_pks(conn, self.store)
             keys = {pk: key for key, pk in pks_of.items()}
             personas = {index.by_pk[p].persona_pk for p in set().union(*work.values())}
@@ -448,6 +449,98 @@ class StreamProcessor(StreamEngine):
             exited=len(out.exited),
             evaluations=len(ev.evaluated),
             errors=len(ev.errors),
+        )
+
+    def _still_ours(self, conn: Connection, offset: int) -> None:
+        """In the step's write transaction: nothing moved the offset since the
+        step read it, and (partitions) no swap changed the criteria it used."""
+        if changefeed.get_offset(conn, self.store, self.name) != offset:
+            raise OffsetMoved(
+                f"stream offset {self.name!r} moved under this processor: "
+                "is another `personatag stream` running on this store?"
+            )
+        if self.partition is not None:
+            # A swap in another partition commits under this lock, exclusive.
+            self.store.lock_stream_criteria(conn, shared=True)
+            if self._active_key(conn) != self._index_key[0]:
+                raise CriteriaMoved(
+                    f"stream partition {self.name!r}: the active criteria changed "
+                    "while it evaluated (a swap)"
+                )
+
+    def _apply_groups(
+        self,
+        index: og.Index,
+        groups: ev_.Groups,
+        due: list[tuple[int, int]],
+        offset: int,
+        new_offset: int,
+        now: datetime,
+        result: StepResult,
+    ) -> None:
+        """A set-based step without persona(...) criteria: each criterion
+        evaluated in the store, then its persona's memberships read, decided
+        and written one persona at a time, in one transaction with the offset.
+        Memory follows the largest persona and the contacts changed, not their
+        product with the criteria."""
+        ans = ev_.evaluate_groups(self.store, groups, index, now)
+        result.evaluations = ans.evaluations
+        result.contacts = max((len(c) for c in ans.contacts.values()), default=0)
+        by_persona: dict[int, list[og.Ongoing]] = {}
+        for crit_pk in ans.hits:
+            crit = index.by_pk[crit_pk]
+            by_persona.setdefault(crit.persona_pk, []).append(crit)
+        labels = {c.pk: c.label for c in index.criteria}
+        entered = exited = 0
+        with self.store.write() as conn:
+            self._still_ours(conn, offset)
+            self.store.lock_personas(conn, by_persona)
+            for persona_pk in sorted(by_persona):
+                crits = by_persona[persona_pk]
+                holders = Holders.load_persona(conn, self.store, persona_pk)
+                had: dict[int, list[int]] = {c.pk: [] for c in crits}
+                for (_, cpk), srcs in holders.sources.items():
+                    for src in srcs:
+                        if src in had:
+                            had[src].append(cpk)
+                held = {pk: np.array(sorted(cpks), dtype=np.int64) for pk, cpks in had.items()}
+                writer = Writer(
+                    self.store,
+                    now,
+                    self.settings.bulk_log_threshold,
+                    labels,
+                    compact=self.settings.stream_log_compact,
+                )
+                # Every enter before any exit (see _apply).
+                for c in crits:
+                    enter = np.setdiff1d(ans.hits[c.pk], held[c.pk]).tolist()
+                    if enter:
+                        writer.decide(holders, persona_pk, c.pk, c.exit_remove, enter, set(enter))
+                for c in crits:
+                    if c.exit_remove:
+                        mine = np.intersect1d(held[c.pk], ans.contacts[c.pk])
+                        gone = np.setdiff1d(mine, ans.hits[c.pk]).tolist()
+                        if gone:
+                            writer.decide(holders, persona_pk, c.pk, True, gone, ())
+                out = writer.flush(conn)
+                entered += len(out.entered)
+                exited += len(out.exited)
+            rechecks.write(conn, self.store, due, {})  # the due ones: done, unless below
+            for crit_pk, cpks in ans.due_now.items():
+                rechecks.write(
+                    conn, self.store, [], dict.fromkeys(((crit_pk, int(c)) for c in cpks), now)
+                )
+            if ans.errors:
+                self._insert_errors(conn, ans.errors, new_offset)
+            changefeed.set_offset(conn, self.store, self.name, new_offset)
+        result.entered += entered
+        result.exited += exited
+        result.errors += len(ans.errors)
+        for crit_pk, _, err in ans.errors[:5]:
+            log.warning("criterion pk %d failed set-based: %s", crit_pk, err)
+        self.metrics.record_memberships(entered=entered, exited=exited)
+        self.metrics.record_stream_changes(
+            entered=entered, exited=exited, evaluations=ans.evaluations, errors=len(ans.errors)
         )
 
     def _insert_errors(
