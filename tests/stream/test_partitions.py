@@ -343,7 +343,7 @@ def test_kill_9_of_one_partition_under_load_loses_and_repeats_nothing(
 
 
 def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None:
-    from personatag.engines.local.stream.partitions import Partitions
+    from personatag.engines.local.stream.partitioned import Partitions
     from personatag.streaming import runner as stream_runner
 
     url = f"sqlite:///{tmp_path / 's.db'}"

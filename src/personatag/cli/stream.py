@@ -82,7 +82,7 @@ def stream(
         s = s.model_copy(update={"stream_partitions": partitions})
     st = _store_when_reachable(timeout_s=0 if once else STARTUP_WAIT_S)
     if once:
-        from personatag.engines.local.stream.partitions import catch_up_all
+        from personatag.engines.local.stream.partitioned import catch_up_all
         from personatag.engines.local.stream.standby import lease_name
         from personatag.engines.local.stream.status import OFFSET_NAME
         from personatag.errors import PersonatagError

@@ -15,7 +15,7 @@ def stream_target(store: Store, settings: Settings, metrics: Metrics | None = No
     from personatag.engines import get_stream_engine
 
     if settings.stream_partitions > 1:
-        from personatag.engines.local.stream.partitions import Partitions
+        from personatag.engines.local.stream.partitioned import Partitions
 
         return Partitions(store, settings, metrics)
     return get_stream_engine(settings.stream_engine, store, settings, metrics)
