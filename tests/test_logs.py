@@ -313,3 +313,23 @@ def test_plain_query_parameters_stay_readable() -> None:
     assert redact("/api/v1/requests?wait=true&limit=5&keyword=x") == (
         "/api/v1/requests?wait=true&limit=5&keyword=x"
     )
+
+
+def test_logging_json_tells_how_this_process_logs() -> None:
+    """What the stream's partition processes follow (they log as their parent)."""
+    import io
+
+    from personatag.logs import configure_logging, logging_json
+
+    root = logging.getLogger()
+    before = [h for h in root.handlers if getattr(h, "_personatag", False)]
+    try:
+        configure_logging(logging.INFO, json=True, stream=io.StringIO())
+        assert logging_json()
+        configure_logging(logging.INFO, json=False, stream=io.StringIO())
+        assert not logging_json()
+    finally:
+        for h in [h for h in root.handlers if getattr(h, "_personatag", False)]:
+            root.removeHandler(h)
+        for h in before:
+            root.addHandler(h)

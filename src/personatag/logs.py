@@ -190,6 +190,15 @@ def _level(level: int | str) -> int:
     return value
 
 
+def logging_json() -> bool:
+    """Whether configure_logging set this process to log JSON lines (a child
+    process logs as its parent does)."""
+    return any(
+        getattr(h, "_personatag", False) and isinstance(h.formatter, JsonFormatter)
+        for h in logging.getLogger().handlers
+    )
+
+
 def configure_logging(
     level: int | str = logging.INFO, *, json: bool, stream: TextIO | None = None
 ) -> logging.Handler:

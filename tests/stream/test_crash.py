@@ -32,7 +32,19 @@ from tests.helpers import add_contacts, population
 SETTINGS = Settings(stream_reconcile_s=0)  # reconciliation would hide mistakes here
 
 
-def prepare(store: Store) -> None:
+CRITERIA = [
+    ("emea", "emea-senior", 'region = "EMEA" and seniority >= 5', "remove"),
+    ("energy", "energy", 'count(read where sector = "Energy", 365 d) >= 2', "remove"),
+    ("engaged", "engaged", 'persona("energy") and count(login, 365 d) >= 1', "remove"),
+    ("americas", "americas", 'region in ("AMER", "APAC")', "keep"),
+]
+
+
+def prepare(
+    store: Store, crits: list[tuple[str, str, str, str]] = CRITERIA, *, catch_up: bool = True
+) -> None:
+    """200 contacts, 10 publications, four personas and `crits` (name, persona,
+    expression, exit policy) as ongoing criteria; then a processor catches up."""
     add_contacts(store, population(200))
     with store.write() as conn:
         conn.execute(
@@ -41,17 +53,12 @@ def prepare(store: Store) -> None:
         )
     for key in ("emea-senior", "energy", "engaged", "americas"):
         add_persona(store, key, name=key, category="test")
-    crits = [
-        ("emea", "emea-senior", 'region = "EMEA" and seniority >= 5', "remove"),
-        ("energy", "energy", 'count(read where sector = "Energy", 365 d) >= 2', "remove"),
-        ("engaged", "engaged", 'persona("energy") and count(login, 365 d) >= 1', "remove"),
-        ("americas", "americas", 'region in ("AMER", "APAC")', "keep"),
-    ]
     for name, persona, expr, exit_policy in crits:
         add_criterion(
             store, name, persona=persona, expr=expr, mode="ongoing", exit_policy=exit_policy
         )
-    StreamProcessor(store, SETTINGS).catch_up()
+    if catch_up:
+        StreamProcessor(store, SETTINGS).catch_up()
 
 
 def verify(store: Store) -> None:

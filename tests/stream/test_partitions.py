@@ -388,20 +388,7 @@ def test_a_set_based_step_a_criterion_at_a_time_gives_what_per_contact_steps_giv
     stores = [open_store(store_url), open_store(f"sqlite:///{tmp_path / 'twin.db'}", create=True)]
     try:
         for s in stores:
-            from tests.helpers import add_contacts, population
-
-            add_contacts(s, population(200))
-            with s.write() as conn:
-                conn.execute(
-                    s.tables.publications.insert(),
-                    [{"id": f"p{i}", "sector": "Energy" if i < 5 else "Credit"} for i in range(10)],
-                )
-            for key in ("emea-senior", "energy", "engaged", "americas"):
-                add_persona(s, key, name=key, category="test")
-            for name, persona, expr, exit_policy in crits:
-                add_criterion(
-                    s, name, persona=persona, expr=expr, mode="ongoing", exit_policy=exit_policy
-                )
+            prepare(s, crits, catch_up=False)
         grouped = StreamProcessor(
             stores[0], Settings(stream_reconcile_s=0, stream_set_based_contacts=3)
         )

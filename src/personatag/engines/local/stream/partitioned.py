@@ -18,6 +18,7 @@ from personatag.engines.local.stream.partitions import align, check
 from personatag.engines.local.stream.processor import StepResult, StreamProcessor
 from personatag.engines.local.stream.standby import STANDBY_POLL_S, Ownership
 from personatag.engines.local.stream.status import OFFSET_NAME
+from personatag.logs import logging_json
 from personatag.metrics import Metrics
 from personatag.service import Backoff, Service
 from personatag.store import Store
@@ -111,7 +112,7 @@ class Partitions(Service):
         self._ctx = mp.get_context("spawn")
         self._url = store.engine.url.render_as_string(hide_password=False)
         self._level = logging.getLogger("personatag").getEffectiveLevel()
-        self._log_json = bool(os.environ.get("PERSONATAG_LOG_JSON"))
+        self._log_json = logging_json()
         self._aligned = False
 
     @property

@@ -413,13 +413,7 @@ class StreamProcessor(StreamEngine):
                         entering, leaving = by_crit.setdefault(crit_pk, ([], []))
                         (entering if hit else leaving).append(cpk)
             labels = {c.pk: c.label for c in index.criteria}
-            writer = Writer(
-                self.store,
-                now,
-                self.settings.bulk_log_threshold,
-                labels,
-                compact=self.settings.stream_log_compact,
-            )
+            writer = self._writer(now, labels)
             # Every enter before any exit: a persona passing from one source to
             # another in this step is never logged as leaving and coming back.
             for crit_pk, (entering, _) in by_crit.items():
@@ -449,6 +443,16 @@ class StreamProcessor(StreamEngine):
             exited=len(out.exited),
             evaluations=len(ev.evaluated),
             errors=len(ev.errors),
+        )
+
+    def _writer(self, now: datetime, labels: dict[int, str]) -> Writer:
+        """The writer of a step's membership moves and their log."""
+        return Writer(
+            self.store,
+            now,
+            self.settings.bulk_log_threshold,
+            labels,
+            compact=self.settings.stream_log_compact,
         )
 
     def _still_ours(self, conn: Connection, offset: int) -> None:
@@ -504,13 +508,7 @@ class StreamProcessor(StreamEngine):
                         if src in had:
                             had[src].append(cpk)
                 held = {pk: np.array(sorted(cpks), dtype=np.int64) for pk, cpks in had.items()}
-                writer = Writer(
-                    self.store,
-                    now,
-                    self.settings.bulk_log_threshold,
-                    labels,
-                    compact=self.settings.stream_log_compact,
-                )
+                writer = self._writer(now, labels)
                 # Every enter before any exit (see _apply).
                 for c in crits:
                     enter = np.setdiff1d(ans.hits[c.pk], held[c.pk]).tolist()
