@@ -15,7 +15,7 @@ from personatag.domain import (
     STANDARD_CONTACT_FIELDS,
     FieldType,
 )
-from personatag.engines.columnar.frame import Column, Events, Frame, Table
+from personatag.engines.columnar.frame import ODD, Column, Events, Frame, Table
 from personatag.store import Store
 from personatag.store.types import to_micros
 
@@ -47,8 +47,13 @@ def reference(store: Store) -> dict[str, Any]:
             fields[name] = FieldType(kind)
         cols = [n if n in STANDARD_CONTACT_FIELDS else CUSTOM_COLUMN_PREFIX + n for n in fields]
         rows = conn.execute(text(f"SELECT pk, {', '.join(cols)} FROM contacts ORDER BY pk"))
+        # ODD: no field holds a value of another type (these stores are
+        # written through personatag; test_copy_odd.py writes such values).
         out["contacts"] = {
-            int(r[0]): {f: _plain(k, v) for (f, k), v in zip(fields.items(), r[1:], strict=True)}
+            int(r[0]): {
+                **{f: _plain(k, v) for (f, k), v in zip(fields.items(), r[1:], strict=True)},
+                ODD: None,
+            }
             for r in rows
         }
         pub_cols = ", ".join(PUBLICATION_FIELDS)
@@ -119,7 +124,7 @@ def _events(frame: Frame, segments: Any, reads: bool) -> Counter[Any]:
 
 
 def from_frame(frame: Frame, store: Store) -> dict[str, Any]:
-    fields = store.catalog().contact_fields
+    fields = {**store.catalog().contact_fields, ODD: FieldType.STRING}
     return {
         "contacts": _table(frame.contacts, fields),
         "publications": _table(frame.publications, PUBLICATION_FIELDS),

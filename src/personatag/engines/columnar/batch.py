@@ -24,9 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy import Connection
 
 from personatag.config import Settings
+from personatag.criteria import references
 from personatag.domain import Catalog
 from personatag.engines.base import BatchEngine, EngineUnavailable, Match, MatchSpec
 from personatag.engines.columnar.compile import compile_columnar
@@ -41,7 +43,7 @@ from personatag.engines.columnar.copy import (
     rebuild,
 )
 from personatag.engines.columnar.folders import tidy_old_layout
-from personatag.engines.columnar.frame import Array, Frame
+from personatag.engines.columnar.frame import ODD, Array, Frame
 from personatag.engines.columnar.segment import DamagedFile
 from personatag.engines.columnar.sets import EMPTY, PersonaSets, Position, current_sets
 from personatag.engines.pks import PksMatch
@@ -163,8 +165,64 @@ def with_frame(store: Store, settings: Settings, use: Callable[[Frame], T]) -> T
             raise _unavailable(folder, again) from again
 
 
+class OddValues(EngineUnavailable):
+    """Contacts hold, in a field the criterion reads, a value that is not of
+    the field's type (frame.ODD): the copy holds it converted, the store
+    answers exactly."""
+
+
+def odd_fields(frame: Frame) -> dict[str, Array]:
+    """Field -> the pks (ascending) of the contacts whose stored value of it is
+    not of its type; worked out once per frame."""
+    memo = frame.extra.get(ODD) if isinstance(frame.extra, dict) else None
+    if memo is not None:
+        return dict(memo)
+    found: dict[str, Array] = {}
+    col = frame.contacts.columns.get(ODD)
+    if col is not None and col.dictionary is not None and len(col.dictionary):
+        codes = np.asarray(col.values)
+        words = np.asarray(col.dictionary, dtype=object)
+        present = np.flatnonzero(codes >= 0)
+        if len(present):
+            pk = np.asarray(frame.pk)
+            parts: dict[str, list[Array]] = {}
+            for code in np.unique(codes[present]).tolist():
+                rows = present[codes[present] == code]
+                for name in str(words[code]).split(",")[:-1]:
+                    parts.setdefault(name, []).append(pk[rows])
+            found = {name: np.sort(np.concatenate(got)) for name, got in parts.items()}
+    if isinstance(frame.extra, dict):
+        frame.extra[ODD] = found
+    return found
+
+
+def check_exact(frame: Frame, node: Any, catalog: Catalog) -> None:
+    """OddValues when a field `node` reads holds odd values in the copy."""
+    odd = odd_fields(frame)
+    if not odd:
+        return
+    read = sorted(references(node).contact_fields & odd.keys())
+    if not read:
+        return
+    said = []
+    for name in read:
+        pks = odd[name]
+        kind = catalog.contact_fields.get(name)
+        what = f"{name} ({kind.value.upper()})" if kind is not None else name
+        shown = ", ".join(str(p) for p in pks[:3].tolist()) + (", ..." if len(pks) > 3 else "")
+        said.append(f"{what}: {len(pks)} contact(s), pk {shown}")
+    raise OddValues(
+        "stored values that are not of their field's type, written outside personatag, "
+        f"are in {'; '.join(said)}; the store answers criteria reading "
+        f"{'this field' if len(read) == 1 else 'these fields'} until they are corrected "
+        "(`personatag contact set`, or an import)"
+    )
+
+
 def matched_rows(frame: Frame, ast: Any, catalog: Catalog, as_of: Any) -> Array:
-    """The bool mask of the frame's contact rows where `ast` is TRUE at `as_of`."""
+    """The bool mask of the frame's contact rows where `ast` is TRUE at `as_of`
+    (OddValues when the copy cannot answer it exactly)."""
+    check_exact(frame, ast, catalog)
     return compile_columnar(ast, catalog)(frame, as_of)
 
 

@@ -35,7 +35,7 @@ from personatag.engines.columnar.compile_values import (
     attribute_leaf,
     micros,
 )
-from personatag.engines.columnar.frame import Array, Frame
+from personatag.engines.columnar.frame import ODD, Array, Frame
 
 __all__ = ["ColumnarPlan", "compile_columnar", "evaluate", "frame_catalog"]
 
@@ -82,7 +82,7 @@ def evaluate(node: Node, frame: Frame, as_of: datetime, catalog: Catalog | None 
 def frame_catalog(frame: Frame) -> Catalog:
     """The fields a frame holds, as a Catalog to check criteria against."""
     return Catalog(
-        contact_fields={k: c.kind for k, c in frame.contacts.columns.items()},
+        contact_fields={k: c.kind for k, c in frame.contacts.columns.items() if k != ODD},
         publication_fields={k: c.kind for k, c in frame.publications.columns.items()},
     )
 

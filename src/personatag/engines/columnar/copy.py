@@ -30,7 +30,14 @@ from sqlalchemy import Connection, func, select
 
 from personatag.config import Settings
 from personatag.engines.columnar import load
-from personatag.engines.columnar.delta import Delta, catch_up, frame_of, read_delta, write_delta
+from personatag.engines.columnar.delta import (
+    Delta,
+    catch_up,
+    frame_of,
+    marked,
+    read_delta,
+    write_delta,
+)
 from personatag.engines.columnar.folders import store_folder
 from personatag.engines.columnar.frame import Frame
 from personatag.engines.columnar.patch import NotAppendable
@@ -44,7 +51,8 @@ log = logging.getLogger(__name__)
 # 2: a delta holds per-field patches; reads and logins are written per kind.
 # 3: every string dictionary is sorted (a compaction of format 2 could write a
 #    dictionary with strings appended out of order, which lookups then missed).
-FORMAT = 3
+# 4: the contacts carry the ODD column (frame.py).
+FORMAT = 4
 MANIFEST = "MANIFEST.json"
 # What a manifest must name; one without them is damaged (rebuilt).
 _MANIFEST_KEYS = frozenset(
@@ -237,7 +245,7 @@ def _write_base(path: Path, frame: Frame, fields: list[list[str]], reuse: Reuse 
     from personatag.engines.columnar.segment import link_files
     from personatag.engines.columnar.spill import write_merged
 
-    kinds = {name: FieldType(kind) for name, kind in fields}
+    kinds = load.with_odd({name: FieldType(kind) for name, kind in fields})
     meta: dict[str, Any] = {}
     if reuse is not None and reuse.pk:
         same = {
@@ -292,7 +300,7 @@ def build(store: Store, folder: Path) -> tuple[Any, Frame]:
         pubs_version = versions.current(conn, store.tables, ["publications"])["publications"]
         offset_at = _seq_at(conn, store, head) if head else None
         kinds = {name: FieldType(kind) for name, kind in fields}
-        meta["contacts"], contact_pk = load.write_contacts(conn, store, kinds, path)
+        meta["contacts"], contact_pk = load.write_contacts(conn, store, load.with_odd(kinds), path)
         pubs = load.publications(conn, store)
         meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
         for kind in ("reads", "logins"):
@@ -399,8 +407,11 @@ def _open(store: Store, folder: Path, rebuilt: bool = False) -> Frame:
         fields = manifest["fields"]
         if probe.head > offset or probe.publications_version != pubs_version:
             base = folder / manifest["base"]
-            base_pk = read_table(base, "contacts", read_meta(base)["contacts"]).pk
-            delta, offset = catch_up(conn, store, fields, delta, offset, probe.head, base_pk)
+            base_contacts = read_table(base, "contacts", read_meta(base)["contacts"])
+            odd = marked(base_contacts, delta)
+            delta, offset = catch_up(
+                conn, store, fields, delta, offset, probe.head, base_contacts.pk, odd
+            )
             offset_at = _seq_at(conn, store, offset) if offset else None
             if probe.publications_version != pubs_version:
                 delta = replace(delta, publications=load.publications(conn, store))

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 
 from personatag.domain import PUBLICATION_FIELDS, FieldType
 from personatag.engines.columnar import load
-from personatag.engines.columnar.frame import Array, Events, Frame, Table
+from personatag.engines.columnar.frame import ODD, Array, Events, Frame, Table
 from personatag.engines.columnar.patch import (
     NotAppendable,
     apply_patches,
@@ -158,6 +158,20 @@ def _without(table: Table, pks: Array) -> Table:
     return table if bool(keep.all()) else take_rows(table, np.flatnonzero(keep))
 
 
+def _marked(table: Table | None) -> Array:
+    col = None if table is None else table.columns.get(ODD)
+    if col is None or col.dictionary is None or not len(col.dictionary):
+        return np.zeros(0, np.int64)
+    return np.asarray(table.pk)[np.asarray(col.values) >= 0]  # type: ignore[union-attr]
+
+
+def marked(base: Table, delta: Delta) -> Array:
+    """The pks marked ODD in `base` or in `delta` (ascending; a contact marked
+    in the base and no longer in the delta is among them)."""
+    parts = [_marked(base), _marked(delta.contacts), _marked(delta.patches.get(ODD))]
+    return np.unique(np.concatenate(parts))
+
+
 def catch_up(
     conn: Connection,
     store: Store,
@@ -166,13 +180,18 @@ def catch_up(
     offset: int,
     head: int,
     base_pk: Array,
+    odd: Array | None = None,
 ) -> tuple[Delta, int]:
     """`delta` with the changes of feed rows (offset, head] re-read; (delta, head).
-    `base_pk` is the base's contact pks (ascending)."""
+    `base_pk` is the base's contact pks (ascending); `odd` those marked ODD
+    (`marked`): a change to one of them re-reads its whole row, since the
+    value of a field once marked was read converted and only a re-read of
+    that field makes it exact."""
     if head <= offset:
         return delta, offset
     named = _feed(conn, store, offset, head)
     kinds = {name: FieldType(kind) for name, kind in fields}
+    marks = {ODD: FieldType.STRING}  # with whole rows: it covers every field
     # Field-named changes of contacts the copy holds become patches; the rest
     # re-read whole rows.
     whole = [named.rows]
@@ -183,6 +202,8 @@ def catch_up(
             whole.append(pks)
             continue
         known = _known(pks, base_pk, delta.contacts)
+        if odd is not None and len(odd):
+            known &= ~np.isin(pks, odd)
         whole.append(pks[~known])
         if bool(known.any()):
             patch_pks[names] = pks[known]
@@ -190,17 +211,26 @@ def catch_up(
     contacts = delta.contacts
     patches = {name: _without(t, rows) for name, t in delta.patches.items()}
     if len(rows):
-        fresh = load.contacts(conn, store, kinds, rows)
+        fresh = load.contacts(conn, store, {**kinds, **marks}, rows)
         contacts = fresh if contacts.n == 0 else upsert_rows(contacts, fresh)
     for names, named_pks in patch_pks.items():
         wanted = np.setdiff1d(named_pks, rows, assume_unique=True)
         if not len(wanted):
             continue
-        fresh = load.contacts(conn, store, {n: kinds[n] for n in names}, wanted)
-        for name in names:
-            one = Table(fresh.pk, {name: fresh.columns[name]})
+        these = {n: kinds[n] for n in names}
+        fresh = load.contacts(conn, store, these, wanted)
+        # None of `wanted` is marked (a marked one is a whole row), so their
+        # other fields were of their types when read: ODD changes only for
+        # those whose fields read now are not.
+        flagged = load.odd_rows(conn, store, these, wanted)
+        for name, table in [
+            *((n, Table(fresh.pk, {n: fresh.columns[n]})) for n in names),
+            (ODD, flagged),
+        ]:
+            if not table.n:
+                continue
             before = patches.get(name)
-            patches[name] = one if before is None or before.n == 0 else upsert_rows(before, one)
+            patches[name] = table if before is None or before.n == 0 else upsert_rows(before, table)
     pks = dict(delta.pks)
     events_of = dict(delta.events_of)
     for kind, changed in (("reads", named.reads), ("logins", named.logins)):

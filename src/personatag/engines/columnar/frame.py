@@ -39,6 +39,14 @@ from personatag.domain import FieldType
 # numpy arrays are typed loosely: the encodings above say what each holds.
 Array = Any
 
+# A STRING column of the copy's contacts beside their fields: the names of
+# the fields whose stored value is not of the field's type, each followed by
+# a comma ("seniority,"), NULL for a contact with none. SQLite takes any
+# value in any column and another program may write one (2.5 or 'high' in an
+# INT column); the copy reads it converted, so a criterion reading such a
+# field is answered by the store instead (batch.py). No criterion can name it.
+ODD = "~odd"
+
 
 @dataclass(frozen=True)
 class Column:

@@ -23,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Connection, Select, select, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    Text,
+    case,
+    func,
+    literal,
+    null,
+    select,
+    type_coerce,
+)
 from sqlalchemy import Table as SqlTable
 from sqlalchemy.types import NullType
 
@@ -34,7 +45,7 @@ from personatag.domain import (
     FieldType,
 )
 from personatag.engines.columnar.encode import NUMERIC_DTYPES
-from personatag.engines.columnar.frame import Array, Column, Table
+from personatag.engines.columnar.frame import ODD, Array, Column, Table
 from personatag.engines.columnar.patch import take_column, take_rows
 from personatag.engines.columnar.runs import Runs
 from personatag.engines.columnar.segment import write_column, write_dictionary, write_pk
@@ -163,11 +174,47 @@ class Encoder:
         )
 
 
-def _columns(table: SqlTable, fields: Mapping[str, FieldType], custom: bool) -> list[Any]:
+def with_odd(fields: Mapping[str, FieldType]) -> dict[str, FieldType]:
+    """The contact fields of a copy: `fields` and the ODD column."""
+    return {**fields, ODD: FieldType.STRING}
+
+
+def _column(table: SqlTable, name: str, custom: bool) -> Any:
+    is_custom = custom and name not in STANDARD_CONTACT_FIELDS
+    return table.c[CUSTOM_COLUMN_PREFIX + name if is_custom else name]
+
+
+def _odd_names(store: Store, table: SqlTable, fields: Mapping[str, FieldType]) -> Any:
+    """The ODD column's value: the names of `fields` whose stored value is not
+    of the field's type, each followed by a comma; NULL when there is none."""
+    parts = []
+    for name, kind in fields.items():
+        test = store.backend.odd_value(_column(table, name, True), kind)
+        if test is not None:
+            parts.append(case((test, literal(name + ",")), else_=literal("")))
+    if not parts:  # the database's column types rule odd values out
+        return type_coerce(null(), Text())
+    joined: Any = parts[0]
+    for part in parts[1:]:
+        joined = joined.concat(part)
+    return func.nullif(joined, "")
+
+
+def _columns(
+    store: Store,
+    table: SqlTable,
+    fields: Mapping[str, FieldType],
+    custom: bool,
+    odd_of: Mapping[str, FieldType] | None = None,
+) -> list[Any]:
+    """The columns that read `fields` of `table`, each as its type stores it
+    whatever a row holds (Backend.typed_value); ODD reports on `odd_of`."""
     out = []
     for name, kind in fields.items():
-        is_custom = custom and name not in STANDARD_CONTACT_FIELDS
-        column: Any = table.c[CUSTOM_COLUMN_PREFIX + name if is_custom else name]
+        if name == ODD:
+            out.append(_odd_names(store, table, odd_of or {}))
+            continue
+        column: Any = store.backend.typed_value(_column(table, name, custom), kind)
         if kind is FieldType.TIMESTAMP:
             column = type_coerce(column, BigInteger())
         elif kind is FieldType.LIST:  # as stored: decoded a chunk at a time (decode_lists)
@@ -213,7 +260,8 @@ def write_contacts(
         bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
         encoders = _spill_encoders(spill, bulk, index)
         pks: list[Array] = []
-        for chunk in iter_int_columns(conn, [c.c.pk, *_columns(c, bulk, custom=True)], key=c.c.pk):
+        int_cols = [c.c.pk, *_columns(store, c, bulk, custom=True)]
+        for chunk in iter_int_columns(conn, int_cols, key=c.c.pk):
             pks.append(chunk[0].values)
             for enc, col in zip(encoders.values(), chunk[1:], strict=True):
                 enc.add_array(col.values, col.nulls)
@@ -231,7 +279,9 @@ def write_contacts(
         rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
         if rest:
             encoders = _spill_encoders(spill, rest, index)
-            query = select(c.c.pk, *_columns(c, rest, custom=True)).order_by(c.c.pk)
+            odd_of = {name: kind for name, kind in fields.items() if name != ODD}
+            columns = _columns(store, c, rest, custom=True, odd_of=odd_of)
+            query = select(c.c.pk, *columns).order_by(c.c.pk)
             rows = _rows_of_all(pk, _encode_pass(conn, query, encoders))
             for name, enc in encoders.items():
                 entries[name] = enc.write(folder, "contacts", index[name], name, rows)
@@ -298,13 +348,20 @@ def _align(pk: Array, other: Array) -> tuple[Array, Array]:
 
 
 def contacts(
-    conn: Connection, store: Store, fields: Mapping[str, FieldType], pks: Array | None = None
+    conn: Connection,
+    store: Store,
+    fields: Mapping[str, FieldType],
+    pks: Array | None = None,
+    odd_of: Mapping[str, FieldType] | None = None,
 ) -> Table:
-    """Every contact (or those of `pks`), ascending pk, columns by field."""
+    """Every contact (or those of `pks`), ascending pk, columns by field (ODD
+    among them reports on `odd_of`, by default the other fields)."""
     c = store.tables.contacts
+    if odd_of is None:
+        odd_of = {name: kind for name, kind in fields.items() if name != ODD}
     bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
     rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
-    int_cols = [c.c.pk, *_columns(c, bulk, custom=True)]
+    int_cols = [c.c.pk, *_columns(store, c, bulk, custom=True)]
     if pks is None:
         got = read_int_columns(conn, int_cols, key=c.c.pk)
     else:
@@ -320,7 +377,7 @@ def contacts(
         pk = pk[order]
         columns = {name: take_column(col, order) for name, col in columns.items()}
     if rest:
-        query = select(c.c.pk, *_columns(c, rest, custom=True))
+        query = select(c.c.pk, *_columns(store, c, rest, custom=True, odd_of=odd_of))
         if pks is None:
             others = _table(conn, query.order_by(c.c.pk), rest, [None])
         else:
@@ -334,9 +391,19 @@ def contacts(
     return Table(pk, {name: columns[name] for name in fields})
 
 
+def odd_rows(conn: Connection, store: Store, fields: Mapping[str, FieldType], pks: Array) -> Table:
+    """The contacts of `pks` with a value of another type in any of `fields`,
+    with their ODD column (the others, most or all, are left out: a query
+    that returns no row for them, instead of a NULL each through Python)."""
+    c = store.tables.contacts
+    marks = _odd_names(store, c, fields)
+    query = select(c.c.pk, marks).where(marks.is_not(None))
+    return _table(conn, query, {ODD: FieldType.STRING}, _in_chunks(c.c.pk, pks))
+
+
 def publications(conn: Connection, store: Store) -> Table:
     p = store.tables.publications
-    query = select(p.c.pk, *_columns(p, PUBLICATION_FIELDS, custom=False)).order_by(p.c.pk)
+    query = select(p.c.pk, *_columns(store, p, PUBLICATION_FIELDS, custom=False)).order_by(p.c.pk)
     return _table(conn, query, PUBLICATION_FIELDS, [None])
 
 

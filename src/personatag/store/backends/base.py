@@ -239,6 +239,20 @@ class Backend(ABC):
         """A contact column's value as its JSON value inside `json_object`
         (a list as an array, a boolean as true/false, NULL as null)."""
 
+    def typed_value(self, column: ColumnElement[Any], field_type: FieldType) -> ColumnElement[Any]:
+        """`column` read as `field_type` stores it, whatever a row holds (in a
+        database whose columns take any value, an odd one is converted: see
+        `odd_value`). The default: the column as it is."""
+        return column
+
+    def odd_value(
+        self, column: ColumnElement[Any], field_type: FieldType
+    ) -> ColumnElement[bool] | None:
+        """A test that is true where the stored value is not a `field_type`
+        value (written by another program into a column of another type),
+        or None when the database's column types rule that out."""
+        return None
+
     @abstractmethod
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         """The SQL expression that implements domain.fold_case on `column`

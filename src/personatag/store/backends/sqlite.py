@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Connection,
     Engine,
+    Float,
     Integer,
     LargeBinary,
     Table,
@@ -118,6 +119,15 @@ def _contains_all(col: Col, values: list[str], name: str) -> Cond:
     binds = [bind(name, v, Text()) for v in wanted]
     found = select(func.count(je.c.value.distinct())).where(je.c.value.in_(binds)).scalar_subquery()
     return _list_null(col, found == bind(f"{name}_n", len(wanted), Integer()))
+
+
+# What SQLite's typeof() says of a value of each field type (see odd_value).
+_STORED_AS: dict[FieldType, tuple[str, ...]] = {
+    FieldType.INT: ("integer",),
+    FieldType.TIMESTAMP: ("integer",),
+    FieldType.FLOAT: ("real", "integer"),
+    FieldType.STRING: ("text",),
+}
 
 
 class SQLiteBackend(Backend):
@@ -263,6 +273,51 @@ class SQLiteBackend(Backend):
                 else_=func.json("false"),
             )
         return column
+
+    def typed_value(self, column: ColumnElement[Any], field_type: FieldType) -> ColumnElement[Any]:
+        # A column takes any value here: CAST converts an odd one (2.5 or
+        # 'high' in an INT column) instead of failing the read of all rows.
+        if field_type in (FieldType.INT, FieldType.TIMESTAMP, FieldType.BOOL):
+            return cast(column, Integer)
+        if field_type is FieldType.FLOAT:
+            return cast(column, Float)
+        if field_type is FieldType.STRING:  # a blob may not be UTF-8: read as NULL
+            return case((func.typeof(column) == "text", column))
+        if field_type is FieldType.LIST:  # JSON arrays only (json_type fails on others)
+            return case(
+                (func.json_valid(column) == 1, case((func.json_type(column) == "array", column)))
+            )
+        return column
+
+    def odd_value(
+        self, column: ColumnElement[Any], field_type: FieldType
+    ) -> ColumnElement[bool] | None:
+        kind = func.typeof(column)
+        if field_type is FieldType.BOOL:  # stored as 0 / 1
+            return (
+                case(
+                    (column.is_(None), literal(0)),
+                    (kind != "integer", literal(1)),
+                    (type_coerce(column, Integer()).in_([0, 1]), literal(0)),
+                    else_=literal(1),
+                )
+                == 1
+            )
+        if field_type is FieldType.LIST:  # JSON text of an array
+            return (
+                case(
+                    (column.is_(None), literal(0)),
+                    (kind != "text", literal(1)),
+                    (func.json_valid(column) == 0, literal(1)),
+                    (func.json_type(column) != "array", literal(1)),
+                    else_=literal(0),
+                )
+                == 1
+            )
+        stored = _STORED_AS.get(field_type)
+        if stored is None:
+            return None
+        return kind.not_in([*stored, "null"])
 
     def fold(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
         return _fold(column)
