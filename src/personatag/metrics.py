@@ -209,6 +209,25 @@ class Metrics:
         self.stream_criteria = Gauge(
             "personatag_stream_criteria_active", "Ongoing criteria the stream keeps.", registry=r
         )
+        # `stream --partitions N`: each partition's process, seen by its supervisor.
+        self.stream_partition_up = Gauge(
+            "personatag_stream_partition_up",
+            "1 while a stream partition's process runs, 0 while it is down.",
+            ["partition"],
+            registry=r,
+        )
+        self.stream_partition_lag = Gauge(
+            "personatag_stream_partition_lag_changes",
+            "Change-feed rows a stream partition has not yet processed.",
+            ["partition"],
+            registry=r,
+        )
+        self.stream_partition_restarts = Counter(
+            "personatag_stream_partition_restarts",
+            "Times a stream partition's process was started again after it ended.",
+            ["partition"],
+            registry=r,
+        )
         self.reconciliation_drift = Gauge(
             "personatag_reconciliation_drift",
             "Memberships the last reconciliation of a criterion found wrong (and repaired).",
@@ -234,6 +253,19 @@ class Metrics:
 
     def set_stream_criteria(self, n: int) -> None:
         self.stream_criteria.set(n)
+
+    def set_stream_partition(
+        self, partition: int, *, up: bool | None = None, lag: int | None = None
+    ) -> None:
+        """A stream partition's process is up or down, or its lag (feed rows)."""
+        label = str(partition)
+        if up is not None:
+            self.stream_partition_up.labels(partition=label).set(1 if up else 0)
+        if lag is not None:
+            self.stream_partition_lag.labels(partition=label).set(max(lag, 0))
+
+    def record_stream_partition_restart(self, partition: int) -> None:
+        self.stream_partition_restarts.labels(partition=str(partition)).inc()
 
     def record_stream_changes(
         self,

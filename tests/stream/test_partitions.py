@@ -8,10 +8,12 @@ killed with SIGKILL under load."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from personatag.engines.local.stream import ongoing, partitions
 from personatag.engines.local.stream.processor import CriteriaMoved, StreamProcessor
 from personatag.engines.local.stream.status import OFFSET_NAME, status
 from personatag.errors import PersonatagError
+from personatag.metrics import Metrics
 from personatag.store import Store, changefeed, open_store
 from tests.stream import load
 from tests.stream.test_crash import (
@@ -349,8 +352,11 @@ def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 's.db'}"
     store = open_store(url, create=True)
     prepare(store)
+    with store.read() as conn:
+        head_before = changefeed.head(conn, store)
     settings = Settings(stream_partitions=2, stream_reconcile_s=0)
-    (service,) = stream_runner.services(store, settings, webhooks=False)
+    metrics = Metrics()  # what the service's /metrics would show
+    (service,) = stream_runner.services(store, settings, metrics=metrics, webhooks=False)
     assert isinstance(service, Partitions)
     service.start()
     try:
@@ -362,13 +368,46 @@ def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None
         single = StreamProcessor(store, SETTINGS)
         assert single.cycle() > 0 and not single.held_offset
         single.teardown()
+        # The partitions' metrics, gathered by the service: the feed rows
+        # partition 0 read (each partition reads them all), the work of both.
+        with store.read() as conn:
+            rows = changefeed.head(conn, store) - head_before
+        wait_for(lambda: sample(metrics, "personatag_stream_changes_total") == rows)
+        wait_for(lambda: sample(metrics, "personatag_stream_lag_changes") == 0)
+        assert (sample(metrics, "personatag_stream_evaluations_total") or 0) > 0
+        assert (sample(metrics, "personatag_stream_latency_seconds_count") or 0) > 0
+        for p in ("0", "1"):
+            assert sample(metrics, "personatag_stream_partition_up", partition=p) == 1
+            assert sample(metrics, "personatag_stream_partition_lag_changes", partition=p) == 0
+        # A partition killed: it is down, then up again, and counted.
+        os.kill(pids[1], signal.SIGKILL)
+        wait_for(lambda: service.pids()[1] not in (None, pids[1]))
+        wait_for(lambda: sample(metrics, "personatag_stream_partition_up", partition="1") == 1)
+        restarts = "personatag_stream_partition_restarts_total"
+        assert sample(metrics, restarts, partition="1") == 1
+        assert sample(metrics, restarts, partition="0") is None
+        pids = service.pids()
     finally:
         assert service.stop(60)
     for pid in pids.values():
-        assert not Path(f"/proc/{pid}").exists(), f"partition pid {pid} outlived the service"
+        assert pid is not None and not Path(f"/proc/{pid}").exists(), f"pid {pid} outlived it"
+    for p in ("0", "1"):
+        assert sample(metrics, "personatag_stream_partition_up", partition=p) == 0
     verify(store)
-    assert service.restarts == {0: 0, 1: 0}
+    assert service.restarts == {0: 0, 1: 1}
     store.dispose()
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or None)
+
+
+def wait_for(test: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not test():
+        if time.monotonic() > deadline:
+            raise AssertionError("not so within the time allowed")
+        time.sleep(0.1)
 
 
 def test_a_set_based_step_a_criterion_at_a_time_gives_what_per_contact_steps_give(

@@ -14,12 +14,13 @@ import time
 from typing import Any
 
 from personatag.config import Settings
+from personatag.engines.local.stream.forward import Forwarding, Gathered
 from personatag.engines.local.stream.partitions import align, check
 from personatag.engines.local.stream.processor import StepResult, StreamProcessor
 from personatag.engines.local.stream.standby import STANDBY_POLL_S, Ownership
 from personatag.engines.local.stream.status import OFFSET_NAME
 from personatag.logs import logging_json
-from personatag.metrics import Metrics
+from personatag.metrics import Metrics, default_metrics
 from personatag.service import Backoff, Service
 from personatag.store import Store
 
@@ -53,9 +54,18 @@ def catch_up_all(store: Store, settings: Settings, timeout_s: float) -> Any:
     return total
 
 
-def run_partition(url: str, settings: Settings, p: int, n: int, level: int, log_json: bool) -> None:
+def run_partition(
+    url: str,
+    settings: Settings,
+    p: int,
+    n: int,
+    level: int,
+    log_json: bool,
+    send: Any = None,
+) -> None:
     """A partition's process: step its contacts' feed until SIGTERM/SIGINT, or
-    until the process that started it is gone."""
+    until the process that started it is gone. Its metrics go to `send` (a
+    pipe's end) every WATCH_S (forward.py)."""
     from personatag.logs import configure_logging
     from personatag.store import open_store
 
@@ -65,18 +75,35 @@ def run_partition(url: str, settings: Settings, p: int, n: int, level: int, log_
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     store = open_store(url)
-    proc = StreamProcessor(store, settings, partition=(p, n))
+    metrics = Forwarding() if send is not None else None
+    proc = StreamProcessor(store, settings, metrics, partition=(p, n))
     proc.start()
     try:
         while not stop.wait(WATCH_S):
-            if os.getppid() != parent:
+            if os.getppid() != parent or not _forward(metrics, send):
                 log.warning("partition %d of %d: its supervisor is gone; stopping", p, n)
                 break
             if not proc.is_alive():
                 raise SystemExit(1)
     finally:
         proc.stop(30)
+        _forward(metrics, send)
         store.dispose()
+
+
+def _forward(metrics: Forwarding | None, send: Any) -> bool:
+    """Send what `metrics` recorded since the last time; False when the
+    supervisor's end of the pipe is gone."""
+    if metrics is None:
+        return True
+    calls = metrics.drain()
+    if not calls:
+        return True
+    try:
+        send.send(calls)
+    except OSError:  # BrokenPipeError: the supervisor is gone
+        return False
+    return True
 
 
 class _Child:
@@ -89,6 +116,7 @@ class _Child:
         self.restarts = 0
         self.quick_deaths = 0
         self.not_before = 0.0
+        self.conn: Any = None  # the pipe its metrics come through (forward.py)
 
 
 class Partitions(Service):
@@ -114,6 +142,7 @@ class Partitions(Service):
         self._level = logging.getLogger("personatag").getEffectiveLevel()
         self._log_json = logging_json()
         self._aligned = False
+        self._gathered = Gathered(metrics or default_metrics())
 
     @property
     def restarts(self) -> dict[int, int]:
@@ -140,10 +169,13 @@ class Partitions(Service):
             self._aligned = True
         now = time.monotonic()
         for child in self._children:
+            self._gather(child)
             proc = child.process
             if proc is not None and proc.is_alive():
                 continue
             if proc is not None:  # it died: say so, then start it again
+                self._gone(child)
+                self._gathered.metrics.record_stream_partition_restart(child.p)
                 lived = now - child.started_at
                 log.warning(
                     "stream partition %d of %d (pid %s) ended with exit code %s after %.1f s; "
@@ -168,16 +200,40 @@ class Partitions(Service):
         return WATCH_S
 
     def _start(self, child: _Child) -> None:
+        receive, send = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_partition,
-            args=(self._url, self.settings, child.p, self.n, self._level, self._log_json),
+            args=(self._url, self.settings, child.p, self.n, self._level, self._log_json, send),
             name=f"personatag-stream-p{child.p}of{self.n}",
             daemon=False,
         )
         proc.start()
+        send.close()  # the child's now: its end closes when it ends
         child.process = proc
+        child.conn = receive
         child.started_at = time.monotonic()
+        self._gathered.metrics.set_stream_partition(child.p, up=True)
         log.info("stream partition %d of %d started (pid %s)", child.p, self.n, proc.pid)
+
+    def _gather(self, child: _Child) -> None:
+        """Replay the metrics `child` sent since the last look."""
+        conn = child.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._gathered.replay(child.p, conn.recv())
+        except (EOFError, OSError):  # it ended: nothing more comes
+            conn.close()
+            child.conn = None
+
+    def _gone(self, child: _Child) -> None:
+        """`child`'s process ended: the last of its metrics, and it is down."""
+        self._gather(child)
+        if child.conn is not None:
+            child.conn.close()
+            child.conn = None
+        self._gathered.metrics.set_stream_partition(child.p, up=False)
 
     def _stop_children(self, timeout_s: float = 30.0) -> None:
         running = [c for c in self._children if c.process is not None]
@@ -191,6 +247,7 @@ class Partitions(Service):
                 log.warning("stream partition %d did not stop in time; killing it", c.p)
                 c.process.kill()
                 c.process.join(5)
+            self._gone(c)
             c.process = None
 
     def on_error(self, exc: Exception) -> float:

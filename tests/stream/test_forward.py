@@ -1,0 +1,58 @@
+"""A stream partition's metrics as its supervisor shows them (forward.py):
+what `Forwarding` keeps, replayed by `Gathered` on the supervisor's registry."""
+
+from __future__ import annotations
+
+from personatag.engines.local.stream.forward import Forwarding, Gathered
+from personatag.metrics import Metrics
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels or None)
+
+
+def test_partitions_add_up_as_one_processor_would_show_them() -> None:
+    parts = [Forwarding(), Forwarding()]
+    for p, part in enumerate(parts):
+        # Every partition reads all 10 feed rows; each evaluates its contacts.
+        part.record_stream_changes(changes=10)
+        part.record_stream_changes(evaluations=3 + p, entered=2, exited=p, errors=p)
+        part.record_memberships(entered=2, exited=p)
+        part.observe_stream_latency(0.2 + p)
+        part.set_stream_rates(10.0, 3.0 + p)
+        part.set_stream_lag(5 + 4 * p, 1.0 + p, 7)
+        part.set_stream_criteria(12)
+    part_0 = parts[0]
+    assert value(part_0, "personatag_stream_changes_total") == 10  # its own registry too
+    shown = Metrics()
+    gathered = Gathered(shown)
+    for p, part in enumerate(parts):
+        calls = part.drain()
+        assert calls and not part.drain()
+        gathered.replay(p, calls)
+    assert value(shown, "personatag_stream_changes_total") == 10  # partition 0's
+    assert value(shown, "personatag_stream_evaluations_total") == 7
+    assert value(shown, "personatag_stream_memberships_changed_total", change="enter") == 4
+    assert value(shown, "personatag_stream_memberships_changed_total", change="exit") == 1
+    assert value(shown, "personatag_memberships_changed_total", change="enter") == 4
+    assert value(shown, "personatag_stream_errors_total") == 1
+    assert value(shown, "personatag_stream_latency_seconds_count") == 2
+    assert value(shown, "personatag_stream_changes_per_second") == 10.0
+    assert value(shown, "personatag_stream_evaluations_per_second") == 7.0
+    assert value(shown, "personatag_stream_lag_changes") == 9  # the furthest behind
+    assert value(shown, "personatag_stream_lag_seconds") == 2.0
+    assert value(shown, "personatag_stream_rechecks_scheduled") == 7  # the table's, not 14
+    assert value(shown, "personatag_stream_criteria_active") == 12
+    assert value(shown, "personatag_stream_partition_lag_changes", partition="0") == 5
+    assert value(shown, "personatag_stream_partition_lag_changes", partition="1") == 9
+    # A partition catching up moves the stream's lag to the other's.
+    parts[1].set_stream_lag(0, 0.0, 7)
+    gathered.replay(1, parts[1].drain())
+    assert value(shown, "personatag_stream_lag_changes") == 5
+    assert value(shown, "personatag_stream_partition_lag_changes", partition="1") == 0
+
+
+def test_only_stream_calls_are_replayed() -> None:
+    shown = Metrics()
+    Gathered(shown).replay(0, [("set_queue", {"depth": 5, "running": 1})])
+    assert value(shown, "personatag_queue_depth") in (None, 0.0)
