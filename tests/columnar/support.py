@@ -60,7 +60,11 @@ def reference(store: Store) -> dict[str, Any]:
         rows = conn.execute(text(f"SELECT pk, {pub_cols} FROM publications ORDER BY pk"))
         out["publications"] = {
             int(r[0]): {
-                f: _plain(k, v) for (f, k), v in zip(PUBLICATION_FIELDS.items(), r[1:], strict=True)
+                **{
+                    f: _plain(k, v)
+                    for (f, k), v in zip(PUBLICATION_FIELDS.items(), r[1:], strict=True)
+                },
+                ODD: None,
             }
             for r in rows
         }
@@ -127,7 +131,7 @@ def from_frame(frame: Frame, store: Store) -> dict[str, Any]:
     fields = {**store.catalog().contact_fields, ODD: FieldType.STRING}
     return {
         "contacts": _table(frame.contacts, fields),
-        "publications": _table(frame.publications, PUBLICATION_FIELDS),
+        "publications": _table(frame.publications, {**PUBLICATION_FIELDS, ODD: FieldType.STRING}),
         "reads": _events(frame, frame.reads, True),
         "logins": _events(frame, frame.logins, False),
     }

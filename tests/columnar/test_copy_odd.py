@@ -40,6 +40,7 @@ ODD_VALUES = [
     ("region", "x'00ff'", 'region = "EMEA"'),
     ("interests", "'\"Credit\"'", 'interests contains "Credit"'),
     ("interests", "'{\"a\": 1}'", "interests is null"),
+    ("interests", "CAST('[\"Credit\"]' AS BLOB)", 'interests contains "Credit"'),
     ("cx_score", "'n/a'", "score > 0.5"),
     ("cx_vip", "2", "vip = true"),
     ("cx_vip", "'yes'", "vip is null"),
@@ -167,3 +168,53 @@ def test_no_odd_values_cost_nothing(lite: Store, tmp_path: Path) -> None:
     assert col.dictionary is not None and len(col.dictionary) == 0
     assert bool(np.all(np.asarray(col.values) == -1))
     assert odd_fields(frame) == {}
+
+
+def test_one_catch_up_marks_every_field_of_a_contact(
+    lite: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = settings_for(tmp_path)
+    answers(lite, s, "seniority > 6", caplog)  # the copy, built
+    # Two changes naming different fields of one contact, each field then
+    # written behind personatag's back, all before the copy catches up.
+    set_contact(lite, "c00000005", {"seniority": "6"})
+    set_contact(lite, "c00000005", {"region": "EMEA"})
+    write_behind(lite, 5, "seniority", "6.5")
+    write_behind(lite, 5, "region", "x'00ff'")
+    frame = current_frame(lite, s)
+    assert {k: v.tolist() for k, v in odd_fields(frame).items()} == {
+        "region": [5],
+        "seniority": [5],
+    }
+    for expr in ("region is null", "seniority > 6"):
+        local, col, warning = answers(lite, s, expr, caplog)
+        assert warning is not None and col == local
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expr"),
+    [
+        ("sector", "CAST(sector AS BLOB)", "count(read where sector is null, 3650d) >= 1"),
+        (
+            "published_at",
+            "'yesterday'",
+            "count(read where not published_at within 100000d, 3650d) >= 1",
+        ),
+    ],
+)
+def test_a_publication_value_of_another_type_is_answered_by_the_store(
+    lite: Store,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    column: str,
+    value: str,
+    expr: str,
+) -> None:
+    with lite.write() as conn:
+        conn.execute(text(f"UPDATE publications SET {column} = {value} WHERE pk = 2"))
+    s = settings_for(tmp_path)
+    local, col, warning = answers(lite, s, expr, caplog)
+    assert col == local
+    assert warning is not None and f"{column} (" in warning and "1 publication(s), pk 2" in warning
+    local, col, warning = answers(lite, s, 'count(read where region = "EMEA", 3650d) >= 1', caplog)
+    assert warning is None and col == local

@@ -3,7 +3,7 @@ what `Forwarding` keeps, replayed by `Gathered` on the supervisor's registry."""
 
 from __future__ import annotations
 
-from personatag.engines.local.stream.forward import Forwarding, Gathered
+from personatag.engines.local.stream.forward import LATENCIES, Forwarding, Gathered
 from personatag.metrics import Metrics
 
 
@@ -25,7 +25,7 @@ def test_partitions_add_up_as_one_processor_would_show_them() -> None:
     part_0 = parts[0]
     assert value(part_0, "personatag_stream_changes_total") == 10  # its own registry too
     shown = Metrics()
-    gathered = Gathered(shown)
+    gathered = Gathered(shown, 2)
     for p, part in enumerate(parts):
         calls = part.drain()
         assert calls and not part.drain()
@@ -54,5 +54,49 @@ def test_partitions_add_up_as_one_processor_would_show_them() -> None:
 
 def test_only_stream_calls_are_replayed() -> None:
     shown = Metrics()
-    Gathered(shown).replay(0, [("set_queue", {"depth": 5, "running": 1})])
+    Gathered(shown, 1).replay(0, [("set_queue", {"depth": 5, "running": 1})])
     assert value(shown, "personatag_queue_depth") in (None, 0.0)
+
+
+def test_the_stream_lag_waits_for_every_partition() -> None:
+    shown = Metrics()
+    gathered = Gathered(shown, 2)
+    gathered.replay(0, [("set_stream_lag", {"changes": 0, "seconds": 0.0, "rechecks": 0})])
+    # Partition 1 has not said yet: the stream is not claimed caught up.
+    assert value(shown, "personatag_stream_lag_changes") in (None, 0.0)
+    gathered.replay(1, [("set_stream_lag", {"changes": 40, "seconds": 3.0, "rechecks": 0})])
+    assert value(shown, "personatag_stream_lag_changes") == 40
+    # Partition 1 started again: until it reports, the stream's lag stays.
+    gathered.forget(1)
+    gathered.replay(0, [("set_stream_lag", {"changes": 0, "seconds": 0.0, "rechecks": 0})])
+    assert value(shown, "personatag_stream_lag_changes") == 40
+    gathered.replay(1, [("set_stream_lag", {"changes": 2, "seconds": 0.1, "rechecks": 0})])
+    assert value(shown, "personatag_stream_lag_changes") == 2
+
+
+def test_what_waits_for_the_supervisor_stays_small() -> None:
+    part = Forwarding()
+    for i in range(5 * LATENCIES):
+        part.record_stream_changes(changes=1, evaluations=2)
+        part.record_memberships(entered=1)
+        part.observe_stream_latency(0.01)
+        part.set_stream_lag(i, 0.5, 3)
+    calls = part.drain()
+    assert len(calls) <= LATENCIES + 3
+    by_name: dict[str, list[dict[str, object]]] = {}
+    for name, kwargs in calls:
+        by_name.setdefault(name, []).append(kwargs)
+    assert by_name["record_stream_changes"] == [
+        {
+            "changes": 5 * LATENCIES,
+            "evaluations": 10 * LATENCIES,
+            "entered": 0,
+            "exited": 0,
+            "errors": 0,
+        }
+    ]
+    assert by_name["record_memberships"] == [{"entered": 5 * LATENCIES, "exited": 0}]
+    assert by_name["set_stream_lag"] == [
+        {"changes": 5 * LATENCIES - 1, "seconds": 0.5, "rechecks": 3}
+    ]
+    assert len(by_name["observe_stream_latency"]) == LATENCIES

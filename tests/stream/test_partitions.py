@@ -373,14 +373,17 @@ def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None
         with store.read() as conn:
             rows = changefeed.head(conn, store) - head_before
         wait_for(lambda: sample(metrics, "personatag_stream_changes_total") == rows)
-        wait_for(lambda: sample(metrics, "personatag_stream_lag_changes") == 0)
-        assert (sample(metrics, "personatag_stream_evaluations_total") or 0) > 0
-        assert (sample(metrics, "personatag_stream_latency_seconds_count") or 0) > 0
+        lag = "personatag_stream_partition_lag_changes"
+        wait_for(lambda: all(sample(metrics, lag, partition=p) == 0 for p in ("0", "1")))
         for p in ("0", "1"):
             assert sample(metrics, "personatag_stream_partition_up", partition=p) == 1
-            assert sample(metrics, "personatag_stream_partition_lag_changes", partition=p) == 0
+        assert sample(metrics, "personatag_stream_lag_changes") == 0
+        assert (sample(metrics, "personatag_stream_evaluations_total") or 0) > 0
+        assert (sample(metrics, "personatag_stream_latency_seconds_count") or 0) > 0
         # A partition killed: it is down, then up again, and counted.
-        os.kill(pids[1], signal.SIGKILL)
+        killed = pids[1]
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
         wait_for(lambda: service.pids()[1] not in (None, pids[1]))
         wait_for(lambda: sample(metrics, "personatag_stream_partition_up", partition="1") == 1)
         restarts = "personatag_stream_partition_restarts_total"

@@ -43,7 +43,7 @@ from personatag.engines.columnar.copy import (
     rebuild,
 )
 from personatag.engines.columnar.folders import tidy_old_layout
-from personatag.engines.columnar.frame import ODD, Array, Frame
+from personatag.engines.columnar.frame import ODD, Array, Frame, Table
 from personatag.engines.columnar.segment import DamagedFile
 from personatag.engines.columnar.sets import EMPTY, PersonaSets, Position, current_sets
 from personatag.engines.pks import PksMatch
@@ -171,51 +171,69 @@ class OddValues(EngineUnavailable):
     answers exactly."""
 
 
+def _marks(table: Table) -> dict[str, Array]:
+    """Field -> the pks (ascending) of the rows of `table` marked ODD in it."""
+    col = table.columns.get(ODD)
+    if col is None or col.dictionary is None or not len(col.dictionary):
+        return {}
+    codes = np.asarray(col.values)
+    present = np.flatnonzero(codes >= 0)
+    if not len(present):
+        return {}
+    words = np.asarray(col.dictionary, dtype=object)
+    pk = np.asarray(table.pk)
+    parts: dict[str, list[Array]] = {}
+    for code in np.unique(codes[present]).tolist():
+        rows = present[codes[present] == code]
+        for name in str(words[code]).split(",")[:-1]:
+            parts.setdefault(name, []).append(pk[rows])
+    return {name: np.sort(np.concatenate(got)) for name, got in parts.items()}
+
+
 def odd_fields(frame: Frame) -> dict[str, Array]:
-    """Field -> the pks (ascending) of the contacts whose stored value of it is
-    not of its type; worked out once per frame."""
+    """Contact field -> the pks (ascending) of the contacts whose stored value
+    of it is not of its type; worked out once per frame."""
+    return dict(_odd(frame)[0])
+
+
+def _odd(frame: Frame) -> tuple[dict[str, Array], dict[str, Array]]:
+    """(odd_fields, the same of publications), memoised in the frame."""
     memo = frame.extra.get(ODD) if isinstance(frame.extra, dict) else None
-    if memo is not None:
-        return dict(memo)
-    found: dict[str, Array] = {}
-    col = frame.contacts.columns.get(ODD)
-    if col is not None and col.dictionary is not None and len(col.dictionary):
-        codes = np.asarray(col.values)
-        words = np.asarray(col.dictionary, dtype=object)
-        present = np.flatnonzero(codes >= 0)
-        if len(present):
-            pk = np.asarray(frame.pk)
-            parts: dict[str, list[Array]] = {}
-            for code in np.unique(codes[present]).tolist():
-                rows = present[codes[present] == code]
-                for name in str(words[code]).split(",")[:-1]:
-                    parts.setdefault(name, []).append(pk[rows])
-            found = {name: np.sort(np.concatenate(got)) for name, got in parts.items()}
-    if isinstance(frame.extra, dict):
-        frame.extra[ODD] = found
-    return found
+    if memo is None:
+        memo = (_marks(frame.contacts), _marks(frame.publications))
+        if isinstance(frame.extra, dict):
+            frame.extra[ODD] = memo
+    return memo
+
+
+def _said(what: str, odd: dict[str, Array], read: list[str], kinds: Any) -> list[str]:
+    said = []
+    for name in read:
+        pks = odd[name]
+        kind = kinds.get(name)
+        field = f"{name} ({kind.value.upper()})" if kind is not None else name
+        shown = ", ".join(str(p) for p in pks[:3].tolist()) + (", ..." if len(pks) > 3 else "")
+        said.append(f"{field}: {len(pks)} {what}(s), pk {shown}")
+    return said
 
 
 def check_exact(frame: Frame, node: Any, catalog: Catalog) -> None:
     """OddValues when a field `node` reads holds odd values in the copy."""
-    odd = odd_fields(frame)
-    if not odd:
+    contacts, pubs = _odd(frame)
+    if not contacts and not pubs:
         return
-    read = sorted(references(node).contact_fields & odd.keys())
-    if not read:
+    refs = references(node)
+    read = sorted(refs.contact_fields & contacts.keys())
+    read_pubs = sorted(refs.publication_fields & pubs.keys())
+    if not read and not read_pubs:
         return
-    said = []
-    for name in read:
-        pks = odd[name]
-        kind = catalog.contact_fields.get(name)
-        what = f"{name} ({kind.value.upper()})" if kind is not None else name
-        shown = ", ".join(str(p) for p in pks[:3].tolist()) + (", ..." if len(pks) > 3 else "")
-        said.append(f"{what}: {len(pks)} contact(s), pk {shown}")
+    said = _said("contact", contacts, read, catalog.contact_fields)
+    said += _said("publication", pubs, read_pubs, catalog.publication_fields)
     raise OddValues(
         "stored values that are not of their field's type, written outside personatag, "
         f"are in {'; '.join(said)}; the store answers criteria reading "
-        f"{'this field' if len(read) == 1 else 'these fields'} until they are corrected "
-        "(`personatag contact set`, or an import)"
+        f"{'this field' if len(said) == 1 else 'these fields'} until they are corrected "
+        "through personatag (`personatag contact set`, or an import of contacts or publications)"
     )
 
 

@@ -83,7 +83,7 @@ def frame_catalog(frame: Frame) -> Catalog:
     """The fields a frame holds, as a Catalog to check criteria against."""
     return Catalog(
         contact_fields={k: c.kind for k, c in frame.contacts.columns.items() if k != ODD},
-        publication_fields={k: c.kind for k, c in frame.publications.columns.items()},
+        publication_fields={k: c.kind for k, c in frame.publications.columns.items() if k != ODD},
     )
 
 

@@ -263,7 +263,7 @@ def _write_base(path: Path, frame: Frame, fields: list[list[str]], reuse: Reuse 
         meta["publications"] = reuse.meta["publications"]
     else:
         meta["publications"] = write_table(
-            path, "publications", frame.publications, PUBLICATION_FIELDS
+            path, "publications", frame.publications, load.with_odd(PUBLICATION_FIELDS)
         )
     for name, segments in (("reads", frame.reads), ("logins", frame.logins)):
         if reuse is not None and name in reuse.events:
@@ -302,7 +302,8 @@ def build(store: Store, folder: Path) -> tuple[Any, Frame]:
         kinds = {name: FieldType(kind) for name, kind in fields}
         meta["contacts"], contact_pk = load.write_contacts(conn, store, load.with_odd(kinds), path)
         pubs = load.publications(conn, store)
-        meta["publications"] = write_table(path, "publications", pubs, PUBLICATION_FIELDS)
+        pub_kinds = load.with_odd(PUBLICATION_FIELDS)
+        meta["publications"] = write_table(path, "publications", pubs, pub_kinds)
         for kind in ("reads", "logins"):
             chunks = load.event_chunks(conn, store, kind, contact_pk, np.asarray(pubs.pk))
             meta[kind] = write_sorted(path, kind, chunks, load.EVENT_DTYPES[kind])

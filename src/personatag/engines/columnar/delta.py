@@ -213,24 +213,23 @@ def catch_up(
     if len(rows):
         fresh = load.contacts(conn, store, {**kinds, **marks}, rows)
         contacts = fresh if contacts.n == 0 else upsert_rows(contacts, fresh)
+    read_fields: dict[str, FieldType] = {}
+    flagged: list[Array] = []
     for names, named_pks in patch_pks.items():
         wanted = np.setdiff1d(named_pks, rows, assume_unique=True)
         if not len(wanted):
             continue
         these = {n: kinds[n] for n in names}
-        fresh = load.contacts(conn, store, these, wanted)
-        # None of `wanted` is marked (a marked one is a whole row), so their
-        # other fields were of their types when read: ODD changes only for
-        # those whose fields read now are not.
-        flagged = load.odd_rows(conn, store, these, wanted)
-        for name, table in [
-            *((n, Table(fresh.pk, {n: fresh.columns[n]})) for n in names),
-            (ODD, flagged),
-        ]:
-            if not table.n:
-                continue
-            before = patches.get(name)
-            patches[name] = table if before is None or before.n == 0 else upsert_rows(before, table)
+        fresh = load.contacts(conn, store, these, wanted, flagged=flagged)
+        read_fields.update(these)
+        for name in names:
+            _patch(patches, name, Table(fresh.pk, {name: fresh.columns[name]}))
+    odd_now = _ids(flagged) if flagged else np.zeros(0, np.int64)
+    if len(odd_now):
+        # None of them was marked (a marked one is a whole row), so their
+        # other fields were of their types when read: their marks are the
+        # fields read now (all of them: one contact may be in several groups).
+        _patch(patches, ODD, load.odd_rows(conn, store, read_fields, odd_now))
     pks = dict(delta.pks)
     events_of = dict(delta.events_of)
     for kind, changed in (("reads", named.reads), ("logins", named.logins)):
@@ -247,6 +246,14 @@ def catch_up(
     return Delta(contacts, delta.publications, pks, events_of, patches), head
 
 
+def _patch(patches: dict[str, Table], name: str, table: Table) -> None:
+    """Lay `table` (one field of some contacts) over the patch of `name`."""
+    if not table.n:
+        return
+    before = patches.get(name)
+    patches[name] = table if before is None or before.n == 0 else upsert_rows(before, table)
+
+
 def write_delta(path: Path, delta: Delta) -> None:
     meta: dict[str, Any] = {}
     if delta.contacts.n:
@@ -254,7 +261,7 @@ def write_delta(path: Path, delta: Delta) -> None:
         meta["contacts"] = write_table(path, "contacts", delta.contacts, kinds)
     if delta.publications is not None:
         meta["publications"] = write_table(
-            path, "publications", delta.publications, PUBLICATION_FIELDS
+            path, "publications", delta.publications, load.with_odd(PUBLICATION_FIELDS)
         )
     for kind in EVENT_KINDS:
         meta[kind] = write_arrays(path, kind, {"pks": delta.pks[kind], **delta.events_of[kind]})

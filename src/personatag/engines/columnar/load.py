@@ -175,7 +175,7 @@ class Encoder:
 
 
 def with_odd(fields: Mapping[str, FieldType]) -> dict[str, FieldType]:
-    """The contact fields of a copy: `fields` and the ODD column."""
+    """The columns of a copy's contacts or publications: `fields` and ODD."""
     return {**fields, ODD: FieldType.STRING}
 
 
@@ -184,16 +184,19 @@ def _column(table: SqlTable, name: str, custom: bool) -> Any:
     return table.c[CUSTOM_COLUMN_PREFIX + name if is_custom else name]
 
 
-def _odd_names(store: Store, table: SqlTable, fields: Mapping[str, FieldType]) -> Any:
+def _odd_names(
+    store: Store, table: SqlTable, fields: Mapping[str, FieldType], custom: bool = True
+) -> Any:
     """The ODD column's value: the names of `fields` whose stored value is not
-    of the field's type, each followed by a comma; NULL when there is none."""
+    of the field's type, each followed by a comma; NULL when there is none
+    (None: the database's column types rule such values out)."""
     parts = []
     for name, kind in fields.items():
-        test = store.backend.odd_value(_column(table, name, True), kind)
+        test = store.backend.odd_value(_column(table, name, custom), kind)
         if test is not None:
             parts.append(case((test, literal(name + ",")), else_=literal("")))
-    if not parts:  # the database's column types rule odd values out
-        return type_coerce(null(), Text())
+    if not parts:
+        return None
     joined: Any = parts[0]
     for part in parts[1:]:
         joined = joined.concat(part)
@@ -212,7 +215,8 @@ def _columns(
     out = []
     for name, kind in fields.items():
         if name == ODD:
-            out.append(_odd_names(store, table, odd_of or {}))
+            marks = _odd_names(store, table, odd_of or {}, custom)
+            out.append(type_coerce(null(), Text()) if marks is None else marks)
             continue
         column: Any = store.backend.typed_value(_column(table, name, custom), kind)
         if kind is FieldType.TIMESTAMP:
@@ -353,20 +357,30 @@ def contacts(
     fields: Mapping[str, FieldType],
     pks: Array | None = None,
     odd_of: Mapping[str, FieldType] | None = None,
+    flagged: list[Array] | None = None,
 ) -> Table:
     """Every contact (or those of `pks`), ascending pk, columns by field (ODD
-    among them reports on `odd_of`, by default the other fields)."""
+    among them reports on `odd_of`, by default the other fields). With
+    `flagged`, the pks of those holding a value of another type in one of
+    `fields` are appended to it (read with the integer columns: no statement
+    more)."""
     c = store.tables.contacts
     if odd_of is None:
         odd_of = {name: kind for name, kind in fields.items() if name != ODD}
     bulk = {name: kind for name, kind in fields.items() if kind in BULK_KINDS}
     rest = {name: kind for name, kind in fields.items() if kind not in BULK_KINDS}
     int_cols = [c.c.pk, *_columns(store, c, bulk, custom=True)]
+    marks = None if flagged is None else _odd_names(store, c, odd_of)
+    if marks is not None:
+        int_cols.append(case((marks.is_not(None), 1), else_=0))
     if pks is None:
         got = read_int_columns(conn, int_cols, key=c.c.pk)
     else:
         parts = [read_int_columns(conn, int_cols, where=w) for w in _in_chunks(c.c.pk, pks)]
         got = [IntColumn.concat([p[i] for p in parts]) for i in range(len(int_cols))]
+    if marks is not None and flagged is not None:
+        flagged.append(got[0].values[got[-1].values == 1])
+        got = got[:-1]
     pk = got[0].values
     columns = {
         name: _int_column(kind, col)
@@ -397,14 +411,17 @@ def odd_rows(conn: Connection, store: Store, fields: Mapping[str, FieldType], pk
     that returns no row for them, instead of a NULL each through Python)."""
     c = store.tables.contacts
     marks = _odd_names(store, c, fields)
+    if marks is None or not len(pks):
+        return Table(np.zeros(0, np.int64), {})
     query = select(c.c.pk, marks).where(marks.is_not(None))
     return _table(conn, query, {ODD: FieldType.STRING}, _in_chunks(c.c.pk, pks))
 
 
 def publications(conn: Connection, store: Store) -> Table:
     p = store.tables.publications
-    query = select(p.c.pk, *_columns(store, p, PUBLICATION_FIELDS, custom=False)).order_by(p.c.pk)
-    return _table(conn, query, PUBLICATION_FIELDS, [None])
+    fields = with_odd(PUBLICATION_FIELDS)
+    columns = _columns(store, p, fields, custom=False, odd_of=PUBLICATION_FIELDS)
+    return _table(conn, select(p.c.pk, *columns).order_by(p.c.pk), fields, [None])
 
 
 def events(

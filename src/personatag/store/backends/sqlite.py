@@ -283,10 +283,12 @@ class SQLiteBackend(Backend):
             return cast(column, Float)
         if field_type is FieldType.STRING:  # a blob may not be UTF-8: read as NULL
             return case((func.typeof(column) == "text", column))
-        if field_type is FieldType.LIST:  # JSON arrays only (json_type fails on others)
-            return case(
-                (func.json_valid(column) == 1, case((func.json_type(column) == "array", column)))
-            )
+        if field_type is FieldType.LIST:
+            # JSON text of an array only: json_type fails on what is not JSON,
+            # and a blob is not text whatever it holds.
+            array = case((func.json_type(column) == "array", column))
+            valid = case((func.json_valid(column) == 1, array))
+            return case((func.typeof(column) == "text", valid))
         return column
 
     def odd_value(
@@ -303,7 +305,8 @@ class SQLiteBackend(Backend):
                 )
                 == 1
             )
-        if field_type is FieldType.LIST:  # JSON text of an array
+        if field_type is FieldType.LIST:  # JSON text of an array (its items
+            # are not checked: json_each per row made a 1M build 40% slower)
             return (
                 case(
                     (column.is_(None), literal(0)),

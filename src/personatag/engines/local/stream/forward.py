@@ -2,16 +2,18 @@
 
 Each partition runs in a process of its own (partitioned.py), whose registry
 nobody scrapes. Its processor records into `Forwarding`, which also keeps
-each call; the partition's process sends them over a pipe every half second,
-and the supervisor replays them on its own metrics (`Gathered`): the ones its
-`/metrics` shows, under the names a single processor uses.
+what it recorded (counts summed, the latest of each gauge); the partition's
+process sends that over a pipe every half second, and the supervisor replays
+it on its own metrics (`Gathered`): the ones its `/metrics` shows, under the
+names a single processor uses.
 
 - Counts and latencies add up: evaluations, memberships entered and exited,
   errors (each partition's own contacts), one latency per step of each.
 - The feed rows processed, and their rate, are partition 0's: every
   partition reads every row, so a sum would count each row N times.
   Evaluations per second add up.
-- The lag (rows and seconds) is the furthest-behind partition's; re-checks
+- The lag (rows and seconds) is the furthest-behind partition's, once every
+  partition has reported since it (last) started; re-checks
   scheduled and criteria active are the largest any partition reports (each
   reports the whole table's). Each partition's own lag is
   `personatag_stream_partition_lag_changes{partition}`.
@@ -29,27 +31,44 @@ Call = tuple[str, dict[str, Any]]
 
 # Calls that set gauges: the latest of each partition is kept and combined.
 _GAUGES = frozenset({"set_stream_lag", "set_stream_rates", "set_stream_criteria"})
-# Calls replayed as they come (counts and observations).
-_ADDED = frozenset({"record_memberships", "observe_stream_latency", "record_reconciliation"})
+# Counts: summed while they wait, added up by the supervisor.
+_SUMMED = frozenset({"record_stream_changes", "record_memberships"})
+# Replayed one by one (observations).
+_EACH = frozenset({"observe_stream_latency", "record_reconciliation"})
+# Observations kept while the supervisor does not read (the rest are dropped).
+LATENCIES = 1_000
 
 
 class Forwarding(Metrics):
     """The metrics of a partition's process: recorded as usual, and each stream
-    call also kept until `drain` hands it over."""
+    call also kept until `drain` hands it over. What waits stays small however
+    long the supervisor takes to read: the latest of each gauge, one sum of
+    each count, at most LATENCIES latencies."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._calls: list[Call] = []
         self._lock = threading.Lock()
+        self._gauges: dict[str, dict[str, Any]] = {}
+        self._sums: dict[str, dict[str, Any]] = {}
+        self._each: list[Call] = []
 
     def _keep(self, name: str, **kwargs: Any) -> None:
         with self._lock:
-            self._calls.append((name, kwargs))
+            if name in _GAUGES:
+                self._gauges[name] = kwargs
+            elif name in _SUMMED:
+                got = self._sums.setdefault(name, dict.fromkeys(kwargs, 0))
+                for key, value in kwargs.items():
+                    got[key] = got.get(key, 0) + value
+            elif len(self._each) < LATENCIES:
+                self._each.append((name, kwargs))
 
     def drain(self) -> list[Call]:
-        """The calls kept since the last drain, oldest first."""
+        """What was kept since the last drain: counts, then each observation,
+        then the gauges."""
         with self._lock:
-            calls, self._calls = self._calls, []
+            calls = [*self._sums.items(), *self._each, *self._gauges.items()]
+            self._gauges, self._sums, self._each = {}, {}, []
         return calls
 
     def set_stream_lag(self, changes: int, seconds: float, rechecks: int) -> None:
@@ -95,10 +114,11 @@ class Forwarding(Metrics):
 
 
 class Gathered:
-    """The partitions' calls replayed on `metrics` (see the module doc)."""
+    """The calls of `n` partitions replayed on `metrics` (see the module doc)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, n: int) -> None:
         self.metrics = metrics
+        self.n = n
         # partition -> gauge call -> its latest arguments
         self._latest: dict[int, dict[str, dict[str, Any]]] = {}
 
@@ -111,21 +131,27 @@ class Gathered:
                 if partition != 0:  # every partition reads every feed row
                     kwargs = {**kwargs, "changes": 0}
                 m.record_stream_changes(**kwargs)
-            elif name in _ADDED:
+            elif name in _SUMMED or name in _EACH:
                 getattr(m, name)(**kwargs)
         self._combine()
+
+    def forget(self, partition: int) -> None:
+        """`partition`'s process ended: its gauges count again once it reports."""
+        self._latest.pop(partition, None)
 
     def _combine(self) -> None:
         m = self.metrics
         lags = {p: g["set_stream_lag"] for p, g in self._latest.items() if "set_stream_lag" in g}
-        if lags:
+        for p, v in lags.items():
+            m.set_stream_partition(p, lag=v["changes"])
+        # The stream's lag once every partition has said its own: one that has
+        # not (starting, or started again) may be furthest behind.
+        if len(lags) == self.n:
             m.set_stream_lag(
                 max(v["changes"] for v in lags.values()),
                 max(v["seconds"] for v in lags.values()),
                 max(v["rechecks"] for v in lags.values()),
             )
-            for p, v in lags.items():
-                m.set_stream_partition(p, lag=v["changes"])
         rates = [g["set_stream_rates"] for g in self._latest.values() if "set_stream_rates" in g]
         if rates:
             first = self._latest.get(0, {}).get("set_stream_rates")

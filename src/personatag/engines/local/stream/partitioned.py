@@ -142,7 +142,7 @@ class Partitions(Service):
         self._level = logging.getLogger("personatag").getEffectiveLevel()
         self._log_json = logging_json()
         self._aligned = False
-        self._gathered = Gathered(metrics or default_metrics())
+        self._gathered = Gathered(metrics or default_metrics(), self.n)
 
     @property
     def restarts(self) -> dict[int, int]:
@@ -207,8 +207,13 @@ class Partitions(Service):
             name=f"personatag-stream-p{child.p}of{self.n}",
             daemon=False,
         )
-        proc.start()
-        send.close()  # the child's now: its end closes when it ends
+        try:
+            proc.start()
+        except BaseException:
+            receive.close()
+            raise
+        finally:
+            send.close()  # the child's now: its end closes when it ends
         child.process = proc
         child.conn = receive
         child.started_at = time.monotonic()
@@ -226,6 +231,8 @@ class Partitions(Service):
         except (EOFError, OSError):  # it ended: nothing more comes
             conn.close()
             child.conn = None
+        except Exception:  # metrics must not stop the supervision
+            log.exception("stream partition %d: its metrics could not be read", child.p)
 
     def _gone(self, child: _Child) -> None:
         """`child`'s process ended: the last of its metrics, and it is down."""
@@ -233,6 +240,7 @@ class Partitions(Service):
         if child.conn is not None:
             child.conn.close()
             child.conn = None
+        self._gathered.forget(child.p)
         self._gathered.metrics.set_stream_partition(child.p, up=False)
 
     def _stop_children(self, timeout_s: float = 30.0) -> None:
@@ -241,8 +249,13 @@ class Partitions(Service):
             if c.process.is_alive():
                 c.process.terminate()  # SIGTERM: the step in hand commits or is dropped
         deadline = time.monotonic() + timeout_s
+        # Their metrics are read meanwhile: one blocked writing to its pipe
+        # would not end.
+        while time.monotonic() < deadline and any(c.process.is_alive() for c in running):
+            for c in running:
+                self._gather(c)
+                c.process.join(0.05)
         for c in running:
-            c.process.join(max(0.0, deadline - time.monotonic()))
             if c.process.is_alive():
                 log.warning("stream partition %d did not stop in time; killing it", c.p)
                 c.process.kill()
