@@ -25,7 +25,7 @@ def test_partitions_add_up_as_one_processor_would_show_them() -> None:
     part_0 = parts[0]
     assert value(part_0, "personatag_stream_changes_total") == 10  # its own registry too
     shown = Metrics()
-    gathered = Gathered(shown, 2)
+    gathered = Gathered(shown)
     for p, part in enumerate(parts):
         calls = part.drain()
         assert calls and not part.drain()
@@ -54,24 +54,33 @@ def test_partitions_add_up_as_one_processor_would_show_them() -> None:
 
 def test_only_stream_calls_are_replayed() -> None:
     shown = Metrics()
-    Gathered(shown, 1).replay(0, [("set_queue", {"depth": 5, "running": 1})])
+    Gathered(shown).replay(0, [("set_queue", {"depth": 5, "running": 1})])
     assert value(shown, "personatag_queue_depth") in (None, 0.0)
 
 
-def test_the_stream_lag_waits_for_every_partition() -> None:
+def test_a_partition_that_ended_counts_with_its_last_lag() -> None:
     shown = Metrics()
-    gathered = Gathered(shown, 2)
+    gathered = Gathered(shown)
     gathered.replay(0, [("set_stream_lag", {"changes": 0, "seconds": 0.0, "rechecks": 0})])
-    # Partition 1 has not said yet: the stream is not claimed caught up.
-    assert value(shown, "personatag_stream_lag_changes") in (None, 0.0)
     gathered.replay(1, [("set_stream_lag", {"changes": 40, "seconds": 3.0, "rechecks": 0})])
     assert value(shown, "personatag_stream_lag_changes") == 40
-    # Partition 1 started again: until it reports, the stream's lag stays.
+    # Partition 1 died and is starting again: the stream is not caught up.
     gathered.forget(1)
     gathered.replay(0, [("set_stream_lag", {"changes": 0, "seconds": 0.0, "rechecks": 0})])
     assert value(shown, "personatag_stream_lag_changes") == 40
+    assert value(shown, "personatag_stream_lag_seconds") == 3.0
     gathered.replay(1, [("set_stream_lag", {"changes": 2, "seconds": 0.1, "rechecks": 0})])
     assert value(shown, "personatag_stream_lag_changes") == 2
+
+
+def test_reconciliations_are_not_dropped_with_latencies() -> None:
+    part = Forwarding()
+    for _ in range(2 * LATENCIES):
+        part.observe_stream_latency(0.01)
+    part.record_reconciliation("c@1", 3)
+    names = [name for name, _ in part.drain()]
+    assert names.count("observe_stream_latency") == LATENCIES
+    assert names.count("record_reconciliation") == 1
 
 
 def test_what_waits_for_the_supervisor_stays_small() -> None:

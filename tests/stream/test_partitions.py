@@ -375,6 +375,7 @@ def test_serve_runs_the_partitions_as_its_stream_service(tmp_path: Path) -> None
         wait_for(lambda: sample(metrics, "personatag_stream_changes_total") == rows)
         lag = "personatag_stream_partition_lag_changes"
         wait_for(lambda: all(sample(metrics, lag, partition=p) == 0 for p in ("0", "1")))
+        wait_for(lambda: sample(metrics, "personatag_stream_lag_changes") == 0)
         for p in ("0", "1"):
             assert sample(metrics, "personatag_stream_partition_up", partition=p) == 1
         assert sample(metrics, "personatag_stream_lag_changes") == 0

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 # 3: every string dictionary is sorted (a compaction of format 2 could write a
 #    dictionary with strings appended out of order, which lookups then missed).
 # 4: the contacts carry the ODD column (frame.py).
-FORMAT = 4
+# 5: so do the publications.
+FORMAT = 5
 MANIFEST = "MANIFEST.json"
 # What a manifest must name; one without them is damaged (rebuilt).
 _MANIFEST_KEYS = frozenset(

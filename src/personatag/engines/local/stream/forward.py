@@ -12,8 +12,8 @@ names a single processor uses.
 - The feed rows processed, and their rate, are partition 0's: every
   partition reads every row, so a sum would count each row N times.
   Evaluations per second add up.
-- The lag (rows and seconds) is the furthest-behind partition's, once every
-  partition has reported since it (last) started; re-checks
+- The lag (rows and seconds) is the furthest-behind partition's, a partition
+  that ended counting with the lag it last reported; re-checks
   scheduled and criteria active are the largest any partition reports (each
   reports the whole table's). Each partition's own lag is
   `personatag_stream_partition_lag_changes{partition}`.
@@ -43,7 +43,7 @@ class Forwarding(Metrics):
     """The metrics of a partition's process: recorded as usual, and each stream
     call also kept until `drain` hands it over. What waits stays small however
     long the supervisor takes to read: the latest of each gauge, one sum of
-    each count, at most LATENCIES latencies."""
+    each count, at most LATENCIES latencies (reconciliations, rare, all)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,6 +51,7 @@ class Forwarding(Metrics):
         self._gauges: dict[str, dict[str, Any]] = {}
         self._sums: dict[str, dict[str, Any]] = {}
         self._each: list[Call] = []
+        self._latencies = 0  # of them in _each
 
     def _keep(self, name: str, **kwargs: Any) -> None:
         with self._lock:
@@ -60,7 +61,8 @@ class Forwarding(Metrics):
                 got = self._sums.setdefault(name, dict.fromkeys(kwargs, 0))
                 for key, value in kwargs.items():
                     got[key] = got.get(key, 0) + value
-            elif len(self._each) < LATENCIES:
+            elif name != "observe_stream_latency" or self._latencies < LATENCIES:
+                self._latencies += name == "observe_stream_latency"
                 self._each.append((name, kwargs))
 
     def drain(self) -> list[Call]:
@@ -69,6 +71,7 @@ class Forwarding(Metrics):
         with self._lock:
             calls = [*self._sums.items(), *self._each, *self._gauges.items()]
             self._gauges, self._sums, self._each = {}, {}, []
+            self._latencies = 0
         return calls
 
     def set_stream_lag(self, changes: int, seconds: float, rechecks: int) -> None:
@@ -114,11 +117,10 @@ class Forwarding(Metrics):
 
 
 class Gathered:
-    """The calls of `n` partitions replayed on `metrics` (see the module doc)."""
+    """The partitions' calls replayed on `metrics` (see the module doc)."""
 
-    def __init__(self, metrics: Metrics, n: int) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.n = n
         # partition -> gauge call -> its latest arguments
         self._latest: dict[int, dict[str, dict[str, Any]]] = {}
 
@@ -136,22 +138,24 @@ class Gathered:
         self._combine()
 
     def forget(self, partition: int) -> None:
-        """`partition`'s process ended: its gauges count again once it reports."""
-        self._latest.pop(partition, None)
+        """`partition`'s process ended: its rates and criteria no longer count;
+        its lag does, as last reported, until it reports again (a partition
+        that keeps dying is behind, not caught up)."""
+        kept = self._latest.pop(partition, {}).get("set_stream_lag")
+        if kept is not None:
+            self._latest[partition] = {"set_stream_lag": kept}
 
     def _combine(self) -> None:
         m = self.metrics
         lags = {p: g["set_stream_lag"] for p, g in self._latest.items() if "set_stream_lag" in g}
-        for p, v in lags.items():
-            m.set_stream_partition(p, lag=v["changes"])
-        # The stream's lag once every partition has said its own: one that has
-        # not (starting, or started again) may be furthest behind.
-        if len(lags) == self.n:
+        if lags:  # the stream's first: a reader of both sees it no sooner
             m.set_stream_lag(
                 max(v["changes"] for v in lags.values()),
                 max(v["seconds"] for v in lags.values()),
                 max(v["rechecks"] for v in lags.values()),
             )
+        for p, v in lags.items():
+            m.set_stream_partition(p, lag=v["changes"])
         rates = [g["set_stream_rates"] for g in self._latest.values() if "set_stream_rates" in g]
         if rates:
             first = self._latest.get(0, {}).get("set_stream_rates")

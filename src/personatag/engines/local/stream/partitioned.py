@@ -142,7 +142,7 @@ class Partitions(Service):
         self._level = logging.getLogger("personatag").getEffectiveLevel()
         self._log_json = logging_json()
         self._aligned = False
-        self._gathered = Gathered(metrics or default_metrics(), self.n)
+        self._gathered = Gathered(metrics or default_metrics())
 
     @property
     def restarts(self) -> dict[int, int]:
