@@ -41,6 +41,8 @@ ODD_VALUES = [
     ("interests", "'\"Credit\"'", 'interests contains "Credit"'),
     ("interests", "'{\"a\": 1}'", "interests is null"),
     ("interests", "CAST('[\"Credit\"]' AS BLOB)", 'interests contains "Credit"'),
+    ("interests", "'[1, \"Credit\"]'", 'interests contains "1"'),
+    ("interests", "'[null]'", 'interests contains "None"'),
     ("cx_score", "'n/a'", "score > 0.5"),
     ("cx_vip", "2", "vip = true"),
     ("cx_vip", "'yes'", "vip is null"),
@@ -218,3 +220,15 @@ def test_a_publication_value_of_another_type_is_answered_by_the_store(
     assert warning is not None and f"{column} (" in warning and "1 publication(s), pk 2" in warning
     local, col, warning = answers(lite, s, 'count(read where region = "EMEA", 3650d) >= 1', caplog)
     assert warning is None and col == local
+
+
+def test_a_list_item_that_is_not_a_string_is_marked_on_catch_up(
+    lite: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = settings_for(tmp_path)
+    answers(lite, s, 'interests contains "1"', caplog)  # the copy, built
+    set_contact(lite, "c00000006", {"interests": "Credit;Rates"})
+    write_behind(lite, 6, "interests", "'[1, \"Credit\"]'")
+    local, col, warning = answers(lite, s, 'interests contains "1"', caplog)
+    assert warning is not None and "interests (LIST): 1 contact(s), pk 6" in warning
+    assert col == local

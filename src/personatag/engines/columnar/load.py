@@ -15,6 +15,7 @@ column at a time. Timestamps are the stored integer microseconds.
 from __future__ import annotations
 
 import itertools
+import json
 import operator
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -227,9 +228,45 @@ def _columns(
     return out
 
 
+def _lists_checked(fields: Mapping[str, FieldType], cols: list[Any]) -> list[int]:
+    """Decode the LIST columns of a chunk of rows in place (`cols`: the pks,
+    then a sequence of values per field of `fields`), and mark in its ODD
+    column, when it has one, the rows whose array holds an item that is not
+    a string (read as its text, `[1]` as `["1"]`, where SQL finds no "1"):
+    SQL's typeof() cannot see into an array but at a cost per row, this
+    parse sees it at once. The rows so marked."""
+    marked: dict[int, str] = {}
+    for i, (name, kind) in enumerate(fields.items(), start=1):
+        values = cols[i]
+        if kind is not FieldType.LIST or not any(isinstance(v, str) for v in values):
+            continue  # not a list, or lists already (PostgreSQL arrays: text only)
+        parsed = json.loads("[" + ",".join("null" if v is None else v for v in values) + "]")
+        if len(parsed) != len(values):
+            raise ValueError("a stored string list is not one JSON value")
+        for row, items in enumerate(parsed):
+            if items is not None and not all(type(x) is str for x in items):
+                marked[row] = marked.get(row, "") + name + ","
+                parsed[row] = [str(x) for x in items]
+        cols[i] = parsed
+    if marked and ODD in fields:
+        at = list(fields).index(ODD) + 1
+        odd = list(cols[at])
+        for row, names in marked.items():
+            odd[row] = (odd[row] or "") + names
+        cols[at] = odd
+    return sorted(marked)
+
+
 def _table(
-    conn: Connection, query: Select[Any], fields: Mapping[str, FieldType], chunks: Iterable[Any]
+    conn: Connection,
+    query: Select[Any],
+    fields: Mapping[str, FieldType],
+    chunks: Iterable[Any],
+    flagged: list[Array] | None = None,
 ) -> Table:
+    """The rows of `query` (pk, then a column per field) read with each of
+    `chunks` as its WHERE (None: none); with `flagged`, the pks of rows
+    whose lists hold an item that is not a string are appended to it."""
     encoders = [Encoder(kind) for kind in fields.values()]
     pks: list[Array] = []
     for where in chunks:
@@ -237,6 +274,9 @@ def _table(
         while rows := result.fetchmany(CHUNK):
             cols = list(zip(*rows, strict=True))
             pks.append(np.asarray(cols[0], dtype=np.int64))
+            bad = _lists_checked(fields, cols)
+            if bad and flagged is not None:
+                flagged.append(pks[-1][bad])
             for enc, values in zip(encoders, cols[1:], strict=True):
                 enc.add(values)
     pk = np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
@@ -309,9 +349,11 @@ def _encode_pass(conn: Connection, query: Select[Any], encoders: Mapping[str, En
     pk) to the encoders; the pks read."""
     pks: list[Array] = []
     result = conn.execute(query)
+    kinds = {name: enc.kind for name, enc in encoders.items()}
     while rows := result.fetchmany(CHUNK):
         cols = list(zip(*rows, strict=True))
         pks.append(np.asarray(cols[0], dtype=np.int64))
+        _lists_checked(kinds, cols)
         for enc, values in zip(encoders.values(), cols[1:], strict=True):
             enc.add(values)
     return np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
@@ -393,9 +435,9 @@ def contacts(
     if rest:
         query = select(c.c.pk, *_columns(store, c, rest, custom=True, odd_of=odd_of))
         if pks is None:
-            others = _table(conn, query.order_by(c.c.pk), rest, [None])
+            others = _table(conn, query.order_by(c.c.pk), rest, [None], flagged)
         else:
-            others = _table(conn, query, rest, _in_chunks(c.c.pk, pks))
+            others = _table(conn, query, rest, _in_chunks(c.c.pk, pks), flagged)
         mine, theirs = _align(pk, np.asarray(others.pk))
         if len(mine) != len(pk) or len(theirs) != others.n:
             pk = pk[mine]
@@ -406,15 +448,24 @@ def contacts(
 
 
 def odd_rows(conn: Connection, store: Store, fields: Mapping[str, FieldType], pks: Array) -> Table:
-    """The contacts of `pks` with a value of another type in any of `fields`,
-    with their ODD column (the others, most or all, are left out: a query
-    that returns no row for them, instead of a NULL each through Python)."""
+    """The contacts of `pks` (those a read flagged: few) with a value of
+    another type in any of `fields`, with their ODD column; the others are
+    left out."""
     c = store.tables.contacts
+    lists = {name: kind for name, kind in fields.items() if kind is FieldType.LIST}
     marks = _odd_names(store, c, fields)
-    if marks is None or not len(pks):
+    if (marks is None and not lists) or not len(pks):
         return Table(np.zeros(0, np.int64), {})
-    query = select(c.c.pk, marks).where(marks.is_not(None))
-    return _table(conn, query, {ODD: FieldType.STRING}, _in_chunks(c.c.pk, pks))
+    wanted = {ODD: FieldType.STRING, **lists}
+    got = _table(
+        conn,
+        select(c.c.pk, *_columns(store, c, wanted, custom=True, odd_of=fields)),
+        wanted,
+        _in_chunks(c.c.pk, pks),
+    )
+    col = got.columns[ODD]
+    keep = np.flatnonzero(np.asarray(col.values) >= 0)
+    return take_rows(Table(got.pk, {ODD: col}), keep)
 
 
 def publications(conn: Connection, store: Store) -> Table:
