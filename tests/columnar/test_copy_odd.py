@@ -23,7 +23,7 @@ from personatag.definitions.personas import add_persona
 from personatag.domain import Action
 from personatag.engines.columnar import copy
 from personatag.engines.columnar.batch import current_frame, odd_fields
-from personatag.engines.columnar.frame import ODD
+from personatag.engines.columnar.frame import ODD, Frame
 from personatag.generate.run import generate
 from personatag.store import Store, open_store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
@@ -60,6 +60,11 @@ def lite(tmp_path: Path) -> Iterator[Store]:
     add_persona(store, "target", name="Target", category="test")
     yield store
     store.dispose()
+
+
+def marked(frame: Frame) -> dict[str, list[int]]:
+    """The copy's marked pks by field, as lists."""
+    return {k: v.tolist() for k, v in odd_fields(frame).items()}
 
 
 def settings_for(tmp_path: Path) -> Settings:
@@ -101,7 +106,7 @@ def test_an_odd_value_at_build_is_answered_by_the_store(
     field = column.removeprefix("cx_")
     assert warning is not None and f"are in {field} (" in warning and "pk 7" in warning
     frame = current_frame(lite, s)
-    assert {k: v.tolist() for k, v in odd_fields(frame).items()} == {field: [7]}
+    assert marked(frame) == {field: [7]}
     # The copy was built once and stays: criteria on other fields use it.
     built = copy.read_manifest(copy.folder_of(s, lite))["base"]
     local, col, warning = answers(lite, s, 'firm_type = "Hedge Fund"', caplog)
@@ -139,7 +144,7 @@ def test_corrected_and_new_odd_values_follow_the_feed(
     copy._CACHE.pop(copy.folder_of(s, lite).resolve(), None)
     copy._FRAMES.pop(copy.folder_of(s, lite).resolve(), None)
     frame = current_frame(lite, s)
-    assert {k: v.tolist() for k, v in odd_fields(frame).items()} == {"seniority": [5]}
+    assert marked(frame) == {"seniority": [5]}
 
 
 def test_a_tag_of_an_odd_field_runs_on_the_store_and_says_so(lite: Store, tmp_path: Path) -> None:
@@ -184,7 +189,7 @@ def test_one_catch_up_marks_every_field_of_a_contact(
     write_behind(lite, 5, "seniority", "6.5")
     write_behind(lite, 5, "region", "x'00ff'")
     frame = current_frame(lite, s)
-    assert {k: v.tolist() for k, v in odd_fields(frame).items()} == {
+    assert marked(frame) == {
         "region": [5],
         "seniority": [5],
     }

@@ -87,6 +87,24 @@ class Holders:
 
     sources: dict[tuple[int, int], set[int]] = field(default_factory=dict)
     pinned_out: set[tuple[int, int]] = field(default_factory=set)
+    # (persona pk, source) -> the contacts holding the persona through it: built
+    # from `sources` on first use, then kept in step with it by Writer.decide
+    # (the only writer of `sources` once loaded).
+    _by_source: dict[tuple[int, int], set[int]] | None = field(default=None, repr=False)
+
+    def holding(self, persona_pk: int, source: int) -> set[int]:
+        """The contacts holding `persona_pk` through `source` (live: do not modify)."""
+        if self._by_source is None:
+            index: dict[tuple[int, int], set[int]] = {}
+            for (ppk, cpk), srcs in self.sources.items():
+                for src in srcs:
+                    got = index.get((ppk, src))
+                    if got is None:
+                        index[(ppk, src)] = {cpk}
+                    else:
+                        got.add(cpk)
+            self._by_source = index
+        return self._by_source.setdefault((persona_pk, source), set())
 
     @classmethod
     def load(cls, conn: Connection, store: Store, wanted: Mapping[int, Collection[int]]) -> Holders:
@@ -182,18 +200,30 @@ class Writer:
         whose persona changed as a whole."""
         changed: list[int] = []
         sources = holders.sources
-        for cpk in evaluated:
+        held = holders.holding(persona_pk, criterion_pk)
+        # Only an answer that moves a source matters (most move none): a match
+        # not held through this criterion, or with exit policy `remove` a held
+        # non-match. Found by set lookups first, in the order answered.
+        if exit_remove:
+            moving = [c for c in evaluated if (c in matched) is not (c in held)]
+        else:
+            moving = [c for c in evaluated if c in matched and c not in held]
+        for cpk in moving:
             key = (persona_pk, cpk)
             srcs = sources.get(key)
             had = srcs is not None and criterion_pk in srcs
             hit = cpk in matched
             if hit == had or not (hit or exit_remove):
-                continue  # an answer that moves no source (most of them)
+                continue  # moved already (a contact answered twice)
             if srcs is None:
                 srcs = set()
             change = rules.answer(srcs, criterion_pk, hit, exit_remove, key in holders.pinned_out)
             if srcs and key not in sources:
                 sources[key] = srcs
+            if criterion_pk in srcs:
+                held.add(cpk)
+            else:
+                held.discard(cpk)
             if change is not None:
                 self.logs.append((persona_pk, change.value, criterion_pk, cpk))
                 moved = self.outcome.entered if change is Change.ENTER else self.outcome.exited

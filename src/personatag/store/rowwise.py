@@ -126,6 +126,23 @@ def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
         cur.close()
 
 
+def fetch_typed(conn: Connection, query: Select[Any]) -> list[list[Any]]:
+    """As fetch_tuples, with each selected column's type applied to its values
+    (what a Row would hold: datetimes, lists, booleans), as lists: for reads
+    of many rows, where a Row and its per-value processing cost more than the
+    read and one conversion per column that needs one."""
+    processors = [
+        (i, p)
+        for i, col in enumerate(query.selected_columns)
+        if (p := col.type.result_processor(conn.dialect, None)) is not None
+    ]
+    out = [list(row) for row in fetch_tuples(conn, query)]
+    for i, process in processors:
+        for row in out:
+            row[i] = process(row[i])
+    return out
+
+
 CHUNK = 2000  # keys per IN list
 
 

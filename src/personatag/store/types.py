@@ -77,10 +77,18 @@ def decode_lists(values: Sequence[Any]) -> Sequence[list[str] | None]:
     rather than one per value. None stays None."""
     if not any(isinstance(v, str) for v in values):
         return values
-    parsed = json.loads("[" + ",".join(["null" if v is None else v for v in values]) + "]")
+    return [None if v is None else [str(s) for s in v] for v in parse_lists(values)]
+
+
+def parse_lists(values: Sequence[str | None]) -> list[Any]:
+    """StringList texts (JSON arrays; None stays None) in one JSON parse, their
+    items as stored; raises ValueError when a text is not one JSON value."""
+    parsed: list[Any] = json.loads(
+        "[" + ",".join(["null" if v is None else v for v in values]) + "]"
+    )
     if len(parsed) != len(values):
         raise ValueError("a stored string list is not one JSON value")
-    return [None if v is None else [str(s) for s in v] for v in parsed]
+    return parsed
 
 
 DAY_US = 86_400_000_000

@@ -15,7 +15,6 @@ column at a time. Timestamps are the stored integer microseconds.
 from __future__ import annotations
 
 import itertools
-import json
 import operator
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -52,7 +51,7 @@ from personatag.engines.columnar.runs import Runs
 from personatag.engines.columnar.segment import write_column, write_dictionary, write_pk
 from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
-from personatag.store.types import decode_lists
+from personatag.store.types import decode_lists, parse_lists
 
 # Rows per fetch of the columns read as rows: 20k held 0.1 GiB less at the
 # peak of a 1M-contact build than 100k, at the same speed.
@@ -240,9 +239,7 @@ def _lists_checked(fields: Mapping[str, FieldType], cols: list[Any]) -> list[int
         values = cols[i]
         if kind is not FieldType.LIST or not any(isinstance(v, str) for v in values):
             continue  # not a list, or lists already (PostgreSQL arrays: text only)
-        parsed = json.loads("[" + ",".join("null" if v is None else v for v in values) + "]")
-        if len(parsed) != len(values):
-            raise ValueError("a stored string list is not one JSON value")
+        parsed = parse_lists(values)
         for row, items in enumerate(parsed):
             if items is not None and not all(type(x) is str for x in items):
                 marked[row] = marked.get(row, "") + name + ","

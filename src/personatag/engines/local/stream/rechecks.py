@@ -87,12 +87,21 @@ def write(
         for c, k, at in fetch_tuples(conn, q):
             if (c, k) in wanted:
                 have[(c, k)] = at
+    # One pass: most pairs want none and have none.
     stored = to_driver(conn, rc.c.due_at)
-    want_us = {pair: None if at is None else stored(at) for pair, at in wanted.items()}
-    drop = [pair for pair, at in want_us.items() if pair in have and have[pair] != at]
-    add = [
-        (c, k, at) for (c, k), at in want_us.items() if at is not None and have.get((c, k)) != at
-    ]
+    drop: list[tuple[int, int]] = []
+    add: list[tuple[int, int, int]] = []
+    for pair, at in wanted.items():
+        old = have.get(pair)
+        if at is None:
+            if old is not None:
+                drop.append(pair)
+            continue
+        us = stored(at)
+        if old != us:
+            if old is not None:
+                drop.append(pair)
+            add.append((pair[0], pair[1], us))
     dropping, adding = _statements(store.tables)
     dropping.executemany(conn, drop)
     adding.executemany(conn, add)
