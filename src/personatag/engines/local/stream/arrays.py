@@ -353,10 +353,13 @@ def _as_arrays(
         log.info("criterion %s is evaluated pair by pair: %s", crit.label, exc)
         return None
     plans.answered += 1
-    hits = {cpk for cpk, h in zip(cpks, hit.tolist(), strict=True) if h}
+    pks = np.asarray(cpks, dtype=np.int64)
+    hits = set(pks[hit].tolist())
     if due is None:
         return hits, None
-    return hits, {
-        cpk: None if at == NEVER else EPOCH + at * _US
-        for cpk, at in zip(cpks, due.tolist(), strict=True)
-    }
+    # Most pairs have no next moment: None, and a datetime for the rest.
+    nexts: dict[int, datetime | None] = dict.fromkeys(cpks)
+    timed = due != NEVER
+    for cpk, at in zip(pks[timed].tolist(), due[timed].tolist(), strict=True):
+        nexts[cpk] = EPOCH + at * _US
+    return hits, nexts

@@ -78,9 +78,12 @@ def load_inputs(
         for pk, *values in fetch_typed(conn, select(c.c.pk, *fields).where(c.c.pk.in_(part))):
             rows[pk] = dict(zip(names, values, strict=True))
     # Reads and logins come through the driver's cursor as stored (integer
-    # microseconds; store/types.py), turned into datetimes here: a batch reads
-    # hundreds of thousands, and a Row with its type processing each cost
-    # about three times the read (fetch_tuples).
+    # microseconds; store/types.py), turned into datetimes here as their
+    # column type does (int(): a fraction SQLite may hold is cut): a batch
+    # reads hundreds of thousands, and a Row with its type processing each
+    # cost about three times the read (fetch_tuples). A read of a publication
+    # pk that names none (a value of another type) is left out, as the
+    # store's join leaves it.
     reads: dict[int, list[tuple[dict[str, Any], datetime]]] = {}
     if needs.read_days:
         by_pk = pubs.get(conn, store)
@@ -96,7 +99,7 @@ def load_inputs(
                     got = reads.get(cpk)
                     if got is None:
                         got = reads[cpk] = []
-                    got.append((pub, EPOCH + timedelta(microseconds=at)))
+                    got.append((pub, EPOCH + timedelta(microseconds=int(at))))
     logins: dict[int, list[datetime]] = {}
     if needs.login_days:
         since = to_micros(as_of - timedelta(days=needs.login_days))
@@ -109,7 +112,7 @@ def load_inputs(
                 got_at = logins.get(cpk)
                 if got_at is None:
                     got_at = logins[cpk] = []
-                got_at.append(EPOCH + timedelta(microseconds=at))
+                got_at.append(EPOCH + timedelta(microseconds=int(at)))
     held: dict[int, set[str]] = {}
     if needs.personas:
         ms = t.membership_rows
