@@ -90,7 +90,9 @@ class Holders:
     # (persona pk, source) -> the contacts holding the persona through it: built
     # from `sources` on first use, then kept in step with it by Writer.decide
     # (the only writer of `sources` once loaded).
-    _by_source: dict[tuple[int, int], set[int]] | None = field(default=None, repr=False)
+    _by_source: dict[tuple[int, int], set[int]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def holding(self, persona_pk: int, source: int) -> set[int]:
         """The contacts holding `persona_pk` through `source` (live: do not modify)."""

@@ -13,7 +13,7 @@ from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, changefeed, versions
 from personatag.store.rowwise import chunks, fetch_tuples, fetch_typed, grouped
-from personatag.store.types import EPOCH, to_micros
+from personatag.store.types import from_micros, to_micros
 
 __all__ = ["Needs", "Publications", "changes_between", "chunks", "grouped", "load_inputs"]
 
@@ -99,7 +99,7 @@ def load_inputs(
                     got = reads.get(cpk)
                     if got is None:
                         got = reads[cpk] = []
-                    got.append((pub, EPOCH + timedelta(microseconds=int(at))))
+                    got.append((pub, from_micros(int(at))))
     logins: dict[int, list[datetime]] = {}
     if needs.login_days:
         since = to_micros(as_of - timedelta(days=needs.login_days))
@@ -112,7 +112,7 @@ def load_inputs(
                 got_at = logins.get(cpk)
                 if got_at is None:
                     got_at = logins[cpk] = []
-                got_at.append(EPOCH + timedelta(microseconds=int(at)))
+                got_at.append(from_micros(int(at)))
     held: dict[int, set[str]] = {}
     if needs.personas:
         ms = t.membership_rows
