@@ -36,7 +36,7 @@ def _source_name(source: int) -> str:
 
 def show_contact(store: Store, contact_id: str, *, log_limit: int = 20) -> dict[str, Any]:
     t = store.tables
-    with store.read() as conn:
+    with store.read(lenient=True) as conn:
         cpk = contact_pk(conn, store, contact_id)
         row = conn.execute(select(t.contacts).where(t.contacts.c.pk == cpk)).one()._mapping
         attributes = {}
@@ -145,7 +145,7 @@ def recent_activity(store: Store, contact_id: str, *, limit: int = 10) -> dict[s
     and how many of each it has in all."""
     t = store.tables
     r, p, lg = t.reads, t.publications, t.logins
-    with store.read() as conn:
+    with store.read(lenient=True) as conn:
         cpk = contact_pk(conn, store, contact_id)
         reads = [
             {"at": iso_any(row.read_at), "publication": row.id, "title": row.title}
@@ -376,7 +376,7 @@ def search_contacts(
     need = offset + limit + 1
     found: dict[int, dict[str, Any]] = {}
     columns = (c.c.pk, c.c.id, c.c.first_name, c.c.last_name, c.c.email, c.c.firm, c.c.region)
-    with store.read() as conn:
+    with store.read(lenient=True) as conn:
         for matched, where, key in branches:
             if len(found) >= need:
                 break

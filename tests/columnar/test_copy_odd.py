@@ -46,6 +46,10 @@ ODD_VALUES = [
     ("cx_score", "'n/a'", "score > 0.5"),
     ("cx_vip", "2", "vip = true"),
     ("cx_vip", "'yes'", "vip is null"),
+    # text that is not UTF-8 (0xFF starts no UTF-8 sequence)
+    ("region", "CAST(x'ff45' AS TEXT)", 'region = "EMEA"'),
+    ("job_title", "CAST(x'43c3' AS TEXT)", 'job_title ilike "c%"'),
+    ("interests", "CAST(x'5b22ff225d' AS TEXT)", 'interests contains "Credit"'),
 ]
 
 
@@ -202,6 +206,7 @@ def test_one_catch_up_marks_every_field_of_a_contact(
     ("column", "value", "expr"),
     [
         ("sector", "CAST(sector AS BLOB)", "count(read where sector is null, 3650d) >= 1"),
+        ("sector", "CAST(x'ff45' AS TEXT)", 'count(read where sector = "Energy", 3650d) >= 1'),
         (
             "published_at",
             "'yesterday'",
@@ -237,3 +242,29 @@ def test_a_list_item_that_is_not_a_string_is_marked_on_catch_up(
     local, col, warning = answers(lite, s, 'interests contains "1"', caplog)
     assert warning is not None and "interests (LIST): 1 contact(s), pk 6" in warning
     assert col == local
+
+
+def test_text_that_is_not_utf8_is_marked_on_catch_up(
+    lite: Store,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    persist_mode: str,  # noqa: F811
+) -> None:
+    """A field named by a change and read as a patch (region), and a whole
+    row re-read (a contact marked before): both marked, both answered by
+    the store; a correction through personatag clears the mark."""
+    s = settings_for(tmp_path)
+    write_behind(lite, 8, "seniority", "'x'")
+    answers(lite, s, 'region = "EMEA"', caplog)  # the copy, built
+    set_contact(lite, "c00000005", {"region": "EMEA"})
+    write_behind(lite, 5, "region", "CAST(x'ff45' AS TEXT)")
+    set_contact(lite, "c00000008", {"firm": "Acme"})
+    write_behind(lite, 8, "firm", "CAST(x'41ff' AS TEXT)")
+    frame = current_frame(lite, s)
+    assert marked(frame) == {"region": [5], "seniority": [8], "firm": [8]}
+    for expr in ('region = "EMEA"', 'firm ilike "a%"', "region is null"):
+        local, col, warning = answers(lite, s, expr, caplog)
+        assert warning is not None and col == local, expr
+    set_contact(lite, "c00000005", {"region": "APAC"})
+    local, col, warning = answers(lite, s, 'region = "APAC"', caplog)
+    assert warning is None and col == local

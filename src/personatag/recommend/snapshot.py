@@ -203,7 +203,9 @@ def load_snapshot(store: Store, as_of: datetime) -> Snapshot:
     as_of_us = to_micros(as_of)
     t = store.tables
     pc = t.publications.c
-    with store.read() as conn:
+    # Text is read only for publications and personas (thousands of values):
+    # stored text that is not UTF-8 reads as U+FFFD (store/text.py).
+    with store.read(lenient=True) as conn:
         pubs = conn.execute(
             select(
                 pc.pk,

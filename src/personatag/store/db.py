@@ -160,16 +160,23 @@ class Store:
         return self.backend.one_writer
 
     @contextmanager
-    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+    def read(self, *, snapshot: bool = False, lenient: bool = False) -> Iterator[Connection]:
         """A read transaction. SQLite's (WAL) sees one snapshot; on PostgreSQL
         each statement sees what committed before it, unless `snapshot` (for
-        answers that add up several statements, such as a preview's counts)."""
+        answers that add up several statements, such as a preview's counts).
+        `lenient`: stored text that is not UTF-8 reads with U+FFFD in place
+        of the bytes instead of failing (store/text.py), for reads of a few
+        rows to show (it costs a little per text value)."""
         with self.engine.connect() as conn:
             level = self.backend.snapshot_isolation
             if snapshot and level is not None:
                 conn = conn.execution_options(isolation_level=level)
             with conn.begin():
-                yield conn
+                if lenient:
+                    with self.backend.lenient_text(conn):
+                        yield conn
+                else:
+                    yield conn
 
     def analyze(self) -> None:
         """Refresh the planner's statistics (after bulk loads).

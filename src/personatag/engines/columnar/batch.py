@@ -230,7 +230,8 @@ def check_exact(frame: Frame, node: Any, catalog: Catalog) -> None:
     said = _said("contact", contacts, read, catalog.contact_fields)
     said += _said("publication", pubs, read_pubs, catalog.publication_fields)
     raise OddValues(
-        "stored values that are not of their field's type, written outside personatag, "
+        "stored values that are not of their field's type (or text that is not UTF-8), "
+        "written outside personatag, "
         f"are in {'; '.join(said)}; the store answers criteria reading "
         f"{'this field' if len(said) == 1 else 'these fields'} until they are corrected "
         "through personatag (`personatag contact set`, or an import of contacts or publications)"

@@ -51,6 +51,7 @@ from personatag.engines.columnar.runs import Runs
 from personatag.engines.columnar.segment import write_column, write_dictionary, write_pk
 from personatag.store import Store
 from personatag.store.columns import IntColumn, iter_int_columns, read_int_columns
+from personatag.store.text import REPLACEMENT, is_lenient, leniently
 from personatag.store.types import decode_lists, parse_lists
 
 # Rows per fetch of the columns read as rows: 20k held 0.1 GiB less at the
@@ -227,22 +228,43 @@ def _columns(
     return out
 
 
-def _lists_checked(fields: Mapping[str, FieldType], cols: list[Any]) -> list[int]:
+def _checked(fields: Mapping[str, FieldType], cols: list[Any], lenient: bool = False) -> list[int]:
     """Decode the LIST columns of a chunk of rows in place (`cols`: the pks,
     then a sequence of values per field of `fields`), and mark in its ODD
     column, when it has one, the rows whose array holds an item that is not
     a string (read as its text, `[1]` as `["1"]`, where SQL finds no "1"):
     SQL's typeof() cannot see into an array but at a cost per row, this
-    parse sees it at once. The rows so marked."""
+    parse sees it at once. `lenient` (the chunk was read with text that is
+    not UTF-8 as U+FFFD: store/text.py): a STRING value or list holding
+    U+FFFD is marked too and read as NULL, since only the store can compare
+    the bytes it holds. The rows so marked."""
     marked: dict[int, str] = {}
+
+    def mark(row: int, name: str) -> None:
+        marked[row] = marked.get(row, "") + name + ","
+
     for i, (name, kind) in enumerate(fields.items(), start=1):
         values = cols[i]
+        if name == ODD:
+            continue
+        # Only in a lenient read; a search per chunk, then a test per value.
+        if (
+            lenient
+            and kind in (FieldType.STRING, FieldType.LIST)
+            and REPLACEMENT in "".join(v for v in values if isinstance(v, str))
+        ):
+            values = list(values)
+            for row, v in enumerate(values):
+                if isinstance(v, str) and REPLACEMENT in v:
+                    mark(row, name)
+                    values[row] = None
+            cols[i] = values
         if kind is not FieldType.LIST or not any(isinstance(v, str) for v in values):
             continue  # not a list, or lists already (PostgreSQL arrays: text only)
         parsed = parse_lists(values)
         for row, items in enumerate(parsed):
             if items is not None and not all(type(x) is str for x in items):
-                marked[row] = marked.get(row, "") + name + ","
+                mark(row, name)
                 parsed[row] = [str(x) for x in items]
         cols[i] = parsed
     if marked and ODD in fields:
@@ -266,12 +288,13 @@ def _table(
     whose lists hold an item that is not a string are appended to it."""
     encoders = [Encoder(kind) for kind in fields.values()]
     pks: list[Array] = []
+    lenient = is_lenient(conn)
     for where in chunks:
         result = conn.execute(query if where is None else query.where(where))
         while rows := result.fetchmany(CHUNK):
             cols = list(zip(*rows, strict=True))
             pks.append(np.asarray(cols[0], dtype=np.int64))
-            bad = _lists_checked(fields, cols)
+            bad = _checked(fields, cols, lenient)
             if bad and flagged is not None:
                 flagged.append(pks[-1][bad])
             for enc, values in zip(encoders, cols[1:], strict=True):
@@ -284,6 +307,7 @@ def _table(
     return Table(pk, columns)
 
 
+@leniently
 def write_contacts(
     conn: Connection, store: Store, fields: Mapping[str, FieldType], folder: Path
 ) -> tuple[Any, Array]:
@@ -347,10 +371,11 @@ def _encode_pass(conn: Connection, query: Select[Any], encoders: Mapping[str, En
     pks: list[Array] = []
     result = conn.execute(query)
     kinds = {name: enc.kind for name, enc in encoders.items()}
+    lenient = is_lenient(conn)
     while rows := result.fetchmany(CHUNK):
         cols = list(zip(*rows, strict=True))
         pks.append(np.asarray(cols[0], dtype=np.int64))
-        _lists_checked(kinds, cols)
+        _checked(kinds, cols, lenient)
         for enc, values in zip(encoders.values(), cols[1:], strict=True):
             enc.add(values)
     return np.concatenate(pks) if pks else np.zeros(0, dtype=np.int64)
@@ -390,6 +415,7 @@ def _align(pk: Array, other: Array) -> tuple[Array, Array]:
     return a, b
 
 
+@leniently
 def contacts(
     conn: Connection,
     store: Store,
@@ -444,16 +470,18 @@ def contacts(
     return Table(pk, {name: columns[name] for name in fields})
 
 
+@leniently
 def odd_rows(conn: Connection, store: Store, fields: Mapping[str, FieldType], pks: Array) -> Table:
     """The contacts of `pks` (those a read flagged: few) with a value of
     another type in any of `fields`, with their ODD column; the others are
     left out."""
     c = store.tables.contacts
-    lists = {name: kind for name, kind in fields.items() if kind is FieldType.LIST}
+    # Lists are checked as parsed; text as read (not UTF-8: store/text.py).
+    texts = {n: k for n, k in fields.items() if k in (FieldType.LIST, FieldType.STRING)}
     marks = _odd_names(store, c, fields)
-    if (marks is None and not lists) or not len(pks):
+    if (marks is None and not texts) or not len(pks):
         return Table(np.zeros(0, np.int64), {})
-    wanted = {ODD: FieldType.STRING, **lists}
+    wanted = {ODD: FieldType.STRING, **texts}
     got = _table(
         conn,
         select(c.c.pk, *_columns(store, c, wanted, custom=True, odd_of=fields)),
@@ -465,6 +493,7 @@ def odd_rows(conn: Connection, store: Store, fields: Mapping[str, FieldType], pk
     return take_rows(Table(got.pk, {ODD: col}), keep)
 
 
+@leniently
 def publications(conn: Connection, store: Store) -> Table:
     p = store.tables.publications
     fields = with_odd(PUBLICATION_FIELDS)

@@ -183,7 +183,10 @@ class _Rows:
             .select_from(source)
             .where(self.c.c.pk > lo, self.c.c.pk <= hi)
         )
-        return conn.execute(stmt).scalar() or ""
+        # One text value per part: stored text that is not UTF-8 (written
+        # outside personatag) reaches the job as U+FFFD (store/text.py).
+        with self.backend.lenient_text(conn):
+            return conn.execute(stmt).scalar() or ""
 
     def drop(self, conn: Connection) -> None:
         for table in self.temps:

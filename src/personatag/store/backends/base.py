@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Connection, Engine, Table, Text, bindparam
@@ -50,6 +50,10 @@ Cond = ColumnElement[bool]
 ListOp = Callable[[Col, list[str], str], Cond]
 #: The first / last N characters of a string (N >= 1, a bound parameter).
 Slice = Callable[[Col, BindParameter[Any]], Col]
+
+
+# conn.info's key while a connection reads text leniently (Backend.lenient_text).
+LENIENT = "pt_lenient_text"
 
 
 def bind(name: str, value: Any, type_: TypeEngine[Any]) -> BindParameter[Any]:
@@ -314,6 +318,17 @@ class Backend(ABC):
         """The bulk writer for `conn` (inside its transaction)."""
 
     # -- errors -----------------------------------------------------------
+
+    def undecodable(self, orig: BaseException) -> bool:
+        """A driver error raised by reading stored text that is not UTF-8
+        (only a database that stores any bytes as text can raise it)."""
+        return False
+
+    def lenient_text(self, conn: Connection) -> AbstractContextManager[None]:
+        """Within: `conn` reads stored text that is not UTF-8 with U+FFFD in
+        place of each bad sequence, and conn.info[LENIENT] is True (see
+        store.text). A database whose text is always UTF-8 changes nothing."""
+        return nullcontext()
 
     @abstractmethod
     def transient_kind(self, orig: BaseException) -> str | None:

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import json
+import operator
 import re
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +41,7 @@ from sqlalchemy.types import TypeEngine
 
 from personatag.domain import FieldType, fold_case
 from personatag.store.backends import wal
-from personatag.store.backends.base import BUSY, Backend, Col, Cond, ListOp, Slice, bind
+from personatag.store.backends.base import BUSY, LENIENT, Backend, Col, Cond, ListOp, Slice, bind
 from personatag.store.backends.bulk import BulkWriter, Row
 from personatag.store.backends.columns import (
     IntColumn,
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 
 # How long a SQLite writer waits for another one's lock before it fails.
 BUSY_MS = 60_000
+# Decodes stored text as UTF-8, any other bytes as U+FFFD (lenient_text):
+# a C call per value, about 0.3 us more than the driver's own decoding.
+_replacing = operator.methodcaller("decode", "utf-8", "replace")
+
 _PRAGMAS = (
     "journal_mode=WAL",
     "synchronous=NORMAL",
@@ -380,6 +386,25 @@ class SQLiteBackend(Backend):
 
     def bulk_writer(self, conn: Connection) -> BulkWriter:
         return SQLiteBulk(conn)
+
+    def undecodable(self, orig: BaseException) -> bool:
+        # sqlite3 decodes TEXT as UTF-8 and fails the fetch on other bytes,
+        # which any program writing the file may have stored.
+        return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(
+            "Could not decode to UTF-8"
+        )
+
+    @contextmanager
+    def lenient_text(self, conn: Connection) -> Iterator[None]:
+        raw: Any = conn.connection.dbapi_connection
+        before = raw.text_factory
+        raw.text_factory = _replacing
+        conn.info[LENIENT] = True
+        try:
+            yield
+        finally:
+            raw.text_factory = before
+            conn.info.pop(LENIENT, None)
 
     def transient_kind(self, orig: BaseException) -> str | None:
         code = getattr(orig, "sqlite_errorcode", None)

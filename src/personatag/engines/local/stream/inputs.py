@@ -13,6 +13,7 @@ from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, changefeed, versions
 from personatag.store.rowwise import chunks, fetch_tuples, fetch_typed, grouped
+from personatag.store.text import leniently
 from personatag.store.types import from_micros, to_micros
 
 __all__ = ["Needs", "Publications", "changes_between", "chunks", "grouped", "load_inputs"]
@@ -50,15 +51,21 @@ class Publications:
     def get(self, conn: Connection, store: Store) -> dict[int, dict[str, Any]]:
         version = versions.current(conn, store.tables, ["publications"])["publications"]
         if version != self.version or not self.by_pk:
-            p = store.tables.publications
-            self.by_pk = {
-                int(r.pk): {k: v for k, v in r._mapping.items() if k != "pk"}
-                for r in conn.execute(select(p))
-            }
+            self.by_pk = _publications(conn, store)
             self.version = version
         return self.by_pk
 
 
+@leniently
+def _publications(conn: Connection, store: Store) -> dict[int, dict[str, Any]]:
+    p = store.tables.publications
+    return {
+        int(r.pk): {k: v for k, v in r._mapping.items() if k != "pk"}
+        for r in conn.execute(select(p))
+    }
+
+
+@leniently
 def load_inputs(
     conn: Connection,
     store: Store,
@@ -68,7 +75,11 @@ def load_inputs(
     pubs: Publications,
     persona_keys: dict[int, str],
 ) -> dict[int, EvalInput]:
-    """An EvalInput for every contact in `pks` that exists (deleted ones are absent)."""
+    """An EvalInput for every contact in `pks` that exists (deleted ones are
+    absent). Stored text that is not UTF-8 is read with U+FFFD in place of
+    the bytes (store/text.py): it equals no text a criterion names, as in
+    the store, but a pattern may match the U+FFFD where the store's
+    comparison of the bytes does not."""
     t = store.tables
     c = t.contacts
     rows: dict[int, dict[str, Any]] = {}
