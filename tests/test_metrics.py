@@ -8,14 +8,19 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from personatag import metrics as m
 from personatag.errors import ConfigError
 from personatag.metrics import (
     JOB_DURATION_BUCKETS,
+    STREAM_LATENCY_BUCKETS,
+    BatchHistogram,
     Metrics,
     RunningServer,
+    bucket_counts,
     start_metrics_server,
     stop_metrics_server,
 )
@@ -277,3 +282,24 @@ def test_stop_closes_the_port_and_is_idempotent(metrics: Metrics) -> None:
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", running.port), timeout=2):
         pass
     stop_metrics_server(running.server)  # again: nothing to do, no hang
+
+
+def test_the_batch_histogram_shows_what_a_histogram_shows() -> None:
+    values = [-1.0, 0.0, 0.01, 0.010001, 0.2, 0.25, 1.0, 7.5, 59.9, 60.0, 61.0, 1e9]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batch = BatchHistogram("lat_seconds", "doc", STREAM_LATENCY_BUCKETS, ours)
+    plain = Histogram("lat_seconds", "doc", buckets=STREAM_LATENCY_BUCKETS, registry=theirs)
+    batch.add(*bucket_counts(STREAM_LATENCY_BUCKETS, values[:5]))
+    batch.add(*bucket_counts(STREAM_LATENCY_BUCKETS, values[5:]))
+    for v in values:
+        plain.observe(max(v, 0.0))
+    for le in [*(floatToGoString(b) for b in STREAM_LATENCY_BUCKETS), "+Inf"]:  # type: ignore[no-untyped-call]
+        got = ours.get_sample_value("lat_seconds_bucket", {"le": le})
+        assert got == theirs.get_sample_value("lat_seconds_bucket", {"le": le}), le
+    for suffix in ("_count", "_sum"):
+        assert ours.get_sample_value("lat_seconds" + suffix) == theirs.get_sample_value(
+            "lat_seconds" + suffix
+        )
+    assert "# TYPE lat_seconds histogram" in generate_latest(ours).decode()
+    with pytest.raises(ValueError, match="bucket counts"):
+        batch.add([1, 2], 0.5)

@@ -9,12 +9,14 @@ dispatcher's server and the web app's `/metrics` route both render it with
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
+import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
@@ -25,7 +27,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from personatag.errors import ConfigError
 
@@ -62,6 +69,64 @@ JOB_DURATION_BUCKETS = (
 # first request of that kind finishes. Other values are still accepted.
 REQUEST_STATUSES = ("succeeded", "partial", "failed", "cancelled", "duplicate", "results_failed")
 WEBHOOK_OUTCOMES = ("delivered", "failed", "dead_lettered")
+
+
+STREAM_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def bucket_counts(bounds: Sequence[float], values: Iterable[float]) -> tuple[list[int], float]:
+    """How many of `values` fall in each bucket of the ascending `bounds` (a
+    value v in the first bucket whose bound is >= v; one more bucket after
+    the last bound) and their sum, a negative value counted as 0."""
+    counts = [0] * (len(bounds) + 1)
+    total = 0.0
+    for v in values:
+        v = max(v, 0.0)
+        counts[bisect.bisect_left(bounds, v)] += 1
+        total += v
+    return counts, total
+
+
+class BatchHistogram:
+    """A Prometheus histogram (no labels) that takes observations already
+    counted by bucket (bucket_counts): the stream observes every change of
+    a step, thousands at once, where a Histogram's observe costs ~2 us per
+    value. Exposed as a Histogram is, without _created."""
+
+    def __init__(
+        self, name: str, documentation: str, bounds: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, counts: Sequence[int], total: float) -> None:
+        if len(counts) != len(self._counts):
+            raise ValueError(f"{self.name}: {len(counts)} bucket counts, not {len(self._counts)}")
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, seen = [], 0
+        for bound, n in zip((*self.bounds, math.inf), counts, strict=True):
+            seen += n
+            # as prometheus_client writes a bound (a float's repr below 1e6)
+            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), seen))
+        return [
+            HistogramMetricFamily(
+                self.name, self.documentation, buckets=cumulative, sum_value=total
+            )
+        ]
 
 
 class Metrics:
@@ -185,10 +250,11 @@ class Metrics:
             "Evaluations that failed (reported in stream_errors, the stream goes on).",
             registry=r,
         )
-        self.stream_latency = Histogram(
+        self.stream_latency = BatchHistogram(
             "personatag_stream_latency_seconds",
-            "From a change being written to its membership changes committing.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            "From a change being written to its membership changes committing "
+            "(every change a step consumes).",
+            STREAM_LATENCY_BUCKETS,
             registry=r,
         )
         self.stream_rechecks = Gauge(
@@ -289,7 +355,16 @@ class Metrics:
             self.stream_errors.inc(errors)
 
     def observe_stream_latency(self, seconds: float) -> None:
-        self.stream_latency.observe(max(seconds, 0.0))
+        self.observe_stream_latencies([seconds])
+
+    def observe_stream_latencies(self, seconds: Sequence[float]) -> None:
+        """The latency of each change a step consumed."""
+        self.add_stream_latencies(*bucket_counts(STREAM_LATENCY_BUCKETS, seconds))
+
+    def add_stream_latencies(self, counts: Sequence[int], total: float) -> None:
+        """Latencies already counted by bucket (bucket_counts), e.g. a
+        partition's, forwarded to its supervisor."""
+        self.stream_latency.add(counts, total)
 
     def record_reconciliation(self, criterion: str, drift: int) -> None:
         self.reconciliation_drift.labels(criterion=criterion).set(drift)

@@ -3,8 +3,10 @@ what `Forwarding` keeps, replayed by `Gathered` on the supervisor's registry."""
 
 from __future__ import annotations
 
-from personatag.engines.local.stream.forward import LATENCIES, Forwarding, Gathered
-from personatag.metrics import Metrics
+from personatag.engines.local.stream.forward import Forwarding, Gathered
+from personatag.metrics import STREAM_LATENCY_BUCKETS, Metrics
+
+MANY = 1_000
 
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
@@ -75,37 +77,46 @@ def test_a_partition_that_ended_counts_with_its_last_lag() -> None:
 
 def test_reconciliations_are_not_dropped_with_latencies() -> None:
     part = Forwarding()
-    for _ in range(2 * LATENCIES):
+    for _ in range(2 * MANY):
         part.observe_stream_latency(0.01)
     part.record_reconciliation("c@1", 3)
     names = [name for name, _ in part.drain()]
-    assert names.count("observe_stream_latency") == LATENCIES
+    assert names.count("add_stream_latencies") == 1
     assert names.count("record_reconciliation") == 1
 
 
 def test_what_waits_for_the_supervisor_stays_small() -> None:
     part = Forwarding()
-    for i in range(5 * LATENCIES):
+    for i in range(5 * MANY):
         part.record_stream_changes(changes=1, evaluations=2)
         part.record_memberships(entered=1)
-        part.observe_stream_latency(0.01)
+        part.observe_stream_latencies([0.01, 0.3, 100.0])
         part.set_stream_lag(i, 0.5, 3)
     calls = part.drain()
-    assert len(calls) <= LATENCIES + 3
+    assert len(calls) == 4
     by_name: dict[str, list[dict[str, object]]] = {}
     for name, kwargs in calls:
         by_name.setdefault(name, []).append(kwargs)
     assert by_name["record_stream_changes"] == [
         {
-            "changes": 5 * LATENCIES,
-            "evaluations": 10 * LATENCIES,
+            "changes": 5 * MANY,
+            "evaluations": 10 * MANY,
             "entered": 0,
             "exited": 0,
             "errors": 0,
         }
     ]
-    assert by_name["record_memberships"] == [{"entered": 5 * LATENCIES, "exited": 0}]
-    assert by_name["set_stream_lag"] == [
-        {"changes": 5 * LATENCIES - 1, "seconds": 0.5, "rechecks": 3}
-    ]
-    assert len(by_name["observe_stream_latency"]) == LATENCIES
+    assert by_name["record_memberships"] == [{"entered": 5 * MANY, "exited": 0}]
+    assert by_name["set_stream_lag"] == [{"changes": 5 * MANY - 1, "seconds": 0.5, "rechecks": 3}]
+    # Every latency, by bucket: 0.01 in the first, 0.3 in (0.25, 0.5], 100 above all.
+    [latencies] = by_name["add_stream_latencies"]
+    counts = [0] * (len(STREAM_LATENCY_BUCKETS) + 1)
+    counts[0] = counts[STREAM_LATENCY_BUCKETS.index(0.5)] = counts[-1] = 5 * MANY
+    assert latencies["counts"] == counts
+    assert abs(float(latencies["total"]) - 5 * MANY * 100.31) < 1e-6 * 5 * MANY * 100
+    shown = Metrics()
+    Gathered(shown).replay(1, calls)
+    assert value(shown, "personatag_stream_latency_seconds_count") == 15 * MANY
+    assert value(shown, "personatag_stream_latency_seconds_bucket", le="0.25") == 5 * MANY
+    assert value(shown, "personatag_stream_latency_seconds_bucket", le="0.5") == 10 * MANY
+    assert value(shown, "personatag_stream_latency_seconds_bucket", le="+Inf") == 15 * MANY

@@ -23,6 +23,7 @@ from personatag.importer import import_file
 from personatag.memberships.log import decode_ids
 from personatag.memberships.pins import pin
 from personatag.memberships.retire import set_ongoing_status
+from personatag.metrics import Metrics
 from personatag.store import Store
 from personatag.tagging.adhoc import AdhocRequest, run_adhoc
 from tests.helpers import add_contacts, population
@@ -115,6 +116,25 @@ def test_a_change_tags_and_untags_once_the_criterion_is_swapped_in(pop: Store) -
     assert log_of(pop, "emea-senior")[-2:] == [("c0001", "enter"), ("c0001", "exit")]
     with pop.read() as conn:
         assert conn.scalar(select(func.count()).select_from(pop.tables.stream_errors)) == 0
+
+
+def test_the_latency_of_every_change_is_observed(pop: Store) -> None:
+    ongoing_criterion(pop, "emea", "emea-senior", 'region = "EMEA"')
+    metrics = Metrics()
+    p = StreamProcessor(pop, SETTINGS, metrics)
+    p.catch_up()
+    before = metrics.registry.get_sample_value("personatag_stream_latency_seconds_count") or 0
+    for i in range(7):  # one read by the criterion, the rest not
+        set_contact(pop, f"c{i:04d}", {"seniority" if i else "region": "3" if i else "EMEA"})
+    assert p.catch_up().changes == 7
+    got = metrics.registry.get_sample_value("personatag_stream_latency_seconds_count")
+    assert got == before + 7
+    assert (
+        metrics.registry.get_sample_value(
+            "personatag_stream_latency_seconds_bucket", {"le": "+Inf"}
+        )
+        == got
+    )
 
 
 def test_a_failed_guard_exits_a_member_without_evaluating(pop: Store) -> None:

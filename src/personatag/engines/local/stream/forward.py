@@ -8,7 +8,9 @@ it on its own metrics (`Gathered`): the ones its `/metrics` shows, under the
 names a single processor uses.
 
 - Counts and latencies add up: evaluations, memberships entered and exited,
-  errors (each partition's own contacts), one latency per step of each.
+  errors (each partition's own contacts), and the latency of each change a
+  partition applied (its contacts'; partition 0's also those of no contact),
+  forwarded as counts per bucket.
 - The feed rows processed, and their rate, are partition 0's: every
   partition reads every row, so a sum would count each row N times.
   Evaluations per second add up.
@@ -22,6 +24,7 @@ names a single processor uses.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from personatag.metrics import Metrics
@@ -31,19 +34,18 @@ Call = tuple[str, dict[str, Any]]
 
 # Calls that set gauges: the latest of each partition is kept and combined.
 _GAUGES = frozenset({"set_stream_lag", "set_stream_rates", "set_stream_criteria"})
-# Counts: summed while they wait, added up by the supervisor.
-_SUMMED = frozenset({"record_stream_changes", "record_memberships"})
-# Replayed one by one (observations).
-_EACH = frozenset({"observe_stream_latency", "record_reconciliation"})
-# Observations kept while the supervisor does not read (the rest are dropped).
-LATENCIES = 1_000
+# Counts: summed while they wait, added up by the supervisor (latencies as
+# counts per bucket: add_stream_latencies).
+_SUMMED = frozenset({"record_stream_changes", "record_memberships", "add_stream_latencies"})
+# Replayed one by one.
+_EACH = frozenset({"record_reconciliation"})
 
 
 class Forwarding(Metrics):
     """The metrics of a partition's process: recorded as usual, and each stream
     call also kept until `drain` hands it over. What waits stays small however
     long the supervisor takes to read: the latest of each gauge, one sum of
-    each count, at most LATENCIES latencies (reconciliations, rare, all)."""
+    each count, the latencies' counts per bucket (reconciliations, rare, all)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,18 +53,25 @@ class Forwarding(Metrics):
         self._gauges: dict[str, dict[str, Any]] = {}
         self._sums: dict[str, dict[str, Any]] = {}
         self._each: list[Call] = []
-        self._latencies = 0  # of them in _each
 
     def _keep(self, name: str, **kwargs: Any) -> None:
         with self._lock:
             if name in _GAUGES:
                 self._gauges[name] = kwargs
+            elif name == "add_stream_latencies":
+                got = self._sums.get(name)
+                if got is None:
+                    self._sums[name] = {"counts": list(kwargs["counts"]), "total": kwargs["total"]}
+                else:
+                    got["counts"] = [
+                        a + b for a, b in zip(got["counts"], kwargs["counts"], strict=True)
+                    ]
+                    got["total"] += kwargs["total"]
             elif name in _SUMMED:
                 got = self._sums.setdefault(name, dict.fromkeys(kwargs, 0))
                 for key, value in kwargs.items():
                     got[key] = got.get(key, 0) + value
-            elif name != "observe_stream_latency" or self._latencies < LATENCIES:
-                self._latencies += name == "observe_stream_latency"
+            else:
                 self._each.append((name, kwargs))
 
     def drain(self) -> list[Call]:
@@ -71,7 +80,6 @@ class Forwarding(Metrics):
         with self._lock:
             calls = [*self._sums.items(), *self._each, *self._gauges.items()]
             self._gauges, self._sums, self._each = {}, {}, []
-            self._latencies = 0
         return calls
 
     def set_stream_lag(self, changes: int, seconds: float, rechecks: int) -> None:
@@ -103,9 +111,10 @@ class Forwarding(Metrics):
         super().record_stream_changes(**counts)
         self._keep("record_stream_changes", **counts)
 
-    def observe_stream_latency(self, seconds: float) -> None:
-        super().observe_stream_latency(seconds)
-        self._keep("observe_stream_latency", seconds=seconds)
+    def add_stream_latencies(self, counts: Sequence[int], total: float) -> None:
+        # observe_stream_latencies counts them by bucket and calls this.
+        super().add_stream_latencies(counts, total)
+        self._keep("add_stream_latencies", counts=counts, total=total)
 
     def record_memberships(self, *, entered: int = 0, exited: int = 0) -> None:
         super().record_memberships(entered=entered, exited=exited)

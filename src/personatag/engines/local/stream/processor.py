@@ -228,8 +228,15 @@ class StreamProcessor(StreamEngine):
         groups: ev_.Groups = []
         changed: set[int] = set()
         part = self.partition
+        # When the changes this step applies were written (its latency metric):
+        # a partition's are those of its contacts, and partition 0's also
+        # those of no contact, so each change is counted once, or by each
+        # partition that applies it.
+        mine_at = [ch.at for ch in changes] if part is None else []
         for ch in changes:
             pks = ch.pks if part is None else [pk for pk in ch.pks if pk % part[1] == part[0]]
+            if part is not None and (pks or (part[0] == 0 and not ch.pks)):
+                mine_at.append(ch.at)
             if not pks:  # another partition's contacts only
                 continue
             touched = self.touched(index, ch)
@@ -266,7 +273,7 @@ class StreamProcessor(StreamEngine):
             result.change_times = [ch.at for ch in changes]
             result.rechecks = len(due)
             result.offset = new_offset
-            self._gauges.record(result.change_times, result.evaluations, result.offset)
+            self._gauges.record(result.change_times, result.evaluations, result.offset, mine_at)
         else:
             self._gauges.lag(offset)
             if self.leader:

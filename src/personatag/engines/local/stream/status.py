@@ -59,15 +59,24 @@ class Gauges:
             sum(c for _, c, _ in self._recent) / span, sum(e for _, _, e in self._recent) / span
         )
 
-    def record(self, change_times: list[datetime], evaluations: int, offset: int) -> None:
-        """A step consumed changes written at `change_times` and stands at `offset`."""
+    def record(
+        self,
+        change_times: list[datetime],
+        evaluations: int,
+        offset: int,
+        applied_times: list[datetime] | None = None,
+    ) -> None:
+        """A step consumed changes written at `change_times` and stands at
+        `offset`; the latency of each it applied (`applied_times`, by
+        default all) is observed."""
         self.rates(len(change_times), evaluations)
         self._since_sample[0] += len(change_times)
         self._since_sample[1] += evaluations
         self.metrics.record_stream_changes(changes=len(change_times))
-        if change_times:
-            lag = (utcnow() - change_times[-1]).total_seconds()
-            self.metrics.observe_stream_latency(max(lag, 0.0))
+        applied = change_times if applied_times is None else applied_times
+        if applied:
+            now = time.time()
+            self.metrics.observe_stream_latencies([now - at.timestamp() for at in applied])
         self.lag(offset)
 
     def lag(self, offset: int) -> None:
