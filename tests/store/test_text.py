@@ -60,28 +60,40 @@ def write_behind(store: Store, sql: str) -> None:
         conn.execute(text(sql))
 
 
-def test_the_stream_goes_on_past_text_that_is_not_utf8(lite: Store) -> None:
+@pytest.mark.parametrize("set_based", [False, True])
+def test_the_stream_goes_on_past_text_that_is_not_utf8(lite: Store, set_based: bool) -> None:
     add_persona(lite, "emea", name="EMEA", category="region")
     add_persona(lite, "energy", name="Energy", category="sector")
+    add_persona(lite, "a-titles", name="A titles", category="title")
     ongoing_criterion(lite, "emea", "emea", 'region = "EMEA"', exit_policy="remove")
     ongoing_criterion(
         lite, "energy", "energy", 'count(read where sector = "Energy", 30d) >= 1', "remove"
     )
-    p = StreamProcessor(lite, SETTINGS)
+    # (seniority: a change of it evaluates the title again)
+    title = 'job_title ilike "a%" and seniority >= 0'
+    ongoing_criterion(lite, "a", "a-titles", title, exit_policy="remove")
+    settings = (
+        SETTINGS.model_copy(update={"stream_set_based_contacts": 1}) if set_based else SETTINGS
+    )
+    p = StreamProcessor(lite, settings)
     p.catch_up()
     before = members(lite, "emea")
     write_behind(lite, f"UPDATE contacts SET job_title = {BAD} WHERE id = 'c0001'")
+    # A cut multibyte character (the store's case folding reads it too).
+    write_behind(lite, "UPDATE contacts SET job_title = CAST(x'41f0a9' AS TEXT) WHERE id = 'c0004'")
     write_behind(lite, f"UPDATE contacts SET region = {BAD} WHERE id = 'c0002'")
     write_behind(lite, f"UPDATE publications SET title = {BAD} WHERE id = 'p1'")
     # c0001's change is read with its other fields; c0002's region is now
     # bytes the store compares as bytes: not "EMEA", as the stream finds.
     set_contact(lite, "c0001", {"region": "EMEA"})
     set_contact(lite, "c0002", {"seniority": "3"})
+    set_contact(lite, "c0004", {"seniority": "3"})
     add_events(lite, "c0003", reads=[("p1", utcnow())])
     done = p.catch_up()
-    assert done.changes == 3 and done.errors == 0
+    assert done.changes == 4 and done.errors == 0
     assert members(lite, "emea") == (before | {"c0001"}) - {"c0002"}
     assert "c0003" in members(lite, "energy")
+    assert "c0004" in members(lite, "a-titles")
     with lite.read() as conn:
         assert conn.scalar(select(func.count()).select_from(lite.tables.stream_errors)) == 0
     for crit in p.criteria().criteria:  # the same as the store's own answer
@@ -143,10 +155,13 @@ def test_leniently_reads_again_only_for_undecodable_text(lite: Store) -> None:
 
 def test_a_flink_snapshot_carries_such_text_as_replacement(lite: Store, tmp_path: Path) -> None:
     write_behind(lite, f"UPDATE contacts SET region = {BAD} WHERE id = 'c0007'")
+    # a cut multibyte character in a field the snapshot folds (ilike)
+    write_behind(lite, "UPDATE contacts SET firm = CAST(x'45e282' AS TEXT) WHERE id = 'c0008'")
     staging = LocalBucket("staging", tmp_path / "staging")
     with lite.read() as conn:
         catalog = lite.catalog(conn)
-    query = compile_flink(parse('region = "EMEA"'), catalog=catalog, persona_pks={}, as_of=utcnow())
+    expr = parse('region = "EMEA" or firm ilike "e%"')
+    query = compile_flink(expr, catalog=catalog, persona_pks={}, as_of=utcnow())
     snap = export_snapshot(lite, staging, query, catalog=catalog, persona_pks={})
     rows = [
         json.loads(line)
@@ -155,3 +170,17 @@ def test_a_flink_snapshot_carries_such_text_as_replacement(lite: Store, tmp_path
         for line in staging.get(key).decode().splitlines()
     ]
     assert len(rows) == 20 and REPLACEMENT + "E" in [r.get("region") for r in rows]
+
+
+def test_lenient_reads_nest_and_end_strict(lite: Store) -> None:
+    write_behind(lite, f"UPDATE contacts SET region = {BAD} WHERE id = 'c0008'")
+    query = text("SELECT region FROM contacts WHERE id = 'c0008'")
+    with lite.read(lenient=True) as conn:
+        with lite.backend.lenient_text(conn):
+            assert is_lenient(conn)
+        assert is_lenient(conn)  # still the outer one's
+        assert conn.scalar(query) == REPLACEMENT + "E"
+    with lite.read() as conn:
+        assert not is_lenient(conn)
+        with pytest.raises(OperationalError, match="decode to UTF-8"):
+            conn.scalar(query)

@@ -86,6 +86,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def _fold_or_null(value: object) -> object:
+    if isinstance(value, bytes):  # text, passed as its bytes (_fold)
+        return fold_case(value.decode("utf-8", "replace"))
     return fold_case(value) if isinstance(value, str) else value
 
 
@@ -94,8 +96,15 @@ def _fold(col: Col) -> Col:
     # Python call per row; SQLite's lower() folds ASCII alike, in C, ~5x
     # faster. A string is ASCII when it has as many characters as bytes (a NUL
     # makes it shorter: such rare strings take pt_fold too, which is exact).
+    # pt_fold gets text as its bytes: sqlite3 fails the statement on text
+    # that is not UTF-8 (another program can store it), which it reads as
+    # U+FFFD, as a lenient read does (store/text.py).
     ascii_only = func.length(col) == func.length(cast(col, LargeBinary()))
-    return case((ascii_only, func.lower(col)), else_=func.pt_fold(col))
+    return case(
+        (ascii_only, func.lower(col)),
+        (func.typeof(col) == "text", func.pt_fold(cast(col, LargeBinary()))),
+        else_=col,
+    )
 
 
 def _list_null(col: Col, test: Cond) -> Cond:
@@ -397,14 +406,18 @@ class SQLiteBackend(Backend):
     @contextmanager
     def lenient_text(self, conn: Connection) -> Iterator[None]:
         raw: Any = conn.connection.dbapi_connection
-        before = raw.text_factory
+        info = conn.info  # taken now: an invalidated connection has none after
+        before = raw.text_factory, info.get(LENIENT)
         raw.text_factory = _replacing
-        conn.info[LENIENT] = True
+        info[LENIENT] = True
         try:
             yield
         finally:
-            raw.text_factory = before
-            conn.info.pop(LENIENT, None)
+            raw.text_factory = before[0]
+            if before[1] is None:
+                info.pop(LENIENT, None)
+            else:
+                info[LENIENT] = before[1]
 
     def transient_kind(self, orig: BaseException) -> str | None:
         code = getattr(orig, "sqlite_errorcode", None)
