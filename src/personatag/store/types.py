@@ -67,8 +67,32 @@ class StringList(TypeDecorator[list[str]]):
             return None
         if isinstance(value, list):
             return value
-        loaded = json.loads(value)
+        try:
+            loaded = json.loads(value)
+        except (TypeError, ValueError):
+            loaded = None
+        if not isinstance(loaded, list):
+            return NotAList(value)  # type: ignore[return-value]
         return [str(v) for v in loaded]
+
+
+class NotAList(str):
+    """A LIST column's stored value that is not a JSON array (another program
+    wrote it: `hello`, `"Credit"`, `{}`): read as its text, so a page shows
+    it, but no list operation takes it (iterating it or testing what it
+    contains raises TypeError). A criterion reading it then fails for that
+    contact, reported, as the store's own evaluation fails on text that is
+    not JSON, instead of being answered from its characters; before, the
+    read of the row failed (and with it a stream step, every time)."""
+
+    def _refuse(self) -> TypeError:
+        return TypeError(f"a stored list that is not a JSON array: {str(self)[:80]!r}")
+
+    def __iter__(self) -> Any:
+        raise self._refuse()
+
+    def __contains__(self, item: object) -> bool:
+        raise self._refuse()
 
 
 def decode_lists(values: Sequence[Any]) -> Sequence[list[str] | None]:
