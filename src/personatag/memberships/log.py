@@ -25,7 +25,6 @@ from sqlalchemy import Connection, Select, literal, select
 from personatag.definitions import watch
 from personatag.store import Store, changefeed
 from personatag.store.ids import decode_ids, encode_ids, encode_run
-from personatag.store.rowwise import Prepared, once_per_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -276,13 +275,11 @@ def insert_indexed_entries(
         .scalars()
         .all()
     )
-    members = once_per_table(
-        t.membership_log_members,
-        "memberships.log.members",
-        lambda: Prepared(t.membership_log_members.insert(), ("contact_pk", "seq")),
-    )
-    members.executemany(
+    # As many rows as the memberships moved (Backend.insert_int_rows).
+    store.backend.insert_int_rows(
         conn,
+        t.membership_log_members,
+        ("contact_pk", "seq"),
         [
             (cpk, int(seq))
             for seq, (_, ids) in zip(seqs, entries, strict=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, select
 
 from personatag.domain import Change, PinKind
 from personatag.memberships import grants, rules
@@ -56,9 +56,13 @@ _LOG_COLUMNS = (
 class _Statements:
     """The writer's statements, compiled once per dialect (see store.rowwise)."""
 
-    add: Prepared
-    remove: Prepared
     log: Prepared
+
+
+# A membership row's key and columns, as Writer.flush deletes and inserts
+# them (Backend.delete_int_rows, insert_int_rows: one statement on PostgreSQL).
+KEY_COLUMNS = ("persona_pk", "contact_pk", "source")
+ADD_COLUMNS = (*KEY_COLUMNS, "grant_pk")
 
 
 def _statements(tables: Tables) -> _Statements:
@@ -66,15 +70,6 @@ def _statements(tables: Tables) -> _Statements:
 
     def build() -> _Statements:
         return _Statements(
-            add=Prepared(m.insert(), ("persona_pk", "contact_pk", "source", "grant_pk")),
-            remove=Prepared(
-                m.delete().where(
-                    m.c.persona_pk == bindparam("persona_pk"),
-                    m.c.contact_pk == bindparam("contact_pk"),
-                    m.c.source == bindparam("source"),
-                ),
-                ("persona_pk", "contact_pk", "source"),
-            ),
             log=Prepared(tables.membership_log.insert(), _LOG_COLUMNS),
         )
 
@@ -260,11 +255,13 @@ class Writer:
         t = self.store.tables
         statements = _statements(t)
         at = bound(conn, t.membership_log.c.at, self.at)
-        statements.remove.executemany(conn, list(self.deletes))
+        self.store.backend.delete_int_rows(conn, t.membership_rows, KEY_COLUMNS, list(self.deletes))
         if self.inserts:
             # One grant for the flush: the rows' source names their criterion.
             grant = grants.add(conn, self.store, self.at)
-            statements.add.executemany(conn, [(p, c, s, grant) for p, c, s in self.inserts])
+            self.store.backend.insert_int_rows(
+                conn, t.membership_rows, ADD_COLUMNS, [(p, c, s, grant) for p, c, s in self.inserts]
+            )
         if len(self.inserts) >= STATISTICS_ROWS:
             # Lookups by contact depend on them (SQLite: schema.py, membership_rows).
             self.store.backend.analyze_skip_scan(conn, t.membership_rows)

@@ -226,6 +226,22 @@ class Backend(ABC):
         """A list of integers as one bound parameter, read by `int_rows_sql`."""
 
     @abstractmethod
+    def insert_int_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
+    ) -> None:
+        """Insert rows of integers (the values of `columns`, in order) in
+        `conn`'s transaction, through SQLAlchemy (its errors, its handling of
+        a lost connection): the many scattered rows a membership writer has.
+        No conflict handling: the rows must be new."""
+
+    @abstractmethod
+    def delete_int_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
+    ) -> None:
+        """Delete the rows whose `columns` equal each of `rows` (integers), in
+        `conn`'s transaction, through SQLAlchemy (see insert_int_rows)."""
+
+    @abstractmethod
     def int_rows_sql(self, param: str) -> str:
         """SQL of a subquery with one row (column `pk`) per integer of the list
         bound (with `bind_ints`) as `:param`."""
