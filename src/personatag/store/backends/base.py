@@ -225,7 +225,6 @@ class Backend(ABC):
     def bind_ints(self, values: Sequence[int]) -> Any:
         """A list of integers as one bound parameter, read by `int_rows_sql`."""
 
-    @abstractmethod
     def insert_int_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
     ) -> None:
@@ -233,13 +232,37 @@ class Backend(ABC):
         `conn`'s transaction, through SQLAlchemy (its errors, its handling of
         a lost connection): the many scattered rows a membership writer has.
         No conflict handling: the rows must be new."""
+        self._int_rows(conn, "insert", table, columns, rows)
 
-    @abstractmethod
     def delete_int_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
     ) -> None:
         """Delete the rows whose `columns` equal each of `rows` (integers), in
         `conn`'s transaction, through SQLAlchemy (see insert_int_rows)."""
+        self._int_rows(conn, "delete", table, columns, rows)
+
+    def _int_rows(
+        self,
+        conn: Connection,
+        kind: str,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[int]],
+    ) -> None:
+        if not rows:
+            return
+        quote = conn.dialect.identifier_preparer.quote
+        sql = self.int_rows_statement(kind, quote(table.name), [quote(c) for c in columns])
+        conn.exec_driver_sql(sql, self.int_rows_params(rows))
+
+    @abstractmethod
+    def int_rows_statement(self, kind: str, table: str, columns: Sequence[str]) -> str:
+        """The driver SQL that inserts ("insert") or deletes ("delete") rows of
+        integers given by `int_rows_params` (`table`, `columns`: quoted)."""
+
+    @abstractmethod
+    def int_rows_params(self, rows: Sequence[Sequence[int]]) -> Any:
+        """The parameters of `int_rows_statement` for `rows`."""
 
     @abstractmethod
     def int_rows_sql(self, param: str) -> str:

@@ -272,25 +272,14 @@ class SQLiteBackend(Backend):
     def int_rows_sql(self, param: str) -> str:
         return f"SELECT value AS pk FROM json_each(:{param})"
 
-    def insert_int_rows(
-        self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
-    ) -> None:
-        if not rows:
-            return
-        quote = conn.dialect.identifier_preparer.quote
-        names = ", ".join(quote(c) for c in columns)
-        sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join('?' * len(columns))})"
-        conn.exec_driver_sql(sql, rows if isinstance(rows, list) else list(rows))
+    def int_rows_statement(self, kind: str, table: str, columns: Sequence[str]) -> str:
+        if kind == "insert":
+            marks = ", ".join("?" * len(columns))
+            return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+        return f"DELETE FROM {table} WHERE " + " AND ".join(f"{c} = ?" for c in columns)
 
-    def delete_int_rows(
-        self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
-    ) -> None:
-        if not rows:
-            return
-        quote = conn.dialect.identifier_preparer.quote
-        where = " AND ".join(f"{quote(c)} = ?" for c in columns)
-        sql = f"DELETE FROM {quote(table.name)} WHERE {where}"
-        conn.exec_driver_sql(sql, rows if isinstance(rows, list) else list(rows))
+    def int_rows_params(self, rows: Sequence[Sequence[int]]) -> Any:
+        return rows if isinstance(rows, list) else list(rows)  # executemany
 
     def json_object(self, *pairs: ColumnElement[Any]) -> ColumnElement[Any]:
         return func.json_object(*pairs)
