@@ -31,12 +31,22 @@ def lite(tmp_path: Path) -> Iterator[Store]:
     store.dispose()
 
 
-def test_the_stream_reports_a_list_that_is_not_json_and_goes_on(lite: Store) -> None:
+@pytest.mark.parametrize("mode", ["per contact", "set-based", "set-based with personas"])
+def test_the_stream_reports_a_list_that_is_not_json_and_goes_on(lite: Store, mode: str) -> None:
+    """Set-based, the store's statement fails for every contact at once
+    (json_each: malformed JSON): the changed contacts are then answered one
+    by one, and only those holding such a list fail."""
     add_persona(lite, "credit", name="Credit", category="interest")
     add_persona(lite, "emea", name="EMEA", category="region")
     ongoing_criterion(lite, "credit", "credit", 'interests contains "Credit" and seniority >= 0')
     ongoing_criterion(lite, "emea", "emea", 'region = "EMEA" or seniority = 99', "remove")
-    p = StreamProcessor(lite, SETTINGS)
+    if mode == "set-based with personas":
+        add_persona(lite, "both", name="Both", category="combined")
+        ongoing_criterion(lite, "both", "both", 'persona("credit") and persona("emea")')
+    settings = SETTINGS
+    if mode != "per contact":
+        settings = SETTINGS.model_copy(update={"stream_set_based_contacts": 1})
+    p = StreamProcessor(lite, settings)
     p.catch_up()
     for cid, value in ODD.items():
         with lite.write() as conn:

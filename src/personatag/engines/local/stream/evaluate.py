@@ -11,6 +11,7 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from personatag.engines.local.stream.inputs import Needs, Publications, load_inp
 from personatag.memberships.log import fetch_ids
 from personatag.memberships.rows import Holders
 from personatag.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,10 +135,42 @@ def eval_one(crit: og.Ongoing, cpk: int, inp: EvalInput, out: Evaluated) -> None
         out.due[(crit.pk, cpk)] = due
 
 
+def _pair_by_pair(
+    conn: Connection,
+    store: Store,
+    crit: og.Ongoing,
+    cpks: Sequence[int],
+    index: og.Index,
+    now: datetime,
+    pubs: Publications,
+    out: Evaluated,
+    failed: Exception,
+) -> None:
+    """`crit` for `cpks` on their loaded inputs, into `out` (an error for each
+    contact it fails for), when the store could not run it set-based: one
+    value the store cannot read (a list that is not JSON, written outside
+    personatag) fails the whole statement, and the other contacts must still
+    be answered, not left as they were."""
+    log.warning(
+        "criterion %s failed set-based (%s: %s); evaluating its %d contacts one by one",
+        crit.label,
+        type(failed).__name__,
+        str(failed).split("\n", 1)[0],
+        len(cpks),
+    )
+    keys = {pk: key for key, pk in persona_pks(conn, store).items()}
+    inputs = load_inputs(conn, store, cpks, needs((crit,), index), now, pubs, keys)
+    for cpk in cpks:
+        inp = inputs.get(cpk)
+        if inp is not None:
+            eval_one(crit, cpk, inp, out)
+
+
 def evaluate_set_based(
-    store: Store, work: dict[int, set[int]], index: og.Index, now: datetime
+    store: Store, work: dict[int, set[int]], index: og.Index, now: datetime, pubs: Publications
 ) -> Evaluated:
-    """Many contacts changed (an import): each criterion runs once in the store."""
+    """Many contacts changed (an import): each criterion runs once in the store
+    (pair by pair for the changed contacts when the store fails it)."""
     by_crit: dict[int, list[int]] = {}
     for cpk, crits in work.items():
         for p in crits:
@@ -149,7 +184,7 @@ def evaluate_set_based(
             try:
                 hits = set(evaluate_set(conn, store, crit, catalog, now).tolist())
             except Exception as exc:
-                out.errors.append((crit_pk, 0, f"{type(exc).__name__}: {exc}"))
+                _pair_by_pair(conn, store, crit, sorted(cpks), index, now, pubs, out, exc)
                 continue
             future: set[int] = set()
             if crit.windows and crit.falls_only:
@@ -184,13 +219,16 @@ class SetAnswers:
     contacts: dict[int, np.ndarray]  # criterion pk -> the contacts evaluated
     hits: dict[int, np.ndarray]  # criterion pk -> those of them it matches
     due_now: dict[int, np.ndarray]  # window criterion pk -> contacts to re-check now
-    errors: list[tuple[int, int, str]]  # (criterion pk, 0, message)
+    errors: list[tuple[int, int, str]]  # (criterion pk, contact pk, message)
     evaluations: int = 0
 
 
-def evaluate_groups(store: Store, groups: Groups, index: og.Index, now: datetime) -> SetAnswers:
+def evaluate_groups(
+    store: Store, groups: Groups, index: og.Index, now: datetime, pubs: Publications
+) -> SetAnswers:
     """Many contacts changed (an import): each criterion touched runs once in the
-    store, and only its answers for the contacts that changed are kept. A
+    store, and only its answers for the contacts that changed are kept (pair
+    by pair for them when the store fails it: _pair_by_pair). A
     window criterion's contacts are re-checked now (the exact next moment comes
     from a per-contact evaluation) when it matches them, or, for one that only
     falls with time, when it does not but they have a moment after now."""
@@ -214,7 +252,15 @@ def evaluate_groups(store: Store, groups: Groups, index: og.Index, now: datetime
             try:
                 found = np.asarray(evaluate_set(conn, store, crit, catalog, now), dtype=np.int64)
             except Exception as exc:
-                out.errors.append((crit_pk, 0, f"{type(exc).__name__}: {exc}"))
+                one = Evaluated({}, [], set(), {}, [])
+                _pair_by_pair(conn, store, crit, contacts.tolist(), index, now, pubs, one, exc)
+                out.errors += one.errors
+                answered = np.array(sorted(c for c, _ in one.evaluated), dtype=np.int64)
+                out.contacts[crit_pk] = answered
+                out.hits[crit_pk] = np.array(sorted(c for c, _ in one.matched), dtype=np.int64)
+                out.evaluations += len(answered)
+                if crit.windows:  # their exact next moments: per contact, now
+                    out.due_now[crit_pk] = answered
                 continue
             hits = np.intersect1d(found, contacts)
             out.contacts[crit_pk], out.hits[crit_pk] = contacts, hits

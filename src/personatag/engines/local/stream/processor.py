@@ -370,7 +370,7 @@ class StreamProcessor(StreamEngine):
         set_based: bool,
     ) -> None:
         if set_based:
-            ev = ev_.evaluate_set_based(self.store, work, index, now)
+            ev = ev_.evaluate_set_based(self.store, work, index, now, self.pubs)
         else:
             ev = self.evaluate(work, index, now)
         result.contacts = len(work)
@@ -494,7 +494,7 @@ class StreamProcessor(StreamEngine):
         and written one persona at a time, in one transaction with the offset.
         Memory follows the largest persona and the contacts changed, not their
         product with the criteria."""
-        ans = ev_.evaluate_groups(self.store, groups, index, now)
+        ans = ev_.evaluate_groups(self.store, groups, index, now, self.pubs)
         result.evaluations = ans.evaluations
         result.contacts = max((len(c) for c in ans.contacts.values()), default=0)
         by_persona: dict[int, list[og.Ongoing]] = {}
@@ -541,8 +541,8 @@ class StreamProcessor(StreamEngine):
         result.entered += entered
         result.exited += exited
         result.errors += len(ans.errors)
-        for crit_pk, _, err in ans.errors[:5]:
-            log.warning("criterion pk %d failed set-based: %s", crit_pk, err)
+        for crit_pk, cpk, err in ans.errors[:5]:
+            log.warning("criterion pk %d failed for contact pk %d: %s", crit_pk, cpk, err)
         self.metrics.record_memberships(entered=entered, exited=exited)
         self.metrics.record_stream_changes(
             entered=entered, exited=exited, evaluations=ans.evaluations, errors=len(ans.errors)
