@@ -85,10 +85,10 @@ _ID_LINES = (
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def _fold_or_null(value: object) -> object:
-    if isinstance(value, bytes):  # text, passed as its bytes (_fold)
-        return fold_case(value.decode("utf-8", "replace"))
-    return fold_case(value) if isinstance(value, str) else value
+def _fold_bytes(value: bytes | None) -> str | None:
+    """pt_fold: text, which _fold passes as its bytes (a sequence that is not
+    UTF-8 read as U+FFFD), folded."""
+    return None if value is None else fold_case(value.decode("utf-8", "replace"))
 
 
 def _fold(col: Col) -> Col:
@@ -180,7 +180,7 @@ class SQLiteBackend(Backend):
             for pragma in _PRAGMAS:
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
-            dbapi_conn.create_function("pt_fold", 1, _fold_or_null, deterministic=True)
+            dbapi_conn.create_function("pt_fold", 1, _fold_bytes, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
