@@ -172,8 +172,8 @@ def _compile(node: Node) -> _Fn:
         case Contains(f, op, values):
             wanted = frozenset(str(v.value) for v in values)
             if op == "contains_all":
-                return _on_value(f.name, wanted.issubset)
-            return _on_value(f.name, lambda xs: not wanted.isdisjoint(xs))
+                return _on_list(f.name, wanted.issubset)
+            return _on_list(f.name, lambda xs: not wanted.isdisjoint(xs))
         case StringMatch(f, op, pattern):
             return _on_value(f.name, _string_match(op, pattern.value))
         case IsNull(f, negated):
@@ -224,6 +224,19 @@ def _on_value(name: str, test: Callable[[Any], bool]) -> _Fn:
     def pred(row: Mapping[str, Any], inp: EvalInput) -> Truth:
         x = row.get(name)
         return None if x is None else test(x)
+
+    return pred
+
+
+def _on_list(name: str, test: Callable[[Any], Truth]) -> _Fn:
+    """A predicate on a list field: NULL in, UNKNOWN out; and UNKNOWN for a
+    stored value that is not a list (text another program wrote in a LIST
+    column, read as its text: store.types.NotAList), as the store's SQL and
+    the columnar copy answer it."""
+
+    def pred(row: Mapping[str, Any], inp: EvalInput) -> Truth:
+        xs = row.get(name)
+        return None if xs is None or isinstance(xs, str) else test(xs)
 
     return pred
 

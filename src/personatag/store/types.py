@@ -80,9 +80,9 @@ class NotAList(str):
     """A LIST column's stored value that is not a JSON array (another program
     wrote it: `hello`, `"Credit"`, `{}`): read as its text, so a page shows
     it, but no list operation takes it (iterating it or testing what it
-    contains raises TypeError). A criterion reading it then fails for that
-    contact, reported, as the store's own evaluation fails on text that is
-    not JSON, instead of being answered from its characters; before, the
+    contains raises TypeError), so it is never answered from its
+    characters. The evaluators read it as UNKNOWN, as NULL
+    (criteria.to_python._on_list), as the store's SQL does; before, the
     read of the row failed (and with it a stream step, every time)."""
 
     def _refuse(self) -> TypeError:

@@ -109,7 +109,21 @@ def _fold(col: Col) -> Col:
 
 def _list_null(col: Col, test: Cond) -> Cond:
     # json_each(NULL) has no rows, which would make the test FALSE, not UNKNOWN.
-    return type_coerce(case((col.is_(None), null()), else_=test), Boolean())
+    # A value that is not the JSON text of an array (another program can
+    # store `hello`, `"Credit"`, `{}` or a blob) is UNKNOWN too, as the Python
+    # evaluator and the columnar copy read it: json_each would fail the whole
+    # statement on text that is not JSON. CASE tests in order and stops at
+    # the first that holds, so json_type only sees valid JSON.
+    return type_coerce(
+        case(
+            (col.is_(None), null()),
+            (func.typeof(col) != "text", null()),
+            (func.json_valid(col) == 0, null()),
+            (func.json_type(col) != "array", null()),
+            else_=test,
+        ),
+        Boolean(),
+    )
 
 
 def _json_values(col: Col) -> Any:
@@ -289,7 +303,10 @@ class SQLiteBackend(Backend):
 
     def json_field(self, column: ColumnElement[Any], field_type: FieldType) -> ColumnElement[Any]:
         if field_type is FieldType.LIST:
-            return func.json(column)  # JSON text, else it would be a string
+            # JSON text, else it would be a string; NULL for a value that is
+            # not an array (as criteria read it: _list_null), which json()
+            # would fail on, or pass on as a string.
+            return func.json(self.typed_value(column, field_type))
         if field_type is FieldType.BOOL:
             return case(
                 (column.is_(None), None),
