@@ -1,25 +1,53 @@
 """Random criteria x a fixed random population: SQLite == PostgreSQL == Python.
 
 Each criterion is also evaluated negated, so the three engines must agree on
-TRUE, on FALSE, and therefore on UNKNOWN too.
+TRUE, on FALSE, and therefore on UNKNOWN too. A second SQLite store holds
+the same population with a few LIST values another program wrote that are
+not JSON arrays (the Python evaluator sees them as the store reads them:
+store.types.NotAList).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from sqlalchemy import text
 
 from personatag.criteria import parse, to_text
 from personatag.criteria.ast import Node, Not
+from personatag.criteria.to_python import EvalInput
 from personatag.store import Store, open_store
+from personatag.store.types import NotAList
 
 from ..conftest import drop_pg, new_pg_url
-from .support import Population, criteria, load, population, python_ids, sql_ids
+from .support import CATALOG, Population, criteria, load, population, python_ids, sql_ids
 
 POPULATION = population()
 INPUTS = POPULATION.inputs()
+
+# contact pk -> (LIST field, its stored text): not a list, not JSON, cut short
+ODD_LISTS = {
+    7: ("interests", "hello"),
+    19: ("tags", '"rates"'),
+    31: ("interests", "{}"),
+    44: ("tags", "null"),
+    58: ("interests", '["rates"'),
+    73: ("tags", "[1, 2"),
+}
+
+
+def _with_odd_lists(pop: Population) -> Population:
+    contacts = [dict(c) for c in pop.contacts]
+    for pk, (name, stored) in ODD_LISTS.items():
+        contacts[pk - 1][name] = NotAList(stored)
+    return replace(pop, contacts=contacts)
+
+
+ODD_INPUTS = _with_odd_lists(POPULATION).inputs()
+EXPECTED: Mapping[str, Mapping[str, EvalInput]] = {"sqlite-odd-lists": ODD_INPUTS}
 
 DIFFERENTIAL = settings(
     max_examples=800,
@@ -36,13 +64,22 @@ def stores(
 ) -> Iterator[dict[str, Store]]:
     sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('criteria') / 'diff.db'}"
     pg_url = new_pg_url(pg_template)
+    odd_url = f"sqlite:///{tmp_path_factory.mktemp('criteria') / 'odd.db'}"
     opened = {
         "sqlite": open_store(sqlite_url, create=True),
         "postgresql": open_store(pg_url),
+        "sqlite-odd-lists": open_store(odd_url, create=True),
     }
     try:
         for store in opened.values():
             load(store, POPULATION)
+        with opened["sqlite-odd-lists"].write() as conn:
+            for pk, (name, stored) in ODD_LISTS.items():
+                column = CATALOG.column_for(name)
+                conn.execute(
+                    text(f"UPDATE contacts SET {column} = :v WHERE pk = :pk"),
+                    {"v": stored, "pk": pk},
+                )
         yield opened
     finally:
         for store in opened.values():
@@ -52,8 +89,8 @@ def stores(
 
 def assert_agree(stores: dict[str, Store], node: Node) -> None:
     for candidate in (node, Not(node)):
-        expected = python_ids(candidate, INPUTS)
         for name, store in stores.items():
+            expected = python_ids(candidate, EXPECTED.get(name, INPUTS))
             got = sql_ids(store, candidate)
             assert got == expected, (
                 f"{name} disagrees with Python on: {to_text(candidate)}\n"
