@@ -91,12 +91,12 @@ from personatag.config import Settings
 from personatag.definitions.personas import add_persona
 from personatag.domain import utcnow
 from personatag.engines.local.stream import partitions
-from personatag.engines.local.stream.inputs import chunks
 from personatag.engines.local.stream.processor import StreamProcessor
 from personatag.generate.run import generate
 from personatag.generate.vocab import FIRM_TYPES, REGIONS, SECTORS
 from personatag.memberships.rows import Holders, Writer
 from personatag.store import Store, changefeed, open_store
+from personatag.store.rowwise import chunks
 
 GOAL_RATE = 20_000
 # 10,000 changes/s offered, p99 from the change's commit to the membership's.

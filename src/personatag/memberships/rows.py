@@ -32,9 +32,9 @@ from personatag.store import Store
 from personatag.store.rowwise import (
     Prepared,
     bound,
-    chunks,
     fetch_tuples,
     grouped,
+    in_parts,
     once_per_table,
 )
 from personatag.store.schema import Tables
@@ -112,9 +112,9 @@ class Holders:
         out = cls()
         sources = out.sources
         for personas, cpks in grouped(wanted):
-            for part in chunks(cpks):
+            for within in in_parts(store.backend, m.c.contact_pk, cpks):
                 q = select(m.c.persona_pk, m.c.contact_pk, m.c.source).where(
-                    m.c.persona_pk.in_(personas), m.c.contact_pk.in_(part)
+                    m.c.persona_pk.in_(personas), within
                 )
                 for ppk, cpk, src in fetch_tuples(conn, q):
                     key = (ppk, cpk)
@@ -125,10 +125,10 @@ class Holders:
                         held.add(src)
         everyone = sorted(c for c, ppks in wanted.items() if ppks)
         all_personas = sorted(set().union(*wanted.values()))
-        for part in chunks(everyone):
+        for within in in_parts(store.backend, p.c.contact_pk, everyone):
             q2 = select(p.c.persona_pk, p.c.contact_pk).where(
                 p.c.persona_pk.in_(all_personas),
-                p.c.contact_pk.in_(part),
+                within,
                 p.c.kind == PinKind.OUT.value,
             )
             out.pinned_out.update((int(a), int(b)) for a, b in conn.execute(q2))

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Column, Connection, Dialect, Select, Table
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+
+if TYPE_CHECKING:
+    from personatag.store.backends.base import Backend
 
 
 class Prepared:
@@ -149,6 +152,16 @@ CHUNK = 2000  # keys per IN list
 def chunks(pks: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
     for i in range(0, len(pks), size):
         yield pks[i : i + size]
+
+
+def in_parts(
+    backend: Backend, column: ColumnElement[Any], keys: Sequence[int]
+) -> Iterator[ColumnElement[bool]]:
+    """`column IN keys` as one condition per part of `keys`, each part as
+    long and written as the store's database reads such a list best
+    (Backend.in_ints): a query per condition."""
+    for part in chunks(keys, backend.in_chunk):
+        yield backend.in_ints(column, part)
 
 
 def grouped(

@@ -225,6 +225,14 @@ class Backend(ABC):
     def bind_ints(self, values: Sequence[int]) -> Any:
         """A list of integers as one bound parameter, read by `int_rows_sql`."""
 
+    # Keys per `in_ints` condition (store.rowwise.in_parts).
+    in_chunk: ClassVar[int] = 2000
+
+    def in_ints(self, column: ColumnElement[Any], values: Sequence[int]) -> ColumnElement[bool]:
+        """`column IN values` (integers) as this database takes a long list
+        best: here a bound parameter per value."""
+        return column.in_(values)
+
     def insert_int_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[int]]
     ) -> None:

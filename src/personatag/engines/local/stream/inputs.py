@@ -12,11 +12,11 @@ from sqlalchemy import Connection, Select, select
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import CUSTOM_COLUMN_PREFIX
 from personatag.store import Store, changefeed, versions
-from personatag.store.rowwise import chunks, fetch_tuples, fetch_typed, grouped
+from personatag.store.rowwise import fetch_tuples, fetch_typed, grouped, in_parts
 from personatag.store.text import leniently
 from personatag.store.types import from_micros, to_micros
 
-__all__ = ["Needs", "Publications", "changes_between", "chunks", "grouped", "load_inputs"]
+__all__ = ["Needs", "Publications", "changes_between", "grouped", "load_inputs"]
 
 
 def changes_between(
@@ -85,8 +85,9 @@ def load_inputs(
     rows: dict[int, dict[str, Any]] = {}
     fields = [col for col in c.columns if col.name != "pk"]
     names = [col.name.removeprefix(CUSTOM_COLUMN_PREFIX) for col in fields]
-    for part in chunks(pks):
-        for pk, *values in fetch_typed(conn, select(c.c.pk, *fields).where(c.c.pk.in_(part))):
+    backend = store.backend
+    for within in in_parts(backend, c.c.pk, pks):
+        for pk, *values in fetch_typed(conn, select(c.c.pk, *fields).where(within)):
             rows[pk] = dict(zip(names, values, strict=True))
     # Reads and logins come through the driver's cursor as stored (integer
     # microseconds; store/types.py), turned into datetimes here as their
@@ -100,9 +101,9 @@ def load_inputs(
         by_pk = pubs.get(conn, store)
         since = to_micros(as_of - timedelta(days=needs.read_days))
         rd = t.reads
-        for part in chunks(list(rows)):
+        for within in in_parts(backend, rd.c.contact_pk, list(rows)):
             q = select(rd.c.contact_pk, rd.c.read_at, rd.c.publication_pk).where(
-                rd.c.contact_pk.in_(part), rd.c.read_at > since
+                within, rd.c.read_at > since
             )
             for cpk, at, ppk in fetch_tuples(conn, q):
                 pub = by_pk.get(ppk)
@@ -115,9 +116,9 @@ def load_inputs(
     if needs.login_days:
         since = to_micros(as_of - timedelta(days=needs.login_days))
         lg = t.logins
-        for part in chunks(list(rows)):
+        for within in in_parts(backend, lg.c.contact_pk, list(rows)):
             q2: Select[Any] = select(lg.c.contact_pk, lg.c.login_at).where(
-                lg.c.contact_pk.in_(part), lg.c.login_at > since
+                within, lg.c.login_at > since
             )
             for cpk, at in fetch_tuples(conn, q2):
                 got_at = logins.get(cpk)
@@ -127,8 +128,8 @@ def load_inputs(
     held: dict[int, set[str]] = {}
     if needs.personas:
         ms = t.membership_rows
-        for part in chunks(list(rows)):
-            q = select(ms.c.contact_pk, ms.c.persona_pk).where(ms.c.contact_pk.in_(part)).distinct()
+        for within in in_parts(backend, ms.c.contact_pk, list(rows)):
+            q = select(ms.c.contact_pk, ms.c.persona_pk).where(within).distinct()
             for cpk, ppk in conn.execute(q):
                 key = persona_keys.get(int(ppk))
                 if key is not None:
