@@ -3,8 +3,8 @@
 Each criterion is also evaluated negated, so the three engines must agree on
 TRUE, on FALSE, and therefore on UNKNOWN too. A second SQLite store holds
 the same population with a few LIST values another program wrote that are
-not JSON arrays (the Python evaluator sees them as the store reads them:
-store.types.NotAList).
+not JSON arrays, or hold items that are not strings (the Python evaluator
+sees them as the store reads them: store.types.NotAList, NotAString).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import text
+from sqlalchemy.dialects import sqlite
 
 from personatag.criteria import parse, to_text
 from personatag.criteria.ast import Node, Not
 from personatag.criteria.to_python import EvalInput
 from personatag.store import Store, open_store
-from personatag.store.types import NotAList
+from personatag.store.types import NotAList, NotAString, StringList
 
 from ..conftest import drop_pg, new_pg_url
 from .support import CATALOG, Population, criteria, load, population, python_ids, sql_ids
@@ -36,13 +37,18 @@ ODD_LISTS = {
     44: ("tags", "null"),
     58: ("interests", '["rates"'),
     73: ("tags", "[1, 2"),
+    # arrays holding items that are not strings: equal to no string
+    88: ("interests", '[1, "rates"]'),
+    95: ("tags", '[true, null, "fx", 1.5]'),
+    101: ("interests", '["rates", ["fx"], {"a": "fx"}]'),
 }
 
 
 def _with_odd_lists(pop: Population) -> Population:
+    """`pop` as the Python evaluator reads it from the store holding ODD_LISTS."""
     contacts = [dict(c) for c in pop.contacts]
     for pk, (name, stored) in ODD_LISTS.items():
-        contacts[pk - 1][name] = NotAList(stored)
+        contacts[pk - 1][name] = StringList().process_result_value(stored, sqlite.dialect())
     return replace(pop, contacts=contacts)
 
 
@@ -99,6 +105,12 @@ def assert_agree(stores: dict[str, Store], node: Node) -> None:
             )
 
 
+def test_odd_lists_read_as_intended() -> None:
+    odd = {pk: ODD_INPUTS[f"c{pk:03d}"].contact[name] for pk, (name, _) in ODD_LISTS.items()}
+    assert isinstance(odd[7], NotAList) and isinstance(odd[58], NotAList)
+    assert odd[88] == [NotAString(1), "rates"] and "1" not in odd[88]
+
+
 def test_population_is_loaded(stores: dict[str, Store]) -> None:
     for store in stores.values():
         assert sql_ids(store, parse("id is not null")) == set(INPUTS)
@@ -122,6 +134,10 @@ FIXED = [
     'desk ends_with ""',
     'interests contains_all ("rates", "fx")',
     'tags contains "a%"',
+    # items of ODD_LISTS that are not strings: no string equals them
+    'interests contains "1"',
+    'tags contains_any ("True", "None", "1.5")',
+    'interests contains_all ("rates", "1")',
     "last_login_at within 30d",
     "count(read, 30d) = 0",
     "count(read where sector is null, 90d) >= 1",

@@ -73,7 +73,7 @@ class StringList(TypeDecorator[list[str]]):
             loaded = None
         if not isinstance(loaded, list):
             return NotAList(value)  # type: ignore[return-value]
-        return [str(v) for v in loaded]
+        return [v if isinstance(v, str) else NotAString(v) for v in loaded]
 
 
 class NotAList(str):
@@ -93,6 +93,26 @@ class NotAList(str):
 
     def __contains__(self, item: object) -> bool:
         raise self._refuse()
+
+
+class NotAString(str):
+    """An item of a stored list that is not a string (another program wrote
+    `[1, true, null]`): shown as its text (`1`, `True`, `None`), but equal to
+    no string, as the store compares it (SQLite's `json_each` gives 1, not
+    '1'), so `interests contains "1"` does not match it on the stream's
+    evaluator either (before, its text matched where the store's did not)."""
+
+    def __new__(cls, value: Any) -> NotAString:
+        return super().__new__(cls, str(value))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NotAString) and str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((NotAString, str(self)))
 
 
 def decode_lists(values: Sequence[Any]) -> Sequence[list[str] | None]:
