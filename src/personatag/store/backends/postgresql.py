@@ -246,10 +246,10 @@ class PostgreSQLBackend(Backend):
     in_chunk = 5_000
 
     def in_ints(self, column: ColumnElement[Any], values: Sequence[int]) -> ColumnElement[bool]:
-        # Bound as bigint[] itself (`%(p)s::BIGINT[]`: the server parses it
-        # once, as a parameter). A CAST of a text parameter is an expression
-        # the planner cannot fold (array_in is not immutable): in a filter it
-        # parsed the whole array again for every row it scanned.
+        # The array's text bound untyped, so the CAST around it gives the
+        # parameter its type and the server parses it once. A CAST of a text
+        # parameter is an expression the planner cannot fold (array_in is not
+        # immutable): in a filter it parsed the whole array for every row.
         text_of = bindparam(None, self.int_array(values), type_=_ArrayText(), unique=True)
         return column == any_(cast(text_of, postgresql.ARRAY(BigInteger())))
 

@@ -107,23 +107,25 @@ def _fold(col: Col) -> Col:
     )
 
 
+def _json_array(col: Col) -> Col:
+    """`col` where it holds the JSON text of an array, else NULL: another
+    program can store any text (`hello`, `"Credit"`, `{}`) or a blob in a
+    LIST column. CASE tests in order and stops at the first that holds, so
+    json_type (which fails on what is not JSON) only sees valid JSON."""
+    return case(
+        (func.typeof(col) != "text", null()),
+        (func.json_valid(col) == 0, null()),
+        (func.json_type(col) != "array", null()),
+        else_=col,
+    )
+
+
 def _list_null(col: Col, test: Cond) -> Cond:
     # json_each(NULL) has no rows, which would make the test FALSE, not UNKNOWN.
-    # A value that is not the JSON text of an array (another program can
-    # store `hello`, `"Credit"`, `{}` or a blob) is UNKNOWN too, as the Python
-    # evaluator and the columnar copy read it: json_each would fail the whole
-    # statement on text that is not JSON. CASE tests in order and stops at
-    # the first that holds, so json_type only sees valid JSON.
-    return type_coerce(
-        case(
-            (col.is_(None), null()),
-            (func.typeof(col) != "text", null()),
-            (func.json_valid(col) == 0, null()),
-            (func.json_type(col) != "array", null()),
-            else_=test,
-        ),
-        Boolean(),
-    )
+    # A value that is not an array is UNKNOWN too, as the Python evaluator and
+    # the columnar copy read it: json_each would fail the whole statement on
+    # text that is not JSON.
+    return type_coerce(case((_json_array(col).is_(None), null()), else_=test), Boolean())
 
 
 def _json_values(col: Col) -> Any:
@@ -325,11 +327,7 @@ class SQLiteBackend(Backend):
         if field_type is FieldType.STRING:  # a blob may not be UTF-8: read as NULL
             return case((func.typeof(column) == "text", column))
         if field_type is FieldType.LIST:
-            # JSON text of an array only: json_type fails on what is not JSON,
-            # and a blob is not text whatever it holds.
-            array = case((func.json_type(column) == "array", column))
-            valid = case((func.json_valid(column) == 1, array))
-            return case((func.typeof(column) == "text", valid))
+            return _json_array(column)
         return column
 
     def odd_value(
@@ -351,9 +349,7 @@ class SQLiteBackend(Backend):
             return (
                 case(
                     (column.is_(None), literal(0)),
-                    (kind != "text", literal(1)),
-                    (func.json_valid(column) == 0, literal(1)),
-                    (func.json_type(column) != "array", literal(1)),
+                    (_json_array(column).is_(None), literal(1)),
                     else_=literal(0),
                 )
                 == 1
