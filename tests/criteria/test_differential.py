@@ -138,6 +138,8 @@ FIXED = [
     'interests contains "1"',
     'tags contains_any ("True", "None", "1.5")',
     'interests contains_all ("rates", "1")',
+    # a nested array or object, spelled as SQLite's json_each gives its text
+    'interests contains_any ("[\\"fx\\"]", "{\\"a\\":\\"fx\\"}")',
     "last_login_at within 30d",
     "count(read, 30d) = 0",
     "count(read where sector is null, 90d) >= 1",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from personatag.buckets import open_buckets
 from personatag.config import Settings
@@ -31,7 +31,7 @@ from personatag.store import Store, open_store
 
 from ..conftest import drop_pg, new_pg_url
 from ..criteria.support import AS_OF, CATALOG, PERSONAS, criteria, load, population
-from ..criteria.test_differential import FIXED
+from ..criteria.test_differential import FIXED, ODD_LISTS
 from .engine_support import flink_settings
 
 pytestmark = pytest.mark.slow
@@ -74,21 +74,31 @@ def cases() -> list[Node]:
     return [variant for node in nodes for variant in (node, Not(node))]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "sqlite-odd-lists"])
 def setup(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     pg_template: str,
 ) -> Iterator[tuple[Store, Settings]]:
     cfg = flink_settings(tmp_path_factory.mktemp("flink-eq"))
-    if request.param == "sqlite":
-        url = f"sqlite:///{cfg.data_dir / 'store.db'}"
-        store = open_store(url, create=True)
-    else:
+    if request.param == "postgresql":
         url = new_pg_url(pg_template)
         store = open_store(url)
+    else:
+        url = f"sqlite:///{cfg.data_dir / 'store.db'}"
+        store = open_store(url, create=True)
     try:
         load(store, POPULATION)
+        if request.param == "sqlite-odd-lists":
+            # LIST values another program wrote: not arrays, or arrays whose
+            # items are not strings (the differential tests' ODD_LISTS).
+            with store.write() as conn:
+                for pk, (name, stored) in ODD_LISTS.items():
+                    column = CATALOG.column_for(name)
+                    conn.execute(
+                        text(f"UPDATE contacts SET {column} = :v WHERE pk = :pk"),
+                        {"v": stored, "pk": pk},
+                    )
         deploy(open_buckets(cfg), properties={"flink.parallelism": 1}, actor="test")
         yield store, cfg
     finally:

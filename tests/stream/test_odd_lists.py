@@ -145,14 +145,19 @@ def test_a_flink_snapshot_carries_a_list_that_is_not_json_as_null(
 ) -> None:
     """The snapshot's lines are built in the store (json_object): such a value
     failed the export (json(): malformed JSON), or reached the job as a
-    string where it reads an array."""
-    for cid, value in ODD.items():
+    string where it reads an array. An item that is not a string reaches it
+    as null (the job's JSON format read 1 as '1'), and `is null` reads a flag
+    of its own: such a value is not NULL."""
+    for cid, value in {**ODD, "c0008": '\'[1, "Credit", ["x"]]\''}.items():
         with lite.write() as conn:
             conn.execute(text(f"UPDATE contacts SET interests = {value} WHERE id = '{cid}'"))
     staging = LocalBucket("staging", tmp_path / "staging")
     catalog = lite.catalog()
     query = compile_flink(
-        parse('interests contains "Credit"'), catalog=catalog, persona_pks={}, as_of=utcnow()
+        parse('interests contains "Credit" or interests is null'),
+        catalog=catalog,
+        persona_pks={},
+        as_of=utcnow(),
     )
     snap = export_snapshot(lite, staging, query, catalog=catalog, persona_pks={})
     rows = {
@@ -165,6 +170,12 @@ def test_a_flink_snapshot_carries_a_list_that_is_not_json_as_null(
     assert len(rows) == 12  # by pk: c0000 is pk 1
     assert all(rows[int(cid[1:]) + 1].get("interests") is None for cid in ODD)
     assert rows[4]["interests"] == ["Energy", "Credit"]
+    assert rows[9]["interests"] == [None, "Credit", None]
+    nulls = {pk for pk, row in rows.items() if row["_n_interests"]}
+    assert nulls and not nulls & {int(cid[1:]) + 1 for cid in ODD}
+    with lite.read() as conn:
+        stored_null = conn.scalars(text("SELECT pk FROM contacts WHERE interests IS NULL"))
+        assert nulls == set(stored_null)
 
 
 def test_a_list_that_is_not_json_refuses_list_operations() -> None:

@@ -144,6 +144,10 @@ class _Rows:
                 raise TypeError(f"snapshot column {col.name} lacks column")
             column = c[col.column]
             return self.backend.fold(column)
+        if col.kind == "null":
+            if col.column is None:
+                raise TypeError(f"snapshot column {col.name} lacks column")
+            return self.backend.json_bool(c[col.column].is_(None))
         if col.kind == "persona":
             if col.persona is None:
                 raise TypeError(f"snapshot column {col.name} lacks persona")
