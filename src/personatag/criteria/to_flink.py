@@ -69,9 +69,6 @@ class SnapshotColumn:
 
     kind "field": the contact column `column` (field type `field_type`);
     "folded": fold_case of the string column `column`;
-    "null": whether the contact column `column` holds NULL (a LIST field's
-    `is null`: the field's own column is null also where the stored value
-    is not an array, which `is null` sees as a value);
     "count": the number of events `count` describes, in the window ending at as_of;
     "persona": whether the contact holds persona `persona`.
     """
@@ -206,10 +203,6 @@ class _FlinkCompiler:
         column = self.catalog.column_for(name)
         return self._add(SnapshotColumn(f"_f_{column}", "folded", "STRING", column=column))
 
-    def null_flag(self, name: str) -> str:
-        column = self.catalog.column_for(name)
-        return self._add(SnapshotColumn(f"_n_{column}", "null", "BOOLEAN", column=column))
-
     def window(self, days: int) -> tuple[int, int]:
         return to_micros(self.as_of - timedelta(days=days)), to_micros(self.as_of)
 
@@ -239,8 +232,6 @@ class _FlinkCompiler:
             case StringMatch(f, op, pattern):
                 return self.string_match(f.name, op, pattern.value)
             case IsNull(f, negated):
-                if self.catalog.contact_fields[f.name] is FieldType.LIST:
-                    return f"({self.null_flag(f.name)} = {'FALSE' if negated else 'TRUE'})"
                 return f"({self.field(f.name)} IS {'NOT ' if negated else ''}NULL)"
             case Within(f, days):
                 col = self.field(f.name)

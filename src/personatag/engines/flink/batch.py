@@ -43,7 +43,8 @@ from sqlalchemy import (
 )
 
 from personatag.buckets import Bucket, open_buckets
-from personatag.criteria.to_flink import compile_flink
+from personatag.criteria import compile_sql
+from personatag.criteria.to_flink import FlinkQuery, compile_flink
 from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.engines.control import JobStopped
 from personatag.engines.flink.deploy import fetch_active
@@ -59,7 +60,7 @@ from personatag.engines.flink.programs.batch_job import SPEC_FORMAT
 from personatag.engines.flink.runtime import home as flink_home
 from personatag.engines.flink.runtime import submitter
 from personatag.engines.flink.runtime.rest import FlinkRest, FlinkRestError, FlinkUnreachable
-from personatag.engines.flink.snapshot import export_snapshot
+from personatag.engines.flink.snapshot import export_snapshot, odd_contacts
 from personatag.engines.flink.watchdog import Watchdog, task_progress
 from personatag.engines.pks import PksMatch
 from personatag.files import atomic_write
@@ -123,6 +124,7 @@ class FlinkEngine(BatchEngine):
         deployment, bundle = fetch_active(buckets)
         run_id = uuid.uuid4().hex[:16]
         queries = []
+        by_store: list[npt.NDArray[np.int64] | None] = []
         for i, spec in enumerate(specs):
             query = compile_flink(
                 spec.ast, catalog=spec.catalog, persona_pks=spec.persona_pks, as_of=spec.as_of
@@ -148,11 +150,14 @@ class FlinkEngine(BatchEngine):
             queries.append(
                 {
                     "snapshot": snapshot.url,
-                    "schema": query.schema,
-                    "where": query.where,
+                    "schema": snapshot.schema(query),
+                    "where": snapshot.where(query),
                     "output": staging.url(f"{RUNS_PREFIX}{run_id}/q{i}"),
                 }
             )
+            # Contacts holding values of another type: the job leaves them
+            # out, the store answers for them (snapshot.py).
+            by_store.append(self._store_answers(spec, query) if snapshot.odd else None)
         run_spec = {
             "format": SPEC_FORMAT,
             "name": f"personatag job {job_pk or '-'} run {run_id}",
@@ -167,6 +172,10 @@ class FlinkEngine(BatchEngine):
                 self._read_output(staging, f"{RUNS_PREFIX}{run_id}/q{i}/")
                 for i in range(len(specs))
             ]
+            results = [
+                got if odd is None else np.union1d(got, odd)
+                for got, odd in zip(results, by_store, strict=True)
+            ]
         finally:
             for key in staging.list(f"{RUNS_PREFIX}{run_id}/"):
                 staging.delete(key)
@@ -179,6 +188,21 @@ class FlinkEngine(BatchEngine):
         return results
 
     # -- steps --------------------------------------------------------------------
+
+    def _store_answers(self, spec: MatchSpec, query: FlinkQuery) -> npt.NDArray[np.int64]:
+        """The contacts the snapshot of `query` marks odd that match `spec` in
+        the store (its own SQL, as the local engine evaluates)."""
+        criterion = compile_sql(
+            spec.ast,
+            tables=self.store.tables,
+            catalog=spec.catalog,
+            persona_pks=spec.persona_pks,
+            as_of=spec.as_of,
+            dialect=self.store.dialect,
+        )
+        with self.store.read() as conn:
+            pks = odd_contacts(conn, self.store, query, criterion)
+        return np.asarray(pks, dtype=np.int64)
 
     def _parallelism(self, bundle: bytes) -> int:
         """The bundle's `flink.parallelism` property, else the setting."""

@@ -11,6 +11,14 @@ columns come from, so an unchanged store reuses its snapshot.
 
 The JSON is built by the store itself (its backend's json_object), a chunk
 of contacts per statement, so 10M contacts never become 10M Python rows.
+
+A value another program wrote into a column of another type (`abc` or 2.5
+in an INT column, `yesterday` in a TIMESTAMP one, a list that is not an
+array: Backend.odd_value) is not the job's to read: the job's JSON format
+would fail on it, or read 2.5 as 2. Such a contact's row carries null in
+that column and `"_odd": true`; the job leaves those contacts out and the
+store answers for them (`odd_contacts`), as the columnar engine leaves such
+fields to the store.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,9 +40,12 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    case,
     exists,
     func,
     literal,
+    null,
+    or_,
     select,
 )
 
@@ -42,15 +53,17 @@ from personatag.buckets import Bucket
 from personatag.criteria.ast import to_json
 from personatag.criteria.to_flink import FlinkQuery, SnapshotColumn
 from personatag.criteria.to_sql import event_counts
-from personatag.domain import Catalog, utcnow
+from personatag.domain import Catalog, FieldType, utcnow
 from personatag.store import Store, versions
+from personatag.store.backends.base import Backend
 from personatag.store.matchset import fresh, temp_table
 from personatag.store.types import to_micros
 
 PREFIX = "snapshots/"
 MANIFEST = "_snapshot.json"
 ROWS_PER_PART = 1_000_000
-FORMAT = 1
+FORMAT = 2
+ODD_COLUMN = "_odd"  # the contact holds an odd value in a column the query reads
 _FOLDER_RE = re.compile(r"-(\d{14})-[0-9a-f]{8}/$")
 
 
@@ -62,6 +75,21 @@ class Snapshot:
     reused: bool
     seconds: float
     bytes: int
+    # Contacts whose row says ODD_COLUMN: the job leaves them out (`where`)
+    # and the store answers for them (odd_contacts).
+    odd: int = 0
+
+    def schema(self, query: FlinkQuery) -> list[tuple[str, str]]:
+        """The columns the job reads: the query's, and ODD_COLUMN when written."""
+        return _schema(query, self.odd)
+
+    def where(self, query: FlinkQuery) -> str:
+        """The job's condition: the query's, on the contacts it may answer."""
+        return f"({query.where}) AND {ODD_COLUMN} = FALSE" if self.odd else query.where
+
+
+def _schema(query: FlinkQuery, odd: int) -> list[tuple[str, str]]:
+    return [*query.schema, *([(ODD_COLUMN, "BOOLEAN")] if odd else [])]
 
 
 def _describe(column: SnapshotColumn) -> dict[str, Any]:
@@ -112,15 +140,22 @@ class _Rows:
         query: FlinkQuery,
         catalog: Catalog,
         persona_pks: dict[str, int],
+        with_odd: bool,
     ) -> None:
+        """`with_odd`: some contact holds an odd value in a column `query`
+        reads (such values become null, and ODD_COLUMN is written)."""
         self.store = store
         self.backend = store.backend
+        self.with_odd = with_odd
         self.c = store.tables.contacts
         self.joins: list[tuple[Any, ColumnElement[Any]]] = []
         self.temps: list[Any] = []
         pairs: list[ColumnElement[Any]] = [literal("pk"), self.c.c.pk]
         for col in query.columns:
             pairs += [literal(col.name), self.value(conn, col, catalog, persona_pks, query)]
+        odd = odd_test(store, query) if with_odd else None
+        if odd is not None:
+            pairs += [literal(ODD_COLUMN), self.backend.json_bool(odd)]
         self.row = self.backend.json_object(*pairs)
 
     def value(
@@ -138,16 +173,18 @@ class _Rows:
             column = c[col.column]
             if col.field_type is None:
                 return column
-            return self.backend.json_field(column, col.field_type)
+            if not self.with_odd:
+                return self.backend.json_field(column, col.field_type)
+            return _unless_odd(self.backend, column, col.field_type, self.backend.json_field)
         if col.kind == "folded":
             if col.column is None:
                 raise TypeError(f"snapshot column {col.name} lacks column")
             column = c[col.column]
-            return self.backend.fold(column)
-        if col.kind == "null":
-            if col.column is None:
-                raise TypeError(f"snapshot column {col.name} lacks column")
-            return self.backend.json_bool(c[col.column].is_(None))
+            if not self.with_odd:
+                return self.backend.fold(column)
+            return _unless_odd(
+                self.backend, column, FieldType.STRING, lambda v, _: self.backend.fold(v)
+            )
         if col.kind == "persona":
             if col.persona is None:
                 raise TypeError(f"snapshot column {col.name} lacks persona")
@@ -195,6 +232,58 @@ class _Rows:
     def drop(self, conn: Connection) -> None:
         for table in self.temps:
             table.drop(conn, checkfirst=True)
+
+
+def _unless_odd(
+    backend: Backend,
+    column: ColumnElement[Any],
+    field_type: FieldType,
+    value: Callable[[ColumnElement[Any], FieldType], ColumnElement[Any]],
+) -> ColumnElement[Any]:
+    """value(column) where the stored value is of the field's type, else NULL."""
+    odd = backend.odd_value(column, field_type)
+    shown = value(column, field_type)
+    return shown if odd is None else case((odd, null()), else_=shown)
+
+
+def odd_test(store: Store, query: FlinkQuery) -> ColumnElement[bool] | None:
+    """True for a contact holding, in a contact column `query` reads, a value
+    that is not of the column's type (Backend.odd_value); None when the
+    store's column types rule that out."""
+    contacts = store.tables.contacts.c
+    tests = []
+    for col in query.columns:
+        if col.column is None or col.kind not in ("field", "folded"):
+            continue
+        ft = FieldType.STRING if col.kind == "folded" else col.field_type
+        if ft is None:
+            continue
+        test = store.backend.odd_value(contacts[col.column], ft)
+        if test is not None:
+            tests.append(test)
+    return or_(*tests) if tests else None
+
+
+def count_odd(conn: Connection, store: Store, query: FlinkQuery) -> int:
+    """How many contacts hold an odd value in a column `query` reads."""
+    test = odd_test(store, query)
+    if test is None:
+        return 0
+    c = store.tables.contacts
+    return int(conn.scalar(select(func.count()).select_from(c).where(test)) or 0)
+
+
+def odd_contacts(
+    conn: Connection, store: Store, query: FlinkQuery, criterion: ColumnElement[bool]
+) -> list[int]:
+    """The contacts a snapshot of `query` marks odd where the store's own
+    `criterion` (compile_sql of the same AST) holds: the store's answer for
+    the contacts the job leaves out."""
+    test = odd_test(store, query)
+    if test is None:
+        return []
+    c = store.tables.contacts
+    return [int(pk) for pk in conn.scalars(select(c.c.pk).where(test, criterion).order_by(c.c.pk))]
 
 
 def _ranges(conn: Connection, store: Store) -> Iterator[tuple[int, int]]:
@@ -255,9 +344,11 @@ def export_snapshot(
                     True,
                     time.monotonic() - started,
                     int(manifest["bytes"]),
+                    int(manifest.get("odd", 0)),
                 )
         folder = f"{PREFIX}{key}-{_stamp(utcnow())}-{uuid.uuid4().hex[:8]}/"
-        rows = _Rows(conn, store, query, catalog, persona_pks)
+        odd = count_odd(conn, store, query)
+        rows = _Rows(conn, store, query, catalog, persona_pks, with_odd=odd > 0)
         total_rows = total_bytes = 0
         # Writing a part overlaps with the store building the next one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot") as writer:
@@ -286,8 +377,9 @@ def export_snapshot(
         "folder": folder,
         "rows": total_rows,
         "bytes": total_bytes,
+        "odd": odd,
         "columns": [_describe(c) for c in query.columns],
-        "schema": query.schema,
+        "schema": _schema(query, odd),
         "created_at": now,
         "used_at": now,
     }
@@ -302,6 +394,7 @@ def export_snapshot(
         False,
         time.monotonic() - started,
         total_bytes,
+        odd,
     )
 
 
