@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from personatag.criteria import parse, to_json
 from personatag.criteria.ast import Node, Not
@@ -211,3 +212,22 @@ def test_a_publication_value_a_skipped_count_would_hide_falls_back() -> None:
     by_pairs, as_arrays = _both([_crit(1, node)], inputs, pubs)
     _assert_same(by_pairs, as_arrays)
     assert as_arrays.arrays == 0  # type: ignore[attr-defined]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(nodes=st.lists(criteria(max_leaves=4), min_size=1, max_size=12))
+def test_the_criteria_a_read_touches_are_those_whose_counts_take_it(nodes: list[Node]) -> None:
+    """Index.touched_by_reads tests a publication once per distinct `where`
+    of the criteria's read counts; the answer is that of testing every
+    criterion's own counts (duplicates of each criterion share their tests)."""
+    crits = [_crit(pk, node) for pk, node in enumerate(nodes + nodes, start=1)]
+    index = og.Index(crits, catalog=CATALOG)
+    for ppk in [*PUBS.by_pk, 10_000]:  # and a pk that names no publication
+        pub = PUBS.by_pk.get(ppk)
+        expected = {
+            c.pk
+            for c in crits
+            if og.EVENT_READ in c.events
+            and (pub is None or any(test(pub) for test in c.read_filters))
+        }
+        assert index.touched_by_reads([ppk], PUBS.by_pk, PUBS.version) == expected
