@@ -7,8 +7,9 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy.dialects import sqlite
 
-from personatag.criteria import compile_criterion
+from personatag.criteria import compile_criterion, compile_python, parse
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import Catalog, FieldType
 from personatag.engines.flink import codec
@@ -19,6 +20,7 @@ from personatag.engines.flink.programs.stream_job import (
     evaluate_work,
 )
 from personatag.engines.local.stream import ongoing
+from personatag.store.types import NotAString, StringList
 
 AS_OF = datetime(2026, 6, 30, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -72,6 +74,27 @@ def test_every_field_type_survives_exactly() -> None:
     assert c["updated_at"].microsecond == 999999 and c["updated_at"].tzinfo is not None
     # One publication read twice is written once.
     assert len(codec.encode_input(inp)["pubs"]) == 1
+
+
+def test_stored_values_that_are_not_lists_or_strings_keep_what_they_are() -> None:
+    """A list that is not an array (NotAList) stays UNKNOWN to `contains`, and
+    an item that is not a string (NotAString) equal to no string, on the
+    job's side as on the embedded one: as plain strings, `contains "1"`
+    matched [1, 2] on the Flink stream engine only."""
+    interests = StringList().process_result_value('[1, "Credit", true]', sqlite.dialect())
+    tags = StringList().process_result_value("hello", sqlite.dialect())
+    inp = EvalInput(contact={"interests": interests, "tags": tags}, as_of=AS_OF)
+    back = _round_trip(inp)
+    assert [type(x) for x in back.contact["interests"]] == [NotAString, str, NotAString]
+    assert [str(x) for x in back.contact["interests"]] == ["1", "Credit", "True"]
+    catalog = Catalog(contact_fields={"interests": FieldType.LIST, "tags": FieldType.LIST})
+    for text in ['interests contains "1"', 'interests contains "Credit"', 'tags contains "h"']:
+        check = compile_python(parse(text), catalog)
+        assert check(back) == check(inp), text
+    assert compile_python(parse('interests contains "1"'), catalog)(back) is False
+    assert compile_python(parse('tags contains "h"'), catalog)(back) is None
+    with pytest.raises(codec.CodecError):
+        codec.decode_fields({"interests": [{"x": "1"}]})
 
 
 def test_other_zones_and_naive_times_come_back_as_the_same_utc_instant() -> None:

@@ -31,11 +31,16 @@ from typing import Any
 
 from personatag.criteria.to_python import EvalInput
 from personatag.domain import PUBLICATION_FIELDS, Catalog, FieldType
+from personatag.store.types import NotAString
 
 FORMAT = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _TS = "t"  # a timestamp value inside a field dict is {"t": microseconds}
+# A list item that is not a string (store.types.NotAString: [1, true] written
+# outside personatag) is {"s": its text}: as a plain string the job's
+# evaluator would match `contains "1"` where the embedded one does not.
+_NOT_A_STRING = "s"
 
 
 class CodecError(ValueError):
@@ -57,7 +62,7 @@ def _value(v: Any) -> Any:
     if isinstance(v, datetime):
         return {_TS: micros(v)}
     if isinstance(v, list | tuple):
-        return list(v)
+        return [{_NOT_A_STRING: str(x)} if isinstance(x, NotAString) else x for x in v]
     return v
 
 
@@ -66,7 +71,17 @@ def _unvalue(v: Any) -> Any:
         if set(v) != {_TS} or not isinstance(v[_TS], int):
             raise CodecError(f"not an encoded value: {v!r}")
         return from_micros(v[_TS])
+    if isinstance(v, list):
+        return [_unitem(x) for x in v]
     return v
+
+
+def _unitem(x: Any) -> Any:
+    if isinstance(x, dict):
+        if set(x) != {_NOT_A_STRING} or not isinstance(x[_NOT_A_STRING], str):
+            raise CodecError(f"not an encoded list item: {x!r}")
+        return NotAString(x[_NOT_A_STRING])
+    return x
 
 
 def encode_fields(row: Mapping[str, Any]) -> dict[str, Any]:
