@@ -183,3 +183,36 @@ def test_a_list_that_is_not_json_refuses_list_operations() -> None:
     with pytest.raises(TypeError, match="not a JSON array"):
         list(odd)
     assert str(odd) == '"Credit"' and odd.upper() == '"CREDIT"'
+
+
+@pytest.mark.parametrize("evaluation", ["arrays", "pairs"])
+def test_a_value_of_another_type_is_answered_by_the_store(lite: Store, evaluation: str) -> None:
+    """`abc` in an INT field (another program wrote it) failed the stream's
+    evaluator for every criterion reading it: an error per pair, the
+    memberships left as they were, and a reconciliation then put back what
+    the store answers (SQLite orders text above numbers: 'abc' >= 3). The
+    store now answers such pairs in the step, so the stream and a full
+    evaluation agree and nothing is an error."""
+    add_persona(lite, "senior", name="Senior", category="seniority")
+    add_persona(lite, "junior", name="Junior", category="seniority")
+    ongoing_criterion(lite, "senior", "senior", 'seniority >= 3 or region = "nowhere"', "remove")
+    ongoing_criterion(lite, "junior", "junior", "seniority < 2 and region is not null", "remove")
+    settings = SETTINGS.model_copy(update={"stream_evaluation": evaluation})
+    p = StreamProcessor(lite, settings)
+    p.catch_up()
+    before = members(lite, "senior")
+    odd = {"c0001": "'abc'", "c0004": "'x'", "c0005": "2.5"}
+    for cid, value in odd.items():
+        with lite.write() as conn:
+            conn.execute(text(f"UPDATE contacts SET seniority = {value} WHERE id = '{cid}'"))
+        set_contact(lite, cid, {"region": "APAC"})
+    done = p.catch_up()
+    assert done.changes == 3 and done.errors == 0
+    with lite.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(lite.tables.stream_errors)) == 0
+    held = members(lite, "senior")
+    assert {"c0001", "c0004"} <= held and held != before  # text sorts above numbers
+    assert not {"c0001", "c0004"} & members(lite, "junior")
+    for crit in p.criteria().criteria:  # the same as the store's own answer
+        drift = p.reconcile(crit, repair=False)
+        assert (drift["missing"], drift["extra"]) == (0, 0), crit.label

@@ -31,6 +31,7 @@ from personatag.engines.local.stream.inputs import Needs, Publications, load_inp
 from personatag.memberships.log import fetch_ids
 from personatag.memberships.rows import Holders
 from personatag.store import Store
+from personatag.store.transient import transient
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,71 @@ def evaluate_set(
         dialect=store.dialect,
     )
     return fetch_ids(conn, store, select(c.c.pk).where(cond))
+
+
+def store_answers(
+    store: Store, ev: Evaluated, index: og.Index, catalog: Catalog, as_of: datetime
+) -> None:
+    """Answer in the store the pairs `ev` failed to evaluate, in place: a
+    value another program stored with another type (`abc` in an INT field,
+    text in a TIMESTAMP one) fails the Python evaluator, where the store's
+    SQL, which a full evaluation and reconciliation run, compares it by its
+    own rules. Re-check times come from the contact's input (None where that
+    fails too). Pairs the store also fails on (not on a lost connection,
+    which fails the step) stay errors."""
+    by_crit: dict[int, list[tuple[int, str]]] = {}
+    for crit_pk, cpk, message in ev.errors:
+        by_crit.setdefault(crit_pk, []).append((cpk, message))
+    still: list[tuple[int, int, str]] = []
+    answered = 0
+    for crit_pk, failed in by_crit.items():
+        crit = index.by_pk.get(crit_pk)
+        cpks = sorted({cpk for cpk, _ in failed})
+        if crit is None or crit.personas:  # persona(...): settled in memory (cascade)
+            still += [(crit_pk, cpk, message) for cpk, message in failed]
+            continue
+        c = store.tables.contacts
+        try:
+            cond = compile_sql(
+                crit.node,
+                tables=store.tables,
+                catalog=catalog,
+                persona_pks={},
+                as_of=as_of,
+                dialect=store.dialect,
+            )
+            with store.read() as conn:
+                hits = set(conn.scalars(select(c.c.pk).where(c.c.pk.in_(cpks), cond)))
+        except Exception as exc:
+            if transient(exc) is not None:
+                raise
+            still += [(crit_pk, cpk, message) for cpk, message in failed]
+            continue
+        answered += len(cpks)
+        for cpk in cpks:
+            hit = cpk in hits
+            ev.evaluated.append((cpk, crit_pk))
+            if hit:
+                ev.matched.add((cpk, crit_pk))
+            if crit.windows:
+                inp = ev.inputs.get(cpk)
+                try:
+                    due = None if inp is None else crit.next_due(inp, hit)
+                except Exception:  # the same odd value: time cannot move it
+                    due = None
+                ev.due[(crit_pk, cpk)] = due
+    if answered:
+        crit_pk, cpk, message = ev.errors[0]
+        log.info(
+            "%d pair(s) the stream's evaluator failed on were answered by the store "
+            "(criterion pk %d, contact pk %d: %s%s)",
+            answered,
+            crit_pk,
+            cpk,
+            message,
+            ", ..." if len(ev.errors) > 1 else "",
+        )
+    ev.errors = still
 
 
 def needs(crits: Iterable[og.Ongoing], index: og.Index) -> Needs:

@@ -345,6 +345,9 @@ class StreamProcessor(StreamEngine):
         to_evaluate, failed = ev_.prune(work, inputs, index)
         ev = self.evaluate_batch(to_evaluate, inputs, index)
         ev.unmatched.extend(failed)
+        if ev.errors:
+            catalog = index.catalog or self.store.catalog()
+            ev_.store_answers(self.store, ev, index, catalog, now)
         return ev
 
     def evaluate_batch(
