@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy import ColumnElement, Connection
 
 from personatag.config import Settings, load_settings
+from personatag.criteria import compile_sql
 from personatag.domain import Catalog
 from personatag.engines.control import JobControl
 from personatag.errors import PersonatagError
@@ -48,6 +49,18 @@ class MatchSpec:
     job_pk: int | None = None
     control: JobControl | None = None
     progress: Callable[[int | None, int | None, str | None], None] | None = None
+
+    def sql_condition(self, store: Store) -> ColumnElement[bool]:
+        """The criterion as `store`'s own SQL (criteria.compile_sql) at `as_of`:
+        what the local engine evaluates."""
+        return compile_sql(
+            self.ast,
+            tables=store.tables,
+            catalog=self.catalog,
+            persona_pks=self.persona_pks,
+            as_of=self.as_of,
+            dialect=store.dialect,
+        )
 
 
 class EngineUnavailable(PersonatagError):

@@ -43,7 +43,6 @@ from sqlalchemy import (
 )
 
 from personatag.buckets import Bucket, open_buckets
-from personatag.criteria import compile_sql
 from personatag.criteria.to_flink import FlinkQuery, compile_flink
 from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.engines.control import JobStopped
@@ -192,14 +191,7 @@ class FlinkEngine(BatchEngine):
     def _store_answers(self, spec: MatchSpec, query: FlinkQuery) -> npt.NDArray[np.int64]:
         """The contacts the snapshot of `query` marks odd that match `spec` in
         the store (its own SQL, as the local engine evaluates)."""
-        criterion = compile_sql(
-            spec.ast,
-            tables=self.store.tables,
-            catalog=spec.catalog,
-            persona_pks=spec.persona_pks,
-            as_of=spec.as_of,
-            dialect=self.store.dialect,
-        )
+        criterion = spec.sql_condition(self.store)
         with self.store.read() as conn:
             pks = odd_contacts(conn, self.store, query, criterion)
         return np.asarray(pks, dtype=np.int64)

@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,7 +55,6 @@ from personatag.criteria.to_flink import FlinkQuery, SnapshotColumn
 from personatag.criteria.to_sql import event_counts
 from personatag.domain import Catalog, FieldType, utcnow
 from personatag.store import Store, versions
-from personatag.store.backends.base import Backend
 from personatag.store.matchset import fresh, temp_table
 from personatag.store.types import to_micros
 
@@ -173,18 +172,13 @@ class _Rows:
             column = c[col.column]
             if col.field_type is None:
                 return column
-            if not self.with_odd:
-                return self.backend.json_field(column, col.field_type)
-            return _unless_odd(self.backend, column, col.field_type, self.backend.json_field)
+            shown = self.backend.json_field(column, col.field_type)
+            return self._unless_odd(column, col.field_type, shown)
         if col.kind == "folded":
             if col.column is None:
                 raise TypeError(f"snapshot column {col.name} lacks column")
             column = c[col.column]
-            if not self.with_odd:
-                return self.backend.fold(column)
-            return _unless_odd(
-                self.backend, column, FieldType.STRING, lambda v, _: self.backend.fold(v)
-            )
+            return self._unless_odd(column, FieldType.STRING, self.backend.fold(column))
         if col.kind == "persona":
             if col.persona is None:
                 raise TypeError(f"snapshot column {col.name} lacks persona")
@@ -215,6 +209,14 @@ class _Rows:
         self.joins.append((table, table.c.contact_pk == c.pk))
         return func.coalesce(table.c.n, 0)
 
+    def _unless_odd(
+        self, column: ColumnElement[Any], field_type: FieldType, shown: ColumnElement[Any]
+    ) -> ColumnElement[Any]:
+        """`shown` where `column`'s stored value is of `field_type`, else NULL
+        (only when some contact holds such a value: the test costs per row)."""
+        odd = self.backend.odd_value(column, field_type) if self.with_odd else None
+        return shown if odd is None else case((odd, null()), else_=shown)
+
     def chunk(self, conn: Connection, lo: int, hi: int) -> str:
         source: Any = self.c
         for table, on in self.joins:
@@ -232,18 +234,6 @@ class _Rows:
     def drop(self, conn: Connection) -> None:
         for table in self.temps:
             table.drop(conn, checkfirst=True)
-
-
-def _unless_odd(
-    backend: Backend,
-    column: ColumnElement[Any],
-    field_type: FieldType,
-    value: Callable[[ColumnElement[Any], FieldType], ColumnElement[Any]],
-) -> ColumnElement[Any]:
-    """value(column) where the stored value is of the field's type, else NULL."""
-    odd = backend.odd_value(column, field_type)
-    shown = value(column, field_type)
-    return shown if odd is None else case((odd, null()), else_=shown)
 
 
 def odd_test(store: Store, query: FlinkQuery) -> ColumnElement[bool] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, Connection
 
-from personatag.criteria import compile_sql
 from personatag.engines.base import BatchEngine, Match, MatchSpec
 from personatag.store import Store
 
@@ -16,14 +15,7 @@ class _SqlMatch(Match):
         self.spec = spec
 
     def condition(self, conn: Connection, store: Store) -> ColumnElement[bool]:
-        return compile_sql(
-            self.spec.ast,
-            tables=store.tables,
-            catalog=self.spec.catalog,
-            persona_pks=self.spec.persona_pks,
-            as_of=self.spec.as_of,
-            dialect=store.dialect,
-        )
+        return self.spec.sql_condition(store)
 
 
 class LocalEngine(BatchEngine):

@@ -79,9 +79,15 @@ def prune(
 
 
 def evaluate_set(
-    conn: Connection, store: Store, crit: og.Ongoing, catalog: Catalog, as_of: datetime
+    conn: Connection,
+    store: Store,
+    crit: og.Ongoing,
+    catalog: Catalog,
+    as_of: datetime,
+    among: Sequence[int] | None = None,
 ) -> Any:
-    """Every contact pk `crit` matches now, evaluated set-based in the store."""
+    """Every contact pk `crit` matches now (of `among`, when given: a few),
+    evaluated set-based in the store."""
     c = store.tables.contacts
     cond = compile_sql(
         crit.node,
@@ -91,7 +97,10 @@ def evaluate_set(
         as_of=as_of,
         dialect=store.dialect,
     )
-    return fetch_ids(conn, store, select(c.c.pk).where(cond))
+    q = select(c.c.pk).where(cond)
+    if among is not None:
+        q = q.where(c.c.pk.in_(among))
+    return fetch_ids(conn, store, q)
 
 
 def store_answers(
@@ -108,31 +117,22 @@ def store_answers(
     for crit_pk, cpk, message in ev.errors:
         by_crit.setdefault(crit_pk, []).append((cpk, message))
     still: list[tuple[int, int, str]] = []
-    answered = 0
+    answered: list[tuple[int, int, str]] = []
     for crit_pk, failed in by_crit.items():
         crit = index.by_pk.get(crit_pk)
         cpks = sorted({cpk for cpk, _ in failed})
         if crit is None or crit.personas:  # persona(...): settled in memory (cascade)
             still += [(crit_pk, cpk, message) for cpk, message in failed]
             continue
-        c = store.tables.contacts
         try:
-            cond = compile_sql(
-                crit.node,
-                tables=store.tables,
-                catalog=catalog,
-                persona_pks={},
-                as_of=as_of,
-                dialect=store.dialect,
-            )
             with store.read() as conn:
-                hits = set(conn.scalars(select(c.c.pk).where(c.c.pk.in_(cpks), cond)))
+                hits = set(evaluate_set(conn, store, crit, catalog, as_of, cpks).tolist())
         except Exception as exc:
             if transient(exc) is not None:
                 raise
             still += [(crit_pk, cpk, message) for cpk, message in failed]
             continue
-        answered += len(cpks)
+        answered += [(crit_pk, cpk, message) for cpk, message in failed]
         for cpk in cpks:
             hit = cpk in hits
             ev.evaluated.append((cpk, crit_pk))
@@ -146,15 +146,15 @@ def store_answers(
                     due = None
                 ev.due[(crit_pk, cpk)] = due
     if answered:
-        crit_pk, cpk, message = ev.errors[0]
+        crit_pk, cpk, message = answered[0]
         log.info(
             "%d pair(s) the stream's evaluator failed on were answered by the store "
             "(criterion pk %d, contact pk %d: %s%s)",
-            answered,
+            len(answered),
             crit_pk,
             cpk,
             message,
-            ", ..." if len(ev.errors) > 1 else "",
+            ", ..." if len(answered) > 1 else "",
         )
     ev.errors = still
 
