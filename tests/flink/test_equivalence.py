@@ -5,11 +5,12 @@ The population is the differential tests' (NULLs everywhere, tricky strings:
 SQLite and PostgreSQL, and into a third SQLite store that also holds values
 another program wrote (lists that are not arrays, items that are not
 strings, values of another type: the snapshot marks those contacts, the job
-leaves them out and the store answers for them). Every golden criterion, the hand-picked ones, and a
-batch of Hypothesis-generated criteria are evaluated, each also negated, by
-the store (compile_sql, the local engine's evaluation) and by FlinkEngine on
-the cluster `make test` starts (PERSONATAG_TEST_FLINK_URL). All queries of a
-store go to Flink as one job so the test takes one job's time, not hundreds.
+leaves them out and the store answers for them). Every golden criterion,
+the hand-picked ones, and a batch of Hypothesis-generated criteria are
+evaluated, each also negated, by the store (compile_sql, the local engine's
+evaluation) and by FlinkEngine on the cluster `make test` starts
+(PERSONATAG_TEST_FLINK_URL). All queries of a store go to Flink as one job
+so the test takes one job's time, not hundreds.
 Then whole requests (`tag --engine flink` vs `--engine local`) are compared
 membership change by membership change.
 """
